@@ -1,0 +1,224 @@
+"""The values that flow between stages.
+
+Every stage boundary is one of these frozen dataclasses: a stage receives a value, does
+its one job, and hands a new value on. This module imports nothing of ours, so any stage
+may depend on it and it depends on no stage (Postfix passes ``DELIVER_REQUEST`` records
+between daemons in the same spirit). Mail content is ``bytes`` end to end.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class RecipientState(enum.StrEnum):
+    """Where one recipient of a queued message stands."""
+
+    QUEUED = "queued"  # waiting for next_attempt
+    LEASED = "leased"  # claimed by the scheduler until lease_until
+    HELD = "held"  # held by an operator; never claimed
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"  # failed permanently or expired; final
+    SUPPRESSED = "suppressed"  # dropped because the address is suppressed; final
+
+
+FINAL_STATES = frozenset(
+    {RecipientState.DELIVERED, RecipientState.BOUNCED, RecipientState.SUPPRESSED}
+)
+
+
+class Disposition(enum.StrEnum):
+    """What one delivery attempt means for a recipient."""
+
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"  # try again later
+    BOUNCED = "bounced"  # permanent failure
+
+
+class BounceKind(enum.StrEnum):
+    HARD = "hard"
+    SOFT = "soft"
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A message as the submission listener accepted it, before cleanup."""
+
+    sender: str  # envelope MAIL FROM, "" for the null sender
+    recipients: tuple[str, ...]
+    data: bytes  # DATA content, CRLF line ends, dot-unstuffed
+    client_ip: str
+    helo: str
+    user: str | None  # authenticated user; None for a trusted-network client
+    tls_version: str | None  # e.g. "TLSv1.3"; None when plaintext
+    listener: str  # listener name, for logs and metrics
+    received_at: float  # unix time
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRecipient:
+    """One recipient of a prepared message.
+
+    ``data`` is set when this recipient gets its own copy of the message (tracking tokens
+    are per recipient); ``None`` means the message's shared ``data``.
+    """
+
+    address: str
+    data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedMessage:
+    """A message after cleanup and signing: exactly the bytes that go on the wire."""
+
+    queue_id: str
+    sender: str
+    recipients: tuple[PreparedRecipient, ...]
+    data: bytes
+    user: str | None
+    client_ip: str
+    received_at: float
+    message_id: str = ""  # the Message-ID header value, without angle brackets
+    campaign: str | None = None
+    dsn: bool = True  # send an RFC 3464 bounce to the sender on permanent failure
+    is_dsn: bool = False  # this message is itself a DSN: never bounce it
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecipient:
+    """A recipient inside a delivery job; ``idx`` is its position in the message."""
+
+    idx: int
+    address: str
+    attempts: int  # attempts made before this one
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryJob:
+    """Leased work: one message body to one destination domain for some recipients."""
+
+    queue_id: str
+    sender: str
+    domain: str  # lower-cased recipient domain
+    recipients: tuple[JobRecipient, ...]
+    data: bytes
+    received_at: float
+    lease_until: float
+    user: str | None = None
+    dsn: bool = True
+    is_dsn: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpReply:
+    """An SMTP reply as received (or synthesized for a local failure)."""
+
+    code: int
+    text: str
+    enhanced: str | None = None  # RFC 3463 status, e.g. "5.1.1"
+
+    def __str__(self) -> str:
+        parts = [str(self.code)]
+        if self.enhanced:
+            parts.append(self.enhanced)
+        parts.append(self.text)
+        return " ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientResult:
+    """The outcome of one attempt for one recipient, as delivery saw it."""
+
+    idx: int
+    address: str
+    disposition: Disposition
+    reply: SmtpReply
+    mx: str | None = None  # MX host name tried last
+    ip: str | None = None
+    tls: str | None = None  # negotiated protocol, e.g. "TLSv1.3"
+    cipher: str | None = None
+    retry_after: float | None = None  # seconds, when the reply carried a hint
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """Everything one attempt learned about one job."""
+
+    queue_id: str
+    domain: str
+    results: tuple[RecipientResult, ...]
+    started_at: float
+    finished_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientUpdate:
+    """What the spool must record for one recipient after an attempt (policy applied)."""
+
+    queue_id: str
+    idx: int
+    state: RecipientState
+    reply: str  # reply text to keep as last_reply
+    next_attempt: float | None = None  # for QUEUED
+    attempted: bool = True  # counts as an attempt
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """The meaning of a failure reply or bounce, from the classification table."""
+
+    category: str  # e.g. "unknown-recipient", "mailbox-full", "rate-limited"
+    kind: BounceKind
+    status: str | None = None  # the most specific RFC 3463 status found
+
+
+@dataclass(frozen=True, slots=True)
+class BouncedRecipient:
+    """One recipient reported by an asynchronous bounce, DSN or complaint."""
+
+    recipient: str
+    action: str  # "failed", "delayed", "delivered", "complaint"
+    status: str | None
+    reply_code: int | None
+    diagnostic: str
+    remote_mta: str | None
+    category: str
+    kind: BounceKind
+
+
+@dataclass(frozen=True, slots=True)
+class BounceReport:
+    """What one inbound bounce or complaint message says."""
+
+    recipients: tuple[BouncedRecipient, ...]
+    is_complaint: bool = False
+    original_message_id: str | None = None
+    original_queue_id: str | None = None
+    reporting_mta: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingEvent:
+    """An open, click or unsubscribe seen by the tracking endpoint."""
+
+    type: str  # "open", "click", "unsubscribe"
+    queue_id: str
+    idx: int
+    at: float
+    url: str | None = None
+    user_agent: str = ""
+    client_ip: str = ""  # already truncated or hashed per the privacy setting
+    machine: bool = False  # image proxy, link scanner, or other non-human fetch
+    reason: str | None = None  # why machine is set
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A row of the events table: one state change worth keeping."""
+
+    type: str
+    at: float
+    queue_id: str | None = None
+    recipient: str | None = None
+    data: tuple[tuple[str, str | int | float | bool | None], ...] = field(default=())

@@ -1,0 +1,1 @@
+"""Shared test helpers: a loopback DNS server and other real peers."""
