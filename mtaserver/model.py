@@ -222,3 +222,17 @@ class Event:
     queue_id: str | None = None
     recipient: str | None = None
     data: tuple[tuple[str, str | int | float | bool | None], ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    """How delivery talks to one destination; the scheduler picks it from config."""
+
+    tls: str = "opportunistic"  # "opportunistic" | "required" | "none"
+    port: int = 25
+    relay_host: str | None = None  # "host" or "host:port": send everything there instead
+    max_messages_per_connection: int = 100
+    connect_timeout: float = 30.0
+    command_timeout: float = 60.0
+    data_timeout: float = 300.0
+    idle_timeout: float = 10.0  # how long an idle connection is kept for reuse
