@@ -132,10 +132,14 @@ class Shaper:
         self,
         config: ShapingConfig,
         clock: Clock,
+        *,
+        max_connections: int = 200,
         builtin_destinations: Sequence[DestinationConfig] = (),
         builtin_rules: Sequence[ShapingRule] = (),
     ) -> None:
+        """`max_connections` is the global cap ([delivery] max_connections)."""
         self._config = config
+        self._max_total = max_connections
         self._clock = clock
         merged: dict[str, DestinationConfig] = {}
         shipped = builtin_destinations if config.builtin else ()
@@ -167,7 +171,7 @@ class Shaper:
             for d in dest.domains:
                 self._by_domain.setdefault(d, name)
         self._suffixes = [(s, name) for name, dest in merged.items() for s in dest.mx_suffixes]
-        self._default = config.default.apply(DestinationLimits())
+        self._default = config.default
         rules = (*config.rules, *(builtin_rules if config.builtin else ()))
         self._rules = tuple(
             _CompiledRule(r, re.compile(r.text, re.IGNORECASE) if r.text else None) for r in rules
@@ -250,7 +254,7 @@ class Shaper:
             return st.suspended_until - now
         if st.active >= st.limits.max_connections:
             return BLOCKED
-        if self._active_total >= self._config.max_connections:
+        if self._active_total >= self._max_total:
             return BLOCKED
         mono = self._clock.monotonic()
         self._recover(st, mono)

@@ -9,12 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtaserver.config.shaping import (
-    ShapingConfig,
-    ShapingError,
-    load_builtin,
-    parse_shaping,
-)
+from mtaserver.config.reader import Reader
+from mtaserver.config.shaping import ShapingConfig, load_builtin, parse
+from mtaserver.errors import ConfigError
 from mtaserver.model import Disposition, RecipientResult, SmtpReply
 from mtaserver.shaper import BLOCKED, Shaper
 from tests.support.clock import FakeClock
@@ -22,10 +19,23 @@ from tests.support.clock import FakeClock
 BUILTIN = load_builtin()
 
 
-def make(toml: str = "", clock: FakeClock | None = None) -> tuple[Shaper, FakeClock]:
+def parse_shaping(table: dict[str, object]) -> ShapingConfig:
+    return parse(Reader({"shaping": table}, "config.toml").table("shaping"))
+
+
+def make(
+    toml: str = "", clock: FakeClock | None = None, max_connections: int = 200
+) -> tuple[Shaper, FakeClock]:
     clock = clock or FakeClock()
     cfg = parse_shaping(tomllib.loads(toml).get("shaping", {})) if toml else ShapingConfig()
-    return Shaper(cfg, clock, *BUILTIN), clock
+    shaper = Shaper(
+        cfg,
+        clock,
+        max_connections=max_connections,
+        builtin_destinations=BUILTIN[0],
+        builtin_rules=BUILTIN[1],
+    )
+    return shaper, clock
 
 
 def result(code: int, enhanced: str | None, text: str, idx: int = 0) -> RecipientResult:
@@ -60,8 +70,6 @@ def test_grouping_by_name_list_and_mx_suffix() -> None:
 def test_config_overrides_shipped_limits_and_adds_destinations() -> None:
     s, _ = make(
         """
-        [shaping]
-        max_connections = 50
         [shaping.default]
         max_connections = 3
         max_rate = "60/min"
@@ -92,11 +100,10 @@ def test_builtin_can_be_turned_off() -> None:
 def test_connection_caps_per_destination_and_global() -> None:
     s, _ = make(
         """
-        [shaping]
-        max_connections = 5
         [shaping.default]
         max_connections = 3
-        """
+        """,
+        max_connections=5,
     )
     assert [s.acquire("a.test") for _ in range(3)] == [None, None, None]
     assert s.acquire("a.test") == BLOCKED
@@ -284,10 +291,11 @@ def test_dead_destination_backoff_grows_and_resets() -> None:
         ('[[shaping.rule]]\nname = "x"\naction = "suspend"\ntext = "("', "shaping.rule[0].text"),
         ('[shaping."a.test"]\ntls = "maybe"', 'shaping."a.test".tls'),
         ("[shaping]\nretry_schedule = []", "shaping.retry_schedule"),
+        ('[shaping]\nretry_schedule = ["5m", "soon"]', "shaping.retry_schedule.1"),
     ],
 )
 def test_config_errors_name_the_key(toml: str, message: str) -> None:
-    with pytest.raises(ShapingError) as exc:
+    with pytest.raises(ConfigError) as exc:
         parse_shaping(tomllib.loads(toml)["shaping"])
     assert message in str(exc.value)
 
@@ -299,13 +307,13 @@ def test_retry_keys_parse() -> None:
             "retry_every": "1h",
             "max_lifetime": "2d",
             "delay_warning": "4h",
-            "lease": "5m",
+            "poll_interval": "50ms",
         }
     )
     assert cfg.retry.schedule == (60, 120)
     assert cfg.retry.every == 3600 and cfg.retry.max_lifetime == 2 * 86400
     assert cfg.retry.delay_warning == 4 * 3600
-    assert cfg.scheduler.lease == 300
+    assert cfg.scheduler.poll_interval == 0.05
     assert math.isclose(parse_shaping({}).retry.max_lifetime, 5 * 86400)
 
 

@@ -1,32 +1,47 @@
-"""`[shaping]`: per-destination limits, reactive rules, the retry schedule and global caps.
+"""``[shaping]``: per-destination limits, reactive rules, the retry schedule.
 
-The settings are plain frozen values; ``mtaserver.shaper`` and ``mtaserver.retry`` turn them
-into behaviour. Defaults live here so that an empty config file gives a working MTA.
+Layout::
+
+    [shaping]              builtin, retry_schedule, retry_every, max_lifetime, delay_warning,
+                           retry_hint_min, retry_hint_max, claim_batch, max_backlog,
+                           poll_interval
+    [shaping.default]      limit keys (below)
+    [shaping."<name>"]     limit keys + domains, mx_suffixes
+    [[shaping.rule]]       name, action, duration, destinations, codes, enhanced, text
+
+Limit keys: max_connections, max_messages_per_connection, max_rate ("N/unit" or
+"unlimited"), burst, tls, dead_after, dead_backoff, dead_backoff_max.
+
+The shipped data file ``mtaserver/data/shaping_rules.toml`` uses ``[destination."<name>"]``
+and ``[[rule]]`` with the same keys; config wins key by key. The global connection cap and
+the lease length are ``[delivery] max_connections`` and ``[delivery] lease``.
 """
 
 from __future__ import annotations
 
 import importlib.resources
-import math
 import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from mtaserver.config.reader import Reader
+from mtaserver.errors import ConfigError
+
 T = TypeVar("T")
-
-
-def _pick(mine: T | None, theirs: T) -> T:
-    return theirs if mine is None else mine
-
 
 # Actions a reactive rule may take.
 SUSPEND = "suspend"  # stop sending to the destination for `duration`, defer what matched
 HALVE_RATE = "halve_rate"  # halve the destination's message rate for `duration`
 BOUNCE = "bounce"  # fail the matched recipients permanently, even on a 4xx
 ACTIONS = (SUSPEND, HALVE_RATE, BOUNCE)
+TLS_MODES = ("opportunistic", "required", "none")
 
 DEFAULT_SCHEDULE = (300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
+
+
+def _pick(mine: T | None, theirs: T) -> T:
+    return theirs if mine is None else mine
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +60,7 @@ class DestinationLimits:
 
 @dataclass(frozen=True, slots=True)
 class LimitOverrides:
-    """The keys one `[shaping."<name>"]` table sets; None means "inherit the default"."""
+    """The keys one table sets; None means "inherit"."""
 
     max_connections: int | None = None
     max_messages_per_connection: int | None = None
@@ -73,7 +88,6 @@ class LimitOverrides:
 
     def merged(self, over: LimitOverrides) -> LimitOverrides:
         """`over` wins key by key (config over shipped data)."""
-
         return LimitOverrides(
             max_connections=_pick(over.max_connections, self.max_connections),
             max_messages_per_connection=_pick(
@@ -108,7 +122,7 @@ class DestinationConfig:
 class ShapingRule:
     """Reactive back-off: a receiver reply pattern and what to do when it is seen.
 
-    Empty match fields match anything; a rule needs at least one non-empty match field.
+    Empty match fields match anything; a rule has at least one non-empty match field.
     `enhanced` entries are prefixes ("4.7." matches "4.7.28"); `text` is a regex searched
     case-insensitively in the reply text.
     """
@@ -140,34 +154,31 @@ class SchedulerSettings:
 
     batch: int = 500  # recipients claimed per spool call
     max_backlog: int = 2000  # claimed jobs held in memory, all destinations together
-    lease: float = 600.0  # seconds a claim stays ours
     poll_interval: float = 1.0  # how often to look for due work when idle
     # statuses that mean "could not talk to any MX host" (dead-destination counting)
-    connection_failure_status: tuple[str, ...] = ("4.4.1", "4.4.2", "4.4.3", "4.4.0")
+    connection_failure_status: tuple[str, ...] = ("4.4.0", "4.4.1", "4.4.2", "4.4.3")
+
+
+_DEFAULT_LIMITS = DestinationLimits()
 
 
 @dataclass(frozen=True, slots=True)
 class ShapingConfig:
-    max_connections: int = 200  # global cap on concurrent deliveries (= worker pool size)
-    default: LimitOverrides = field(default_factory=LimitOverrides)
+    default: DestinationLimits = _DEFAULT_LIMITS
     destinations: tuple[DestinationConfig, ...] = ()
     rules: tuple[ShapingRule, ...] = ()
     builtin: bool = True  # also use the destinations and rules of data/shaping_rules.toml
     retry: RetrySettings = field(default_factory=RetrySettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
 
+    @property
+    def domains(self) -> dict[str, DestinationConfig]:
+        """Destinations configured by name (shipped ones not included)."""
+        return {d.name: d for d in self.destinations}
+
 
 # -- parsing ---------------------------------------------------------------------------------
-# `[shaping]` layout:
-#   [shaping]            max_connections, builtin, retry_schedule, retry_every, max_lifetime,
-#                        delay_warning, retry_hint_min, retry_hint_max, claim_batch,
-#                        max_backlog, lease, poll_interval
-#   [shaping.default]    limit keys
-#   [shaping."<name>"]   limit keys + domains, mx_suffixes
-#   [[shaping.rule]]     name, action, duration, destinations, codes, enhanced, text
-# The shipped data file uses `[destination."<name>"]` and `[[rule]]` with the same keys.
-
-LIMIT_KEYS = (
+_LIMIT_KEYS = (
     "max_connections",
     "max_messages_per_connection",
     "max_rate",
@@ -177,9 +188,7 @@ LIMIT_KEYS = (
     "dead_backoff",
     "dead_backoff_max",
 )
-TLS_MODES = ("opportunistic", "required", "none")
-_SCALARS = {
-    "max_connections",
+_SCALARS = (
     "builtin",
     "retry_schedule",
     "retry_every",
@@ -189,242 +198,134 @@ _SCALARS = {
     "retry_hint_max",
     "claim_batch",
     "max_backlog",
-    "lease",
     "poll_interval",
-}
+)
 
 
-class ShapingError(ValueError):
-    """A bad `[shaping]` value; the message names the key path."""
-
-
-_DUR_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_RATE_UNITS = {
-    "s": 1.0,
-    "sec": 1.0,
-    "second": 1.0,
-    "m": 60.0,
-    "min": 60.0,
-    "minute": 60.0,
-    "h": 3600.0,
-    "hour": 3600.0,
-    "d": 86400.0,
-    "day": 86400.0,
-}
-
-
-def _duration(value: object, path: str) -> float:
-    if isinstance(value, bool):
-        raise ShapingError(f"{path}: expected a duration like '5m', got {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ShapingError(f"{path}: expected a duration ≥ 0, got {value!r}")
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip().lower()
-        for unit in sorted(_DUR_UNITS, key=len, reverse=True):
-            if text.endswith(unit):
-                num = text[: -len(unit)].strip()
-                try:
-                    n = float(num)
-                except ValueError:
-                    break
-                if n < 0 or not math.isfinite(n):
-                    break
-                return n * _DUR_UNITS[unit]
-    raise ShapingError(f"{path}: expected a duration like '5m', got {value!r}")
-
-
-def _rate(value: object, path: str) -> float | None:
-    if value == "unlimited":
-        return None
-    if isinstance(value, str) and "/" in value:
-        num, _, unit = value.partition("/")
-        try:
-            n = float(num.strip())
-        except ValueError:
-            n = -1.0
-        per = _RATE_UNITS.get(unit.strip().lower())
-        if per is not None and n > 0 and math.isfinite(n):
-            return n / per
-    raise ShapingError(f"{path}: expected N/unit, got {value!r}")
-
-
-def _int(value: object, path: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ShapingError(f"{path}: expected an integer ≥ {minimum}, got {value!r}")
-    return value
-
-
-def _strs(value: object, path: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ShapingError(f"{path}: expected a list of strings, got {value!r}")
-
-
-def _table(value: object, path: str) -> dict[str, object]:
-    if not isinstance(value, dict):
-        raise ShapingError(f"{path}: expected a table, got {value!r}")
-    return value
-
-
-def parse_limits(
-    table: dict[str, object], path: str, extra: tuple[str, ...] = ()
-) -> LimitOverrides:
-    for key in table:
-        if key not in LIMIT_KEYS and key not in extra:
-            raise ShapingError(f"{path}.{key}: unknown key")
-    kw: dict[str, object] = {}
-    for key in ("max_connections", "max_messages_per_connection", "dead_after"):
-        if key in table:
-            kw[key] = _int(table[key], f"{path}.{key}")
-    if "max_rate" in table:
-        rate = _rate(table["max_rate"], f"{path}.max_rate")
-        if rate is None:
-            kw["unlimited_rate"] = True
-        else:
-            kw["max_rate"] = rate
-    if "burst" in table:
-        kw["burst"] = float(_int(table["burst"], f"{path}.burst"))
-    if "tls" in table:
-        tls = table["tls"]
-        if tls not in TLS_MODES:
-            raise ShapingError(f"{path}.tls: expected one of {', '.join(TLS_MODES)}, got {tls!r}")
-        kw["tls"] = tls
-    for key in ("dead_backoff", "dead_backoff_max"):
-        if key in table:
-            kw[key] = _duration(table[key], f"{path}.{key}")
-    return LimitOverrides(**kw)  # type: ignore[arg-type]
-
-
-def parse_destination(name: str, table: dict[str, object], path: str) -> DestinationConfig:
-    limits = parse_limits(table, path, extra=("domains", "mx_suffixes"))
-    domains = _strs(table.get("domains", []), f"{path}.domains")
-    suffixes = _strs(table.get("mx_suffixes", []), f"{path}.mx_suffixes")
-    return DestinationConfig(
-        name=name.lower(),
-        limits=limits,
-        domains=tuple(d.lower() for d in domains),
-        mx_suffixes=tuple(s.lower().lstrip(".") for s in suffixes),
+def _limits(r: Reader) -> LimitOverrides:
+    unlimited = r.has("max_rate") and r.string("max_rate") == "unlimited"
+    burst = r.integer("burst", None, min=1)
+    return LimitOverrides(
+        max_connections=r.integer("max_connections", None, min=1),
+        max_messages_per_connection=r.integer("max_messages_per_connection", None, min=1),
+        max_rate=None if unlimited else r.rate("max_rate", None),
+        burst=None if burst is None else float(burst),
+        tls=r.choice("tls", TLS_MODES, None),
+        dead_after=r.integer("dead_after", None, min=1),
+        dead_backoff=_positive(r, "dead_backoff"),
+        dead_backoff_max=_positive(r, "dead_backoff_max"),
+        unlimited_rate=unlimited,
     )
 
 
-_RULE_KEYS = ("name", "action", "duration", "destinations", "codes", "enhanced", "text")
+def _positive(r: Reader, key: str) -> float | None:
+    value: float | None = r.duration(key, None)
+    if value is not None and value <= 0:
+        raise r.error(key, f"expected a duration > 0, got {value:g}s")
+    return value
 
 
-def parse_rule(table: dict[str, object], path: str) -> ShapingRule:
-    for key in table:
-        if key not in _RULE_KEYS:
-            raise ShapingError(f"{path}.{key}: unknown key")
-    name = table.get("name")
-    if not isinstance(name, str) or not name:
-        raise ShapingError(f"{path}.name: expected a rule name")
-    action = table.get("action")
-    if action not in ACTIONS:
-        raise ShapingError(f"{path}.action: expected one of {', '.join(ACTIONS)}, got {action!r}")
-    codes_raw = table.get("codes", [])
-    if isinstance(codes_raw, int) and not isinstance(codes_raw, bool):
-        codes_raw = [codes_raw]
-    if not isinstance(codes_raw, list) or not all(
-        isinstance(c, int) and not isinstance(c, bool) and 200 <= c <= 599 for c in codes_raw
+def _destination(name: str, r: Reader) -> DestinationConfig:
+    limits = _limits(r)
+    dest = DestinationConfig(
+        name=name.lower().rstrip("."),
+        limits=limits,
+        domains=tuple(d.lower().rstrip(".") for d in r.str_list("domains", ())),
+        mx_suffixes=tuple(s.lower().strip(".") for s in r.str_list("mx_suffixes", ())),
+    )
+    r.finish()
+    return dest
+
+
+def _rule(r: Reader) -> ShapingRule:
+    name = r.string("name")
+    action = r.choice("action", ACTIONS)
+    codes = r._get("codes", [])
+    if isinstance(codes, int) and not isinstance(codes, bool):
+        codes = [codes]
+    if not isinstance(codes, list) or not all(
+        isinstance(c, int) and not isinstance(c, bool) and 200 <= c <= 599 for c in codes
     ):
-        raise ShapingError(f"{path}.codes: expected SMTP reply codes, got {codes_raw!r}")
-    enhanced = _strs(table.get("enhanced", []), f"{path}.enhanced")
+        raise r.error("codes", f"expected a list of SMTP reply codes, got {codes!r}")
+    enhanced = r.str_list("enhanced", ())
     for e in enhanced:
         if not re.fullmatch(r"[245](\.\d{1,3}){0,2}\.?", e):
-            raise ShapingError(f"{path}.enhanced: expected a status prefix like 4.7., got {e!r}")
-    text = table.get("text")
+            raise r.error("enhanced", f"expected status prefixes like '4.7.', got {e!r}")
+    text = r.string("text", None)
     if text is not None:
-        if not isinstance(text, str):
-            raise ShapingError(f"{path}.text: expected a regular expression")
         try:
             re.compile(text)
         except re.error as exc:
-            raise ShapingError(f"{path}.text: bad regular expression: {exc}") from None
-    if not codes_raw and not enhanced and text is None:
-        raise ShapingError(f"{path}: a rule needs codes, enhanced or text to match")
-    duration = _duration(table.get("duration", "1h"), f"{path}.duration")
+            raise r.error("text", f"bad regular expression: {exc}") from None
+    if not codes and not enhanced and text is None:
+        raise r.error(None, "a rule needs codes, enhanced or text to match")
+    duration = r.duration("duration", 3600.0)
     if action != BOUNCE and duration <= 0:
-        raise ShapingError(f"{path}.duration: expected a duration > 0")
-    return ShapingRule(
+        raise r.error("duration", "expected a duration > 0")
+    rule = ShapingRule(
         name=name,
-        action=str(action),
+        action=action,
         duration=duration,
-        destinations=tuple(
-            d.lower() for d in _strs(table.get("destinations", []), f"{path}.destinations")
-        ),
-        codes=tuple(codes_raw),
-        enhanced=enhanced,
+        destinations=tuple(d.lower() for d in r.str_list("destinations", ())),
+        codes=tuple(codes),
+        enhanced=tuple(enhanced),
         text=text,
     )
+    r.finish()
+    return rule
 
 
-def parse_rules(value: object, path: str) -> tuple[ShapingRule, ...]:
-    if not isinstance(value, list):
-        raise ShapingError(f"{path}: expected an array of tables ([[...]])")
-    return tuple(parse_rule(_table(v, f"{path}[{i}]"), f"{path}[{i}]") for i, v in enumerate(value))
+def parse(r: Reader) -> ShapingConfig:
+    default_r = r.table("default")
+    default = _limits(default_r).apply(_DEFAULT_LIMITS)
+    default_r.finish()
+    rules = tuple(_rule(t) for t in r.tables("rule"))
+    destinations = tuple(
+        _destination(key, r.table(key))
+        for key in r.names()
+        if key not in ("default", "rule", *_SCALARS)
+    )
+    sched_raw = r._get("retry_schedule", None)
+    schedule = DEFAULT_SCHEDULE
+    if sched_raw is not None:
+        if not isinstance(sched_raw, list) or not sched_raw:
+            raise r.error("retry_schedule", "expected a non-empty list of durations")
+        keypath = f"{r.keypath}.retry_schedule" if r.keypath else "retry_schedule"
+        sub = Reader({str(i): v for i, v in enumerate(sched_raw)}, r.file, keypath)
+        schedule = tuple(_need_positive(sub, str(i)) for i in range(len(sched_raw)))
+    warn_raw = r._get("delay_warning", None)
+    delay_warning = None
+    if warn_raw not in (None, False, "off"):
+        delay_warning = _positive(r, "delay_warning")
+    retry = RetrySettings(
+        schedule=schedule,
+        every=_positive(r, "retry_every") or 14400.0,
+        max_lifetime=_positive(r, "max_lifetime") or 5 * 86400.0,
+        delay_warning=delay_warning,
+        min_hint=r.duration("retry_hint_min", 30.0),
+        max_hint=_positive(r, "retry_hint_max") or 14400.0,
+    )
+    sched = SchedulerSettings(
+        batch=r.integer("claim_batch", 500, min=1),
+        max_backlog=r.integer("max_backlog", 2000, min=1),
+        poll_interval=_positive(r, "poll_interval") or 1.0,
+    )
+    cfg = ShapingConfig(
+        default=default,
+        destinations=destinations,
+        rules=rules,
+        builtin=r.boolean("builtin", True),
+        retry=retry,
+        scheduler=sched,
+    )
+    r.finish()
+    return cfg
 
 
-def parse_shaping(table: dict[str, object], path: str = "shaping") -> ShapingConfig:
-    """Build a ShapingConfig from the `[shaping]` table of the config file."""
-    kw: dict[str, object] = {}
-    retry_kw: dict[str, object] = {}
-    sched_kw: dict[str, object] = {}
-    destinations: list[DestinationConfig] = []
-    for key, value in table.items():
-        p = f'{path}."{key}"' if "." in key else f"{path}.{key}"
-        if key == "default":
-            kw["default"] = parse_limits(_table(value, p), p)
-        elif key == "rule":
-            kw["rules"] = parse_rules(value, p)
-        elif isinstance(value, dict):
-            destinations.append(parse_destination(key, value, p))
-        elif key not in _SCALARS:
-            raise ShapingError(f"{p}: unknown key")
-        elif key == "max_connections":
-            kw["max_connections"] = _int(value, p)
-        elif key == "builtin":
-            if not isinstance(value, bool):
-                raise ShapingError(f"{p}: expected true or false, got {value!r}")
-            kw["builtin"] = value
-        elif key == "retry_schedule":
-            if not isinstance(value, list) or not value:
-                raise ShapingError(f"{p}: expected a non-empty list of durations")
-            sched = tuple(_duration(v, f"{p}[{i}]") for i, v in enumerate(value))
-            if any(s <= 0 for s in sched):
-                raise ShapingError(f"{p}: every delay must be > 0")
-            retry_kw["schedule"] = sched
-        elif key == "retry_every":
-            retry_kw["every"] = _positive(value, p)
-        elif key == "max_lifetime":
-            retry_kw["max_lifetime"] = _positive(value, p)
-        elif key == "delay_warning":
-            retry_kw["delay_warning"] = None if value in (False, 0, "off") else _positive(value, p)
-        elif key == "retry_hint_min":
-            retry_kw["min_hint"] = _duration(value, p)
-        elif key == "retry_hint_max":
-            retry_kw["max_hint"] = _positive(value, p)
-        elif key == "claim_batch":
-            sched_kw["batch"] = _int(value, p)
-        elif key == "max_backlog":
-            sched_kw["max_backlog"] = _int(value, p)
-        elif key == "lease":
-            sched_kw["lease"] = _positive(value, p)
-        elif key == "poll_interval":
-            sched_kw["poll_interval"] = _positive(value, p)
-    kw["destinations"] = tuple(destinations)
-    kw["retry"] = RetrySettings(**retry_kw)  # type: ignore[arg-type]
-    kw["scheduler"] = SchedulerSettings(**sched_kw)  # type: ignore[arg-type]
-    return ShapingConfig(**kw)  # type: ignore[arg-type]
-
-
-def _positive(value: object, path: str) -> float:
-    d = _duration(value, path)
-    if d <= 0:
-        raise ShapingError(f"{path}: expected a duration > 0, got {value!r}")
-    return d
+def _need_positive(r: Reader, key: str) -> float:
+    value = _positive(r, key)
+    assert value is not None
+    return value
 
 
 def load_builtin(
@@ -437,13 +338,14 @@ def load_builtin(
             .joinpath("data/shaping_rules.toml")
             .read_text(encoding="utf-8")
         )
-    data = tomllib.loads(text)
-    dests: list[DestinationConfig] = []
-    for key in data:
-        if key not in ("destination", "rule"):
-            raise ShapingError(f"shaping_rules.toml: {key}: unknown key")
-    for name, value in _table(data.get("destination", {}), "destination").items():
-        p = f'destination."{name}"'
-        dests.append(parse_destination(name, _table(value, p), p))
-    rules = parse_rules(data.get("rule", []), "rule")
-    return tuple(dests), rules
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"shaping_rules.toml: not valid TOML: {exc}") from None
+    root = Reader(data, "shaping_rules.toml")
+    dests_r = root.table("destination")
+    dests = tuple(_destination(name, dests_r.table(name)) for name in dests_r.names())
+    dests_r.finish()
+    rules = tuple(_rule(t) for t in root.tables("rule"))
+    root.finish()
+    return dests, rules
