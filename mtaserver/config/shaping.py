@@ -286,7 +286,7 @@ def parse(r: Reader) -> ShapingConfig:
         if key not in ("default", "rule", *_SCALARS)
     )
     sched_raw = r._get("retry_schedule", None)
-    schedule = DEFAULT_SCHEDULE
+    schedule: tuple[float, ...] = DEFAULT_SCHEDULE
     if sched_raw is not None:
         if not isinstance(sched_raw, list) or not sched_raw:
             raise r.error("retry_schedule", "expected a non-empty list of durations")
