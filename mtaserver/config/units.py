@@ -82,4 +82,4 @@ def format_duration(seconds: float) -> str:
             return f"{int(seconds // size)}{unit}"
     if seconds == int(seconds):
         return f"{int(seconds)}s"
-    return f"{int(round(seconds * 1000))}ms"
+    return f"{round(seconds * 1000)}ms"
