@@ -68,6 +68,7 @@ class Hit:
     ip: str
     link: int = 0
     links: int = 0
+    url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

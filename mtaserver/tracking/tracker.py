@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from mtaserver.log import get_logger, kv
@@ -12,6 +13,7 @@ from mtaserver.tracking.tokens import TokenCodec
 log = get_logger("tracking")
 
 _UNSUB_FIELDS = frozenset({"list-unsubscribe", "list-unsubscribe-post"})
+_INLINE_WORK = 2_000_000  # bytes x recipients rendered on the loop before using a thread
 _MAILTO = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
 
 
@@ -57,7 +59,23 @@ class Tracker:
             + eol
         )
 
-    def personalize(
+    async def personalize(
+        self,
+        queue_id: str,
+        data: bytes,
+        recipients: tuple[str, ...],
+        opens: bool,
+        clicks: bool,
+        unsubscribe: bool,
+    ) -> tuple[PreparedRecipient, ...]:
+        """:meth:`personalize_sync`, moved off the event loop when the work is large."""
+        if len(data) * len(recipients) < _INLINE_WORK:
+            return self.personalize_sync(queue_id, data, recipients, opens, clicks, unsubscribe)
+        return await asyncio.to_thread(
+            self.personalize_sync, queue_id, data, recipients, opens, clicks, unsubscribe
+        )
+
+    def personalize_sync(
         self,
         queue_id: str,
         data: bytes,

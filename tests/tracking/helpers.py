@@ -60,7 +60,10 @@ def parse(data: bytes) -> EmailMessage:
 def html_bodies(data: bytes) -> list[str]:
     out = []
     for part in parse(data).walk():
-        if part.get_content_type() == "text/html" and part.get_content_disposition() != "attachment":
+        if (
+            part.get_content_type() == "text/html"
+            and part.get_content_disposition() != "attachment"
+        ):
             out.append(part.get_content())
     return out
 

@@ -99,7 +99,9 @@ HEADERS = (
 )
 
 
-def alternative(html_encoding: str = "quoted-printable", text_encoding: str = "quoted-printable") -> bytes:
+def alternative(
+    html_encoding: str = "quoted-printable", text_encoding: str = "quoted-printable"
+) -> bytes:
     """multipart/alternative: text/plain + text/html, each in the given encoding."""
     html = _crlf(NEWSLETTER_HTML).encode("utf-8")
     text = _crlf(PLAIN).encode("utf-8")
@@ -113,11 +115,15 @@ def alternative(html_encoding: str = "quoted-printable", text_encoding: str = "q
         + b"\r\nThis is a multi-part message in MIME format.\r\n"
         + b"--=_b1_alt\r\n"
         + b"Content-Type: text/plain; charset=UTF-8\r\n"
-        + b"Content-Transfer-Encoding: " + text_encoding.encode() + b"\r\n\r\n"
+        + b"Content-Transfer-Encoding: "
+        + text_encoding.encode()
+        + b"\r\n\r\n"
         + body(text, text_encoding)
         + b"\r\n--=_b1_alt\r\n"
         + b'Content-Type: text/html; charset="utf-8"\r\n'
-        + b"Content-Transfer-Encoding: " + html_encoding.encode() + b"\r\n\r\n"
+        + b"Content-Transfer-Encoding: "
+        + html_encoding.encode()
+        + b"\r\n\r\n"
         + body(html, html_encoding)
         + b"\r\n--=_b1_alt--\r\n"
     )

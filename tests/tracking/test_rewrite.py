@@ -25,7 +25,9 @@ def tracker(mailto: str | None = "unsubscribe@bounce.example.com") -> Tracker:
 
 
 def _token(url: str, kind: str) -> str:
-    m = re.fullmatch(re.escape(BASE) + f"/{kind}/([A-Za-z0-9_-]+)" + (r"\.gif" if kind == "o" else ""), url)
+    m = re.fullmatch(
+        re.escape(BASE) + f"/{kind}/([A-Za-z0-9_-]+)" + (r"\.gif" if kind == "o" else ""), url
+    )
     assert m, url
     return m.group(1)
 
@@ -38,7 +40,9 @@ def test_finds_every_trackable_link_once_in_order() -> None:
 @pytest.mark.parametrize("encoding", ["quoted-printable", "base64", "8bit"])
 def test_rewrites_links_and_adds_pixel_per_recipient(encoding: str) -> None:
     original = samples.alternative(encoding)
-    out = tracker().personalize("Q1", original, RCPTS, opens=True, clicks=True, unsubscribe=False)
+    out = tracker().personalize_sync(
+        "Q1", original, RCPTS, opens=True, clicks=True, unsubscribe=False
+    )
     assert [r.address for r in out] == list(RCPTS)
     bodies = [r.data for r in out]
     assert all(b is not None for b in bodies)
@@ -78,7 +82,7 @@ def test_rewrites_links_and_adds_pixel_per_recipient(encoding: str) -> None:
 @pytest.mark.parametrize("encoding", ["quoted-printable", "base64", "8bit"])
 def test_everything_but_the_html_body_is_byte_identical(encoding: str) -> None:
     original = samples.alternative(encoding)
-    (r,) = tracker().personalize("Q1", original, RCPTS[:1], True, True, False)
+    (r,) = tracker().personalize_sync("Q1", original, RCPTS[:1], True, True, False)
     assert r.data is not None
     # Headers are not re-serialized: the encoded CRLF in Subject stays encoded.
     assert header_block(r.data) == header_block(original)
@@ -119,7 +123,9 @@ def test_dkim_signature_over_rewritten_message_verifies() -> None:
         return txt
 
     for encoding in ("quoted-printable", "base64", "8bit"):
-        out = tracker().personalize("Q9", samples.alternative(encoding), RCPTS[:2], True, True, True)
+        out = tracker().personalize_sync(
+            "Q9", samples.alternative(encoding), RCPTS[:2], True, True, True
+        )
         for r in out:
             assert r.data is not None
             sig = dkim.sign(
@@ -129,8 +135,15 @@ def test_dkim_signature_over_rewritten_message_verifies() -> None:
                 pem,
                 canonicalize=(b"relaxed", b"relaxed"),
                 include_headers=[
-                    b"from", b"to", b"subject", b"date", b"message-id", b"mime-version",
-                    b"content-type", b"list-unsubscribe", b"list-unsubscribe-post",
+                    b"from",
+                    b"to",
+                    b"subject",
+                    b"date",
+                    b"message-id",
+                    b"mime-version",
+                    b"content-type",
+                    b"list-unsubscribe",
+                    b"list-unsubscribe-post",
                 ],
             )
             signed = sig + r.data
@@ -141,12 +154,16 @@ def test_dkim_signature_over_rewritten_message_verifies() -> None:
             assert not dkim.verify(tampered, dnsfunc=dns)
             # The unsubscribe headers are signed.
             h = re.search(rb"h=([^;]+)", re.sub(rb"\s", b"", sig.lower()))
-            assert h and {b"list-unsubscribe", b"list-unsubscribe-post"} <= set(h.group(1).split(b":"))
+            assert h and {b"list-unsubscribe", b"list-unsubscribe-post"} <= set(
+                h.group(1).split(b":")
+            )
 
 
 def test_unsubscribe_headers_rfc8058() -> None:
     original = samples.alternative()
-    out = tracker().personalize("Q2", original, RCPTS, opens=False, clicks=False, unsubscribe=True)
+    out = tracker().personalize_sync(
+        "Q2", original, RCPTS, opens=False, clicks=False, unsubscribe=True
+    )
     c = codec()
     for idx, r in enumerate(out):
         assert r.data is not None
@@ -169,7 +186,7 @@ def test_sender_list_unsubscribe_is_replaced_not_duplicated() -> None:
         b"List-Unsubscribe: <https://old.example/u>,\r\n <mailto:old@example.com>\r\n"
         b"MIME-Version: 1.0\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
     )
-    (r,) = tracker(None).personalize("Q3", original, RCPTS[:1], False, False, True)
+    (r,) = tracker(None).personalize_sync("Q3", original, RCPTS[:1], False, False, True)
     assert r.data is not None
     assert r.data.count(b"List-Unsubscribe:") == 1
     assert r.data.count(b"List-Unsubscribe-Post:") == 1
@@ -178,7 +195,7 @@ def test_sender_list_unsubscribe_is_replaced_not_duplicated() -> None:
 
 def test_attachments_and_images_are_not_touched() -> None:
     original = samples.mixed_with_attachment()
-    (r,) = tracker().personalize("Q4", original, RCPTS[:1], True, True, False)
+    (r,) = tracker().personalize_sync("Q4", original, RCPTS[:1], True, True, False)
     assert r.data is not None
     assert b'<html><body><a href="https://attached.example/">x</a></body></html>\r\n' in r.data
     assert b"R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7\r\n--outer--\r\n" in r.data
@@ -189,7 +206,7 @@ def test_attachments_and_images_are_not_touched() -> None:
 
 def test_latin1_8bit_single_part_without_body_tag() -> None:
     original = samples.latin1_8bit()
-    (r,) = tracker().personalize("Q5", original, RCPTS[:1], True, True, False)
+    (r,) = tracker().personalize_sync("Q5", original, RCPTS[:1], True, True, False)
     assert r.data is not None
     body = r.data.split(b"\r\n\r\n", 1)[1]
     assert body.startswith("<p>Grüße! ".encode("iso-8859-1"))
@@ -197,8 +214,10 @@ def test_latin1_8bit_single_part_without_body_tag() -> None:
     assert m
     tok = codec().verify(_token(m.group(1).decode(), "c"))
     assert tok.url == "https://example.de/ä?x=1&y=2"
-    assert body.rstrip().endswith(b".gif\" width=\"1\" height=\"1\" alt=\"\" border=\"0\" "
-                                  b"style=\"display:block;width:1px;height:1px;border:0;margin:0;padding:0\">")
+    assert body.rstrip().endswith(
+        b'.gif" width="1" height="1" alt="" border="0" '
+        b'style="display:block;width:1px;height:1px;border:0;margin:0;padding:0">'
+    )
 
 
 def test_long_lines_stay_within_smtp_limit_in_8bit() -> None:
@@ -209,7 +228,7 @@ def test_long_lines_stay_within_smtp_limit_in_8bit() -> None:
         b"From: a@example.com\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: 7bit\r\n\r\n"
         + f"<html><body>{line}</body></html>\r\n".encode()
     )
-    (r,) = tracker().personalize("Q6" * 20, original, RCPTS[:1], True, True, False)
+    (r,) = tracker().personalize_sync("Q6" * 20, original, RCPTS[:1], True, True, False)
     assert r.data is not None
     assert max(len(x) for x in r.data.split(b"\r\n")) <= 998
     text, hrefs, _ = html_view(r.data.split(b"\r\n\r\n", 1)[1].decode())
@@ -219,12 +238,17 @@ def test_long_lines_stay_within_smtp_limit_in_8bit() -> None:
 
 def test_nothing_to_do_returns_shared_body() -> None:
     plain = b"From: a@example.com\r\nSubject: x\r\n\r\nhello https://example.com/\r\n"
-    assert tracker().personalize("Q7", plain, RCPTS, True, True, False) == tuple(
-        (r for r in tracker().personalize("Q7", plain, RCPTS, False, False, False))
+    assert tracker().personalize_sync("Q7", plain, RCPTS, True, True, False) == tuple(
+        r for r in tracker().personalize_sync("Q7", plain, RCPTS, False, False, False)
     )
-    assert all(r.data is None for r in tracker().personalize("Q7", plain, RCPTS, True, True, False))
-    out = tracker().personalize("Q7", plain, RCPTS, True, True, True)
-    assert all(r.data is not None and r.data.endswith(b"\r\n\r\nhello https://example.com/\r\n") for r in out)
+    assert all(
+        r.data is None for r in tracker().personalize_sync("Q7", plain, RCPTS, True, True, False)
+    )
+    out = tracker().personalize_sync("Q7", plain, RCPTS, True, True, True)
+    assert all(
+        r.data is not None and r.data.endswith(b"\r\n\r\nhello https://example.com/\r\n")
+        for r in out
+    )
 
 
 def test_hostile_structure_is_sent_untracked() -> None:
@@ -232,7 +256,7 @@ def test_hostile_structure_is_sent_untracked() -> None:
     for i in range(200):
         deep += f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'.encode()
     deep += b"Content-Type: text/html\r\n\r\n<a href='https://x.example/'>x</a>\r\n"
-    out = tracker().personalize("Q8", deep, RCPTS[:1], True, True, False)
+    out = tracker().personalize_sync("Q8", deep, RCPTS[:1], True, True, False)
     assert out[0].data is None
-    out = tracker().personalize("Q8", deep, RCPTS[:1], True, True, True)
+    out = tracker().personalize_sync("Q8", deep, RCPTS[:1], True, True, True)
     assert out[0].data is not None and out[0].data.endswith(deep.split(b"\r\n\r\n", 1)[1])
