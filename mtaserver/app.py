@@ -24,6 +24,8 @@ import uvloop
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config import Config, load_config
 from mtaserver.db import Database
+from mtaserver.dkim import DkimSigner
+from mtaserver.dkim.keys import load_keyset
 from mtaserver.errors import ConfigError, MtaError
 from mtaserver.events import EventLog
 from mtaserver.log import get_logger, kv, setup_logging
@@ -83,14 +85,31 @@ class Core:
     clock: Clock
     notifier: Notifier
     services: list[Service] = field(default_factory=list)
+    signer: DkimSigner | None = None  # built by build_services; the submission pipeline signs
 
 
 async def build_services(core: Core) -> list[Service]:
     """Construct every stage the config enables, in start order."""
     services: list[Service] = [
         SimpleService("events", on_run=core.events.run),
+        _dkim_service(core),
     ]
     return services
+
+
+def _dkim_service(core: Core) -> Service:
+    """Build the signer; on SIGHUP load the new keys, then swap them in one assignment."""
+    signer = DkimSigner(load_keyset(core.config.dkim), core.clock)
+    core.signer = signer
+
+    async def reload(config: Config) -> None:
+        keyset = await asyncio.to_thread(load_keyset, config.dkim)
+        signer.reload(keyset)
+        log.info(kv(event="dkim_keys_loaded", domains=",".join(keyset.signing) or "-",
+                    selectors=",".join(f"{k.domain}/{k.selector}" for k in keyset.keys
+                                       if k.active) or "-"))  # fmt: skip
+
+    return SimpleService("dkim", on_reload=reload)
 
 
 class App:
