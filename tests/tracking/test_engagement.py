@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mtaserver.tracking import stats as stats_mod
-from mtaserver.tracking.bots import BotDetector, Hit, load_rules, parse_rules, BotRulesError
+from mtaserver.tracking.bots import BotDetector, BotRulesError, Hit, load_rules, parse_rules
 from tests.tracking.conftest import BROWSER, Stack
 from tests.tracking.helpers import codec
 
