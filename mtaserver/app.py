@@ -22,15 +22,17 @@ from typing import Protocol
 
 import uvloop
 
+from mtaserver.admin import AdminApi, AdminDeps, AdminServer, TokenStore, build_web_app
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config import Config, load_config
 from mtaserver.db import Database
 from mtaserver.devsetup import write_private
 from mtaserver.dkim import DkimSigner
-from mtaserver.dkim.keys import load_keyset
+from mtaserver.dkim.keys import KeySet, load_keyset
 from mtaserver.errors import ConfigError, MtaError
 from mtaserver.events import EventLog
 from mtaserver.log import get_logger, kv, setup_logging
+from mtaserver.metrics import Metrics
 from mtaserver.notify import Notifier
 from mtaserver.spool import Spool
 from mtaserver.tracking.bots import BotDetector, load_rules
@@ -41,6 +43,7 @@ from mtaserver.tracking.tracker import Tracker
 from mtaserver.tracking.web import TrackingWeb
 
 log = get_logger("app")
+METRICS_TAIL_EVERY = 10.0  # seconds between event-log tails for metrics
 
 
 class Service(Protocol):
@@ -95,10 +98,15 @@ class Core:
     services: list[Service] = field(default_factory=list)
     signer: DkimSigner | None = None  # built by build_services; the submission pipeline signs
     tracker: Tracker | None = None  # built by build_services when [tracking] base_url is set
+    metrics: Metrics | None = None  # built by build_services; stages report to it
 
 
 async def build_services(core: Core) -> list[Service]:
     """Construct every stage the config enables, in start order."""
+    core.metrics = Metrics(
+        core.db, top_destinations=core.config.admin.top_destinations, clock=core.clock.now
+    )
+    core.db.on_commit.append(core.metrics.db_committed)
     services: list[Service] = [
         SimpleService("events", on_run=core.events.run),
         _dkim_service(core),
@@ -106,6 +114,9 @@ async def build_services(core: Core) -> list[Service]:
     tracking = _tracking_service(core)
     if tracking is not None:
         services.append(tracking)
+    admin = _admin_service(core, core.metrics)
+    if admin is not None:
+        services.append(admin)
     return services
 
 
@@ -157,6 +168,44 @@ def _tracking_service(core: Core) -> Service | None:
     return SimpleService(
         "tracking", on_start=lambda: web.start(host, port), on_run=recorder.run, on_drain=drain
     )
+
+
+def _admin_service(core: Core, metrics: Metrics) -> Service | None:
+    """The admin API and /metrics on [admin] listen (off when unset)."""
+    cfg = core.config.admin
+    if cfg.listen is None:
+        return None
+    deps = AdminDeps(
+        db=core.db,
+        spool=core.spool,
+        config=lambda: core.config,
+        keys=lambda: core.signer.keyset if core.signer is not None else KeySet(),
+        metrics=metrics,
+    )
+    open_paths = frozenset({"/metrics"}) if cfg.metrics_auth == "none" else frozenset()
+    web_app = build_web_app(AdminApi(deps).register, TokenStore(core.db).verify,
+                            open_paths=open_paths)  # fmt: skip
+    ssl_context = core.config.tls.server_context() if cfg.tls else None
+    server = AdminServer(web_app, ssl_context)
+    host, port = cfg.listen
+
+    async def start() -> None:
+        await metrics.start()
+        await server.start(host, port)
+
+    async def run() -> None:
+        while True:  # keep the event tail short between scrapes
+            await asyncio.sleep(METRICS_TAIL_EVERY)
+            await metrics.tail()
+
+    async def drain(timeout: float) -> None:
+        await server.stop()
+
+    async def reload(new: Config) -> None:
+        if ssl_context is not None and new.tls.cert and new.tls.key:
+            ssl_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
+
+    return SimpleService("admin", start, run, drain, reload)
 
 
 class App:

@@ -250,12 +250,17 @@ class Metrics:
     async def refresh(self) -> None:
         """Count events written since the last call, and re-read the scrape-time gauges."""
         async with self._lock:
-            await self.start()
             await self._tail()
             now = self._now()
             self._snapshot = await self.db.read(lambda c: _queue_snapshot(c, self.top, now))
 
+    async def tail(self) -> None:
+        """Count events written since the last call (cheap; run periodically between scrapes)."""
+        async with self._lock:
+            await self._tail()
+
     async def _tail(self) -> None:
+        await self.start()
         while True:
             cursor = self._cursor or 0
 
@@ -405,4 +410,3 @@ def _number(value: object, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return default
     return float(value)
-
