@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from mtaserver import __version__
+from mtaserver.model import DeliveryJob, DeliveryReport, RoutePolicy
 
 OTHER = "_other"  # the destination label for everything outside the top N
 TAIL_BATCH = 5000
@@ -410,3 +411,20 @@ def _number(value: object, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return default
     return float(value)
+
+
+class Agent(Protocol):
+    async def deliver(self, job: DeliveryJob, policy: RoutePolicy) -> DeliveryReport: ...
+
+
+class TimedAgent:
+    """Wraps a delivery agent to report each attempt's duration; adds nothing else."""
+
+    def __init__(self, agent: Agent, observe: Callable[[float], None]) -> None:
+        self._agent = agent
+        self._observe = observe
+
+    async def deliver(self, job: DeliveryJob, policy: RoutePolicy) -> DeliveryReport:
+        report = await self._agent.deliver(job, policy)
+        self._observe(report.finished_at - report.started_at)
+        return report

@@ -222,6 +222,22 @@ def test_metrics_endpoint_moves_with_a_scenario(tmp_path: Path) -> None:
         assert value(later, "mtaserver_delivery_delay_seconds_count") == 1
         assert value(later, "mtaserver_tracking_events_total", type="open", machine="false") == 1
 
+        # Released, the message is due: the real scheduler tries it against a relay port
+        # nobody listens on; the attempt and the deferrals show up.
+        api.ok("POST", f"/api/v1/queue/{ids[0]}/release")
+        deadline = time.monotonic() + 30
+        while True:
+            snap = scrape()
+            deferred = sum(v for (name, labels), v in snap.items()
+                           if name == "mtaserver_deliveries_total"
+                           and ("disposition", "deferred") in labels)  # fmt: skip
+            if deferred >= 2 and value(snap, "mtaserver_delivery_attempt_seconds_count") >= 1:
+                break
+            assert time.monotonic() < deadline, f"no deferral seen:\n{d.log()[-3000:]}"
+            time.sleep(0.1)
+        assert value(snap, "mtaserver_queue_recipients", state="held") == 0
+        assert ("mtaserver_shaping_connections_total", ()) in snap  # the daemon's shaper
+
 
 def test_metrics_without_token_when_configured(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, metrics_auth="none")
