@@ -89,7 +89,7 @@ class RedactingAccessLogger(AbstractAccessLogger):
             f" status={response.status} bytes={response.body_length} ms={time * 1000:.1f}"
         )
         access_log.handle(
-            access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, line, None, None)
+            access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, line, (), None)
         )
 
     @property
