@@ -13,6 +13,7 @@ threads (so it works beside any event loop and for subprocesses), and never forw
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import socketserver
 import struct
@@ -109,10 +110,8 @@ class DnsServer:
         class Udp(socketserver.BaseRequestHandler):
             def handle(self) -> None:
                 data, sock = self.request
-                try:
+                with contextlib.suppress(Exception):
                     sock.sendto(server.answer(data), self.client_address)
-                except Exception:
-                    pass
 
         class Tcp(socketserver.BaseRequestHandler):
             def handle(self) -> None:

@@ -1,0 +1,206 @@
+"""The composition root: builds every stage from config and runs them in one TaskGroup.
+
+Stages never import each other; this module is the only place that knows them all. Each
+stage is wrapped as a :class:`Service` — ``start`` binds sockets (before READY=1), ``run`` is
+its long-lived body, ``drain`` stops accepting and lets work in progress finish,
+``reload`` takes a new config on SIGHUP.
+
+Lifecycle: SIGTERM/SIGINT → STOPPING=1, every service drains (bounded by
+``server.drain_timeout``), tasks are cancelled, leases released, the database closed, exit 0.
+SIGHUP → RELOADING=1, the config file is re-read; a bad file is logged and the old config
+kept; otherwise each service reloads (TLS certificates, DKIM keys, limits), then READY=1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import uvloop
+
+from mtaserver.clock import Clock, SystemClock
+from mtaserver.config import Config, load_config
+from mtaserver.db import Database
+from mtaserver.errors import ConfigError, MtaError
+from mtaserver.events import EventLog
+from mtaserver.log import get_logger, kv, setup_logging
+from mtaserver.notify import Notifier
+from mtaserver.spool import Spool
+
+log = get_logger("app")
+
+
+class Service(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def drain(self, timeout: float) -> None: ...
+
+    async def reload(self, config: Config) -> None: ...
+
+
+@dataclass
+class SimpleService:
+    """Adapts plain callables to :class:`Service` for small stages."""
+
+    name: str
+    on_start: Callable[[], Awaitable[None]] | None = None
+    on_run: Callable[[], Awaitable[None]] | None = None
+    on_drain: Callable[[float], Awaitable[None]] | None = None
+    on_reload: Callable[[Config], Awaitable[None]] | None = None
+
+    async def start(self) -> None:
+        if self.on_start:
+            await self.on_start()
+
+    async def run(self) -> None:
+        if self.on_run:
+            await self.on_run()
+
+    async def drain(self, timeout: float) -> None:
+        if self.on_drain:
+            await self.on_drain(timeout)
+
+    async def reload(self, config: Config) -> None:
+        if self.on_reload:
+            await self.on_reload(config)
+
+
+@dataclass
+class Core:
+    """What every stage may be wired to."""
+
+    config: Config
+    db: Database
+    spool: Spool
+    events: EventLog
+    clock: Clock
+    notifier: Notifier
+    services: list[Service] = field(default_factory=list)
+
+
+async def build_services(core: Core) -> list[Service]:
+    """Construct every stage the config enables, in start order."""
+    services: list[Service] = [
+        SimpleService("events", on_run=core.events.run),
+    ]
+    return services
+
+
+class App:
+    def __init__(
+        self, config: Config, *, clock: Clock | None = None, notifier: Notifier | None = None
+    ):
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or Notifier()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    async def run(self) -> None:
+        cfg = self.config
+        db = Database(cfg.storage.database)
+        await db.open()
+        try:
+            spool = Spool(db)
+            released = await spool.release_leases(self.clock.now())
+            if released:
+                log.info(kv(event="leases_released_at_start", recipients=released))
+            core = Core(cfg, db, spool, EventLog(db), self.clock, self.notifier)
+            core.services = await build_services(core)
+            await self._run_services(core)
+        finally:
+            await db.close()
+            log.info(kv(event="stopped"))
+
+    async def _run_services(self, core: Core) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        started: list[Service] = []
+        try:
+            for service in core.services:
+                await service.start()
+                started.append(service)
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(s.run(), name=s.name) for s in started]
+                self.notifier.ready()
+                log.info(kv(event="ready", services=",".join(s.name for s in started)))
+                await self._supervise(core)
+                self.notifier.stopping()
+                log.info(kv(event="stopping"))
+                timeout = core.config.server.drain_timeout
+                await asyncio.gather(
+                    *(_bounded(s.drain(timeout), timeout, s.name) for s in reversed(started))
+                )
+                for task in tasks:
+                    task.cancel()
+            released = await core.spool.release_leases(self.clock.now())
+            log.info(kv(event="drained", leases_released=released))
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    async def _supervise(self, core: Core) -> None:
+        """Wait for stop, handling reloads meanwhile."""
+        while not self._stop.is_set():
+            stop = asyncio.create_task(self._stop.wait())
+            reload = asyncio.create_task(self._reload.wait())
+            await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (stop, reload):
+                t.cancel()
+            if self._reload.is_set() and not self._stop.is_set():
+                self._reload.clear()
+                await self._do_reload(core)
+
+    async def _do_reload(self, core: Core) -> None:
+        self.notifier.reloading()
+        try:
+            new = await asyncio.to_thread(load_config, core.config.source)
+        except ConfigError as exc:
+            log.error(kv(event="reload_rejected", error=str(exc)))
+            self.notifier.ready()
+            return
+        for service in core.services:
+            try:
+                await service.reload(new)
+            except (MtaError, OSError, ValueError) as exc:
+                log.error(kv(event="reload_failed", service=service.name, error=str(exc)))
+        core.config = new
+        self.config = new
+        log.info(kv(event="reloaded", source=new.source))
+        self.notifier.ready()
+
+
+async def _bounded(aw: Awaitable[None], timeout: float, name: str) -> None:
+    try:
+        await asyncio.wait_for(aw, timeout)
+    except TimeoutError:
+        log.warning(kv(event="drain_timeout", service=name, seconds=timeout))
+    except Exception as exc:
+        log.error(kv(event="drain_failed", service=name, error=type(exc).__name__))
+
+
+def serve(config: Config) -> int:
+    """Run the daemon until SIGTERM; returns the exit code."""
+    setup_logging(config.server.log_level)
+    app = App(config)
+    try:
+        uvloop.run(app.run())
+    except MtaError as exc:
+        log.error(kv(event="fatal", error=str(exc)))
+        return 1
+    return 0

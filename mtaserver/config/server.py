@@ -1,0 +1,36 @@
+"""``[server]``: who we are and where state lives."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from mtaserver.config.reader import Reader
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    hostname: str  # our name in EHLO, Received:, Message-ID and DSNs
+    data_dir: Path  # the SQLite database and other state
+    log_level: str
+    secret_file: Path  # HMAC key for VERP return paths; created by dev-setup / on first start
+    drain_timeout: float  # how long SIGTERM waits for SMTP transactions in progress
+
+
+def parse(r: Reader) -> ServerConfig:
+    hostname = r.string("hostname", socket.getfqdn())
+    if not hostname or " " in hostname:
+        raise r.error("hostname", f"expected a host name, got {hostname!r}")
+    data_dir = r.path("data_dir", None) or (r.base_dir / "var").resolve()
+    cfg = ServerConfig(
+        hostname=hostname,
+        data_dir=data_dir,
+        log_level=r.choice("log_level", LOG_LEVELS, "info"),
+        secret_file=r.path("secret_file", None) or data_dir / "secret.key",
+        drain_timeout=r.duration("drain_timeout", 30.0),
+    )
+    r.finish()
+    return cfg

@@ -1,0 +1,291 @@
+"""The SQLite database: one writer with group commit, a reader, and forward migrations.
+
+Every write in the process goes through :meth:`Database.write`. The writer task takes all
+operations that are waiting, runs them in ONE ``BEGIN IMMEDIATE … COMMIT`` (each inside its
+own SAVEPOINT, so one failing operation does not sink the others) and resolves their futures
+only after COMMIT returned — with ``synchronous=FULL`` that is after the fsync. Fifty SMTP
+sessions finishing DATA at once therefore share one fsync instead of paying fifty.
+
+The connection runs in aiosqlite's worker thread; the batch function is handed to it whole
+(``Connection._execute``) so a batch costs one thread hop, not one per statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from mtaserver.errors import StorageError
+from mtaserver.log import get_logger, kv
+
+T = TypeVar("T")
+log = get_logger("db")
+
+WriteOp = Callable[[sqlite3.Connection], Any]
+
+_FULL_CODES = {sqlite3.SQLITE_FULL}
+
+
+def translate(exc: sqlite3.Error) -> StorageError:
+    """Map SQLite failures to our StorageError (full → 452, anything else → 451)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    full = code in _FULL_CODES or "full" in str(exc).lower()
+    return StorageError(f"database error: {exc}", full=full)
+
+
+def configure(conn: sqlite3.Connection) -> None:
+    """Pragmas every connection needs: durability is per connection (PITFALLS)."""
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")
+
+
+def migration_files() -> list[tuple[str, str]]:
+    """(name, sql) of every migration shipped in ``mtaserver/migrations``, sorted."""
+    pkg = resources.files("mtaserver") / "migrations"
+    out = []
+    for entry in pkg.iterdir():
+        if entry.name.endswith(".sql"):
+            out.append((entry.name.removesuffix(".sql"), entry.read_text(encoding="utf-8")))
+    return sorted(out)
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Apply the migrations not applied yet, in order; returns their names.
+
+    Applied names are recorded in ``schema_migrations`` and their count mirrored in
+    ``PRAGMA user_version`` so ``sqlite3 file 'pragma user_version'`` tells the schema level.
+    """
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL)"
+    )
+    done = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
+    applied = []
+    for name, sql in migration_files():
+        if name in done:
+            continue
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _split_sql(sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations(name, applied_at) VALUES (?, ?)", (name, time.time())
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(name)
+    count = conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0]
+    conn.execute(f"PRAGMA user_version={int(count)}")
+    return applied
+
+
+def _split_sql(sql: str) -> list[str]:
+    """Split a migration into statements (sqlite3.complete_statement knows about strings)."""
+    statements: list[str] = []
+    buf = ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                statements.append(buf.strip())
+            buf = ""
+    if buf.strip() and not buf.strip().startswith("--"):
+        statements.append(buf.strip())
+    return statements
+
+
+@dataclass
+class _Pending:
+    op: WriteOp
+    future: asyncio.Future[Any] = field(repr=False)
+
+
+@dataclass
+class _BatchOutcome:
+    results: list[tuple[bool, Any]]
+
+
+class Database:
+    """Owns the writer connection and its group-commit task, plus one reader connection."""
+
+    def __init__(self, path: Path, *, max_batch: int = 1000, queue_size: int = 10000) -> None:
+        self.path = path
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_size)
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.unclean_start = False
+        self.commit_seconds: list[float] = []  # recent commit latencies, for metrics
+        self.on_commit: list[Callable[[float, int], None]] = []  # (seconds, ops) observers
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+            await _in_thread(self._writer, self._prepare_writer)
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await _in_thread(self._reader, configure)
+        except sqlite3.Error as exc:
+            await self._close_connections()
+            raise translate(exc) from exc
+        self._task = asyncio.create_task(self._write_loop(), name="db-writer")
+
+    def _prepare_writer(self, conn: sqlite3.Connection) -> None:
+        configure(conn)
+        applied = migrate(conn)
+        if applied:
+            log.info(kv(event="migrated", applied=",".join(applied), path=self.path))
+        row = conn.execute("SELECT value FROM meta WHERE key='clean_shutdown'").fetchone()
+        self.unclean_start = row is not None and row[0] != "1"
+        if self.unclean_start:
+            result = conn.execute("PRAGMA quick_check").fetchone()[0]
+            log.warning(kv(event="unclean_stop_detected", quick_check=result, path=self.path))
+            if result != "ok":
+                raise StorageError(f"{self.path}: quick_check failed after unclean stop: {result}")
+        conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('clean_shutdown', '0') "
+            "ON CONFLICT(key) DO UPDATE SET value='0'"
+        )
+
+    async def close(self) -> None:
+        """Finish queued writes, mark the stop as clean, close connections."""
+        if self._task is not None:
+            self._closing = True
+            await self._queue.join()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._writer is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await self._writer.execute("UPDATE meta SET value='1' WHERE key='clean_shutdown'")
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        self._reader = self._writer = None
+
+    # -- writes --------------------------------------------------------------------------
+    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op`` in the next group-committed batch; return its result once durable.
+
+        Raises :class:`StorageError` if the op or the commit failed; nothing of the op is
+        then stored.
+        """
+        if self._task is None or self._closing:
+            raise StorageError("database is not open")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(op, fut))
+        return await fut
+
+    async def _write_loop(self) -> None:
+        assert self._writer is not None
+        conn = self._writer
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            started = time.monotonic()
+            try:
+                outcome = await _in_thread(conn, _run_batch, [p.op for p in batch])
+            except sqlite3.Error as exc:
+                err = translate(exc)
+                log.error(kv(event="commit_failed", ops=len(batch), error=str(exc)))
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(err)
+            except BaseException as exc:  # cancelled while a batch was in flight
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(StorageError(f"writer stopped: {exc!r}"))
+                    self._queue.task_done()
+                raise
+            else:
+                elapsed = time.monotonic() - started
+                self.commit_seconds.append(elapsed)
+                del self.commit_seconds[:-1000]
+                for observer in self.on_commit:
+                    observer(elapsed, len(batch))
+                for p, (ok, value) in zip(batch, outcome.results, strict=True):
+                    if p.future.done():
+                        continue
+                    if ok:
+                        p.future.set_result(value)
+                    else:
+                        p.future.set_exception(value)
+            for _ in batch:
+                self._queue.task_done()
+
+    # -- reads ---------------------------------------------------------------------------
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the reader connection (sees every committed write)."""
+        if self._reader is None:
+            raise StorageError("database is not open")
+        try:
+            result: T = await _in_thread(self._reader, fn)
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        return result
+
+
+async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(sqlite3_connection, *args)`` in the connection's thread, in one hop."""
+    return await conn._execute(fn, conn._conn, *args)  # type: ignore[no-untyped-call]
+
+
+def _run_batch(conn: sqlite3.Connection, ops: list[WriteOp]) -> _BatchOutcome:
+    """Runs in the database thread: one transaction, one savepoint per op.
+
+    Some errors (SQLITE_FULL, IOERR) make SQLite roll back the whole transaction; then every
+    op of the batch so far has failed with that error and the rest start a new transaction.
+    """
+    results: list[tuple[bool, Any]] = []
+    begun_at = 0  # index of the first op in the current transaction
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for op in ops:
+            conn.execute("SAVEPOINT op")
+            try:
+                value = op(conn)
+            except Exception as exc:
+                err: Exception = exc
+                if isinstance(exc, sqlite3.Error):
+                    err = translate(exc)
+                    err.__cause__ = exc
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((False, err))
+                else:
+                    for i in range(begun_at, len(results)):
+                        results[i] = (False, err)
+                    results.append((False, err))
+                    begun_at = len(results)
+                    conn.execute("BEGIN IMMEDIATE")
+            else:
+                conn.execute("RELEASE op")
+                results.append((True, value))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return _BatchOutcome(results)

@@ -1,0 +1,232 @@
+"""Run mtaserver as a real process for end-to-end tests.
+
+    cfg = TestConfig(tmp_path)                       # free loopback ports, trustme TLS
+    cfg.set("delivery", nameservers=[dns.nameserver])
+    with Daemon(cfg) as d:                           # waits for READY=1 on a notify socket
+        ... talk to cfg.port("submission") ...
+        d.reload()                                   # SIGHUP, waits for READY=1 again
+    # leaving the block sends SIGTERM and waits for exit 0
+
+``Daemon.kill()`` sends SIGKILL (crash tests). ``d.log()`` returns stderr so far.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import trustme
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str | Path):
+        s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{s}"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def _key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else f'"{k}"'
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """A small TOML writer: scalars, lists, tables, nested tables, arrays of tables."""
+    lines: list[str] = []
+
+    def table(prefix: str, body: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in body.items() if not isinstance(v, dict) and not _is_aot(v)}
+        if prefix:
+            lines.append(f"[{prefix}]")
+        lines.extend(f"{_key(k)} = {_toml_value(v)}" for k, v in scalars.items())
+        lines.append("")
+        for k, v in body.items():
+            name = f"{prefix}.{_key(k)}" if prefix else _key(k)
+            if isinstance(v, dict):
+                table(name, v)
+            elif _is_aot(v):
+                for item in v:
+                    lines.append(f"[[{name}]]")
+                    lines.extend(f"{_key(ik)} = {_toml_value(iv)}" for ik, iv in item.items())
+                    lines.append("")
+
+    table("", data)
+    return "\n".join(lines)
+
+
+def _is_aot(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+class TestConfig:
+    """A config file under tmp_path with free ports and a trustme certificate."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, tmp_path: Path, *, tls: bool = True) -> None:
+        self.dir = tmp_path
+        self.ca = trustme.CA()
+        self.data: dict[str, Any] = {
+            "server": {
+                "hostname": "mta.test",
+                "data_dir": str(tmp_path / "data"),
+                "log_level": "debug",
+                "drain_timeout": "10s",
+            },
+            "submission": {
+                "listen_plain": f"127.0.0.1:{free_port()}",
+                "trusted_networks": ["127.0.0.0/8"],
+            },
+            "delivery": {"nameservers": []},
+        }
+        if tls:
+            cert = self.ca.issue_cert("localhost", "127.0.0.1", "mta.test")
+            cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+            cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
+            cert.private_key_pem.write_to_path(str(key_path))
+            self.data["tls"] = {"cert": str(cert_path), "key": str(key_path)}
+            self.data["submission"]["listen"] = f"127.0.0.1:{free_port()}"
+            self.data["submission"]["listen_tls"] = f"127.0.0.1:{free_port()}"
+        self.path = tmp_path / "mtaserver.toml"
+
+    def set(self, section: str, **values: Any) -> TestConfig:
+        """Set keys in a section; dotted sections like 'shaping.default' nest."""
+        node = self.data
+        for part in section.split("."):
+            node = node.setdefault(part, {})
+        node.update(values)
+        return self
+
+    def address(self, section: str, key: str) -> tuple[str, int]:
+        host, _, port = str(self.data[section][key]).rpartition(":")
+        return host, int(port)
+
+    def write(self) -> Path:
+        self.path.write_text(to_toml(self.data))
+        return self.path
+
+    @property
+    def database(self) -> Path:
+        return Path(self.data["server"]["data_dir"]) / "mtaserver.db"
+
+
+class Daemon:
+    def __init__(self, config: TestConfig, *, ready_timeout: float = 20.0) -> None:
+        self.config = config
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._notify: socket.socket | None = None
+        self.log_path = config.dir / f"daemon-{time.monotonic_ns()}.log"
+        self.notifications: list[str] = []
+
+    def cli(self, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``mtaserver ARGS -c CONFIG`` as the operator would, while the daemon runs."""
+        return subprocess.run(
+            [sys.executable, "-m", "mtaserver", *args, "-c", str(self.config.path)],
+            input=input.decode() if input is not None else None,
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+
+    def start(self) -> Daemon:
+        self.config.write()
+        sock_path = self.config.dir / f"notify-{time.monotonic_ns()}.sock"
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(str(sock_path))
+        env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), PYTHONUNBUFFERED="1")
+        self._logf = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mtaserver", "serve", "-c", str(self.config.path)],
+            stdout=self._logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        )  # fmt: skip
+        self.wait_for("READY=1", self.ready_timeout)
+        return self
+
+    def wait_for(self, token: str, timeout: float = 20.0) -> str:
+        """Wait for a notify datagram containing ``token``; fail if the process exits."""
+        assert self._notify is not None and self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._notify.settimeout(0.1)
+            try:
+                msg = self._notify.recv(4096).decode()
+            except TimeoutError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"daemon exited with {self.proc.returncode}:\n{self.log()}"
+                    ) from None
+                continue
+            self.notifications.append(msg)
+            if token in msg.split("\n"):
+                return msg
+        raise TimeoutError(f"no {token} from the daemon within {timeout}s:\n{self.log()}")
+
+    def reload(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+        self.wait_for("RELOADING=1")
+        self.wait_for("READY=1")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self._finish()
+
+    def kill(self) -> int:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        return self._finish()
+
+    def _finish(self) -> int:
+        assert self.proc is not None
+        if self._notify is not None:
+            self._notify.setblocking(False)
+            while True:
+                try:
+                    self.notifications.append(self._notify.recv(4096).decode())
+                except BlockingIOError:
+                    break
+            self._notify.close()
+            self._notify = None
+        self._logf.close()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        code = self.stop()
+        if t is None:
+            assert code == 0, f"daemon exited with {code}:\n{self.log()}"

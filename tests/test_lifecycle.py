@@ -1,0 +1,83 @@
+"""The daemon as a real process: READY/RELOADING/STOPPING, SIGHUP reload, SIGTERM drain,
+crash recovery."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from mtaserver.db import Database
+from mtaserver.model import PreparedMessage, PreparedRecipient
+from mtaserver.spool import Spool
+from tests.support.daemon import Daemon, TestConfig
+
+
+def test_ready_reload_and_clean_stop(tmp_path: Path) -> None:
+    cfg = TestConfig(tmp_path)
+    d = Daemon(cfg).start()
+    try:
+        assert any("STATUS=accepting mail" in n for n in d.notifications)
+        # A good new config is taken.
+        cfg.set("server", log_level="info")
+        cfg.write()
+        d.reload()
+        assert "event=reloaded" in d.log()
+        # A bad new config is logged and the old one kept; the daemon keeps running.
+        cfg.path.write_text('[shaping."gmail.com"]\nmax_rate = "100 per min"\n')
+        d.reload()
+        assert "event=reload_rejected" in d.log()
+        assert 'shaping.\\"gmail.com\\".max_rate' in d.log() or "max_rate" in d.log()
+        assert d.proc is not None and d.proc.poll() is None
+    finally:
+        code = d.stop()
+    assert code == 0, d.log()
+    assert any("STOPPING=1" in n for n in d.notifications)
+    assert "event=stopped" in d.log()
+    conn = sqlite3.connect(cfg.database)
+    assert conn.execute("SELECT value FROM meta WHERE key='clean_shutdown'").fetchone() == ("1",)
+
+
+def test_crash_is_detected_and_leases_come_back(tmp_path: Path) -> None:
+    import asyncio
+
+    cfg = TestConfig(tmp_path, tls=False)
+    d = Daemon(cfg).start()
+    d.kill()
+
+    async def lease_one() -> None:
+        db = Database(cfg.database)
+        await db.open()
+        spool = Spool(db)
+        await spool.enqueue(
+            PreparedMessage(
+                queue_id="Q1",
+                sender="a@example.com",
+                recipients=(PreparedRecipient("b@example.net"),),
+                data=b"x\r\n",
+                user=None,
+                client_ip="127.0.0.1",
+                received_at=1.0,
+            )
+        )
+        assert len(await spool.claim_due(now=2.0, limit=10, lease_seconds=3600)) == 1
+        # Leave without closing cleanly, as a crashed process would.
+        await db.write(lambda c: c.execute("UPDATE meta SET value='0' WHERE key='clean_shutdown'"))
+        await db._close_connections()
+
+    asyncio.run(lease_one())
+    with Daemon(cfg) as d2:
+        log = d2.log()
+        assert "event=unclean_stop_detected quick_check=ok" in log
+        assert "event=leases_released_at_start recipients=1" in log
+
+
+async def test_migrations_from_an_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+    db = Database(path)
+    await db.open()
+    tables = await db.read(
+        lambda c: {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    )
+    await db.close()
+    assert {"messages", "recipients", "events", "meta", "schema_migrations"} <= tables
