@@ -21,6 +21,7 @@ from typing import Protocol
 
 import uvloop
 
+from mtaserver.auth import Authenticator, AuthThrottle, UserStore
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config import Config, load_config
 from mtaserver.db import Database
@@ -28,7 +29,9 @@ from mtaserver.errors import ConfigError, MtaError
 from mtaserver.events import EventLog
 from mtaserver.log import get_logger, kv, setup_logging
 from mtaserver.notify import Notifier
-from mtaserver.spool import Spool
+from mtaserver.pipeline import DkimSigner, Pipeline, Tracker
+from mtaserver.spool import Spool, new_queue_id
+from mtaserver.submission import RateLimiter, SubmissionHandler, SubmissionServer, Suppressions
 
 log = get_logger("app")
 
@@ -90,7 +93,65 @@ async def build_services(core: Core) -> list[Service]:
     services: list[Service] = [
         SimpleService("events", on_run=core.events.run),
     ]
+    sub = core.config.submission
+    if sub.listen or sub.listen_tls or sub.listen_plain:
+        services.append(submission_service(core))
     return services
+
+
+def submission_service(
+    core: Core,
+    *,
+    signer: DkimSigner | None = None,
+    tracker: Tracker | None = None,
+    suppressions: Suppressions | None = None,
+) -> Service:
+    """SMTP submission → pipeline (cleanup, tracking, DKIM) → spool."""
+    cfg = core.config
+    sub = cfg.submission
+    tls_context = cfg.tls.server_context() if cfg.tls.enabled else None
+    authenticator = Authenticator(UserStore(core.db))
+    pipeline = Pipeline(
+        spool=core.spool,
+        new_queue_id=new_queue_id,
+        hostname=cfg.server.hostname,
+        max_header_size=sub.max_header_size,
+        max_mime_depth=sub.max_mime_depth,
+        tracker=tracker,
+        signer=signer,
+    )
+    handler = SubmissionHandler(
+        submitter=pipeline,
+        authenticator=authenticator,
+        throttle=AuthThrottle(sub.auth, core.clock),
+        clock=core.clock,
+        max_recipients=sub.max_recipients,
+        max_header_size=sub.max_header_size,
+        user_rate=(
+            RateLimiter(sub.user_rate, sub.user_burst, core.clock) if sub.user_rate else None
+        ),
+        suppressions=suppressions,
+    )
+    server = SubmissionServer(
+        sub, hostname=cfg.server.hostname, handler=handler, tls_context=tls_context
+    )
+
+    async def start() -> None:
+        await server.start()
+
+    async def run() -> None:
+        await asyncio.Event().wait()  # sessions run on the loop; cancelled at stop
+
+    async def drain(timeout: float) -> None:
+        await server.close(timeout)
+        authenticator.close()
+
+    async def reload(new: Config) -> None:
+        # Renewed certificate files take effect for the next handshake on every listener.
+        if tls_context is not None and new.tls.cert and new.tls.key:
+            tls_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
+
+    return SimpleService("submission", start, run, drain, reload)
 
 
 class App:

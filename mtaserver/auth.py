@@ -22,7 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from mtaserver.clock import Clock
+from mtaserver.config.submission import AuthThrottleConfig
 from mtaserver.db import Database
+from mtaserver.errors import MtaError
 
 SCRYPT_N = 2**14
 SCRYPT_R = 8
@@ -35,7 +37,7 @@ _DOMAIN = re.compile(
 )
 
 
-class UserError(ValueError):
+class UserError(MtaError, ValueError):
     """An operator mistake in a user command (bad name, unknown user, duplicate)."""
 
 
@@ -221,16 +223,6 @@ class Authenticator:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-@dataclass(frozen=True, slots=True)
-class ThrottleSettings:
-    delay_after: int = 3  # failures before each further answer is delayed
-    delay: float = 1.0  # first delay; doubles per failure, capped at max_delay
-    max_delay: float = 8.0
-    lockout_after: int = 10  # failures after which the client gets 421 and is closed
-    window: float = 900.0  # failures older than this are forgotten
-    max_tracked: int = 100_000  # bound on remembered keys
-
-
 @dataclass
 class _Failures:
     count: int
@@ -245,9 +237,10 @@ class AuthThrottle:
     ``421 4.7.0`` without checking the password, until the window passes.
     """
 
-    def __init__(self, settings: ThrottleSettings, clock: Clock) -> None:
+    def __init__(self, settings: AuthThrottleConfig, clock: Clock, *, max_tracked: int = 100_000):
         self.settings = settings
         self._clock = clock
+        self._max_tracked = max_tracked
         self._failures: OrderedDict[str, _Failures] = OrderedDict()
 
     def _get(self, key: str) -> int:
@@ -279,7 +272,7 @@ class AuthThrottle:
                 entry.count = count
                 self._failures.move_to_end(key)
             worst = max(worst, count)
-        while len(self._failures) > self.settings.max_tracked:
+        while len(self._failures) > self._max_tracked:
             self._failures.popitem(last=False)
         over = worst - self.settings.delay_after
         if over <= 0:

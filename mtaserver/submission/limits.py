@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Generic, TypeVar
 
 from mtaserver.clock import Clock
+
+T = TypeVar("T")
 
 
 class ConnectionLimiter:
@@ -55,3 +60,30 @@ class RateLimiter:
         while len(self._buckets) > self._max_keys:
             self._buckets.popitem(last=False)
         return True
+
+
+class SessionRegistry(Generic[T]):
+    """The open sessions, so a drain can end them and wait until none is left."""
+
+    def __init__(self) -> None:
+        self._items: set[T] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def add(self, item: T) -> None:
+        self._items.add(item)
+        self._empty.clear()
+
+    def discard(self, item: T) -> None:
+        self._items.discard(item)
+        if not self._items:
+            self._empty.set()
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def wait_empty(self) -> None:
+        await self._empty.wait()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from mtaserver.config.submission import SubmissionConfig
 from mtaserver.log import get_logger, kv
 from mtaserver.submission.handler import SubmissionHandler
-from mtaserver.submission.limits import ConnectionLimiter
+from mtaserver.submission.limits import ConnectionLimiter, SessionRegistry
 from mtaserver.submission.protocol import (
     ListenerSpec,
     SessionSettings,
@@ -69,6 +69,7 @@ class SubmissionServer:
         self.settings = session_settings(cfg, hostname)
         self.connections = ConnectionLimiter(cfg.max_connections_per_ip)
         self.listeners: list[Listener] = []
+        self.sessions: SessionRegistry[SubmissionSMTP] = SessionRegistry()
 
     def _factory(self, spec: ListenerSpec) -> SubmissionSMTP:
         return SubmissionSMTP(
@@ -77,6 +78,7 @@ class SubmissionServer:
             settings=self.settings,
             connections=self.connections,
             tls_context=self.tls_context,
+            sessions=self.sessions,
         )
 
     async def start(self) -> list[Listener]:
@@ -123,11 +125,22 @@ class SubmissionServer:
                 return item
         raise KeyError(name)
 
-    async def close(self) -> None:
-        """Stop accepting; sessions in progress finish on their own (bounded by timeouts)."""
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting, end idle sessions with 421, let transactions in progress reply.
+
+        Sessions still open after ``timeout`` are cut; a message whose commit had not
+        returned was not acknowledged, so the client retries it (never lost).
+        """
         for item in self.listeners:
             item.server.close()
+        for session in list(self.sessions):
+            session.shutdown()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.sessions.wait_empty(), timeout)
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.close()
         for item in self.listeners:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(item.server.wait_closed(), 5.0)
+                await asyncio.wait_for(item.server.wait_closed(), 1.0)
         self.listeners = []

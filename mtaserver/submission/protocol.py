@@ -27,7 +27,7 @@ from aiosmtpd.smtp import SMTP
 from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
 from mtaserver.submission.address import bad_argument, has_source_route
-from mtaserver.submission.limits import ConnectionLimiter
+from mtaserver.submission.limits import ConnectionLimiter, SessionRegistry
 
 log = get_logger("submission")
 
@@ -116,6 +116,7 @@ class SubmissionSMTP(SMTP):
         settings: SessionSettings,
         connections: ConnectionLimiter,
         tls_context: ssl.SSLContext | None,
+        sessions: SessionRegistry[SubmissionSMTP] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         starttls_ctx = tls_context if (listener.starttls and not listener.implicit_tls) else None
@@ -142,6 +143,8 @@ class SubmissionSMTP(SMTP):
         self.trusted = False
         self.user: Any = None  # auth.User once authenticated
         self.busy = False  # a handler is committing: timeouts wait for its reply
+        self.in_data = False  # DATA is streaming in
+        self._sessions = sessions if sessions is not None else SessionRegistry()
         self._registered = False
         self._refused = False
         self._greeted = False
@@ -161,6 +164,7 @@ class SubmissionSMTP(SMTP):
             self._session_timer = self.loop.call_later(
                 self.settings.max_session_time, self._session_expired
             )
+            self._sessions.add(self)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -170,6 +174,7 @@ class SubmissionSMTP(SMTP):
                 self._connections.release(self.client_ip)
             if self._session_timer is not None:
                 self._session_timer.cancel()
+            self._sessions.discard(self)
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
@@ -207,6 +212,14 @@ class SubmissionSMTP(SMTP):
             return
         log.info(kv(event="timeout", kind="session", client_ip=self.client_ip))
         self._say_and_close(line)
+
+    def shutdown(self) -> None:
+        """Server stopping: close now if idle, else right after the transaction's reply."""
+        line = "421 4.3.2 Service shutting down, try again later"
+        if self.busy or self.in_data:
+            self._close_after_reply = line
+        else:
+            self._say_and_close(line)
 
     def _say_and_close(self, line: str) -> None:
         transport = self.transport
@@ -305,10 +318,15 @@ class SubmissionSMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        content, problem = await self._read_data()
+        self.in_data = True
+        try:
+            content, problem = await self._read_data()
+        finally:
+            self.in_data = False
         if problem is not None:
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             await self.push(problem)
+            self._maybe_close()
             return
         self.envelope.content = content
         self.envelope.original_content = content
@@ -320,6 +338,9 @@ class SubmissionSMTP(SMTP):
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             self._reset_timeout()
         await self.push(status)
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
         if self._close_after_reply is not None:
             line, self._close_after_reply = self._close_after_reply, None
             self._say_and_close(line)

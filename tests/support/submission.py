@@ -17,13 +17,12 @@ import trustme
 from mtaserver.auth import (
     Authenticator,
     AuthThrottle,
-    ThrottleSettings,
     UserStore,
     hash_password,
 )
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config.reader import Reader
-from mtaserver.config.submission import SubmissionConfig
+from mtaserver.config.submission import AuthThrottleConfig, SubmissionConfig
 from mtaserver.config.submission import parse as parse_submission
 from mtaserver.db import Database
 from mtaserver.pipeline import Pipeline
@@ -84,7 +83,9 @@ class Env:
         conn = sqlite3.connect(self.db_path)
         conn.row_factory = sqlite3.Row
         try:
-            return conn.execute("SELECT * FROM events WHERE type=? ORDER BY id", (type_,)).fetchall()
+            return conn.execute(
+                "SELECT * FROM events WHERE type=? ORDER BY id", (type_,)
+            ).fetchall()
         finally:
             conn.close()
 
@@ -94,7 +95,7 @@ async def running(
     tmp_path: Path,
     *,
     clock: Clock | None = None,
-    throttle: ThrottleSettings | None = None,
+    throttle: AuthThrottleConfig | None = None,
     suppressions: Suppressions | None = None,
     user_burst: float = 5.0,
     pipeline_kwargs: dict[str, Any] | None = None,
@@ -121,13 +122,11 @@ async def running(
         max_header_size=cfg.max_header_size,
         **(pipeline_kwargs or {}),
     )
-    rate = (
-        RateLimiter(cfg.user_rate, user_burst, clock) if cfg.user_rate is not None else None
-    )
+    rate = RateLimiter(cfg.user_rate, user_burst, clock) if cfg.user_rate is not None else None
     handler = SubmissionHandler(
         submitter=pipeline,
         authenticator=authenticator,
-        throttle=AuthThrottle(throttle or ThrottleSettings(), clock),
+        throttle=AuthThrottle(throttle or cfg.auth, clock),
         clock=clock,
         max_recipients=cfg.max_recipients,
         max_header_size=cfg.max_header_size,
