@@ -25,11 +25,13 @@ from mtaserver.auth import Authenticator, AuthThrottle, UserStore
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config import Config, load_config
 from mtaserver.db import Database
+from mtaserver.dkim import DkimSigner
+from mtaserver.dkim.keys import load_keyset
 from mtaserver.errors import ConfigError, MtaError
 from mtaserver.events import EventLog
 from mtaserver.log import get_logger, kv, setup_logging
 from mtaserver.notify import Notifier
-from mtaserver.pipeline import DkimSigner, Pipeline, Tracker
+from mtaserver.pipeline import Pipeline, Tracker
 from mtaserver.spool import Spool, new_queue_id
 from mtaserver.submission import RateLimiter, SubmissionHandler, SubmissionServer, Suppressions
 
@@ -86,12 +88,14 @@ class Core:
     clock: Clock
     notifier: Notifier
     services: list[Service] = field(default_factory=list)
+    signer: DkimSigner | None = None  # built by build_services; the submission pipeline signs
 
 
 async def build_services(core: Core) -> list[Service]:
     """Construct every stage the config enables, in start order."""
     services: list[Service] = [
         SimpleService("events", on_run=core.events.run),
+        _dkim_service(core),
     ]
     sub = core.config.submission
     if sub.listen or sub.listen_tls or sub.listen_plain:
@@ -102,11 +106,10 @@ async def build_services(core: Core) -> list[Service]:
 def submission_service(
     core: Core,
     *,
-    signer: DkimSigner | None = None,
     tracker: Tracker | None = None,
     suppressions: Suppressions | None = None,
 ) -> Service:
-    """SMTP submission → pipeline (cleanup, tracking, DKIM) → spool."""
+    """SMTP submission → pipeline (cleanup, tracking, DKIM with ``core.signer``) → spool."""
     cfg = core.config
     sub = cfg.submission
     tls_context = cfg.tls.server_context() if cfg.tls.enabled else None
@@ -118,7 +121,7 @@ def submission_service(
         max_header_size=sub.max_header_size,
         max_mime_depth=sub.max_mime_depth,
         tracker=tracker,
-        signer=signer,
+        signer=core.signer,
     )
     handler = SubmissionHandler(
         submitter=pipeline,
@@ -152,6 +155,21 @@ def submission_service(
             tls_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
 
     return SimpleService("submission", start, run, drain, reload)
+
+
+def _dkim_service(core: Core) -> Service:
+    """Build the signer; on SIGHUP load the new keys, then swap them in one assignment."""
+    signer = DkimSigner(load_keyset(core.config.dkim), core.clock)
+    core.signer = signer
+
+    async def reload(config: Config) -> None:
+        keyset = await asyncio.to_thread(load_keyset, config.dkim)
+        signer.reload(keyset)
+        log.info(kv(event="dkim_keys_loaded", domains=",".join(keyset.signing) or "-",
+                    selectors=",".join(f"{k.domain}/{k.selector}" for k in keyset.keys
+                                       if k.active) or "-"))  # fmt: skip
+
+    return SimpleService("dkim", on_reload=reload)
 
 
 class App:

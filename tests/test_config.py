@@ -194,18 +194,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert cfg.server.data_dir == tmp_path / "state"
     assert cfg.storage.database == tmp_path / "state" / "mtaserver.db"
     assert cfg.delivery.port == 25 and cfg.delivery.tls == "opportunistic"
-    assert cfg.shaping.for_domain("gmail.com") == cfg.shaping.default
     assert cfg.submission.max_message_size == 25 * 2**20
-
-
-def test_shaping_domains_inherit_default() -> None:
-    cfg = load(
-        '[shaping.default]\nmax_connections = 3\nmax_rate = "60/min"\n'
-        '[shaping."Gmail.com"]\nmax_rate = "10/s"\n'
-    )
-    gmail = cfg.shaping.for_domain("gmail.com")
-    assert (gmail.max_connections, gmail.max_rate) == (3, 10.0)
-    assert cfg.shaping.default.max_rate == 1.0
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

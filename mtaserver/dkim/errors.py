@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from mtaserver.errors import MtaError
 
-class DkimError(Exception):
+
+class DkimError(MtaError):
     """Base class; ``reply`` is the SMTP reply the submission pipeline should give."""
 
     reply: tuple[int, str, str] = (451, "4.3.0", "Temporary signing failure, try again later")

@@ -13,9 +13,10 @@ import enum
 import os
 import stat
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
@@ -30,6 +31,11 @@ PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 class Algorithm(enum.StrEnum):
     RSA = "rsa"
     ED25519 = "ed25519"
+
+    @classmethod
+    def from_config(cls, value: str) -> Algorithm:
+        """``rsa``, ``rsa-sha256``, ``ed25519`` or ``ed25519-sha256``."""
+        return cls(value.removesuffix("-sha256"))
 
     @property
     def signature_algorithm(self) -> bytes:
@@ -230,3 +236,35 @@ class KeySet:
 
     def domains(self) -> tuple[str, ...]:
         return tuple(sorted({k.domain for k in self.keys}))
+
+
+class KeyEntry(Protocol):
+    """What a ``[[dkim]]`` entry provides (``config.dkim.DkimKeyConfig``)."""
+
+    @property
+    def domain(self) -> str: ...
+    @property
+    def selector(self) -> str: ...
+    @property
+    def key(self) -> Path: ...
+    @property
+    def algorithm(self) -> str: ...
+    @property
+    def active(self) -> bool: ...
+    @property
+    def where(self) -> str: ...
+
+
+def load_keyset(entries: Sequence[KeyEntry]) -> KeySet:
+    """Load every configured key (at start-up and on SIGHUP) into a new KeySet."""
+    return KeySet.build(
+        load_key(
+            e.key,
+            domain=e.domain,
+            selector=e.selector,
+            algorithm=Algorithm.from_config(e.algorithm),
+            active=e.active,
+            where=f"{e.where}.key",
+        )
+        for e in entries
+    )
