@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import statistics
 import subprocess
 import sys
 import time
@@ -75,10 +74,14 @@ async def test_unknown_user_and_wrong_password_same_answer_same_time(db: Databas
             assert await auth.verify(login, b"wrong password") is None
             return time.perf_counter() - started
 
-        known = [await timed(b"alice") for _ in range(5)]
-        unknown = [await timed(b"mallory") for _ in range(5)]
-        invalid = [await timed(b"\xff\xfe not utf8") for _ in range(3)]
-        k, u, i = statistics.median(known), statistics.median(unknown), statistics.median(invalid)
+        # interleaved, and compared by their fastest run: load on a shared CI machine only
+        # ever adds time, so the minimum is the cost of the work itself
+        known, unknown, invalid = [], [], []
+        for _ in range(6):
+            known.append(await timed(b"alice"))
+            unknown.append(await timed(b"mallory"))
+            invalid.append(await timed(b"\xff\xfe not utf8"))
+        k, u, i = min(known), min(unknown), min(invalid)
         assert k > 0.005  # a real KDF ran
         assert 0.5 < u / k < 2.0 and 0.5 < i / k < 2.0, (k, u, i)
     finally:
