@@ -14,6 +14,7 @@ kept; otherwise each service reloads (TLS certificates, DKIM keys, limits), then
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,15 +26,22 @@ from mtaserver.auth import Authenticator, AuthThrottle, UserStore
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config import Config, load_config
 from mtaserver.db import Database
+from mtaserver.devsetup import write_private
 from mtaserver.dkim import DkimSigner
 from mtaserver.dkim.keys import load_keyset
 from mtaserver.errors import ConfigError, MtaError
 from mtaserver.events import EventLog
 from mtaserver.log import get_logger, kv, setup_logging
 from mtaserver.notify import Notifier
-from mtaserver.pipeline import Pipeline, Tracker
+from mtaserver.pipeline import Pipeline, TrackingOptions
 from mtaserver.spool import Spool, new_queue_id
 from mtaserver.submission import RateLimiter, SubmissionHandler, SubmissionServer, Suppressions
+from mtaserver.tracking.bots import BotDetector, load_rules
+from mtaserver.tracking.privacy import IpPrivacy
+from mtaserver.tracking.recorder import Recorder, SqlTrackingStore
+from mtaserver.tracking.tokens import TokenCodec, load_secrets
+from mtaserver.tracking.tracker import Tracker
+from mtaserver.tracking.web import TrackingWeb
 
 log = get_logger("app")
 
@@ -89,6 +97,7 @@ class Core:
     notifier: Notifier
     services: list[Service] = field(default_factory=list)
     signer: DkimSigner | None = None  # built by build_services; the submission pipeline signs
+    tracker: Tracker | None = None  # built by build_services when [tracking] base_url is set
 
 
 async def build_services(core: Core) -> list[Service]:
@@ -97,16 +106,23 @@ async def build_services(core: Core) -> list[Service]:
         SimpleService("events", on_run=core.events.run),
         _dkim_service(core),
     ]
+    tracking = _tracking_service(core)
+    if tracking is not None:
+        services.append(tracking)
     sub = core.config.submission
     if sub.listen or sub.listen_tls or sub.listen_plain:
-        services.append(submission_service(core))
+        services.append(submission_service(core))  # after dkim and tracking: it uses both
     return services
+
+
+def _track_defaults(cfg: Config, user: str | None) -> TrackingOptions:
+    d = cfg.tracking.defaults_for(user)
+    return TrackingOptions(d.opens, d.clicks, d.unsubscribe)
 
 
 def submission_service(
     core: Core,
     *,
-    tracker: Tracker | None = None,
     suppressions: Suppressions | None = None,
 ) -> Service:
     """SMTP submission → pipeline (cleanup, tracking, DKIM with ``core.signer``) → spool."""
@@ -120,8 +136,9 @@ def submission_service(
         hostname=cfg.server.hostname,
         max_header_size=sub.max_header_size,
         max_mime_depth=sub.max_mime_depth,
-        tracker=tracker,
+        tracker=core.tracker,
         signer=core.signer,
+        tracking_defaults=lambda user: _track_defaults(cfg, user),
     )
     handler = SubmissionHandler(
         submitter=pipeline,
@@ -170,6 +187,41 @@ def _dkim_service(core: Core) -> Service:
                                        if k.active) or "-"))  # fmt: skip
 
     return SimpleService("dkim", on_reload=reload)
+
+
+def _tracking_service(core: Core) -> Service | None:
+    """Tracker for the pipeline (links, pixel, List-Unsubscribe) and the public endpoint."""
+    cfg = core.config.tracking
+    if cfg.base_url is None or cfg.secret_file is None:
+        return None
+    if not cfg.secret_file.exists():
+        write_private(cfg.secret_file, secrets.token_bytes(32).hex().encode() + b"\n")
+    try:
+        codec = TokenCodec(load_secrets(cfg.secret_file))
+        rules = load_rules(cfg.bot_rules_file)
+    except ValueError as exc:
+        raise ConfigError(f"tracking: {exc}") from None
+    core.tracker = Tracker(codec, cfg.base_url, cfg.unsubscribe_mailto)
+    if cfg.listen is None:
+        return None
+    recorder = Recorder(
+        SqlTrackingStore(core.db, core.events),
+        BotDetector(rules, cfg.scanner_window, cfg.burst_window, cfg.burst_links),
+        IpPrivacy(cfg.ip_privacy, codec.key),
+        core.clock,
+    )
+    web = TrackingWeb(
+        codec, recorder, core.clock, trusted_proxies=cfg.trusted_proxies, access_log=cfg.access_log
+    )
+    host, port = cfg.listen
+
+    async def drain(timeout: float) -> None:
+        await web.stop()
+        await recorder.flush(everything=True)
+
+    return SimpleService(
+        "tracking", on_start=lambda: web.start(host, port), on_run=recorder.run, on_drain=drain
+    )
 
 
 class App:

@@ -48,7 +48,8 @@ class TrackingOptions:
 def tracking_options(header: str | None, default: TrackingOptions) -> TrackingOptions:
     """``X-Mtaserver-Track: opens, clicks`` (also ``all``, ``none``, ``unsubscribe``).
 
-    Absent → the configured default; unknown words are ignored.
+    Absent → the configured default (per user); unknown words are ignored, so a typo
+    leaves a feature off rather than rejecting mail.
     """
     if header is None:
         return default
@@ -58,10 +59,18 @@ def tracking_options(header: str | None, default: TrackingOptions) -> TrackingOp
     if "all" in words:
         return TrackingOptions(True, True, True)
     return TrackingOptions(
-        opens="opens" in words or "open" in words,
-        clicks="clicks" in words or "click" in words,
-        unsubscribe="unsubscribe" in words,
+        opens=bool(words & {"opens", "open"}),
+        clicks=bool(words & {"clicks", "click"}),
+        unsubscribe=bool(words & {"unsubscribe", "unsubscribes", "unsub"}),
     )
+
+
+def campaign_tag(value: str | None) -> str | None:
+    """``X-Mtaserver-Campaign``: printable ASCII, trimmed, at most 128 characters."""
+    if value is None:
+        return None
+    tag = "".join(c for c in value if 0x20 <= ord(c) < 0x7F).strip()[:128]
+    return tag or None
 
 
 class Pipeline:
@@ -75,7 +84,7 @@ class Pipeline:
         max_mime_depth: int = 50,
         tracker: Tracker | None = None,
         signer: DkimSigner | None = None,
-        tracking_default: TrackingOptions = TrackingOptions(),
+        tracking_defaults: Callable[[str | None], TrackingOptions] | None = None,
     ) -> None:
         self._spool = spool
         self._new_queue_id = new_queue_id
@@ -84,7 +93,7 @@ class Pipeline:
         self._max_mime_depth = max_mime_depth
         self._tracker = tracker
         self._signer = signer
-        self._tracking_default = tracking_default
+        self._tracking_defaults = tracking_defaults or (lambda user: TrackingOptions())
 
     async def submit(self, sub: Submission) -> str:
         """Queue the message durably; return its queue id.
@@ -124,7 +133,7 @@ class Pipeline:
         )
         data = cleaned.data
         recipients = tuple(PreparedRecipient(address=a) for a in sub.recipients)
-        options = tracking_options(cleaned.track, self._tracking_default)
+        options = tracking_options(cleaned.track, self._tracking_defaults(sub.user))
         if self._tracker is not None and options.any:
             recipients = await self._tracker.personalize(
                 queue_id, data, sub.recipients, options.opens, options.clicks,
@@ -147,5 +156,5 @@ class Pipeline:
             client_ip=sub.client_ip,
             received_at=sub.received_at,
             message_id=cleaned.message_id,
-            campaign=cleaned.campaign,
+            campaign=campaign_tag(cleaned.campaign),
         )

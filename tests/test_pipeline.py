@@ -76,7 +76,7 @@ async def test_no_tracking_header_uses_default_and_none_disables(db: Database) -
     tracker = Tracker()
     pipeline = Pipeline(
         spool=Spool(db), new_queue_id=new_queue_id, hostname="mta.test", tracker=tracker,
-        tracking_default=TrackingOptions(opens=True),
+        tracking_defaults=lambda user: TrackingOptions(opens=user == "alice"),
     )  # fmt: skip
     await pipeline.submit(submission(b"From: alice@example.com\r\n\r\nx\r\n"))
     await pipeline.submit(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -120,7 +121,7 @@ async def stack(db: Database) -> AsyncIterator[Stack]:
         clock,
         unsubscribes=unsub,
     )
-    web = TrackingWeb(c, recorder, clock)
+    web = TrackingWeb(c, recorder, clock, trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),))
     await web.start("127.0.0.1", 0)
     http = aiohttp.ClientSession(headers={"User-Agent": BROWSER})
     tracker = Tracker(c, "https://t.example.com", None)
