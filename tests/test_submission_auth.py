@@ -74,16 +74,23 @@ async def test_unknown_user_and_wrong_password_same_answer_same_time(db: Databas
             assert await auth.verify(login, b"wrong password") is None
             return time.perf_counter() - started
 
-        # interleaved, and compared by their fastest run: load on a shared CI machine only
-        # ever adds time, so the minimum is the cost of the work itself
-        known, unknown, invalid = [], [], []
-        for _ in range(6):
-            known.append(await timed(b"alice"))
-            unknown.append(await timed(b"mallory"))
-            invalid.append(await timed(b"\xff\xfe not utf8"))
-        k, u, i = min(known), min(unknown), min(invalid)
-        assert k > 0.005  # a real KDF ran
-        assert 0.5 < u / k < 2.0 and 0.5 < i / k < 2.0, (k, u, i)
+        # Interleaved, compared by their fastest run, and measured again when a busy CI
+        # machine blurred it: skipping the KDF for unknown users would make them ~1000x
+        # faster, far outside these bounds on every try.
+        ratios: list[tuple[float, float, float]] = []
+        for _attempt in range(3):
+            known, unknown, invalid = [], [], []
+            for _ in range(6):
+                known.append(await timed(b"alice"))
+                unknown.append(await timed(b"mallory"))
+                invalid.append(await timed(b"\xff\xfe not utf8"))
+            k, u, i = min(known), min(unknown), min(invalid)
+            assert k > 0.005  # a real KDF ran
+            ratios.append((k, u, i))
+            if 0.33 < u / k < 3.0 and 0.33 < i / k < 3.0:
+                break
+        else:
+            raise AssertionError(f"timings differ: {ratios}")
     finally:
         auth.close()
 
