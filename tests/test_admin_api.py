@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import smtplib
 import sqlite3
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +25,8 @@ from tests.support.daemon import Daemon, TestConfig, free_port
 UNAUTHORIZED = b'{"error":"unauthorized"}'
 
 
-def make_config(tmp_path: Path, **admin: object) -> TestConfig:
-    cfg = TestConfig(tmp_path, tls=False)
+def make_config(tmp_path: Path, *, tls: bool = False, **admin: object) -> TestConfig:
+    cfg = TestConfig(tmp_path, tls=tls)
     cfg.set("admin", listen=f"127.0.0.1:{free_port()}", **admin)
     # Mail made due goes to a port nobody listens on (deferred): no DNS, nothing leaves.
     cfg.set("delivery", relay_host=f"127.0.0.1:{free_port()}")
@@ -327,6 +329,77 @@ def test_dkim_keys_and_dns_records_match_the_cli(running: tuple[Daemon, AdminCli
     assert one["sections"][0]["title"] == "example.com"
 
 
+# -- users -----------------------------------------------------------------------------------------
+def test_users_add_list_remove_and_the_user_can_submit(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, tls=True)
+    with Daemon(cfg) as d:
+        api = AdminClient(base_url(cfg), create_token(d, "tests"))
+        password = "tr0ub4dor&3-long"
+        created = api.request("POST", "/api/v1/users", body={
+            "name": "Bob@Example.com", "password": password, "domains": ["example.com"]})  # fmt: skip
+        assert created.status == 201, created.text
+        assert created.json()["name"] == "bob@example.com"
+        listed = api.get("/api/v1/users")
+        assert [u["name"] for u in listed.json()["users"]] == ["bob@example.com"]
+        for body in (created.body, listed.body):
+            assert password.encode() not in body and b"scrypt" not in body
+            assert b"hash" not in body
+        cli = d.cli("user", "list")
+        assert "bob@example.com" in cli.stdout and "example.com" in cli.stdout
+
+        ctx = ssl.create_default_context()
+        cfg.ca.configure_trust(ctx)
+        host, port = cfg.address("submission", "listen_tls")
+        with smtplib.SMTP_SSL(host, port, context=ctx, timeout=10) as smtp:
+            smtp.login("bob@example.com", password)
+            smtp.sendmail(
+                "bob@example.com",
+                ["rcpt@one.test"],
+                b"From: bob@example.com\r\nTo: rcpt@one.test\r\nSubject: hi\r\n\r\nhello\r\n",
+            )
+        with smtplib.SMTP_SSL(host, port, context=ctx, timeout=10) as smtp:
+            try:
+                smtp.login("bob@example.com", "wrong password")
+                raise AssertionError("a wrong password was accepted")
+            except smtplib.SMTPAuthenticationError:
+                pass
+
+        for body, message in (
+            ({"name": "bob@example.com", "password": password, "domains": ["example.com"]},
+             "already exists"),
+            ({"name": "carol", "password": "short", "domains": ["example.com"]}, "password"),
+            ({"name": "carol", "password": password, "domains": []}, "domains"),
+            ({"name": "carol", "password": password, "domains": ["not a domain"]}, "domain"),
+            ({"name": "", "password": password, "domains": ["example.com"]}, "name"),
+        ):  # fmt: skip
+            api.validate = False  # these requests break the document on purpose
+            r = api.request("POST", "/api/v1/users", body=body)
+            api.validate = True
+            assert r.status == 400 and message in r.json()["error"], (body, r.text)
+        bad_json = api.request(
+            "POST", "/api/v1/users", headers={"Content-Type": "application/json"}
+        )
+        assert bad_json.status == 400
+
+        assert api.ok("DELETE", "/api/v1/users/bob@example.com") == {
+            "name": "bob@example.com", "removed": True}  # fmt: skip
+        gone = api.delete("/api/v1/users/bob@example.com")
+        assert gone.status == 404 and gone.json() == {"error": "no user bob@example.com"}
+        assert api.ok("GET", "/api/v1/users") == {"users": []}
+        with smtplib.SMTP_SSL(host, port, context=ctx, timeout=10) as smtp:
+            try:
+                smtp.login("bob@example.com", password)
+                raise AssertionError("a removed user logged in")
+            except smtplib.SMTPAuthenticationError:
+                pass
+        metrics = api.get("/metrics").text
+        # smtplib's login() tries AUTH PLAIN, then AUTH LOGIN: two failures per refused login.
+        assert 'mtaserver_smtp_auth_failures_total{listener="submissions"} 4.0' in metrics, (
+            "\n".join(line for line in metrics.splitlines() if "smtp" in line)
+        )
+        assert 'mtaserver_smtp_sessions_total{listener="submissions"} 3.0' in metrics
+
+
 # -- coverage -------------------------------------------------------------------------------------
 def test_every_documented_endpoint_answers_and_validates(
     running: tuple[Daemon, AdminClient],
@@ -349,5 +422,9 @@ def test_every_documented_endpoint_answers_and_validates(
     api.ok("GET", "/api/v1/stats")
     api.ok("GET", "/api/v1/dkim/keys")
     api.ok("GET", "/api/v1/dns/records")
+    api.ok("POST", "/api/v1/users", 201,
+           body={"name": "bob@example.com", "password": "correct horse", "domains": ["example.com"]})  # fmt: skip
+    api.ok("GET", "/api/v1/users")
+    api.ok("DELETE", "/api/v1/users/bob@example.com")
     missing = operations() - api.covered
     assert not missing, f"not exercised: {sorted(missing)}"

@@ -4,6 +4,7 @@ the Prometheus text parser and moves as a scripted scenario runs."""
 from __future__ import annotations
 
 import asyncio
+import smtplib
 import time
 from pathlib import Path
 
@@ -195,6 +196,12 @@ def test_metrics_endpoint_moves_with_a_scenario(tmp_path: Path) -> None:
 
         before = scrape()
         assert value(before, "mtaserver_build_info", version=_version()) == 1
+        # One message through the real submission listener (trusted, plaintext) ...
+        host, port = cfg.address("submission", "listen_plain")
+        with smtplib.SMTP(host, port, timeout=10) as smtp:
+            smtp.sendmail("app@example.com", ["x@three.test"],
+                          b"From: app@example.com\r\nSubject: m\r\n\r\nbody\r\n")  # fmt: skip
+        # ... and two held back (received "later"), queued through the spool directly.
         ids = enqueue(
             cfg.database,
             ("a@example.com", ["r1@one.test", "r2@one.test"]),
@@ -202,9 +209,12 @@ def test_metrics_endpoint_moves_with_a_scenario(tmp_path: Path) -> None:
         )
         after = scrape()
         assert value(after, "mtaserver_messages_accepted_total") - value(
-            before, "mtaserver_messages_accepted_total") == 2  # fmt: skip
-        assert value(after, "mtaserver_queue_recipients", state="queued") - value(
-            before, "mtaserver_queue_recipients", state="queued") == 3  # fmt: skip
+            before, "mtaserver_messages_accepted_total") == 3  # fmt: skip
+        assert value(after, "mtaserver_recipients_accepted_total") - value(
+            before, "mtaserver_recipients_accepted_total") == 4  # fmt: skip
+        assert value(after, "mtaserver_smtp_sessions_total", listener="plain") == 1
+        assert value(after, "mtaserver_queue_recipients", state="queued") + value(
+            after, "mtaserver_queue_recipients", state="leased") == 4  # fmt: skip
         assert value(after, "mtaserver_queue_destination_recipients", domain="one.test") == 2
 
         api.ok("POST", f"/api/v1/queue/{ids[0]}/hold")
@@ -231,7 +241,7 @@ def test_metrics_endpoint_moves_with_a_scenario(tmp_path: Path) -> None:
             deferred = sum(v for (name, labels), v in snap.items()
                            if name == "mtaserver_deliveries_total"
                            and ("disposition", "deferred") in labels)  # fmt: skip
-            if deferred >= 2 and value(snap, "mtaserver_delivery_attempt_seconds_count") >= 1:
+            if deferred >= 3 and value(snap, "mtaserver_delivery_attempt_seconds_count") >= 1:
                 break
             assert time.monotonic() < deadline, f"no deferral seen:\n{d.log()[-3000:]}"
             time.sleep(0.1)

@@ -22,6 +22,7 @@ from mtaserver import dnsrecords
 from mtaserver.admin import feed
 from mtaserver.admin.server import ApiError, json_response
 from mtaserver.cli.stats import parse_since
+from mtaserver.cli.user import MIN_PASSWORD
 from mtaserver.config import Config
 from mtaserver.db import Database
 from mtaserver.dkim.keys import KeySet
@@ -65,7 +66,7 @@ class AdminDeps:
     metrics: Metrics
     users: UserAdmin | None = None
     hash_password: Callable[[str], str] | None = None
-    min_password: int = 8
+    min_password: int = MIN_PASSWORD  # the same rule as `mtaserver user add`
 
 
 # -- parameters -------------------------------------------------------------------------------
