@@ -31,10 +31,12 @@ from mtaserver.dkim import DkimSigner, KeySet
 from mtaserver.dkim.keys import load_keyset
 from mtaserver.errors import ConfigError, MtaError
 from mtaserver.events import EventLog
+from mtaserver.inbound import BounceProcessor, InboundHandler, InboundServer
 from mtaserver.log import get_logger, kv, setup_logging
 from mtaserver.mx import DnsResolver
 from mtaserver.notify import Notifier
 from mtaserver.spool import Spool
+from mtaserver.suppression import SuppressionStore
 from mtaserver.tracking.bots import BotDetector, load_rules
 from mtaserver.tracking.privacy import IpPrivacy
 from mtaserver.tracking.recorder import Recorder, SqlTrackingStore
@@ -101,6 +103,7 @@ class Core:
     resolver: DnsResolver | None = None  # built by build_services (delivery)
     agent: DeliveryAgent | None = None  # built by build_services (delivery); the scheduler uses it
     verp: Verp | None = None  # set when [inbound] bounce_domain is; delivery and inbound share it
+    suppressions: SuppressionStore | None = None  # built by build_services; submission checks it
 
 
 async def build_services(core: Core) -> list[Service]:
@@ -113,6 +116,9 @@ async def build_services(core: Core) -> list[Service]:
     tracking = _tracking_service(core)
     if tracking is not None:
         services.append(tracking)
+    inbound = _inbound_service(core)
+    if inbound is not None:
+        services.append(inbound)
     return services
 
 
@@ -159,6 +165,42 @@ def _delivery_service(core: Core) -> Service:
         await agent.aclose()
 
     return SimpleService("delivery", on_drain=drain)
+
+
+def _inbound_service(core: Core) -> Service | None:
+    """Suppression list (always) and the port-25 bounce listener (when ``[inbound] listen``)."""
+    cfg = core.config
+    core.suppressions = SuppressionStore(core.db, core.clock, cfg.inbound.suppression)
+    if cfg.inbound.listen is None or not cfg.inbound.bounce_domain:
+        return None
+    if core.verp is None:
+        core.verp = Verp(
+            read_secret(cfg.server.secret_file), cfg.inbound.verp_prefix, cfg.inbound.bounce_domain
+        )
+    processor = BounceProcessor(
+        core.db,
+        core.spool,
+        core.suppressions,
+        core.verp,
+        cfg.inbound.bounce_domain,
+        core.clock,
+        cfg.inbound.parse_timeout,
+    )
+    server = InboundServer(
+        cfg.inbound,
+        InboundHandler(cfg.inbound, core.verp, processor.process),
+        core.clock,
+        cfg.server.hostname,
+        cfg.tls.server_context() if cfg.tls.enabled else None,
+    )
+
+    async def drain(timeout: float) -> None:
+        await server.stop()
+
+    async def start() -> None:
+        await server.start()
+
+    return SimpleService("inbound", on_start=start, on_drain=drain)
 
 
 def _tracking_service(core: Core) -> Service | None:

@@ -372,7 +372,8 @@ class InboundHandler:
         if _CONTROL_RE.search(hostname) or len(hostname) > 255:
             return ["501 5.5.4 Invalid domain name"]
         session.host_name = hostname
-        return responses
+        # No AUTH on this listener, not even the empty "AUTH" aiosmtpd offers after STARTTLS.
+        return [r for r in responses if not r[4:].upper().startswith("AUTH")]
 
     async def handle_HELO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str
