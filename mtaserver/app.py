@@ -390,6 +390,7 @@ def _admin_service(core: Core, metrics: Metrics) -> Service | None:
         metrics=metrics,
         users=UserStore(core.db),
         hash_password=hash_password,
+        suppressions=core.suppressions,
     )
     open_paths = frozenset({"/metrics"}) if cfg.metrics_auth == "none" else frozenset()
     web_app = build_web_app(AdminApi(deps).register, TokenStore(core.db).verify,

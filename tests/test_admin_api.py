@@ -329,6 +329,73 @@ def test_dkim_keys_and_dns_records_match_the_cli(running: tuple[Daemon, AdminCli
     assert one["sections"][0]["title"] == "example.com"
 
 
+# -- suppressions ----------------------------------------------------------------------------------
+def test_suppressions_add_check_list_remove(running: tuple[Daemon, AdminClient]) -> None:
+    d, api = running
+    g = api.ok("POST", "/api/v1/suppressions", 201,
+               body={"address": "Gone@Dead.test", "reason": "unknown-recipient"})  # fmt: skip
+    assert (g["address"], g["scope"], g["reason"], g["source"], g["expires_at"]) == (
+        "gone@dead.test", None, "unknown-recipient", "manual", None)  # fmt: skip
+    s = api.ok("POST", "/api/v1/suppressions", 201,
+               body={"address": "fan@x.test", "reason": "unsubscribe", "scope": "news.test",
+                     "for": "30d"})  # fmt: skip
+    assert s["scope"] == "news.test" and s["expires_at"] > time.time() + 29 * 86400
+
+    def check(address: str, sender_domain: str | None = None) -> dict[str, object]:
+        query = {"address": address}
+        if sender_domain:
+            query["sender_domain"] = sender_domain
+        return api.ok("GET", "/api/v1/suppressions/check", query=query)  # type: ignore[no-any-return]
+
+    assert check("gone@dead.test", "any.test")["suppressed"] is True
+    assert check("GONE@dead.test")["entry"]["reason"] == "unknown-recipient"  # type: ignore[index]
+    assert check("fan@x.test", "news.test")["suppressed"] is True
+    assert check("fan@x.test", "shop.test") == {"address": "fan@x.test", "suppressed": False,
+                                               "entry": None}  # fmt: skip
+    # The CLI reads the same list.
+    assert (
+        d.cli("suppression", "check", "fan@x.test", "--sender-domain", "news.test").returncode == 1
+    )
+    assert (
+        d.cli("suppression", "check", "fan@x.test", "--sender-domain", "shop.test").returncode == 0
+    )
+
+    listed = api.ok("GET", "/api/v1/suppressions")["suppressions"]
+    assert {x["address"] for x in listed} == {"gone@dead.test", "fan@x.test"}
+    only = api.ok("GET", "/api/v1/suppressions", query={"address": "fan@x.test", "limit": 5})
+    assert [x["scope"] for x in only["suppressions"]] == ["news.test"]
+
+    # The submission listener refuses a suppressed recipient: one list, everywhere.
+    host, port = d.config.address("submission", "listen_plain")
+    with smtplib.SMTP(host, port, timeout=10) as smtp:
+        smtp.ehlo()
+        smtp.mail("app@example.com")
+        code, reply = smtp.rcpt("gone@dead.test")
+        assert code == 550 and b"suppressed" in reply
+
+    wrong_scope = api.delete("/api/v1/suppressions/fan@x.test", query={"scope": "shop.test"})
+    assert wrong_scope.status == 404
+    assert api.ok("DELETE", "/api/v1/suppressions/fan@x.test", query={"scope": "news.test"}) == {
+        "address": "fan@x.test", "removed": 1}  # fmt: skip
+    assert api.ok("DELETE", "/api/v1/suppressions/Gone@dead.test")["removed"] == 1
+    assert api.delete("/api/v1/suppressions/gone@dead.test").status == 404
+    assert check("gone@dead.test")["suppressed"] is False
+    assert api.ok("GET", "/api/v1/suppressions") == {"suppressions": []}
+
+    api.validate = False  # invalid on purpose
+    for method, path, kw in (
+        ("POST", "/api/v1/suppressions", {"body": {"address": "not an address"}}),
+        ("POST", "/api/v1/suppressions", {"body": {"address": "a@b.test", "for": "forever"}}),
+        ("POST", "/api/v1/suppressions", {"body": ["a@b.test"]}),
+        ("GET", "/api/v1/suppressions/check", {"query": {"address": "nobody"}}),
+        ("GET", "/api/v1/suppressions", {"query": {"include_expired": "maybe"}}),
+        ("DELETE", "/api/v1/suppressions/nobody", {}),
+    ):
+        r = api.request(method, path, **kw)
+        assert r.status == 400 and set(r.json()) == {"error"}, (method, path, kw, r.text)
+    api.validate = True
+
+
 # -- users -----------------------------------------------------------------------------------------
 def test_users_add_list_remove_and_the_user_can_submit(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, tls=True)
@@ -422,6 +489,10 @@ def test_every_documented_endpoint_answers_and_validates(
     api.ok("GET", "/api/v1/stats")
     api.ok("GET", "/api/v1/dkim/keys")
     api.ok("GET", "/api/v1/dns/records")
+    api.ok("POST", "/api/v1/suppressions", 201, body={"address": "x@y.test"})
+    api.ok("GET", "/api/v1/suppressions")
+    api.ok("GET", "/api/v1/suppressions/check", query={"address": "x@y.test"})
+    api.ok("DELETE", "/api/v1/suppressions/x@y.test")
     api.ok("POST", "/api/v1/users", 201,
            body={"name": "bob@example.com", "password": "correct horse", "domains": ["example.com"]})  # fmt: skip
     api.ok("GET", "/api/v1/users")

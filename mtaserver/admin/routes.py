@@ -22,13 +22,16 @@ from mtaserver import dnsrecords
 from mtaserver.admin import feed
 from mtaserver.admin.server import ApiError, json_response
 from mtaserver.cli.stats import parse_since
+from mtaserver.cli.suppression import _valid as valid_address
 from mtaserver.cli.user import MIN_PASSWORD
 from mtaserver.config import Config
+from mtaserver.config.units import parse_duration
 from mtaserver.db import Database
 from mtaserver.dkim.keys import KeySet
 from mtaserver.dkim.records import quote_txt
 from mtaserver.metrics import Metrics
 from mtaserver.spool import Spool
+from mtaserver.suppression import Suppression, SuppressionStore
 from mtaserver.tracking.stats import compute as compute_stats
 
 PREFIX = "/api/v1"
@@ -65,6 +68,7 @@ class AdminDeps:
     keys: Callable[[], KeySet]  # the signer's current DKIM keys
     metrics: Metrics
     users: UserAdmin | None = None
+    suppressions: SuppressionStore | None = None
     hash_password: Callable[[str], str] | None = None
     min_password: int = MIN_PASSWORD  # the same rule as `mtaserver user add`
 
@@ -123,6 +127,11 @@ class AdminApi:
         r.add_get(f"{p}/stats", self.stats, allow_head=False)
         r.add_get(f"{p}/dkim/keys", self.dkim_keys, allow_head=False)
         r.add_get(f"{p}/dns/records", self.dns_records, allow_head=False)
+        if self.d.suppressions is not None:
+            r.add_get(f"{p}/suppressions", self.suppressions_list, allow_head=False)
+            r.add_post(f"{p}/suppressions", self.suppressions_add)
+            r.add_get(f"{p}/suppressions/check", self.suppressions_check, allow_head=False)
+            r.add_delete(f"{p}/suppressions/{{address}}", self.suppressions_remove)
         if self.d.users is not None:
             r.add_get(f"{p}/users", self.users_list, allow_head=False)
             r.add_post(f"{p}/users", self.users_add)
@@ -327,3 +336,60 @@ class AdminApi:
             raise ApiError(404, f"no user {name}")
         await store.remove(name)
         return json_response({"name": name, "removed": True})
+
+    # -- suppressions ----------------------------------------------------------------------
+    def _suppressions(self) -> SuppressionStore:
+        assert self.d.suppressions is not None  # routes exist only when wired
+        return self.d.suppressions
+
+    async def suppressions_list(self, request: web.Request) -> web.Response:
+        limit = int_param(request, "limit", 1000, 1, 10000)
+        expired = request.query.get("include_expired", "false")
+        if expired not in ("true", "false"):
+            raise ApiError(400, "include_expired: expected true or false")
+        address = request.query.get("address") or None
+        rows = await self._suppressions().list(
+            valid_address(address) if address else None,
+            limit=limit,
+            include_expired=expired == "true",
+        )
+        return json_response({"suppressions": [asdict(x) for x in rows]})
+
+    async def suppressions_add(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        address = valid_address(str_field(body, "address") or "")
+        reason = str_field(body, "reason", required=False) or "manual"
+        scope = str_field(body, "scope", required=False)
+        expires = None
+        if (duration := str_field(body, "for", required=False)) is not None:
+            try:
+                expires = time.time() + parse_duration(duration)
+            except ValueError:
+                raise ApiError(
+                    400, f"for: expected a duration like '30d', got {duration!r}"
+                ) from None
+        entry: Suppression = await self._suppressions().add(
+            address, reason, scope=scope, source="manual", expires_at=expires
+        )
+        return json_response(asdict(entry), 201)
+
+    async def suppressions_check(self, request: web.Request) -> web.Response:
+        address = valid_address(request.query.get("address", ""))
+        entry = await self._suppressions().check(
+            address, request.query.get("sender_domain") or None
+        )
+        return json_response(
+            {
+                "address": address.strip().strip("<>").lower(),
+                "suppressed": entry is not None,
+                "entry": asdict(entry) if entry is not None else None,
+            }
+        )
+
+    async def suppressions_remove(self, request: web.Request) -> web.Response:
+        address = valid_address(request.match_info["address"])
+        scope = request.query.get("scope")
+        n = await self._suppressions().remove(address, scope or None, all_scopes=scope is None)
+        if n == 0:
+            raise ApiError(404, f"{address.lower()} is not suppressed")
+        return json_response({"address": address.strip().strip("<>").lower(), "removed": n})
