@@ -39,6 +39,7 @@ from mtaserver.notify import Notifier
 from mtaserver.scheduler import Scheduler
 from mtaserver.shaper import Shaper
 from mtaserver.spool import Spool, new_queue_id
+from mtaserver.suppression import SuppressionStore
 from mtaserver.tracking.bots import BotDetector, load_rules
 from mtaserver.tracking.privacy import IpPrivacy
 from mtaserver.tracking.recorder import Recorder, SqlTrackingStore
@@ -109,13 +110,14 @@ class Core:
 
 async def build_services(core: Core) -> list[Service]:
     """Construct every stage the config enables, in start order."""
+    # Built first: it sets core.tracker, which the submission pipeline needs.
+    tracking = _tracking_service(core)
     services: list[Service] = [
         SimpleService("events", on_run=core.events.run),
         _dkim_service(core),
         _delivery_service(core),
         _scheduler_service(core),
     ]
-    tracking = _tracking_service(core)
     if tracking is not None:
         services.append(tracking)
     return services
@@ -211,6 +213,19 @@ def _scheduler_service(core: Core) -> Service:
     return SimpleService("scheduler", on_run=scheduler.run, on_drain=scheduler.drain)
 
 
+class _SuppressUnsubscribes:
+    """Tracking's UnsubscribeSink: suppress the address for the sender's domain."""
+
+    def __init__(self, store: SuppressionStore) -> None:
+        self.store = store
+
+    async def unsubscribe(self, sender: str, address: str, queue_id: str, at: float) -> None:
+        domain = sender.rpartition("@")[2] or None
+        await self.store.add(
+            address, "unsubscribe", scope=domain, source="tracking", queue_id=queue_id
+        )
+
+
 def _tracking_service(core: Core) -> Service | None:
     """Tracker for the pipeline (links, pixel, List-Unsubscribe) and the public endpoint."""
     cfg = core.config.tracking
@@ -231,6 +246,7 @@ def _tracking_service(core: Core) -> Service | None:
         BotDetector(rules, cfg.scanner_window, cfg.burst_window, cfg.burst_links),
         IpPrivacy(cfg.ip_privacy, codec.key),
         core.clock,
+        unsubscribes=_SuppressUnsubscribes(SuppressionStore(core.db, core.clock)),
     )
     web = TrackingWeb(
         codec, recorder, core.clock, trusted_proxies=cfg.trusted_proxies, access_log=cfg.access_log
