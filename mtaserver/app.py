@@ -110,14 +110,13 @@ class Core:
 
 async def build_services(core: Core) -> list[Service]:
     """Construct every stage the config enables, in start order."""
-    # Built first: it sets core.tracker, which the submission pipeline needs.
-    tracking = _tracking_service(core)
     services: list[Service] = [
         SimpleService("events", on_run=core.events.run),
         _dkim_service(core),
         _delivery_service(core),
         _scheduler_service(core),
     ]
+    tracking = _tracking_service(core)
     if tracking is not None:
         services.append(tracking)
     return services
