@@ -241,7 +241,7 @@ def _tracking_service(core: Core) -> Service | None:
     if cfg.listen is None:
         return None
     recorder = Recorder(
-        SqlTrackingStore(core.db, core.events),
+        SqlTrackingStore(core.db),
         BotDetector(rules, cfg.scanner_window, cfg.burst_window, cfg.burst_links),
         IpPrivacy(cfg.ip_privacy, codec.key),
         core.clock,

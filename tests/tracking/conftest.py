@@ -11,7 +11,6 @@ import aiohttp
 import pytest
 
 from mtaserver.db import Database
-from mtaserver.events import EventLog
 from mtaserver.model import (
     Event,
     PreparedMessage,
@@ -118,16 +117,17 @@ class Stack:
 async def stack(db: Database) -> AsyncIterator[Stack]:
     clock = FakeClock()
     c = codec()
-    events = EventLog(db)
     unsub = Unsubscribed(SuppressionStore(db, clock))
     recorder = Recorder(
-        SqlTrackingStore(db, events),
+        SqlTrackingStore(db),
         BotDetector(load_rules(), scanner_window=10, burst_window=2, burst_links=3),
         IpPrivacy("truncate", c.key),
         clock,
         unsubscribes=unsub,
     )
-    web = TrackingWeb(c, recorder, clock, trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),))
+    web = TrackingWeb(
+        c, recorder, clock, trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),), access_log=True
+    )
     await web.start("127.0.0.1", 0)
     http = aiohttp.ClientSession(headers={"User-Agent": BROWSER})
     tracker = Tracker(c, "https://t.example.com", None)
