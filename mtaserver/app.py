@@ -22,6 +22,7 @@ from typing import Protocol
 
 import uvloop
 
+from mtaserver.auth import Authenticator, AuthThrottle, UserStore
 from mtaserver.classify import classify
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config import Config, load_config
@@ -33,12 +34,15 @@ from mtaserver.dkim import DkimSigner, KeySet
 from mtaserver.dkim.keys import load_keyset
 from mtaserver.errors import ConfigError, MtaError
 from mtaserver.events import EventLog
+from mtaserver.inbound import BounceProcessor, InboundHandler, InboundServer
 from mtaserver.log import get_logger, kv, setup_logging
 from mtaserver.mx import DnsResolver, Route
 from mtaserver.notify import Notifier
+from mtaserver.pipeline import Pipeline, TrackingOptions
 from mtaserver.scheduler import Scheduler
 from mtaserver.shaper import Shaper
 from mtaserver.spool import Spool, new_queue_id
+from mtaserver.submission import RateLimiter, SubmissionHandler, SubmissionServer, Suppressions
 from mtaserver.suppression import SuppressionStore
 from mtaserver.tracking.bots import BotDetector, load_rules
 from mtaserver.tracking.privacy import IpPrivacy
@@ -106,6 +110,7 @@ class Core:
     resolver: DnsResolver | None = None  # built by build_services (delivery)
     agent: DeliveryAgent | None = None  # built by build_services (delivery); the scheduler uses it
     verp: Verp | None = None  # set when [inbound] bounce_domain is; delivery and inbound share it
+    suppressions: SuppressionStore | None = None  # built by build_services; submission checks it
 
 
 async def build_services(core: Core) -> list[Service]:
@@ -119,7 +124,74 @@ async def build_services(core: Core) -> list[Service]:
     tracking = _tracking_service(core)
     if tracking is not None:
         services.append(tracking)
+    inbound = _inbound_service(core)  # builds core.suppressions, which submission checks
+    if inbound is not None:
+        services.append(inbound)
+    sub = core.config.submission
+    if sub.listen or sub.listen_tls or sub.listen_plain:
+        services.append(
+            submission_service(core, suppressions=core.suppressions)
+        )  # after dkim, tracking
     return services
+
+
+def _track_defaults(cfg: Config, user: str | None) -> TrackingOptions:
+    d = cfg.tracking.defaults_for(user)
+    return TrackingOptions(d.opens, d.clicks, d.unsubscribe)
+
+
+def submission_service(
+    core: Core,
+    *,
+    suppressions: Suppressions | None = None,
+) -> Service:
+    """SMTP submission → pipeline (cleanup, tracking, DKIM with ``core.signer``) → spool."""
+    cfg = core.config
+    sub = cfg.submission
+    tls_context = cfg.tls.server_context() if cfg.tls.enabled else None
+    authenticator = Authenticator(UserStore(core.db))
+    pipeline = Pipeline(
+        spool=core.spool,
+        new_queue_id=new_queue_id,
+        hostname=cfg.server.hostname,
+        max_header_size=sub.max_header_size,
+        max_mime_depth=sub.max_mime_depth,
+        tracker=core.tracker,
+        signer=core.signer,
+        tracking_defaults=lambda user: _track_defaults(cfg, user),
+    )
+    handler = SubmissionHandler(
+        submitter=pipeline,
+        authenticator=authenticator,
+        throttle=AuthThrottle(sub.auth, core.clock),
+        clock=core.clock,
+        max_recipients=sub.max_recipients,
+        max_header_size=sub.max_header_size,
+        user_rate=(
+            RateLimiter(sub.user_rate, sub.user_burst, core.clock) if sub.user_rate else None
+        ),
+        suppressions=suppressions,
+    )
+    server = SubmissionServer(
+        sub, hostname=cfg.server.hostname, handler=handler, tls_context=tls_context
+    )
+
+    async def start() -> None:
+        await server.start()
+
+    async def run() -> None:
+        await asyncio.Event().wait()  # sessions run on the loop; cancelled at stop
+
+    async def drain(timeout: float) -> None:
+        await server.close(timeout)
+        authenticator.close()
+
+    async def reload(new: Config) -> None:
+        # Renewed certificate files take effect for the next handshake on every listener.
+        if tls_context is not None and new.tls.cert and new.tls.key:
+            tls_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
+
+    return SimpleService("submission", start, run, drain, reload)
 
 
 def _dkim_service(core: Core) -> Service:
@@ -165,6 +237,42 @@ def _delivery_service(core: Core) -> Service:
         await agent.aclose()
 
     return SimpleService("delivery", on_drain=drain)
+
+
+def _inbound_service(core: Core) -> Service | None:
+    """Suppression list (always) and the port-25 bounce listener (when ``[inbound] listen``)."""
+    cfg = core.config
+    core.suppressions = SuppressionStore(core.db, core.clock, cfg.inbound.suppression)
+    if cfg.inbound.listen is None or not cfg.inbound.bounce_domain:
+        return None
+    if core.verp is None:
+        core.verp = Verp(
+            read_secret(cfg.server.secret_file), cfg.inbound.verp_prefix, cfg.inbound.bounce_domain
+        )
+    processor = BounceProcessor(
+        core.db,
+        core.spool,
+        core.suppressions,
+        core.verp,
+        cfg.inbound.bounce_domain,
+        core.clock,
+        cfg.inbound.parse_timeout,
+    )
+    server = InboundServer(
+        cfg.inbound,
+        InboundHandler(cfg.inbound, core.verp, processor.process),
+        core.clock,
+        cfg.server.hostname,
+        cfg.tls.server_context() if cfg.tls.enabled else None,
+    )
+
+    async def drain(timeout: float) -> None:
+        await server.stop()
+
+    async def start() -> None:
+        await server.start()
+
+    return SimpleService("inbound", on_start=start, on_drain=drain)
 
 
 class _MxHosts:
