@@ -23,6 +23,7 @@ import uvloop
 
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config import Config, load_config
+from mtaserver.crypto import codec_for
 from mtaserver.db import Database
 from mtaserver.dkim import DkimSigner
 from mtaserver.dkim.keys import load_keyset
@@ -31,6 +32,7 @@ from mtaserver.events import EventLog
 from mtaserver.log import get_logger, kv, setup_logging
 from mtaserver.notify import Notifier
 from mtaserver.spool import Spool
+from mtaserver.webhooks import WebhookDispatcher
 
 log = get_logger("app")
 
@@ -93,8 +95,22 @@ async def build_services(core: Core) -> list[Service]:
     services: list[Service] = [
         SimpleService("events", on_run=core.events.run),
         _dkim_service(core),
+        _storage_service(core),
+        WebhookDispatcher(core.db, core.config.webhooks, core.clock),
     ]
     return services
+
+
+def _storage_service(core: Core) -> Service:
+    """On SIGHUP, re-read the encryption key file (rotation: a new current key)."""
+
+    async def reload(config: Config) -> None:
+        codec = await asyncio.to_thread(codec_for, config.storage.encryption_key_file)
+        core.spool.codec = codec
+        log.info(kv(event="storage_keys_loaded",
+                    current=getattr(codec, "current", None) or "-"))  # fmt: skip
+
+    return SimpleService("storage", on_reload=reload)
 
 
 def _dkim_service(core: Core) -> Service:
@@ -133,7 +149,9 @@ class App:
         db = Database(cfg.storage.database)
         await db.open()
         try:
-            spool = Spool(db)
+            spool = Spool(
+                db, codec_for(cfg.storage.encryption_key_file), keep_bodies=cfg.retention.bodies
+            )
             released = await spool.release_leases(self.clock.now())
             if released:
                 log.info(kv(event="leases_released_at_start", recipients=released))
