@@ -14,6 +14,7 @@ kept; otherwise each service reloads (TLS certificates, DKIM keys, limits), then
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from mtaserver.clock import Clock, SystemClock
 from mtaserver.config import Config, load_config
 from mtaserver.crypto import codec_for
 from mtaserver.db import Database
+from mtaserver.devsetup import write_private
 from mtaserver.dkim import DkimSigner
 from mtaserver.dkim.keys import load_keyset
 from mtaserver.errors import ConfigError, MtaError
@@ -32,6 +34,12 @@ from mtaserver.events import EventLog
 from mtaserver.log import get_logger, kv, setup_logging
 from mtaserver.notify import Notifier
 from mtaserver.spool import Spool
+from mtaserver.tracking.bots import BotDetector, load_rules
+from mtaserver.tracking.privacy import IpPrivacy
+from mtaserver.tracking.recorder import Recorder, SqlTrackingStore
+from mtaserver.tracking.tokens import TokenCodec, load_secrets
+from mtaserver.tracking.tracker import Tracker
+from mtaserver.tracking.web import TrackingWeb
 from mtaserver.webhooks import WebhookDispatcher
 
 log = get_logger("app")
@@ -88,6 +96,7 @@ class Core:
     notifier: Notifier
     services: list[Service] = field(default_factory=list)
     signer: DkimSigner | None = None  # built by build_services; the submission pipeline signs
+    tracker: Tracker | None = None  # built by build_services when [tracking] base_url is set
 
 
 async def build_services(core: Core) -> list[Service]:
@@ -98,6 +107,9 @@ async def build_services(core: Core) -> list[Service]:
         _storage_service(core),
         WebhookDispatcher(core.db, core.config.webhooks, core.clock),
     ]
+    tracking = _tracking_service(core)
+    if tracking is not None:
+        services.append(tracking)
     return services
 
 
@@ -126,6 +138,41 @@ def _dkim_service(core: Core) -> Service:
                                        if k.active) or "-"))  # fmt: skip
 
     return SimpleService("dkim", on_reload=reload)
+
+
+def _tracking_service(core: Core) -> Service | None:
+    """Tracker for the pipeline (links, pixel, List-Unsubscribe) and the public endpoint."""
+    cfg = core.config.tracking
+    if cfg.base_url is None or cfg.secret_file is None:
+        return None
+    if not cfg.secret_file.exists():
+        write_private(cfg.secret_file, secrets.token_bytes(32).hex().encode() + b"\n")
+    try:
+        codec = TokenCodec(load_secrets(cfg.secret_file))
+        rules = load_rules(cfg.bot_rules_file)
+    except ValueError as exc:
+        raise ConfigError(f"tracking: {exc}") from None
+    core.tracker = Tracker(codec, cfg.base_url, cfg.unsubscribe_mailto)
+    if cfg.listen is None:
+        return None
+    recorder = Recorder(
+        SqlTrackingStore(core.db, core.events),
+        BotDetector(rules, cfg.scanner_window, cfg.burst_window, cfg.burst_links),
+        IpPrivacy(cfg.ip_privacy, codec.key),
+        core.clock,
+    )
+    web = TrackingWeb(
+        codec, recorder, core.clock, trusted_proxies=cfg.trusted_proxies, access_log=cfg.access_log
+    )
+    host, port = cfg.listen
+
+    async def drain(timeout: float) -> None:
+        await web.stop()
+        await recorder.flush(everything=True)
+
+    return SimpleService(
+        "tracking", on_start=lambda: web.start(host, port), on_run=recorder.run, on_drain=drain
+    )
 
 
 class App:

@@ -1,0 +1,301 @@
+"""The delivery agent: one job → routing → MX hosts in turn → per-recipient results.
+
+Mechanism only (Postfix ``smtp(8)``): it never touches the queue; the scheduler applies
+policy to the ``DeliveryReport`` it returns. Connections are pooled per MX host address
+(and TLS mode) and reused up to ``policy.max_messages_per_connection`` transactions, with
+RSET before each reuse; idle ones are closed after ``policy.idle_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from mtaserver.clock import Clock
+from mtaserver.delivery.replies import disposition_of, local, retry_hint
+from mtaserver.delivery.session import Session, open_session
+from mtaserver.delivery.tls import TlsContexts
+from mtaserver.model import (
+    DeliveryJob,
+    DeliveryReport,
+    Disposition,
+    JobRecipient,
+    RecipientResult,
+    RoutePolicy,
+    SmtpReply,
+)
+from mtaserver.mx import Resolver, Route, RouteError
+
+log = logging.getLogger("mtaserver.delivery")
+
+
+class ReturnPath(Protocol):
+    """Per-recipient envelope sender (VERP); app wires ``mtaserver.verp.Verp``."""
+
+    def address(self, queue_id: str, idx: int) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Tx:
+    sender: str
+    recipients: tuple[JobRecipient, ...]
+
+
+_PoolKey = tuple[str, str, int, str]
+
+
+def _kv(**fields: object) -> str:
+    out = []
+    for k, v in fields.items():
+        text = str(v)
+        if not text or any(c in text for c in ' "='):
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        out.append(f"{k}={text}")
+    return " ".join(out)
+
+
+def _split_relay(relay: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[ip]:port`` or ``[v6]`` → (host, port)."""
+    relay = relay.strip()
+    if relay.startswith("["):
+        host, _, rest = relay[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if relay.count(":") == 1:
+        host, _, port = relay.partition(":")
+        return host, int(port)
+    return relay, default_port
+
+
+class DeliveryAgent:
+    """Delivers ``DeliveryJob``s over SMTP; ``deliver`` never raises for SMTP/network trouble."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        clock: Clock,
+        *,
+        hostname: str,
+        return_path: ReturnPath | None = None,
+        ca_file: str | None = None,
+        max_addresses: int = 10,
+        max_idle_sessions: int = 1000,
+        reap_interval: float = 1.0,
+    ) -> None:
+        self._resolver = resolver
+        self._clock = clock
+        self._hostname = hostname
+        self._return_path = return_path
+        self._contexts = TlsContexts(ca_file)
+        self._max_addresses = max_addresses
+        self._max_idle = max_idle_sessions
+        self._reap_interval = reap_interval
+        self._idle: dict[_PoolKey, list[Session]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- public ----------------------------------------------------------------------
+    async def deliver(self, job: DeliveryJob, policy: RoutePolicy) -> DeliveryReport:
+        started = self._clock.now()
+        try:
+            results = await self._deliver(job, policy)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the edge: a bug here must defer, never lose the job
+            log.exception("%s", _kv(queue_id=job.queue_id, status="error", domain=job.domain))
+            reply = local("4.3.0", "local error in delivery")
+            results = [
+                RecipientResult(r.idx, r.address, Disposition.DEFERRED, reply)
+                for r in job.recipients
+            ]
+        return DeliveryReport(job.queue_id, job.domain, tuple(results), started, self._clock.now())
+
+    async def aclose(self) -> None:
+        """Close every idle connection (QUIT) and stop the idle reaper."""
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        sessions = [s for lst in self._idle.values() for s in lst]
+        self._idle.clear()
+        if sessions:
+            await asyncio.gather(*(s.close(timeout=5.0) for s in sessions))
+
+    @property
+    def idle_sessions(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    # -- one job ---------------------------------------------------------------------
+    async def _deliver(self, job: DeliveryJob, policy: RoutePolicy) -> list[RecipientResult]:
+        if not job.recipients:
+            return []
+        if policy.relay_host:
+            host, port = _split_relay(policy.relay_host, policy.port)
+            route = await self._resolver.host(host)
+        else:
+            port = policy.port
+            route = await self._resolver.route(job.domain)
+        if isinstance(route, RouteError):
+            log.info(
+                "%s",
+                _kv(
+                    queue_id=job.queue_id,
+                    domain=job.domain,
+                    status="route-failed",
+                    reply=str(route.reply),
+                ),
+            )
+            return [
+                self._result(r, route.reply, None, disposition=route.disposition)
+                for r in job.recipients
+            ]
+        return await self._walk(job, policy, route, port)
+
+    def _transactions(self, job: DeliveryJob) -> list[_Tx]:
+        if self._return_path is not None and job.sender:
+            return [
+                _Tx(self._return_path.address(job.queue_id, r.idx), (r,)) for r in job.recipients
+            ]
+        return [_Tx(job.sender, job.recipients)]
+
+    async def _walk(
+        self, job: DeliveryJob, policy: RoutePolicy, route: Route, port: int
+    ) -> list[RecipientResult]:
+        targets = [(h.name, ip) for h in route.hosts for ip in h.addresses]
+        targets = targets[: self._max_addresses]
+        pending = self._transactions(job)
+        results: dict[int, RecipientResult] = {}
+        last = local("4.4.1", f"no MX host of {route.domain} could be reached")
+        ti = 0
+        session: Session | None = None
+        budget = len(targets) + len(pending)  # connection attempts, so nothing loops
+        while pending:
+            if session is None:
+                if ti >= len(targets) or budget <= 0:
+                    break
+                budget -= 1
+                mx, ip = targets[ti]
+                got = await self._checkout(mx, ip, port, policy)
+                if isinstance(got, SmtpReply):
+                    log.info(
+                        "%s",
+                        _kv(
+                            queue_id=job.queue_id,
+                            mx=mx,
+                            ip=ip,
+                            status="connect-failed",
+                            reply=str(got),
+                        ),
+                    )
+                    last = got
+                    ti += 1
+                    continue
+                session = got
+            tx = pending[0]
+            out = await session.transact(
+                tx.sender, [r.address for r in tx.recipients], job.data, policy
+            )
+            if out.elsewhere:
+                last = out.replies[0]
+                session.abort()
+                session = None
+                ti += 1
+                continue
+            pending.pop(0)
+            for r, reply in zip(tx.recipients, out.replies, strict=True):
+                results[r.idx] = self._result(r, reply, session)
+            if not out.usable:
+                session.abort()
+                session = None
+            elif session.transactions >= policy.max_messages_per_connection:
+                await session.close(policy.command_timeout)
+                session = None
+        if session is not None:
+            await self._checkin(session, policy)
+        # Every host tried and none took the transaction: defer with the last reply
+        # (even a 5xx greeting — another attempt may reach a healthier host).
+        for tx in pending:
+            for r in tx.recipients:
+                results[r.idx] = self._result(
+                    r,
+                    last,
+                    None,
+                    mx=targets[min(ti, len(targets)) - 1] if targets else None,
+                    disposition=Disposition.DEFERRED,
+                )
+        return [results[r.idx] for r in job.recipients]
+
+    def _result(
+        self,
+        r: JobRecipient,
+        reply: SmtpReply,
+        session: Session | None,
+        mx: tuple[str, str] | None = None,
+        disposition: Disposition | None = None,
+    ) -> RecipientResult:
+        return RecipientResult(
+            idx=r.idx,
+            address=r.address,
+            disposition=disposition or disposition_of(reply),
+            reply=reply,
+            mx=session.mx if session else (mx[0] if mx else None),
+            ip=session.ip if session else (mx[1] if mx else None),
+            tls=session.tls_version if session else None,
+            cipher=session.cipher if session else None,
+            retry_after=retry_hint(reply.text) if not 200 <= reply.code < 300 else None,
+        )
+
+    # -- pool ------------------------------------------------------------------------
+    async def _checkout(
+        self, mx: str, ip: str, port: int, policy: RoutePolicy
+    ) -> Session | SmtpReply:
+        key: _PoolKey = (mx, ip, port, policy.tls)
+        idle = self._idle.get(key)
+        now = self._clock.monotonic()
+        while idle:
+            session = idle.pop()
+            if not idle:
+                self._idle.pop(key, None)
+            if session.idle_deadline < now or not session.connected:
+                await session.close(min(policy.command_timeout, 5.0))
+            elif await session.reset(policy.command_timeout):
+                return session
+            idle = self._idle.get(key)
+        return await open_session(
+            mx, ip, port, policy, hostname=self._hostname, contexts=self._contexts
+        )
+
+    async def _checkin(self, session: Session, policy: RoutePolicy) -> None:
+        if (
+            self._closed
+            or not session.connected
+            or session.transactions >= policy.max_messages_per_connection
+            or policy.idle_timeout <= 0
+            or self.idle_sessions >= self._max_idle
+        ):
+            await session.close(min(policy.command_timeout, 5.0))
+            return
+        session.idle_deadline = self._clock.monotonic() + policy.idle_timeout
+        self._idle.setdefault(session.key, []).append(session)
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        """Close idle sessions past their deadline (owned task, cancelled by aclose)."""
+        while True:
+            await asyncio.sleep(self._reap_interval)
+            now = self._clock.monotonic()
+            expired: list[Session] = []
+            for key in list(self._idle):
+                keep = [s for s in self._idle[key] if s.idle_deadline >= now and s.connected]
+                expired.extend(s for s in self._idle[key] if s not in keep)
+                if keep:
+                    self._idle[key] = keep
+                else:
+                    del self._idle[key]
+            if expired:
+                await asyncio.gather(*(s.close(timeout=5.0) for s in expired))

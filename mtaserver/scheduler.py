@@ -1,0 +1,708 @@
+"""The queue manager: claim due work, shape it per destination, deliver, record (qmgr).
+
+One dispatcher task and a fixed pool of worker tasks (the global connection cap):
+
+* **intake** claims due recipients from the spool with a lease, a batch at a time and only
+  while the in-memory backlog is below ``max_backlog`` — the queue itself stays on disk;
+* each job is filed under its *destination* (the shaper maps domains to destinations);
+* **dispatch** walks destinations round-robin and hands a job to the workers only when the
+  shaper grants a permit (connection slot + rate token); a suspended destination's jobs are
+  put back with ``defer_domain`` so they are not claimed again until it recovers;
+* a **worker** calls the DeliveryAgent, and the outcome goes through the shaper's rules and
+  the retry policy into ``RecipientUpdate``s recorded with their events in one transaction.
+
+Bounces to the sender are grouped per message: the bounced recipients of a message are
+held (still leased) until no job of that message remains in this scheduler, then one DSN is
+enqueued and only then are the recipients recorded as bounced — a crash in between means a
+second attempt and at worst a second DSN, never a lost one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import math
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mtaserver.clock import Clock
+from mtaserver.config.shaping import RetrySettings, SchedulerSettings
+from mtaserver.log import get_logger, kv
+from mtaserver.model import (
+    Classification,
+    DeliveryJob,
+    DeliveryReport,
+    Disposition,
+    Event,
+    PreparedMessage,
+    PreparedRecipient,
+    RecipientResult,
+    RecipientState,
+    RecipientUpdate,
+    RoutePolicy,
+    SmtpReply,
+)
+from mtaserver.retry import EXPIRED_STATUS, decide, delay_warning_due
+from mtaserver.shaper import Shaper
+
+log = get_logger("scheduler")
+
+LEASE_MARGIN = 0.25  # release a backlog job when less than this share of its lease is left
+MX_TIMEOUT = 5.0
+
+
+# -- what the scheduler needs (app wires the concrete objects) ------------------------------
+class QueueStore(Protocol):
+    async def claim_due(
+        self, now: float, limit: int, lease_seconds: float
+    ) -> list[DeliveryJob]: ...
+
+    async def record(
+        self, updates: Sequence[RecipientUpdate], events: Sequence[Event] = ()
+    ) -> None: ...
+
+    async def defer_domain(self, domain: str, until: float) -> int: ...
+
+    async def release_expired(self, now: float) -> int: ...
+
+    async def enqueue(self, msg: PreparedMessage, events: Sequence[Event] = ()) -> None: ...
+
+
+class Agent(Protocol):
+    async def deliver(self, job: DeliveryJob, policy: RoutePolicy) -> DeliveryReport: ...
+
+
+class MxLookup(Protocol):
+    async def mx_hosts(self, domain: str) -> Sequence[str]:
+        """MX host names of a domain (empty when unknown); used only to group domains."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DsnRecipient:
+    """One recipient reported in a DSN to the sender."""
+
+    address: str
+    action: str  # "failed" or "delayed"
+    status: str  # RFC 3463, e.g. "5.1.1", "4.4.7"
+    reply: SmtpReply  # diagnostic
+    remote_mta: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DsnRequest:
+    """Everything a DSN about one message needs."""
+
+    queue_id: str
+    sender: str  # the original envelope sender: the DSN goes there
+    original: bytes  # the original message (headers are quoted from it)
+    received_at: float
+    recipients: tuple[DsnRecipient, ...]
+    now: float
+
+
+class DsnBuilder(Protocol):
+    def build(self, request: DsnRequest) -> bytes:
+        """RFC 3464 bytes (headers + multipart/report body) for the sender."""
+        ...
+
+
+Classify = Callable[[int | None, str | None, str], Classification]
+
+
+# -- internal bookkeeping -------------------------------------------------------------------
+@dataclass(slots=True)
+class _Item:
+    job: DeliveryJob
+    dest: str
+
+
+@dataclass(slots=True)
+class _Dest:
+    name: str
+    backlog: deque[_Item] = field(default_factory=deque)
+    domains: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    not_before: float = 0.0  # loop time before which asking the shaper is pointless
+
+
+@dataclass(slots=True)
+class _PendingDsn:
+    job: DeliveryJob
+    recipients: list[DsnRecipient] = field(default_factory=list)
+    updates: list[RecipientUpdate] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """One recipient's fate after policy."""
+
+    update: RecipientUpdate
+    event: Event
+    dsn: DsnRecipient | None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        spool: QueueStore,
+        agent: Agent,
+        shaper: Shaper,
+        clock: Clock,
+        retry: RetrySettings,
+        settings: SchedulerSettings,
+        route: RoutePolicy,
+        classify: Classify,
+        workers: int,
+        lease: float,
+        hostname: str,
+        new_queue_id: Callable[[float], str],
+        dsn: DsnBuilder | None = None,
+        mx: MxLookup | None = None,
+    ) -> None:
+        self._spool = spool
+        self._agent = agent
+        self._shaper = shaper
+        self._clock = clock
+        self._retry = retry
+        self._settings = settings
+        self._route = route
+        self._classify = classify
+        self._workers = max(1, workers)
+        self._lease = lease
+        self._hostname = hostname
+        self._new_queue_id = new_queue_id
+        self._dsn = dsn
+        self._mx = mx
+        self._dests: dict[str, _Dest] = {}
+        self._ring: deque[str] = deque()  # destinations with backlog, round-robin order
+        self._backlog = 0  # recipients claimed and not yet finished (backlog + in flight)
+        self._open: dict[str, int] = {}  # queue_id → jobs of it still in this scheduler
+        self._pending_dsn: dict[str, _PendingDsn] = {}
+        self._warned: OrderedDict[str, None] = OrderedDict()  # delay warnings sent
+        self._dest_cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=self._workers)
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._done = asyncio.Event()
+        self._last_expiry_sweep = -math.inf
+        self.attempts = 0  # counters for tests and metrics
+        self.inflight = 0
+        self.polls = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until `drain`; then finish in-flight deliveries and put the backlog back."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for i in range(self._workers):
+                    tg.create_task(self._worker(), name=f"delivery-worker-{i}")
+                try:
+                    await self._dispatch_loop()
+                finally:
+                    await self._release_all_backlog()
+                    for _ in range(self._workers):
+                        await self._queue.put(None)
+            await self._flush_all_dsn()
+        finally:
+            self._done.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Stop claiming, wait (bounded) for in-flight deliveries."""
+        self._stopping.set()
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._done.wait(), timeout)
+
+    # -- dispatcher -------------------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        s = self._settings
+        next_claim = 0.0
+        while not self._stopping.is_set():
+            self._wake.clear()
+            self.polls += 1
+            if self._backlog < s.max_backlog // 2 + 1 and loop.time() >= next_claim:
+                limit = min(s.batch, s.max_backlog - self._backlog)
+                claimed = await self._intake(limit)
+                next_claim = loop.time() + (0.0 if claimed >= limit else s.poll_interval)
+            wait = await self._dispatch()
+            if self._backlog < s.max_backlog // 2 + 1:
+                wait = min(wait, max(0.0, next_claim - loop.time()))
+            wait = min(max(wait, 0.001), s.poll_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def _intake(self, limit: int) -> int:
+        now = self._clock.now()
+        if now - self._last_expiry_sweep >= self._lease / 4:
+            self._last_expiry_sweep = now
+            await self._spool.release_expired(now)
+        jobs = await self._spool.claim_due(now, limit, self._lease)
+        if not jobs:
+            return 0
+        dests = await self._destinations({j.domain for j in jobs})
+        put_back: list[tuple[_Item, float]] = []
+        for job in jobs:
+            item = _Item(job, dests[job.domain])
+            self._open[job.queue_id] = self._open.get(job.queue_id, 0) + 1
+            self._backlog += len(job.recipients)
+            d = self._dest(item.dest)
+            d.domains[job.domain] = None
+            d.domains.move_to_end(job.domain)
+            while len(d.domains) > 10_000:
+                d.domains.popitem(last=False)
+            until = self._shaper.suspended_until(item.dest)
+            if until is not None:
+                put_back.append((item, until))
+                continue
+            if not d.backlog:
+                self._ring.append(d.name)
+            d.backlog.append(item)
+        for name in {i.dest for i, _ in put_back}:
+            until = self._shaper.suspended_until(name) or now
+            await self._defer_destination(self._dests[name], until)
+        await self._put_back(put_back)
+        await self._trim_overfull(now)
+        return sum(len(j.recipients) for j in jobs)
+
+    async def _trim_overfull(self, now: float) -> None:
+        """A destination may not hold more than it can send within half a lease."""
+        for name in list(self._ring):
+            d = self._dests[name]
+            limits = self._shaper.limits(name)
+            rate = self._shaper.rate(name)
+            cap = self._settings.max_backlog // 2
+            if rate is not None:
+                cap = min(cap, int(rate * self._lease / 2))
+            cap = max(cap, limits.max_connections)
+            if len(d.backlog) <= cap:
+                continue
+            drain = len(d.backlog) / rate if rate else 5.0
+            until = now + max(1.0, drain)
+            extra = [d.backlog.pop() for _ in range(len(d.backlog) - cap)]
+            await self._defer_destination(d, until)
+            await self._put_back([(i, until) for i in extra])
+
+    async def _dispatch(self) -> float:
+        """Hand out every permitted job; return seconds until something may change."""
+        loop = asyncio.get_running_loop()
+        wait = math.inf
+        now = self._clock.now()
+        for _ in range(len(self._ring)):
+            name = self._ring[0]
+            self._ring.rotate(-1)
+            d = self._dests[name]
+            if loop.time() < d.not_before:
+                wait = min(wait, d.not_before - loop.time())
+                continue
+            until = self._shaper.suspended_until(name)
+            if until is not None:
+                items = list(d.backlog)
+                d.backlog.clear()
+                await self._defer_destination(d, until)
+                await self._put_back([(i, until) for i in items])
+                continue
+            while d.backlog:
+                item = d.backlog[0]
+                if item.job.lease_until - now < self._lease * LEASE_MARGIN:
+                    d.backlog.popleft()
+                    await self._put_back([(item, now)])
+                    continue
+                if self._queue.full():
+                    return 0.05  # workers busy; a finishing worker wakes us
+                got = self._shaper.acquire(name)
+                if got is not None:
+                    if math.isfinite(got):
+                        d.not_before = loop.time() + got
+                        wait = min(wait, got)
+                    break
+                d.backlog.popleft()
+                self.inflight += 1
+                self._queue.put_nowait(item)
+        for name in [n for n in self._ring if not self._dests[n].backlog]:
+            self._ring.remove(name)
+        return wait
+
+    # -- destinations -----------------------------------------------------------------------
+    def _dest(self, name: str) -> _Dest:
+        d = self._dests.get(name)
+        if d is None:
+            d = self._dests[name] = _Dest(name)
+        return d
+
+    async def _destinations(self, domains: set[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        lookups: list[str] = []
+        mono = self._clock.monotonic()
+        for domain in domains:
+            cached = self._dest_cache.get(domain)
+            if cached is not None and cached[1] > mono:
+                out[domain] = cached[0]
+            elif self._mx is not None and self._shaper.wants_mx(domain):
+                lookups.append(domain)
+            else:
+                out[domain] = self._shaper.destination(domain)
+        if lookups:
+            sem = asyncio.Semaphore(32)
+
+            async def one(domain: str) -> None:
+                assert self._mx is not None
+                async with sem:
+                    try:
+                        hosts = await asyncio.wait_for(self._mx.mx_hosts(domain), MX_TIMEOUT)
+                        ttl = 3600.0
+                    except Exception:
+                        hosts, ttl = (), 60.0
+                out[domain] = self._shaper.destination(domain, hosts)
+                self._dest_cache[domain] = (out[domain], mono + ttl)
+                while len(self._dest_cache) > 100_000:
+                    self._dest_cache.popitem(last=False)
+
+            await asyncio.gather(*(one(d) for d in lookups))
+        return out
+
+    async def _defer_destination(self, d: _Dest, until: float) -> None:
+        """Keep the spool from handing us this destination's work before `until`."""
+        for domain in list(d.domains):
+            await self._spool.defer_domain(domain, until)
+
+    async def _put_back(self, items: Sequence[tuple[_Item, float]]) -> None:
+        """Return claimed jobs unattempted, due at the given time."""
+        if not items:
+            return
+        updates = [
+            RecipientUpdate(
+                i.job.queue_id,
+                r.idx,
+                RecipientState.QUEUED,
+                "",
+                next_attempt=at,
+                attempted=False,
+            )
+            for i, at in items
+            for r in i.job.recipients
+        ]
+        await self._spool.record(updates)
+        for i, _ in items:
+            self._finish_job(i)
+        for qid in {i.job.queue_id for i, _ in items}:
+            await self._maybe_flush_dsn(qid)
+
+    async def _release_all_backlog(self) -> None:
+        now = self._clock.now()
+        items = [(i, now) for d in self._dests.values() for i in d.backlog]
+        for d in self._dests.values():
+            d.backlog.clear()
+        self._ring.clear()
+        with contextlib.suppress(Exception):
+            await self._put_back(items)
+
+    def _finish_job(self, item: _Item) -> None:
+        self._backlog -= len(item.job.recipients)
+        left = self._open.get(item.job.queue_id, 1) - 1
+        if left <= 0:
+            self._open.pop(item.job.queue_id, None)
+        else:
+            self._open[item.job.queue_id] = left
+
+    # -- workers ----------------------------------------------------------------------------
+    async def _worker(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            try:
+                report = await self._deliver(item)
+                await self._apply(item, report)
+            except Exception:
+                log.exception(kv(event="apply_failed", queue_id=item.job.queue_id))
+                # The lease runs out and the work comes back: at least once.
+                self._finish_job(item)
+            finally:
+                self.inflight -= 1
+                self._wake.set()
+
+    async def _deliver(self, item: _Item) -> DeliveryReport:
+        limits = self._shaper.limits(item.dest)
+        policy = dataclasses.replace(
+            self._route,
+            max_messages_per_connection=limits.max_messages_per_connection,
+            tls=limits.tls or self._route.tls,
+        )
+        self.attempts += 1
+        try:
+            return await self._agent.deliver(item.job, policy)
+        except Exception:
+            log.exception(kv(event="agent_failed", queue_id=item.job.queue_id))
+            now = self._clock.now()
+            reply = SmtpReply(451, "local error in delivery", "4.3.0")
+            return DeliveryReport(
+                item.job.queue_id,
+                item.job.domain,
+                tuple(
+                    RecipientResult(r.idx, r.address, Disposition.DEFERRED, reply)
+                    for r in item.job.recipients
+                ),
+                now,
+                now,
+            )
+        finally:
+            self._shaper.release(item.dest)
+
+    def _connection_failed(self, report: DeliveryReport) -> bool:
+        codes = self._settings.connection_failure_status
+        return bool(report.results) and all(
+            r.disposition is Disposition.DEFERRED and r.reply.enhanced in codes
+            for r in report.results
+        )
+
+    async def _apply(self, item: _Item, report: DeliveryReport) -> None:
+        job = item.job
+        reaction = self._shaper.observe(
+            item.dest, report.results, connection_failed=self._connection_failed(report)
+        )
+        if reaction.suspended_until is not None:
+            d = self._dest(item.dest)
+            log.warning(
+                kv(
+                    event="destination_suspended",
+                    destination=item.dest,
+                    until=round(reaction.suspended_until, 3),
+                    rules=",".join(reaction.rules),
+                    queue_id=job.queue_id,
+                )
+            )
+            await self._defer_destination(d, reaction.suspended_until)
+        overrides = dict(reaction.overrides)
+        by_idx = {r.idx: r for r in report.results}
+        now = self._clock.now()
+        updates: list[RecipientUpdate] = []
+        events: list[Event] = []
+        dsn_recipients: list[DsnRecipient] = []
+        dsn_updates: list[RecipientUpdate] = []
+        dsn_events: list[Event] = []
+        warn: list[DsnRecipient] = []
+        wants_dsn = bool(job.sender) and job.dsn and not job.is_dsn and self._dsn is not None
+        for jr in job.recipients:
+            res = by_idx.get(jr.idx) or RecipientResult(
+                jr.idx,
+                jr.address,
+                Disposition.DEFERRED,
+                SmtpReply(451, "no result from delivery", "4.3.0"),
+            )
+            disp = overrides.get(jr.idx, res.disposition)
+            out = self._outcome(job, jr.attempts + 1, res, disp, now, reaction.suspended_until)
+            self._log_attempt(job, res, out, now, reaction.rules)
+            if out.dsn is not None and wants_dsn:
+                dsn_recipients.append(out.dsn)
+                dsn_updates.append(out.update)
+                dsn_events.append(out.event)
+            else:
+                updates.append(out.update)
+                events.append(out.event)
+            if (
+                out.update.state is RecipientState.QUEUED
+                and wants_dsn
+                and delay_warning_due(self._retry, job.received_at, now)
+                and job.queue_id not in self._warned
+            ):
+                warn.append(
+                    DsnRecipient(
+                        jr.address,
+                        "delayed",
+                        res.reply.enhanced or "4.0.0",
+                        res.reply,
+                        res.mx,
+                    )
+                )
+        if updates:
+            await self._spool.record(updates, events)
+        if warn:
+            await self._send_delay_warning(job, warn, now)
+        if dsn_updates:
+            p = self._pending_dsn.get(job.queue_id)
+            if p is None:
+                p = self._pending_dsn[job.queue_id] = _PendingDsn(job)
+            p.recipients.extend(dsn_recipients)
+            p.updates.extend(dsn_updates)
+            p.events.extend(dsn_events)
+        self._finish_job(item)
+        await self._maybe_flush_dsn(job.queue_id)
+
+    def _outcome(
+        self,
+        job: DeliveryJob,
+        attempts: int,
+        res: RecipientResult,
+        disp: Disposition,
+        now: float,
+        suspended_until: float | None,
+    ) -> _Outcome:
+        reply = res.reply
+        base: dict[str, str | int | float | bool | None] = {
+            "mx": res.mx,
+            "ip": res.ip,
+            "tls": res.tls,
+            "reply": str(reply),
+        }
+        delay = round(now - job.received_at, 3)
+        qid = job.queue_id
+        if disp is Disposition.DELIVERED:
+            base |= {"cipher": res.cipher, "delay": delay, "attempts": attempts}
+            return _Outcome(
+                RecipientUpdate(qid, res.idx, RecipientState.DELIVERED, str(reply)),
+                Event("delivered", now, qid, res.address, tuple(base.items())),
+                None,
+            )
+        if disp is Disposition.DEFERRED:
+            decision = decide(
+                self._retry,
+                attempts=attempts,
+                received_at=job.received_at,
+                now=now,
+                retry_after=res.retry_after,
+                not_before=suspended_until,
+            )
+            if not decision.expired:
+                cls = self._classify(reply.code, reply.enhanced, reply.text)
+                base |= {
+                    "next_attempt": decision.next_attempt,
+                    "category": cls.category,
+                    "attempts": attempts,
+                }
+                return _Outcome(
+                    RecipientUpdate(
+                        qid,
+                        res.idx,
+                        RecipientState.QUEUED,
+                        str(reply),
+                        next_attempt=decision.next_attempt,
+                    ),
+                    Event("deferred", now, qid, res.address, tuple(base.items())),
+                    None,
+                )
+            status = EXPIRED_STATUS
+            text = f"expired after {self._retry.max_lifetime / 86400:g} days in the queue"
+            base |= {
+                "source": "expired",
+                "kind": "soft",
+                "category": "expired",
+                "status": status,
+                "diagnostic": str(reply),
+                "reply": f"{text}; last reply: {reply}",
+            }
+            return _Outcome(
+                RecipientUpdate(qid, res.idx, RecipientState.BOUNCED, f"{status} {text}: {reply}"),
+                Event("bounced", now, qid, res.address, tuple(base.items())),
+                DsnRecipient(res.address, "failed", status, reply, res.mx),
+            )
+        cls = self._classify(reply.code, reply.enhanced, reply.text)
+        status = cls.status or reply.enhanced or ("5.0.0" if reply.code >= 500 else "4.0.0")
+        if status.startswith("4"):
+            status = "5" + status[1:]  # a forced bounce of a 4xx is a permanent failure now
+        base |= {
+            "source": "sync",
+            "kind": cls.kind.value,
+            "category": cls.category,
+            "status": status,
+            "attempts": attempts,
+        }
+        return _Outcome(
+            RecipientUpdate(qid, res.idx, RecipientState.BOUNCED, str(reply)),
+            Event("bounced", now, qid, res.address, tuple(base.items())),
+            DsnRecipient(res.address, "failed", status, reply, res.mx),
+        )
+
+    def _log_attempt(
+        self,
+        job: DeliveryJob,
+        res: RecipientResult,
+        out: _Outcome,
+        now: float,
+        rules: tuple[str, ...],
+    ) -> None:
+        state = out.update.state
+        status = {
+            RecipientState.DELIVERED: "delivered",
+            RecipientState.QUEUED: "deferred",
+        }.get(state, "bounced")
+        log.info(
+            kv(
+                queue_id=job.queue_id,
+                rcpt=f"<{res.address}>",
+                mx=res.mx,
+                ip=res.ip,
+                tls=res.tls,
+                reply=str(res.reply),
+                delay=f"{now - job.received_at:.3f}s",
+                status=status,
+                next_attempt=round(out.update.next_attempt, 3) if out.update.next_attempt else None,
+                rules=",".join(rules) or None,
+            )
+        )
+
+    # -- DSNs -------------------------------------------------------------------------------
+    async def _maybe_flush_dsn(self, queue_id: str) -> None:
+        if queue_id in self._open or queue_id not in self._pending_dsn:
+            return
+        p = self._pending_dsn.pop(queue_id)
+        await self._send_dsn(p.job, p.recipients, self._clock.now())
+        await self._spool.record(p.updates, p.events)
+
+    async def _flush_all_dsn(self) -> None:
+        for qid in list(self._pending_dsn):
+            self._open.pop(qid, None)
+            await self._maybe_flush_dsn(qid)
+
+    async def _send_dsn(
+        self, job: DeliveryJob, recipients: Sequence[DsnRecipient], now: float
+    ) -> None:
+        assert self._dsn is not None
+        data = self._dsn.build(
+            DsnRequest(job.queue_id, job.sender, job.data, job.received_at, tuple(recipients), now)
+        )
+        qid = self._new_queue_id(now)
+        msg = PreparedMessage(
+            queue_id=qid,
+            sender="",
+            recipients=(PreparedRecipient(job.sender),),
+            data=data,
+            user=job.user,
+            client_ip="",
+            received_at=now,
+            dsn=False,
+            is_dsn=True,
+        )
+        action = recipients[0].action if recipients else "failed"
+        event = Event(
+            "dsn_sent",
+            now,
+            job.queue_id,
+            job.sender,
+            (("dsn_queue_id", qid), ("action", action), ("recipients", len(recipients))),
+        )
+        await self._spool.enqueue(msg, [event])
+        log.info(
+            kv(
+                event="dsn_queued",
+                queue_id=job.queue_id,
+                dsn_queue_id=qid,
+                to=f"<{job.sender}>",
+                action=action,
+                recipients=len(recipients),
+            )
+        )
+
+    async def _send_delay_warning(
+        self, job: DeliveryJob, recipients: Sequence[DsnRecipient], now: float
+    ) -> None:
+        """One "delayed" DSN per message (remembered in memory: at most one per run)."""
+        self._warned[job.queue_id] = None
+        while len(self._warned) > 100_000:
+            self._warned.popitem(last=False)
+        await self._send_dsn(job, recipients, now)

@@ -1,0 +1,1 @@
+"""Engagement tracking: per-recipient link/pixel rewriting, tokens, the public HTTP app."""

@@ -1,0 +1,212 @@
+"""Compact, URL-safe, HMAC-signed tracking tokens.
+
+A token names one recipient of one message, ``(queue_id, idx)``, and what it is for: the
+open pixel, a click (with the link's target signed into the token, so a click never needs a
+lookup and the redirect target can only be what mtaserver issued), or the unsubscribe
+endpoint. Layout before base64url (no padding)::
+
+    kind(1) | len(queue_id)(1) | queue_id | varint(idx) | [click: varint(link) varint(links)
+    | url (deflated when that is shorter)] | HMAC-SHA256(key, payload)[:16]
+
+The key is derived from the ``[tracking] secret_file``; every line of that file is a
+secret, the first signs and all verify, so the secret can be rotated without breaking
+links already in mailboxes. Verification is constant-time (``hmac.compare_digest``) and
+happens before anything in the payload is trusted or decompressed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+OPEN = 1
+CLICK = 2
+UNSUBSCRIBE = 3
+_KINDS = frozenset({OPEN, CLICK, UNSUBSCRIBE})
+_DEFLATED = 0x80  # flag in the kind byte: the click URL is raw-deflated
+_MAC_LEN = 16
+_MAX_TOKEN_CHARS = 4096
+_MAX_URL_BYTES = 8192
+_KEY_INFO = b"mtaserver tracking token v1"
+
+
+class TokenError(ValueError):
+    """A token that mtaserver did not issue (bad encoding, bad signature, bad payload)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenData:
+    """What a verified token says."""
+
+    kind: int  # OPEN, CLICK or UNSUBSCRIBE
+    queue_id: str
+    idx: int
+    url: str | None = None  # CLICK only: the original http(s) target
+    link: int = 0  # CLICK only: position of the link in the message
+    links: int = 0  # CLICK only: how many tracked links the message has
+
+
+def is_trackable_url(url: str) -> bool:
+    """Only absolute http/https URLs with a host are ever signed into a click token."""
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
+def load_secrets(path: Path) -> tuple[bytes, ...]:
+    """Read the secret file: one secret per non-empty line, the first one signs."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read tracking secret: {exc.strerror}") from None
+    secrets = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if not secrets:
+        raise ValueError(f"{path}: tracking secret file is empty")
+    if any(len(s) < 16 for s in secrets):
+        raise ValueError(f"{path}: tracking secrets must be at least 16 bytes")
+    return secrets
+
+
+def _derive(secret: bytes) -> bytes:
+    return hmac.new(secret, _KEY_INFO, hashlib.sha256).digest()
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        raise ValueError("negative integer in token")
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    n = 0
+    shift = 0
+    while True:
+        if pos >= len(buf) or shift > 35:
+            raise TokenError("truncated integer")
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n, pos
+        shift += 7
+
+
+class TokenCodec:
+    """Issues and verifies tokens with the configured secrets."""
+
+    def __init__(self, secrets: tuple[bytes, ...]) -> None:
+        if not secrets:
+            raise ValueError("at least one tracking secret is needed")
+        self._keys = tuple(_derive(s) for s in secrets)
+
+    @property
+    def key(self) -> bytes:
+        """The signing key (also used to hash client IPs when privacy says so)."""
+        return self._keys[0]
+
+    def _mac(self, key: bytes, payload: bytes) -> bytes:
+        return hmac.new(key, payload, hashlib.sha256).digest()[:_MAC_LEN]
+
+    def _seal(self, payload: bytes) -> str:
+        raw = payload + self._mac(self._keys[0], payload)
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    def _head(self, kind: int, queue_id: str, idx: int) -> bytes:
+        qid = queue_id.encode("ascii")
+        if not 0 < len(qid) < 256:
+            raise ValueError("queue id must be 1..255 ASCII characters")
+        return bytes([kind, len(qid)]) + qid + _varint(idx)
+
+    def open_token(self, queue_id: str, idx: int) -> str:
+        return self._seal(self._head(OPEN, queue_id, idx))
+
+    def unsubscribe_token(self, queue_id: str, idx: int) -> str:
+        return self._seal(self._head(UNSUBSCRIBE, queue_id, idx))
+
+    def click_token(self, queue_id: str, idx: int, url: str, link: int = 0, links: int = 1) -> str:
+        """Sign ``url`` into a click token; refuses anything but an http(s) URL."""
+        if not is_trackable_url(url):
+            raise ValueError("only http and https URLs are tracked")
+        body = url.encode("utf-8")
+        if len(body) > _MAX_URL_BYTES:
+            raise ValueError("URL too long to track")
+        kind = CLICK
+        packed = zlib.compress(body, 9, wbits=-15)
+        if len(packed) < len(body):
+            kind |= _DEFLATED
+            body = packed
+        head = self._head(kind, queue_id, idx) + _varint(link) + _varint(links)
+        return self._seal(head + body)
+
+    def verify(self, token: str) -> TokenData:
+        """Return what the token says, or raise TokenError; the MAC is checked first."""
+        if not token or len(token) > _MAX_TOKEN_CHARS:
+            raise TokenError("bad token length")
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except (binascii.Error, ValueError):
+            raise TokenError("bad token encoding") from None
+        if len(raw) <= _MAC_LEN + 3:
+            raise TokenError("token too short")
+        # Only the canonical encoding is accepted, so one token has exactly one spelling.
+        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
+            raise TokenError("non-canonical token encoding")
+        payload, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
+        ok = False
+        for key in self._keys:
+            ok |= hmac.compare_digest(self._mac(key, payload), mac)
+        if not ok:
+            raise TokenError("bad token signature")
+        return self._parse(payload)
+
+    def _parse(self, payload: bytes) -> TokenData:
+        kind = payload[0] & 0x7F
+        deflated = bool(payload[0] & _DEFLATED)
+        if kind not in _KINDS or (deflated and kind != CLICK):
+            raise TokenError("unknown token kind")
+        qlen = payload[1]
+        qid_bytes = payload[2 : 2 + qlen]
+        if len(qid_bytes) != qlen or qlen == 0:
+            raise TokenError("truncated queue id")
+        try:
+            queue_id = qid_bytes.decode("ascii")
+        except UnicodeDecodeError:
+            raise TokenError("bad queue id") from None
+        idx, pos = _read_varint(payload, 2 + qlen)
+        if kind != CLICK:
+            if pos != len(payload):
+                raise TokenError("trailing bytes")
+            return TokenData(kind, queue_id, idx)
+        link, pos = _read_varint(payload, pos)
+        links, pos = _read_varint(payload, pos)
+        body = payload[pos:]
+        try:
+            if deflated:
+                d = zlib.decompressobj(wbits=-15)
+                body = d.decompress(body, _MAX_URL_BYTES + 1)
+                if len(body) > _MAX_URL_BYTES or not d.eof:
+                    raise TokenError("bad URL")
+            url = body.decode("utf-8")
+        except (zlib.error, UnicodeDecodeError):
+            raise TokenError("bad URL") from None
+        if not is_trackable_url(url):
+            raise TokenError("URL is not http(s)")
+        return TokenData(kind, queue_id, idx, url, link, links)

@@ -1,0 +1,280 @@
+"""The public tracking endpoint (aiohttp): pixel, click redirect, one-click unsubscribe.
+
+- ``GET /o/{token}.gif``: a 1x1 transparent GIF, ``Cache-Control: no-store``;
+- ``GET /c/{token}``: 302 to the URL signed into the token - never to anything else;
+- ``GET /u/{token}``: a confirmation page whose form POSTs back (GET never changes state:
+  link scanners GET everything);
+- ``POST /u/{token}`` with ``List-Unsubscribe=One-Click``: unsubscribe (RFC 8058).
+
+A token that does not verify, or is used on the wrong endpoint, gets 404 without a
+``Location``. HEAD gets the same answer as GET but is never counted (aiohttp runs the GET
+handler for HEAD, so the handlers check). Handlers never wait on the database for opens
+and clicks: hits go to the :class:`Recorder`'s buffer. The access log shows only the first
+characters of a token.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+from collections.abc import Sequence
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from mtaserver.clock import Clock
+from mtaserver.errors import StorageError
+from mtaserver.log import get_logger, kv
+from mtaserver.tracking.bots import Hit
+from mtaserver.tracking.recorder import Recorder
+from mtaserver.tracking.tokens import (
+    CLICK,
+    OPEN,
+    UNSUBSCRIBE,
+    TokenCodec,
+    TokenData,
+    TokenError,
+    is_trackable_url,
+)
+
+log = get_logger("tracking")
+access_log = get_logger("tracking.access")
+
+GIF = base64.b64decode(b"R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+_NO_STORE = "no-store, no-cache, must-revalidate, max-age=0"
+_TOKEN_IN_PATH = re.compile(r"/([ocu])/([A-Za-z0-9_-]{6})[^/?]*")
+_SAFE = "!#$%&'()*+,-./:;=?@[]_~"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex, nofollow"><title>{title}</title>
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:32em;margin:4em auto;padding:0 1em}}
+button{{font:inherit;padding:.5em 1.5em}}</style></head>
+<body><h1>{title}</h1>{body}</body></html>
+"""
+_CONFIRM = _PAGE.format(
+    title="Unsubscribe",
+    body='<p>Stop receiving these emails at this address?</p>\n<form method="post" action="">'
+    '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
+    '<button type="submit">Unsubscribe</button></form>',
+)
+_DONE = _PAGE.format(title="Unsubscribed", body="<p>You will not receive these emails again.</p>")
+_PAGE_HEADERS = {
+    "Cache-Control": _NO_STORE,
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "form-action 'self'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def redact_path(path: str) -> str:
+    """``/c/AbCdEf…`` instead of the whole token; query strings dropped."""
+    return _TOKEN_IN_PATH.sub(lambda m: f"/{m.group(1)}/{m.group(2)}…", path.split("?", 1)[0])
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """One key=value line per request, with tokens shortened to 6 characters."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        access_log.info(
+            kv(
+                event="http",
+                method=request.method,
+                path=redact_path(request.rel_url.raw_path),
+                status=response.status,
+                bytes=response.body_length,
+                ms=round(time * 1000, 1),
+            )
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return access_log.isEnabledFor(20)
+
+
+def location_for(url: str) -> str | None:
+    """The ``Location`` value for a signed URL: ASCII only, http(s) only, else None."""
+    if not is_trackable_url(url):
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        host.encode("ascii")
+        netloc = parts.netloc
+    except UnicodeEncodeError:
+        try:
+            ascii_host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+        netloc = parts.netloc.replace(host, ascii_host) if host in parts.netloc else ascii_host
+    loc = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    loc = quote(loc, safe=_SAFE)
+    if not loc.lower().startswith(("http://", "https://")) or loc[len(parts.scheme) + 3 :][:1] in (
+        "/",
+        "\\",
+    ):
+        return None
+    return loc
+
+
+class TrackingWeb:
+    """Builds the aiohttp application and runs it on the configured listener."""
+
+    def __init__(
+        self,
+        codec: TokenCodec,
+        recorder: Recorder,
+        clock: Clock,
+        *,
+        trusted_proxies: Sequence[Network] = (),
+        access_log: bool = True,
+    ) -> None:
+        self.codec = codec
+        self.recorder = recorder
+        self.clock = clock
+        self.trusted_proxies = tuple(trusted_proxies)
+        self.access_log = access_log
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=16 * 1024)
+        app.router.add_get(r"/o/{token:[A-Za-z0-9_-]+}.gif", self.pixel)
+        app.router.add_get(r"/c/{token:[A-Za-z0-9_-]+}", self.click)
+        app.router.add_get(r"/u/{token:[A-Za-z0-9_-]+}", self.unsubscribe_page)
+        app.router.add_post(r"/u/{token:[A-Za-z0-9_-]+}", self.unsubscribe)
+        app.on_response_prepare.append(_strip_server)
+        return app
+
+    async def start(self, host: str, port: int) -> None:
+        runner = web.AppRunner(
+            self.app(),
+            access_log_class=RedactingAccessLogger,
+            access_log=access_log if self.access_log else None,
+            handle_signals=False,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        self._runner = runner
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        log.info(kv(event="tracking_listening", host=host, port=self.port))
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- helpers ----------------------------------------------------------------------------
+    def client_ip(self, request: web.Request) -> str:
+        """The peer address; behind a trusted proxy, the last untrusted X-Forwarded-For hop."""
+        peer = request.remote or ""
+        if not self.trusted_proxies or not _in(peer, self.trusted_proxies):
+            return peer
+        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",")]
+        for hop in reversed([h for h in hops if h]):
+            if not _in(hop, self.trusted_proxies):
+                return hop
+        return peer
+
+    def _verify(self, request: web.Request, kind: int) -> TokenData | None:
+        try:
+            data = self.codec.verify(request.match_info["token"])
+        except TokenError:
+            return None
+        return data if data.kind == kind else None
+
+    def _hit(self, request: web.Request, data: TokenData, type_: str) -> None:
+        now = self.clock.now()
+        if request.method == "HEAD":
+            self.recorder.head(data.queue_id, data.idx, now)
+            return
+        self.recorder.hit(
+            Hit(
+                type=type_,
+                queue_id=data.queue_id,
+                idx=data.idx,
+                at=now,
+                user_agent=request.headers.get("User-Agent", ""),
+                ip=self.client_ip(request),
+                link=data.link,
+                links=data.links,
+                url=data.url,
+            )
+        )
+
+    # -- handlers ---------------------------------------------------------------------------
+    async def pixel(self, request: web.Request) -> web.Response:
+        data = self._verify(request, OPEN)
+        if data is None:
+            return _not_found()
+        self._hit(request, data, "open")
+        return web.Response(
+            body=GIF,
+            content_type="image/gif",
+            headers={"Cache-Control": _NO_STORE, "Pragma": "no-cache", "Expires": "0"},
+        )
+
+    async def click(self, request: web.Request) -> web.Response:
+        # A tracked link never has a query string; one that does was not made by us.
+        data = None if request.rel_url.raw_query_string else self._verify(request, CLICK)
+        loc = location_for(data.url) if data is not None and data.url else None
+        if data is None or loc is None:
+            return _not_found()
+        self._hit(request, data, "click")
+        return web.Response(
+            status=302,
+            headers={"Location": loc, "Cache-Control": _NO_STORE, "Referrer-Policy": "no-referrer"},
+        )
+
+    async def unsubscribe_page(self, request: web.Request) -> web.Response:
+        if self._verify(request, UNSUBSCRIBE) is None:
+            return _not_found()
+        return web.Response(text=_CONFIRM, content_type="text/html", headers=_PAGE_HEADERS)
+
+    async def unsubscribe(self, request: web.Request) -> web.Response:
+        data = self._verify(request, UNSUBSCRIBE)
+        if data is None:
+            return _not_found()
+        try:
+            form = await request.post()
+        except (ValueError, web.HTTPException):
+            return web.Response(status=400, text="bad request\n")
+        if form.get("List-Unsubscribe") != "One-Click":
+            return web.Response(status=400, text="expected List-Unsubscribe=One-Click\n")
+        try:
+            done = await self.recorder.unsubscribe(
+                data.queue_id,
+                data.idx,
+                request.headers.get("User-Agent", ""),
+                self.client_ip(request),
+            )
+        except StorageError as exc:
+            log.error(kv(event="unsubscribe_failed", queue_id=data.queue_id, error=str(exc)))
+            return web.Response(status=503, text="try again later\n", headers={"Retry-After": "60"})
+        if not done:
+            return _not_found()
+        return web.Response(text=_DONE, content_type="text/html", headers=_PAGE_HEADERS)
+
+
+def _not_found() -> web.Response:
+    return web.Response(status=404, text="not found\n", headers={"Cache-Control": _NO_STORE})
+
+
+def _in(ip: str, nets: Sequence[Network]) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in n for n in nets)
+
+
+async def _strip_server(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "mtaserver"

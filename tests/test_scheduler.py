@@ -1,0 +1,410 @@
+"""The scheduler against the real spool: retries on time, expiry and DSNs, suspension,
+dead destinations, draining. The agent here is scripted (replies chosen per call); the
+end-to-end tests with the real DeliveryAgent and aiosmtpd sinks are in
+test_scheduler_e2e.py."""
+
+from __future__ import annotations
+
+import asyncio
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from mtaserver.classify import classify
+from mtaserver.config.reader import Reader
+from mtaserver.config.shaping import ShapingConfig, load_builtin, parse
+from mtaserver.model import (
+    DeliveryJob,
+    DeliveryReport,
+    Disposition,
+    PreparedMessage,
+    PreparedRecipient,
+    RecipientResult,
+    RoutePolicy,
+    SmtpReply,
+)
+from mtaserver.scheduler import DsnRequest, Scheduler
+from mtaserver.shaper import Shaper
+from mtaserver.spool import Spool, new_queue_id
+from tests.support.clock import FakeClock
+
+Script = Callable[[DeliveryJob, str], SmtpReply]
+
+
+@dataclass
+class ScriptedAgent:
+    """Answers every recipient of a job with the reply the script picks."""
+
+    clock: FakeClock
+    script: Script
+    calls: list[tuple[float, str, str]] = field(default_factory=list)  # (now, qid, rcpt)
+    active: int = 0
+    peak: int = 0
+
+    async def deliver(self, job: DeliveryJob, policy: RoutePolicy) -> DeliveryReport:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            await asyncio.sleep(0)
+            now = self.clock.now()
+            results = []
+            for r in job.recipients:
+                self.calls.append((now, job.queue_id, r.address))
+                reply = self.script(job, r.address)
+                disp = (
+                    Disposition.DELIVERED
+                    if reply.code < 400
+                    else Disposition.DEFERRED
+                    if reply.code < 500
+                    else Disposition.BOUNCED
+                )
+                results.append(
+                    RecipientResult(r.idx, r.address, disp, reply, mx="mx." + job.domain)
+                )
+            return DeliveryReport(job.queue_id, job.domain, tuple(results), now, now)
+        finally:
+            self.active -= 1
+
+
+class RecordingDsn:
+    def __init__(self) -> None:
+        self.requests: list[DsnRequest] = []
+
+    def build(self, request: DsnRequest) -> bytes:
+        self.requests.append(request)
+        lines = [f"{r.address} {r.action} {r.status}" for r in request.recipients]
+        return ("Subject: DSN\r\n\r\n" + "\r\n".join(lines) + "\r\n").encode()
+
+
+def shaping(toml: str = "") -> ShapingConfig:
+    table = tomllib.loads(toml).get("shaping", {})
+    return parse(Reader({"shaping": table}, "config.toml").table("shaping"))
+
+
+@dataclass
+class Harness:
+    spool: Spool
+    clock: FakeClock
+    agent: ScriptedAgent
+    dsn: RecordingDsn
+    scheduler: Scheduler
+    task: asyncio.Task[None]
+
+    async def wait_for(self, cond: Callable[[], Any], timeout: float = 10.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            value = cond()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return
+            if loop.time() > deadline:
+                raise AssertionError("condition not met in time")
+            await asyncio.sleep(0.005)
+
+    async def idle_polls(self, n: int = 5) -> None:
+        """Let the scheduler look at the queue n more times (an absence check)."""
+        start = self.scheduler.polls
+        await self.wait_for(lambda: self.scheduler.polls >= start + n)
+
+    async def states(self, qid: str) -> list[tuple[str, int, float]]:
+        info = await self.spool.show(qid)
+        assert info is not None
+        return [(r.state, r.attempts, r.next_attempt) for r in info.recipients]
+
+
+@pytest.fixture
+def make_harness(
+    spool: Spool,
+) -> Callable[..., Any]:
+    started: list[Harness] = []
+
+    async def make(
+        script: Script, toml: str = "", *, workers: int = 10, builtin: bool = False
+    ) -> Harness:
+        clock = FakeClock()
+        cfg = shaping(toml)
+        dests, rules = load_builtin() if builtin else ((), ())
+        shaper = Shaper(
+            cfg, clock, max_connections=workers, builtin_destinations=dests, builtin_rules=rules
+        )
+        agent = ScriptedAgent(clock, script)
+        dsn = RecordingDsn()
+        sched = Scheduler(
+            spool=spool,
+            agent=agent,
+            shaper=shaper,
+            clock=clock,
+            retry=cfg.retry,
+            settings=cfg.scheduler,
+            route=RoutePolicy(),
+            classify=classify,
+            workers=workers,
+            lease=600.0,
+            hostname="mta.test",
+            new_queue_id=new_queue_id,
+            dsn=dsn,
+        )
+        task = asyncio.create_task(sched.run())
+        h = Harness(spool, clock, agent, dsn, sched, task)
+        started.append(h)
+        return h
+
+    yield make
+    for h in started:
+        if not h.task.done():
+            h.task.cancel()
+
+
+async def _stop(h: Harness) -> None:
+    await h.scheduler.drain(5.0)
+    await h.task
+
+
+async def enqueue(
+    h: Harness, rcpts: list[str], *, sender: str = "app@sender.test", **kw: Any
+) -> str:
+    qid = new_queue_id(h.clock.now())
+    await h.spool.enqueue(
+        PreparedMessage(
+            queue_id=qid,
+            sender=sender,
+            recipients=tuple(PreparedRecipient(r) for r in rcpts),
+            data=b"From: app@sender.test\r\nSubject: hello\r\nMessage-ID: <m1@sender.test>\r\n"
+            b"\r\nbody\r\n",
+            user="app",
+            client_ip="127.0.0.1",
+            received_at=h.clock.now(),
+            **kw,
+        )
+    )
+    return qid
+
+
+FAST = """
+[shaping]
+poll_interval = "10ms"
+"""
+
+
+async def test_4xx_is_retried_at_the_scheduled_time(make_harness: Any) -> None:
+    replies = iter([SmtpReply(451, "try later", "4.3.0"), SmtpReply(250, "ok", "2.0.0")])
+    h: Harness = await make_harness(lambda job, rcpt: next(replies), FAST)
+    t0 = h.clock.now()
+    qid = await enqueue(h, ["a@dest.test"])
+    await h.wait_for(lambda: len(h.agent.calls) == 1)
+    await h.wait_for(lambda: h.states(qid), timeout=5)
+    await h.wait_for(lambda: _is(h.states(qid), [("queued", 1, t0 + 300)]))
+    h.clock.advance(299)
+    await h.idle_polls()
+    assert len(h.agent.calls) == 1  # not before its time
+    h.clock.advance(1)
+    await h.wait_for(lambda: _is(h.states(qid), [("delivered", 2, None)]))
+    assert [c[0] for c in h.agent.calls] == [t0, t0 + 300]
+    rows = await h.spool.db.read(
+        lambda c: c.execute(
+            "SELECT type FROM events WHERE queue_id=? ORDER BY id", (qid,)
+        ).fetchall()
+    )
+    assert [r[0] for r in rows] == ["accepted", "deferred", "delivered"]
+    await _stop(h)
+
+
+async def _is(states_coro: Any, want: list[tuple[str, int, float | None]]) -> bool:
+    """States match; a None time in `want` means "any time"."""
+    got = await states_coro
+    if len(got) != len(want):
+        return False
+    return all(
+        (s, n) == (ws, wn) and (wt is None or t == wt)
+        for (s, n, t), (ws, wn, wt) in zip(got, want, strict=True)
+    )
+
+
+async def test_expiry_bounces_with_4_4_7_and_one_dsn_per_message(make_harness: Any) -> None:
+    h: Harness = await make_harness(
+        lambda job, rcpt: SmtpReply(451, "mailbox busy", "4.2.1"),
+        FAST + 'retry_schedule = ["10m"]\nretry_every = "30m"\nmax_lifetime = "1h"\n',
+    )
+    t0 = h.clock.now()
+    qid = await enqueue(h, ["a@one.test", "b@one.test", "c@two.test"])
+    times = []
+    for _ in range(10):
+        await h.wait_for(lambda: h.scheduler.inflight == 0 and len(h.agent.calls) > 0)
+        st = await h.states(qid)
+        if all(s == "bounced" for s, _, _ in st):
+            break
+        nxt = min(t for s, _, t in st if s == "queued")
+        if nxt > h.clock.now():
+            h.clock.advance(nxt - h.clock.now())
+        times.append(h.clock.now() - t0)
+        n = len(h.agent.calls)
+        await h.wait_for(lambda n=n: len(h.agent.calls) >= n + 3 or False)
+    await h.wait_for(lambda: len(h.dsn.requests) == 1)
+    st = await h.states(qid)
+    assert [s for s, _, _ in st] == ["bounced"] * 3
+    # attempts at 0, 10m, 40m and exactly at the end of the lifetime (1h), then expired
+    assert times == [600, 2400, 3600]
+    req = h.dsn.requests[0]
+    assert req.queue_id == qid and req.sender == "app@sender.test"
+    assert sorted((r.address, r.action, r.status) for r in req.recipients) == [
+        ("a@one.test", "failed", "4.4.7"),
+        ("b@one.test", "failed", "4.4.7"),
+        ("c@two.test", "failed", "4.4.7"),
+    ]
+    assert all(r.reply.text == "mailbox busy" for r in req.recipients)
+    # the DSN itself is queued: null sender, to the original sender, marked is_dsn
+    rows = await h.spool.db.read(
+        lambda c: c.execute(
+            "SELECT m.id, m.sender, m.is_dsn, m.dsn, r.address FROM messages m "
+            "JOIN recipients r ON r.queue_id = m.id WHERE m.id != ?",
+            (qid,),
+        ).fetchall()
+    )
+    assert len(rows) == 1
+    _, sender, is_dsn, dsn, rcpt = rows[0]
+    assert (sender, is_dsn, dsn, rcpt) == ("", 1, 0, "app@sender.test")
+    events = await h.spool.db.read(
+        lambda c: c.execute(
+            "SELECT type, data FROM events WHERE queue_id=? AND type IN ('bounced','dsn_sent')",
+            (qid,),
+        ).fetchall()
+    )
+    assert sorted(t for t, _ in events) == ["bounced", "bounced", "bounced", "dsn_sent"]
+    assert all('"source": "expired"' in d for t, d in events if t == "bounced")
+    await _stop(h)
+
+
+async def test_no_dsn_to_null_sender_about_a_dsn_or_when_turned_off(make_harness: Any) -> None:
+    h: Harness = await make_harness(lambda job, rcpt: SmtpReply(550, "no such user", "5.1.1"), FAST)
+    q1 = await enqueue(h, ["x@d.test"], sender="")
+    q2 = await enqueue(h, ["x@d.test"], sender="mailer@d.test", is_dsn=True)
+    q3 = await enqueue(h, ["x@d.test"], dsn=False)
+    q4 = await enqueue(h, ["x@d.test", "y@d.test"])
+    for q in (q1, q2, q3, q4):
+        await h.wait_for(lambda q=q: _all_state(h, q, "bounced"))
+    await h.wait_for(lambda: len(h.dsn.requests) == 1)
+    await h.idle_polls()
+    assert len(h.dsn.requests) == 1
+    req = h.dsn.requests[0]
+    assert req.queue_id == q4
+    assert [(r.address, r.status) for r in req.recipients] == [
+        ("x@d.test", "5.1.1"),
+        ("y@d.test", "5.1.1"),
+    ]
+    await _stop(h)
+
+
+async def _all_state(h: Harness, qid: str, state: str) -> bool:
+    return all(s == state for s, _, _ in await h.states(qid))
+
+
+async def test_421_rule_suspends_the_destination_and_it_resumes_by_itself(
+    make_harness: Any,
+) -> None:
+    throttled = {"on": True}
+
+    def script(job: DeliveryJob, rcpt: str) -> SmtpReply:
+        if job.domain == "busy.test" and throttled["on"]:
+            return SmtpReply(421, "rate limited, come back later", "4.7.0")
+        return SmtpReply(250, "ok", "2.0.0")
+
+    h: Harness = await make_harness(
+        script,
+        FAST
+        + """
+[shaping.default]
+max_connections = 1
+[[shaping.rule]]
+name = "busy"
+codes = [421]
+text = "rate limited"
+action = "suspend"
+duration = "2m"
+""",
+    )
+    t0 = h.clock.now()
+    busy = [await enqueue(h, [f"u{i}@busy.test"]) for i in range(5)]
+    other = await enqueue(h, ["v@other.test"])
+    await h.wait_for(lambda: _all_state(h, other, "delivered"))
+    await h.wait_for(lambda: h.scheduler.inflight == 0)
+    busy_calls = [c for c in h.agent.calls if c[2].endswith("@busy.test")]
+    assert len(busy_calls) == 1  # one 421, then nothing more to that destination
+    # every busy.test recipient waits for the end of the suspension, not re-claimed now
+    for q in busy:
+        [(state, _, nxt)] = await h.states(q)
+        assert state == "queued" and nxt >= t0 + 120
+    await h.idle_polls()
+    assert len([c for c in h.agent.calls if c[2].endswith("@busy.test")]) == 1
+    throttled["on"] = False
+    h.clock.advance(120)
+    # the untried ones go as soon as the suspension ends …
+    for q in busy[1:]:
+        await h.wait_for(lambda q=q: _all_state(h, q, "delivered"))
+    # … the one that drew the 421 keeps its own retry time (5 minutes)
+    [(state, _, nxt)] = await h.states(busy[0])
+    assert state == "queued" and nxt == t0 + 300
+    h.clock.advance(180)
+    await h.wait_for(lambda: _all_state(h, busy[0], "delivered"))
+    await _stop(h)
+
+
+async def test_dead_destination_backs_off_with_growing_suspensions(make_harness: Any) -> None:
+    h: Harness = await make_harness(
+        lambda job, rcpt: SmtpReply(451, "connection refused", "4.4.1"),
+        FAST
+        + """
+[shaping.default]
+max_connections = 1
+dead_after = 3
+dead_backoff = "10m"
+dead_backoff_max = "1h"
+""",
+    )
+    t0 = h.clock.now()
+    qids = [await enqueue(h, [f"u{i}@dead.test"]) for i in range(6)]
+    await h.wait_for(lambda: len(h.agent.calls) == 3 and h.scheduler.inflight == 0)
+    await h.idle_polls()
+    assert len(h.agent.calls) == 3  # dead after 3 failures: the rest wait
+    nexts = sorted([(await h.states(q))[0][2] for q in qids])
+    assert all(n >= t0 + 600 for n in nexts[3:])
+    h.clock.advance(600)
+    await h.wait_for(lambda: len(h.agent.calls) == 6 and h.scheduler.inflight == 0)
+    await h.idle_polls()
+    assert len(h.agent.calls) == 6
+    t1 = h.clock.now()
+    nexts = sorted([(await h.states(q))[0][2] for q in qids])
+    assert min(nexts) >= t1 + 1200  # second suspension twice as long
+    await _stop(h)
+
+
+async def test_drain_puts_the_backlog_back(make_harness: Any) -> None:
+    gate = asyncio.Event()
+
+    class Slow(ScriptedAgent):
+        async def deliver(self, job: DeliveryJob, policy: RoutePolicy) -> DeliveryReport:
+            await gate.wait()
+            return await super().deliver(job, policy)
+
+    h: Harness = await make_harness(
+        lambda job, rcpt: SmtpReply(250, "ok", "2.0.0"),
+        FAST + "[shaping.default]\nmax_connections = 1\n",
+    )
+    h.scheduler._agent = Slow(h.clock, h.agent.script)
+    qids = [await enqueue(h, [f"u{i}@slow.test"]) for i in range(5)]
+    await h.wait_for(lambda: h.scheduler.inflight == 1)
+    drain = asyncio.create_task(h.scheduler.drain(5.0))
+    await h.wait_for(lambda: _count_state(h, qids, "queued", 4))
+    gate.set()
+    await drain
+    await h.task
+    states = [(await h.states(q))[0][0] for q in qids]
+    assert sorted(states) == ["delivered"] + ["queued"] * 4
+
+
+async def _count_state(h: Harness, qids: list[str], state: str, n: int) -> bool:
+    return sum([(await h.states(q))[0][0] == state for q in qids]) == n
