@@ -112,10 +112,18 @@ def domain_records(domain: str, inputs: Inputs) -> list[Record]:
             "TXT",
             quote_txt(f"v=DMARC1; p=none; rua=mailto:dmarc-reports@{domain}; adkim=r; aspf=r"),
             Kind.DMARC,
-            "DMARC starting policy: p=none with reports; move to quarantine/reject later",
+            "DMARC starting policy: p=none with reports; move to quarantine/reject later"
+            + _alignment_note(domain, inputs.bounce_domain),
         )
     )
     return out
+
+
+def _alignment_note(domain: str, bounce_domain: str | None) -> str:
+    """DMARC passes on SPF only if the envelope (bounce) domain shares the From domain."""
+    if not bounce_domain or bounce_domain == domain or bounce_domain.endswith("." + domain):
+        return ""
+    return f" (SPF cannot align: {bounce_domain} is not under {domain}; DKIM carries DMARC)"
 
 
 def shared_records(inputs: Inputs) -> list[Record]:

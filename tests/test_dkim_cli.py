@@ -208,6 +208,8 @@ def test_dns_records_prints_everything_to_publish(
     assert values[("_dmarc.example.com.", "TXT")].startswith('"v=DMARC1; p=none; rua=mailto:')
     assert values[("bounces.example.com.", "MX")] == "10 mta.example.com."
     assert values[("t.example.com.", "CNAME")] == "mta.example.com."
+    assert "SPF cannot align: bounces.example.com is not under example.org" in out
+    assert "is not under example.com" not in out
     code, out, _err = _run(capsys, "dns", "records", "--domain", "example.org", "-c", str(cfg))
     names = [(n, t) for n, t, _v in _zone_records(out)]
     assert ("s1._domainkey.example.org.", "TXT") in names

@@ -6,15 +6,18 @@ Every verifier resolves keys only through the test DnsServer (or a dnsfunc): no 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mtaserver.dkim import DkimMessageError, DkimSigner, KeySet
+from mtaserver.dkim import DkimError, DkimMessageError, DkimSigner, KeySet
 from mtaserver.dkim import keys as K
-from mtaserver.dkim.signer import OVERSIGN, sign_message
+from mtaserver.dkim.signer import OVERSIGN, normalize_crlf, sign_message
 from tests.support.clock import FakeClock
 from tests.support.dkimtools import (
     dkimpy_verify,
@@ -324,3 +327,57 @@ async def test_reload_swaps_selector_atomically(
 def test_sync_sign_message_matches_async(keys: tuple[K.DkimKey, K.DkimKey]) -> None:
     signed = sign_message(MULTIPART, KeySet.build(keys), NOW)
     assert dkimpy_verify(signed, keys) == [True, True]
+
+
+class _BrokenKey:
+    def sign(self, digest: bytes) -> bytes:
+        raise RuntimeError("hardware token unplugged")
+
+
+async def test_unexpected_signing_failure_is_a_temporary_dkim_error(
+    keys: tuple[K.DkimKey, K.DkimKey],
+) -> None:
+    broken = dataclasses.replace(keys[1], private_key=_BrokenKey())  # type: ignore[arg-type]
+    with pytest.raises(DkimError) as info:
+        await _signer((broken,)).sign(PLAIN)
+    assert not isinstance(info.value, DkimMessageError)
+    assert info.value.reply[:2] == (451, "4.3.0")
+
+
+LINES = st.sampled_from(
+    [
+        b"From: a@example.com",
+        b"From: <a@sub.example.com>, b@example.org",
+        b"From: =?utf-8?q?x?= <\xc3\xa9@example.com>",
+        b"From: broken <@>",
+        b"Subject: x",
+        b" continued",
+        b"\tcontinued",
+        b"",
+        b"no colon",
+        b"To:",
+        b"body line \xff",
+        b"From x@y Mon Jan 1",
+        b":",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(LINES, max_size=12), st.sampled_from([b"\r\n", b"\n", b"\r"]))
+def test_any_input_is_signed_or_refused_cleanly(lines: list[bytes], eol: bytes) -> None:
+    keyset = KeySet.build(_FUZZ_KEYS)
+    data = eol.join(lines)
+    try:
+        out = sign_message(data, keyset, NOW)
+    except DkimMessageError:
+        return
+    assert out.endswith(normalize_crlf(data))
+
+
+_FUZZ_KEYS: list[K.DkimKey] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fuzz_keys(keys: tuple[K.DkimKey, K.DkimKey]) -> None:
+    _FUZZ_KEYS[:] = keys
