@@ -27,7 +27,7 @@ from mtaserver.config import Config, load_config
 from mtaserver.crypto import codec_for
 from mtaserver.db import Database
 from mtaserver.devsetup import write_private
-from mtaserver.dkim import DkimSigner
+from mtaserver.dkim import DkimSigner, KeySet
 from mtaserver.dkim.keys import load_keyset
 from mtaserver.errors import ConfigError, MtaError
 from mtaserver.events import EventLog
@@ -129,13 +129,12 @@ def _dkim_service(core: Core) -> Service:
     """Build the signer; on SIGHUP load the new keys, then swap them in one assignment."""
     signer = DkimSigner(load_keyset(core.config.dkim), core.clock)
     core.signer = signer
+    _log_keyset(signer.keyset)
 
     async def reload(config: Config) -> None:
         keyset = await asyncio.to_thread(load_keyset, config.dkim)
         signer.reload(keyset)
-        log.info(kv(event="dkim_keys_loaded", domains=",".join(keyset.signing) or "-",
-                    selectors=",".join(f"{k.domain}/{k.selector}" for k in keyset.keys
-                                       if k.active) or "-"))  # fmt: skip
+        _log_keyset(keyset)
 
     return SimpleService("dkim", on_reload=reload)
 
@@ -173,6 +172,12 @@ def _tracking_service(core: Core) -> Service | None:
     return SimpleService(
         "tracking", on_start=lambda: web.start(host, port), on_run=recorder.run, on_drain=drain
     )
+
+
+def _log_keyset(keyset: KeySet) -> None:
+    signing = [k for keys in keyset.signing.values() for k in keys]
+    log.info(kv(event="dkim_keys_loaded", keys=len(keyset.keys),
+                signing=",".join(f"{k.domain}/{k.selector}" for k in signing) or "-"))  # fmt: skip
 
 
 class App:
