@@ -323,6 +323,8 @@ class WebhookDispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
                 await asyncio.sleep(_MIN_POLL_GAP)  # coalesce bursts of commits into one poll
+            while self._tasks:  # draining: POSTs in flight finish (the app bounds the wait)
+                await asyncio.wait(set(self._tasks))
         finally:
             with contextlib.suppress(ValueError):
                 self.db.on_commit.remove(self._on_commit)
