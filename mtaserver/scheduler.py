@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from mtaserver.bouncegen import DsnRecipient, DsnRequest, build_dsn
 from mtaserver.clock import Clock
 from mtaserver.config.shaping import RetrySettings, SchedulerSettings
 from mtaserver.log import get_logger, kv
@@ -78,35 +79,6 @@ class Agent(Protocol):
 class MxLookup(Protocol):
     async def mx_hosts(self, domain: str) -> Sequence[str]:
         """MX host names of a domain (empty when unknown); used only to group domains."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class DsnRecipient:
-    """One recipient reported in a DSN to the sender."""
-
-    address: str
-    action: str  # "failed" or "delayed"
-    status: str  # RFC 3463, e.g. "5.1.1", "4.4.7"
-    reply: SmtpReply  # diagnostic
-    remote_mta: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class DsnRequest:
-    """Everything a DSN about one message needs."""
-
-    queue_id: str
-    sender: str  # the original envelope sender: the DSN goes there
-    original: bytes  # the original message (headers are quoted from it)
-    received_at: float
-    recipients: tuple[DsnRecipient, ...]
-    now: float
-
-
-class DsnBuilder(Protocol):
-    def build(self, request: DsnRequest) -> bytes:
-        """RFC 3464 bytes (headers + multipart/report body) for the sender."""
         ...
 
 
@@ -161,7 +133,7 @@ class Scheduler:
         lease: float,
         hostname: str,
         new_queue_id: Callable[[float], str],
-        dsn: DsnBuilder | None = None,
+        send_dsn: bool = True,
         mx: MxLookup | None = None,
     ) -> None:
         self._spool = spool
@@ -176,7 +148,7 @@ class Scheduler:
         self._lease = lease
         self._hostname = hostname
         self._new_queue_id = new_queue_id
-        self._dsn = dsn
+        self._send_dsns = send_dsn
         self._mx = mx
         self._dests: dict[str, _Dest] = {}
         self._ring: deque[str] = deque()  # destinations with backlog, round-robin order
@@ -487,7 +459,7 @@ class Scheduler:
         dsn_updates: list[RecipientUpdate] = []
         dsn_events: list[Event] = []
         warn: list[DsnRecipient] = []
-        wants_dsn = bool(job.sender) and job.dsn and not job.is_dsn and self._dsn is not None
+        wants_dsn = bool(job.sender) and job.dsn and not job.is_dsn and self._send_dsns
         for jr in job.recipients:
             res = by_idx.get(jr.idx) or RecipientResult(
                 jr.idx,
@@ -514,10 +486,11 @@ class Scheduler:
                 warn.append(
                     DsnRecipient(
                         jr.address,
-                        "delayed",
                         res.reply.enhanced or "4.0.0",
-                        res.reply,
-                        res.mx,
+                        diagnostic=str(res.reply),
+                        remote_mta=res.mx,
+                        last_attempt=now,
+                        will_retry_until=job.received_at + self._retry.max_lifetime,
                     )
                 )
         if updates:
@@ -599,7 +572,13 @@ class Scheduler:
             return _Outcome(
                 RecipientUpdate(qid, res.idx, RecipientState.BOUNCED, f"{status} {text}: {reply}"),
                 Event("bounced", now, qid, res.address, tuple(base.items())),
-                DsnRecipient(res.address, "failed", status, reply, res.mx),
+                DsnRecipient(
+                    res.address,
+                    status,
+                    diagnostic=str(reply),
+                    remote_mta=res.mx,
+                    last_attempt=now,
+                ),
             )
         cls = self._classify(reply.code, reply.enhanced, reply.text)
         status = cls.status or reply.enhanced or ("5.0.0" if reply.code >= 500 else "4.0.0")
@@ -615,7 +594,9 @@ class Scheduler:
         return _Outcome(
             RecipientUpdate(qid, res.idx, RecipientState.BOUNCED, str(reply)),
             Event("bounced", now, qid, res.address, tuple(base.items())),
-            DsnRecipient(res.address, "failed", status, reply, res.mx),
+            DsnRecipient(
+                res.address, status, diagnostic=str(reply), remote_mta=res.mx, last_attempt=now
+            ),
         )
 
     def _log_attempt(
@@ -660,25 +641,37 @@ class Scheduler:
             await self._maybe_flush_dsn(qid)
 
     async def _send_dsn(
-        self, job: DeliveryJob, recipients: Sequence[DsnRecipient], now: float
+        self,
+        job: DeliveryJob,
+        recipients: Sequence[DsnRecipient],
+        now: float,
+        delayed: bool = False,
     ) -> None:
-        assert self._dsn is not None
-        data = self._dsn.build(
-            DsnRequest(job.queue_id, job.sender, job.data, job.received_at, tuple(recipients), now)
+        req = DsnRequest(
+            queue_id=job.queue_id,
+            sender=job.sender,
+            original=job.data,
+            arrival=job.received_at,
+            recipients=tuple(recipients),
+            is_dsn=job.is_dsn,
         )
+        dsn = build_dsn(req, hostname=self._hostname, now=now, delayed=delayed)
+        if dsn is None:
+            return
         qid = self._new_queue_id(now)
         msg = PreparedMessage(
             queue_id=qid,
             sender="",
-            recipients=(PreparedRecipient(job.sender),),
-            data=data,
+            recipients=(PreparedRecipient(dsn.recipient),),
+            data=dsn.data,
             user=job.user,
             client_ip="",
             received_at=now,
+            message_id=dsn.message_id,
             dsn=False,
             is_dsn=True,
         )
-        action = recipients[0].action if recipients else "failed"
+        action = "delayed" if delayed else "failed"
         event = Event(
             "dsn_sent",
             now,
@@ -692,7 +685,7 @@ class Scheduler:
                 event="dsn_queued",
                 queue_id=job.queue_id,
                 dsn_queue_id=qid,
-                to=f"<{job.sender}>",
+                to=f"<{dsn.recipient}>",
                 action=action,
                 recipients=len(recipients),
             )
@@ -705,4 +698,4 @@ class Scheduler:
         self._warned[job.queue_id] = None
         while len(self._warned) > 100_000:
             self._warned.popitem(last=False)
-        await self._send_dsn(job, recipients, now)
+        await self._send_dsn(job, recipients, now, delayed=True)

@@ -6,6 +6,8 @@ test_scheduler_e2e.py."""
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ from mtaserver.model import (
     RoutePolicy,
     SmtpReply,
 )
-from mtaserver.scheduler import DsnRequest, Scheduler
+from mtaserver.scheduler import Scheduler
 from mtaserver.shaper import Shaper
 from mtaserver.spool import Spool, new_queue_id
 from tests.support.clock import FakeClock
@@ -41,6 +43,7 @@ class ScriptedAgent:
     clock: FakeClock
     script: Script
     calls: list[tuple[float, str, str]] = field(default_factory=list)  # (now, qid, rcpt)
+    jobs: list[DeliveryJob] = field(default_factory=list)
     active: int = 0
     peak: int = 0
 
@@ -49,6 +52,7 @@ class ScriptedAgent:
         self.peak = max(self.peak, self.active)
         try:
             await asyncio.sleep(0)
+            self.jobs.append(job)
             now = self.clock.now()
             results = []
             for r in job.recipients:
@@ -69,16 +73,6 @@ class ScriptedAgent:
             self.active -= 1
 
 
-class RecordingDsn:
-    def __init__(self) -> None:
-        self.requests: list[DsnRequest] = []
-
-    def build(self, request: DsnRequest) -> bytes:
-        self.requests.append(request)
-        lines = [f"{r.address} {r.action} {r.status}" for r in request.recipients]
-        return ("Subject: DSN\r\n\r\n" + "\r\n".join(lines) + "\r\n").encode()
-
-
 def shaping(toml: str = "") -> ShapingConfig:
     table = tomllib.loads(toml).get("shaping", {})
     return parse(Reader({"shaping": table}, "config.toml").table("shaping"))
@@ -89,7 +83,6 @@ class Harness:
     spool: Spool
     clock: FakeClock
     agent: ScriptedAgent
-    dsn: RecordingDsn
     scheduler: Scheduler
     task: asyncio.Task[None]
 
@@ -110,6 +103,15 @@ class Harness:
         """Let the scheduler look at the queue n more times (an absence check)."""
         start = self.scheduler.polls
         await self.wait_for(lambda: self.scheduler.polls >= start + n)
+
+    async def dsns(self) -> list[tuple[str, str, bool, str, bytes]]:
+        """DSNs the scheduler queued and then delivered: (queue id, sender, dsn flag, rcpt, data)."""
+        return [
+            (j.queue_id, j.sender, j.dsn, r.address, j.data)
+            for j in self.agent.jobs
+            if j.is_dsn and j.sender == ""
+            for r in j.recipients
+        ]
 
     async def states(self, qid: str) -> list[tuple[str, int, float]]:
         info = await self.spool.show(qid)
@@ -133,7 +135,6 @@ def make_harness(
             cfg, clock, max_connections=workers, builtin_destinations=dests, builtin_rules=rules
         )
         agent = ScriptedAgent(clock, script)
-        dsn = RecordingDsn()
         sched = Scheduler(
             spool=spool,
             agent=agent,
@@ -147,10 +148,9 @@ def make_harness(
             lease=600.0,
             hostname="mta.test",
             new_queue_id=new_queue_id,
-            dsn=dsn,
         )
         task = asyncio.create_task(sched.run())
-        h = Harness(spool, clock, agent, dsn, sched, task)
+        h = Harness(spool, clock, agent, sched, task)
         started.append(h)
         return h
 
@@ -244,30 +244,57 @@ async def test_expiry_bounces_with_4_4_7_and_one_dsn_per_message(make_harness: A
         times.append(h.clock.now() - t0)
         n = len(h.agent.calls)
         await h.wait_for(lambda n=n: len(h.agent.calls) >= n + 3 or False)
-    await h.wait_for(lambda: len(h.dsn.requests) == 1)
+    await h.wait_for(lambda: _count(h.dsns(), 1))
     st = await h.states(qid)
     assert [s for s, _, _ in st] == ["bounced"] * 3
     # attempts at 0, 10m, 40m and exactly at the end of the lifetime (1h), then expired
     assert times == [600, 2400, 3600]
-    req = h.dsn.requests[0]
-    assert req.queue_id == qid and req.sender == "app@sender.test"
-    assert sorted((r.address, r.action, r.status) for r in req.recipients) == [
-        ("a@one.test", "failed", "4.4.7"),
-        ("b@one.test", "failed", "4.4.7"),
-        ("c@two.test", "failed", "4.4.7"),
+    # one DSN for the message: null sender, to the original sender, itself never bounced
+    [(_, sender, dsn_flag, rcpt, body)] = await h.dsns()
+    assert (sender, dsn_flag, rcpt) == ("", False, "app@sender.test")
+    msg = email.message_from_bytes(body, policy=email.policy.default)
+    assert msg["To"].addresses[0].addr_spec == "app@sender.test"
+    assert msg["Subject"] == "Undelivered Mail Returned to Sender"
+    assert msg["In-Reply-To"] == "<m1@sender.test>"
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    human, status, headers = msg.get_payload()
+    assert human.get_content_type() == "text/plain"
+    assert "mailbox busy" in human.get_content()
+    assert status.get_content_type() == "message/delivery-status"
+    per_message, *per_rcpt = status.get_payload()
+    assert per_message["Reporting-MTA"] == "dns; mta.test"
+    assert per_message["X-Mtaserver-Queue-ID"] == qid
+    assert per_message["Arrival-Date"]
+    assert [
+        (f["Final-Recipient"], f["Action"], f["Status"], f["Remote-MTA"], f["Diagnostic-Code"])
+        for f in per_rcpt
+    ] == [
+        (
+            "rfc822; a@one.test",
+            "failed",
+            "4.4.7",
+            "dns; mx.one.test",
+            "smtp; 451 4.2.1 mailbox busy",
+        ),
+        (
+            "rfc822; b@one.test",
+            "failed",
+            "4.4.7",
+            "dns; mx.one.test",
+            "smtp; 451 4.2.1 mailbox busy",
+        ),
+        (
+            "rfc822; c@two.test",
+            "failed",
+            "4.4.7",
+            "dns; mx.two.test",
+            "smtp; 451 4.2.1 mailbox busy",
+        ),
     ]
-    assert all(r.reply.text == "mailbox busy" for r in req.recipients)
-    # the DSN itself is queued: null sender, to the original sender, marked is_dsn
-    rows = await h.spool.db.read(
-        lambda c: c.execute(
-            "SELECT m.id, m.sender, m.is_dsn, m.dsn, r.address FROM messages m "
-            "JOIN recipients r ON r.queue_id = m.id WHERE m.id != ?",
-            (qid,),
-        ).fetchall()
-    )
-    assert len(rows) == 1
-    _, sender, is_dsn, dsn, rcpt = rows[0]
-    assert (sender, is_dsn, dsn, rcpt) == ("", 1, 0, "app@sender.test")
+    assert headers.get_content_type() == "text/rfc822-headers"
+    quoted = body.split(b"Content-Type: text/rfc822-headers\r\n\r\n", 1)[1]
+    assert quoted.startswith(b"From: app@sender.test\r\nSubject: hello\r\n")
     events = await h.spool.db.read(
         lambda c: c.execute(
             "SELECT type, data FROM events WHERE queue_id=? AND type IN ('bounced','dsn_sent')",
@@ -287,16 +314,22 @@ async def test_no_dsn_to_null_sender_about_a_dsn_or_when_turned_off(make_harness
     q4 = await enqueue(h, ["x@d.test", "y@d.test"])
     for q in (q1, q2, q3, q4):
         await h.wait_for(lambda q=q: _all_state(h, q, "bounced"))
-    await h.wait_for(lambda: len(h.dsn.requests) == 1)
+    await h.wait_for(lambda: _count(h.dsns(), 1))
     await h.idle_polls()
-    assert len(h.dsn.requests) == 1
-    req = h.dsn.requests[0]
-    assert req.queue_id == q4
-    assert [(r.address, r.status) for r in req.recipients] == [
-        ("x@d.test", "5.1.1"),
-        ("y@d.test", "5.1.1"),
+    [(_, _, _, rcpt, body)] = await h.dsns()
+    assert rcpt == "app@sender.test"
+    msg = email.message_from_bytes(body, policy=email.policy.default)
+    per_rcpt = msg.get_payload()[1].get_payload()[1:]
+    assert [(f["Final-Recipient"], f["Status"]) for f in per_rcpt] == [
+        ("rfc822; x@d.test", "5.1.1"),
+        ("rfc822; y@d.test", "5.1.1"),
     ]
+    assert per_rcpt[0]["Diagnostic-Code"] == "smtp; 550 5.1.1 no such user"
     await _stop(h)
+
+
+async def _count(coro: Any, n: int) -> bool:
+    return len(await coro) == n
 
 
 async def _all_state(h: Harness, qid: str, state: str) -> bool:
