@@ -37,6 +37,7 @@ class Receiver:
         self.received: list[dict[str, Any]] = []
         self.attempts: list[dict[str, Any]] = []
         self.bad_signatures = 0
+        self.arrivals: list[float] = []
         self.decide: Callable[[dict[str, Any]], int] = lambda ev: 200
         self.hang = False  # never answer (a black hole)
         self.open_requests = 0
@@ -52,6 +53,7 @@ class Receiver:
         event = json.loads(body)
         assert request.headers["X-Mtaserver-Event-Id"] == str(event["id"])
         self.attempts.append(event)
+        self.arrivals.append(time.monotonic())
         self.open_requests += 1
         self.max_open_requests = max(self.max_open_requests, self.open_requests)
         try:
