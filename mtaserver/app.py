@@ -26,12 +26,14 @@ from mtaserver.clock import Clock, SystemClock
 from mtaserver.config import Config, load_config
 from mtaserver.crypto import codec_for
 from mtaserver.db import Database
-from mtaserver.devsetup import write_private
+from mtaserver.delivery import DeliveryAgent
+from mtaserver.devsetup import read_secret, write_private
 from mtaserver.dkim import DkimSigner, KeySet
 from mtaserver.dkim.keys import load_keyset
 from mtaserver.errors import ConfigError, MtaError
 from mtaserver.events import EventLog
 from mtaserver.log import get_logger, kv, setup_logging
+from mtaserver.mx import DnsResolver
 from mtaserver.notify import Notifier
 from mtaserver.spool import Spool
 from mtaserver.tracking.bots import BotDetector, load_rules
@@ -40,6 +42,7 @@ from mtaserver.tracking.recorder import Recorder, SqlTrackingStore
 from mtaserver.tracking.tokens import TokenCodec, load_secrets
 from mtaserver.tracking.tracker import Tracker
 from mtaserver.tracking.web import TrackingWeb
+from mtaserver.verp import Verp
 from mtaserver.webhooks import WebhookDispatcher
 
 log = get_logger("app")
@@ -97,6 +100,9 @@ class Core:
     services: list[Service] = field(default_factory=list)
     signer: DkimSigner | None = None  # built by build_services; the submission pipeline signs
     tracker: Tracker | None = None  # built by build_services when [tracking] base_url is set
+    resolver: DnsResolver | None = None  # built by build_services (delivery)
+    agent: DeliveryAgent | None = None  # built by build_services (delivery); the scheduler uses it
+    verp: Verp | None = None  # set when [inbound] bounce_domain is; delivery and inbound share it
 
 
 async def build_services(core: Core) -> list[Service]:
@@ -104,6 +110,7 @@ async def build_services(core: Core) -> list[Service]:
     services: list[Service] = [
         SimpleService("events", on_run=core.events.run),
         _dkim_service(core),
+        _delivery_service(core),
         _storage_service(core),
         WebhookDispatcher(core.db, core.config.webhooks, core.clock),
     ]
@@ -137,6 +144,37 @@ def _dkim_service(core: Core) -> Service:
         _log_keyset(keyset)
 
     return SimpleService("dkim", on_reload=reload)
+
+
+def _delivery_service(core: Core) -> Service:
+    """MX resolver and SMTP delivery agent (VERP when a bounce domain is set).
+
+    The agent has no loop of its own: the scheduler calls ``deliver``; draining closes the
+    idle pooled connections. Resolver and TLS settings are read at start (restart to change).
+    """
+    cfg = core.config
+    d = cfg.delivery
+    if cfg.inbound.bounce_domain:
+        core.verp = Verp(
+            read_secret(cfg.server.secret_file), cfg.inbound.verp_prefix, cfg.inbound.bounce_domain
+        )
+    core.resolver = DnsResolver(
+        core.clock, nameservers=d.nameservers, timeout=d.dns_timeout, ipv6=d.ipv6
+    )
+    agent = DeliveryAgent(
+        core.resolver,
+        core.clock,
+        hostname=d.hostname or cfg.server.hostname,
+        return_path=core.verp,
+        ca_file=str(d.ca_file) if d.ca_file else None,
+        max_addresses=d.max_mx_addresses,
+    )
+    core.agent = agent
+
+    async def drain(timeout: float) -> None:
+        await agent.aclose()
+
+    return SimpleService("delivery", on_drain=drain)
 
 
 def _tracking_service(core: Core) -> Service | None:

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from typing import Protocol
+
+from mtaserver.model import SmtpReply
 
 MAX_HEADERS = 64 * 1024  # original headers copied into the report, at most
 _CTRL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -40,6 +44,7 @@ class DsnRecipient:
     remote_mta: str | None = None  # MX host name that gave the reply
     last_attempt: float | None = None  # unix time
     will_retry_until: float | None = None  # delay warnings: when the queue gives up
+    action: str = "failed"  # "failed" or "delayed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +124,21 @@ def _addr_type(address: str) -> str:
 
 
 def build_dsn(
-    req: DsnRequest, *, hostname: str, now: float, delayed: bool = False
+    req: DsnRequest, *, hostname: str, now: float, delayed: bool | None = None
 ) -> DsnMessage | None:
-    """The DSN for ``req`` (a delay warning when ``delayed``), or None when none may be sent."""
+    """The DSN for ``req``, or None when none may be sent.
+
+    ``delayed=True`` makes every recipient ``Action: delayed`` (the warning variant);
+    ``None`` keeps each recipient's own ``action`` and words the report as a warning only
+    when all of them are delayed.
+    """
     if not req.sender or req.sender == "<>" or not req.recipients:
         return None
     if req.is_dsn or looks_like_dsn(req.original):
         return None
+    actions = ["delayed" if delayed else r.action for r in req.recipients]
+    if delayed is None:
+        delayed = all(a == "delayed" for a in actions)
     hostname = _line(hostname) or "localhost"
     headers = original_headers(req.original)
     mid_match = _MSGID.search(headers)
@@ -167,12 +180,12 @@ def build_dsn(
         f"X-Mtaserver-Queue-ID: {_line(req.queue_id)}",
         f"Arrival-Date: {_date(req.arrival)}",
     ]
-    for r in req.recipients:
+    for r, action in zip(req.recipients, actions, strict=True):
         addr = _line(r.address)
         status += [
             "",
             f"Final-Recipient: {_addr_type(addr)}; {addr}",
-            f"Action: {'delayed' if delayed else 'failed'}",
+            f"Action: {_line(action, 20) or 'failed'}",
             f"Status: {_line(r.status, 20)}",
         ]
         if r.remote_mta:
@@ -181,7 +194,7 @@ def build_dsn(
             dtype = _line(r.diagnostic_type, 40) or "smtp"
             status.append(_fold("Diagnostic-Code", f"{dtype}; {_line(r.diagnostic)}"))
         status.append(f"Last-Attempt-Date: {_date(r.last_attempt or now)}")
-        if delayed and r.will_retry_until is not None:
+        if action == "delayed" and r.will_retry_until is not None:
             status.append(f"Will-Retry-Until: {_date(r.will_retry_until)}")
     status.append("")
 
@@ -229,3 +242,71 @@ def build_dsn(
         top.append("Content-Transfer-Encoding: 8bit")
     out = crlf.join(top).encode("utf-8") + b"\r\n\r\n" + bytes(body)
     return DsnMessage(recipient=sender, data=out, message_id=message_id)
+
+
+class _DsnRecipientLike(Protocol):
+    @property
+    def address(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def reply(self) -> SmtpReply: ...
+    @property
+    def remote_mta(self) -> str | None: ...
+
+
+class _DsnRequestLike(Protocol):
+    @property
+    def queue_id(self) -> str: ...
+    @property
+    def sender(self) -> str: ...
+    @property
+    def original(self) -> bytes: ...
+    @property
+    def received_at(self) -> float: ...
+    @property
+    def recipients(self) -> Sequence[_DsnRecipientLike]: ...
+    @property
+    def now(self) -> float: ...
+
+
+class DsnBuilder:
+    """Adapter for the scheduler's ``DsnBuilder`` protocol: ``build(request) -> bytes``.
+
+    Returns ``b""`` when no DSN may be sent (null sender, or the original is a DSN).
+    A recipient with a ``remote_mta`` gets an ``smtp;`` diagnostic, others (expiry, DNS)
+    an ``X-Mtaserver;`` one.
+    """
+
+    def __init__(self, hostname: str) -> None:
+        self._hostname = hostname
+
+    def build(self, request: _DsnRequestLike) -> bytes:
+        recipients = tuple(
+            DsnRecipient(
+                address=r.address,
+                status=r.status
+                or r.reply.enhanced
+                or ("5.0.0" if r.reply.code >= 500 else "4.0.0"),
+                diagnostic=str(r.reply),
+                diagnostic_type="smtp" if r.remote_mta else "X-Mtaserver",
+                remote_mta=r.remote_mta,
+                last_attempt=request.now,
+                action=r.action,
+            )
+            for r in request.recipients
+        )
+        dsn = build_dsn(
+            DsnRequest(
+                queue_id=request.queue_id,
+                sender=request.sender,
+                original=request.original,
+                arrival=request.received_at,
+                recipients=recipients,
+            ),
+            hostname=self._hostname,
+            now=request.now,
+        )
+        return dsn.data if dsn is not None else b""

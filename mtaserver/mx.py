@@ -120,7 +120,7 @@ class DnsResolver:
         self,
         clock: Clock,
         *,
-        nameservers: Sequence[str] = (),
+        nameservers: Sequence[str | tuple[str, int]] = (),
         timeout: float = 10.0,
         rng: random.Random | None = None,
         max_hosts: int = 10,
@@ -138,7 +138,9 @@ class DnsResolver:
             res = dns.asyncresolver.Resolver(configure=False)
             res.nameservers = [
                 dns.nameserver.Do53Nameserver(ip, port)
-                for ip, port in (parse_nameserver(n) for n in nameservers)
+                for ip, port in (
+                    parse_nameserver(n) if isinstance(n, str) else n for n in nameservers
+                )
             ]
         else:
             res = dns.asyncresolver.Resolver()
@@ -253,6 +255,19 @@ class DnsResolver:
         if not addrs:
             return _defer(name, "4.4.4", f"relay host {name} has no address")
         return Route(name, (MxHost(name, 0, addrs),))
+
+    async def mx_hosts(self, domain: str) -> Sequence[str]:
+        """MX host names in preference order (the domain itself for an implicit MX; empty
+        when unknown). Cheap: one cached MX query, no address lookups. The scheduler
+        groups destinations by these names."""
+        domain = domain.lower().rstrip(".")
+        try:
+            mx = await self._query(domain, "MX")
+        except _TempFail:
+            return ()
+        if mx.kind == "nodata":
+            return (domain,)
+        return tuple(h for _, h in sorted(mx.records) if h not in ("", "."))
 
     def _order(self, records: list[tuple[int, str]]) -> list[tuple[int, str]]:
         """Sort by preference; shuffle each group of equal preference."""

@@ -185,3 +185,54 @@ def test_non_ascii_headers_and_addresses() -> None:
     rcpt = report.get_payload()[1]
     assert b"Final-Recipient: utf-8; j\xc3\xbcrgen@dest.test" in dsn.data
     assert str(rcpt["Status"]) == "5.1.1"
+
+
+def test_adapter_for_the_scheduler_protocol() -> None:
+    from dataclasses import dataclass
+
+    from mtaserver.bouncegen import DsnBuilder
+    from mtaserver.model import SmtpReply
+
+    @dataclass(frozen=True, slots=True)
+    class Rcpt:  # the scheduler's DsnRecipient shape
+        address: str
+        action: str
+        status: str
+        reply: SmtpReply
+        remote_mta: str | None
+
+    @dataclass(frozen=True, slots=True)
+    class Req:  # the scheduler's DsnRequest shape
+        queue_id: str
+        sender: str
+        original: bytes
+        received_at: float
+        recipients: tuple[Rcpt, ...]
+        now: float
+
+    builder = DsnBuilder("mta.sender.test")
+    req = Req(
+        "Q9",
+        "alice@sender.test",
+        ORIGINAL,
+        ARRIVAL,
+        (
+            Rcpt(
+                "bob@dest.test", "failed", "5.1.1", SmtpReply(550, "no such user", "5.1.1"), "mx1"
+            ),
+            Rcpt("carol@dest.test", "failed", "4.4.7", SmtpReply(451, "expired", "4.4.7"), None),
+            Rcpt("dan@dest.test", "delayed", "4.2.2", SmtpReply(452, "full", "4.2.2"), "mx1"),
+        ),
+        NOW,
+    )
+    msg = parse(builder.build(req))
+    assert msg["Subject"] == "Undelivered Mail Returned to Sender"
+    _, bob, carol, dan = msg.get_payload()[1].get_payload()  # type: ignore[index]
+    assert (bob["Action"], bob["Status"], bob["Diagnostic-Code"]) == (
+        "failed",
+        "5.1.1",
+        "smtp; 550 5.1.1 no such user",
+    )
+    assert carol["Diagnostic-Code"] == "X-Mtaserver; 451 4.4.7 expired"
+    assert dan["Action"] == "delayed"
+    assert builder.build(Req("Q9", "", ORIGINAL, ARRIVAL, req.recipients, NOW)) == b""

@@ -192,3 +192,17 @@ def test_parse_nameserver() -> None:
     for bad in ("dns.example:53", "127.0.0.1:0", "127.0.0.1:x"):
         with pytest.raises(ValueError):
             parse_nameserver(bad)
+
+
+async def test_mx_hosts_for_destination_grouping(dns_server: DnsServer) -> None:
+    dns_server.add("grouped.test", "MX", "20 alt1.gmail-smtp-in.l.google.com.")
+    dns_server.add("grouped.test", "MX", "5 gmail-smtp-in.l.google.com.")
+    dns_server.add("plain.test", "A", "127.0.0.5")
+    dns_server.servfail("broken.test")
+    res = DnsResolver(FakeClock(), nameservers=[("127.0.0.1", dns_server.port)], timeout=2.0)
+    assert await res.mx_hosts("grouped.test") == (
+        "gmail-smtp-in.l.google.com",
+        "alt1.gmail-smtp-in.l.google.com",
+    )
+    assert await res.mx_hosts("plain.test") == ("plain.test",)
+    assert await res.mx_hosts("broken.test") == ()
