@@ -40,6 +40,7 @@ from mtaserver.log import get_logger, kv, setup_logging
 from mtaserver.mx import DnsResolver, Route
 from mtaserver.notify import Notifier
 from mtaserver.pipeline import Pipeline, TrackingOptions
+from mtaserver.retention import Retention
 from mtaserver.scheduler import Scheduler
 from mtaserver.shaper import Shaper
 from mtaserver.spool import Spool, new_queue_id
@@ -202,6 +203,7 @@ def _operations_services(core: Core) -> list[Service]:
     return [
         _storage_service(core),
         WebhookDispatcher(core.db, core.config.webhooks, core.clock),
+        Retention(core.db, core.config.retention, core.clock),
     ]
 
 
@@ -211,6 +213,7 @@ def _storage_service(core: Core) -> Service:
     async def reload(config: Config) -> None:
         codec = await asyncio.to_thread(codec_for, config.storage.encryption_key_file)
         core.spool.codec = codec
+        core.spool.keep_bodies = config.retention.bodies
         log.info(kv(event="storage_keys_loaded",
                     current=getattr(codec, "current", None) or "-"))  # fmt: skip
 
