@@ -9,7 +9,8 @@ submissions keep committing between batches. What counts as old:
   earlier, longer setting);
 - records: a message whose recipients are all final since ``records`` ago — the message row
   and its recipients go (their events follow the ``events`` setting);
-- events: written ``events`` ago; given-up webhook deliveries of that age too.
+- events: written ``events`` ago, unless a webhook has yet to deliver them; given-up webhook
+  deliveries of that age too.
 """
 
 from __future__ import annotations
@@ -85,8 +86,11 @@ def _drop_records(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
 
 
 def _drop_events(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
+    """Old events, except those a webhook has yet to deliver (at least once wins)."""
     return conn.execute(
-        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? LIMIT ?)",
+        "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.at < ? "
+        "AND NOT EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.event_id = e.id "
+        "AND o.state IN ('pending', 'waiting')) LIMIT ?)",
         (cutoff, limit),
     ).rowcount
 

@@ -122,3 +122,19 @@ def test_retention_config(tmp_path: Path) -> None:
         parse('[retention]\nevents = "sixty days"\n')
     with pytest.raises(ConfigError, match=r"retention\.keep: unknown key"):
         parse('[retention]\nkeep = "1d"\n')
+
+
+async def test_events_a_webhook_still_owes_are_kept(db: Database) -> None:
+    from mtaserver.config.webhooks import WebhookConfig
+    from mtaserver.webhooks import WebhookOutbox
+
+    await WebhookOutbox(db).sync(
+        [WebhookConfig("h", "http://127.0.0.1:9/", ("bounced",), b"s" * 16)]
+    )
+    old = time.time() - 90 * DAY
+    await EventLog(db).emit(Event("bounced", old, "Q1"), Event("open", old, "Q1"))
+    r = Retention(db, RetentionConfig(), SystemClock())
+    assert (await r.sweep()).events == 1
+    assert await count(db, "SELECT count(*) FROM events WHERE type='bounced'") == 1
+    await db.write(lambda c: c.execute("DELETE FROM webhook_outbox"))
+    assert (await r.sweep()).events == 1
