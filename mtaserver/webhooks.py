@@ -48,7 +48,7 @@ SIGNATURE_HEADER = "X-Mtaserver-Signature"
 TIMESTAMP_HEADER = "X-Mtaserver-Timestamp"
 EVENT_ID_HEADER = "X-Mtaserver-Event-Id"
 _POLL = 1.0  # seconds: picks up events written by other processes and back-off expiries
-_MIN_POLL_GAP = 0.02
+_MIN_POLL_GAP = 0.005
 
 
 def sign(secret: bytes, timestamp: int, body: bytes) -> str:
@@ -75,6 +75,16 @@ class OutboxItem:
     attempts: int
     created_at: float
     body: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What became of one POST: ``delivered``, ``retry`` (at ``at``) or ``failed``."""
+
+    item: OutboxItem
+    outcome: str
+    at: float
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,40 +167,41 @@ class WebhookOutbox:
 
         return await self.db.read(fn)
 
-    async def next_due(self) -> float | None:
+    async def next_due(self, busy: Sequence[int] = ()) -> float | None:
+        """When the next pending row not in ``busy`` (being sent) is due."""
+        ids = list(busy)
+
         def fn(conn: sqlite3.Connection) -> float | None:
             row = conn.execute(
-                "SELECT min(next_attempt) FROM webhook_outbox WHERE state='pending'"
+                "SELECT min(next_attempt) FROM webhook_outbox WHERE state='pending' "
+                f"AND id NOT IN ({','.join('?' * len(ids))})",
+                ids,
             ).fetchone()
             return None if row[0] is None else float(row[0])
 
         return await self.db.read(fn)
 
-    async def delivered(self, item: OutboxItem, now: float) -> None:
+    async def settle(self, done: Sequence[Settlement]) -> None:
+        """Record many POST outcomes in one write (one commit for a burst of replies)."""
+
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM webhook_outbox WHERE id=?", (item.id,))
-            _promote(conn, item, now)
-
-        await self.db.write(op)
-
-    async def retry_later(self, item: OutboxItem, next_attempt: float, error: str) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE webhook_outbox SET attempts=attempts+1, next_attempt=?, last_error=? "
-                "WHERE id=?",
-                (next_attempt, error[:500], item.id),
-            )
-
-        await self.db.write(op)
-
-    async def give_up(self, item: OutboxItem, error: str, now: float) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE webhook_outbox SET state='failed', attempts=attempts+1, "
-                "next_attempt=?, last_error=? WHERE id=?",
-                (now, error[:500], item.id),
-            )
-            _promote(conn, item, now)
+            for s in done:
+                if s.outcome == "delivered":
+                    conn.execute("DELETE FROM webhook_outbox WHERE id=?", (s.item.id,))
+                    _promote(conn, s.item, s.at)
+                elif s.outcome == "failed":
+                    conn.execute(
+                        "UPDATE webhook_outbox SET state='failed', attempts=attempts+1, "
+                        "next_attempt=?, last_error=? WHERE id=?",
+                        (s.at, s.error[:500], s.item.id),
+                    )
+                    _promote(conn, s.item, s.at)
+                else:
+                    conn.execute(
+                        "UPDATE webhook_outbox SET attempts=attempts+1, next_attempt=?, "
+                        "last_error=? WHERE id=?",
+                        (s.at, s.error[:500], s.item.id),
+                    )
 
         await self.db.write(op)
 
@@ -282,6 +293,11 @@ class WebhookDispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._session: aiohttp.ClientSession | None = None
+        self._settled: list[tuple[str, Settlement]] = []  # (webhook, outcome) to record
+        self._settle_wake = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._running = False
+        self._finished = asyncio.Event()  # run() has settled everything in flight
         self.sent = 0  # counters for metrics
         self.failures = 0
 
@@ -304,14 +320,17 @@ class WebhookDispatcher:
         """Stop sending new rows; let POSTs in flight finish (unsent rows stay durable)."""
         self._stopping = True
         self._wake.set()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+        if self._running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._finished.wait(), timeout)
 
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
         self._session = aiohttp.ClientSession(
             connector=connector, headers={"User-Agent": f"mtaserver/{__version__}"}
         )
+        self._running = True
+        settler = asyncio.create_task(self._settler(), name="webhook-settler")
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -325,7 +344,12 @@ class WebhookDispatcher:
                 await asyncio.sleep(_MIN_POLL_GAP)  # coalesce bursts of commits into one poll
             while self._tasks:  # draining: POSTs in flight finish (the app bounds the wait)
                 await asyncio.wait(set(self._tasks))
+            settler.cancel()
+            await asyncio.gather(settler, return_exceptions=True)
+            await self._flush_settled()
+            self._finished.set()
         finally:
+            settler.cancel()
             with contextlib.suppress(ValueError):
                 self.db.on_commit.remove(self._on_commit)
             for task in list(self._tasks):
@@ -353,42 +377,66 @@ class WebhookDispatcher:
                 task = asyncio.create_task(self._deliver(hook, item), name="webhook-post")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-        nxt = await self.outbox.next_due()
+        nxt = await self.outbox.next_due([i for ids in self._inflight.values() for i in ids])
         if nxt is None:
             return _POLL
         return max(0.0, min(_POLL, nxt - float(self.clock.now())))
 
+    async def _settler(self) -> None:
+        while True:
+            await self._settle_wake.wait()
+            self._settle_wake.clear()
+            # Shielded: a stop must not cut a write in half; the final flush waits for it.
+            await asyncio.shield(self._flush_settled())
+
+    async def _flush_settled(self) -> None:
+        """Write every outcome waiting, in one op; then those rows may be picked again."""
+        async with self._flush_lock:
+            batch, self._settled = self._settled, []
+            if not batch:
+                return
+            try:
+                await self.outbox.settle([s for _, s in batch])
+            except StorageError as exc:  # the rows stay as they were: sent again later
+                log.error(kv(event="webhook_settle_failed", rows=len(batch), error=str(exc)))
+            finally:
+                for name, s in batch:
+                    self._inflight.get(name, set()).discard(s.item.id)
+                self._wake.set()
+
+    def _settle(self, hook: WebhookConfig, s: Settlement) -> None:
+        self._settled.append((hook.name, s))
+        self._settle_wake.set()
+
     async def _deliver(self, hook: WebhookConfig, item: OutboxItem) -> None:
+        if item.body is None:  # the event is gone (erased): nothing to send
+            self._settle(hook, Settlement(item, "delivered", self.clock.now()))
+            return
         try:
-            if item.body is None:  # the event is gone (retention, erase): nothing to send
-                await self.outbox.delivered(item, self.clock.now())
-                return
             error = await self._post(hook, item)
-            now = self.clock.now()
-            if error is None:
-                self.sent += 1
-                await self.outbox.delivered(item, now)
-                log.debug(kv(event="webhook_sent", webhook=hook.name, event_id=item.event_id,
-                             queue_id=item.queue_id, attempts=item.attempts + 1))  # fmt: skip
-                return
-            self.failures += 1
-            deadline = item.created_at + hook.max_retry_time
-            if now >= deadline:
-                await self.outbox.give_up(item, error, now)
-                log.warning(kv(event="webhook_failed", webhook=hook.name, event_id=item.event_id,
-                               queue_id=item.queue_id, attempts=item.attempts + 1,
-                               error=error))  # fmt: skip
-                return
-            nxt = min(now + backoff(hook, item.attempts + 1), deadline)
-            await self.outbox.retry_later(item, nxt, error)
-            log.info(kv(event="webhook_deferred", webhook=hook.name, event_id=item.event_id,
-                        queue_id=item.queue_id, attempts=item.attempts + 1,
-                        retry_in=f"{nxt - now:.1f}s", error=error))  # fmt: skip
-        except StorageError as exc:
-            log.error(kv(event="webhook_settle_failed", webhook=hook.name, error=str(exc)))
-        finally:
+        except BaseException:
             self._inflight.get(hook.name, set()).discard(item.id)
-            self._wake.set()
+            raise
+        now = self.clock.now()
+        attempts = item.attempts + 1
+        if error is None:
+            self.sent += 1
+            self._settle(hook, Settlement(item, "delivered", now))
+            log.debug(kv(event="webhook_sent", webhook=hook.name, event_id=item.event_id,
+                         queue_id=item.queue_id, attempts=attempts))  # fmt: skip
+            return
+        self.failures += 1
+        deadline = item.created_at + hook.max_retry_time
+        if now >= deadline:
+            self._settle(hook, Settlement(item, "failed", now, error))
+            log.warning(kv(event="webhook_failed", webhook=hook.name, event_id=item.event_id,
+                           queue_id=item.queue_id, attempts=attempts, error=error))  # fmt: skip
+            return
+        nxt = min(now + backoff(hook, attempts), deadline)
+        self._settle(hook, Settlement(item, "retry", nxt, error))
+        log.info(kv(event="webhook_deferred", webhook=hook.name, event_id=item.event_id,
+                    queue_id=item.queue_id, attempts=attempts, retry_in=f"{nxt - now:.1f}s",
+                    error=error))  # fmt: skip
 
     async def _post(self, hook: WebhookConfig, item: OutboxItem) -> str | None:
         """POST once; None on 2xx, else a short reason."""

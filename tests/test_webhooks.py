@@ -254,6 +254,10 @@ def test_no_loss_across_a_daemon_restart(tmp_path: Path) -> None:
         assert tried >= 3, d.log()
         conn.close()
     assert "event=webhook_deferred" in d.log()
+    status = d.cli("webhooks", "status")  # the operator's view while it is down
+    assert status.returncode == 0, status.stderr
+    name, pending, waiting, failed = status.stdout.splitlines()[1].split()
+    assert name.endswith("/hook") and (int(pending), int(waiting), int(failed)) == (3, 27, 0)
     with ThreadedReceiver(SECRET, port) as rx, Daemon(cfg) as d2:
         deadline = time.monotonic() + 20
         while len(rx.received) < 30 and time.monotonic() < deadline:
