@@ -121,9 +121,10 @@ class SqlTrackingStore:
             for qid, idx in wanted:
                 row = conn.execute(
                     "SELECT r.address, m.sender, m.campaign, m.user, r.state, r.updated_at, "
-                    "(SELECT min(e.at) FROM events e WHERE e.queue_id = r.queue_id "
-                    " AND e.type = 'delivered' AND (e.recipient = r.address "
-                    "  OR json_extract(e.data, '$.idx') = r.idx)) "
+                    # Walk the recipient's own events (events_recipient), not the whole
+                    # message's: a campaign message may have a million opens and clicks.
+                    "(SELECT min(e.at) FROM events e WHERE e.recipient = r.address "
+                    " AND +e.queue_id = r.queue_id AND +e.type = 'delivered') "
                     "FROM recipients r JOIN messages m ON m.id = r.queue_id "
                     "WHERE r.queue_id = ? AND r.idx = ?",
                     (qid, idx),
