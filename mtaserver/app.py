@@ -28,6 +28,7 @@ from mtaserver.classify import classify
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config import Config, load_config
 from mtaserver.config.shaping import load_builtin
+from mtaserver.crypto import codec_for
 from mtaserver.db import Database
 from mtaserver.delivery import DeliveryAgent
 from mtaserver.devsetup import read_secret, write_private
@@ -41,6 +42,7 @@ from mtaserver.metrics import Agent, Metrics, TimedAgent
 from mtaserver.mx import DnsResolver, Route
 from mtaserver.notify import Notifier
 from mtaserver.pipeline import Pipeline, TrackingOptions
+from mtaserver.retention import Retention
 from mtaserver.scheduler import Scheduler
 from mtaserver.shaper import Shaper
 from mtaserver.spool import Spool, new_queue_id
@@ -53,6 +55,7 @@ from mtaserver.tracking.tokens import TokenCodec, load_secrets
 from mtaserver.tracking.tracker import Tracker
 from mtaserver.tracking.web import TrackingWeb
 from mtaserver.verp import Verp
+from mtaserver.webhooks import WebhookDispatcher, WebhookOutbox
 
 log = get_logger("app")
 METRICS_TAIL_EVERY = 10.0  # seconds between event-log tails for metrics
@@ -132,9 +135,8 @@ async def build_services(core: Core) -> list[Service]:
     tracking = _tracking_service(core)
     if tracking is not None:
         services.append(tracking)
-    inbound = _inbound_service(core)  # builds core.suppressions, which submission checks
-    if inbound is not None:
-        services.append(inbound)
+    services.append(_inbound_service(core))  # builds core.suppressions; submission checks it
+    services += _operations_services(core)
     sub = core.config.submission
     if sub.listen or sub.listen_tls or sub.listen_plain:
         services.append(
@@ -206,6 +208,28 @@ def submission_service(
     return SimpleService("submission", start, run, drain, reload)
 
 
+def _operations_services(core: Core) -> list[Service]:
+    """Key reload, webhooks, retention: none of them is on the mail path."""
+    return [
+        _storage_service(core),
+        WebhookDispatcher(core.db, core.config.webhooks, core.clock),
+        Retention(core.db, core.config.retention, core.clock),
+    ]
+
+
+def _storage_service(core: Core) -> Service:
+    """On SIGHUP, re-read the encryption key file (rotation: a new current key)."""
+
+    async def reload(config: Config) -> None:
+        codec = await asyncio.to_thread(codec_for, config.storage.encryption_key_file)
+        core.spool.codec = codec
+        core.spool.keep_bodies = config.retention.bodies
+        log.info(kv(event="storage_keys_loaded",
+                    current=getattr(codec, "current", None) or "-"))  # fmt: skip
+
+    return SimpleService("storage", on_reload=reload)
+
+
 def _dkim_service(core: Core) -> Service:
     """Build the signer; on SIGHUP load the new keys, then swap them in one assignment."""
     signer = DkimSigner(load_keyset(core.config.dkim), core.clock)
@@ -251,12 +275,25 @@ def _delivery_service(core: Core) -> Service:
     return SimpleService("delivery", on_drain=drain)
 
 
-def _inbound_service(core: Core) -> Service | None:
-    """Suppression list (always) and the port-25 bounce listener (when ``[inbound] listen``)."""
+def _inbound_service(core: Core) -> Service:
+    """Suppression list (always; expired entries purged hourly) and the port-25 bounce
+    listener (when ``[inbound] listen`` is set)."""
     cfg = core.config
-    core.suppressions = SuppressionStore(core.db, core.clock, cfg.inbound.suppression)
+    store = SuppressionStore(core.db, core.clock, cfg.inbound.suppression)
+    core.suppressions = store
+
+    async def purge() -> None:
+        while True:
+            try:
+                n = await store.purge_expired()
+                if n:
+                    log.info(kv(event="suppressions_expired", count=n))
+            except MtaError as exc:
+                log.error(kv(event="suppression_purge_failed", error=str(exc)))
+            await asyncio.sleep(3600)
+
     if cfg.inbound.listen is None or not cfg.inbound.bounce_domain:
-        return None
+        return SimpleService("suppression", on_run=purge)
     if core.verp is None:
         core.verp = Verp(
             read_secret(cfg.server.secret_file), cfg.inbound.verp_prefix, cfg.inbound.bounce_domain
@@ -264,7 +301,7 @@ def _inbound_service(core: Core) -> Service | None:
     processor = BounceProcessor(
         core.db,
         core.spool,
-        core.suppressions,
+        store,
         core.verp,
         cfg.inbound.bounce_domain,
         core.clock,
@@ -284,7 +321,7 @@ def _inbound_service(core: Core) -> Service | None:
     async def start() -> None:
         await server.start()
 
-    return SimpleService("inbound", on_start=start, on_drain=drain)
+    return SimpleService("inbound", on_start=start, on_run=purge, on_drain=drain)
 
 
 class _MxHosts:
@@ -429,6 +466,7 @@ def _admin_service(core: Core, metrics: Metrics) -> Service | None:
         hash_password=hash_password,
         suppressions=core.suppressions,
     )
+    metrics.webhooks = WebhookOutbox(core.db)
     open_paths = frozenset({"/metrics"}) if cfg.metrics_auth == "none" else frozenset()
     web_app = build_web_app(AdminApi(deps).register, TokenStore(core.db).verify,
                             open_paths=open_paths)  # fmt: skip
@@ -476,7 +514,9 @@ class App:
         db = Database(cfg.storage.database)
         await db.open()
         try:
-            spool = Spool(db)
+            spool = Spool(
+                db, codec_for(cfg.storage.encryption_key_file), keep_bodies=cfg.retention.bodies
+            )
             released = await spool.release_leases(self.clock.now())
             if released:
                 log.info(kv(event="leases_released_at_start", recipients=released))

@@ -8,8 +8,9 @@ Three sources, so no stage has to know about Prometheus:
   numbers are the ones ``mtaserver stats`` reads, counted once, whichever stage wrote them.
   Counters start at zero with the process, as Prometheus expects.
 * **Scrape-time reads.** Queue depth by state and by destination (top N), the age of the
-  oldest queued message, the webhook outbox backlog and the shaper's per-destination state
-  are read when ``/metrics`` is scraped: a gauge that is computed cannot drift.
+  oldest queued message, the webhook outbox backlog (``WebhookOutbox.backlog``) and the
+  shaper's per-destination state are read when ``/metrics`` is scraped: a gauge that is
+  computed cannot drift.
 * **Hooks** for what leaves no event: SMTP sessions and AUTH failures per listener, delivery
   attempt durations, database commit latency (``Database.on_commit``). They are plain
   methods (:class:`SmtpObserver`), wired in ``app``.
@@ -22,7 +23,7 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -60,6 +61,23 @@ class ShapingView(Protocol):
     def rate(self, destination: str) -> float | None: ...
 
 
+class BacklogRow(Protocol):
+    @property
+    def webhook(self) -> str: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+
+
+class WebhookBacklog(Protocol):
+    """The webhook outbox (``mtaserver.webhooks.WebhookOutbox`` satisfies it)."""
+
+    async def backlog(self) -> Sequence[BacklogRow]: ...
+
+
 class SmtpObserver(Protocol):
     """What the submission listeners report (one call per event)."""
 
@@ -75,7 +93,7 @@ class _Snapshot:
     by_state: dict[str, int] = field(default_factory=dict)
     by_destination: list[tuple[str, int]] = field(default_factory=list)
     oldest_age: float = 0.0
-    webhook_backlog: int | None = None  # None: no outbox table in this database
+    webhooks: list[tuple[str, int, int]] | None = None  # (webhook, to send, given up)
 
 
 def _queue_snapshot(conn: sqlite3.Connection, top: int, now: float) -> _Snapshot:
@@ -101,31 +119,7 @@ def _queue_snapshot(conn: sqlite3.Connection, top: int, now: float) -> _Snapshot
         _QUEUE_STATES,
     ).fetchone()[0]
     snap.oldest_age = max(0.0, now - oldest) if oldest is not None else 0.0
-    snap.webhook_backlog = _webhook_backlog(conn)
     return snap
-
-
-def _webhook_backlog(conn: sqlite3.Connection) -> int | None:
-    """Rows waiting in the webhook outbox, when the webhooks stage's table exists."""
-    tables = {
-        r[0]
-        for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'webhook%'"
-        )
-    }
-    for table in ("webhook_outbox", "webhook_deliveries"):
-        if table in tables:
-            cols = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-            if "delivered_at" in cols:
-                where = " WHERE delivered_at IS NULL"
-                if "failed_at" in cols:
-                    where += " AND failed_at IS NULL"
-            elif "state" in cols:
-                where = " WHERE state NOT IN ('delivered', 'failed', 'dead')"
-            else:
-                where = ""
-            return int(conn.execute(f"SELECT count(*) FROM {table}{where}").fetchone()[0])
-    return None
 
 
 class Metrics:
@@ -142,6 +136,7 @@ class Metrics:
         self.top = top_destinations
         self._now = clock
         self.shaper: ShapingView | None = None  # set by app when the scheduler runs
+        self.webhooks: WebhookBacklog | None = None  # set by app when webhooks are wired
         self.registry = CollectorRegistry()
         r = self.registry
         info = Gauge("mtaserver_build_info", "Version of the running daemon", ["version"],
@@ -253,7 +248,13 @@ class Metrics:
         async with self._lock:
             await self._tail()
             now = self._now()
-            self._snapshot = await self.db.read(lambda c: _queue_snapshot(c, self.top, now))
+            snap: _Snapshot = await self.db.read(lambda c: _queue_snapshot(c, self.top, now))
+            if self.webhooks is not None:
+                snap.webhooks = [
+                    (b.webhook, b.pending + b.waiting, b.failed)
+                    for b in await self.webhooks.backlog()
+                ]
+            self._snapshot = snap
 
     async def tail(self) -> None:
         """Count events written since the last call (cheap; run periodically between scrapes)."""
@@ -344,12 +345,22 @@ class Metrics:
             "Age of the oldest message with recipients still waiting",
             value=snap.oldest_age,
         )
-        if snap.webhook_backlog is not None:
-            yield GaugeMetricFamily(
+        if snap.webhooks is not None:
+            backlog = GaugeMetricFamily(
                 "mtaserver_webhook_backlog",
-                "Webhook deliveries waiting in the outbox",
-                value=snap.webhook_backlog,
+                "Events waiting in the webhook outbox to be POSTed, by webhook",
+                labels=["webhook"],
             )
+            failed = GaugeMetricFamily(
+                "mtaserver_webhook_failed",
+                "Webhook deliveries given up (kept until retention removes them), by webhook",
+                labels=["webhook"],
+            )
+            for name, waiting, given_up in snap.webhooks:
+                backlog.add_metric([name], waiting)
+                failed.add_metric([name], given_up)
+            yield backlog
+            yield failed
         if self.shaper is not None:
             yield from _shaping_families(self.shaper, self.top, self._now())
 

@@ -12,12 +12,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mtaserver.config.reader import Reader
 from mtaserver.config.shaping import ShapingConfig, parse
+from mtaserver.config.webhooks import WebhookConfig
 from mtaserver.db import Database
 from mtaserver.events import EventLog
 from mtaserver.metrics import OTHER, Metrics
 from mtaserver.model import Event, PreparedMessage, PreparedRecipient
 from mtaserver.shaper import Shaper
 from mtaserver.spool import Spool, new_queue_id
+from mtaserver.webhooks import WebhookOutbox
 from tests.support.admin import AdminClient
 from tests.support.clock import FakeClock
 from tests.support.daemon import Daemon
@@ -107,7 +109,30 @@ async def test_event_tail_and_queue_gauges(tmp_path: Path) -> None:
     assert value(snap, "mtaserver_queue_destination_recipients", domain=OTHER) == 2
     assert value(snap, "mtaserver_queue_oldest_age_seconds") >= 100
     assert value(snap, "mtaserver_db_commit_seconds_count") >= 4
-    assert "mtaserver_webhook_backlog" not in {k[0] for k in snap}  # no outbox table here
+    assert "mtaserver_webhook_backlog" not in {k[0] for k in snap}  # no outbox wired
+
+
+async def test_webhook_backlog_is_read_from_the_outbox(tmp_path: Path) -> None:
+    db = Database(tmp_path / "m.db")
+    await db.open()
+    try:
+        outbox = WebhookOutbox(db)
+        hooks = [WebhookConfig("crm", "https://crm.test/h", ("bounced",), b"s" * 16),
+                 WebhookConfig("all", "https://all.test/h", (), b"s" * 16)]  # fmt: skip
+        await outbox.sync(hooks)
+        metrics = Metrics(db)
+        metrics.webhooks = outbox
+        await EventLog(db).emit(
+            Event("delivered", 1.0, "Q1", "a@x.test"),
+            Event("bounced", 1.0, "Q1", "a@x.test"),
+            Event("bounced", 1.0, "Q2", "b@x.test"),
+        )
+        snap = samples((await metrics.render()).decode())
+    finally:
+        await db.close()
+    assert value(snap, "mtaserver_webhook_backlog", webhook="all") == 3
+    assert value(snap, "mtaserver_webhook_backlog", webhook="crm") == 2
+    assert value(snap, "mtaserver_webhook_failed", webhook="crm") == 0
 
 
 async def test_counting_resumes_where_it_stopped(tmp_path: Path) -> None:
