@@ -427,8 +427,9 @@ class App:
             released = await core.spool.release_leases(self.clock.now())
             log.info(kv(event="drained", leases_released=released))
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
+            # A second SIGTERM while the database closes only repeats the request; the
+            # handlers go when the loop closes, after the last write.
+            self._stop.set()
 
     async def _supervise(self, core: Core) -> None:
         """Wait for stop, handling reloads meanwhile."""
