@@ -239,26 +239,34 @@ class Scheduler:
             until = self._shaper.suspended_until(name) or now
             await self._defer_destination(self._dests[name], until)
         await self._put_back(put_back)
-        await self._trim_overfull(now)
+        if await self._trim_overfull(now):
+            return 0  # the queue is deeper than we can take: no immediate re-claim
         return sum(len(j.recipients) for j in jobs)
 
-    async def _trim_overfull(self, now: float) -> None:
-        """A destination may not hold more than it can send within half a lease."""
+    async def _trim_overfull(self, now: float) -> bool:
+        """A rate-limited destination holds no more than it can send in half a lease.
+
+        The excess goes back to the spool and the destination's queue is pushed back
+        (`defer_domain`) until about half of what is held has been sent, so a deep, slow
+        destination neither hogs the backlog nor is claimed again in a loop. Destinations
+        without a rate share the backlog first come, first served (like Postfix's active
+        queue), their concurrency being the limit. Returns True when anything was trimmed.
+        """
+        trimmed = False
         for name in list(self._ring):
-            d = self._dests[name]
-            limits = self._shaper.limits(name)
             rate = self._shaper.rate(name)
-            cap = self._settings.max_backlog // 2
-            if rate is not None:
-                cap = min(cap, int(rate * self._lease / 2))
-            cap = max(cap, limits.max_connections)
+            if rate is None:
+                continue
+            d = self._dests[name]
+            cap = max(int(rate * self._lease / 2), self._shaper.limits(name).max_connections)
             if len(d.backlog) <= cap:
                 continue
-            drain = len(d.backlog) / rate if rate else 5.0
-            until = now + max(1.0, drain)
             extra = [d.backlog.pop() for _ in range(len(d.backlog) - cap)]
+            until = now + max(len(d.backlog) / 2 / rate, 0.5)
             await self._defer_destination(d, until)
             await self._put_back([(i, until) for i in extra])
+            trimmed = True
+        return trimmed
 
     async def _dispatch(self) -> float:
         """Hand out every permitted job; return seconds until something may change."""
