@@ -134,6 +134,7 @@ class Scheduler:
         hostname: str,
         new_queue_id: Callable[[float], str],
         send_dsn: bool = True,
+        no_dsn_users: Sequence[str] = (),
         mx: MxLookup | None = None,
     ) -> None:
         self._spool = spool
@@ -149,6 +150,7 @@ class Scheduler:
         self._hostname = hostname
         self._new_queue_id = new_queue_id
         self._send_dsns = send_dsn
+        self._no_dsn_users = frozenset(u.lower() for u in no_dsn_users)
         self._mx = mx
         self._dests: dict[str, _Dest] = {}
         self._ring: deque[str] = deque()  # destinations with backlog, round-robin order
@@ -165,6 +167,22 @@ class Scheduler:
         self.attempts = 0  # counters for tests and metrics
         self.inflight = 0
         self.polls = 0
+
+    def reconfigure(
+        self,
+        *,
+        retry: RetrySettings,
+        settings: SchedulerSettings,
+        route: RoutePolicy,
+        send_dsn: bool,
+        no_dsn_users: Sequence[str],
+    ) -> None:
+        """New policy from a reloaded config; applies to the next attempt."""
+        self._retry = retry
+        self._settings = settings
+        self._route = route
+        self._send_dsns = send_dsn
+        self._no_dsn_users = frozenset(u.lower() for u in no_dsn_users)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -467,7 +485,13 @@ class Scheduler:
         dsn_updates: list[RecipientUpdate] = []
         dsn_events: list[Event] = []
         warn: list[DsnRecipient] = []
-        wants_dsn = bool(job.sender) and job.dsn and not job.is_dsn and self._send_dsns
+        wants_dsn = (
+            bool(job.sender)
+            and job.dsn
+            and not job.is_dsn
+            and self._send_dsns
+            and (job.user or "").lower() not in self._no_dsn_users
+        )
         for jr in job.recipients:
             res = by_idx.get(jr.idx) or RecipientResult(
                 jr.idx,
