@@ -166,6 +166,9 @@ class SubmissionSMTP(SMTP):
                 self.settings.max_session_time, self._session_expired
             )
             self._sessions.add(self)
+            observer = getattr(self.event_handler, "observer", None)
+            if observer is not None:
+                observer.session_started(self.listener.name)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
