@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from mtaserver.admin.tokens import TokenStore
 from mtaserver.db import Database
 from mtaserver.dkim import keys as K
 from mtaserver.events import EventLog
@@ -53,12 +54,27 @@ def create_token(d: Daemon, name: str) -> str:
     return token
 
 
+def stored_token(db_path: Path, name: str) -> str:
+    """A token made through the token store before the daemon starts (the CLI's own path
+    is tested in the auth tests; this saves a process start per test)."""
+
+    async def run() -> str:
+        db = Database(db_path)
+        await db.open()
+        try:
+            return (await TokenStore(db).create(name))[1]
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[tuple[Daemon, AdminClient]]:
     cfg = make_config(tmp_path)
+    token = stored_token(cfg.database, "tests")
     with Daemon(cfg) as d:
-        api = AdminClient(base_url(cfg), create_token(d, "tests"))
-        yield d, api
+        yield d, AdminClient(base_url(cfg), token)
 
 
 def enqueue(db_path: Path, *messages: tuple[str, list[str]], at: float | None = None) -> list[str]:
