@@ -4,6 +4,7 @@ validated against mtaserver/admin/openapi.json."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import smtplib
 import sqlite3
@@ -161,6 +162,22 @@ def test_token_cli_errors_and_revoke_by_id(running: tuple[Daemon, AdminClient]) 
     assert live[-1] == "active" and live[3] != "used -"  # the fixture's token has been used
     assert d.cli("admin", "token", "revoke", live[0]).returncode == 0
     assert api.get("/api/v1/queue").status == 401
+
+
+def test_https_listener(tmp_path: Path) -> None:
+    """[admin] tls = true serves HTTPS with the [tls] certificate; plain HTTP gets nowhere."""
+    cfg = make_config(tmp_path, tls=True)
+    cfg.set("admin", tls=True)
+    with Daemon(cfg) as d:
+        ctx = ssl.create_default_context()
+        cfg.ca.configure_trust(ctx)
+        host, port = cfg.address("admin", "listen")
+        api = AdminClient(f"https://{host}:{port}", create_token(d, "tls"), ssl_context=ctx)
+        assert api.ok("GET", "/api/v1/queue/summary")["by_state"] == {}
+        assert api.get("/api/v1/queue", token=None).status == 401
+        plain = AdminClient(f"http://{host}:{port}", api.token)
+        with pytest.raises((ConnectionError, http.client.HTTPException)):
+            plain.get("/api/v1/queue")
 
 
 # -- queue ----------------------------------------------------------------------------------------
