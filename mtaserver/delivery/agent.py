@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,6 +17,7 @@ from mtaserver.clock import Clock
 from mtaserver.delivery.replies import disposition_of, local, retry_hint
 from mtaserver.delivery.session import Session, open_session
 from mtaserver.delivery.tls import TlsContexts
+from mtaserver.log import get_logger, kv
 from mtaserver.model import (
     DeliveryJob,
     DeliveryReport,
@@ -29,7 +29,7 @@ from mtaserver.model import (
 )
 from mtaserver.mx import Resolver, Route, RouteError
 
-log = logging.getLogger("mtaserver.delivery")
+log = get_logger("delivery")
 
 
 class ReturnPath(Protocol):
@@ -45,16 +45,6 @@ class _Tx:
 
 
 _PoolKey = tuple[str, str, int, str]
-
-
-def _kv(**fields: object) -> str:
-    out = []
-    for k, v in fields.items():
-        text = str(v)
-        if not text or any(c in text for c in ' "='):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        out.append(f"{k}={text}")
-    return " ".join(out)
 
 
 def _split_relay(relay: str, default_port: int) -> tuple[str, int]:
@@ -104,7 +94,7 @@ class DeliveryAgent:
         except asyncio.CancelledError:
             raise
         except Exception:  # the edge: a bug here must defer, never lose the job
-            log.exception("%s", _kv(queue_id=job.queue_id, status="error", domain=job.domain))
+            log.exception(kv(queue_id=job.queue_id, status="error", domain=job.domain))
             reply = local("4.3.0", "local error in delivery")
             results = [
                 RecipientResult(r.idx, r.address, Disposition.DEFERRED, reply)
@@ -141,8 +131,7 @@ class DeliveryAgent:
             route = await self._resolver.route(job.domain)
         if isinstance(route, RouteError):
             log.info(
-                "%s",
-                _kv(
+                kv(
                     queue_id=job.queue_id,
                     domain=job.domain,
                     status="route-failed",
@@ -182,8 +171,7 @@ class DeliveryAgent:
                 got = await self._checkout(mx, ip, port, policy)
                 if isinstance(got, SmtpReply):
                     log.info(
-                        "%s",
-                        _kv(
+                        kv(
                             queue_id=job.queue_id,
                             mx=mx,
                             ip=ip,
@@ -201,6 +189,15 @@ class DeliveryAgent:
             )
             if out.elsewhere:
                 last = out.replies[0]
+                log.info(
+                    kv(
+                        queue_id=job.queue_id,
+                        mx=session.mx,
+                        ip=session.ip,
+                        status="session-failed",
+                        reply=str(last),
+                    )
+                )
                 session.abort()
                 session = None
                 ti += 1
