@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -38,6 +39,7 @@ class Received:
     conn: int  # connection number at this sink
     tls: bool
     tls_version: str | None
+    at: float = field(default_factory=time.monotonic)  # when DATA was accepted
 
 
 @dataclass
@@ -51,6 +53,7 @@ class SinkState:
     messages: list[Received] = field(default_factory=list)
     connections: int = 0
     open_connections: int = 0
+    peak_open_connections: int = 0  # most connections open at once
     commands: list[tuple[int, str]] = field(default_factory=list)  # (conn, VERB)
 
     def verbs(self, conn: int | None = None) -> list[str]:
@@ -110,6 +113,9 @@ class _CountingSMTP(SMTP):  # type: ignore[misc]
             self.conn_id = next(_conn_ids)
             self._state.connections += 1
             self._state.open_connections += 1
+            self._state.peak_open_connections = max(
+                self._state.peak_open_connections, self._state.open_connections
+            )
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
