@@ -22,8 +22,10 @@ from typing import Protocol
 
 import uvloop
 
+from mtaserver.classify import classify
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config import Config, load_config
+from mtaserver.config.shaping import load_builtin
 from mtaserver.db import Database
 from mtaserver.delivery import DeliveryAgent
 from mtaserver.devsetup import read_secret, write_private
@@ -32,9 +34,11 @@ from mtaserver.dkim.keys import load_keyset
 from mtaserver.errors import ConfigError, MtaError
 from mtaserver.events import EventLog
 from mtaserver.log import get_logger, kv, setup_logging
-from mtaserver.mx import DnsResolver
+from mtaserver.mx import DnsResolver, Route
 from mtaserver.notify import Notifier
-from mtaserver.spool import Spool
+from mtaserver.scheduler import Scheduler
+from mtaserver.shaper import Shaper
+from mtaserver.spool import Spool, new_queue_id
 from mtaserver.tracking.bots import BotDetector, load_rules
 from mtaserver.tracking.privacy import IpPrivacy
 from mtaserver.tracking.recorder import Recorder, SqlTrackingStore
@@ -109,6 +113,7 @@ async def build_services(core: Core) -> list[Service]:
         SimpleService("events", on_run=core.events.run),
         _dkim_service(core),
         _delivery_service(core),
+        _scheduler_service(core),
     ]
     tracking = _tracking_service(core)
     if tracking is not None:
@@ -159,6 +164,51 @@ def _delivery_service(core: Core) -> Service:
         await agent.aclose()
 
     return SimpleService("delivery", on_drain=drain)
+
+
+class _MxHosts:
+    """The resolver's MX host names, for grouping domains by provider in the shaper."""
+
+    def __init__(self, resolver: DnsResolver) -> None:
+        self._resolver = resolver
+
+    async def mx_hosts(self, domain: str) -> tuple[str, ...]:
+        route = await self._resolver.route(domain)
+        if isinstance(route, Route) and not route.implicit:
+            return tuple(h.name for h in route.hosts)
+        return ()
+
+
+def _scheduler_service(core: Core) -> Service:
+    """Claims due work and runs it through the shaper into the delivery agent."""
+    cfg = core.config
+    assert core.agent is not None
+    dests, rules = load_builtin() if cfg.shaping.builtin else ((), ())
+    workers = cfg.delivery.max_connections
+    shaper = Shaper(
+        cfg.shaping,
+        core.clock,
+        max_connections=workers,
+        builtin_destinations=dests,
+        builtin_rules=rules,
+    )
+    use_mx = core.resolver is not None and not cfg.delivery.relay_host
+    scheduler = Scheduler(
+        spool=core.spool,
+        agent=core.agent,
+        shaper=shaper,
+        clock=core.clock,
+        retry=cfg.shaping.retry,
+        settings=cfg.shaping.scheduler,
+        route=cfg.delivery.route_policy(),
+        classify=classify,
+        workers=workers,
+        lease=cfg.delivery.lease,
+        hostname=cfg.delivery.hostname or cfg.server.hostname,
+        new_queue_id=new_queue_id,
+        mx=_MxHosts(core.resolver) if use_mx and core.resolver is not None else None,
+    )
+    return SimpleService("scheduler", on_run=scheduler.run, on_drain=scheduler.drain)
 
 
 def _tracking_service(core: Core) -> Service | None:

@@ -1,0 +1,112 @@
+"""kill -9 of the daemon in the middle of delivery loses no recipient.
+
+The queue is filled before the daemon starts; the daemon delivers to an aiosmtpd sink at a
+shaped pace; SIGKILL lands while connections are busy; a fresh daemon on the same database
+finishes the job. Every recipient must reach the sink, and only messages that were in
+flight at the kill (at most one per worker) may arrive twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from pathlib import Path
+
+from mtaserver.db import Database
+from mtaserver.model import PreparedMessage, PreparedRecipient
+from mtaserver.spool import Spool, new_queue_id
+from tests.support.daemon import Daemon, TestConfig
+from tests.support.mxsink import SinkGroup, wait_for
+
+N = 600
+WORKERS = 5
+
+
+async def _fill(db_path: Path, now: float) -> None:
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    db = Database(db_path)
+    await db.open()
+    try:
+        spool = Spool(db)
+        await asyncio.gather(
+            *(
+                spool.enqueue(
+                    PreparedMessage(
+                        queue_id=new_queue_id(now),
+                        sender="app@sender.test",
+                        recipients=(PreparedRecipient(f"u{i}@dest.test"),),
+                        data=f"Subject: crash {i}\r\n\r\nbody {i}\r\n".encode(),
+                        user="app",
+                        client_ip="127.0.0.1",
+                        received_at=now,
+                    )
+                )
+                for i in range(N)
+            )
+        )
+    finally:
+        await db.close()
+
+
+async def _states(db_path: Path) -> collections.Counter[str]:
+    db = Database(db_path)
+    await db.open()
+    try:
+        rows = await db.read(
+            lambda c: c.execute("SELECT state, count(*) FROM recipients GROUP BY state").fetchall()
+        )
+        return collections.Counter({s: n for s, n in rows})
+    finally:
+        await db.close()
+
+
+async def test_kill_9_during_delivery_loses_no_recipient(tmp_path: Path) -> None:
+    async with SinkGroup(["127.0.0.2"]) as sinks:
+        sink = sinks["127.0.0.2"]
+        cfg = TestConfig(tmp_path, tls=False)
+        cfg.set(
+            "delivery",
+            relay_host=f"127.0.0.2:{sinks.port}",
+            tls="none",
+            max_connections=WORKERS,
+            nameservers=["127.0.0.1:9"],
+        )
+        cfg.set("shaping", poll_interval="20ms")
+        cfg.set("shaping.default", max_connections=WORKERS, max_rate="150/s")
+        await _fill(cfg.database, time.time())
+
+        first = Daemon(cfg)
+        await asyncio.to_thread(first.start)
+        try:
+            await wait_for(lambda: len(sink.messages) >= N // 3, timeout=30)
+        finally:
+            await asyncio.to_thread(first.kill)
+        at_kill = len(sink.messages)
+        assert at_kill < N, "everything was delivered before the kill; nothing was tested"
+
+        second = Daemon(cfg)
+        await asyncio.to_thread(second.start)
+        try:
+            await wait_for(
+                lambda: (
+                    {r for m in sink.messages for r in m.rcpt_tos}
+                    >= {f"u{i}@dest.test" for i in range(N)}
+                ),
+                timeout=40,
+            )
+            # the queue agrees: every recipient delivered, none left behind
+            for _ in range(200):
+                if (await _states(cfg.database))["delivered"] == N:
+                    break
+                await asyncio.sleep(0.05)
+            assert await _states(cfg.database) == collections.Counter({"delivered": N})
+        finally:
+            code = await asyncio.to_thread(second.stop)
+        assert code == 0, second.log()
+
+    counts = collections.Counter(r for m in sink.messages for r in m.rcpt_tos)
+    assert set(counts) == {f"u{i}@dest.test" for i in range(N)}  # nobody lost
+    twice = [r for r, n in counts.items() if n > 1]
+    assert all(counts[r] == 2 for r in twice)
+    assert len(twice) <= WORKERS  # only what was in flight at the kill
