@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_CACHE_SIZE = 50_000
 
 
 class BotRulesError(ValueError):
@@ -163,9 +164,24 @@ class BotDetector:
         self.scanner_window = scanner_window
         self.burst_window = burst_window
         self.burst_links = max(2, burst_links)
+        self._cache: dict[tuple[str, str, str], Verdict] = {}
+        self._scanners = (
+            re.compile("|".join(f"(?:{p.pattern})" for p in rules.scanner_agents), re.IGNORECASE)
+            if rules.scanner_agents
+            else None
+        )
 
     def by_agent(self, type_: str, user_agent: str, ip: str) -> Verdict:
-        """What the request alone says (user agent, network)."""
+        """What the request alone says (user agent, network); memoized, user agents repeat."""
+        key = (type_, user_agent, ip)
+        verdict = self._cache.get(key)
+        if verdict is None:
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            verdict = self._cache[key] = self._by_agent(type_, user_agent, ip)
+        return verdict
+
+    def _by_agent(self, type_: str, user_agent: str, ip: str) -> Verdict:
         addr = _ip(ip)
         passed: str | None = None
         for rule in self.rules.proxies:
@@ -173,7 +189,7 @@ class BotDetector:
                 if rule.machine:
                     return Verdict(True, f"proxy:{rule.name}")
                 passed = passed or rule.name
-        if any(p.search(user_agent) for p in self.rules.scanner_agents):
+        if self._scanners is not None and self._scanners.search(user_agent):
             return Verdict(True, "scanner-ua")
         if not user_agent.strip():
             return Verdict(True, "no-user-agent")

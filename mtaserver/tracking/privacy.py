@@ -25,8 +25,18 @@ class IpPrivacy:
             raise ValueError(f"ip privacy must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
         self._key = key
+        self._cache: dict[str, str] = {}
 
     def apply(self, ip: str) -> str:
+        """The stored form of ``ip`` (memoized: the same clients come back)."""
+        out = self._cache.get(ip)
+        if out is None:
+            if len(self._cache) >= 50_000:
+                self._cache.clear()
+            out = self._cache[ip] = self._apply(ip)
+        return out
+
+    def _apply(self, ip: str) -> str:
         if self.mode == "none" or not ip:
             return ""
         if self.mode == "full":

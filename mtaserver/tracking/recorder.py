@@ -33,6 +33,10 @@ from mtaserver.tracking.privacy import IpPrivacy
 log = get_logger("tracking")
 
 _MAX_UA = 300
+_INFO_CACHE = 100_000
+_SETTLED_TTL = 600.0
+_UNSETTLED_TTL = 5.0
+_FINAL_STATES = frozenset({"delivered", "bounced", "suppressed"})
 Key = tuple[str, int]
 
 
@@ -149,6 +153,7 @@ class Recorder:
         self._pending: deque[Hit] = deque()
         self._recent: deque[Hit] = deque()  # judged clicks kept for burst context
         self._heads: dict[Key, deque[float]] = {}
+        self._infos: dict[Key, tuple[float, RecipientInfo | None]] = {}
         self.dropped = 0
         self.recorded = 0
 
@@ -188,7 +193,7 @@ class Recorder:
         if not batch:
             return 0
         try:
-            infos = await self.store.lookup([(h.queue_id, h.idx) for h in batch])
+            infos = await self._lookup([(h.queue_id, h.idx) for h in batch], now)
         except StorageError as exc:
             self._pending.extendleft(reversed(batch))
             log.error(kv(event="tracking_lookup_failed", error=str(exc)))
@@ -222,6 +227,27 @@ class Recorder:
             self._recent.popleft()
         self._expire_heads(now)
         return len(events)
+
+    async def _lookup(self, keys: Sequence[Key], now: float) -> dict[Key, RecipientInfo]:
+        """Recipient facts, cached: final ones for 10 minutes, others for a few seconds."""
+        cache = self._infos
+        missing = [k for k in dict.fromkeys(keys) if k not in cache or cache[k][0] < now]
+        if missing:
+            fetched = await self.store.lookup(missing)
+            if len(cache) + len(missing) > _INFO_CACHE:
+                cache.clear()
+            for k in missing:
+                info = fetched.get(k)
+                settled = info is not None and (
+                    info.delivered_at is not None or info.state in _FINAL_STATES
+                )
+                cache[k] = (now + (_SETTLED_TTL if settled else _UNSETTLED_TTL), info)
+        out: dict[Key, RecipientInfo] = {}
+        for k in keys:
+            info = cache[k][1]
+            if info is not None:
+                out[k] = info
+        return out
 
     def _event(self, h: Hit, verdict: Verdict, info: RecipientInfo | None) -> Event:
         te = TrackingEvent(
