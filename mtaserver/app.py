@@ -22,6 +22,7 @@ from typing import Protocol
 
 import uvloop
 
+from mtaserver.auth import Authenticator, AuthThrottle, UserStore
 from mtaserver.classify import classify
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config import Config, load_config
@@ -36,9 +37,11 @@ from mtaserver.events import EventLog
 from mtaserver.log import get_logger, kv, setup_logging
 from mtaserver.mx import DnsResolver, Route
 from mtaserver.notify import Notifier
+from mtaserver.pipeline import Pipeline, TrackingOptions
 from mtaserver.scheduler import Scheduler
 from mtaserver.shaper import Shaper
 from mtaserver.spool import Spool, new_queue_id
+from mtaserver.submission import RateLimiter, SubmissionHandler, SubmissionServer, Suppressions
 from mtaserver.tracking.bots import BotDetector, load_rules
 from mtaserver.tracking.privacy import IpPrivacy
 from mtaserver.tracking.recorder import Recorder, SqlTrackingStore
@@ -118,7 +121,69 @@ async def build_services(core: Core) -> list[Service]:
     tracking = _tracking_service(core)
     if tracking is not None:
         services.append(tracking)
+    sub = core.config.submission
+    if sub.listen or sub.listen_tls or sub.listen_plain:
+        services.append(submission_service(core))  # after dkim and tracking: it uses both
     return services
+
+
+def _track_defaults(cfg: Config, user: str | None) -> TrackingOptions:
+    d = cfg.tracking.defaults_for(user)
+    return TrackingOptions(d.opens, d.clicks, d.unsubscribe)
+
+
+def submission_service(
+    core: Core,
+    *,
+    suppressions: Suppressions | None = None,
+) -> Service:
+    """SMTP submission → pipeline (cleanup, tracking, DKIM with ``core.signer``) → spool."""
+    cfg = core.config
+    sub = cfg.submission
+    tls_context = cfg.tls.server_context() if cfg.tls.enabled else None
+    authenticator = Authenticator(UserStore(core.db))
+    pipeline = Pipeline(
+        spool=core.spool,
+        new_queue_id=new_queue_id,
+        hostname=cfg.server.hostname,
+        max_header_size=sub.max_header_size,
+        max_mime_depth=sub.max_mime_depth,
+        tracker=core.tracker,
+        signer=core.signer,
+        tracking_defaults=lambda user: _track_defaults(cfg, user),
+    )
+    handler = SubmissionHandler(
+        submitter=pipeline,
+        authenticator=authenticator,
+        throttle=AuthThrottle(sub.auth, core.clock),
+        clock=core.clock,
+        max_recipients=sub.max_recipients,
+        max_header_size=sub.max_header_size,
+        user_rate=(
+            RateLimiter(sub.user_rate, sub.user_burst, core.clock) if sub.user_rate else None
+        ),
+        suppressions=suppressions,
+    )
+    server = SubmissionServer(
+        sub, hostname=cfg.server.hostname, handler=handler, tls_context=tls_context
+    )
+
+    async def start() -> None:
+        await server.start()
+
+    async def run() -> None:
+        await asyncio.Event().wait()  # sessions run on the loop; cancelled at stop
+
+    async def drain(timeout: float) -> None:
+        await server.close(timeout)
+        authenticator.close()
+
+    async def reload(new: Config) -> None:
+        # Renewed certificate files take effect for the next handshake on every listener.
+        if tls_context is not None and new.tls.cert and new.tls.key:
+            tls_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
+
+    return SimpleService("submission", start, run, drain, reload)
 
 
 def _dkim_service(core: Core) -> Service:

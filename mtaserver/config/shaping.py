@@ -154,7 +154,7 @@ class SchedulerSettings:
 
     batch: int = 500  # recipients claimed per spool call
     max_backlog: int = 2000  # claimed jobs held in memory, all destinations together
-    poll_interval: float = 1.0  # how often to look for due work when idle
+    poll_interval: float = 0.2  # how often to look for due work when idle
     # statuses that mean "could not talk to any MX host" (dead-destination counting)
     connection_failure_status: tuple[str, ...] = ("4.4.0", "4.4.1", "4.4.2", "4.4.3")
 
@@ -308,7 +308,7 @@ def parse(r: Reader) -> ShapingConfig:
     sched = SchedulerSettings(
         batch=r.integer("claim_batch", 500, min=1),
         max_backlog=r.integer("max_backlog", 2000, min=1),
-        poll_interval=_positive(r, "poll_interval") or 1.0,
+        poll_interval=_positive(r, "poll_interval") or 0.2,
     )
     cfg = ShapingConfig(
         default=default,

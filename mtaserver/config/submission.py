@@ -1,4 +1,4 @@
-"""``[submission]``: the listeners applications hand mail to."""
+"""``[submission]``: the listeners applications hand mail to, their limits and AUTH policy."""
 
 from __future__ import annotations
 
@@ -8,6 +8,17 @@ from dataclasses import dataclass
 from mtaserver.config.reader import Reader
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class AuthThrottleConfig:
+    """AUTH failure throttling, per client IP and per user name (see mtaserver.auth)."""
+
+    delay_after: int = 3  # failures before answers are delayed
+    delay: float = 1.0  # first delay, doubling per further failure
+    max_delay: float = 8.0
+    lockout_after: int = 10  # failures → 421 4.7.0 and close, until the window passes
+    window: float = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +36,9 @@ class SubmissionConfig:
     max_session_time: float
     max_header_size: int
     user_rate: float | None  # messages per second per user
+    user_burst: int = 10  # messages a user may send at once before user_rate applies
+    max_mime_depth: int = 50
+    auth: AuthThrottleConfig = AuthThrottleConfig()
 
 
 def parse(r: Reader) -> SubmissionConfig:
@@ -42,6 +56,21 @@ def parse(r: Reader) -> SubmissionConfig:
         max_session_time=r.duration("max_session_time", 3600.0),
         max_header_size=r.size("max_header_size", 256 * 1024),
         user_rate=r.rate("user_rate", None),
+        user_burst=r.integer("user_burst", 10, min=1),
+        max_mime_depth=r.integer("max_mime_depth", 50, min=1),
+        auth=_auth(r.table("auth")),
+    )
+    r.finish()
+    return cfg
+
+
+def _auth(r: Reader) -> AuthThrottleConfig:
+    cfg = AuthThrottleConfig(
+        delay_after=r.integer("delay_after", 3, min=0),
+        delay=r.duration("delay", 1.0),
+        max_delay=r.duration("max_delay", 8.0),
+        lockout_after=r.integer("lockout_after", 10, min=1),
+        window=r.duration("window", 900.0),
     )
     r.finish()
     return cfg

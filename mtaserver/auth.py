@@ -1,0 +1,283 @@
+"""Submission users: password hashing, the user store, verification, failure throttling.
+
+Passwords are hashed with scrypt (memory-hard; n=2^14, r=8, p=1 ≈ 16 MiB and ~40 ms here)
+and verified in a small thread pool, never on the event loop: aiosmtpd's own
+``authenticator`` hook is synchronous and would stall every session (PITFALLS). An unknown
+user is checked against a dummy hash with the same parameters, so "no such user" and
+"wrong password" cost the same time and give the same answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from mtaserver.clock import Clock
+from mtaserver.config.submission import AuthThrottleConfig
+from mtaserver.db import Database
+from mtaserver.errors import MtaError
+
+SCRYPT_N = 2**14
+SCRYPT_R = 8
+SCRYPT_P = 1
+_DKLEN = 32
+_MAXMEM = 64 * 1024 * 1024
+_NAME = re.compile(r"^[A-Za-z0-9._@+\-]{1,128}$")
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?)+$"
+)
+
+
+class UserError(MtaError, ValueError):
+    """An operator mistake in a user command (bad name, unknown user, duplicate)."""
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    domains: frozenset[str]
+
+    def owns(self, domain: str) -> bool:
+        return domain.lower().rstrip(".") in self.domains
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    name: str
+    domains: tuple[str, ...]
+    created_at: float
+    updated_at: float
+
+
+def normalize_name(name: str) -> str:
+    """User names are case-insensitive (they are often e-mail addresses)."""
+    name = name.strip().lower()
+    if not _NAME.match(name):
+        raise UserError(f"invalid user name {name!r}: use 1-128 of A-Z a-z 0-9 . _ @ + -")
+    return name
+
+
+def normalize_domain(domain: str) -> str:
+    d = domain.strip().lower().rstrip(".")
+    try:
+        d = d.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise UserError(f"invalid domain {domain!r}") from None
+    if not _DOMAIN.match(d):
+        raise UserError(f"invalid domain {domain!r}")
+    return d
+
+
+def hash_password(password: str, *, n: int = SCRYPT_N) -> str:
+    """``scrypt$n$r$p$salt$hash`` (base64, no padding)."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        password.encode("utf-8"),
+        salt=salt,
+        n=n,
+        r=SCRYPT_R,
+        p=SCRYPT_P,
+        dklen=_DKLEN,
+        maxmem=_MAXMEM,
+    )
+    return "$".join(["scrypt", str(n), str(SCRYPT_R), str(SCRYPT_P), _b64(salt), _b64(digest)])
+
+
+def verify_password(password: bytes, encoded: str) -> bool:
+    """Constant-time check of ``password`` against an encoded hash; False if malformed."""
+    try:
+        scheme, n, r, p, salt, digest = encoded.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = _unb64(digest)
+        actual = hashlib.scrypt(
+            password, salt=_unb64(salt), n=int(n), r=int(r), p=int(p), dklen=len(expected),
+            maxmem=_MAXMEM,
+        )  # fmt: skip
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+class UserStore:
+    """The ``users`` and ``user_domains`` tables."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def add(self, name: str, password_hash: str, domains: list[str]) -> None:
+        name = normalize_name(name)
+        doms = sorted({normalize_domain(d) for d in domains})
+        if not doms:
+            raise UserError("a user needs at least one --domain")
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    "INSERT INTO users(name, password_hash, created_at, updated_at) "
+                    "VALUES (?,?,?,?)",
+                    (name, password_hash, now, now),
+                )
+            except sqlite3.IntegrityError:
+                raise UserError(f"user {name!r} already exists") from None
+            conn.executemany(
+                "INSERT INTO user_domains(user, domain) VALUES (?,?)", [(name, d) for d in doms]
+            )
+
+        await self.db.write(op)
+
+    async def set_password(self, name: str, password_hash: str) -> None:
+        name = normalize_name(name)
+
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE users SET password_hash=?, updated_at=? WHERE name=?",
+                (password_hash, time.time(), name),
+            )
+            return cur.rowcount
+
+        if not await self.db.write(op):
+            raise UserError(f"no such user {name!r}")
+
+    async def remove(self, name: str) -> None:
+        name = normalize_name(name)
+
+        def op(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM user_domains WHERE user=?", (name,))
+            return conn.execute("DELETE FROM users WHERE name=?", (name,)).rowcount
+
+        if not await self.db.write(op):
+            raise UserError(f"no such user {name!r}")
+
+    async def list(self) -> list[UserRecord]:
+        def fn(conn: sqlite3.Connection) -> list[UserRecord]:
+            doms: dict[str, list[str]] = {}
+            for user, domain in conn.execute(
+                "SELECT user, domain FROM user_domains ORDER BY domain"
+            ):
+                doms.setdefault(user, []).append(domain)
+            return [
+                UserRecord(name, tuple(doms.get(name, ())), created, updated)
+                for name, created, updated in conn.execute(
+                    "SELECT name, created_at, updated_at FROM users ORDER BY name"
+                )
+            ]
+
+        return await self.db.read(fn)
+
+    async def lookup(self, name: str) -> tuple[User, str] | None:
+        """The user and its password hash, or None."""
+
+        def fn(conn: sqlite3.Connection) -> tuple[User, str] | None:
+            row = conn.execute("SELECT password_hash FROM users WHERE name=?", (name,)).fetchone()
+            if row is None:
+                return None
+            doms = frozenset(
+                d for (d,) in conn.execute("SELECT domain FROM user_domains WHERE user=?", (name,))
+            )
+            return User(name, doms), row[0]
+
+        return await self.db.read(fn)
+
+
+class Authenticator:
+    """Verifies credentials off the event loop; same work and answer for unknown users."""
+
+    def __init__(self, store: UserStore, *, workers: int = 2) -> None:
+        self._store = store
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="auth")
+        self._dummy = hash_password(secrets.token_urlsafe(16))
+
+    async def verify(self, login: bytes, password: bytes) -> User | None:
+        try:
+            name = normalize_name(login.decode("utf-8"))
+        except (UnicodeDecodeError, UserError):
+            name = None
+        found = await self._store.lookup(name) if name is not None else None
+        encoded = found[1] if found is not None else self._dummy
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(self._pool, verify_password, password, encoded)
+        if ok and found is not None:
+            return found[0]
+        return None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class _Failures:
+    count: int
+    first: float
+
+
+class AuthThrottle:
+    """Counts AUTH failures per client IP and per user name within a window.
+
+    The delay is applied by the failing session only (``asyncio.sleep``), so other clients
+    are never slowed; once a key reaches ``lockout_after`` every AUTH from it is answered
+    ``421 4.7.0`` without checking the password, until the window passes.
+    """
+
+    def __init__(self, settings: AuthThrottleConfig, clock: Clock, *, max_tracked: int = 100_000):
+        self.settings = settings
+        self._clock = clock
+        self._max_tracked = max_tracked
+        self._failures: OrderedDict[str, _Failures] = OrderedDict()
+
+    def _get(self, key: str) -> int:
+        entry = self._failures.get(key)
+        if entry is None:
+            return 0
+        if self._clock.monotonic() - entry.first > self.settings.window:
+            del self._failures[key]
+            return 0
+        return entry.count
+
+    def locked(self, ip: str, user: str | None) -> bool:
+        limit = self.settings.lockout_after
+        if self._get(f"ip:{ip}") >= limit:
+            return True
+        return user is not None and self._get(f"user:{user}") >= limit
+
+    def failed(self, ip: str, user: str | None) -> float:
+        """Record a failure; return the delay this session should wait before answering."""
+        worst = 0
+        for key in (f"ip:{ip}", f"user:{user}" if user is not None else None):
+            if key is None:
+                continue
+            count = self._get(key) + 1
+            entry = self._failures.get(key)
+            if entry is None:
+                self._failures[key] = _Failures(count, self._clock.monotonic())
+            else:
+                entry.count = count
+                self._failures.move_to_end(key)
+            worst = max(worst, count)
+        while len(self._failures) > self._max_tracked:
+            self._failures.popitem(last=False)
+        over = worst - self.settings.delay_after
+        if over <= 0:
+            return 0.0
+        return float(min(self.settings.max_delay, self.settings.delay * 2 ** (over - 1)))
+
+    def succeeded(self, user: str) -> None:
+        self._failures.pop(f"user:{user}", None)

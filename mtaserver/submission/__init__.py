@@ -1,0 +1,19 @@
+"""SMTP submission: listeners, session hardening, and policy (see ``handler``)."""
+
+from mtaserver.submission.handler import SubmissionHandler, Submitter, Suppressions
+from mtaserver.submission.limits import ConnectionLimiter, RateLimiter
+from mtaserver.submission.listener import Listener, SubmissionServer
+from mtaserver.submission.protocol import ListenerSpec, SessionSettings, SubmissionSMTP
+
+__all__ = [
+    "ConnectionLimiter",
+    "Listener",
+    "ListenerSpec",
+    "RateLimiter",
+    "SessionSettings",
+    "SubmissionHandler",
+    "SubmissionSMTP",
+    "SubmissionServer",
+    "Submitter",
+    "Suppressions",
+]

@@ -1,0 +1,293 @@
+"""Submission policy: who may send what, answered at the earliest command that can tell.
+
+The aiosmtpd hooks here decide; :mod:`mtaserver.submission.protocol` keeps the session
+honest. ``250`` after DATA is only sent once the pipeline returned a queue id, which it does
+only after the spool's transaction committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+from email.utils import getaddresses
+from typing import Any, Protocol
+
+from aiosmtpd.smtp import AuthResult
+
+from mtaserver.clock import Clock
+from mtaserver.log import get_logger, kv
+from mtaserver.model import Submission
+from mtaserver.prepare import PrepareError, split_header
+from mtaserver.submission.address import AddressError, parse_mailbox
+from mtaserver.submission.limits import RateLimiter
+from mtaserver.submission.protocol import SubmissionSMTP, storage_reply
+
+log = get_logger("submission")
+
+_FROM_DOMAIN = re.compile(r"@([^\s<>,;:\"()\[\]\\]+)")
+_LOGNAME = re.compile(r"^[A-Za-z0-9._@+\-]{1,128}$")
+
+
+class AuthUser(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def owns(self, domain: str) -> bool: ...
+
+
+class CredentialChecker(Protocol):
+    async def verify(self, login: bytes, password: bytes) -> AuthUser | None: ...
+
+
+class FailureThrottle(Protocol):
+    def locked(self, ip: str, user: str | None) -> bool: ...
+
+    def failed(self, ip: str, user: str | None) -> float: ...
+
+    def succeeded(self, user: str) -> None: ...
+
+
+class Submitter(Protocol):
+    """The pipeline: returns the queue id once the message is durably queued."""
+
+    async def submit(self, submission: Submission) -> str: ...
+
+
+class Suppressions(Protocol):
+    """Returns a reason (or an object with ``reason``) when the address is suppressed."""
+
+    async def check(self, address: str, sender_domain: str) -> object | None: ...
+
+
+class SubmissionHandler:
+    def __init__(
+        self,
+        *,
+        submitter: Submitter,
+        authenticator: CredentialChecker,
+        throttle: FailureThrottle,
+        clock: Clock,
+        max_recipients: int,
+        max_header_size: int,
+        user_rate: RateLimiter | None = None,
+        suppressions: Suppressions | None = None,
+    ) -> None:
+        self._submitter = submitter
+        self._auth = authenticator
+        self._throttle = throttle
+        self._clock = clock
+        self._max_recipients = max_recipients
+        self._max_header_size = max_header_size
+        self._user_rate = user_rate
+        self._suppressions = suppressions
+
+    # -- EHLO ----------------------------------------------------------------------------
+    async def handle_EHLO(
+        self, server: SubmissionSMTP, session: Any, envelope: Any, hostname: str,
+        responses: list[str],
+    ) -> list[str]:  # fmt: skip
+        session.host_name = hostname
+        caps = [r[4:] for r in responses[1:] if r[4:] != "HELP"]
+        caps += ["PIPELINING", "ENHANCEDSTATUSCODES"]
+        lines = [responses[0].replace("250 ", "250-", 1)]
+        lines += [f"250-{c}" for c in caps[:-1]]
+        lines.append(f"250 {caps[-1]}")
+        return lines
+
+    # -- MAIL / RCPT ---------------------------------------------------------------------
+    async def handle_MAIL(
+        self, server: SubmissionSMTP, session: Any, envelope: Any, address: str,
+        mail_options: list[str],
+    ) -> str:  # fmt: skip
+        try:
+            box = parse_mailbox(address)
+        except AddressError as exc:
+            if exc.routing:
+                return f"553 5.7.1 Sender address form not accepted: {exc}"
+            return f"501 5.1.7 Bad sender address syntax: {exc}"
+        user = server.user
+        if user is not None:
+            if not user.owns(box.domain):
+                log.info(kv(event="sender_rejected", user=user.name, client_ip=server.client_ip,
+                            domain=box.domain))  # fmt: skip
+                return f"553 5.7.1 Sender domain {box.domain} is not yours"
+            if self._user_rate is not None and not self._user_rate.take(user.name):
+                log.info(kv(event="rate_limited", user=user.name, client_ip=server.client_ip))
+                return "451 4.7.1 Message rate limit exceeded, try again later"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(
+        self, server: SubmissionSMTP, session: Any, envelope: Any, address: str,
+        rcpt_options: list[str],
+    ) -> str:  # fmt: skip
+        if len(envelope.rcpt_tos) >= self._max_recipients:
+            return "452 4.5.3 Too many recipients"
+        try:
+            box = parse_mailbox(address)
+        except AddressError as exc:
+            if exc.routing:
+                return f"553 5.7.1 Recipient address form not accepted: {exc}"
+            return f"501 5.1.3 Bad recipient address syntax: {exc}"
+        if server.user is None and not server.trusted:
+            log.info(kv(event="relay_denied", client_ip=server.client_ip, rcpt=str(box)))
+            return "554 5.7.1 Relay access denied: authentication required"
+        if self._suppressions is not None:
+            sender_domain = envelope.mail_from.rpartition("@")[2].lower()
+            try:
+                hit = await self._suppressions.check(str(box), sender_domain)
+            except Exception as exc:
+                log.error(kv(event="suppression_check_failed", error=type(exc).__name__))
+                return storage_reply(exc)
+            if hit:
+                reason = _reason(hit)
+                return f"550 5.7.1 Recipient address is suppressed ({reason})"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Recipient OK"
+
+    # -- DATA ----------------------------------------------------------------------------
+    async def handle_DATA(self, server: SubmissionSMTP, session: Any, envelope: Any) -> str:
+        data: bytes = envelope.original_content
+        user = server.user
+        if user is not None:
+            problem = self._check_from(data, user)
+            if problem is not None:
+                log.info(kv(event="from_rejected", user=user.name, client_ip=server.client_ip))
+                return problem
+        submission = Submission(
+            sender=envelope.mail_from,
+            recipients=tuple(envelope.rcpt_tos),
+            data=data,
+            client_ip=server.client_ip,
+            helo=session.host_name or "",
+            user=user.name if user is not None else None,
+            tls_version=server.tls_version,
+            listener=server.listener.name,
+            received_at=self._clock.now(),
+        )
+        try:
+            queue_id = await self._submitter.submit(submission)
+        except PrepareError as exc:
+            return exc.reply
+        except Exception as exc:  # the pipeline logged it with the queue id
+            return storage_reply(exc)
+        return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    def _check_from(self, data: bytes, user: AuthUser) -> str | None:
+        """Sender binding on the header: exactly one From:, every address in it owned."""
+        try:
+            header = split_header(data, self._max_header_size)
+        except PrepareError as exc:
+            return exc.reply
+        froms = header.values(b"from")
+        if len(froms) != 1:
+            return "550 5.6.0 Message must have exactly one From: header"
+        value = froms[0].decode("utf-8", "replace")[:4096]
+        try:
+            parsed = [a for _, a in getaddresses([value]) if a]
+        except Exception:  # RecursionError and friends on hostile input (PITFALLS)
+            parsed = []
+        domains = [d.lower().rstrip(".") for d in _FROM_DOMAIN.findall(value)]
+        if not parsed or not domains or any("@" not in a for a in parsed):
+            return "550 5.6.0 Malformed From: header"
+        for domain in domains:
+            if not user.owns(domain):
+                return f"553 5.7.1 From: header domain {_printable(domain)} is not yours"
+        return None
+
+    # -- AUTH ----------------------------------------------------------------------------
+    async def auth_PLAIN(self, server: SubmissionSMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await self._challenge(server, b"")
+            if blob is None:
+                return AuthResult(success=False, handled=True)
+        else:
+            blob = await self._decode(server, args[1].encode())
+            if blob is None:
+                return AuthResult(success=False, handled=True)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await server.push("501 5.5.2 Cannot split PLAIN credentials")
+            return AuthResult(success=False, handled=True)
+        return await self._verify(server, parts[1], parts[2])
+
+    async def auth_LOGIN(self, server: SubmissionSMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await self._challenge(server, b"Username:")
+        else:
+            login = await self._decode(server, args[1].encode())
+        if login is None:
+            return AuthResult(success=False, handled=True)
+        password = await self._challenge(server, b"Password:")
+        if password is None:
+            return AuthResult(success=False, handled=True)
+        return await self._verify(server, login, password)
+
+    async def _challenge(self, server: SubmissionSMTP, prompt: bytes) -> bytes | None:
+        """Send a 334 challenge and read the answer; never logs what the client sent."""
+        await server.push(b"334 " + base64.b64encode(prompt))
+        line: bytes = await server._reader.readline()
+        blob = line.strip()
+        if blob == b"*":
+            await server.push("501 5.7.0 Authentication aborted")
+            return None
+        return await self._decode(server, blob)
+
+    async def _decode(self, server: SubmissionSMTP, blob: bytes) -> bytes | None:
+        try:
+            return base64.b64decode(blob, validate=True)
+        except (binascii.Error, ValueError):
+            await server.push("501 5.5.2 Cannot decode base64 response")
+            return None
+
+    async def _verify(self, server: SubmissionSMTP, login: bytes, password: bytes) -> AuthResult:
+        ip = server.client_ip
+        name = login.decode("utf-8", "replace").strip().lower()
+        logname = name if _LOGNAME.match(name) else "<invalid>"
+        if self._throttle.locked(ip, name):
+            log.warning(kv(event="auth_locked", user=logname, client_ip=ip))
+            await self._lockout(server)
+            return AuthResult(success=False, handled=True)
+        server.busy = True
+        try:
+            user = await self._auth.verify(login, password)
+        finally:
+            server.busy = False
+        if user is not None:
+            self._throttle.succeeded(user.name)
+            server.user = user
+            log.info(kv(event="auth_ok", user=user.name, client_ip=ip, tls=server.tls_version))
+            return AuthResult(success=True, auth_data=user.name)
+        delay = self._throttle.failed(ip, name)
+        log.warning(kv(event="auth_failed", user=logname, client_ip=ip))
+        if self._throttle.locked(ip, name):
+            await self._lockout(server)
+            return AuthResult(success=False, handled=True)
+        if delay > 0:
+            server.busy = True
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                server.busy = False
+        return AuthResult(
+            success=False, handled=False, message="535 5.7.8 Authentication credentials invalid"
+        )
+
+    async def _lockout(self, server: SubmissionSMTP) -> None:
+        await server.push("421 4.7.0 Too many authentication failures, closing connection")
+        if server.transport is not None:
+            server.transport.close()
+
+
+def _reason(hit: object) -> str:
+    reason = getattr(hit, "reason", None)
+    text = str(reason if reason is not None else hit)
+    return _printable(text)[:100] or "suppressed"
+
+
+def _printable(text: str) -> str:
+    return "".join(c for c in text if 0x20 <= ord(c) < 0x7F)
