@@ -34,6 +34,7 @@ from mtaserver.dkim import DkimSigner, KeySet
 from mtaserver.dkim.keys import load_keyset
 from mtaserver.errors import ConfigError, MtaError
 from mtaserver.events import EventLog
+from mtaserver.inbound import BounceProcessor, InboundHandler, InboundServer
 from mtaserver.log import get_logger, kv, setup_logging
 from mtaserver.mx import DnsResolver, Route
 from mtaserver.notify import Notifier
@@ -42,6 +43,7 @@ from mtaserver.scheduler import Scheduler
 from mtaserver.shaper import Shaper
 from mtaserver.spool import Spool, new_queue_id
 from mtaserver.submission import RateLimiter, SubmissionHandler, SubmissionServer, Suppressions
+from mtaserver.suppression import SuppressionStore
 from mtaserver.tracking.bots import BotDetector, load_rules
 from mtaserver.tracking.privacy import IpPrivacy
 from mtaserver.tracking.recorder import Recorder, SqlTrackingStore
@@ -108,6 +110,7 @@ class Core:
     resolver: DnsResolver | None = None  # built by build_services (delivery)
     agent: DeliveryAgent | None = None  # built by build_services (delivery); the scheduler uses it
     verp: Verp | None = None  # set when [inbound] bounce_domain is; delivery and inbound share it
+    suppressions: SuppressionStore | None = None  # built by build_services; submission checks it
 
 
 async def build_services(core: Core) -> list[Service]:
@@ -121,9 +124,14 @@ async def build_services(core: Core) -> list[Service]:
     tracking = _tracking_service(core)
     if tracking is not None:
         services.append(tracking)
+    inbound = _inbound_service(core)  # builds core.suppressions, which submission checks
+    if inbound is not None:
+        services.append(inbound)
     sub = core.config.submission
     if sub.listen or sub.listen_tls or sub.listen_plain:
-        services.append(submission_service(core))  # after dkim and tracking: it uses both
+        services.append(
+            submission_service(core, suppressions=core.suppressions)
+        )  # after dkim, tracking
     return services
 
 
@@ -229,6 +237,42 @@ def _delivery_service(core: Core) -> Service:
         await agent.aclose()
 
     return SimpleService("delivery", on_drain=drain)
+
+
+def _inbound_service(core: Core) -> Service | None:
+    """Suppression list (always) and the port-25 bounce listener (when ``[inbound] listen``)."""
+    cfg = core.config
+    core.suppressions = SuppressionStore(core.db, core.clock, cfg.inbound.suppression)
+    if cfg.inbound.listen is None or not cfg.inbound.bounce_domain:
+        return None
+    if core.verp is None:
+        core.verp = Verp(
+            read_secret(cfg.server.secret_file), cfg.inbound.verp_prefix, cfg.inbound.bounce_domain
+        )
+    processor = BounceProcessor(
+        core.db,
+        core.spool,
+        core.suppressions,
+        core.verp,
+        cfg.inbound.bounce_domain,
+        core.clock,
+        cfg.inbound.parse_timeout,
+    )
+    server = InboundServer(
+        cfg.inbound,
+        InboundHandler(cfg.inbound, core.verp, processor.process),
+        core.clock,
+        cfg.server.hostname,
+        cfg.tls.server_context() if cfg.tls.enabled else None,
+    )
+
+    async def drain(timeout: float) -> None:
+        await server.stop()
+
+    async def start() -> None:
+        await server.start()
+
+    return SimpleService("inbound", on_start=start, on_drain=drain)
 
 
 class _MxHosts:

@@ -441,3 +441,35 @@ async def test_drain_puts_the_backlog_back(make_harness: Any) -> None:
 
 async def _count_state(h: Harness, qids: list[str], state: str, n: int) -> bool:
     return sum([(await h.states(q))[0][0] == state for q in qids]) == n
+
+
+async def test_delay_warning_once_per_message(make_harness: Any) -> None:
+    h: Harness = await make_harness(
+        lambda job, rcpt: (
+            SmtpReply(451, "mailbox busy", "4.2.1")
+            if not job.is_dsn
+            else SmtpReply(250, "ok", "2.0.0")
+        ),
+        FAST + 'retry_schedule = ["20m"]\nretry_every = "20m"\ndelay_warning = "30m"\n',
+    )
+    t0 = h.clock.now()
+    qid = await enqueue(h, ["a@one.test"])
+    await h.wait_for(lambda: _is(h.states(qid), [("queued", 1, t0 + 1200)]))
+    assert await h.dsns() == []  # 20 minutes: too early to warn
+    h.clock.advance(1200)
+    await h.wait_for(lambda: _is(h.states(qid), [("queued", 2, t0 + 2400)]))
+    assert await h.dsns() == []
+    h.clock.advance(1200)  # 40 minutes: past the warning time
+    await h.wait_for(lambda: _count(h.dsns(), 1))
+    [(_, sender, _, rcpt, body)] = await h.dsns()
+    assert (sender, rcpt) == ("", "app@sender.test")
+    msg = email.message_from_bytes(body, policy=email.policy.default)
+    assert msg["Subject"] == "Delayed Mail (still being retried)"
+    [fields] = msg.get_payload()[1].get_payload()[1:]
+    assert (fields["Action"], fields["Status"]) == ("delayed", "4.2.1")
+    assert fields["Will-Retry-Until"]
+    h.clock.advance(1200)
+    await h.wait_for(lambda: _is(h.states(qid), [("queued", 4, None)]))
+    await h.idle_polls()
+    assert len(await h.dsns()) == 1  # warned once, not at every deferral
+    await _stop(h)

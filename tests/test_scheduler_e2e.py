@@ -212,3 +212,48 @@ async def _poll(cond: Any, timeout: float = 10.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.01)
+
+
+async def test_dead_destination_is_suspended_with_growing_back_off(
+    spool: Spool, run_scheduler: Any, dns: DnsServer
+) -> None:
+    # an MX host where nothing listens: every attempt is a connection failure
+    dns.add("dead.test", "MX", "10 mx.dead.test.")
+    dns.add("mx.dead.test", "A", "127.0.0.9")
+    async with SinkGroup(["127.0.0.2"], refuse=["127.0.0.9"]) as sinks:
+        clock = FakeClock(time.time())
+        t0 = clock.now()
+        qids = await enqueue_many(spool, 5, t0, domain="dead.test")
+        sched = await run_scheduler(
+            """
+            [shaping]
+            poll_interval = "10ms"
+            builtin = false
+            [shaping.default]
+            max_connections = 1
+            dead_after = 2
+            dead_backoff = "10m"
+            """,
+            sinks.port,
+            clock,
+        )
+
+        async def nexts() -> list[float]:
+            out = []
+            for q in qids:
+                info = await spool.show(q)
+                assert info is not None
+                r = info.recipients[0]
+                out.append(r.next_attempt if r.state == "queued" else -1.0)
+            return sorted(out)
+
+        async def settled(attempts: int) -> bool:
+            if sched.attempts != attempts or sched.inflight:
+                return False
+            return all(n > clock.now() for n in await nexts())
+
+        await _poll(lambda: settled(2))  # two refused connections → dead
+        assert (await nexts())[2:] == [t0 + 600] * 3
+        clock.advance(600)
+        await _poll(lambda: settled(4))
+        assert min(await nexts()) >= clock.now() + 1200  # the second suspension is longer

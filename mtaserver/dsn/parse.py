@@ -285,13 +285,15 @@ def _is_autoreply(msg: mime.Message) -> bool:
 def _looks_like_bounce(msg: mime.Message, notice: str) -> bool:
     if msg.get("X-Failed-Recipients") is not None:
         return True
-    sender = bool(_SENDER_RE.search(mime.header(msg, "From")))
-    subject = bool(_SUBJECT_RE.search(mime.header(msg, "Subject")))
+    if _SENDER_RE.search(mime.header(msg, "From")):
+        return True
+    if not _SUBJECT_RE.search(mime.header(msg, "Subject")):
+        return False
     head = notice[:8192]
-    body = bool(_TEXT_RE.search(head)) or default_classifier().classify(
-        None, None, head
-    ).category in ("unknown-recipient", "mailbox-full", "mailbox-disabled", "domain-not-found")
-    return sender or (subject and body)
+    if _TEXT_RE.search(head):
+        return True
+    category = default_classifier().classify(None, None, head).category
+    return category in ("unknown-recipient", "mailbox-full", "mailbox-disabled", "domain-not-found")
 
 
 def _own_addresses(msg: mime.Message) -> frozenset[str]:

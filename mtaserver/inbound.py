@@ -1,0 +1,540 @@
+"""The inbound listener (port 25 for the bounce domain only) and what a bounce does.
+
+Accepts RCPT only for a VERP return path with a valid signature or the configured
+complaints address; everything else is ``550 5.7.1`` — this listener is never a relay and
+offers no AUTH. ``MAIL FROM:<>`` is welcome (that is what bounces use). Per-IP connection
+caps and rates, a size cap, command and session timeouts, and the input hygiene aiosmtpd
+lacks (control characters in commands) are enforced here; any handler failure answers
+``451 4.3.0`` and never the exception text.
+
+A message that arrives is parsed off the event loop (:func:`mtaserver.dsn.parse_bounce_async`)
+and each failed recipient it reports is tied to ``(queue_id, idx)`` — by the VERP token it
+was sent to, else by a VERP address or the Message-ID found in the returned message — then
+marked bounced through the spool with a ``bounced`` event (source ``async``), and the
+suppression policy applied. Complaints (ARF) record a ``complaint`` event and suppress per
+policy. Reports that cannot be tied to a message we sent change nothing (backscatter and
+forgeries must not poison the suppression list).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mtaserver.clock import Clock
+from mtaserver.config.inbound import InboundConfig
+from mtaserver.db import Database
+from mtaserver.dsn import ParseTimeout, parse_bounce_async
+from mtaserver.errors import StorageError
+from mtaserver.log import get_logger, kv
+from mtaserver.model import (
+    BouncedRecipient,
+    BounceKind,
+    BounceReport,
+    Event,
+    RecipientState,
+    RecipientUpdate,
+)
+from mtaserver.suppression import Suppression
+from mtaserver.verp import Verp
+
+log = get_logger("inbound")
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class MessageView(Protocol):
+    sender: str
+
+    @property
+    def recipients(self) -> Sequence[Any]: ...
+
+
+class Queue(Protocol):
+    """What inbound needs from the spool."""
+
+    async def show(self, queue_id: str) -> Any: ...
+
+    async def record(
+        self, updates: Sequence[RecipientUpdate], events: Sequence[Event] = ()
+    ) -> None: ...
+
+
+class Suppressor(Protocol):
+    async def apply(
+        self,
+        address: str,
+        category: str,
+        *,
+        sender_domain: str | None,
+        source: str,
+        queue_id: str | None = None,
+        event_id: int | None = None,
+    ) -> Suppression | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What processing one inbound message did (for logs and tests)."""
+
+    kind: str  # "bounce" | "complaint" | "not-a-bounce" | "unparsed"
+    bounced: tuple[tuple[str, int], ...] = ()
+    complaints: tuple[tuple[str, int], ...] = ()
+    suppressed: tuple[str, ...] = ()
+    unattributed: tuple[str, ...] = ()
+
+
+def _domain(address: str) -> str | None:
+    _, at, dom = address.rpartition("@")
+    return dom.lower().rstrip(".") if at and dom else None
+
+
+class BounceProcessor:
+    """Turns one inbound message into spool updates, events and suppressions."""
+
+    def __init__(
+        self,
+        db: Database,
+        queue: Queue,
+        suppressions: Suppressor,
+        verp: Verp,
+        bounce_domain: str,
+        clock: Clock,
+        parse_timeout: float = 10.0,
+    ) -> None:
+        self.db = db
+        self.queue = queue
+        self.suppressions = suppressions
+        self.verp = verp
+        self.clock = clock
+        self.parse_timeout = parse_timeout
+        pattern = rf"[A-Za-z0-9._+=-]{{1,200}}@{re.escape(bounce_domain)}"
+        self._verp_re = re.compile(pattern.encode(), re.IGNORECASE)
+
+    async def process(self, raw: bytes, rcpts: Sequence[str]) -> Outcome:
+        try:
+            report = await parse_bounce_async(raw, self.parse_timeout)
+        except ParseTimeout:
+            log.warning(kv(event="bounce_parse_timeout", size=len(raw)))
+            return Outcome("unparsed")
+        ids = [p for p in (self.verp.parse(r) for r in rcpts) if p is not None]
+        if report is None:
+            log.info(kv(event="inbound_not_a_bounce", size=len(raw), verp=len(ids)))
+            return Outcome("not-a-bounce")
+        if not ids:
+            ids = self._verp_in_body(raw)
+        if not ids and report.original_message_id:
+            ids = await self._by_message_id(report.original_message_id)
+        if report.is_complaint:
+            return await self._complaint(report, ids)
+        return await self._bounce(report, ids)
+
+    def _verp_in_body(self, raw: bytes) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        for m in self._verp_re.finditer(raw[: 2 * 1024 * 1024]):
+            got = self.verp.parse(m.group(0).decode("ascii", "replace"))
+            if got is not None and got not in out:
+                out.append(got)
+            if len(out) >= 50:
+                break
+        return out
+
+    async def _by_message_id(self, message_id: str) -> list[tuple[str, int]]:
+        def fn(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+            rows = conn.execute(
+                "SELECT r.queue_id, r.idx FROM messages m JOIN recipients r ON r.queue_id = m.id "
+                "WHERE m.message_id IN (?, ?) ORDER BY r.idx LIMIT 1000",
+                (message_id, f"<{message_id}>"),
+            ).fetchall()
+            return [(str(q), int(i)) for q, i in rows]
+
+        return await self.db.read(fn)
+
+    async def _targets(
+        self, ids: Sequence[tuple[str, int]]
+    ) -> tuple[dict[tuple[str, int], str], dict[str, str | None]]:
+        """Address of each (queue_id, idx) we know, and each message's sender domain."""
+        addresses: dict[tuple[str, int], str] = {}
+        senders: dict[str, str | None] = {}
+        for qid in dict.fromkeys(q for q, _ in ids):
+            info = await self.queue.show(qid)
+            if info is None:
+                continue
+            senders[qid] = _domain(info.sender)
+            by_idx = {r.idx: r.address for r in info.recipients}
+            for q, idx in ids:
+                if q == qid and idx in by_idx:
+                    addresses[(q, idx)] = by_idx[idx]
+        return addresses, senders
+
+    @staticmethod
+    def _match(
+        reported: Sequence[BouncedRecipient], addresses: dict[tuple[str, int], str]
+    ) -> list[tuple[tuple[str, int], BouncedRecipient]]:
+        """Pair reported recipients with the recipients we sent to."""
+        pairs: list[tuple[tuple[str, int], BouncedRecipient]] = []
+        by_addr: dict[str, list[tuple[str, int]]] = {}
+        for key, addr in addresses.items():
+            by_addr.setdefault(addr.lower(), []).append(key)
+        used: set[tuple[str, int]] = set()
+        for r in reported:
+            for key in by_addr.get(r.recipient.lower(), []):
+                if key not in used:
+                    pairs.append((key, r))
+                    used.add(key)
+                    break
+        if len(addresses) == 1 and not pairs and reported:
+            # One VERP-identified recipient: the notice is about it even when forwarding
+            # rewrote the address the remote side reports.
+            (key,) = addresses
+            pairs.append((key, reported[0]))
+        return pairs
+
+    async def _bounce(self, report: BounceReport, ids: list[tuple[str, int]]) -> Outcome:
+        failed = [r for r in report.recipients if r.action == "failed"]
+        addresses, senders = await self._targets(ids)
+        if not failed and not report.recipients and len(addresses) == 1:
+            # A failure notice that names nobody, sent to one recipient's VERP address.
+            ((_, addr),) = addresses.items()
+            failed = [
+                BouncedRecipient(addr, "failed", "5.0.0", None, "", None, "other", BounceKind.HARD)
+            ]
+        pairs = self._match(failed, addresses)
+        matched = {id(r) for _, r in pairs}
+        unattributed = tuple(r.recipient for r in failed if id(r) not in matched)
+        now = self.clock.now()
+        bounced: list[tuple[str, int]] = []
+        suppressed: list[str] = []
+        for (qid, idx), r in pairs:
+            addr = addresses[(qid, idx)]
+            event = Event(
+                "bounced",
+                now,
+                qid,
+                addr,
+                (
+                    ("source", "async"),
+                    ("idx", idx),
+                    ("kind", r.kind.value),
+                    ("category", r.category),
+                    ("status", r.status),
+                    ("reply_code", r.reply_code),
+                    ("diagnostic", r.diagnostic[:500]),
+                    ("remote_mta", r.remote_mta),
+                    ("reporting_mta", report.reporting_mta),
+                ),
+            )
+            reply = f"{r.status or ''} {r.diagnostic}".strip()[:500] or "async bounce"
+            await self.queue.record(
+                [RecipientUpdate(qid, idx, RecipientState.BOUNCED, reply, attempted=False)], [event]
+            )
+            bounced.append((qid, idx))
+            event_id = await self._event_id("bounced", qid, addr)
+            s = await self.suppressions.apply(
+                addr,
+                r.category,
+                sender_domain=senders.get(qid),
+                source="async",
+                queue_id=qid,
+                event_id=event_id,
+            )
+            if s is not None:
+                suppressed.append(addr)
+            log.info(kv(event="async_bounce", queue_id=qid, idx=idx, rcpt=f"<{addr}>",
+                        status=r.status, kind=r.kind.value, category=r.category,
+                        suppressed=s is not None))  # fmt: skip
+        for addr in unattributed:
+            log.info(kv(event="bounce_unattributed", rcpt=f"<{addr}>"))
+        return Outcome("bounce", tuple(bounced), (), tuple(suppressed), unattributed)
+
+    async def _complaint(self, report: BounceReport, ids: list[tuple[str, int]]) -> Outcome:
+        addresses, senders = await self._targets(ids)
+        if report.recipients:
+            pairs = self._match(report.recipients, addresses)
+        else:
+            # Most feedback loops redact the recipient; the VERP token or Message-ID of the
+            # returned message still says whom we sent it to.
+            pairs = [
+                (
+                    key,
+                    BouncedRecipient(
+                        a, "complaint", None, None, "", None, "complaint", BounceKind.HARD
+                    ),
+                )
+                for key, a in list(addresses.items())[:1]
+            ]
+        now = self.clock.now()
+        done: list[tuple[str, int]] = []
+        suppressed: list[str] = []
+        for (qid, idx), r in pairs:
+            addr = addresses[(qid, idx)]
+            event = Event(
+                "complaint", now, qid, addr, (("idx", idx), ("feedback", r.diagnostic[:200]))
+            )
+            await self.queue.record([], [event])
+            event_id = await self._event_id("complaint", qid, addr)
+            s = await self.suppressions.apply(
+                addr,
+                "complaint",
+                sender_domain=senders.get(qid),
+                source="complaint",
+                queue_id=qid,
+                event_id=event_id,
+            )
+            done.append((qid, idx))
+            if s is not None:
+                suppressed.append(addr)
+            log.info(kv(event="complaint", queue_id=qid, idx=idx, rcpt=f"<{addr}>",
+                        suppressed=s is not None))  # fmt: skip
+        return Outcome("complaint", (), tuple(done), tuple(suppressed))
+
+    async def _event_id(self, etype: str, qid: str, addr: str) -> int | None:
+        def fn(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT max(id) FROM events WHERE type=? AND queue_id=? AND recipient=?",
+                (etype, qid, addr),
+            ).fetchone()
+            return int(row[0]) if row and row[0] is not None else None
+
+        return await self.db.read(fn)
+
+
+@dataclass
+class ConnectionLimiter:
+    """Per-IP concurrent connection cap and new-connection rate (token bucket)."""
+
+    clock: Clock
+    max_total: int
+    max_per_ip: int
+    rate: float  # new connections per second per IP
+    burst: float = 10.0
+    active: dict[str, int] = field(default_factory=dict)
+    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # ip -> (tokens, t)
+    total: int = 0
+
+    def admit(self, ip: str) -> str | None:
+        """None to admit, else the 421 reply to send."""
+        if self.total >= self.max_total:
+            return "421 4.3.2 Too many connections, try again later"
+        if self.active.get(ip, 0) >= self.max_per_ip:
+            return "421 4.7.0 Too many connections from your address"
+        now = self.clock.monotonic()
+        tokens, last = self.buckets.get(ip, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self.buckets[ip] = (tokens, now)
+            return "421 4.7.0 Connection rate limit exceeded, slow down"
+        self.buckets[ip] = (tokens - 1.0, now)
+        if len(self.buckets) > 100_000:  # bounded memory under address spraying
+            self.buckets.clear()
+        self.active[ip] = self.active.get(ip, 0) + 1
+        self.total += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        n = self.active.get(ip, 0) - 1
+        if n <= 0:
+            self.active.pop(ip, None)
+        else:
+            self.active[ip] = n
+        self.total = max(0, self.total - 1)
+
+
+class InboundHandler:
+    """aiosmtpd handler: who may send what to the bounce domain."""
+
+    def __init__(
+        self,
+        cfg: InboundConfig,
+        verp: Verp,
+        processor: Callable[[bytes, Sequence[str]], Any],
+    ) -> None:
+        self.cfg = cfg
+        self.verp = verp
+        self.process = processor
+        self.complaints = (cfg.complaints_address or "").lower()
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        if _CONTROL_RE.search(hostname) or len(hostname) > 255:
+            return ["501 5.5.4 Invalid domain name"]
+        session.host_name = hostname
+        # No AUTH on this listener, not even the empty "AUTH" aiosmtpd offers after STARTTLS.
+        return [r for r in responses if not r[4:].upper().startswith("AUTH")]
+
+    async def handle_HELO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
+        if _CONTROL_RE.search(hostname) or len(hostname) > 255:
+            return "501 5.5.4 Invalid domain name"
+        session.host_name = hostname
+        return f"250 {server.hostname}"
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        if _CONTROL_RE.search(address) or len(address) > 320:
+            return "501 5.1.7 Bad sender address syntax"
+        envelope.mail_from = address  # "" (the null sender) is what bounces use
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if _CONTROL_RE.search(address) or len(address) > 320:
+            return "501 5.1.3 Bad recipient address syntax"
+        if len(envelope.rcpt_tos) >= self.cfg.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        addr = address.strip().lower()
+        if not (addr == self.complaints or self.verp.parse(addr) is not None):
+            log.info(kv(event="inbound_rcpt_refused", client_ip=_peer(session), rcpt=f"<{addr}>"))
+            return "550 5.7.1 Recipient not accepted here: this host takes bounces only"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        if len(raw) > self.cfg.max_message_size:
+            return "552 5.3.4 Message too big"
+        if b"\x00" in raw:
+            return "554 5.6.0 Message contains NUL characters"
+        outcome = await self.process(raw, list(envelope.rcpt_tos))
+        log.info(kv(event="inbound_accepted", client_ip=_peer(session), size=len(raw),
+                    outcome=getattr(outcome, "kind", "-")))  # fmt: skip
+        return "250 2.0.0 OK"
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, StorageError) and error.full:
+            log.error(kv(event="inbound_storage_full", error=str(error)))
+            return "452 4.3.1 Insufficient system storage"
+        log.error(kv(event="inbound_handler_error", error=type(error).__name__))
+        return "451 4.3.0 Temporary local problem, try again later"
+
+
+def _peer(session: Session) -> str:
+    peer = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return "-"
+
+
+class _GuardedSMTP(SMTP):
+    """aiosmtpd's SMTP plus per-IP admission and an overall session deadline."""
+
+    def __init__(
+        self, *args: Any, limiter: ConnectionLimiter, session_limit: float, **kw: Any
+    ) -> None:
+        super().__init__(*args, **kw)
+        self._limiter = limiter
+        self._session_limit = session_limit
+        self._admitted_ip: str | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
+        refusal = self._limiter.admit(ip) if self._admitted_ip is None else None
+        if refusal is not None:
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.write(refusal.encode() + b"\r\n")
+            transport.close()
+            log.info(kv(event="inbound_connection_refused", client_ip=ip, reply=refusal))
+            return
+        if self._admitted_ip is None:
+            self._admitted_ip = ip
+            # The idle timeout is not reset during DATA; a hard cap on the whole session
+            # stops a slow sender from holding a slot for ever.
+            self._deadline = asyncio.get_running_loop().call_later(
+                self._session_limit, transport.close
+            )
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._admitted_ip is not None:
+            self._limiter.release(self._admitted_ip)
+            self._admitted_ip = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if getattr(self, "transport", None) is not None:
+            super().connection_lost(exc)
+
+
+class InboundServer:
+    """Binds the listener; ``stop`` closes it and waits for open sessions to finish."""
+
+    def __init__(
+        self,
+        cfg: InboundConfig,
+        handler: InboundHandler,
+        clock: Clock,
+        hostname: str,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.handler = handler
+        self.hostname = hostname
+        self.tls_context = tls_context
+        self.limiter = ConnectionLimiter(
+            clock, cfg.max_connections, cfg.max_connections_per_ip, cfg.connection_rate_per_ip
+        )
+        self._server: asyncio.Server | None = None
+
+    def _factory(self) -> SMTP:
+        return _GuardedSMTP(
+            self.handler,
+            limiter=self.limiter,
+            session_limit=self.cfg.data_timeout + 10 * self.cfg.command_timeout,
+            hostname=self.hostname,
+            data_size_limit=self.cfg.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            tls_context=self.tls_context,
+            require_starttls=False,
+            auth_exclude_mechanism=["LOGIN", "PLAIN"],
+            timeout=self.cfg.command_timeout,
+            ident="mtaserver",
+        )
+
+    async def start(self, host: str | None = None, port: int | None = None) -> tuple[str, int]:
+        if host is None or port is None:
+            assert self.cfg.listen is not None
+            host, port = self.cfg.listen
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._factory, host, port, reuse_address=True)
+        sock = self._server.sockets[0].getsockname()
+        log.info(kv(event="inbound_listening", host=sock[0], port=sock[1],
+                    tls=self.tls_context is not None))  # fmt: skip
+        return str(sock[0]), int(sock[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
