@@ -320,6 +320,19 @@ def _scheduler_service(core: Core) -> Service:
     return SimpleService("scheduler", on_run=scheduler.run, on_drain=scheduler.drain)
 
 
+class _SuppressUnsubscribes:
+    """Tracking's UnsubscribeSink: suppress the address for the sender's domain."""
+
+    def __init__(self, store: SuppressionStore) -> None:
+        self.store = store
+
+    async def unsubscribe(self, sender: str, address: str, queue_id: str, at: float) -> None:
+        domain = sender.rpartition("@")[2] or None
+        await self.store.add(
+            address, "unsubscribe", scope=domain, source="tracking", queue_id=queue_id
+        )
+
+
 def _tracking_service(core: Core) -> Service | None:
     """Tracker for the pipeline (links, pixel, List-Unsubscribe) and the public endpoint."""
     cfg = core.config.tracking
@@ -336,10 +349,11 @@ def _tracking_service(core: Core) -> Service | None:
     if cfg.listen is None:
         return None
     recorder = Recorder(
-        SqlTrackingStore(core.db, core.events),
+        SqlTrackingStore(core.db),
         BotDetector(rules, cfg.scanner_window, cfg.burst_window, cfg.burst_links),
         IpPrivacy(cfg.ip_privacy, codec.key),
         core.clock,
+        unsubscribes=_SuppressUnsubscribes(SuppressionStore(core.db, core.clock)),
     )
     web = TrackingWeb(
         codec, recorder, core.clock, trusted_proxies=cfg.trusted_proxies, access_log=cfg.access_log

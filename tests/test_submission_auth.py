@@ -126,7 +126,7 @@ def test_throttle_policy() -> None:
 async def test_failures_are_delayed_then_locked_out_without_slowing_others(
     tmp_path: Path,
 ) -> None:
-    throttle = AuthThrottleConfig(delay_after=1, delay=1.0, max_delay=1.0, lockout_after=3)
+    throttle = AuthThrottleConfig(delay_after=1, delay=2.0, max_delay=2.0, lockout_after=3)
     async with running(tmp_path, throttle=throttle) as env:
         c = await RawClient.connect(env.port("submissions"), env.client_context())
         await c.reply()
@@ -136,19 +136,24 @@ async def test_failures_are_delayed_then_locked_out_without_slowing_others(
         # the second failure is answered after a delay, during which others run freely
         other = await RawClient.connect(env.port("submissions"), env.client_context())
         await other.reply()
-        await c.send(bad.encode() + b"\r\n")
         started = time.monotonic()
+        delayed = asyncio.create_task(c.cmd(bad))
+        await other.cmd("EHLO client.test")
         for _ in range(5):
             assert (await other.cmd("NOOP")).startswith("250")
-        assert time.monotonic() - started < 0.5
-        assert (await c.reply()).startswith("535 5.7.8")
-        assert time.monotonic() - started >= 0.9
+        assert (await other.cmd(f"AUTH PLAIN {plain_auth(user='bob')}")).startswith("235")
+        assert not delayed.done()  # the other session finished all that first
+        assert (await delayed).startswith("535 5.7.8")
+        assert time.monotonic() - started >= 1.9
         # the third failure locks the client out
         assert (await c.cmd(bad)).startswith("421 4.7.0")
         assert await c.reader.read() == b""
         # even the right password is refused from this IP until the window passes
-        await other.cmd("EHLO client.test")
-        assert (await other.cmd(f"AUTH PLAIN {plain_auth()}")).startswith("421 4.7.0")
+        again = await RawClient.connect(env.port("submissions"), env.client_context())
+        await again.reply()
+        await again.cmd("EHLO client.test")
+        assert (await again.cmd(f"AUTH PLAIN {plain_auth()}")).startswith("421 4.7.0")
+        await again.close()
         await other.close()
         await c.close()
 

@@ -187,14 +187,14 @@ async def test_idle_timeout_answers_421(tmp_path: Path) -> None:
 
 
 async def test_idle_timeout_reset_while_data_streams(tmp_path: Path) -> None:
-    async with running(tmp_path, idle_timeout="1s", trusted_networks=["127.0.0.0/8"]) as env:
+    async with running(tmp_path, idle_timeout="2s", trusted_networks=["127.0.0.0/8"]) as env:
         c = await session(env, "plain", auth=False)
         await c.cmd("MAIL FROM:<app@example.com>")
         await c.cmd("RCPT TO:<x@dest.example>")
         assert (await c.cmd("DATA")).startswith("354")
         await c.send(b"Subject: slow\r\n\r\n")
-        for i in range(6):  # a slow client: 2.4 s of DATA, never 1 s silent
-            await asyncio.sleep(0.4)
+        for i in range(8):  # a slow client: 4 s of DATA, never 2 s silent
+            await asyncio.sleep(0.5)
             await c.send(b"line %d\r\n" % i)
         assert (await c.cmd(b".")).startswith("250 2.0.0")
         await c.close()

@@ -13,7 +13,7 @@
     burst_links = 3                     # ... or this many different links
     bot_rules_file = "bots.toml"        # replaces the packaged proxy/scanner rules
     trusted_proxies = ["127.0.0.1/32"]  # X-Forwarded-For is believed from these only
-    access_log = true
+    access_log = false                  # one line per request, tokens shortened
     opens = false                       # defaults for every user ...
     clicks = false
     unsubscribe = false
@@ -56,7 +56,7 @@ class TrackingConfig:
     burst_links: int = 3
     bot_rules_file: Path | None = None
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    access_log: bool = True
+    access_log: bool = False
     defaults: TrackDefaults = TrackDefaults()
     users: tuple[tuple[str, TrackDefaults], ...] = field(default=())
 
@@ -107,7 +107,7 @@ def parse(r: Reader, default_secret: Path) -> TrackingConfig:
         burst_links=r.integer("burst_links", 3, min=2),
         bot_rules_file=r.path("bot_rules_file", None, must_exist=True),
         trusted_proxies=r.networks("trusted_proxies", ()),
-        access_log=r.boolean("access_log", True),
+        access_log=r.boolean("access_log", False),
         defaults=defaults,
         users=tuple(users),
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
+import functools
 import hmac
 import re
 import zlib
@@ -38,6 +38,8 @@ _KEY_INFO = b"mtaserver tracking token v1"
 
 
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
+_B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_NOT_B64URL = re.compile(r"[^A-Za-z0-9_-]")
 
 
 class TokenError(ValueError):
@@ -56,8 +58,12 @@ class TokenData:
     links: int = 0  # CLICK only: how many tracked links the message has
 
 
+@functools.lru_cache(maxsize=16384)
 def is_trackable_url(url: str) -> bool:
-    """Only absolute http/https URLs with a host are ever signed into a click token."""
+    """Only absolute http/https URLs with a host are ever signed into a click token.
+
+    Memoized: a campaign's links are the same for every recipient who clicks them.
+    """
     if _CONTROL_OR_SPACE.search(url):
         return False
     try:
@@ -82,7 +88,7 @@ def load_secrets(path: Path) -> tuple[bytes, ...]:
 
 
 def _derive(secret: bytes) -> bytes:
-    return hmac.new(secret, _KEY_INFO, hashlib.sha256).digest()
+    return hmac.digest(secret, _KEY_INFO, "sha256")
 
 
 def _varint(n: int) -> bytes:
@@ -127,7 +133,7 @@ class TokenCodec:
         return self._keys[0]
 
     def _mac(self, key: bytes, payload: bytes) -> bytes:
-        return hmac.new(key, payload, hashlib.sha256).digest()[:_MAC_LEN]
+        return hmac.digest(key, payload, "sha256")[:_MAC_LEN]
 
     def _seal(self, payload: bytes) -> str:
         raw = payload + self._mac(self._keys[0], payload)
@@ -162,17 +168,19 @@ class TokenCodec:
 
     def verify(self, token: str) -> TokenData:
         """Return what the token says, or raise TokenError; the MAC is checked first."""
-        if not token or len(token) > _MAX_TOKEN_CHARS:
-            raise TokenError("bad token length")
+        n = len(token)
+        if not n or n > _MAX_TOKEN_CHARS or n % 4 == 1 or _NOT_B64URL.search(token):
+            raise TokenError("bad token encoding")
+        # Only the canonical encoding is accepted, so one token has exactly one spelling:
+        # the bits of the last character beyond the data must be zero.
+        if n % 4 and _B64URL.index(token[-1]) & (0x0F if n % 4 == 2 else 0x03):
+            raise TokenError("non-canonical token encoding")
         try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            raw = base64.urlsafe_b64decode(token + "=" * (-n % 4))
         except (binascii.Error, ValueError):
             raise TokenError("bad token encoding") from None
         if len(raw) <= _MAC_LEN + 3:
             raise TokenError("token too short")
-        # Only the canonical encoding is accepted, so one token has exactly one spelling.
-        if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
-            raise TokenError("non-canonical token encoding")
         payload, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
         ok = False
         for key in self._keys:

@@ -16,6 +16,7 @@ characters of a token.
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import logging
 import re
@@ -64,7 +65,11 @@ _CONFIRM = _PAGE.format(
     '<button type="submit">Unsubscribe</button></form>',
 )
 _DONE = _PAGE.format(title="Unsubscribed", body="<p>You will not receive these emails again.</p>")
+_SERVER = {"Server": "mtaserver"}  # not aiohttp's name and version
+_PIXEL_HEADERS = {"Cache-Control": _NO_STORE, "Pragma": "no-cache", "Expires": "0", **_SERVER}
+_REDIRECT_HEADERS = {"Cache-Control": _NO_STORE, "Referrer-Policy": "no-referrer", **_SERVER}
 _PAGE_HEADERS = {
+    **_SERVER,
     "Cache-Control": _NO_STORE,
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
     "form-action 'self'; frame-ancestors 'none'",
@@ -97,8 +102,12 @@ class RedactingAccessLogger(AbstractAccessLogger):
         return access_log.isEnabledFor(logging.INFO)
 
 
+@functools.lru_cache(maxsize=16384)
 def location_for(url: str) -> str | None:
-    """The ``Location`` value for a signed URL: ASCII only, http(s) only, else None."""
+    """The ``Location`` value for a signed URL: ASCII only, http(s) only, else None.
+
+    Memoized: many recipients click the same campaign link.
+    """
     if not is_trackable_url(url):
         return None
     parts = urlsplit(url)
@@ -132,7 +141,7 @@ class TrackingWeb:
         clock: Clock,
         *,
         trusted_proxies: Sequence[Network] = (),
-        access_log: bool = True,
+        access_log: bool = False,
     ) -> None:
         self.codec = codec
         self.recorder = recorder
@@ -148,7 +157,6 @@ class TrackingWeb:
         app.router.add_get(r"/c/{token:[A-Za-z0-9_-]+}", self.click)
         app.router.add_get(r"/u/{token:[A-Za-z0-9_-]+}", self.unsubscribe_page)
         app.router.add_post(r"/u/{token:[A-Za-z0-9_-]+}", self.unsubscribe)
-        app.on_response_prepare.append(_strip_server)
         return app
 
     async def start(self, host: str, port: int) -> None:
@@ -219,7 +227,7 @@ class TrackingWeb:
         return web.Response(
             body=GIF,
             content_type="image/gif",
-            headers={"Cache-Control": _NO_STORE, "Pragma": "no-cache", "Expires": "0"},
+            headers=_PIXEL_HEADERS,
         )
 
     async def click(self, request: web.Request) -> web.Response:
@@ -231,7 +239,7 @@ class TrackingWeb:
         self._hit(request, data, "click")
         return web.Response(
             status=302,
-            headers={"Location": loc, "Cache-Control": _NO_STORE, "Referrer-Policy": "no-referrer"},
+            headers={"Location": loc, **_REDIRECT_HEADERS},
         )
 
     async def unsubscribe_page(self, request: web.Request) -> web.Response:
@@ -265,7 +273,9 @@ class TrackingWeb:
 
 
 def _not_found() -> web.Response:
-    return web.Response(status=404, text="not found\n", headers={"Cache-Control": _NO_STORE})
+    return web.Response(
+        status=404, text="not found\n", headers={"Cache-Control": _NO_STORE, **_SERVER}
+    )
 
 
 def _in(ip: str, nets: Sequence[Network]) -> bool:
@@ -274,7 +284,3 @@ def _in(ip: str, nets: Sequence[Network]) -> bool:
     except ValueError:
         return False
     return any(addr in n for n in nets)
-
-
-async def _strip_server(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Server"] = "mtaserver"

@@ -11,7 +11,6 @@ import aiohttp
 import pytest
 
 from mtaserver.db import Database
-from mtaserver.events import EventLog
 from mtaserver.model import (
     Event,
     PreparedMessage,
@@ -20,6 +19,7 @@ from mtaserver.model import (
     RecipientUpdate,
 )
 from mtaserver.spool import Spool
+from mtaserver.suppression import SuppressionStore
 from mtaserver.tracking.bots import BotDetector, load_rules
 from mtaserver.tracking.privacy import IpPrivacy
 from mtaserver.tracking.recorder import Recorder, SqlTrackingStore
@@ -36,12 +36,17 @@ BROWSER = (
 
 @dataclass
 class Unsubscribed:
-    """Records what the tracking stage asked to suppress (the UnsubscribeSink boundary)."""
+    """The UnsubscribeSink as app wires it (real SuppressionStore), remembering the calls."""
 
+    store: SuppressionStore
     calls: list[tuple[str, str, str]] = field(default_factory=list)
 
     async def unsubscribe(self, sender: str, address: str, queue_id: str, at: float) -> None:
         self.calls.append((sender, address, queue_id))
+        await self.store.add(
+            address, "unsubscribe", scope=sender.rpartition("@")[2], source="tracking",
+            queue_id=queue_id,
+        )  # fmt: skip
 
 
 @dataclass
@@ -112,16 +117,17 @@ class Stack:
 async def stack(db: Database) -> AsyncIterator[Stack]:
     clock = FakeClock()
     c = codec()
-    events = EventLog(db)
-    unsub = Unsubscribed()
+    unsub = Unsubscribed(SuppressionStore(db, clock))
     recorder = Recorder(
-        SqlTrackingStore(db, events),
+        SqlTrackingStore(db),
         BotDetector(load_rules(), scanner_window=10, burst_window=2, burst_links=3),
         IpPrivacy("truncate", c.key),
         clock,
         unsubscribes=unsub,
     )
-    web = TrackingWeb(c, recorder, clock, trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),))
+    web = TrackingWeb(
+        c, recorder, clock, trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),), access_log=True
+    )
     await web.start("127.0.0.1", 0)
     http = aiohttp.ClientSession(headers={"User-Agent": BROWSER})
     tracker = Tracker(c, "https://t.example.com", None)

@@ -141,6 +141,7 @@ async def test_rfc8058_one_click_unsubscribe_over_http(stack: Stack) -> None:
     async with stack.http.head(url) as resp:
         assert resp.status == 200
     assert stack.unsubscribed.calls == []
+    assert (await stack.unsubscribed.store.check("b@example.org", "example.com")) is None
     assert await stack.events("unsubscribe") == []
     # A POST without the RFC 8058 body is refused.
     async with stack.http.post(url, data={"List-Unsubscribe": "yes"}) as resp:
@@ -155,6 +156,10 @@ async def test_rfc8058_one_click_unsubscribe_over_http(stack: Stack) -> None:
         assert resp.status == 200
         assert "Unsubscribed" in await resp.text()
     assert stack.unsubscribed.calls == [("news@example.com", "b@example.org", "Q3")]
+    store = stack.unsubscribed.store
+    assert (await store.check("b@example.org", "example.com")) is not None
+    assert (await store.check("b@example.org", "other.example")) is None  # per sender only
+    assert (await store.check("a@example.org", "example.com")) is None
     (ev,) = await stack.events("unsubscribe")
     assert ev[0:2] == ("Q3", "b@example.org")
     # multipart/form-data is also accepted.
