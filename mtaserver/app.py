@@ -315,9 +315,32 @@ def _scheduler_service(core: Core) -> Service:
         lease=cfg.delivery.lease,
         hostname=cfg.delivery.hostname or cfg.server.hostname,
         new_queue_id=new_queue_id,
+        send_dsn=cfg.shaping.send_dsn,
+        no_dsn_users=cfg.shaping.no_dsn_users,
         mx=_MxHosts(core.resolver) if use_mx and core.resolver is not None else None,
     )
-    return SimpleService("scheduler", on_run=scheduler.run, on_drain=scheduler.drain)
+
+    async def reload(config: Config) -> None:
+        dests, rules = load_builtin() if config.shaping.builtin else ((), ())
+        # the worker pool is sized at start: a new global cap applies up to that size
+        shaper.reconfigure(
+            config.shaping,
+            max_connections=min(config.delivery.max_connections, workers),
+            builtin_destinations=dests,
+            builtin_rules=rules,
+        )
+        scheduler.reconfigure(
+            retry=config.shaping.retry,
+            settings=config.shaping.scheduler,
+            route=config.delivery.route_policy(),
+            send_dsn=config.shaping.send_dsn,
+            no_dsn_users=config.shaping.no_dsn_users,
+        )
+        log.info(kv(event="shaping_reloaded", destinations=len(config.shaping.destinations)))
+
+    return SimpleService(
+        "scheduler", on_run=scheduler.run, on_drain=scheduler.drain, on_reload=reload
+    )
 
 
 class _SuppressUnsubscribes:

@@ -199,12 +199,29 @@ class UserStore:
 
 
 class Authenticator:
-    """Verifies credentials off the event loop; same work and answer for unknown users."""
+    """Verifies credentials off the event loop; same work and answer for unknown users.
 
-    def __init__(self, store: UserStore, *, workers: int = 2) -> None:
+    Like Dovecot's auth cache, a successful check is remembered for ``cache_ttl`` seconds
+    as a keyed SHA-256 of (user, stored hash, password) under a per-process random key, and
+    identical checks already running are shared: an application that opens fifty
+    connections with the same credentials pays for one KDF run, not fifty. Only successes
+    are cached, so a wrong password (or an unknown user) always costs the full KDF; a
+    password change alters the stored hash and so misses the cache.
+    """
+
+    def __init__(
+        self, store: UserStore, *, workers: int = 2, cache_ttl: float = 300.0,
+        cache_size: int = 10_000,
+    ) -> None:  # fmt: skip
         self._store = store
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="auth")
         self._dummy = hash_password(secrets.token_urlsafe(16))
+        self._key = secrets.token_bytes(32)
+        self._ttl = cache_ttl
+        self._cache_size = cache_size
+        self._cache: OrderedDict[bytes, float] = OrderedDict()  # digest → expiry (monotonic)
+        self._inflight: dict[bytes, asyncio.Future[bool]] = {}
+        self.kdf_runs = 0  # for metrics and tests
 
     async def verify(self, login: bytes, password: bytes) -> User | None:
         try:
@@ -213,11 +230,37 @@ class Authenticator:
             name = None
         found = await self._store.lookup(name) if name is not None else None
         encoded = found[1] if found is not None else self._dummy
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(self._pool, verify_password, password, encoded)
+        digest = hmac.new(
+            self._key, b"\0".join([(name or "").encode(), encoded.encode(), password]),
+            hashlib.sha256,
+        ).digest()  # fmt: skip
+        now = time.monotonic()
+        expiry = self._cache.get(digest)
+        if found is not None and expiry is not None and expiry > now:
+            return found[0]
+        ok = await self._check(digest, password, encoded)
         if ok and found is not None:
+            self._cache[digest] = now + self._ttl
+            self._cache.move_to_end(digest)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
             return found[0]
         return None
+
+    async def _check(self, digest: bytes, password: bytes, encoded: str) -> bool:
+        """One KDF run per distinct credential at a time; concurrent twins await it."""
+        running = self._inflight.get(digest)
+        if running is not None:
+            return await asyncio.shield(running)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._pool, verify_password, password, encoded)
+        self.kdf_runs += 1
+        self._inflight[digest] = future
+        try:
+            return await asyncio.shield(future)
+        finally:
+            if self._inflight.get(digest) is future:
+                del self._inflight[digest]
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -134,6 +134,7 @@ class Scheduler:
         hostname: str,
         new_queue_id: Callable[[float], str],
         send_dsn: bool = True,
+        no_dsn_users: Sequence[str] = (),
         mx: MxLookup | None = None,
     ) -> None:
         self._spool = spool
@@ -149,6 +150,7 @@ class Scheduler:
         self._hostname = hostname
         self._new_queue_id = new_queue_id
         self._send_dsns = send_dsn
+        self._no_dsn_users = frozenset(u.lower() for u in no_dsn_users)
         self._mx = mx
         self._dests: dict[str, _Dest] = {}
         self._ring: deque[str] = deque()  # destinations with backlog, round-robin order
@@ -165,6 +167,22 @@ class Scheduler:
         self.attempts = 0  # counters for tests and metrics
         self.inflight = 0
         self.polls = 0
+
+    def reconfigure(
+        self,
+        *,
+        retry: RetrySettings,
+        settings: SchedulerSettings,
+        route: RoutePolicy,
+        send_dsn: bool,
+        no_dsn_users: Sequence[str],
+    ) -> None:
+        """New policy from a reloaded config; applies to the next attempt."""
+        self._retry = retry
+        self._settings = settings
+        self._route = route
+        self._send_dsns = send_dsn
+        self._no_dsn_users = frozenset(u.lower() for u in no_dsn_users)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self) -> None:
@@ -239,26 +257,34 @@ class Scheduler:
             until = self._shaper.suspended_until(name) or now
             await self._defer_destination(self._dests[name], until)
         await self._put_back(put_back)
-        await self._trim_overfull(now)
+        if await self._trim_overfull(now):
+            return 0  # the queue is deeper than we can take: no immediate re-claim
         return sum(len(j.recipients) for j in jobs)
 
-    async def _trim_overfull(self, now: float) -> None:
-        """A destination may not hold more than it can send within half a lease."""
+    async def _trim_overfull(self, now: float) -> bool:
+        """A rate-limited destination holds no more than it can send in half a lease.
+
+        The excess goes back to the spool and the destination's queue is pushed back
+        (`defer_domain`) until about half of what is held has been sent, so a deep, slow
+        destination neither hogs the backlog nor is claimed again in a loop. Destinations
+        without a rate share the backlog first come, first served (like Postfix's active
+        queue), their concurrency being the limit. Returns True when anything was trimmed.
+        """
+        trimmed = False
         for name in list(self._ring):
-            d = self._dests[name]
-            limits = self._shaper.limits(name)
             rate = self._shaper.rate(name)
-            cap = self._settings.max_backlog // 2
-            if rate is not None:
-                cap = min(cap, int(rate * self._lease / 2))
-            cap = max(cap, limits.max_connections)
+            if rate is None:
+                continue
+            d = self._dests[name]
+            cap = max(int(rate * self._lease / 2), self._shaper.limits(name).max_connections)
             if len(d.backlog) <= cap:
                 continue
-            drain = len(d.backlog) / rate if rate else 5.0
-            until = now + max(1.0, drain)
             extra = [d.backlog.pop() for _ in range(len(d.backlog) - cap)]
+            until = now + max(len(d.backlog) / 2 / rate, 0.5)
             await self._defer_destination(d, until)
             await self._put_back([(i, until) for i in extra])
+            trimmed = True
+        return trimmed
 
     async def _dispatch(self) -> float:
         """Hand out every permitted job; return seconds until something may change."""
@@ -459,7 +485,13 @@ class Scheduler:
         dsn_updates: list[RecipientUpdate] = []
         dsn_events: list[Event] = []
         warn: list[DsnRecipient] = []
-        wants_dsn = bool(job.sender) and job.dsn and not job.is_dsn and self._send_dsns
+        wants_dsn = (
+            bool(job.sender)
+            and job.dsn
+            and not job.is_dsn
+            and self._send_dsns
+            and (job.user or "").lower() not in self._no_dsn_users
+        )
         for jr in job.recipients:
             res = by_idx.get(jr.idx) or RecipientResult(
                 jr.idx,

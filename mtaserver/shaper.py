@@ -138,9 +138,27 @@ class Shaper:
         builtin_rules: Sequence[ShapingRule] = (),
     ) -> None:
         """`max_connections` is the global cap ([delivery] max_connections)."""
+        self._clock = clock
+        self._states: dict[str, _State] = {}
+        self._active_total = 0
+        self.reconfigure(
+            config,
+            max_connections=max_connections,
+            builtin_destinations=builtin_destinations,
+            builtin_rules=builtin_rules,
+        )
+
+    def reconfigure(
+        self,
+        config: ShapingConfig,
+        *,
+        max_connections: int,
+        builtin_destinations: Sequence[DestinationConfig] = (),
+        builtin_rules: Sequence[ShapingRule] = (),
+    ) -> None:
+        """Take new limits and rules (SIGHUP); counters, buckets and suspensions carry on."""
         self._config = config
         self._max_total = max_connections
-        self._clock = clock
         merged: dict[str, DestinationConfig] = {}
         shipped = builtin_destinations if config.builtin else ()
         for dest in (*shipped, *config.destinations):
@@ -176,8 +194,8 @@ class Shaper:
         self._rules = tuple(
             _CompiledRule(r, re.compile(r.text, re.IGNORECASE) if r.text else None) for r in rules
         )
-        self._states: dict[str, _State] = {}
-        self._active_total = 0
+        for name, st in self._states.items():
+            st.limits = self.limits(name)
 
     # -- mapping domains to destinations -------------------------------------------------
     def static_destination(self, domain: str) -> str | None:

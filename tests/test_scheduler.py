@@ -128,6 +128,7 @@ def make_harness(
     async def make(
         script: Script, toml: str = "", *, workers: int = 10, builtin: bool = False
     ) -> Harness:
+        """A scheduler over the real spool with a scripted agent and a fake clock."""
         clock = FakeClock()
         cfg = shaping(toml)
         dests, rules = load_builtin() if builtin else ((), ())
@@ -148,6 +149,8 @@ def make_harness(
             lease=600.0,
             hostname="mta.test",
             new_queue_id=new_queue_id,
+            send_dsn=cfg.send_dsn,
+            no_dsn_users=cfg.no_dsn_users,
         )
         task = asyncio.create_task(sched.run())
         h = Harness(spool, clock, agent, sched, task)
@@ -176,10 +179,9 @@ async def enqueue(
             recipients=tuple(PreparedRecipient(r) for r in rcpts),
             data=b"From: app@sender.test\r\nSubject: hello\r\nMessage-ID: <m1@sender.test>\r\n"
             b"\r\nbody\r\n",
-            user="app",
             client_ip="127.0.0.1",
             received_at=h.clock.now(),
-            **kw,
+            **({"user": "app"} | kw),
         )
     )
     return qid
@@ -307,12 +309,16 @@ async def test_expiry_bounces_with_4_4_7_and_one_dsn_per_message(make_harness: A
 
 
 async def test_no_dsn_to_null_sender_about_a_dsn_or_when_turned_off(make_harness: Any) -> None:
-    h: Harness = await make_harness(lambda job, rcpt: SmtpReply(550, "no such user", "5.1.1"), FAST)
+    h: Harness = await make_harness(
+        lambda job, rcpt: SmtpReply(550, "no such user", "5.1.1"),
+        FAST + 'no_dsn_users = ["Events-App"]\n',
+    )
     q1 = await enqueue(h, ["x@d.test"], sender="")
+    q5 = await enqueue(h, ["x@d.test"], user="events-app")  # this user turned DSNs off
     q2 = await enqueue(h, ["x@d.test"], sender="mailer@d.test", is_dsn=True)
     q3 = await enqueue(h, ["x@d.test"], dsn=False)
     q4 = await enqueue(h, ["x@d.test", "y@d.test"])
-    for q in (q1, q2, q3, q4):
+    for q in (q1, q2, q3, q4, q5):
         await h.wait_for(lambda q=q: _all_state(h, q, "bounced"))
     await h.wait_for(lambda: _count(h.dsns(), 1))
     await h.idle_polls()

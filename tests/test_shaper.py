@@ -323,3 +323,17 @@ def test_shipped_rules_all_parse_and_have_providers() -> None:
     assert {"gmail.com", "outlook.com", "yahoo.com"} <= names
     for rule in rules:
         assert all(d in names for d in rule.destinations), rule.name
+
+
+def test_reconfigure_keeps_counters_and_suspensions() -> None:
+    s, clock = make("[shaping.default]\nmax_connections = 2\n")
+    assert s.acquire("a.test") is None and s.acquire("a.test") is None
+    assert s.acquire("a.test") == BLOCKED
+    s.suspend("b.test", clock.now() + 60, "test")
+    cfg = parse_shaping(tomllib.loads('[default]\nmax_connections = 3\nmax_rate = "1/s"\n'))
+    s.reconfigure(cfg, max_connections=200)
+    assert s.limits("a.test").max_connections == 3
+    assert s.acquire("a.test") is None  # the two taken before still count: third slot
+    assert s.acquire("a.test") == BLOCKED
+    assert s.rate("a.test") == 1.0
+    assert s.suspended_until("b.test") == clock.now() + 60

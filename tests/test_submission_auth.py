@@ -95,6 +95,28 @@ async def test_unknown_user_and_wrong_password_same_answer_same_time(db: Databas
         auth.close()
 
 
+async def test_success_cache_and_shared_concurrent_checks(db: Database) -> None:
+    store = UserStore(db)
+    await store.add("alice", hash_password(PASSWORD), ["example.com"])
+    auth = Authenticator(store)
+    try:
+        results = await asyncio.gather(
+            *(auth.verify(b"alice", PASSWORD.encode()) for _ in range(10))
+        )
+        assert all(r is not None for r in results)
+        assert auth.kdf_runs == 1  # ten identical logins at once share one KDF run
+        assert await auth.verify(b"alice", PASSWORD.encode()) is not None
+        assert auth.kdf_runs == 1  # cached success
+        for _ in range(2):  # failures are never cached
+            assert await auth.verify(b"alice", b"wrong password") is None
+        assert auth.kdf_runs == 3
+        await store.set_password("alice", hash_password("new password!"))
+        assert await auth.verify(b"alice", PASSWORD.encode()) is None  # old one is gone
+        assert await auth.verify(b"alice", b"new password!") is not None
+    finally:
+        auth.close()
+
+
 async def test_same_reply_for_unknown_user_and_wrong_password(tmp_path: Path) -> None:
     async with running(tmp_path) as env:
         c = await RawClient.connect(env.port("submissions"), env.client_context())

@@ -4,7 +4,7 @@ Layout::
 
     [shaping]              builtin, retry_schedule, retry_every, max_lifetime, delay_warning,
                            retry_hint_min, retry_hint_max, claim_batch, max_backlog,
-                           poll_interval
+                           poll_interval, send_dsn, no_dsn_users
     [shaping.default]      limit keys (below)
     [shaping."<name>"]     limit keys + domains, mx_suffixes
     [[shaping.rule]]       name, action, duration, destinations, codes, enhanced, text
@@ -170,6 +170,8 @@ class ShapingConfig:
     builtin: bool = True  # also use the destinations and rules of data/shaping_rules.toml
     retry: RetrySettings = field(default_factory=RetrySettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    send_dsn: bool = True  # bounce notices (RFC 3464) to senders at all
+    no_dsn_users: tuple[str, ...] = ()  # submitting users whose mail never gets DSNs
 
     @property
     def domains(self) -> dict[str, DestinationConfig]:
@@ -199,6 +201,8 @@ _SCALARS = (
     "claim_batch",
     "max_backlog",
     "poll_interval",
+    "send_dsn",
+    "no_dsn_users",
 )
 
 
@@ -317,6 +321,8 @@ def parse(r: Reader) -> ShapingConfig:
         builtin=r.boolean("builtin", True),
         retry=retry,
         scheduler=sched,
+        send_dsn=r.boolean("send_dsn", True),
+        no_dsn_users=tuple(u.lower() for u in r.str_list("no_dsn_users", ())),
     )
     r.finish()
     return cfg

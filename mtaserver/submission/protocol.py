@@ -406,7 +406,8 @@ class SubmissionSMTP(SMTP):
 
 
 def install_log_redaction() -> None:
-    """aiosmtpd logs every command line at INFO, AUTH credentials included: redact them."""
+    """Redact AUTH arguments in aiosmtpd's per-command log lines (defence in depth: it masks
+    them itself) and drop its per-AUTH deprecation warning."""
     logger = logging.getLogger("mail.log")
     if not any(isinstance(f, _AuthRedactor) for f in logger.filters):
         logger.addFilter(_AuthRedactor())
@@ -416,6 +417,8 @@ class _AuthRedactor(logging.Filter):
     _AUTH = re.compile(rb"^\s*AUTH\s+(\S+)\s+\S+", re.I)
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Session.login_data is"):
+            return False  # aiosmtpd's own deprecation notice, once per successful AUTH
         if isinstance(record.args, tuple) and record.args:
             record.args = tuple(self._redact(a) for a in record.args)
         return True

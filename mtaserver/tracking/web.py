@@ -202,7 +202,8 @@ class TrackingWeb:
     def _hit(self, request: web.Request, data: TokenData, type_: str) -> None:
         now = self.clock.now()
         if request.method == "HEAD":
-            self.recorder.head(data.queue_id, data.idx, now)
+            if type_ == "click":  # link scanners probe links with HEAD before they GET
+                self.recorder.head(data.queue_id, data.idx, now)
             return
         self.recorder.hit(
             Hit(

@@ -94,6 +94,8 @@ async def test_link_scanner_clicks_are_flagged(stack: Stack) -> None:
     for link in range(3):  # every link of the message within a second
         await _click(stack, "QS", 2, link)
     stack.clock.advance(30)
+    async with stack.http.head(f"{stack.base}/o/{codec().open_token('QS', 3)}.gif") as r:
+        assert r.status == 200  # a HEAD on the pixel says nothing about links
     await _click(stack, "QS", 3, 2)  # a person, long after delivery
     stack.clock.advance(20)
     await _click(stack, "QS", 3, 0)  # ... who later clicks another link: still a person
