@@ -124,9 +124,7 @@ async def build_services(core: Core) -> list[Service]:
     tracking = _tracking_service(core)
     if tracking is not None:
         services.append(tracking)
-    inbound = _inbound_service(core)  # builds core.suppressions, which submission checks
-    if inbound is not None:
-        services.append(inbound)
+    services.append(_inbound_service(core))  # builds core.suppressions; submission checks it
     sub = core.config.submission
     if sub.listen or sub.listen_tls or sub.listen_plain:
         services.append(
@@ -239,12 +237,25 @@ def _delivery_service(core: Core) -> Service:
     return SimpleService("delivery", on_drain=drain)
 
 
-def _inbound_service(core: Core) -> Service | None:
-    """Suppression list (always) and the port-25 bounce listener (when ``[inbound] listen``)."""
+def _inbound_service(core: Core) -> Service:
+    """Suppression list (always; expired entries purged hourly) and the port-25 bounce
+    listener (when ``[inbound] listen`` is set)."""
     cfg = core.config
-    core.suppressions = SuppressionStore(core.db, core.clock, cfg.inbound.suppression)
+    store = SuppressionStore(core.db, core.clock, cfg.inbound.suppression)
+    core.suppressions = store
+
+    async def purge() -> None:
+        while True:
+            try:
+                n = await store.purge_expired()
+                if n:
+                    log.info(kv(event="suppressions_expired", count=n))
+            except MtaError as exc:
+                log.error(kv(event="suppression_purge_failed", error=str(exc)))
+            await asyncio.sleep(3600)
+
     if cfg.inbound.listen is None or not cfg.inbound.bounce_domain:
-        return None
+        return SimpleService("suppression", on_run=purge)
     if core.verp is None:
         core.verp = Verp(
             read_secret(cfg.server.secret_file), cfg.inbound.verp_prefix, cfg.inbound.bounce_domain
@@ -252,7 +263,7 @@ def _inbound_service(core: Core) -> Service | None:
     processor = BounceProcessor(
         core.db,
         core.spool,
-        core.suppressions,
+        store,
         core.verp,
         cfg.inbound.bounce_domain,
         core.clock,
@@ -272,7 +283,7 @@ def _inbound_service(core: Core) -> Service | None:
     async def start() -> None:
         await server.start()
 
-    return SimpleService("inbound", on_start=start, on_drain=drain)
+    return SimpleService("inbound", on_start=start, on_run=purge, on_drain=drain)
 
 
 class _MxHosts:

@@ -82,6 +82,21 @@ def _status_pattern(spec: str) -> re.Pattern[str]:
     return re.compile(r"\.".join(out))
 
 
+def _lower_literals(pattern: str) -> str:
+    """Lower-case a pattern's literal characters, leaving escapes (``\\S``, ``\\D``) alone."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        out.append(ch.lower())
+        i += 1
+    return "".join(out)
+
+
 class Classifier:
     """An ordered rule table; the first rule whose conditions all hold decides."""
 
@@ -110,7 +125,8 @@ class Classifier:
             if kind not in (None, "hard", "soft", "by-class"):
                 raise ClassifyTableError(f"classify table: rule {i}: bad kind {kind!r}")
             try:
-                text = re.compile(raw["text"], re.IGNORECASE) if "text" in raw else None
+                # Matched against lower-cased text: several times faster than IGNORECASE.
+                text = re.compile(_lower_literals(raw["text"])) if "text" in raw else None
             except re.error as exc:
                 raise ClassifyTableError(f"classify table: rule {i}: {exc}") from exc
             status = _status_pattern(raw["status"]) if "status" in raw else None
@@ -133,13 +149,14 @@ class Classifier:
         """Classify one reply or diagnostic; ``status`` is the most specific one found."""
         text = (text or "")[:_MAX_TEXT]
         status = best_status(enhanced, text)
+        lowered = text.lower()
         klass: int | None = None
         if code is not None and 200 <= code < 600:
             klass = code // 100
         elif status is not None:
             klass = int(status[0])
         for rule in self._rules:
-            if rule.matches(klass, status, text):
+            if rule.matches(klass, status, lowered):
                 kind = rule.kind or self._cats[rule.category].kind
                 if kind == "by-class":
                     kind = "soft" if klass == 4 else "hard"

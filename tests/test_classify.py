@@ -158,3 +158,10 @@ def test_table_is_validated() -> None:
 def test_huge_text_is_cheap() -> None:
     got = classify(550, None, "a" * 5_000_000 + " user unknown")
     assert got.category == "other"  # only the first 4 KiB is read
+
+
+def test_matching_ignores_case_but_keeps_escapes() -> None:
+    assert classify(550, None, "USER UNKNOWN").category == "unknown-recipient"
+    assert classify(550, None, "Mailbox Is FULL").category == "mailbox-full"
+    # \S in "listed (?:at|in|on|by) (?:the )?\S*(...)" must stay \S, not become \s.
+    assert classify(554, None, "IP Listed in zen.spamhaus.org").category == "reputation-blocked"

@@ -90,6 +90,8 @@ def walk(msg: Message, limits: ParseLimits) -> Iterator[Part]:
                 children = [p for p in payload[: limits.max_parts] if isinstance(p, Message)]
                 stack.extend((c, depth + 1) for c in reversed(children))
             continue
+        if ctype.startswith("multipart/"):
+            ctype = "text/plain"  # boundary lost to a broken header: read it as text
         yield Part(ctype, part, depth, seen_original)
 
 

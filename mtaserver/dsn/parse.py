@@ -19,7 +19,7 @@ from mtaserver.model import BouncedRecipient, BounceKind, BounceReport
 COMPLAINT_TYPES = frozenset({"abuse", "fraud", "virus", "other", "complaint"})
 
 _SENDER_RE = re.compile(
-    r"mailer-daemon|postmaster|mail delivery|mail administrator|mailadm|delivery subsystem"
+    r"mailer-daemon|post_?master|mail delivery|mail administrator|mailadm|delivery subsystem"
     r"|system administrator|delivery system|mdaemon|smtp_mail_service|jetmail|imss@"
     r"|antivirus|ndr@|mail ?system",
     re.IGNORECASE,

@@ -14,6 +14,7 @@ class Expected:
     mta: str
     type: str  # failed | delayed | complaint | autoreply | none | noaddr
     recipients: tuple[tuple[str, str, str], ...]  # (address lower-cased, status, kind)
+    held_out: bool = False  # labelled before the parser ever ran on it
 
     @property
     def path(self) -> Path:
@@ -22,7 +23,10 @@ class Expected:
 
 def load_expected() -> list[Expected]:
     out = []
+    held_out = False
     for line in (CORPUS / "expected.txt").read_text().splitlines():
+        if line.startswith("# Held out"):
+            held_out = True
         if not line.strip() or line.startswith("#"):
             continue
         file, mta, typ, rcpts = (x.strip() for x in line.split("|"))
@@ -31,7 +35,7 @@ def load_expected() -> list[Expected]:
             if r.strip():
                 addr, status, kind = r.split()
                 recs.append((addr.lower(), status, kind))
-        out.append(Expected(file, mta, typ, tuple(recs)))
+        out.append(Expected(file, mta, typ, tuple(recs), held_out))
     return out
 
 
