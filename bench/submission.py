@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import ssl
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     p.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
+        logging.getLogger("mail.log").setLevel(logging.ERROR)  # per-command chatter
         uvloop.run(serve_ours(args.dir) if args.serve == "ours" else serve_sink(args.dir))
         return []
     results = run(args.sessions, args.messages, args.size, args.repeat)

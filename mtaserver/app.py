@@ -27,6 +27,7 @@ from mtaserver.classify import classify
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config import Config, load_config
 from mtaserver.config.shaping import load_builtin
+from mtaserver.crypto import codec_for
 from mtaserver.db import Database
 from mtaserver.delivery import DeliveryAgent
 from mtaserver.devsetup import read_secret, write_private
@@ -39,6 +40,7 @@ from mtaserver.log import get_logger, kv, setup_logging
 from mtaserver.mx import DnsResolver, Route
 from mtaserver.notify import Notifier
 from mtaserver.pipeline import Pipeline, TrackingOptions
+from mtaserver.retention import Retention
 from mtaserver.scheduler import Scheduler
 from mtaserver.shaper import Shaper
 from mtaserver.spool import Spool, new_queue_id
@@ -51,6 +53,7 @@ from mtaserver.tracking.tokens import TokenCodec, load_secrets
 from mtaserver.tracking.tracker import Tracker
 from mtaserver.tracking.web import TrackingWeb
 from mtaserver.verp import Verp
+from mtaserver.webhooks import WebhookDispatcher
 
 log = get_logger("app")
 
@@ -125,6 +128,7 @@ async def build_services(core: Core) -> list[Service]:
     if tracking is not None:
         services.append(tracking)
     services.append(_inbound_service(core))  # builds core.suppressions; submission checks it
+    services += _operations_services(core)
     sub = core.config.submission
     if sub.listen or sub.listen_tls or sub.listen_plain:
         services.append(
@@ -190,6 +194,28 @@ def submission_service(
             tls_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
 
     return SimpleService("submission", start, run, drain, reload)
+
+
+def _operations_services(core: Core) -> list[Service]:
+    """Key reload, webhooks, retention: none of them is on the mail path."""
+    return [
+        _storage_service(core),
+        WebhookDispatcher(core.db, core.config.webhooks, core.clock),
+        Retention(core.db, core.config.retention, core.clock),
+    ]
+
+
+def _storage_service(core: Core) -> Service:
+    """On SIGHUP, re-read the encryption key file (rotation: a new current key)."""
+
+    async def reload(config: Config) -> None:
+        codec = await asyncio.to_thread(codec_for, config.storage.encryption_key_file)
+        core.spool.codec = codec
+        core.spool.keep_bodies = config.retention.bodies
+        log.info(kv(event="storage_keys_loaded",
+                    current=getattr(codec, "current", None) or "-"))  # fmt: skip
+
+    return SimpleService("storage", on_reload=reload)
 
 
 def _dkim_service(core: Core) -> Service:
@@ -430,7 +456,9 @@ class App:
         db = Database(cfg.storage.database)
         await db.open()
         try:
-            spool = Spool(db)
+            spool = Spool(
+                db, codec_for(cfg.storage.encryption_key_file), keep_bodies=cfg.retention.bodies
+            )
             released = await spool.release_leases(self.clock.now())
             if released:
                 log.info(kv(event="leases_released_at_start", recipients=released))

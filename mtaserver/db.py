@@ -48,6 +48,8 @@ def configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=10000")
+    # Deleted content (delivered bodies, erased rows) is overwritten, not left in free pages.
+    conn.execute("PRAGMA secure_delete=ON")
 
 
 def migration_files() -> list[tuple[str, str]]:

@@ -98,6 +98,7 @@ class _Dest:
     backlog: deque[_Item] = field(default_factory=deque)
     domains: OrderedDict[str, None] = field(default_factory=OrderedDict)
     not_before: float = 0.0  # loop time before which asking the shaper is pointless
+    deferred_until: float = 0.0  # wall time its domains were last pushed back to
 
 
 @dataclass(slots=True)
@@ -253,9 +254,11 @@ class Scheduler:
             if not d.backlog:
                 self._ring.append(d.name)
             d.backlog.append(item)
-        for name in {i.dest for i, _ in put_back}:
-            until = self._shaper.suspended_until(name) or now
-            await self._defer_destination(self._dests[name], until)
+        # the claimed domains of suspended destinations wait for the end of the suspension
+        await asyncio.gather(
+            *(self._spool.defer_domain(dom, until) for dom, until in
+              {i.job.domain: until for i, until in put_back}.items())
+        )  # fmt: skip
         await self._put_back(put_back)
         if await self._trim_overfull(now):
             return 0  # the queue is deeper than we can take: no immediate re-claim
@@ -365,9 +368,20 @@ class Scheduler:
         return out
 
     async def _defer_destination(self, d: _Dest, until: float) -> None:
-        """Keep the spool from handing us this destination's work before `until`."""
-        for domain in list(d.domains):
-            await self._spool.defer_domain(domain, until)
+        """Keep the spool from handing us this destination's work before `until`.
+
+        One update per domain, submitted together so they share one group commit; skipped
+        when the domains were already pushed at least that far (every in-flight job of a
+        throttled destination reports the same 421).
+        """
+        if until <= d.deferred_until:
+            return
+        d.deferred_until = until
+        domains = list(d.domains)
+        for i in range(0, len(domains), 500):
+            await asyncio.gather(
+                *(self._spool.defer_domain(dom, until) for dom in domains[i : i + 500])
+            )
 
     async def _put_back(self, items: Sequence[tuple[_Item, float]]) -> None:
         """Return claimed jobs unattempted, due at the given time."""

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from mtaserver.db import Database
 from mtaserver.model import (
@@ -110,13 +110,41 @@ AGE_BUCKETS = ((300, "5m"), (600, "10m"), (1800, "30m"), (3600, "1h"), (14400, "
                (86400, "1d"), (432000, "5d"), (float("inf"), "older"))  # fmt: skip
 
 
+class BodyCodec(Protocol):
+    """How bodies are stored (``mtaserver.crypto`` encrypts them at rest)."""
+
+    def encode(self, data: bytes) -> bytes: ...
+
+    def decode(self, blob: bytes) -> bytes: ...
+
+
+class IdentityCodec:
+    def encode(self, data: bytes) -> bytes:
+        return data
+
+    def decode(self, blob: bytes) -> bytes:
+        return blob
+
+
 class Spool:
-    def __init__(self, db: Database) -> None:
+    """``codec`` stores bodies (identity by default; app may swap it on SIGHUP).
+
+    ``keep_bodies`` > 0 keeps bodies after every recipient is final; the retention service
+    drops them once that many seconds have passed.
+    """
+
+    def __init__(
+        self, db: Database, codec: BodyCodec | None = None, *, keep_bodies: float = 0.0
+    ) -> None:
         self.db = db
+        self.codec: BodyCodec = codec or IdentityCodec()
+        self.keep_bodies = keep_bodies
 
     # -- intake --------------------------------------------------------------------------
     async def enqueue(self, msg: PreparedMessage, events: Sequence[Event] = ()) -> None:
         """Store the message durably. Raises StorageError; then nothing was stored."""
+
+        codec = self.codec
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -133,7 +161,7 @@ class Spool:
                     msg.campaign,
                     int(msg.dsn),
                     int(msg.is_dsn),
-                    msg.data,
+                    codec.encode(msg.data),
                 ),
             )
             conn.executemany(
@@ -147,7 +175,7 @@ class Spool:
                         domain_of(r.address),
                         RecipientState.QUEUED.value,
                         msg.received_at,
-                        r.data,
+                        None if r.data is None else codec.encode(r.data),
                         msg.received_at,
                     )
                     for i, r in enumerate(msg.recipients)
@@ -174,6 +202,7 @@ class Spool:
     async def claim_due(self, now: float, limit: int, lease_seconds: float) -> list[DeliveryJob]:
         """Lease up to ``limit`` due recipients; one job per (message body, domain)."""
         lease_until = now + lease_seconds
+        codec = self.codec
 
         def op(conn: sqlite3.Connection) -> list[DeliveryJob]:
             rows = conn.execute(
@@ -214,7 +243,7 @@ class Spool:
                         recipients=tuple(
                             JobRecipient(idx=i, address=a, attempts=n) for _, i, a, n in members
                         ),
-                        data=body,
+                        data=codec.decode(body),
                         received_at=received_at,
                         lease_until=lease_until,
                         user=user,
@@ -232,9 +261,11 @@ class Spool:
         """Apply attempt outcomes (and their events) in one transaction.
 
         When every recipient of a message is final, its bodies are dropped: the queue keeps
-        what it needs to deliver, not copies of delivered mail.
+        what it needs to deliver, not copies of delivered mail (with ``keep_bodies`` set,
+        the retention service drops them later).
         """
         now = time.time()
+        keep = self.keep_bodies > 0
 
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany(
@@ -253,14 +284,15 @@ class Spool:
                     for u in updates
                 ],
             )
-            for u in updates:
-                if u.state in FINAL:
-                    conn.execute(
-                        "UPDATE recipients SET body=NULL WHERE queue_id=? AND idx=?",
-                        (u.queue_id, u.idx),
-                    )
-            for qid in {u.queue_id for u in updates}:
-                _drop_body_if_done(conn, qid)
+            if not keep:
+                for u in updates:
+                    if u.state in FINAL:
+                        conn.execute(
+                            "UPDATE recipients SET body=NULL WHERE queue_id=? AND idx=?",
+                            (u.queue_id, u.idx),
+                        )
+                for qid in {u.queue_id for u in updates}:
+                    _drop_body_if_done(conn, qid)
             insert_events(conn, events)
 
         await self.db.write(op)
@@ -389,9 +421,11 @@ class Spool:
         return await self.db.read(fn)
 
     async def body(self, queue_id: str) -> bytes | None:
+        codec = self.codec
+
         def fn(conn: sqlite3.Connection) -> bytes | None:
             row = conn.execute("SELECT body FROM messages WHERE id=?", (queue_id,)).fetchone()
-            return None if row is None else row[0]
+            return None if row is None or row[0] is None else codec.decode(row[0])
 
         return await self.db.read(fn)
 

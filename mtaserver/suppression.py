@@ -14,6 +14,7 @@ soft-bounce counter; N soft bounces within M days suppress the address for a whi
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from dataclasses import dataclass
 
@@ -36,6 +37,45 @@ class Suppression:
 
 def normalize(address: str) -> str:
     return address.strip().strip("<>").strip().lower()
+
+
+def address_hash(address: str) -> str:
+    """How an erased address stays on the list (``mtaserver privacy erase``).
+
+    A SHA-256 of the normalized address: the address itself is gone, yet ``check`` of the
+    same address still matches. Not a secret: whoever holds a candidate address can test it,
+    which is exactly what keeps it suppressed.
+    """
+    digest = hashlib.sha256(b"mtaserver-suppression\x00" + normalize(address).encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def hash_entries(conn: sqlite3.Connection, address: str) -> int:
+    """Replace the address's entries by hashed ones (same scope, reason, expiry); count."""
+    addr = normalize(address)
+    hashed = address_hash(addr)
+    scopes = [r[0] for r in conn.execute("SELECT scope FROM suppressions WHERE address=?", (addr,))]
+    for scope in scopes:
+        conn.execute(
+            "INSERT INTO suppressions (address, scope, reason, source, created_at, expires_at) "
+            "SELECT ?, scope, reason, source, created_at, expires_at FROM suppressions "
+            "WHERE address=? AND scope=? ON CONFLICT(address, scope) DO UPDATE SET "
+            "expires_at=CASE WHEN suppressions.expires_at IS NULL OR excluded.expires_at IS NULL "
+            "THEN NULL ELSE max(suppressions.expires_at, excluded.expires_at) END",
+            (hashed, addr, scope),
+        )
+    conn.execute("DELETE FROM suppressions WHERE address=?", (addr,))
+    return len(scopes)
+
+
+def add_hashed(conn: sqlite3.Connection, address: str, reason: str, now: float) -> None:
+    """A permanent global entry for an erased address, unless one exists."""
+    conn.execute(
+        "INSERT INTO suppressions (address, scope, reason, source, created_at, expires_at) "
+        "VALUES (?, '', ?, 'privacy', ?, NULL) ON CONFLICT(address, scope) DO UPDATE SET "
+        "expires_at=NULL",
+        (address_hash(address), reason, now),
+    )
 
 
 def _scope_key(scope: str | None) -> str:
@@ -125,13 +165,16 @@ class SuppressionStore:
         addr = normalize(address)
 
         def op(conn: sqlite3.Connection) -> int:
+            hashed = address_hash(addr)  # an erased address is kept hashed
             if all_scopes:
-                cur = conn.execute("DELETE FROM suppressions WHERE address=?", (addr,))
+                cur = conn.execute(
+                    "DELETE FROM suppressions WHERE address IN (?, ?)", (addr, hashed)
+                )
                 conn.execute("DELETE FROM soft_bounces WHERE address=?", (addr,))
             else:
                 cur = conn.execute(
-                    "DELETE FROM suppressions WHERE address=? AND scope=?",
-                    (addr, _scope_key(scope)),
+                    "DELETE FROM suppressions WHERE address IN (?, ?) AND scope=?",
+                    (addr, hashed, _scope_key(scope)),
                 )
             return cur.rowcount
 
@@ -145,9 +188,10 @@ class SuppressionStore:
 
         def fn(conn: sqlite3.Connection) -> Suppression | None:
             row = conn.execute(
-                f"SELECT {_COLUMNS} FROM suppressions WHERE address=? AND scope IN ('', ?) "
-                "AND (expires_at IS NULL OR expires_at > ?) ORDER BY scope='' DESC LIMIT 1",
-                (addr, scope, now),
+                f"SELECT {_COLUMNS} FROM suppressions WHERE address IN (?, ?) "
+                "AND scope IN ('', ?) AND (expires_at IS NULL OR expires_at > ?) "
+                "ORDER BY scope='' DESC LIMIT 1",
+                (addr, address_hash(addr), scope, now),
             ).fetchone()
             return _row(row) if row else None
 
@@ -160,8 +204,8 @@ class SuppressionStore:
         where = []
         params: list[object] = []
         if address:
-            where.append("address=?")
-            params.append(normalize(address))
+            where.append("address IN (?, ?)")
+            params.extend((normalize(address), address_hash(address)))
         if not include_expired:
             where.append("(expires_at IS NULL OR expires_at > ?)")
             params.append(now)

@@ -204,3 +204,34 @@ async def test_malformed_mime_never_crashes(tmp_path: Path, body: bytes, expecte
             head, _, rest = body.partition(b"\r\n\r\n")
             assert head + b"\r\n" in stored  # header fields kept byte for byte
             assert stored.endswith(b"\r\n\r\n" + rest)
+
+
+def test_clean_data() -> None:
+    from mtaserver.submission.protocol import clean_data
+
+    assert clean_data(b"..a\r\nb\r\n..\r\n", normalize=True) == (b".a\r\nb\r\n.\r\n", None)
+    assert clean_data(b"a\nb\r\n", normalize=True) == (b"a\r\nb\r\n", None)
+    assert clean_data(b"a\nb\r\n", normalize=False)[1] == (
+        "550 5.6.0 Bare LF in message content; use CRLF line ends"
+    )
+    assert clean_data(b"a\rb\r\n", normalize=True)[1].startswith("550 5.6.0 Bare CR")
+    assert clean_data(b"a\x00b\r\n", normalize=True)[1].startswith("550 5.6.0 NUL")
+    assert clean_data(b"x" * 998 + b"\r\n", normalize=True)[1] is None
+    assert clean_data(b"x" * 999 + b"\r\n", normalize=True)[1].startswith("550 5.6.0 Line")
+    assert clean_data(b"", normalize=True) == (b"", None)
+
+
+async def test_large_message_read_in_chunks_arrives_intact(tmp_path: Path) -> None:
+    async with running(tmp_path) as env:
+        c = await authed(env)
+        await c.cmd("MAIL FROM:<alice@example.com>")
+        await c.cmd("RCPT TO:<x@dest.example>")
+        await c.cmd("DATA")
+        body = b"".join(b"%07d ...........................................\r\n" % i
+                        for i in range(20000))  # fmt: skip
+        wire = b"From: alice@example.com\r\n\r\n.starts with a dot\r\n" + body
+        stuffed = wire.replace(b"\r\n.", b"\r\n..")
+        assert (await c.cmd(stuffed + b".")).startswith("250")
+        await c.close()
+        stored = bytes(env.messages()[0]["body"])
+        assert stored.endswith(b"\r\n\r\n.starts with a dot\r\n" + body)

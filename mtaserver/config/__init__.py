@@ -9,7 +9,7 @@ at ``check-config`` rather than at the first STARTTLS.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mtaserver.config import (
@@ -17,24 +17,28 @@ from mtaserver.config import (
     delivery,
     dkim,
     inbound,
+    retention,
     server,
     shaping,
     storage,
     submission,
     tls,
     tracking,
+    webhooks,
 )
 from mtaserver.config.admin import AdminConfig
 from mtaserver.config.delivery import DeliveryConfig
 from mtaserver.config.dkim import DkimKeyConfig
 from mtaserver.config.inbound import InboundConfig
 from mtaserver.config.reader import Reader
+from mtaserver.config.retention import RetentionConfig
 from mtaserver.config.server import ServerConfig
 from mtaserver.config.shaping import ShapingConfig
 from mtaserver.config.storage import StorageConfig
 from mtaserver.config.submission import SubmissionConfig
 from mtaserver.config.tls import TlsConfig
 from mtaserver.config.tracking import TrackingConfig
+from mtaserver.config.webhooks import WebhookConfig
 from mtaserver.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_config"]
@@ -53,6 +57,8 @@ class Config:
     tracking: TrackingConfig
     admin: AdminConfig
     storage: StorageConfig
+    webhooks: tuple[WebhookConfig, ...] = ()
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
 
 def load_config(path: str | Path) -> Config:
@@ -88,6 +94,8 @@ def parse_config(text: str, path: Path) -> Config:
         tracking=tracking.parse(root.table("tracking"), srv.data_dir / "tracking.key"),
         admin=admin.parse(root.table("admin")),
         storage=storage.parse(root.table("storage"), srv.data_dir),
+        webhooks=webhooks.parse(root.tables("webhooks")),
+        retention=retention.parse(root.table("retention")),
     )
     root.finish()
     _cross_check(cfg, root)

@@ -1,4 +1,4 @@
-"""``[storage]``: the database file."""
+"""``[storage]``: the database file and optional encryption at rest of queued bodies."""
 
 from __future__ import annotations
 
@@ -6,14 +6,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtaserver.config.reader import Reader
+from mtaserver.crypto import KeyFileError, load_keyring
 
 
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
     database: Path
+    # TOML key file (``mtaserver.crypto``): when set, queued bodies are AES-GCM encrypted
+    encryption_key_file: Path | None = None
 
 
 def parse(r: Reader, data_dir: Path) -> StorageConfig:
-    cfg = StorageConfig(database=r.path("database", None) or data_dir / "mtaserver.db")
+    cfg = StorageConfig(
+        database=r.path("database", None) or data_dir / "mtaserver.db",
+        encryption_key_file=r.path("encryption_key_file", None),
+    )
+    if cfg.encryption_key_file is not None:
+        try:
+            load_keyring(cfg.encryption_key_file)  # a bad key file fails at check-config
+        except KeyFileError as exc:
+            raise r.error("encryption_key_file", str(exc)) from None
     r.finish()
     return cfg

@@ -144,6 +144,7 @@ class SubmissionSMTP(SMTP):
         self.user: Any = None  # auth.User once authenticated
         self.busy = False  # a handler is committing: timeouts wait for its reply
         self.in_data = False  # DATA is streaming in
+        self._last_rx = 0.0  # loop time of the last bytes received
         self._sessions = sessions if sessions is not None else SessionRegistry()
         self._registered = False
         self._refused = False
@@ -198,9 +199,18 @@ class SubmissionSMTP(SMTP):
         return self.listener.implicit_tls or self._tls_protocol is not None
 
     # -- timeouts ------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        self._last_rx = self.loop.time()
+        super().data_received(data)
+
     def _timeout_cb(self) -> None:
         if self.busy:
             self._reset_timeout()
+            return
+        # DATA is read in large chunks, so count any bytes received as activity
+        remaining = self._last_rx + self.settings.idle_timeout - self.loop.time()
+        if self.in_data and remaining > 0.01:
+            self._reset_timeout(remaining)
             return
         log.info(kv(event="timeout", kind="idle", client_ip=self.client_ip))
         self._say_and_close("421 4.4.2 Idle timeout exceeded, closing connection")
@@ -346,63 +356,74 @@ class SubmissionSMTP(SMTP):
             self._say_and_close(line)
 
     async def _read_data(self) -> tuple[bytes, str | None]:
-        """Read up to the lone ``.`` line; return (dot-unstuffed CRLF content, problem)."""
+        """Read up to ``<CRLF>.<CRLF>``; return (clean CRLF content, problem or None).
+
+        The stream is searched for ``.<CRLF>`` in large chunks (C speed) and a match only
+        ends DATA when the two bytes before it are CRLF; every other variant (``<LF>.<LF>``,
+        ``<CR>.<CR>``, ``<LF>.<CRLF>``, NUL around the dot …) is content, and then refused or
+        normalized by :func:`clean_data`.
+        """
         limit = self.settings.max_message_size
-        normalize = self.settings.bare_newline != "reject"
-        chunks: list[bytes] = []
-        partial: list[bytes] = []
-        partial_len = 0
-        size = 0
-        problem: str | None = None
         reader = self._reader
-        while True:
-            try:
-                line: bytes = await reader.readuntil(b"\r\n")
-            except asyncio.LimitOverrunError as exc:
-                piece = await reader.read(exc.consumed)
-                size += len(piece)
+        saved_limit = reader._limit  # type: ignore[attr-defined]
+        reader._limit = max(saved_limit, 1 << 18)  # type: ignore[attr-defined]
+        chunks: list[bytes] = []
+        size = 0
+        over = False
+        tail = b"\r\n"  # DATA content starts at the beginning of a line
+        try:
+            while True:
+                try:
+                    piece: bytes = await reader.readuntil(b".\r\n")
+                    found = True
+                except asyncio.LimitOverrunError as exc:
+                    piece = await reader.read(exc.consumed)
+                    found = False
+                except asyncio.IncompleteReadError:
+                    raise ConnectionResetError("connection closed during DATA") from None
                 self._reset_timeout()
-                if problem is None and size > limit:
-                    problem = "552 5.3.4 Message size exceeds fixed maximum message size"
-                if problem is None:
-                    partial.append(piece)
-                    partial_len += len(piece)
-                continue
-            self._reset_timeout()
-            if partial:
-                line = b"".join(partial) + line
-                partial.clear()
-                partial_len = 0
-            elif line == b".\r\n":
-                break
-            size += len(line)
-            if problem is not None:
-                continue
-            if size > limit:
-                problem = "552 5.3.4 Message size exceeds fixed maximum message size"
-                chunks.clear()
-                continue
-            body = line[:-2]
-            if b"\x00" in body:
-                problem = "550 5.6.0 NUL character in message content"
-            elif b"\r" in body:
-                problem = "550 5.6.0 Bare CR in message content; use CRLF line ends"
-            elif b"\n" in body:
-                if not normalize:
-                    problem = "550 5.6.0 Bare LF in message content; use CRLF line ends"
-                else:
-                    line = body.replace(b"\n", b"\r\n") + b"\r\n"
-            if problem is not None:
-                chunks.clear()
-                continue
-            if line.startswith(b"."):
-                line = line[1:]
-            if len(line) > 1000 and max(len(s) for s in line.split(b"\r\n")) > 998:
-                problem = "550 5.6.0 Line too long (RFC 5322 allows 998 octets)"
-                chunks.clear()
-                continue
-            chunks.append(line)
-        return b"".join(chunks), problem
+                size += len(piece)
+                if found:
+                    content = piece[:-3]
+                    if (tail + content)[-2:] == b"\r\n":
+                        over = over or size > limit
+                        if not over:
+                            chunks.append(content)
+                        break
+                if not over:
+                    chunks.append(piece)
+                    if size > limit:
+                        over = True
+                        chunks.clear()
+                tail = (tail + piece)[-2:]
+        finally:
+            reader._limit = saved_limit  # type: ignore[attr-defined]
+        if over:
+            return b"", "552 5.3.4 Message size exceeds fixed maximum message size"
+        return clean_data(b"".join(chunks), normalize=self.settings.bare_newline != "reject")
+
+
+def clean_data(raw: bytes, *, normalize: bool) -> tuple[bytes, str | None]:
+    """Dot-unstuff wire content and enforce line-end hygiene; (content, problem or None).
+
+    NUL and bare CR are refused; bare LF becomes CRLF (or is refused when ``normalize`` is
+    off); lines over 998 octets are refused. The result has CRLF line ends only.
+    """
+    if b"\x00" in raw:
+        return b"", "550 5.6.0 NUL character in message content"
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\r") != crlf:
+        return b"", "550 5.6.0 Bare CR in message content; use CRLF line ends"
+    if raw.startswith(b"."):
+        raw = raw[1:]
+    raw = raw.replace(b"\r\n.", b"\r\n")
+    if raw.count(b"\n") != crlf:
+        if not normalize:
+            return b"", "550 5.6.0 Bare LF in message content; use CRLF line ends"
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if len(raw) > 1000 and max(map(len, raw.split(b"\r\n"))) > 998:
+        return b"", "550 5.6.0 Line too long (RFC 5322 allows 998 octets)"
+    return raw, None
 
 
 def install_log_redaction() -> None:

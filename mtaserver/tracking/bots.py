@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _CACHE_SIZE = 50_000
@@ -57,9 +57,11 @@ class BotRules:
     scanner_agents: tuple[re.Pattern[str], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """One GET on a tracking endpoint, as seen before any privacy treatment of the IP."""
+class Hit(NamedTuple):
+    """One GET on a tracking endpoint, as seen before any privacy treatment of the IP.
+
+    A NamedTuple rather than a dataclass: one is built per request on the hot path.
+    """
 
     type: str  # "open" | "click"
     queue_id: str
@@ -219,6 +221,8 @@ class BotDetector:
             return Verdict(True, "early-click")
         if any(0 <= hit.at - t <= self.scanner_window for t in heads):
             return Verdict(True, "after-head")
+        if hit.links == 1:
+            return verdict  # a message with one link cannot be clicked through in a burst
         links = {
             h.link
             for h in nearby

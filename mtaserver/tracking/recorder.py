@@ -4,8 +4,8 @@ The HTTP handlers never wait for the database: a hit goes into a bounded buffer 
 handler answers at once. :meth:`Recorder.run` drains the buffer every ``flush_every``
 seconds, holding each hit ``hold`` seconds first so that a scanner's burst over every link
 of a message is judged as a whole. One flush is one lookup (recipient, campaign, delivery
-time for every recipient in the batch) and one write through the group-committed
-``EventLog`` - a thousand opens are one transaction and one fsync, not a thousand.
+time for every recipient in the batch, cached) and one statement in the group-committed
+database writer - a thousand opens are one transaction and one fsync, not a thousand.
 
 Unsubscribes are the exception: they change state (a suppression), so the POST waits
 until both the suppression and the event are stored before it says "done".
@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from mtaserver.clock import Clock
 from mtaserver.db import Database
 from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
-from mtaserver.model import Event, TrackingEvent
-from mtaserver.spool import event_row
 from mtaserver.tracking.bots import BotDetector, Hit, Verdict
 from mtaserver.tracking.privacy import IpPrivacy
 
@@ -34,6 +33,7 @@ log = get_logger("tracking")
 
 _MAX_UA = 300
 _INFO_CACHE = 100_000
+_MAX_FAILURES = 3
 _SETTLED_TTL = 600.0
 _UNSETTLED_TTL = 5.0
 _FINAL_STATES = frozenset({"delivered", "bounced", "suppressed"})
@@ -52,18 +52,59 @@ class RecipientInfo:
     delivered_at: float | None
 
 
+def _text(user_agent: str) -> str:
+    """A user agent fit to store: bounded, and valid UTF-8 (headers may carry anything)."""
+    ua = user_agent[:_MAX_UA]
+    return ua if ua.isascii() else ua.encode("utf-8", "replace").decode("utf-8")
+
+
+class EventRow(NamedTuple):
+    """One ``open``/``click``/``unsubscribe`` row of the events table, before JSON."""
+
+    at: float
+    type: str
+    queue_id: str
+    recipient: str | None  # the address; None when the queue no longer knows it
+    idx: int
+    campaign: str | None
+    user: str | None
+    user_agent: str
+    client_ip: str  # already treated per ip_privacy
+    machine: bool
+    reason: str | None = None
+    proxy: str | None = None
+    url: str | None = None
+
+
 class TrackingStore(Protocol):
     """Reads the queue tables and writes events (``SqlTrackingStore`` in production)."""
 
     async def lookup(self, keys: Sequence[Key]) -> dict[Key, RecipientInfo]: ...
 
-    async def write_events(self, events: Sequence[Event]) -> None: ...
+    async def write_rows(self, rows: Sequence[EventRow]) -> None: ...
 
 
 class UnsubscribeSink(Protocol):
     """Suppresses ``address`` for mail from ``sender`` (app wires the SuppressionStore)."""
 
     async def unsubscribe(self, sender: str, address: str, queue_id: str, at: float) -> None: ...
+
+
+# A whole batch is handed to SQLite as ONE JSON array bound to ONE statement: the writer
+# thread then inserts every row inside a single sqlite3_step with the GIL released, instead
+# of binding parameters row by row and fighting the event loop for the GIL each time.
+# json_patch('{}', …) drops the null members of ``data``.
+_INSERT_BATCH = """
+INSERT INTO events(at, type, queue_id, recipient, data)
+SELECT r.value ->> 0, r.value ->> 1, r.value ->> 2, r.value ->> 3,
+       json_patch('{}', json_object(
+           'idx', r.value ->> 4, 'campaign', r.value ->> 5, 'user', r.value ->> 6,
+           'user_agent', r.value ->> 7, 'client_ip', r.value ->> 8,
+           'machine', json(r.value -> 9), 'reason', r.value ->> 10,
+           'proxy', r.value ->> 11, 'url', r.value ->> 12))
+FROM json_each(?) AS r
+ORDER BY r.key
+"""
 
 
 class SqlTrackingStore:
@@ -80,9 +121,10 @@ class SqlTrackingStore:
             for qid, idx in wanted:
                 row = conn.execute(
                     "SELECT r.address, m.sender, m.campaign, m.user, r.state, r.updated_at, "
-                    "(SELECT min(e.at) FROM events e WHERE e.queue_id = r.queue_id "
-                    " AND e.type = 'delivered' AND (e.recipient = r.address "
-                    "  OR json_extract(e.data, '$.idx') = r.idx)) "
+                    # Walk the recipient's own events (events_recipient), not the whole
+                    # message's: a campaign message may have a million opens and clicks.
+                    "(SELECT min(e.at) FROM events e WHERE e.recipient = r.address "
+                    " AND +e.queue_id = r.queue_id AND +e.type = 'delivered') "
                     "FROM recipients r JOIN messages m ON m.id = r.queue_id "
                     "WHERE r.queue_id = ? AND r.idx = ?",
                     (qid, idx),
@@ -97,42 +139,13 @@ class SqlTrackingStore:
 
         return await self.db.read(op)
 
-    async def write_events(self, events: Sequence[Event]) -> None:
-        # Rows are serialized here, on the loop, so the writer thread only runs SQLite
-        # (which releases the GIL) rather than Python that competes with the HTTP handlers.
-        rows = [event_row(e) for e in events]
+    async def write_rows(self, rows: Sequence[EventRow]) -> None:
+        payload = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT INTO events(at, type, queue_id, recipient, data) VALUES (?,?,?,?,?)", rows
-            )
+            conn.execute(_INSERT_BATCH, (payload,))
 
         await self.db.write(op)
-
-
-def to_event(te: TrackingEvent, info: RecipientInfo | None, proxy: str | None = None) -> Event:
-    """The events-table row for one tracking event."""
-    data: list[tuple[str, str | int | float | bool | None]] = [
-        ("idx", te.idx),
-        ("campaign", info.campaign if info else None),
-        ("user", info.user if info else None),
-        ("user_agent", te.user_agent[:_MAX_UA]),
-        ("client_ip", te.client_ip),
-        ("machine", te.machine),
-    ]
-    if te.reason:
-        data.append(("reason", te.reason))
-    if proxy:
-        data.append(("proxy", proxy))
-    if te.url is not None:
-        data.append(("url", te.url))
-    return Event(
-        type=te.type,
-        at=te.at,
-        queue_id=te.queue_id,
-        recipient=info.address if info else None,
-        data=tuple(data),
-    )
 
 
 class Recorder:
@@ -162,6 +175,7 @@ class Recorder:
         self._recent: deque[Hit] = deque()  # judged clicks kept for burst context
         self._heads: dict[Key, deque[float]] = {}
         self._infos: dict[Key, tuple[float, RecipientInfo | None]] = {}
+        self._failures = 0
         self.dropped = 0
         self.recorded = 0
 
@@ -208,9 +222,9 @@ class Recorder:
             return 0
         by_key: dict[Key, list[Hit]] = {}
         for o in (*self._recent, *batch, *self._pending):
-            if o.type == "click":
+            if o.type == "click" and o.links > 1:  # one link cannot make a burst
                 by_key.setdefault((o.queue_id, o.idx), []).append(o)
-        events: list[Event] = []
+        rows: list[EventRow] = []
         for h in batch:
             info = infos.get((h.queue_id, h.idx))
             nearby = [o for o in by_key.get((h.queue_id, h.idx), ()) if o is not h]
@@ -221,20 +235,26 @@ class Recorder:
                 nearby=nearby,
                 heads=tuple(self._heads.get((h.queue_id, h.idx), ())),
             )
-            events.append(self._event(h, verdict, info))
+            rows.append(self._row(h, verdict, info))
         try:
-            await self.store.write_events(events)
+            await self.store.write_rows(rows)
         except StorageError as exc:
-            self._pending.extendleft(reversed(batch))
-            log.error(kv(event="tracking_write_failed", count=len(events), error=str(exc)))
+            self._failures += 1
+            if self._failures < _MAX_FAILURES:
+                self._pending.extendleft(reversed(batch))  # try again next flush
+            else:  # a batch the database keeps refusing must not block every later hit
+                self._failures = 0
+                self.dropped += len(batch)
+            log.error(kv(event="tracking_write_failed", count=len(rows), error=str(exc)))
             return 0
-        self.recorded += len(events)
-        self._recent.extend(h for h in batch if h.type == "click")
+        self._failures = 0
+        self.recorded += len(rows)
+        self._recent.extend(h for h in batch if h.type == "click" and h.links > 1)
         horizon = now - 2 * self.detector.burst_window - self.hold
         while self._recent and (self._recent[0].at < horizon or len(self._recent) > 10_000):
             self._recent.popleft()
         self._expire_heads(now)
-        return len(events)
+        return len(rows)
 
     async def _lookup(self, keys: Sequence[Key], now: float) -> dict[Key, RecipientInfo]:
         """Recipient facts, cached: final ones for 10 minutes, others for a few seconds."""
@@ -257,23 +277,22 @@ class Recorder:
                 out[k] = info
         return out
 
-    def _event(self, h: Hit, verdict: Verdict, info: RecipientInfo | None) -> Event:
-        # The same row as to_event(TrackingEvent(...)), built directly: this runs per hit.
-        data: list[tuple[str, str | int | float | bool | None]] = [
-            ("idx", h.idx),
-            ("campaign", info.campaign if info else None),
-            ("user", info.user if info else None),
-            ("user_agent", h.user_agent[:_MAX_UA]),
-            ("client_ip", self.privacy.apply(h.ip)),
-            ("machine", verdict.machine),
-        ]
-        if verdict.reason:
-            data.append(("reason", verdict.reason))
-        if verdict.proxy:
-            data.append(("proxy", verdict.proxy))
-        if h.url is not None:
-            data.append(("url", h.url))
-        return Event(h.type, h.at, h.queue_id, info.address if info else None, tuple(data))
+    def _row(self, h: Hit, verdict: Verdict, info: RecipientInfo | None) -> EventRow:
+        return EventRow(
+            h.at,
+            h.type,
+            h.queue_id,
+            info.address if info else None,
+            h.idx,
+            info.campaign if info else None,
+            info.user if info else None,
+            _text(h.user_agent),
+            self.privacy.apply(h.ip),
+            verdict.machine,
+            verdict.reason,
+            verdict.proxy,
+            h.url,
+        )
 
     async def run(self) -> None:
         """Flush periodically until cancelled; on the way out write everything left."""
@@ -299,14 +318,8 @@ class Recorder:
             return False
         if self.unsubscribes is not None:
             await self.unsubscribes.unsubscribe(info.sender, info.address, queue_id, at)
-        te = TrackingEvent(
-            type="unsubscribe",
-            queue_id=queue_id,
-            idx=idx,
-            at=at,
-            user_agent=user_agent,
-            client_ip=self.privacy.apply(ip),
-        )
-        await self.store.write_events([to_event(te, info)])
+        row = EventRow(at, "unsubscribe", queue_id, info.address, idx, info.campaign, info.user,
+                       _text(user_agent), self.privacy.apply(ip), False)  # fmt: skip
+        await self.store.write_rows([row])
         log.info(kv(event="unsubscribed", queue_id=queue_id, idx=idx))
         return True

@@ -22,8 +22,8 @@ import functools
 import hmac
 import re
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 OPEN = 1
@@ -46,9 +46,8 @@ class TokenError(ValueError):
     """A token that mtaserver did not issue (bad encoding, bad signature, bad payload)."""
 
 
-@dataclass(frozen=True, slots=True)
-class TokenData:
-    """What a verified token says."""
+class TokenData(NamedTuple):
+    """What a verified token says (a NamedTuple: one is made per request)."""
 
     kind: int  # OPEN, CLICK or UNSUBSCRIBE
     queue_id: str

@@ -45,7 +45,7 @@ log = get_logger("tracking")
 access_log = get_logger("tracking.access")
 
 GIF = base64.b64decode(b"R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
-_NO_STORE = "no-store, no-cache, must-revalidate, max-age=0"
+_NO_STORE = "no-store, max-age=0"
 _TOKEN_IN_PATH = re.compile(r"/([ocu])/([A-Za-z0-9_-]{6})[^/?]*")
 _SAFE = "!#$%&'()*+,-./:;=?@[]_~"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -66,7 +66,7 @@ _CONFIRM = _PAGE.format(
 )
 _DONE = _PAGE.format(title="Unsubscribed", body="<p>You will not receive these emails again.</p>")
 _SERVER = {"Server": "mtaserver"}  # not aiohttp's name and version
-_PIXEL_HEADERS = {"Cache-Control": _NO_STORE, "Pragma": "no-cache", "Expires": "0", **_SERVER}
+_PIXEL_HEADERS = {"Cache-Control": _NO_STORE, **_SERVER}
 _REDIRECT_HEADERS = {"Cache-Control": _NO_STORE, "Referrer-Policy": "no-referrer", **_SERVER}
 _PAGE_HEADERS = {
     **_SERVER,

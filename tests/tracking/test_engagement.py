@@ -237,3 +237,20 @@ def test_burst_needs_every_link_or_burst_links() -> None:
     ).machine
     # Retention removed the message: no timing rules, the user agent still counts.
     assert not d.classify(hit(0, 1000, 2), known=False, delivered_at=None).machine
+
+
+async def test_odd_user_agents_and_unknown_recipients_are_still_recorded(stack: Stack) -> None:
+    await stack.message("QU", ("u@x.example",))
+    now = stack.clock.now()
+    stack.recorder.hit(
+        Hit("open", "QU", 0, now, "Mozilla/5.0 \udcff\udcfe (X11) ünï", "198.51.100.7")
+    )
+    stack.recorder.hit(Hit("open", "GONE", 3, now, BROWSER, "2001:db8:1:2::1"))
+    await stack.settle()
+    rows = await stack.events("open")
+    assert [(q, r) for q, r, _ in rows] == [("QU", "u@x.example"), ("GONE", None)]
+    assert rows[0][2]["user_agent"] == "Mozilla/5.0 ?? (X11) ünï"
+    assert rows[0][2]["client_ip"] == "198.51.100.0"
+    assert rows[1][2]["client_ip"] == "2001:db8:1::"
+    assert rows[1][2]["idx"] == 3 and rows[1][2]["machine"] is False
+    assert "reason" not in rows[1][2] and "url" not in rows[1][2]  # no null members
