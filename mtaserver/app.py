@@ -22,7 +22,8 @@ from typing import Protocol
 
 import uvloop
 
-from mtaserver.auth import Authenticator, AuthThrottle, UserStore
+from mtaserver.admin import AdminApi, AdminDeps, AdminServer, TokenStore, build_web_app
+from mtaserver.auth import Authenticator, AuthThrottle, UserStore, hash_password
 from mtaserver.classify import classify
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config import Config, load_config
@@ -37,6 +38,7 @@ from mtaserver.errors import ConfigError, MtaError
 from mtaserver.events import EventLog
 from mtaserver.inbound import BounceProcessor, InboundHandler, InboundServer
 from mtaserver.log import get_logger, kv, setup_logging
+from mtaserver.metrics import Agent, Metrics, TimedAgent
 from mtaserver.mx import DnsResolver, Route
 from mtaserver.notify import Notifier
 from mtaserver.pipeline import Pipeline, TrackingOptions
@@ -53,9 +55,10 @@ from mtaserver.tracking.tokens import TokenCodec, load_secrets
 from mtaserver.tracking.tracker import Tracker
 from mtaserver.tracking.web import TrackingWeb
 from mtaserver.verp import Verp
-from mtaserver.webhooks import WebhookDispatcher
+from mtaserver.webhooks import WebhookDispatcher, WebhookOutbox
 
 log = get_logger("app")
+METRICS_TAIL_EVERY = 10.0  # seconds between event-log tails for metrics
 
 
 class Service(Protocol):
@@ -110,6 +113,7 @@ class Core:
     services: list[Service] = field(default_factory=list)
     signer: DkimSigner | None = None  # built by build_services; the submission pipeline signs
     tracker: Tracker | None = None  # built by build_services when [tracking] base_url is set
+    metrics: Metrics | None = None  # built by build_services; stages report to it
     resolver: DnsResolver | None = None  # built by build_services (delivery)
     agent: DeliveryAgent | None = None  # built by build_services (delivery); the scheduler uses it
     verp: Verp | None = None  # set when [inbound] bounce_domain is; delivery and inbound share it
@@ -118,6 +122,10 @@ class Core:
 
 async def build_services(core: Core) -> list[Service]:
     """Construct every stage the config enables, in start order."""
+    core.metrics = Metrics(
+        core.db, top_destinations=core.config.admin.top_destinations, clock=core.clock.now
+    )
+    core.db.on_commit.append(core.metrics.db_committed)
     services: list[Service] = [
         SimpleService("events", on_run=core.events.run),
         _dkim_service(core),
@@ -134,6 +142,9 @@ async def build_services(core: Core) -> list[Service]:
         services.append(
             submission_service(core, suppressions=core.suppressions)
         )  # after dkim, tracking
+    admin = _admin_service(core, core.metrics)
+    if admin is not None:
+        services.append(admin)
     return services
 
 
@@ -173,6 +184,7 @@ def submission_service(
             RateLimiter(sub.user_rate, sub.user_burst, core.clock) if sub.user_rate else None
         ),
         suppressions=suppressions,
+        observer=core.metrics,
     )
     server = SubmissionServer(
         sub, hostname=cfg.server.hostname, handler=handler, tls_context=tls_context
@@ -339,9 +351,13 @@ def _scheduler_service(core: Core) -> Service:
         builtin_rules=rules,
     )
     use_mx = core.resolver is not None and not cfg.delivery.relay_host
+    agent: Agent = core.agent
+    if core.metrics is not None:
+        core.metrics.shaper = shaper
+        agent = TimedAgent(core.agent, core.metrics.attempt_finished)
     scheduler = Scheduler(
         spool=core.spool,
-        agent=core.agent,
+        agent=agent,
         shaper=shaper,
         clock=core.clock,
         retry=cfg.shaping.retry,
@@ -433,6 +449,48 @@ def _log_keyset(keyset: KeySet) -> None:
     signing = [k for keys in keyset.signing.values() for k in keys]
     log.info(kv(event="dkim_keys_loaded", keys=len(keyset.keys),
                 signing=",".join(f"{k.domain}/{k.selector}" for k in signing) or "-"))  # fmt: skip
+
+
+def _admin_service(core: Core, metrics: Metrics) -> Service | None:
+    """The admin API and /metrics on [admin] listen (off when unset)."""
+    cfg = core.config.admin
+    if cfg.listen is None:
+        return None
+    deps = AdminDeps(
+        db=core.db,
+        spool=core.spool,
+        config=lambda: core.config,
+        keys=lambda: core.signer.keyset if core.signer is not None else KeySet(),
+        metrics=metrics,
+        users=UserStore(core.db),
+        hash_password=hash_password,
+        suppressions=core.suppressions,
+    )
+    metrics.webhooks = WebhookOutbox(core.db)
+    open_paths = frozenset({"/metrics"}) if cfg.metrics_auth == "none" else frozenset()
+    web_app = build_web_app(AdminApi(deps).register, TokenStore(core.db).verify,
+                            open_paths=open_paths)  # fmt: skip
+    ssl_context = core.config.tls.server_context() if cfg.tls else None
+    server = AdminServer(web_app, ssl_context)
+    host, port = cfg.listen
+
+    async def start() -> None:
+        await metrics.start()
+        await server.start(host, port)
+
+    async def run() -> None:
+        while True:  # keep the event tail short between scrapes
+            await asyncio.sleep(METRICS_TAIL_EVERY)
+            await metrics.tail()
+
+    async def drain(timeout: float) -> None:
+        await server.stop()
+
+    async def reload(new: Config) -> None:
+        if ssl_context is not None and new.tls.cert and new.tls.key:
+            ssl_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
+
+    return SimpleService("admin", start, run, drain, reload)
 
 
 class App:

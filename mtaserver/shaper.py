@@ -291,6 +291,10 @@ class Shaper:
         st.active = max(0, st.active - 1)
         self._active_total = max(0, self._active_total - 1)
 
+    def destinations(self) -> tuple[str, ...]:
+        """Destinations the shaper holds state for (seen since start), for metrics."""
+        return tuple(self._states)
+
     def active(self, destination: str | None = None) -> int:
         if destination is None:
             return self._active_total

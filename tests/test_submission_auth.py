@@ -224,3 +224,34 @@ def test_user_cli(tmp_path: Path) -> None:
     r = run_cli(tmp_path, "user", "remove", "app")
     assert r.returncode == 0, r.stderr
     assert run_cli(tmp_path, "user", "remove", "app").returncode == 2
+
+
+def test_dev_setup_creates_a_dev_user_once(tmp_path: Path) -> None:
+    import re
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "config").mkdir()
+    shutil.copy(root / "config" / "dev.toml", tmp_path / "config" / "dev.toml")
+    cmd = [sys.executable, "-m", "mtaserver", "dev-setup", "-c", "config/dev.toml"]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert first.returncode == 0, first.stderr
+    m = re.search(r"created submission user dev \(domains (.*)\) password (\S+)", first.stdout)
+    assert m and "example.com" in m.group(1)
+    second = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert second.returncode == 0 and "created submission user" not in second.stdout
+    assert "dev-user.txt" in second.stdout
+
+    async def check() -> None:
+        (path,) = (tmp_path / "var").glob("*.db")
+        db = Database(path)
+        await db.open()
+        auth = Authenticator(UserStore(db))
+        try:
+            user = await auth.verify(b"dev", m.group(2).encode())
+            assert user is not None and user.owns("example.com")
+        finally:
+            auth.close()
+            await db.close()
+
+    asyncio.run(check())

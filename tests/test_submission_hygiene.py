@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,36 @@ async def test_large_message_read_in_chunks_arrives_intact(tmp_path: Path) -> No
         await c.close()
         stored = bytes(env.messages()[0]["body"])
         assert stored.endswith(b"\r\n\r\n.starts with a dot\r\n" + body)
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b".\r\n"],  # empty message
+        [b".", b"\r", b"\n"],  # empty message, byte by byte
+        [b"Subject: one line\r\n.\r\n"],
+        [b"Subject: one line\r\n", b".\r\n"],
+        [b"Subject: s\r\n\r\nends with a dot.\r\n", b"next.\r\n", b".", b"\r\n"],
+        [b"Subject: s\r\n\r\nx\r\n.", b".\r\n", b"\r\n.\r\n"],  # a stuffed dot line first
+    ],
+)
+async def test_end_of_data_found_however_it_is_split(tmp_path: Path, pieces: list[bytes]) -> None:
+    async with running(tmp_path, trusted_networks=["127.0.0.0/8"]) as env:
+        c = await RawClient.connect(env.port("plain"))
+        await c.reply()
+        await c.cmd("EHLO client.test")
+        await c.cmd("MAIL FROM:<app@example.com>")
+        await c.cmd("RCPT TO:<x@dest.example>")
+        assert (await c.cmd("DATA")).startswith("354")
+        for piece in pieces:
+            await c.send(piece)
+            await asyncio.sleep(0.05)  # a slow client: each piece in its own packet
+        assert (await c.reply()).startswith("250 2.0.0"), pieces
+        assert (await c.cmd("NOOP")).startswith("250")
+        await c.close()
+        stored = bytes(env.messages()[0]["body"])
+        wire = b"".join(pieces)[: -len(b".\r\n")]
+        expected = wire.replace(b"\r\n..", b"\r\n.")
+        head, sep, body = expected.partition(b"\r\n\r\n")
+        assert head in stored
+        assert stored.endswith(sep + body)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import secrets
 from pathlib import Path
 
-from mtaserver.cli._common import add_config_arg, config_from
-from mtaserver.devsetup import ensure_dev_files
+from mtaserver.auth import UserStore, hash_password
+from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.config import Config
+from mtaserver.db import Database
+from mtaserver.devsetup import ensure_dev_files, write_private
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,5 +26,30 @@ def run(args: argparse.Namespace) -> int:
     files = ensure_dev_files(Path(args.config))
     for path in files.created:
         print(f"created {path}")
-    config_from(args)  # everything it names now exists: validate fully
+    cfg = config_from(args)  # everything it names now exists: validate fully
+    ensure_dev_user(cfg)
     return 0
+
+
+def ensure_dev_user(cfg: Config) -> None:
+    """A submission user ``dev`` for the DKIM domains, its password printed once.
+
+    The password is also kept in ``data_dir/dev-user.txt`` (0600) for later runs.
+    """
+    note = cfg.server.data_dir / "dev-user.txt"
+    domains = sorted({k.domain for k in cfg.dkim}) or ["example.com"]
+
+    async def create(db: Database) -> str | None:
+        store = UserStore(db)
+        if any(u.name == "dev" for u in await store.list()):
+            return None
+        password = secrets.token_urlsafe(12)
+        await store.add("dev", hash_password(password), domains)
+        return password
+
+    password = with_db(cfg, create)
+    if password is not None:
+        write_private(note, f"user dev\npassword {password}\n".encode())
+        print(f"created submission user dev (domains {', '.join(domains)}) password {password}")
+    elif note.exists():
+        print(f"submission user dev: password in {note}")

@@ -115,3 +115,5 @@ def _cross_check(cfg: Config, root: Reader) -> None:
             f"{root.file}: submission.listen_plain: a plaintext listener accepts only "
             "trusted_networks clients, and trusted_networks is empty"
         )
+    if cfg.admin.listen and cfg.admin.tls and not cfg.tls.enabled:
+        raise ConfigError(f"{root.file}: admin.tls: needs [tls] cert and key")

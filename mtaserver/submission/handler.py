@@ -49,6 +49,14 @@ class FailureThrottle(Protocol):
     def succeeded(self, user: str) -> None: ...
 
 
+class SmtpObserver(Protocol):
+    """Metrics for what leaves no event: sessions and AUTH failures, per listener."""
+
+    def session_started(self, listener: str) -> None: ...
+
+    def auth_failed(self, listener: str) -> None: ...
+
+
 class Submitter(Protocol):
     """The pipeline: returns the queue id once the message is durably queued."""
 
@@ -73,7 +81,9 @@ class SubmissionHandler:
         max_header_size: int,
         user_rate: RateLimiter | None = None,
         suppressions: Suppressions | None = None,
+        observer: SmtpObserver | None = None,
     ) -> None:
+        self.observer = observer  # SubmissionSMTP reports new sessions to it
         self._submitter = submitter
         self._auth = authenticator
         self._throttle = throttle
@@ -264,6 +274,8 @@ class SubmissionHandler:
             return AuthResult(success=True, auth_data=user.name)
         delay = self._throttle.failed(ip, name)
         log.warning(kv(event="auth_failed", user=logname, client_ip=ip))
+        if self.observer is not None:
+            self.observer.auth_failed(server.listener.name)
         if self._throttle.locked(ip, name):
             await self._lockout(server)
             return AuthResult(success=False, handled=True)

@@ -166,6 +166,9 @@ class SubmissionSMTP(SMTP):
                 self.settings.max_session_time, self._session_expired
             )
             self._sessions.add(self)
+            observer = getattr(self.event_handler, "observer", None)
+            if observer is not None:
+                observer.session_started(self.listener.name)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -373,8 +376,21 @@ class SubmissionSMTP(SMTP):
         tail = b"\r\n"  # DATA content starts at the beginning of a line
         try:
             while True:
+                sep = b"\r\n.\r\n"
+                if tail == b"\r\n":
+                    # At a line start the terminator is a bare ".<CRLF>" whose CRLF was
+                    # already consumed: peek at the buffer (aiosmtpd does the same) or,
+                    # with too little buffered, search for ".<CRLF>" and check what precedes.
+                    buffered = reader._buffer  # type: ignore[attr-defined]
+                    if len(buffered) >= 3:
+                        if buffered[:3] == b".\r\n":
+                            await reader.readexactly(3)
+                            size += 3
+                            break
+                    else:
+                        sep = b".\r\n"
                 try:
-                    piece: bytes = await reader.readuntil(b".\r\n")
+                    piece: bytes = await reader.readuntil(sep)
                     found = True
                 except asyncio.LimitOverrunError as exc:
                     piece = await reader.read(exc.consumed)

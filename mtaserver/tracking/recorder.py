@@ -221,20 +221,25 @@ class Recorder:
             log.error(kv(event="tracking_lookup_failed", error=str(exc)))
             return 0
         by_key: dict[Key, list[Hit]] = {}
-        for o in (*self._recent, *batch, *self._pending):
-            if o.type == "click" and o.links > 1:  # one link cannot make a burst
-                by_key.setdefault((o.queue_id, o.idx), []).append(o)
+        if any(h.type == "click" and h.links > 1 for h in batch):
+            for o in (*self._recent, *batch, *self._pending):
+                if o.type == "click" and o.links > 1:  # one link cannot make a burst
+                    by_key.setdefault((o.queue_id, o.idx), []).append(o)
+        detector = self.detector
         rows: list[EventRow] = []
         for h in batch:
-            info = infos.get((h.queue_id, h.idx))
-            nearby = [o for o in by_key.get((h.queue_id, h.idx), ()) if o is not h]
-            verdict = self.detector.classify(
-                h,
-                known=info is not None,
-                delivered_at=info.delivered_at if info else None,
-                nearby=nearby,
-                heads=tuple(self._heads.get((h.queue_id, h.idx), ())),
-            )
+            key = (h.queue_id, h.idx)
+            info = infos.get(key)
+            if h.type != "click":  # opens are judged by who fetched them, nothing else
+                verdict = detector.by_agent(h.type, h.user_agent, h.ip)
+            else:
+                verdict = detector.classify(
+                    h,
+                    known=info is not None,
+                    delivered_at=info.delivered_at if info else None,
+                    nearby=[o for o in by_key.get(key, ()) if o is not h],
+                    heads=tuple(self._heads.get(key, ())),
+                )
             rows.append(self._row(h, verdict, info))
         try:
             await self.store.write_rows(rows)

@@ -36,6 +36,8 @@ _TAG_OPEN = re.compile(r"<(!--|!|/?)([A-Za-z][^\s/>]*)?")
 _ATTR_NAME = re.compile(r"[^\s\"'>/=]+")
 _WS = re.compile(r"[\s/]*")
 _URL_NOISE = re.compile(r"[\t\r\n]")
+_EQUALS = re.compile(r"\s*=\s*")
+_UNQUOTED = re.compile(r"[^\s>]*")
 
 
 class RewriteError(ValueError):
@@ -121,6 +123,7 @@ def _scan(text: str, codec: str, charset: str, links: dict[str, int]) -> tuple[l
     body_close = html_close = -1
     pos = 0
     n = len(text)
+    lower = text.lower()  # once: a message may have many <style> blocks
     while True:
         lt = text.find("<", pos)
         if lt < 0:
@@ -151,7 +154,7 @@ def _scan(text: str, codec: str, charset: str, links: dict[str, int]) -> tuple[l
             continue
         pos, attrs = _attributes(text, m.end())
         if name in _RAW_TEXT:
-            close = text.lower().find(f"</{name}", pos)
+            close = lower.find(f"</{name}", pos)
             pos = n if close < 0 else close
             continue
         if name in _SKIP_TAGS or any(a[0] in NOTRACK_ATTRIBUTES for a in attrs):
@@ -190,7 +193,7 @@ def _attributes(text: str, pos: int) -> tuple[int, list[_Attr]]:
         ws_end = pos
         pos = nm.end()
         name = nm.group(0).lower()
-        eq = re.compile(r"\s*=\s*").match(text, pos)
+        eq = _EQUALS.match(text, pos)
         if eq is None:
             attrs.append((name, ws_start, ws_end, pos, pos, ""))
             continue
@@ -202,7 +205,7 @@ def _attributes(text: str, pos: int) -> tuple[int, list[_Attr]]:
             attrs.append((name, ws_start, ws_end, pos, close + 1, text[pos + 1 : close]))
             pos = close + 1
         else:
-            v = re.compile(r"[^\s>]*").match(text, pos)
+            v = _UNQUOTED.match(text, pos)
             v_end = v.end() if v else pos
             attrs.append((name, ws_start, ws_end, pos, v_end, text[pos:v_end]))
             pos = v_end

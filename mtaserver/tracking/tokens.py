@@ -32,6 +32,7 @@ UNSUBSCRIBE = 3
 _KINDS = frozenset({OPEN, CLICK, UNSUBSCRIBE})
 _DEFLATED = 0x80  # flag in the kind byte: the click URL is raw-deflated
 _MAC_LEN = 16
+_DEFLATE_GAIN = 12  # bytes a deflated URL must save
 _MAX_TOKEN_CHARS = 4096
 _MAX_URL_BYTES = 8192
 _KEY_INFO = b"mtaserver tracking token v1"
@@ -159,7 +160,7 @@ class TokenCodec:
             raise ValueError("URL too long to track")
         kind = CLICK
         packed = zlib.compress(body, 9, wbits=-15)
-        if len(packed) < len(body):
+        if len(packed) + _DEFLATE_GAIN <= len(body):  # else not worth inflating per click
             kind |= _DEFLATED
             body = packed
         head = self._head(kind, queue_id, idx) + _varint(link) + _varint(links)

@@ -13,6 +13,7 @@ from mtaserver.tracking.tokens import TokenCodec
 log = get_logger("tracking")
 
 _UNSUB_FIELDS = frozenset({"list-unsubscribe", "list-unsubscribe-post"})
+MAX_COPIES_BYTES = 256 * 1024 * 1024  # size x recipients beyond which mail goes untracked
 _INLINE_WORK = 2_000_000  # bytes x recipients rendered on the loop before using a thread
 _MAILTO = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
 
@@ -91,6 +92,11 @@ class Tracker:
         delivery.
         """
         if not (opens or clicks or unsubscribe):
+            return tuple(PreparedRecipient(r) for r in recipients)
+        if len(data) * len(recipients) > MAX_COPIES_BYTES:
+            # Per-recipient copies of this message would not fit in memory and the queue.
+            log.warning(kv(event="tracking_skipped_too_large", queue_id=queue_id,
+                           size=len(data), recipients=len(recipients)))  # fmt: skip
             return tuple(PreparedRecipient(r) for r in recipients)
         try:
             template: rewrite.Template | None = rewrite.parse(data)

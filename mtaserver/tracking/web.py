@@ -233,7 +233,7 @@ class TrackingWeb:
 
     async def click(self, request: web.Request) -> web.Response:
         # A tracked link never has a query string; one that does was not made by us.
-        data = None if request.rel_url.raw_query_string else self._verify(request, CLICK)
+        data = None if "?" in request.raw_path else self._verify(request, CLICK)
         loc = location_for(data.url) if data is not None and data.url else None
         if data is None or loc is None:
             return _not_found()

@@ -260,3 +260,35 @@ def test_hostile_structure_is_sent_untracked() -> None:
     assert out[0].data is None
     out = tracker().personalize_sync("Q8", deep, RCPTS[:1], True, True, True)
     assert out[0].data is not None and out[0].data.endswith(deep.split(b"\r\n\r\n", 1)[1])
+
+
+def test_many_raw_text_blocks_stay_linear() -> None:
+    import time
+
+    html = "<html><body>" + '<style>p{}</style><a href="https://e.example/x">x</a>' * 20000
+    data = b"From: a@example.com\r\nContent-Type: text/html\r\n\r\n" + html.encode() + b"\r\n"
+    started = time.monotonic()
+    (r,) = tracker().personalize_sync("Q10", data, RCPTS[:1], True, True, False)
+    assert time.monotonic() - started < 10  # quadratic scanning took minutes
+    assert r.data is not None and r.data.count(b"/c/") == 20000
+
+
+def test_copies_too_large_for_memory_go_untracked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mtaserver.tracking import tracker as tracker_mod
+
+    data = samples.alternative()
+    monkeypatch.setattr(tracker_mod, "MAX_COPIES_BYTES", len(data) * 2)
+    assert all(
+        r.data is None for r in tracker().personalize_sync("Q11", data, RCPTS, True, True, True)
+    )
+    assert all(
+        r.data is not None
+        for r in tracker().personalize_sync("Q11", data, RCPTS[:2], True, True, True)
+    )
+
+
+async def test_async_personalize_matches_sync_for_big_jobs() -> None:
+    data = samples.alternative("base64")
+    many = tuple(f"r{i}@example.org" for i in range(400))  # beyond the inline threshold
+    out = await tracker().personalize("Q12", data, many, True, True, True)
+    assert out == tracker().personalize_sync("Q12", data, many, True, True, True)

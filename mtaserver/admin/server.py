@@ -1,0 +1,140 @@
+"""The admin HTTP listener: bearer-token auth, JSON errors, and the aiohttp plumbing.
+
+Every request is authenticated before it is routed, so a caller without a valid token
+learns nothing — not which paths exist, not whether a token was revoked or never existed:
+all of them get the same ``401 {"error": "unauthorized"}``. ``/metrics`` needs the token too
+unless ``[admin] metrics_auth = "none"``.
+
+aiohttp's access log is off: it would log full request lines; we log method, route,
+status and the token *name* instead, one line per request at debug level.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from mtaserver.admin.tokens import TokenInfo
+from mtaserver.errors import MtaError, StorageError
+from mtaserver.log import get_logger, kv
+
+log = get_logger("admin")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+TOKEN_KEY: web.RequestKey[TokenInfo] = web.RequestKey("token", TokenInfo)
+UNAUTHORIZED = {"error": "unauthorized"}
+MAX_BODY = 64 * 1024
+
+
+class ApiError(Exception):
+    """A client error with its HTTP status; the message is safe to show."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def json_response(value: Any, status: int = 200) -> web.Response:
+    return web.json_response(value, status=status, dumps=dumps)
+
+
+def unauthorized() -> web.Response:
+    resp = json_response(UNAUTHORIZED, 401)
+    resp.headers["WWW-Authenticate"] = 'Bearer realm="mtaserver"'
+    return resp
+
+
+def bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def build_web_app(
+    routes: Callable[[web.Application], None],
+    verify: Callable[[str], Awaitable[TokenInfo | None]],
+    *,
+    open_paths: frozenset[str] = frozenset(),
+) -> web.Application:
+    """The aiohttp application: auth and error middleware around ``routes``."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.monotonic()
+        token: TokenInfo | None = None
+        if request.path not in open_paths:
+            text = bearer(request)
+            token = await verify(text) if text else None
+            if token is None:
+                log.info(kv(event="admin_unauthorized", method=request.method,
+                            client_ip=request.remote))  # fmt: skip
+                return unauthorized()
+            request[TOKEN_KEY] = token
+        try:
+            resp = await handler(request)
+        except ApiError as exc:
+            resp = json_response({"error": str(exc)}, exc.status)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            reason = "not found" if exc.status == 404 else exc.reason.lower()
+            resp = json_response({"error": reason}, exc.status)
+            if exc.status == 405:
+                resp.headers["Allow"] = exc.headers.get("Allow", "")
+        except StorageError as exc:
+            log.error(kv(event="admin_storage_error", path=request.path, error=str(exc)))
+            resp = json_response({"error": "storage unavailable, try again"}, 503)
+        except MtaError as exc:
+            resp = json_response({"error": str(exc)}, 400)
+        except Exception:
+            log.exception(kv(event="admin_handler_failed", path=request.path))
+            resp = json_response({"error": "internal error"}, 500)
+        route = request.match_info.route.resource
+        log.debug(kv(event="admin_request", method=request.method,
+                     route=route.canonical if route is not None else request.path,
+                     status=resp.status, token=token.name if token else None,
+                     ms=round((time.monotonic() - started) * 1000, 1)))  # fmt: skip
+        return resp
+
+    app = web.Application(middlewares=[middleware], client_max_size=MAX_BODY)
+    routes(app)
+    return app
+
+
+class AdminServer:
+    """Binds the listener in ``start`` (before READY=1) and stops it in ``stop``."""
+
+    def __init__(self, app: web.Application, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._app = app
+        self._ssl = ssl_context
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, ssl_context=self._ssl, shutdown_timeout=5.0)
+        await site.start()
+        self._runner = runner
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+        log.info(kv(event="listening", listener="admin", address=f"{host}:{self.port or port}",
+                    tls=self._ssl is not None))  # fmt: skip
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
