@@ -162,55 +162,60 @@ class DeliveryAgent:
         ti = 0
         session: Session | None = None
         budget = len(targets) + len(pending)  # connection attempts, so nothing loops
-        while pending:
-            if session is None:
-                if ti >= len(targets) or budget <= 0:
-                    break
-                budget -= 1
-                mx, ip = targets[ti]
-                got = await self._checkout(mx, ip, port, policy)
-                if isinstance(got, SmtpReply):
+        try:
+            while pending:
+                if session is None:
+                    if ti >= len(targets) or budget <= 0:
+                        break
+                    budget -= 1
+                    mx, ip = targets[ti]
+                    got = await self._checkout(mx, ip, port, policy)
+                    if isinstance(got, SmtpReply):
+                        log.info(
+                            kv(
+                                queue_id=job.queue_id,
+                                mx=mx,
+                                ip=ip,
+                                status="connect-failed",
+                                reply=str(got),
+                            ),
+                        )
+                        last = got
+                        ti += 1
+                        continue
+                    session = got
+                tx = pending[0]
+                out = await session.transact(
+                    tx.sender, [r.address for r in tx.recipients], job.data, policy
+                )
+                if out.elsewhere:
+                    last = out.replies[0]
                     log.info(
                         kv(
                             queue_id=job.queue_id,
-                            mx=mx,
-                            ip=ip,
-                            status="connect-failed",
-                            reply=str(got),
-                        ),
+                            mx=session.mx,
+                            ip=session.ip,
+                            status="session-failed",
+                            reply=str(last),
+                        )
                     )
-                    last = got
+                    session.abort()
+                    session = None
                     ti += 1
                     continue
-                session = got
-            tx = pending[0]
-            out = await session.transact(
-                tx.sender, [r.address for r in tx.recipients], job.data, policy
-            )
-            if out.elsewhere:
-                last = out.replies[0]
-                log.info(
-                    kv(
-                        queue_id=job.queue_id,
-                        mx=session.mx,
-                        ip=session.ip,
-                        status="session-failed",
-                        reply=str(last),
-                    )
-                )
+                pending.pop(0)
+                for r, reply in zip(tx.recipients, out.replies, strict=True):
+                    results[r.idx] = self._result(r, reply, session)
+                if not out.usable:
+                    session.abort()
+                    session = None
+                elif session.transactions >= policy.max_messages_per_connection:
+                    await session.close(policy.command_timeout)
+                    session = None
+        except BaseException:  # cancelled (drain) or a bug: never leak the socket
+            if session is not None:
                 session.abort()
-                session = None
-                ti += 1
-                continue
-            pending.pop(0)
-            for r, reply in zip(tx.recipients, out.replies, strict=True):
-                results[r.idx] = self._result(r, reply, session)
-            if not out.usable:
-                session.abort()
-                session = None
-            elif session.transactions >= policy.max_messages_per_connection:
-                await session.close(policy.command_timeout)
-                session = None
+            raise
         if session is not None:
             await self._checkin(session, policy)
         # Every host tried and none took the transaction: defer with the last reply

@@ -76,6 +76,9 @@ class Session:
         """RSET before reusing the connection; False when it is no longer usable."""
         try:
             await self.smtp.rset(timeout=timeout)
+        except asyncio.CancelledError:
+            self.abort()
+            raise
         except Exception:
             self.abort()
             return False
