@@ -22,7 +22,10 @@ from typing import Protocol
 
 import uvloop
 
-from mtaserver.admin import AdminApi, AdminDeps, AdminServer, TokenStore, build_web_app
+from mtaserver.admin.deps import AdminDeps
+from mtaserver.admin.routes import AdminApi
+from mtaserver.admin.server import AdminServer, build_web_app
+from mtaserver.admin.tokens import TokenStore
 from mtaserver.auth import Authenticator, AuthThrottle, UserStore, hash_password
 from mtaserver.classify import classify
 from mtaserver.clock import Clock, SystemClock
@@ -465,6 +468,7 @@ def _admin_service(core: Core, metrics: Metrics) -> Service | None:
         users=UserStore(core.db),
         hash_password=hash_password,
         suppressions=core.suppressions,
+        codec=lambda: core.spool.codec,
     )
     metrics.webhooks = WebhookOutbox(core.db)
     open_paths = frozenset({"/metrics"}) if cfg.metrics_auth == "none" else frozenset()

@@ -149,21 +149,17 @@ def test_auth_failures_all_look_the_same(running: tuple[Daemon, AdminClient]) ->
     assert victim not in d.log() and (api.token or "") not in d.log()
 
 
-def test_token_cli_errors(running: tuple[Daemon, AdminClient]) -> None:
-    d, _ = running
+def test_token_cli_errors_and_revoke_by_id(running: tuple[Daemon, AdminClient]) -> None:
+    d, api = running
+    assert api.get("/api/v1/queue").status == 200
     dup = d.cli("admin", "token", "create", "--name", "tests")
     assert dup.returncode == 2 and "exists" in dup.stderr and "Traceback" not in dup.stderr
     missing = d.cli("admin", "token", "revoke", "nobody")
     assert missing.returncode == 2 and "no live token" in missing.stderr
-    # A revoked name may be reused; revoking by id works.
-    d.cli("admin", "token", "create", "--name", "again")
-    assert d.cli("admin", "token", "revoke", "again").returncode == 0
-    again = create_token(d, "again")
     rows = [line.split("\t") for line in d.cli("admin", "token", "list").stdout.splitlines()]
-    live = [r for r in rows if r[1] == "again" and r[-1] == "active"]
-    assert len(live) == 1
-    assert d.cli("admin", "token", "revoke", live[0][0]).returncode == 0
-    api = AdminClient(base_url(d.config), again)
+    (live,) = [r for r in rows if r[1] == "tests"]
+    assert live[-1] == "active" and live[3] != "used -"  # the fixture's token has been used
+    assert d.cli("admin", "token", "revoke", live[0]).returncode == 0
     assert api.get("/api/v1/queue").status == 401
 
 
@@ -396,6 +392,54 @@ def test_suppressions_add_check_list_remove(running: tuple[Daemon, AdminClient])
     api.validate = True
 
 
+# -- privacy -----------------------------------------------------------------------------------------
+def test_privacy_export_and_erase(running: tuple[Daemon, AdminClient]) -> None:
+    d, api = running
+    (qid,) = enqueue(d.config.database, ("a@example.com", ["Victim@One.test", "other@one.test"]))
+    emit(d.config.database, Event("open", time.time(), qid, "victim@one.test"))
+    api.ok("POST", "/api/v1/suppressions", 201,
+           body={"address": "victim@one.test", "reason": "complaint", "scope": "example.com"})  # fmt: skip
+    export = api.ok("GET", "/api/v1/privacy/export", query={"address": "victim@one.test"})
+    assert export["address"] == "victim@one.test"
+    assert [r["queue_id"] for r in export["received"]] == [qid]
+    assert "hello" in export["received"][0]["body"]
+    assert {e["type"] for e in export["events"]} >= {"open"}
+    assert [x["reason"] for x in export["suppressions"]] == ["complaint"]
+    no_bodies = api.ok("GET", "/api/v1/privacy/export",
+                       query={"address": "victim@one.test", "bodies": "false"})  # fmt: skip
+    assert no_bodies["received"][0]["body"] is None
+    cli = d.cli("privacy", "export", "victim@one.test")
+    assert cli.returncode == 0, cli.stderr
+    from_cli = json.loads(cli.stdout)
+    for out in (export, from_cli):
+        out.pop("generated_at")
+    assert from_cli == export  # one implementation
+
+    erased = api.ok("POST", "/api/v1/privacy/erase", body={"address": "victim@one.test"})
+    assert erased["recipients"] == 1 and erased["suppressions_hashed"] == 1
+    assert erased["address_token"].endswith("@erased.invalid")
+    after = api.ok("GET", "/api/v1/privacy/export", query={"address": "victim@one.test"})
+    assert after["received"] == [] and after["events"] == []
+    # Kept as a hash: mail from that sending domain to the address is still suppressed.
+    verdict = api.ok("GET", "/api/v1/suppressions/check",
+                     query={"address": "victim@one.test", "sender_domain": "example.com"})  # fmt: skip
+    assert verdict["suppressed"] is True
+    again = api.ok("POST", "/api/v1/privacy/erase",
+                   body={"address": "victim@one.test", "suppress": True})  # fmt: skip
+    assert again["recipients"] == 0
+    api.validate = False  # invalid on purpose
+    assert api.post("/api/v1/privacy/erase", body={"address": "nobody"}).status == 400
+    assert (
+        api.post("/api/v1/privacy/erase", body={"address": "a@b.test", "suppress": "yes"}).status
+        == 400
+    )
+    assert (
+        api.get("/api/v1/privacy/export", query={"address": "a@b.test", "bodies": "1"}).status
+        == 400
+    )
+    api.validate = True
+
+
 # -- users -----------------------------------------------------------------------------------------
 def test_users_add_list_remove_and_the_user_can_submit(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, tls=True)
@@ -493,6 +537,8 @@ def test_every_documented_endpoint_answers_and_validates(
     api.ok("GET", "/api/v1/suppressions")
     api.ok("GET", "/api/v1/suppressions/check", query={"address": "x@y.test"})
     api.ok("DELETE", "/api/v1/suppressions/x@y.test")
+    api.ok("GET", "/api/v1/privacy/export", query={"address": "x@y.test"})
+    api.ok("POST", "/api/v1/privacy/erase", body={"address": "x@y.test"})
     api.ok("POST", "/api/v1/users", 201,
            body={"name": "bob@example.com", "password": "correct horse", "domains": ["example.com"]})  # fmt: skip
     api.ok("GET", "/api/v1/users")

@@ -227,3 +227,16 @@ async def test_suppressed_recipient_rejected_at_rcpt(tmp_path: Path) -> None:
         assert (await c.cmd("RCPT TO:<ok@dest.example>")).startswith("250")
         await c.close()
         assert ("gone@dest.example", "example.com") in store.asked
+
+
+async def test_real_suppression_store_at_rcpt(tmp_path: Path) -> None:
+    async with running(tmp_path, real_suppressions=True) as env:
+        assert env.suppressions is not None
+        await env.suppressions.add("Gone@Dest.example", "hard-bounce")
+        await env.suppressions.add("scoped@dest.example", "complaint", scope="bob.example")
+        c = await session(env, "submissions", auth=True)
+        await c.cmd("MAIL FROM:<alice@example.com>")
+        reply = await c.cmd("RCPT TO:<gone@dest.example>")
+        assert reply.startswith("550 5.7.1") and "hard-bounce" in reply, reply
+        assert (await c.cmd("RCPT TO:<scoped@dest.example>")).startswith("250")
+        await c.close()

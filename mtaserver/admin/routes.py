@@ -8,102 +8,26 @@ Each handler parses its parameters, calls the ONE implementation the CLI calls t
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 
 from mtaserver import dnsrecords
 from mtaserver.admin import feed
-from mtaserver.admin.server import ApiError, json_response
+from mtaserver.admin.deps import AdminDeps
+from mtaserver.admin.people import PeopleApi
+from mtaserver.admin.server import ApiError, int_param, json_response
 from mtaserver.cli.stats import parse_since
-from mtaserver.cli.suppression import _valid as valid_address
-from mtaserver.cli.user import MIN_PASSWORD
-from mtaserver.config import Config
-from mtaserver.config.units import parse_duration
-from mtaserver.db import Database
-from mtaserver.dkim.keys import KeySet
 from mtaserver.dkim.records import quote_txt
-from mtaserver.metrics import Metrics
-from mtaserver.spool import Spool
-from mtaserver.suppression import Suppression, SuppressionStore
 from mtaserver.tracking.stats import compute as compute_stats
 
 PREFIX = "/api/v1"
 MAX_LIMIT = 1000
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class UserRecordView(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def domains(self) -> tuple[str, ...]: ...
-    @property
-    def created_at(self) -> float: ...
-    @property
-    def updated_at(self) -> float: ...
-
-
-class UserAdmin(Protocol):
-    """The user store (``mtaserver.auth.UserStore``); no method returns a password hash."""
-
-    async def add(self, name: str, password_hash: str, domains: list[str]) -> None: ...
-    async def remove(self, name: str) -> None: ...
-    async def list(self) -> Sequence[UserRecordView]: ...
-
-
-@dataclass
-class AdminDeps:
-    """What the endpoints are wired to (built in ``app``)."""
-
-    db: Database
-    spool: Spool
-    config: Callable[[], Config]  # the current config (it changes on SIGHUP)
-    keys: Callable[[], KeySet]  # the signer's current DKIM keys
-    metrics: Metrics
-    users: UserAdmin | None = None
-    suppressions: SuppressionStore | None = None
-    hash_password: Callable[[str], str] | None = None
-    min_password: int = MIN_PASSWORD  # the same rule as `mtaserver user add`
-
-
-# -- parameters -------------------------------------------------------------------------------
-def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"{name}: expected an integer, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise ApiError(400, f"{name}: expected {lo}..{hi}, got {value}")
-    return value
-
-
-async def json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json(loads=json.loads)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "request body: expected a JSON object") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "request body: expected a JSON object")
-    return body
-
-
-def str_field(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
-    value = body.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ApiError(400, f"{name}: expected a non-empty string")
-    return value
 
 
 class AdminApi:
@@ -127,15 +51,7 @@ class AdminApi:
         r.add_get(f"{p}/stats", self.stats, allow_head=False)
         r.add_get(f"{p}/dkim/keys", self.dkim_keys, allow_head=False)
         r.add_get(f"{p}/dns/records", self.dns_records, allow_head=False)
-        if self.d.suppressions is not None:
-            r.add_get(f"{p}/suppressions", self.suppressions_list, allow_head=False)
-            r.add_post(f"{p}/suppressions", self.suppressions_add)
-            r.add_get(f"{p}/suppressions/check", self.suppressions_check, allow_head=False)
-            r.add_delete(f"{p}/suppressions/{{address}}", self.suppressions_remove)
-        if self.d.users is not None:
-            r.add_get(f"{p}/users", self.users_list, allow_head=False)
-            r.add_post(f"{p}/users", self.users_add)
-            r.add_delete(f"{p}/users/{{name}}", self.users_remove)
+        PeopleApi(self.d).register(app, p)
 
     # -- metrics and spec ------------------------------------------------------------------
     async def metrics(self, request: web.Request) -> web.Response:
@@ -291,105 +207,3 @@ class AdminApi:
                 ]
             }
         )
-
-    # -- users -----------------------------------------------------------------------------
-    def _users(self) -> UserAdmin:
-        assert self.d.users is not None  # routes exist only when wired
-        return self.d.users
-
-    @staticmethod
-    def _user_json(u: UserRecordView) -> dict[str, Any]:
-        return {"name": u.name, "domains": list(u.domains), "created_at": u.created_at,
-                "updated_at": u.updated_at}  # fmt: skip
-
-    async def users_list(self, request: web.Request) -> web.Response:
-        users = await self._users().list()
-        return json_response({"users": [self._user_json(u) for u in users]})
-
-    async def users_add(self, request: web.Request) -> web.Response:
-        store = self._users()
-        body = await json_body(request)
-        name = str_field(body, "name")
-        password = body.get("password")
-        domains = body.get("domains")
-        if not isinstance(password, str) or len(password) < self.d.min_password:
-            raise ApiError(400, f"password: at least {self.d.min_password} characters")
-        if (
-            not isinstance(domains, list)
-            or not domains
-            or not all(isinstance(x, str) for x in domains)
-        ):
-            raise ApiError(400, "domains: expected a non-empty list of domain names")
-        assert name is not None and self.d.hash_password is not None
-        hashed = await asyncio.to_thread(self.d.hash_password, password)
-        await store.add(name, hashed, domains)
-        wanted = name.strip().lower()
-        for u in await store.list():
-            if u.name == wanted:
-                return json_response(self._user_json(u), 201)
-        raise ApiError(500, "user vanished after creation")  # pragma: no cover
-
-    async def users_remove(self, request: web.Request) -> web.Response:
-        store = self._users()
-        name = request.match_info["name"].strip().lower()
-        if not any(u.name == name for u in await store.list()):
-            raise ApiError(404, f"no user {name}")
-        await store.remove(name)
-        return json_response({"name": name, "removed": True})
-
-    # -- suppressions ----------------------------------------------------------------------
-    def _suppressions(self) -> SuppressionStore:
-        assert self.d.suppressions is not None  # routes exist only when wired
-        return self.d.suppressions
-
-    async def suppressions_list(self, request: web.Request) -> web.Response:
-        limit = int_param(request, "limit", 1000, 1, 10000)
-        expired = request.query.get("include_expired", "false")
-        if expired not in ("true", "false"):
-            raise ApiError(400, "include_expired: expected true or false")
-        address = request.query.get("address") or None
-        rows = await self._suppressions().list(
-            valid_address(address) if address else None,
-            limit=limit,
-            include_expired=expired == "true",
-        )
-        return json_response({"suppressions": [asdict(x) for x in rows]})
-
-    async def suppressions_add(self, request: web.Request) -> web.Response:
-        body = await json_body(request)
-        address = valid_address(str_field(body, "address") or "")
-        reason = str_field(body, "reason", required=False) or "manual"
-        scope = str_field(body, "scope", required=False)
-        expires = None
-        if (duration := str_field(body, "for", required=False)) is not None:
-            try:
-                expires = time.time() + parse_duration(duration)
-            except ValueError:
-                raise ApiError(
-                    400, f"for: expected a duration like '30d', got {duration!r}"
-                ) from None
-        entry: Suppression = await self._suppressions().add(
-            address, reason, scope=scope, source="manual", expires_at=expires
-        )
-        return json_response(asdict(entry), 201)
-
-    async def suppressions_check(self, request: web.Request) -> web.Response:
-        address = valid_address(request.query.get("address", ""))
-        entry = await self._suppressions().check(
-            address, request.query.get("sender_domain") or None
-        )
-        return json_response(
-            {
-                "address": address.strip().strip("<>").lower(),
-                "suppressed": entry is not None,
-                "entry": asdict(entry) if entry is not None else None,
-            }
-        )
-
-    async def suppressions_remove(self, request: web.Request) -> web.Response:
-        address = valid_address(request.match_info["address"])
-        scope = request.query.get("scope")
-        n = await self._suppressions().remove(address, scope or None, all_scopes=scope is None)
-        if n == 0:
-            raise ApiError(404, f"{address.lower()} is not suppressed")
-        return json_response({"address": address.strip().strip("<>").lower(), "removed": n})

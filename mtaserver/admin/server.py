@@ -138,3 +138,35 @@ class AdminServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name}: expected an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, f"{name}: expected {lo}..{hi}, got {value}")
+    return value
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json(loads=json.loads)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "request body: expected a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body: expected a JSON object")
+    return body
+
+
+def str_field(body: dict[str, Any], name: str, *, required: bool = True) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ApiError(400, f"{name}: expected a non-empty string")
+    return value

@@ -304,7 +304,11 @@ class Recorder:
         try:
             while True:
                 await asyncio.sleep(self.flush_every)
-                await self.flush()
+                try:
+                    await self.flush()
+                except Exception as exc:  # a bug here must not take the daemon down
+                    log.error(kv(event="tracking_flush_failed", error=type(exc).__name__),
+                              exc_info=True)  # fmt: skip
         finally:
             with contextlib.suppress(StorageError):
                 await asyncio.shield(self.flush(everything=True))

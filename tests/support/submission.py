@@ -28,6 +28,7 @@ from mtaserver.db import Database
 from mtaserver.pipeline import Pipeline
 from mtaserver.spool import Spool, new_queue_id
 from mtaserver.submission import RateLimiter, SubmissionHandler, SubmissionServer, Suppressions
+from mtaserver.suppression import SuppressionStore
 
 PASSWORD = "correct horse battery staple"
 HOSTNAME = "mta.test"
@@ -51,6 +52,7 @@ class Env:
     users: UserStore
     ca: trustme.CA
     db_path: Path
+    suppressions: SuppressionStore | None = None
 
     def port(self, name: str) -> int:
         return self.server.listener(name).port
@@ -97,6 +99,7 @@ async def running(
     clock: Clock | None = None,
     throttle: AuthThrottleConfig | None = None,
     suppressions: Suppressions | None = None,
+    real_suppressions: bool = False,
     user_burst: float = 5.0,
     pipeline_kwargs: dict[str, Any] | None = None,
     **overrides: Any,
@@ -115,6 +118,9 @@ async def running(
     await users.add("alice", hash_password(PASSWORD), ["example.com", "alice.example"])
     await users.add("bob", hash_password(PASSWORD), ["bob.example"])
     authenticator = Authenticator(users)
+    store = SuppressionStore(db) if real_suppressions else None
+    if store is not None:
+        suppressions = store
     pipeline = Pipeline(
         spool=spool,
         new_queue_id=new_queue_id,
@@ -136,7 +142,7 @@ async def running(
     server = SubmissionServer(cfg, hostname=HOSTNAME, handler=handler, tls_context=server_ctx)
     await server.start()
     try:
-        yield Env(server, db, spool, users, ca, db_path)
+        yield Env(server, db, spool, users, ca, db_path, store)
     finally:
         await server.close()
         authenticator.close()

@@ -1,0 +1,50 @@
+"""What the admin endpoints are wired to (``app`` builds it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from mtaserver.cli.user import MIN_PASSWORD
+from mtaserver.config import Config
+from mtaserver.db import Database
+from mtaserver.dkim.keys import KeySet
+from mtaserver.metrics import Metrics
+from mtaserver.spool import BodyCodec, Spool
+from mtaserver.suppression import SuppressionStore
+
+
+class UserRecordView(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def domains(self) -> tuple[str, ...]: ...
+    @property
+    def created_at(self) -> float: ...
+    @property
+    def updated_at(self) -> float: ...
+
+
+class UserAdmin(Protocol):
+    """The user store (``mtaserver.auth.UserStore``); no method returns a password hash."""
+
+    async def add(self, name: str, password_hash: str, domains: list[str]) -> None: ...
+    async def remove(self, name: str) -> None: ...
+    async def list(self) -> Sequence[UserRecordView]: ...
+
+
+@dataclass
+class AdminDeps:
+    """What the endpoints are wired to (built in ``app``)."""
+
+    db: Database
+    spool: Spool
+    config: Callable[[], Config]  # the current config (it changes on SIGHUP)
+    keys: Callable[[], KeySet]  # the signer's current DKIM keys
+    metrics: Metrics
+    users: UserAdmin | None = None
+    suppressions: SuppressionStore | None = None
+    codec: Callable[[], BodyCodec] | None = None  # the spool's body codec (privacy export/erase)
+    hash_password: Callable[[str], str] | None = None
+    min_password: int = MIN_PASSWORD  # the same rule as `mtaserver user add`
