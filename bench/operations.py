@@ -5,7 +5,8 @@
 1. secure_delete: enqueue N messages (20 KB), then record them delivered (bodies dropped),
    with PRAGMA secure_delete OFF (baseline) and ON (what mtaserver runs).
 2. encryption: enqueue + claim N messages with the identity codec vs AES-GCM.
-3. webhooks: N events POSTed to a local receiver; events/s.
+3. webhooks: 10N event inserts without / with a webhook (the outbox trigger); N events
+   POSTed to a local receiver, events/s.
 4. erase: one address among N messages / 3N events; seconds.
 5. backup: copy of the resulting database; seconds and MB/s.
 """
@@ -36,7 +37,7 @@ from mtaserver.model import (
     RecipientUpdate,
 )
 from mtaserver.spool import BodyCodec, IdentityCodec, Spool
-from mtaserver.webhooks import WebhookDispatcher
+from mtaserver.webhooks import WebhookDispatcher, WebhookOutbox
 
 BODY = b"From: a@example.com\r\nTo: r@x.example\r\nSubject: s\r\n\r\n" + b"y" * 20000
 
@@ -132,6 +133,22 @@ async def webhooks(n: int, d: Path) -> float:
     return n / elapsed
 
 
+async def event_inserts(n: int, d: Path, with_webhook: bool) -> float:
+    """Seconds to write 10 x n events, with the outbox trigger (one webhook) or without."""
+    db = Database(d / f"events{int(with_webhook)}.db")
+    await db.open()
+    hooks = [WebhookConfig("b", "http://127.0.0.1:9/", (), b"s" * 32)] if with_webhook else []
+    await WebhookOutbox(db).sync(hooks)
+    log = EventLog(db)
+    t0 = time.perf_counter()
+    for start in range(0, 10 * n, 1000):
+        await log.emit_many([Event("delivered", time.time(), f"Q{i % 500}", "r@x.example")
+                             for i in range(start, start + 1000)])  # fmt: skip
+    elapsed = time.perf_counter() - t0
+    await db.close()
+    return elapsed
+
+
 async def erase_and_backup(n: int, d: Path) -> tuple[float, float, float]:
     db = Database(d / "erase.db")
     await db.open()
@@ -162,6 +179,10 @@ async def main(n: int) -> None:
         aes = await codec_cost(n, AesGcmCodec(Keyring((("k", b"k" * 32),), "k")), d, "aes")
         print(f"encryption: enqueue+claim {n} x 20KB: identity {plain:.2f}s, "
               f"AES-GCM {aes:.2f}s (x{aes / plain:.2f})")  # fmt: skip
+        bare = await event_inserts(n, d, False)
+        hooked = await event_inserts(n, d, True)
+        print(f"events: {10 * n} inserts without webhooks {bare:.2f}s, with one webhook "
+              f"(outbox trigger) {hooked:.2f}s (x{hooked / bare:.2f})")  # fmt: skip
         rate = await webhooks(n, d)
         print(f"webhooks: {n} events to a local receiver: {rate:.0f} events/s")
         t_erase, t_backup, mbps = await erase_and_backup(n, d)

@@ -14,10 +14,14 @@ kept; otherwise each service reloads (TLS certificates, DKIM keys, limits), then
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import secrets
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import uvloop
@@ -515,7 +519,11 @@ class App:
 
     async def run(self) -> None:
         cfg = self.config
-        db = Database(cfg.storage.database)
+        with _exclusive(cfg.storage.database.with_suffix(".lock")):
+            await self._run_with_db(cfg)
+
+    async def _run_with_db(self, cfg: Config) -> None:
+        db = Database(cfg.storage.database, owner=True)
         await db.open()
         try:
             spool = Spool(
@@ -557,8 +565,9 @@ class App:
             released = await core.spool.release_leases(self.clock.now())
             log.info(kv(event="drained", leases_released=released))
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
+            # A second SIGTERM while the database closes only repeats the request; the
+            # handlers go when the loop closes, after the last write.
+            self._stop.set()
 
     async def _supervise(self, core: Core) -> None:
         """Wait for stop, handling reloads meanwhile."""
@@ -589,6 +598,25 @@ class App:
         self.config = new
         log.info(kv(event="reloaded", source=new.source))
         self.notifier.ready()
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """One daemon per database: a second one on the same file refuses to start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MtaError(
+                f"{path}: another mtaserver is already running on this database"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
 
 
 async def _bounded(aw: Awaitable[None], timeout: float, name: str) -> None:

@@ -54,6 +54,10 @@ def backup_sync(source: Path, target: Path) -> BackupResult:
                 result = dst.execute("PRAGMA integrity_check").fetchone()[0]
                 if result != "ok":
                     raise BackupError(f"{tmp}: integrity_check failed: {result}")
+                # The copy is a consistent, checked snapshot: a daemon restored from it has
+                # no unclean stop to recover from.
+                dst.execute("UPDATE meta SET value='1' WHERE key='clean_shutdown'")
+                dst.commit()
                 dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
                 pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
             finally:

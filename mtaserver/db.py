@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -122,8 +123,13 @@ class _BatchOutcome:
 class Database:
     """Owns the writer connection and its group-commit task, plus one reader connection."""
 
-    def __init__(self, path: Path, *, max_batch: int = 1000, queue_size: int = 10000) -> None:
+    def __init__(
+        self, path: Path, *, owner: bool = False, max_batch: int = 1000, queue_size: int = 10000
+    ) -> None:
+        """``owner`` is the daemon: it alone tracks clean shutdown and runs recovery checks;
+        CLI tools open the same file alongside it (WAL) without touching that state."""
         self.path = path
+        self.owner = owner
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_size)
         self._writer: aiosqlite.Connection | None = None
@@ -136,6 +142,9 @@ class Database:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            # Queued mail is private: create the file 0600 (SQLite gives -wal/-shm the same).
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         try:
             self._writer = await aiosqlite.connect(self.path, isolation_level=None)
             await _in_thread(self._writer, self._prepare_writer)
@@ -151,6 +160,8 @@ class Database:
         applied = migrate(conn)
         if applied:
             log.info(kv(event="migrated", applied=",".join(applied), path=self.path))
+        if not self.owner:
+            return
         row = conn.execute("SELECT value FROM meta WHERE key='clean_shutdown'").fetchone()
         self.unclean_start = row is not None and row[0] != "1"
         if self.unclean_start:
@@ -172,7 +183,7 @@ class Database:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._writer is not None:
+        if self._writer is not None and self.owner:
             with contextlib.suppress(sqlite3.Error):
                 await self._writer.execute("UPDATE meta SET value='1' WHERE key='clean_shutdown'")
         await self._close_connections()

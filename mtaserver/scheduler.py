@@ -71,6 +71,8 @@ class QueueStore(Protocol):
 
     async def enqueue(self, msg: PreparedMessage, events: Sequence[Event] = ()) -> None: ...
 
+    async def dsn_sent(self, queue_id: str, action: str) -> bool: ...
+
 
 class Agent(Protocol):
     async def deliver(self, job: DeliveryJob, policy: RoutePolicy) -> DeliveryReport: ...
@@ -740,8 +742,11 @@ class Scheduler:
     async def _send_delay_warning(
         self, job: DeliveryJob, recipients: Sequence[DsnRecipient], now: float
     ) -> None:
-        """One "delayed" DSN per message (remembered in memory: at most one per run)."""
+        """One "delayed" DSN per message: remembered in memory, and in the events table
+        (a `dsn_sent` event with action "delayed") across restarts."""
         self._warned[job.queue_id] = None
         while len(self._warned) > 100_000:
             self._warned.popitem(last=False)
+        if await self._spool.dsn_sent(job.queue_id, "delayed"):
+            return
         await self._send_dsn(job, recipients, now, delayed=True)

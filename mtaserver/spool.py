@@ -420,6 +420,17 @@ class Spool:
 
         return await self.db.read(fn)
 
+    async def dsn_sent(self, queue_id: str, action: str) -> bool:
+        """Whether a DSN with this action ("failed", "delayed") was queued for the message."""
+
+        def fn(conn: sqlite3.Connection) -> bool:
+            rows = conn.execute(
+                "SELECT data FROM events WHERE queue_id=? AND type='dsn_sent'", (queue_id,)
+            ).fetchall()
+            return any(json.loads(r[0]).get("action") == action for r in rows)
+
+        return await self.db.read(fn)
+
     async def body(self, queue_id: str) -> bytes | None:
         codec = self.codec
 

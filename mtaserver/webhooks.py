@@ -1,7 +1,8 @@
 """Webhooks: every event a webhook wants, POSTed as signed JSON, at least once, in order.
 
-Durability: a trigger on ``events`` (migration 0055) adds one ``webhook_outbox`` row per
-interested webhook in the same transaction as the event, so whatever writes an event — the
+Durability: a trigger on ``events`` (created by :meth:`WebhookOutbox.sync` while a webhook is
+configured) adds one ``webhook_outbox`` row per interested webhook in the same transaction as
+the event, so whatever writes an event — the
 spool, the scheduler, the CLI, another process — the outbox has it once it is committed.
 A row is deleted only after the receiver answered 2xx; a crash or stop in between means it
 is sent again (receivers dedupe on ``X-Mtaserver-Event-Id``).
@@ -117,6 +118,27 @@ def event_body(row: Sequence[Any], webhook: str) -> bytes:
     ).encode()
 
 
+# Fills the outbox in the same transaction as each event (see the module docstring and
+# migration 0055). Exists only while at least one webhook is configured: an MTA without
+# webhooks pays nothing per event.
+OUTBOX_TRIGGER = """
+CREATE TRIGGER IF NOT EXISTS events_webhook_outbox AFTER INSERT ON events
+BEGIN
+    INSERT INTO webhook_outbox(webhook, event_id, queue_id, state, created_at, next_attempt)
+    SELECT w.name, NEW.id, NEW.queue_id,
+           CASE WHEN NEW.queue_id IS NOT NULL AND EXISTS (
+                    SELECT 1 FROM webhook_outbox o
+                    WHERE o.webhook = w.name AND o.queue_id = NEW.queue_id
+                      AND o.state IN ('pending', 'waiting'))
+                THEN 'waiting' ELSE 'pending' END,
+           (julianday('now') - 2440587.5) * 86400.0,
+           0
+    FROM webhook_endpoints w
+    WHERE w.types = '*' OR instr(w.types, ',' || NEW.type || ',') > 0;
+END
+"""
+
+
 class WebhookOutbox:
     """The ``webhook_outbox`` table: what is due, and settling rows."""
 
@@ -138,6 +160,10 @@ class WebhookOutbox:
                 "ON CONFLICT(name) DO UPDATE SET types=excluded.types",
                 [(h.name, "," + ",".join(h.events) + "," if h.events else "*") for h in hooks],
             )
+            if hooks:
+                conn.execute(OUTBOX_TRIGGER)
+            else:
+                conn.execute("DROP TRIGGER IF EXISTS events_webhook_outbox")
             return int(dropped)
 
         return await self.db.write(op)

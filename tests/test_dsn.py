@@ -130,9 +130,10 @@ def _nested(depth: int) -> bytes:
     ],
 )
 def test_hostile_input_is_bounded(raw: bytes) -> None:
-    start = time.monotonic()
+    # CPU time of this thread, not wall time: a busy machine must not fail the test.
+    start = time.thread_time()
     parse_bounce(raw)  # must not raise
-    assert time.monotonic() - start < 5.0
+    assert time.thread_time() - start < 5.0
 
 
 def test_deep_nesting_still_finds_the_recipient_within_limits() -> None:
@@ -161,6 +162,7 @@ async def test_async_wrapper_keeps_the_loop_responsive() -> None:
             last = now
 
     task = asyncio.create_task(ticker())
+    started = time.monotonic()
     try:
         heavy = b"From: MAILER-DAEMON@x.example\n" + b"X-H: v\n" * 100_000 + b"\n" + _nested(1000)
         for raw in (heavy, _nested(1000), heavy):
@@ -169,8 +171,11 @@ async def test_async_wrapper_keeps_the_loop_responsive() -> None:
         assert got is not None and len(got.recipients) == 3
     finally:
         task.cancel()
+    total = time.monotonic() - started
     assert len(gaps) > 3
-    assert max(gaps) < 0.5, max(gaps)
+    # Parsed on the loop, one gap would span a whole heavy parse (~40% of the total); off
+    # the loop the ticker keeps ticking. Scaled by the total so a loaded machine still passes.
+    assert max(gaps) < max(0.5, total / 5), (max(gaps), total)
 
 
 async def test_async_wrapper_times_out() -> None:

@@ -470,7 +470,10 @@ async def test_delivered_then_async_dsn_end_to_end(db: Database) -> None:
         assert ev == [(qid, "gone@remote.example")]
         assert await env.store.check("gone@remote.example", "shop.example") is not None
         # A forged bounce (bad signature) for "keep" is refused at RCPT.
-        forged = paths["keep@remote.example"][: -len(BOUNCE_DOMAIN) - 2] + "x@" + BOUNCE_DOMAIN
+        genuine = paths["keep@remote.example"]
+        last = genuine[-len(BOUNCE_DOMAIN) - 2]
+        flipped = "y" if last.lower() == "x" else "x"  # always a different token
+        forged = genuine[: -len(BOUNCE_DOMAIN) - 2] + flipped + "@" + BOUNCE_DOMAIN
         with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
             await send_raw(dsn("keep@remote.example"), sender="", recipients=[forged],
                                   hostname="127.0.0.1", port=env.port, start_tls=False,

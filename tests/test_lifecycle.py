@@ -81,3 +81,73 @@ async def test_migrations_from_an_empty_file(tmp_path: Path) -> None:
     )
     await db.close()
     assert {"messages", "recipients", "events", "meta", "schema_migrations"} <= tables
+
+
+def test_tools_beside_the_daemon_and_a_second_daemon(tmp_path: Path) -> None:
+    cfg = TestConfig(tmp_path, tls=False)
+    with Daemon(cfg) as d:
+        out = d.cli("queue", "list")
+        assert out.returncode == 0, out.stderr
+        assert "unclean" not in out.stderr
+        # A CLI tool closing the database must not mark the daemon's run as cleanly stopped.
+        conn = sqlite3.connect(cfg.database)
+        row = conn.execute("SELECT value FROM meta WHERE key='clean_shutdown'").fetchone()
+        conn.close()
+        assert row == ("0",)
+        second = Daemon(cfg, ready_timeout=10)
+        try:
+            second.start()
+            raise AssertionError("a second daemon on the same database started")
+        except RuntimeError as exc:
+            assert "another mtaserver is already running" in str(exc)
+        finally:
+            second._finish() if second.proc else None
+    assert (tmp_path / "data" / "mtaserver.db").stat().st_mode & 0o077 == 0
+
+
+def test_sigterm_lets_a_transaction_in_progress_finish(tmp_path: Path) -> None:
+    import signal
+    import socket
+
+    cfg = TestConfig(tmp_path, tls=False)
+    cfg.set("server", drain_timeout="20s")
+    d = Daemon(cfg).start()
+    host, port = cfg.address("submission", "listen_plain")
+    sock = socket.create_connection((host, port), timeout=10)
+    f = sock.makefile("rb")
+
+    def cmd(line: bytes) -> bytes:
+        if line:
+            sock.sendall(line + b"\r\n")
+        reply = f.readline()
+        while reply[3:4] == b"-":
+            reply = f.readline()
+        return reply
+
+    try:
+        assert cmd(b"").startswith(b"220")
+        assert cmd(b"EHLO client.test").startswith(b"250")
+        assert cmd(b"MAIL FROM:<app@example.com>").startswith(b"250")
+        assert cmd(b"RCPT TO:<someone@example.net>").startswith(b"250")
+        assert cmd(b"DATA").startswith(b"354")
+        sock.sendall(b"From: app@example.com\r\nSubject: in flight\r\n\r\nfirst half\r\n")
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGTERM)
+        d.wait_for("STOPPING=1")
+        # No new sessions once draining has begun.
+        try:
+            late = socket.create_connection((host, port), timeout=5)
+            banner = late.recv(100)
+            late.close()
+            assert not banner.startswith(b"220"), banner
+        except OSError:
+            pass
+        reply = cmd(b"second half\r\n.")
+        assert reply.startswith(b"250"), reply
+        queue_id = reply.split()[-1].decode()
+    finally:
+        sock.close()
+    assert d.stop() == 0, d.log()
+    conn = sqlite3.connect(cfg.database)
+    row = conn.execute("SELECT body FROM messages WHERE id=?", (queue_id,)).fetchone()
+    assert row is not None and b"second half" in row[0]

@@ -48,12 +48,12 @@ async def count(db: Database, sql: str) -> int:
 
 async def test_records_and_events_are_deleted_in_batches(db: Database) -> None:
     spool = Spool(db)
+    events = EventLog(db)
+    await events.emit_many([Event(type="open", at=time.time() - 90 * DAY) for _ in range(25)])
     for i in range(12):
         await spool.enqueue(msg(f"OLD{i:02d}"))
         await finish(spool, f"OLD{i:02d}")
     await spool.enqueue(msg("PENDING"))  # not final: kept whatever its age
-    events = EventLog(db)
-    await events.emit_many([Event(type="open", at=time.time() - 90 * DAY) for _ in range(25)])
     r = Retention(db, RetentionConfig(records=30 * DAY, events=60 * DAY, batch_size=10),
                   SystemClock())  # fmt: skip
     # Nothing is old enough yet except the 25 events.

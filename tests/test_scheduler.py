@@ -479,3 +479,11 @@ async def test_delay_warning_once_per_message(make_harness: Any) -> None:
     await h.idle_polls()
     assert len(await h.dsns()) == 1  # warned once, not at every deferral
     await _stop(h)
+    # a restarted scheduler (nothing in memory) remembers it through the events table
+    h2: Harness = await make_harness(h.agent.script, FAST + 'retry_schedule = ["20m"]\n'
+                                     'retry_every = "20m"\ndelay_warning = "30m"\n')  # fmt: skip
+    h2.clock.advance(h.clock.now() + 1200 - h2.clock.now())
+    await h2.wait_for(lambda: _is(h2.states(qid), [("queued", 5, None)]))
+    await h2.idle_polls()
+    assert await h2.dsns() == []
+    await _stop(h2)

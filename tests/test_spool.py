@@ -154,7 +154,7 @@ async def test_full_database_raises_storage_error_and_keeps_earlier_mail(tmp_pat
 
 
 async def test_durability_pragmas_and_migrations(tmp_path: Path) -> None:
-    db = Database(tmp_path / "m.db")
+    db = Database(tmp_path / "m.db", owner=True)
     await db.open()
     assert not db.unclean_start
     mode = await db.read(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0])
@@ -169,7 +169,7 @@ async def test_durability_pragmas_and_migrations(tmp_path: Path) -> None:
     conn.execute("UPDATE meta SET value='0' WHERE key='clean_shutdown'")
     conn.commit()
     conn.close()
-    db2 = Database(tmp_path / "m.db")
+    db2 = Database(tmp_path / "m.db", owner=True)
     await db2.open()
     assert db2.unclean_start
     await db2.close()

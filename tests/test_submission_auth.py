@@ -236,11 +236,12 @@ def test_dev_setup_creates_a_dev_user_once(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "mtaserver", "dev-setup", "-c", "config/dev.toml"]
     first = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert first.returncode == 0, first.stderr
-    m = re.search(r"created submission user dev \(domains (.*)\) password (\S+)", first.stdout)
-    assert m and "example.com" in m.group(1)
+    m = re.search(r"dev user: dev  password: (\S+)", first.stdout)
+    assert m
     second = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    assert second.returncode == 0 and "created submission user" not in second.stdout
-    assert "dev-user.txt" in second.stdout
+    # The same user and password on every run (kept 0600 in data_dir/dev-credentials).
+    assert second.returncode == 0 and f"password: {m.group(1)}" in second.stdout
+    assert (tmp_path / "var" / "dev-credentials").stat().st_mode & 0o077 == 0
 
     async def check() -> None:
         (path,) = (tmp_path / "var").glob("*.db")
@@ -248,7 +249,7 @@ def test_dev_setup_creates_a_dev_user_once(tmp_path: Path) -> None:
         await db.open()
         auth = Authenticator(UserStore(db))
         try:
-            user = await auth.verify(b"dev", m.group(2).encode())
+            user = await auth.verify(b"dev", m.group(1).encode())
             assert user is not None and user.owns("example.com")
         finally:
             auth.close()

@@ -224,6 +224,11 @@ async def test_removing_a_webhook_drops_its_outbox(db: Database, rx: Receiver) -
     assert await outbox(db) == []
     await EventLog(db).emit(ev("delivered", "Q2"))
     assert await outbox(db) == []
+    # Without webhooks there is no trigger: event inserts cost what they did before.
+    triggers = await db.read(
+        lambda c: c.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall()
+    )
+    assert triggers == []
 
 
 def test_no_loss_across_a_daemon_restart(tmp_path: Path) -> None:

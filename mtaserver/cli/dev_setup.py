@@ -1,4 +1,9 @@
-"""``mtaserver dev-setup``: create dev certificates, keys and secrets (used by ``make run``)."""
+"""``mtaserver dev-setup``: what ``make run`` needs on a fresh clone.
+
+Creates the certificate, DKIM keys and secrets the config names (when missing) and a
+``dev`` submission user for the config's DKIM domains, whose password is kept in
+``data_dir/dev-credentials`` (mode 0600) and printed on every run.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,13 @@ from mtaserver.config import Config
 from mtaserver.db import Database
 from mtaserver.devsetup import ensure_dev_files, write_private
 
+DEV_USER = "dev"
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "dev-setup",
-        help="create the self-signed certificate, DKIM keys and secrets a config names, if missing",
+        help="create the dev certificate, DKIM keys, secrets and dev user a config needs",
     )
     add_config_arg(p)
     p.set_defaults(func=run)
@@ -26,30 +33,38 @@ def run(args: argparse.Namespace) -> int:
     files = ensure_dev_files(Path(args.config))
     for path in files.created:
         print(f"created {path}")
-    cfg = config_from(args)  # everything it names now exists: validate fully
-    ensure_dev_user(cfg)
+    config = config_from(args)  # everything it names now exists: validate fully
+    password = with_db(config, lambda db: _ensure_user(config, db))
+    listeners = [
+        (name, addr)
+        for name, addr in (
+            ("STARTTLS", config.submission.listen),
+            ("implicit TLS", config.submission.listen_tls),
+        )
+        if addr
+    ]
+    print(f"dev user: {DEV_USER}  password: {password}")
+    for name, (host, port) in listeners:
+        print(f"  submit with AUTH over {name} at {host}:{port}")
+    if config.submission.listen_plain:
+        host, port = config.submission.listen_plain
+        print(f"  trusted-network plaintext submission at {host}:{port}")
     return 0
 
 
-def ensure_dev_user(cfg: Config) -> None:
-    """A submission user ``dev`` for the DKIM domains, its password printed once.
-
-    The password is also kept in ``data_dir/dev-user.txt`` (0600) for later runs.
-    """
-    note = cfg.server.data_dir / "dev-user.txt"
-    domains = sorted({k.domain for k in cfg.dkim}) or ["example.com"]
-
-    async def create(db: Database) -> str | None:
-        store = UserStore(db)
-        if any(u.name == "dev" for u in await store.list()):
-            return None
-        password = secrets.token_urlsafe(12)
-        await store.add("dev", hash_password(password), domains)
-        return password
-
-    password = with_db(cfg, create)
-    if password is not None:
-        write_private(note, f"user dev\npassword {password}\n".encode())
-        print(f"created submission user dev (domains {', '.join(domains)}) password {password}")
-    elif note.exists():
-        print(f"submission user dev: password in {note}")
+async def _ensure_user(config: Config, db: Database) -> str:
+    creds = config.server.data_dir / "dev-credentials"
+    store = UserStore(db)
+    existing = await store.lookup(DEV_USER)
+    if existing is not None and creds.exists():
+        return creds.read_text().strip()
+    password = secrets.token_urlsafe(12)
+    domains = sorted({k.domain for k in config.dkim}) or ["example.com"]
+    if existing is None:
+        await store.add(DEV_USER, hash_password(password), domains)
+    else:
+        await store.set_password(DEV_USER, hash_password(password))
+    if creds.exists():
+        creds.unlink()
+    write_private(creds, password.encode() + b"\n")
+    return password

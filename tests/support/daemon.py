@@ -97,7 +97,9 @@ class TestConfig:
                 "listen_plain": f"127.0.0.1:{free_port()}",
                 "trusted_networks": ["127.0.0.0/8"],
             },
-            "delivery": {"nameservers": []},
+            # Never the system resolver: a loopback port nobody answers on, unless a test
+            # points this at its own DnsServer.
+            "delivery": {"nameservers": [f"127.0.0.1:{free_port()}"]},
         }
         if tls:
             cert = self.ca.issue_cert("localhost", "127.0.0.1", "mta.test")
