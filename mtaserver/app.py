@@ -411,8 +411,10 @@ class _SuppressUnsubscribes:
 
     async def unsubscribe(self, sender: str, address: str, queue_id: str, at: float) -> None:
         domain = sender.rpartition("@")[2] or None
-        await self.store.add(
-            address, "unsubscribe", scope=domain, source="tracking", queue_id=queue_id
+        # Through the policy table ([inbound.suppression.policy] unsubscribe, default
+        # "suppress-sender": this sending domain only).
+        await self.store.apply(
+            address, "unsubscribe", sender_domain=domain, source="tracking", queue_id=queue_id
         )
 
 
@@ -436,7 +438,9 @@ def _tracking_service(core: Core) -> Service | None:
         BotDetector(rules, cfg.scanner_window, cfg.burst_window, cfg.burst_links),
         IpPrivacy(cfg.ip_privacy, codec.key),
         core.clock,
-        unsubscribes=_SuppressUnsubscribes(SuppressionStore(core.db, core.clock)),
+        unsubscribes=_SuppressUnsubscribes(
+            SuppressionStore(core.db, core.clock, core.config.inbound.suppression)
+        ),
     )
     web = TrackingWeb(
         codec, recorder, core.clock, trusted_proxies=cfg.trusted_proxies, access_log=cfg.access_log

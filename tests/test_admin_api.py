@@ -4,6 +4,7 @@ validated against mtaserver/admin/openapi.json."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import smtplib
 import sqlite3
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from mtaserver.admin.tokens import TokenStore
 from mtaserver.db import Database
 from mtaserver.dkim import keys as K
 from mtaserver.events import EventLog
@@ -52,12 +54,27 @@ def create_token(d: Daemon, name: str) -> str:
     return token
 
 
+def stored_token(db_path: Path, name: str) -> str:
+    """A token made through the token store before the daemon starts (the CLI's own path
+    is tested in the auth tests; this saves a process start per test)."""
+
+    async def run() -> str:
+        db = Database(db_path)
+        await db.open()
+        try:
+            return (await TokenStore(db).create(name))[1]
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[tuple[Daemon, AdminClient]]:
     cfg = make_config(tmp_path)
+    token = stored_token(cfg.database, "tests")
     with Daemon(cfg) as d:
-        api = AdminClient(base_url(cfg), create_token(d, "tests"))
-        yield d, api
+        yield d, AdminClient(base_url(cfg), token)
 
 
 def enqueue(db_path: Path, *messages: tuple[str, list[str]], at: float | None = None) -> list[str]:
@@ -161,6 +178,22 @@ def test_token_cli_errors_and_revoke_by_id(running: tuple[Daemon, AdminClient]) 
     assert live[-1] == "active" and live[3] != "used -"  # the fixture's token has been used
     assert d.cli("admin", "token", "revoke", live[0]).returncode == 0
     assert api.get("/api/v1/queue").status == 401
+
+
+def test_https_listener(tmp_path: Path) -> None:
+    """[admin] tls = true serves HTTPS with the [tls] certificate; plain HTTP gets nowhere."""
+    cfg = make_config(tmp_path, tls=True)
+    cfg.set("admin", tls=True)
+    with Daemon(cfg) as d:
+        ctx = ssl.create_default_context()
+        cfg.ca.configure_trust(ctx)
+        host, port = cfg.address("admin", "listen")
+        api = AdminClient(f"https://{host}:{port}", create_token(d, "tls"), ssl_context=ctx)
+        assert api.ok("GET", "/api/v1/queue/summary")["by_state"] == {}
+        assert api.get("/api/v1/queue", token=None).status == 401
+        plain = AdminClient(f"http://{host}:{port}", api.token)
+        with pytest.raises((ConnectionError, http.client.HTTPException)):
+            plain.get("/api/v1/queue")
 
 
 # -- queue ----------------------------------------------------------------------------------------

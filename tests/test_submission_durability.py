@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import sqlite3
@@ -149,3 +150,31 @@ async def test_passwords_never_logged(tmp_path: Path, caplog: pytest.LogCaptureF
         ]
         for form in forms:
             assert form not in text, form
+
+
+async def test_storage_failure_answers_451_without_details(tmp_path: Path) -> None:
+    async with running(tmp_path) as env:
+        c = await authed(env)
+        await env.db.close()  # the database goes away under a live session
+        reply = await transaction(c)
+        assert reply == "451 4.3.0 Temporary storage failure, try again later"
+        await c.close()
+
+
+async def test_drain_closes_idle_sessions_and_lets_a_transaction_finish(tmp_path: Path) -> None:
+    async with running(tmp_path) as env:
+        idle = await authed(env)
+        busy = await authed(env)
+        assert (await busy.cmd("MAIL FROM:<alice@example.com>")).startswith("250")
+        assert (await busy.cmd("RCPT TO:<x@dest.example>")).startswith("250")
+        assert (await busy.cmd("DATA")).startswith("354")
+        await busy.send(b"From: alice@example.com\r\n\r\nhalf")
+        closing = asyncio.create_task(env.server.close(10.0))
+        assert (await idle.reply()).startswith("421 4.3.2")
+        await busy.send(b" of the message\r\n.\r\n")
+        assert (await busy.reply()).startswith("250 2.0.0")  # the transaction completes …
+        assert (await busy.reply()).startswith("421 4.3.2")  # … then the session ends
+        await closing
+        assert len(env.messages()) == 1
+        await idle.close()
+        await busy.close()

@@ -76,6 +76,9 @@ async def test_policy_hard_complaint_ignore(store: SuppressionStore) -> None:
     comp = await store.apply("c@example.org", "complaint", sender_domain="s.example",
                              source="complaint")  # fmt: skip
     assert comp is not None and comp.scope == "s.example"
+    unsub = await store.apply("u@example.org", "unsubscribe", sender_domain="s.example",
+                              source="tracking")  # fmt: skip
+    assert unsub is not None and unsub.scope == "s.example" and unsub.reason == "unsubscribe"
     for category in ("reputation-blocked", "rate-limited", "spam-blocked", "policy"):
         assert (
             await store.apply("g@example.org", category, sender_domain=None, source="sync") is None

@@ -276,3 +276,41 @@ def test_no_loss_across_a_daemon_restart(tmp_path: Path) -> None:
         assert ns == sorted(ns)
     conn = sqlite3.connect(cfg.database)
     assert conn.execute("SELECT count(*) FROM webhook_outbox").fetchone()[0] == 0
+
+
+def test_webhook_config(tmp_path: Path) -> None:
+    from mtaserver.config import parse_config
+    from mtaserver.errors import ConfigError
+
+    def parse(entry: str) -> tuple[WebhookConfig, ...]:
+        text = f'[server]\ndata_dir = "{tmp_path}"\n[[webhooks]]\n{entry}\n'
+        return parse_config(text, tmp_path / "c.toml").webhooks
+
+    secret_file = tmp_path / "hook.secret"
+    secret_file.write_text("0123456789abcdef0123\n")
+    [h] = parse(f'url = "https://h.example/x"\nsecret_file = "{secret_file}"\n'
+                'events = ["delivered", "bounced"]\nmax_retry_time = "2h"\ntimeout = "5s"')  # fmt: skip
+    assert (h.name, h.secret, h.events) == ("https://h.example/x", b"0123456789abcdef0123",
+                                            ("delivered", "bounced"))  # fmt: skip
+    assert (h.max_retry_time, h.timeout, h.concurrency) == (7200.0, 5.0, 4)
+    assert (
+        parse('url = "http://h/x"\nsecret = "s3cr3t-s3cr3t-s3cr3t"\nevents = ["*"]')[0].events == ()
+    )
+    for entry, match in [
+        (
+            'url = "ftp://h/x"\nsecret = "s3cr3t-s3cr3t-s3cr3t"',
+            r"webhooks\[0\]\.url: expected an http",
+        ),
+        ('url = "http://h/x"', r"webhooks\[0\]\.secret: set exactly one"),
+        ('url = "http://h/x"\nsecret = "short"', "at least 16"),
+        (
+            'url = "http://h/x"\nsecret = "s3cr3t-s3cr3t-s3cr3t"\nretries = 3',
+            r"retries: unknown key",
+        ),
+        (
+            'url = "http://h/x"\nsecret = "s3cr3t-s3cr3t-s3cr3t"\ntimeout = "soon"',
+            "timeout: expected a duration",
+        ),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            parse(entry)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import ssl
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -79,6 +80,7 @@ class AdminClient:
     token: str | None = None
     covered: set[tuple[str, str]] = field(default_factory=set)
     validate: bool = True
+    ssl_context: ssl.SSLContext | None = None  # for an https:// base
 
     def request(
         self,
@@ -101,7 +103,13 @@ class AdminClient:
             hdrs["Content-Type"] = "application/json"
         url = path + ("?" + urlencode(query) if query else "")
         parts = urlsplit(self.base)
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            conn = http.client.HTTPSConnection(
+                parts.hostname, parts.port, timeout=15, context=self.ssl_context
+            )
+        else:
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
         try:
             conn.request(method, url, body=data, headers=hdrs)
             raw = conn.getresponse()
