@@ -476,3 +476,38 @@ async def test_verp_sends_each_recipient_in_its_own_transaction(dns_server, make
         await agent.deliver(job(sender="", queue_id="Q8", rcpts=("b", "c")), policy(sinks.port))
         assert sink.messages[-1].mail_from == "<>" or sink.messages[-1].mail_from == ""
         assert sink.messages[-1].rcpt_tos == ["b@dest.test", "c@dest.test"]
+
+
+async def test_421_at_mail_moves_to_the_next_host(dns_server, make_agent) -> None:
+    dns_server.add("dest.test", "MX", "10 mx2.dest.test.")
+    dns_server.add("dest.test", "MX", "20 mx3.dest.test.")
+    dns_server.add("mx2.dest.test", "A", "127.0.0.2")
+    dns_server.add("mx3.dest.test", "A", "127.0.0.3")
+    async with SinkGroup(["127.0.0.2", "127.0.0.3"]) as sinks:
+        sinks["127.0.0.2"].mail_reply = "421 4.7.0 too many connections, closing"
+        report = await make_agent().deliver(job(rcpts=("b", "c")), policy(sinks.port))
+        assert [r.disposition for r in report.results] == [Disposition.DELIVERED] * 2
+        assert {r.mx for r in report.results} == {"mx3.dest.test"}
+        assert sinks["127.0.0.2"].messages == []
+        assert len(sinks["127.0.0.3"].messages) == 1
+
+
+async def test_opportunistic_handshake_failure_falls_back_to_plaintext(
+    dns_server, make_agent, ca
+) -> None:
+    await _one_mx(dns_server)
+    broken = server_ctx(ca, "mx.dest.test")
+    broken.set_ciphers("aNULL")  # nothing a client will agree to: the handshake fails
+    broken.maximum_version = ssl.TLSVersion.TLSv1_2
+    async with SinkGroup(["127.0.0.2"], tls={"127.0.0.2": broken}) as sinks:
+        report = await make_agent().deliver(job(), policy(sinks.port, tls="opportunistic"))
+        res = report.results[0]
+        assert res.disposition is Disposition.DELIVERED
+        assert res.tls is None
+        assert sinks["127.0.0.2"].connections == 2
+        assert not sinks["127.0.0.2"].messages[0].tls
+        # required TLS against the same server never falls back
+        sinks["127.0.0.2"].messages.clear()
+        report = await make_agent().deliver(job(), policy(sinks.port, tls="required"))
+        assert report.results[0].disposition is Disposition.DEFERRED
+        assert sinks["127.0.0.2"].messages == []

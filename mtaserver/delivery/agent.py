@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,6 +17,7 @@ from mtaserver.clock import Clock
 from mtaserver.delivery.replies import disposition_of, local, retry_hint
 from mtaserver.delivery.session import Session, open_session
 from mtaserver.delivery.tls import TlsContexts
+from mtaserver.log import get_logger, kv
 from mtaserver.model import (
     DeliveryJob,
     DeliveryReport,
@@ -29,7 +29,7 @@ from mtaserver.model import (
 )
 from mtaserver.mx import Resolver, Route, RouteError
 
-log = logging.getLogger("mtaserver.delivery")
+log = get_logger("delivery")
 
 
 class ReturnPath(Protocol):
@@ -45,16 +45,6 @@ class _Tx:
 
 
 _PoolKey = tuple[str, str, int, str]
-
-
-def _kv(**fields: object) -> str:
-    out = []
-    for k, v in fields.items():
-        text = str(v)
-        if not text or any(c in text for c in ' "='):
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        out.append(f"{k}={text}")
-    return " ".join(out)
 
 
 def _split_relay(relay: str, default_port: int) -> tuple[str, int]:
@@ -104,7 +94,7 @@ class DeliveryAgent:
         except asyncio.CancelledError:
             raise
         except Exception:  # the edge: a bug here must defer, never lose the job
-            log.exception("%s", _kv(queue_id=job.queue_id, status="error", domain=job.domain))
+            log.exception(kv(queue_id=job.queue_id, status="error", domain=job.domain))
             reply = local("4.3.0", "local error in delivery")
             results = [
                 RecipientResult(r.idx, r.address, Disposition.DEFERRED, reply)
@@ -141,8 +131,7 @@ class DeliveryAgent:
             route = await self._resolver.route(job.domain)
         if isinstance(route, RouteError):
             log.info(
-                "%s",
-                _kv(
+                kv(
                     queue_id=job.queue_id,
                     domain=job.domain,
                     status="route-failed",
@@ -173,47 +162,60 @@ class DeliveryAgent:
         ti = 0
         session: Session | None = None
         budget = len(targets) + len(pending)  # connection attempts, so nothing loops
-        while pending:
-            if session is None:
-                if ti >= len(targets) or budget <= 0:
-                    break
-                budget -= 1
-                mx, ip = targets[ti]
-                got = await self._checkout(mx, ip, port, policy)
-                if isinstance(got, SmtpReply):
+        try:
+            while pending:
+                if session is None:
+                    if ti >= len(targets) or budget <= 0:
+                        break
+                    budget -= 1
+                    mx, ip = targets[ti]
+                    got = await self._checkout(mx, ip, port, policy)
+                    if isinstance(got, SmtpReply):
+                        log.info(
+                            kv(
+                                queue_id=job.queue_id,
+                                mx=mx,
+                                ip=ip,
+                                status="connect-failed",
+                                reply=str(got),
+                            ),
+                        )
+                        last = got
+                        ti += 1
+                        continue
+                    session = got
+                tx = pending[0]
+                out = await session.transact(
+                    tx.sender, [r.address for r in tx.recipients], job.data, policy
+                )
+                if out.elsewhere:
+                    last = out.replies[0]
                     log.info(
-                        "%s",
-                        _kv(
+                        kv(
                             queue_id=job.queue_id,
-                            mx=mx,
-                            ip=ip,
-                            status="connect-failed",
-                            reply=str(got),
-                        ),
+                            mx=session.mx,
+                            ip=session.ip,
+                            status="session-failed",
+                            reply=str(last),
+                        )
                     )
-                    last = got
+                    session.abort()
+                    session = None
                     ti += 1
                     continue
-                session = got
-            tx = pending[0]
-            out = await session.transact(
-                tx.sender, [r.address for r in tx.recipients], job.data, policy
-            )
-            if out.elsewhere:
-                last = out.replies[0]
+                pending.pop(0)
+                for r, reply in zip(tx.recipients, out.replies, strict=True):
+                    results[r.idx] = self._result(r, reply, session)
+                if not out.usable:
+                    session.abort()
+                    session = None
+                elif session.transactions >= policy.max_messages_per_connection:
+                    await session.close(policy.command_timeout)
+                    session = None
+        except BaseException:  # cancelled (drain) or a bug: never leak the socket
+            if session is not None:
                 session.abort()
-                session = None
-                ti += 1
-                continue
-            pending.pop(0)
-            for r, reply in zip(tx.recipients, out.replies, strict=True):
-                results[r.idx] = self._result(r, reply, session)
-            if not out.usable:
-                session.abort()
-                session = None
-            elif session.transactions >= policy.max_messages_per_connection:
-                await session.close(policy.command_timeout)
-                session = None
+            raise
         if session is not None:
             await self._checkin(session, policy)
         # Every host tried and none took the transaction: defer with the last reply

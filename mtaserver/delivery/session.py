@@ -76,6 +76,9 @@ class Session:
         """RSET before reusing the connection; False when it is no longer usable."""
         try:
             await self.smtp.rset(timeout=timeout)
+        except asyncio.CancelledError:
+            self.abort()
+            raise
         except Exception:
             self.abort()
             return False
@@ -253,6 +256,14 @@ async def _open(
                     if mode == "required":
                         return local("4.7.4", f"TLS is required, but {what} refused STARTTLS")
                     return SmtpReply(reply.code, reply.text, "4.7.5")
+                except Exception as exc:
+                    # A failed handshake surfaces as an SSL error or as a reset connection;
+                    # either way it is a TLS failure (opportunistic mode retries in plaintext).
+                    smtp.close()
+                    reply = from_exception(exc, what)
+                    if reply.enhanced != "4.7.5":
+                        reply = local("4.7.5", f"TLS handshake with {what} failed")
+                    return reply
                 await _hello(smtp, policy)
                 ssl_obj = smtp.get_transport_info("ssl_object")
                 if isinstance(ssl_obj, ssl.SSLObject | ssl.SSLSocket):
