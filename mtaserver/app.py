@@ -362,6 +362,14 @@ def _scheduler_service(core: Core) -> Service:
     if core.metrics is not None:
         core.metrics.shaper = shaper
         agent = TimedAgent(core.agent, core.metrics.attempt_finished)
+
+    async def on_bounce(address: str, category: str, sender_domain: str | None, qid: str) -> None:
+        # Bound late: the suppression store is built after the scheduler.
+        if core.suppressions is not None:
+            await core.suppressions.apply(
+                address, category, sender_domain=sender_domain, source="delivery", queue_id=qid
+            )
+
     scheduler = Scheduler(
         spool=core.spool,
         agent=agent,
@@ -378,6 +386,7 @@ def _scheduler_service(core: Core) -> Service:
         send_dsn=cfg.shaping.send_dsn,
         no_dsn_users=cfg.shaping.no_dsn_users,
         mx=_MxHosts(core.resolver) if use_mx and core.resolver is not None else None,
+        on_bounce=on_bounce,
     )
 
     async def reload(config: Config) -> None:

@@ -24,13 +24,14 @@ import contextlib
 import dataclasses
 import math
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from mtaserver.bouncegen import DsnRecipient, DsnRequest, build_dsn
 from mtaserver.clock import Clock
 from mtaserver.config.shaping import RetrySettings, SchedulerSettings
+from mtaserver.errors import MtaError
 from mtaserver.log import get_logger, kv
 from mtaserver.model import (
     Classification,
@@ -85,6 +86,9 @@ class MxLookup(Protocol):
 
 
 Classify = Callable[[int | None, str | None, str], Classification]
+# (address, category, sender_domain, queue_id): acts on a permanent failure seen at delivery,
+# e.g. the suppression policy (an unknown user at RCPT is suppressed like an async bounce).
+OnBounce = Callable[[str, str, str | None, str], Awaitable[None]]
 
 
 # -- internal bookkeeping -------------------------------------------------------------------
@@ -139,7 +143,9 @@ class Scheduler:
         send_dsn: bool = True,
         no_dsn_users: Sequence[str] = (),
         mx: MxLookup | None = None,
+        on_bounce: OnBounce | None = None,
     ) -> None:
+        self._on_bounce = on_bounce
         self._spool = spool
         self._agent = agent
         self._shaper = shaper
@@ -501,6 +507,7 @@ class Scheduler:
         dsn_updates: list[RecipientUpdate] = []
         dsn_events: list[Event] = []
         warn: list[DsnRecipient] = []
+        sync_bounces: list[tuple[str, str]] = []
         wants_dsn = (
             bool(job.sender)
             and job.dsn
@@ -518,6 +525,9 @@ class Scheduler:
             disp = overrides.get(jr.idx, res.disposition)
             out = self._outcome(job, jr.attempts + 1, res, disp, now, reaction.suspended_until)
             self._log_attempt(job, res, out, now, reaction.rules)
+            facts = dict(out.event.data)
+            if out.update.state is RecipientState.BOUNCED and facts.get("source") == "sync":
+                sync_bounces.append((jr.address, str(facts.get("category", "other"))))
             if out.dsn is not None and wants_dsn:
                 dsn_recipients.append(out.dsn)
                 dsn_updates.append(out.update)
@@ -543,6 +553,14 @@ class Scheduler:
                 )
         if updates:
             await self._spool.record(updates, events)
+        if self._on_bounce is not None:
+            sender_domain = job.sender.rpartition("@")[2].lower() or None
+            for address, category in sync_bounces:
+                try:
+                    await self._on_bounce(address, category, sender_domain, job.queue_id)
+                except MtaError as exc:
+                    log.error(kv(event="bounce_action_failed", queue_id=job.queue_id,
+                                 rcpt=f"<{address}>", error=str(exc)))  # fmt: skip
         if warn:
             await self._send_delay_warning(job, warn, now)
         if dsn_updates:

@@ -126,7 +126,12 @@ def make_harness(
     started: list[Harness] = []
 
     async def make(
-        script: Script, toml: str = "", *, workers: int = 10, builtin: bool = False
+        script: Script,
+        toml: str = "",
+        *,
+        workers: int = 10,
+        builtin: bool = False,
+        on_bounce: Any = None,
     ) -> Harness:
         """A scheduler over the real spool with a scripted agent and a fake clock."""
         clock = FakeClock()
@@ -151,6 +156,7 @@ def make_harness(
             new_queue_id=new_queue_id,
             send_dsn=cfg.send_dsn,
             no_dsn_users=cfg.no_dsn_users,
+            on_bounce=on_bounce,
         )
         task = asyncio.create_task(sched.run())
         h = Harness(spool, clock, agent, sched, task)
@@ -487,3 +493,28 @@ async def test_delay_warning_once_per_message(make_harness: Any) -> None:
     await h2.idle_polls()
     assert await h2.dsns() == []
     await _stop(h2)
+
+
+async def test_permanent_failures_at_delivery_go_through_the_suppression_policy(
+    make_harness: Any, spool: Spool
+) -> None:
+    """An unknown user at RCPT is suppressed like an async bounce; a blocklist reply is not."""
+    from mtaserver.suppression import SuppressionStore
+
+    store = SuppressionStore(spool.db)
+    replies = {
+        "gone@d.test": SmtpReply(550, "5.1.1 user unknown", "5.1.1"),
+        "fine@d.test": SmtpReply(554, "5.7.1 blocked: listed at zen.spamhaus.org", "5.7.1"),
+    }
+
+    async def on_bounce(address: str, category: str, sender_domain: str | None, qid: str) -> None:
+        await store.apply(address, category, sender_domain=sender_domain, source="delivery",
+                          queue_id=qid)  # fmt: skip
+
+    h: Harness = await make_harness(lambda job, rcpt: replies[rcpt], FAST, on_bounce=on_bounce)
+    qid = await enqueue(h, list(replies))
+    await h.wait_for(lambda: _all_state(h, qid, "bounced"))
+    await h.wait_for(lambda: store.check("gone@d.test", "sender.test"))
+    await h.idle_polls()
+    assert await store.check("fine@d.test", "sender.test") is None
+    await _stop(h)

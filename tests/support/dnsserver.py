@@ -142,7 +142,7 @@ class DnsServer:
         udp.daemon_threads = tcp.daemon_threads = True
         self._udp, self._tcp, self.port = udp, tcp, port
         for srv in (udp, tcp):
-            threading.Thread(target=srv.serve_forever, daemon=True).start()
+            threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
     def stop(self) -> None:
