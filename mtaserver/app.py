@@ -191,6 +191,7 @@ def submission_service(
             RateLimiter(sub.user_rate, sub.user_burst, core.clock) if sub.user_rate else None
         ),
         suppressions=suppressions,
+        drop_suppressed=cfg.inbound.suppression.at_rcpt == "accept-and-drop",
         observer=core.metrics,
     )
     server = SubmissionServer(

@@ -54,6 +54,9 @@ class Submission:
     tls_version: str | None  # e.g. "TLSv1.3"; None when plaintext
     listener: str  # listener name, for logs and metrics
     received_at: float  # unix time
+    # Recipients accepted only to be dropped (suppressed, with "accept-and-drop"): address,
+    # reason. They are recorded with a `suppressed` event and never delivered.
+    dropped: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,7 @@ class PreparedRecipient:
 
     address: str
     data: bytes | None = None
+    suppressed: str | None = None  # reason: stored as final SUPPRESSED, never delivered
 
 
 @dataclass(frozen=True, slots=True)

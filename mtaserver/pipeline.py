@@ -150,6 +150,14 @@ class Pipeline:
                     r = PreparedRecipient(address=r.address, data=await self._signer.sign(r.data))
                 signed.append(r)
             recipients = tuple(signed)
+        if sub.dropped:
+            reasons = dict(sub.dropped)
+            recipients = tuple(
+                PreparedRecipient(r.address, r.data, suppressed=reasons[r.address])
+                if r.address in reasons
+                else r
+                for r in recipients
+            )
         return PreparedMessage(
             queue_id=queue_id,
             sender=sub.sender,

@@ -173,14 +173,27 @@ class Spool:
                         i,
                         r.address,
                         domain_of(r.address),
-                        RecipientState.QUEUED.value,
+                        (
+                            RecipientState.SUPPRESSED if r.suppressed else RecipientState.QUEUED
+                        ).value,
                         msg.received_at,
-                        None if r.data is None else codec.encode(r.data),
+                        None if r.data is None or r.suppressed else codec.encode(r.data),
                         msg.received_at,
                     )
                     for i, r in enumerate(msg.recipients)
                 ],
             )
+            dropped = [
+                Event(
+                    type="suppressed",
+                    at=msg.received_at,
+                    queue_id=msg.queue_id,
+                    recipient=r.address,
+                    data=(("reason", r.suppressed), ("idx", i)),
+                )
+                for i, r in enumerate(msg.recipients)
+                if r.suppressed
+            ]
             accepted = Event(
                 type="accepted",
                 at=msg.received_at,
@@ -194,7 +207,9 @@ class Spool:
                     ("campaign", msg.campaign),
                 ),
             )
-            insert_events(conn, [accepted, *events])
+            insert_events(conn, [accepted, *dropped, *events])
+            if dropped:
+                _drop_body_if_done(conn, msg.queue_id)
 
         await self.db.write(op)
 

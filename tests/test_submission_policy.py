@@ -240,3 +240,35 @@ async def test_real_suppression_store_at_rcpt(tmp_path: Path) -> None:
         assert reply.startswith("550 5.7.1") and "hard-bounce" in reply, reply
         assert (await c.cmd("RCPT TO:<scoped@dest.example>")).startswith("250")
         await c.close()
+
+
+async def test_accept_and_drop_stores_the_suppressed_recipient_with_an_event(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path, real_suppressions=True, drop_suppressed=True) as env:
+        assert env.suppressions is not None
+        await env.suppressions.add("gone@dest.example", "hard-bounce")
+        c = await session(env, "submissions", auth=True)
+        await c.cmd("MAIL FROM:<alice@example.com>")
+        assert (await c.cmd("RCPT TO:<gone@dest.example>")).startswith("250")
+        assert (await c.cmd("RCPT TO:<ok@dest.example>")).startswith("250")
+        assert (await c.cmd("DATA")).startswith("354")
+        reply = await c.cmd("From: alice@example.com\r\nSubject: hi\r\n\r\nbody\r\n.")
+        assert reply.startswith("250"), reply
+        await c.close()
+        queue_id = reply.split()[-1]
+        info = await env.spool.show(queue_id)
+        assert info is not None
+        assert [(r.address, r.state) for r in info.recipients] == [
+            ("gone@dest.example", "suppressed"),
+            ("ok@dest.example", "queued"),
+        ]
+        jobs = await env.spool.claim_due(now=time.time() + 1, limit=10, lease_seconds=60)
+        assert [r.address for j in jobs for r in j.recipients] == ["ok@dest.example"]
+        events = await env.db.read(
+            lambda conn: conn.execute(
+                "SELECT recipient, data FROM events WHERE type='suppressed'"
+            ).fetchall()
+        )
+        assert len(events) == 1 and events[0][0] == "gone@dest.example"
+        assert "hard-bounce" in events[0][1]

@@ -81,6 +81,7 @@ class SubmissionHandler:
         max_header_size: int,
         user_rate: RateLimiter | None = None,
         suppressions: Suppressions | None = None,
+        drop_suppressed: bool = False,
         observer: SmtpObserver | None = None,
     ) -> None:
         self.observer = observer  # SubmissionSMTP reports new sessions to it
@@ -92,6 +93,7 @@ class SubmissionHandler:
         self._max_header_size = max_header_size
         self._user_rate = user_rate
         self._suppressions = suppressions
+        self._drop_suppressed = drop_suppressed
 
     # -- EHLO ----------------------------------------------------------------------------
     async def handle_EHLO(
@@ -154,7 +156,13 @@ class SubmissionHandler:
                 return storage_reply(exc)
             if hit:
                 reason = _reason(hit)
-                return f"550 5.7.1 Recipient address is suppressed ({reason})"
+                if not self._drop_suppressed:
+                    return f"550 5.7.1 Recipient address is suppressed ({reason})"
+                # accept-and-drop: the client sees success; the recipient is stored as
+                # suppressed with an event, and never delivered.
+                dropped: dict[str, str] = getattr(envelope, "dropped", {})
+                dropped[address] = reason
+                envelope.dropped = dropped
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Recipient OK"
@@ -178,6 +186,7 @@ class SubmissionHandler:
             tls_version=server.tls_version,
             listener=server.listener.name,
             received_at=self._clock.now(),
+            dropped=tuple(getattr(envelope, "dropped", {}).items()),
         )
         try:
             queue_id = await self._submitter.submit(submission)

@@ -100,6 +100,7 @@ async def running(
     throttle: AuthThrottleConfig | None = None,
     suppressions: Suppressions | None = None,
     real_suppressions: bool = False,
+    drop_suppressed: bool = False,
     user_burst: float = 5.0,
     pipeline_kwargs: dict[str, Any] | None = None,
     **overrides: Any,
@@ -138,6 +139,7 @@ async def running(
         max_header_size=cfg.max_header_size,
         user_rate=rate,
         suppressions=suppressions,
+        drop_suppressed=drop_suppressed,
     )
     server = SubmissionServer(cfg, hostname=HOSTNAME, handler=handler, tls_context=server_ctx)
     await server.start()
