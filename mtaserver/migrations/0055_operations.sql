@@ -31,20 +31,9 @@ CREATE INDEX webhook_outbox_due ON webhook_outbox(webhook, state, next_attempt);
 CREATE INDEX webhook_outbox_message ON webhook_outbox(webhook, queue_id, id);
 CREATE INDEX webhook_outbox_event ON webhook_outbox(event_id);
 
-CREATE TRIGGER events_webhook_outbox AFTER INSERT ON events
-BEGIN
-    INSERT INTO webhook_outbox(webhook, event_id, queue_id, state, created_at, next_attempt)
-    SELECT w.name, NEW.id, NEW.queue_id,
-           CASE WHEN NEW.queue_id IS NOT NULL AND EXISTS (
-                    SELECT 1 FROM webhook_outbox o
-                    WHERE o.webhook = w.name AND o.queue_id = NEW.queue_id
-                      AND o.state IN ('pending', 'waiting'))
-                THEN 'waiting' ELSE 'pending' END,
-           (julianday('now') - 2440587.5) * 86400.0,
-           0
-    FROM webhook_endpoints w
-    WHERE w.types = '*' OR instr(w.types, ',' || NEW.type || ',') > 0;
-END;
+-- The trigger that fills webhook_outbox from events (webhooks.OUTBOX_TRIGGER) is created
+-- by the daemon only while a webhook is configured, and dropped otherwise.
+
 
 -- Retention: events by age; bodies kept after final delivery ([retention] bodies > 0).
 CREATE INDEX events_at ON events(at);
