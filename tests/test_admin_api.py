@@ -22,7 +22,7 @@ from mtaserver.events import EventLog
 from mtaserver.model import Event, PreparedMessage, PreparedRecipient
 from mtaserver.spool import Spool, new_queue_id
 from tests.support.admin import AdminClient, operations
-from tests.support.daemon import Daemon, TestConfig, free_port
+from tests.support.daemon import Daemon, TestConfig, database_bytes, free_port
 
 UNAUTHORIZED = b'{"error":"unauthorized"}'
 
@@ -158,10 +158,7 @@ def test_auth_failures_all_look_the_same(running: tuple[Daemon, AdminClient]) ->
     assert listing.returncode == 0
     assert "to-revoke" in listing.stdout and "revoked" in listing.stdout
     assert victim not in listing.stdout and api.token not in listing.stdout
-    raw = d.config.database.read_bytes()
-    wal = Path(str(d.config.database) + "-wal")
-    if wal.exists():
-        raw += wal.read_bytes()
+    raw = database_bytes(d.config.database)
     assert victim.encode() not in raw and (api.token or "").encode() not in raw
     assert victim not in d.log() and (api.token or "") not in d.log()
 

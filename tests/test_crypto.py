@@ -23,6 +23,7 @@ from mtaserver.db import Database
 from mtaserver.errors import ConfigError, StorageError
 from mtaserver.model import PreparedMessage, PreparedRecipient
 from mtaserver.spool import Spool
+from tests.support.daemon import database_bytes
 
 SHARED = b"Subject: quarterly\r\n\r\nThe-shared-secret-plaintext-7f3a\r\n"
 OWN = b"Subject: quarterly\r\n\r\nPer-recipient-plaintext-91be\r\n"
@@ -39,14 +40,6 @@ def message(qid: str) -> PreparedMessage:
         recipients=(PreparedRecipient("a@x.example"), PreparedRecipient("b@x.example", OWN)),
         data=SHARED, user="app", client_ip="127.0.0.1", received_at=1000.0,
     )  # fmt: skip
-
-
-def raw_bytes(path: Path) -> bytes:
-    out = b""
-    for p in (path, path.with_name(path.name + "-wal")):
-        if p.exists():
-            out += p.read_bytes()
-    return out
 
 
 def test_roundtrip_tamper_and_unknown_key() -> None:
@@ -79,13 +72,13 @@ async def test_queued_bodies_are_not_in_the_database_file(tmp_path: Path) -> Non
         jobs = await spool.claim_due(now=2000.0, limit=10, lease_seconds=60)
         assert {j.data for j in jobs} == {SHARED, OWN}
         assert await spool.body("Q1") == SHARED
-        on_disk = raw_bytes(db.path)
+        on_disk = database_bytes(db.path)
         assert b"The-shared-secret-plaintext" not in on_disk
         assert b"Per-recipient-plaintext" not in on_disk
         assert b"a@x.example" in on_disk  # the envelope is not encrypted, only content
     finally:
         await db.close()
-    on_disk = raw_bytes(tmp_path / "q.db")
+    on_disk = database_bytes(tmp_path / "q.db")
     assert b"plaintext" not in on_disk
 
 
@@ -164,4 +157,4 @@ def test_encrypted_database_has_no_plaintext_after_checkpoint(tmp_path: Path) ->
     blobs += [r[0] for r in conn.execute("SELECT body FROM messages")]
     conn.close()
     assert len(blobs) == 2 and all(key_id_of(b) == "k1" for b in blobs)
-    assert b"plaintext" not in raw_bytes(tmp_path / "q.db")
+    assert b"plaintext" not in database_bytes(tmp_path / "q.db")

@@ -9,16 +9,8 @@ import sqlite3
 from pathlib import Path
 
 from mtaserver.crypto import generate_key, key_id_of
-from tests.support.daemon import Daemon, TestConfig
+from tests.support.daemon import Daemon, TestConfig, database_bytes
 from tests.support.dnsserver import DnsServer
-
-
-def raw(path: Path) -> bytes:
-    out = b""
-    for p in (path, path.with_name(path.name + "-wal")):
-        if p.exists():
-            out += p.read_bytes()
-    return out
 
 
 def mail(marker: str) -> bytes:
@@ -47,7 +39,7 @@ def test_submitted_bodies_are_encrypted_and_keys_rotate(tmp_path: Path) -> None:
         with Daemon(cfg) as d:
             with smtplib.SMTP(host, port, timeout=10) as s:
                 s.sendmail("app@sender.example", ["someone@slow.example"], mail("alpha"))
-            assert b"Confidential-alpha" not in raw(cfg.database)
+            assert b"Confidential-alpha" not in database_bytes(cfg.database)
             assert set(stored_key_ids(cfg.database).values()) == {first}
             second = generate_key(keys, "k2")
             d.reload()
@@ -56,12 +48,12 @@ def test_submitted_bodies_are_encrypted_and_keys_rotate(tmp_path: Path) -> None:
                 s.sendmail("app@sender.example", ["someone@slow.example"], mail("beta"))
             ids = sorted(stored_key_ids(cfg.database).values(), key=str)
             assert ids == [first, second], ids
-            data = raw(cfg.database)
+            data = database_bytes(cfg.database)
             assert b"Confidential-alpha" not in data and b"Confidential-beta" not in data
             # The operator can still read both (decrypted with whichever key each names).
             out = d.cli("privacy", "export", "someone@slow.example")
             assert out.returncode == 0, out.stderr
             bodies = [r["body"] for r in json.loads(out.stdout)["received"]]
             assert len(bodies) == 2 and all(b and "Confidential-" in b for b in bodies), bodies
-    data = raw(cfg.database)
+    data = database_bytes(cfg.database)
     assert b"Confidential-alpha" not in data and b"Confidential-beta" not in data

@@ -15,22 +15,9 @@ from pathlib import Path
 
 from mtaserver.dkim import keys as K
 from tests.support.daemon import Daemon, TestConfig
-from tests.support.dkimtools import dkimpy_verify, make_key, opendkim_verify, publish
+from tests.support.dkimtools import dkim_entries, dkimpy_verify, make_key, opendkim_verify, publish
 from tests.support.dnsserver import DnsServer
 from tests.support.mxsink import SinkGroup, wait_for
-
-
-def _entries(keys: list[K.DkimKey], active: set[str]) -> list[dict[str, object]]:
-    return [
-        {
-            "domain": k.domain,
-            "selector": k.selector,
-            "key": k.path,
-            "algorithm": k.algorithm.value,
-            "active": k.selector in active,
-        }
-        for k in keys
-    ]
 
 
 def _message(i: int) -> bytes:
@@ -71,7 +58,7 @@ async def test_daemon_signs_and_rotates_without_unsigned_mail(tmp_path: Path) ->
                 nameservers=[dns.nameserver],
             )
             cfg.set("shaping", poll_interval="20ms")
-            cfg.data["dkim"] = _entries(keys, {"s1", "ed1"})
+            cfg.data["dkim"] = dkim_entries(keys, {"s1", "ed1"})
             host, port = cfg.address("submission", "listen_plain")
 
             def send(indexes: range) -> None:
@@ -94,7 +81,7 @@ async def test_daemon_signs_and_rotates_without_unsigned_mail(tmp_path: Path) ->
                 ]
 
                 # Switch the active RSA selector while a client keeps submitting.
-                cfg.data["dkim"] = _entries(keys, {"s2", "ed1"})
+                cfg.data["dkim"] = dkim_entries(keys, {"s2", "ed1"})
                 cfg.write()
                 flow = threading.Thread(target=send, args=(range(1, 41),))
                 flow.start()

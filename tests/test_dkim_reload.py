@@ -8,20 +8,7 @@ from pathlib import Path
 
 from mtaserver.dkim import keys as K
 from tests.support.daemon import Daemon, TestConfig
-from tests.support.dkimtools import make_key
-
-
-def _entries(keys: list[K.DkimKey], active: set[str]) -> list[dict[str, object]]:
-    return [
-        {
-            "domain": k.domain,
-            "selector": k.selector,
-            "key": k.path,
-            "algorithm": k.algorithm.value,
-            "active": k.selector in active,
-        }
-        for k in keys
-    ]
+from tests.support.dkimtools import dkim_entries, make_key
 
 
 def _signing(log: str) -> list[str]:
@@ -35,17 +22,17 @@ def test_sighup_switches_active_selector(tmp_path: Path) -> None:
         make_key(tmp_path, "example.com", "ed1", K.Algorithm.ED25519),
     ]
     cfg = TestConfig(tmp_path, tls=False)
-    cfg.data["dkim"] = _entries(keys, {"s1", "ed1"})
+    cfg.data["dkim"] = dkim_entries(keys, {"s1", "ed1"})
     with Daemon(cfg) as daemon:
         assert _signing(daemon.log()) == ["example.com/s1,example.com/ed1"]
-        cfg.data["dkim"] = _entries(keys, {"s2", "ed1"})
+        cfg.data["dkim"] = dkim_entries(keys, {"s2", "ed1"})
         cfg.write()
         daemon.reload()
         assert _signing(daemon.log())[-1] == "example.com/s2,example.com/ed1"
 
         # A key others can read fails the reload: the daemon keeps signing with s2.
         os.chmod(keys[0].path, 0o644)
-        cfg.data["dkim"] = _entries(keys, {"s1", "ed1"})
+        cfg.data["dkim"] = dkim_entries(keys, {"s1", "ed1"})
         cfg.write()
         daemon.reload()
         log = daemon.log()

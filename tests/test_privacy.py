@@ -24,19 +24,11 @@ from mtaserver.model import (
 )
 from mtaserver.spool import BodyCodec, IdentityCodec, Spool
 from mtaserver.suppression import SuppressionStore, address_hash
-from tests.support.daemon import Daemon, TestConfig
+from tests.support.daemon import Daemon, TestConfig, database_bytes
 
 BOB = "bob@example.com"
 # Whole-word, case-insensitive: jimbob@example.com is somebody else.
 BOB_RE = re.compile(rb"(?<![a-z0-9._%+\-])bob@example\.com", re.IGNORECASE)
-
-
-def raw(path: Path) -> bytes:
-    out = b""
-    for p in (path, path.with_name(path.name + "-wal")):
-        if p.exists():
-            out += p.read_bytes()
-    return out
 
 
 def body(*rcpts: str, text: str = "Hello") -> bytes:
@@ -113,7 +105,7 @@ async def test_export_then_erase_leaves_nothing_in_the_file(
         ]
         assert {s["scope"] for s in exported["suppressions"]} == {"", "sender.example"}
         assert len(exported["soft_bounces"]) == 1
-        assert BOB_RE.search(raw(db.path))  # it is there before
+        assert BOB_RE.search(database_bytes(db.path))  # it is there before
 
         result = await privacy.erase(db, "Bob@example.com", codec=codec)
         assert result.recipients == 2 and result.cancelled == 2  # Bob's and Dave's (same body)
@@ -154,7 +146,7 @@ async def test_export_then_erase_leaves_nothing_in_the_file(
     finally:
         await db.close()
     # ... and not in the file or the WAL (deleted content was overwritten).
-    data = raw(tmp_path / "p.db")
+    data = database_bytes(tmp_path / "p.db")
     assert BOB_RE.search(data) is None, data[max(0, BOB_RE.search(data).start() - 80) :][:200]  # type: ignore[union-attr]
     assert b"jimbob@example.com" in data  # the scan does see addresses
 
@@ -200,7 +192,7 @@ def test_erase_end_to_end_against_the_running_daemon(tmp_path: Path) -> None:
         conn = sqlite3.connect(cfg.database)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
-        data = raw(cfg.database)
+        data = database_bytes(cfg.database)
         assert BOB_RE.search(data) is None
         assert b"carol@x.example" in data
         with (

@@ -27,6 +27,15 @@ import trustme
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def database_bytes(path: Path) -> bytes:
+    """The raw bytes of a SQLite file and its WAL, for tests that scan what is stored."""
+    out = b""
+    for p in (path, path.with_name(path.name + "-wal")):
+        if p.exists():
+            out += p.read_bytes()
+    return out
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

@@ -40,6 +40,20 @@ def make_key(
     return K.load_key(path, domain=domain, selector=selector, algorithm=algorithm, active=active)
 
 
+def dkim_entries(keys: list[K.DkimKey], active: set[str]) -> list[dict[str, object]]:
+    """[[dkim]] config entries for keys; those whose selector is in ``active`` sign."""
+    return [
+        {
+            "domain": k.domain,
+            "selector": k.selector,
+            "key": k.path,
+            "algorithm": k.algorithm.value,
+            "active": k.selector in active,
+        }
+        for k in keys
+    ]
+
+
 def publish(dns: DnsServer, keys: list[K.DkimKey] | tuple[K.DkimKey, ...]) -> None:
     for key in keys:
         dns.set(key.record_name, "TXT", [quote_txt(key.record_text)])
