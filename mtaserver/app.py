@@ -134,7 +134,6 @@ async def build_services(core: Core) -> list[Service]:
     )
     core.db.on_commit.append(core.metrics.db_committed)
     services: list[Service] = [
-        SimpleService("events", on_run=core.events.run),
         _dkim_service(core),
         _delivery_service(core),
         _scheduler_service(core),

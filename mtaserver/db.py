@@ -137,7 +137,6 @@ class Database:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.unclean_start = False
-        self.commit_seconds: list[float] = []  # recent commit latencies, for metrics
         self.on_commit: list[Callable[[float, int], None]] = []  # (seconds, ops) observers
 
     async def open(self) -> None:
@@ -233,8 +232,6 @@ class Database:
                 raise
             else:
                 elapsed = time.monotonic() - started
-                self.commit_seconds.append(elapsed)
-                del self.commit_seconds[:-1000]
                 for observer in self.on_commit:
                     observer(elapsed, len(batch))
                 for p, (ok, value) in zip(batch, outcome.results, strict=True):

@@ -203,21 +203,6 @@ class BounceReport:
 
 
 @dataclass(frozen=True, slots=True)
-class TrackingEvent:
-    """An open, click or unsubscribe seen by the tracking endpoint."""
-
-    type: str  # "open", "click", "unsubscribe"
-    queue_id: str
-    idx: int
-    at: float
-    url: str | None = None
-    user_agent: str = ""
-    client_ip: str = ""  # already truncated or hashed per the privacy setting
-    machine: bool = False  # image proxy, link scanner, or other non-human fetch
-    reason: str | None = None  # why machine is set
-
-
-@dataclass(frozen=True, slots=True)
 class Event:
     """A row of the events table: one state change worth keeping."""
 
