@@ -3,9 +3,15 @@
 The HTTP handlers never wait for the database: a hit goes into a bounded buffer and the
 handler answers at once. :meth:`Recorder.run` drains the buffer every ``flush_every``
 seconds, holding each hit ``hold`` seconds first so that a scanner's burst over every link
-of a message is judged as a whole. One flush is one lookup (recipient, campaign, delivery
-time for every recipient in the batch, cached) and one statement in the group-committed
+of a message is judged as a whole. One flush is one statement in the group-committed
 database writer - a thousand opens are one transaction and one fsync, not a thousand.
+
+The event loop is what limits how many hits per second the endpoint serves, so a hit costs
+it as little Python as possible: the verdict (memoized by user agent), the stored form of
+the IP (memoized), one tuple. Everything else happens inside SQLite on the writer thread,
+which runs with the GIL released: the recipient's address, campaign and user are joined
+from the queue tables, and the event's JSON is built there. Only clicks need a lookup
+first (the delivery time tells a scanner's early click from a person's).
 
 Unsubscribes are the exception: they change state (a suppression), so the POST waits
 until both the suppression and the event are stored before it says "done".
@@ -20,13 +26,13 @@ import sqlite3
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from mtaserver.clock import Clock
 from mtaserver.db import Database
 from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
-from mtaserver.tracking.bots import BotDetector, Hit, Verdict
+from mtaserver.tracking.bots import BotDetector, Hit
 from mtaserver.tracking.privacy import IpPrivacy
 
 log = get_logger("tracking")
@@ -58,22 +64,10 @@ def _text(user_agent: str) -> str:
     return ua if ua.isascii() else ua.encode("utf-8", "replace").decode("utf-8")
 
 
-class EventRow(NamedTuple):
-    """One ``open``/``click``/``unsubscribe`` row of the events table, before JSON."""
-
-    at: float
-    type: str
-    queue_id: str
-    recipient: str | None  # the address; None when the queue no longer knows it
-    idx: int
-    campaign: str | None
-    user: str | None
-    user_agent: str
-    client_ip: str  # already treated per ip_privacy
-    machine: bool
-    reason: str | None = None
-    proxy: str | None = None
-    url: str | None = None
+# One open/click/unsubscribe as the writer gets it:
+# (at, type, queue_id, idx, user_agent, client_ip, machine, reason, proxy, url).
+# A plain tuple, not a NamedTuple: one is built per hit on the event loop.
+HitRow = tuple[float, str, str, int, str, str, bool, str | None, str | None, str | None]
 
 
 class TrackingStore(Protocol):
@@ -81,7 +75,7 @@ class TrackingStore(Protocol):
 
     async def lookup(self, keys: Sequence[Key]) -> dict[Key, RecipientInfo]: ...
 
-    async def write_rows(self, rows: Sequence[EventRow]) -> None: ...
+    async def write_rows(self, rows: Sequence[HitRow]) -> None: ...
 
 
 class UnsubscribeSink(Protocol):
@@ -92,18 +86,22 @@ class UnsubscribeSink(Protocol):
 
 # A whole batch is handed to SQLite as ONE JSON array bound to ONE statement: the writer
 # thread then inserts every row inside a single sqlite3_step with the GIL released, instead
-# of binding parameters row by row and fighting the event loop for the GIL each time.
-# json_patch('{}', …) drops the null members of ``data``.
+# of binding parameters row by row and fighting the event loop for the GIL each time. The
+# recipient (address, then its message's campaign and user) is joined here, not looked up
+# in Python; a recipient the queue no longer knows leaves them NULL. json_patch('{}', …)
+# drops the null members of ``data``.
 _INSERT_BATCH = """
 INSERT INTO events(at, type, queue_id, recipient, data)
-SELECT r.value ->> 0, r.value ->> 1, r.value ->> 2, r.value ->> 3,
+SELECT h.value ->> 0, h.value ->> 1, h.value ->> 2, r.address,
        json_patch('{}', json_object(
-           'idx', r.value ->> 4, 'campaign', r.value ->> 5, 'user', r.value ->> 6,
-           'user_agent', r.value ->> 7, 'client_ip', r.value ->> 8,
-           'machine', json(r.value -> 9), 'reason', r.value ->> 10,
-           'proxy', r.value ->> 11, 'url', r.value ->> 12))
-FROM json_each(?) AS r
-ORDER BY r.key
+           'idx', h.value ->> 3, 'campaign', m.campaign, 'user', m.user,
+           'user_agent', h.value ->> 4, 'client_ip', h.value ->> 5,
+           'machine', json(h.value -> 6), 'reason', h.value ->> 7,
+           'proxy', h.value ->> 8, 'url', h.value ->> 9))
+FROM json_each(?) AS h
+LEFT JOIN recipients r ON r.queue_id = h.value ->> 2 AND r.idx = h.value ->> 3
+LEFT JOIN messages m ON m.id = r.queue_id
+ORDER BY h.key
 """
 
 
@@ -121,10 +119,10 @@ class SqlTrackingStore:
             for qid, idx in wanted:
                 row = conn.execute(
                     "SELECT r.address, m.sender, m.campaign, m.user, r.state, r.updated_at, "
-                    # Walk the recipient's own events (events_recipient), not the whole
-                    # message's: a campaign message may have a million opens and clicks.
-                    "(SELECT min(e.at) FROM events e WHERE e.recipient = r.address "
-                    " AND +e.queue_id = r.queue_id AND +e.type = 'delivered') "
+                    # Walk the recipient's own events (events_queue_recipient), not the
+                    # whole message's: a campaign message may have a million opens.
+                    "(SELECT min(e.at) FROM events e WHERE e.queue_id = r.queue_id "
+                    " AND e.recipient = r.address AND +e.type = 'delivered') "
                     "FROM recipients r JOIN messages m ON m.id = r.queue_id "
                     "WHERE r.queue_id = ? AND r.idx = ?",
                     (qid, idx),
@@ -139,7 +137,7 @@ class SqlTrackingStore:
 
         return await self.db.read(op)
 
-    async def write_rows(self, rows: Sequence[EventRow]) -> None:
+    async def write_rows(self, rows: Sequence[HitRow]) -> None:
         payload = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
 
         def op(conn: sqlite3.Connection) -> None:
@@ -214,8 +212,9 @@ class Recorder:
             batch.append(self._pending.popleft())
         if not batch:
             return 0
+        clicks = [(h.queue_id, h.idx) for h in batch if h.type == "click"]
         try:
-            infos = await self._lookup([(h.queue_id, h.idx) for h in batch], now)
+            infos = await self._lookup(clicks, now) if clicks else {}
         except StorageError as exc:
             self._pending.extendleft(reversed(batch))
             log.error(kv(event="tracking_lookup_failed", error=str(exc)))
@@ -225,22 +224,28 @@ class Recorder:
             for o in (*self._recent, *batch, *self._pending):
                 if o.type == "click" and o.links > 1:  # one link cannot make a burst
                     by_key.setdefault((o.queue_id, o.idx), []).append(o)
-        detector = self.detector
-        rows: list[EventRow] = []
+        by_agent = self.detector.by_agent
+        classify = self.detector.classify
+        ip_form = self.privacy.apply
+        rows: list[HitRow] = []
         for h in batch:
-            key = (h.queue_id, h.idx)
-            info = infos.get(key)
             if h.type != "click":  # opens are judged by who fetched them, nothing else
-                verdict = detector.by_agent(h.type, h.user_agent, h.ip)
+                verdict = by_agent(h.type, h.user_agent, h.ip)
             else:
-                verdict = detector.classify(
+                key = (h.queue_id, h.idx)
+                info = infos.get(key)
+                verdict = classify(
                     h,
                     known=info is not None,
                     delivered_at=info.delivered_at if info else None,
                     nearby=[o for o in by_key.get(key, ()) if o is not h],
                     heads=tuple(self._heads.get(key, ())),
                 )
-            rows.append(self._row(h, verdict, info))
+            ua = h.user_agent
+            rows.append((h.at, h.type, h.queue_id, h.idx,
+                         ua if len(ua) <= _MAX_UA and ua.isascii() else _text(ua),
+                         ip_form(h.ip), verdict.machine, verdict.reason, verdict.proxy,
+                         h.url))  # fmt: skip
         try:
             await self.store.write_rows(rows)
         except StorageError as exc:
@@ -282,23 +287,6 @@ class Recorder:
                 out[k] = info
         return out
 
-    def _row(self, h: Hit, verdict: Verdict, info: RecipientInfo | None) -> EventRow:
-        return EventRow(
-            h.at,
-            h.type,
-            h.queue_id,
-            info.address if info else None,
-            h.idx,
-            info.campaign if info else None,
-            info.user if info else None,
-            _text(h.user_agent),
-            self.privacy.apply(h.ip),
-            verdict.machine,
-            verdict.reason,
-            verdict.proxy,
-            h.url,
-        )
-
     async def run(self) -> None:
         """Flush periodically until cancelled; on the way out write everything left."""
         try:
@@ -327,8 +315,8 @@ class Recorder:
             return False
         if self.unsubscribes is not None:
             await self.unsubscribes.unsubscribe(info.sender, info.address, queue_id, at)
-        row = EventRow(at, "unsubscribe", queue_id, info.address, idx, info.campaign, info.user,
-                       _text(user_agent), self.privacy.apply(ip), False)  # fmt: skip
+        row: HitRow = (at, "unsubscribe", queue_id, idx, _text(user_agent),
+                       self.privacy.apply(ip), False, None, None, None)  # fmt: skip
         await self.store.write_rows([row])
         log.info(kv(event="unsubscribed", queue_id=queue_id, idx=idx))
         return True
