@@ -234,12 +234,14 @@ class Recorder:
             else:
                 key = (h.queue_id, h.idx)
                 info = infos.get(key)
+                near = by_key.get(key)
+                heads = self._heads.get(key)
                 verdict = classify(
                     h,
                     known=info is not None,
                     delivered_at=info.delivered_at if info else None,
-                    nearby=[o for o in by_key.get(key, ()) if o is not h],
-                    heads=tuple(self._heads.get(key, ())),
+                    nearby=[o for o in near if o is not h] if near else (),
+                    heads=tuple(heads) if heads else (),
                 )
             ua = h.user_agent
             rows.append((h.at, h.type, h.queue_id, h.idx,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from mtaserver.tracking import stats as stats_mod
@@ -254,3 +256,40 @@ async def test_odd_user_agents_and_unknown_recipients_are_still_recorded(stack: 
     assert rows[1][2]["client_ip"] == "2001:db8:1::"
     assert rows[1][2]["idx"] == 3 and rows[1][2]["machine"] is False
     assert "reason" not in rows[1][2] and "url" not in rows[1][2]  # no null members
+
+
+async def test_events_keep_one_index_and_every_lookup_uses_it(stack: Stack) -> None:
+    """Each index on events is paid by every open and click; the one left serves all reads."""
+    from mtaserver.tracking.recorder import _INSERT_BATCH
+    from mtaserver.tracking.stats import _SQL
+
+    def plans(conn: sqlite3.Connection) -> dict[str, object]:
+        def plan(sql: str, params: object) -> str:
+            return " | ".join(r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+        indexes = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='events' "
+            "AND sql IS NOT NULL"
+        ).fetchall()
+        stats = {"since": 0, "until": 1e18, "campaign": "nov", "user": None}
+        return {
+            "indexes": [r[0] for r in indexes],
+            "stats": plan(_SQL, stats),
+            "insert": plan(_INSERT_BATCH, ("[]",)),
+            "dsn": plan("SELECT data FROM events WHERE queue_id=? AND type='dsn_sent'", ("Q",)),
+        }
+
+    got = await stack.db.read(plans)
+    assert got["indexes"] == ["events_queue_recipient"]
+    assert "SEARCH e USING INDEX events_queue_recipient (queue_id=?)" in got["stats"]
+    assert "SCAN e" not in got["stats"]
+    assert (
+        "SEARCH r USING INDEX sqlite_autoindex_recipients_1 (queue_id=? AND idx=?)"
+        in (got["insert"])
+    )
+    assert "events_queue_recipient (queue_id=?)" in got["dsn"]
+    # The click lookup finds the recipient's delivery by (queue_id, recipient).
+    await stack.message("QI", ("a@x.example",))
+    await stack.outcome("QI", 0, "a@x.example", "delivered")
+    (info,) = (await stack.recorder.store.lookup([("QI", 0)])).values()
+    assert info.delivered_at == stack.clock.now()

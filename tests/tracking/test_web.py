@@ -6,6 +6,7 @@ import base64
 import logging
 
 import pytest
+import yarl
 
 from mtaserver.tracking.tokens import CLICK, TokenCodec
 from mtaserver.tracking.web import GIF, redact_path
@@ -193,3 +194,45 @@ async def test_access_log_never_contains_a_full_token(
         assert tok not in text and tok[:12] not in text
         assert tok[:6] in text
     assert redact_path("/c/abcdefghijklmnop?x=1") == "/c/abcdef…"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "allow"),
+    [
+        ("PUT", "/o/{open}.gif", 405, "GET, HEAD"),
+        ("POST", "/o/{open}.gif", 405, "GET, HEAD"),
+        ("DELETE", "/c/{click}", 405, "GET, HEAD"),
+        ("PATCH", "/u/{unsub}", 405, "GET, HEAD, POST"),
+        ("GET", "/o/{open}", 404, None),  # the pixel path ends in .gif
+        ("GET", "/x/{open}.gif", 404, None),
+        ("GET", "/", 404, None),
+        ("GET", "/o/%41{open}.gif", 404, None),  # percent-encoding is never ours
+    ],
+)
+async def test_methods_and_paths_outside_the_three_endpoints(
+    stack: Stack, method: str, path: str, status: int, allow: str | None
+) -> None:
+    c = codec()
+    url = stack.base + path.format(
+        open=c.open_token("Q5", 0),
+        click=c.click_token("Q5", 0, URL, 0, 1),
+        unsub=c.unsubscribe_token("Q5", 0),
+    )
+    async with stack.http.request(method, yarl.URL(url, encoded=True),
+                                  allow_redirects=False) as resp:  # fmt: skip
+        assert resp.status == status
+        assert resp.headers.get("Allow") == allow
+        assert "Location" not in resp.headers
+    await stack.settle()
+    assert await stack.events("open") == [] and await stack.events("click") == []
+
+
+async def test_unsubscribe_post_body_is_bounded(stack: Stack) -> None:
+    await stack.message("Q6", ("a@example.org",))
+    url = _path(stack, "u", codec().unsubscribe_token("Q6", 0))
+    body = b"List-Unsubscribe=One-Click&pad=" + b"x" * 20_000
+    async with stack.http.post(
+        url, data=body, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    ) as resp:
+        assert resp.status == 413
+    assert stack.unsubscribed.calls == []
