@@ -56,6 +56,7 @@ from mtaserver.spool import Spool, new_queue_id
 from mtaserver.submission import RateLimiter, SubmissionHandler, SubmissionServer, Suppressions
 from mtaserver.suppression import SuppressionStore
 from mtaserver.tracking.bots import BotDetector, load_rules
+from mtaserver.tracking.mailto import MailUnsubscribe
 from mtaserver.tracking.privacy import IpPrivacy
 from mtaserver.tracking.recorder import Recorder, SqlTrackingStore
 from mtaserver.tracking.tokens import TokenCodec, load_secrets
@@ -125,6 +126,7 @@ class Core:
     agent: DeliveryAgent | None = None  # built by build_services (delivery); the scheduler uses it
     verp: Verp | None = None  # set when [inbound] bounce_domain is; delivery and inbound share it
     suppressions: SuppressionStore | None = None  # built by build_services; submission checks it
+    mail_unsubscribe: MailUnsubscribe | None = None  # tracking builds it; inbound accepts for it
 
 
 async def build_services(core: Core) -> list[Service]:
@@ -316,7 +318,7 @@ def _inbound_service(core: Core) -> Service:
     )
     server = InboundServer(
         cfg.inbound,
-        InboundHandler(cfg.inbound, core.verp, processor.process),
+        InboundHandler(cfg.inbound, core.verp, processor.process, core.mail_unsubscribe),
         core.clock,
         cfg.server.hostname,
         cfg.tls.server_context() if cfg.tls.enabled else None,
@@ -440,7 +442,7 @@ def _tracking_service(core: Core) -> Service | None:
     except ValueError as exc:
         raise ConfigError(f"tracking: {exc}") from None
     core.tracker = Tracker(codec, cfg.base_url, cfg.unsubscribe_mailto)
-    if cfg.listen is None:
+    if cfg.listen is None and cfg.unsubscribe_mailto is None:
         return None
     recorder = Recorder(
         SqlTrackingStore(core.db),
@@ -451,6 +453,10 @@ def _tracking_service(core: Core) -> Service | None:
             SuppressionStore(core.db, core.clock, core.config.inbound.suppression)
         ),
     )
+    if cfg.unsubscribe_mailto is not None:  # the inbound listener hands such mail over
+        core.mail_unsubscribe = MailUnsubscribe(cfg.unsubscribe_mailto, codec, recorder)
+    if cfg.listen is None:
+        return None
     web = TrackingWeb(
         codec, recorder, core.clock, trusted_proxies=cfg.trusted_proxies, access_log=cfg.access_log
     )

@@ -1,10 +1,12 @@
 """The inbound listener (port 25 for the bounce domain only) and what a bounce does.
 
-Accepts RCPT only for a VERP return path with a valid signature or the configured
-complaints address; everything else is ``550 5.7.1`` — this listener is never a relay and
-offers no AUTH. ``MAIL FROM:<>`` is welcome (that is what bounces use). Per-IP connection
-caps and rates, a size cap, command and session timeouts, and the input hygiene aiosmtpd
-lacks (control characters in commands) are enforced here; any handler failure answers
+Accepts RCPT only for a VERP return path with a valid signature, the configured
+complaints address, or the tracking ``unsubscribe_mailto`` address (handed to a
+:class:`Unsubscribes` sink, ``mtaserver.tracking.mailto``); everything else is
+``550 5.7.1`` — this listener is never a relay and offers no AUTH. ``MAIL FROM:<>`` is
+welcome (that is what bounces use). Per-IP connection caps and rates, a size cap, command
+and session timeouts, and the input hygiene aiosmtpd lacks (control characters in
+commands) are enforced here; any handler failure answers
 ``451 4.3.0`` and never the exception text.
 
 A message that arrives is parsed off the event loop (:func:`mtaserver.dsn.parse_bounce_async`)
@@ -78,6 +80,19 @@ class Suppressor(Protocol):
         queue_id: str | None = None,
         event_id: int | None = None,
     ) -> Suppression | None: ...
+
+
+class UnsubscribeReply(Protocol):
+    outcome: str
+    reply: str
+
+
+class Unsubscribes(Protocol):
+    """Mail to the ``mailto:`` List-Unsubscribe address (``tracking.mailto.MailUnsubscribe``)."""
+
+    def accepts(self, rcpt: str) -> bool: ...
+
+    async def process(self, raw: bytes, client_ip: str) -> UnsubscribeReply: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,10 +370,12 @@ class InboundHandler:
         cfg: InboundConfig,
         verp: Verp,
         processor: Callable[[bytes, Sequence[str]], Any],
+        unsubscribes: Unsubscribes | None = None,
     ) -> None:
         self.cfg = cfg
         self.verp = verp
         self.process = processor
+        self.unsubscribes = unsubscribes
         self.complaints = (cfg.complaints_address or "").lower()
 
     async def handle_EHLO(
@@ -410,7 +427,11 @@ class InboundHandler:
         if len(envelope.rcpt_tos) >= self.cfg.max_recipients:
             return "452 4.5.3 Too many recipients"
         addr = address.strip().lower()
-        if not (addr == self.complaints or self.verp.parse(addr) is not None):
+        if not (
+            addr == self.complaints
+            or self.verp.parse(addr) is not None
+            or (self.unsubscribes is not None and self.unsubscribes.accepts(addr))
+        ):
             log.info(kv(event="inbound_rcpt_refused", client_ip=_peer(session), rcpt=f"<{addr}>"))
             return "550 5.7.1 Recipient not accepted here: this host takes bounces only"
         envelope.rcpt_tos.append(address)
@@ -424,10 +445,24 @@ class InboundHandler:
             return "552 5.3.4 Message too big"
         if b"\x00" in raw:
             return "554 5.6.0 Message contains NUL characters"
-        outcome = await self.process(raw, list(envelope.rcpt_tos))
-        log.info(kv(event="inbound_accepted", client_ip=_peer(session), size=len(raw),
-                    outcome=getattr(outcome, "kind", "-")))  # fmt: skip
-        return "250 2.0.0 OK"
+        rcpts = list(envelope.rcpt_tos)
+        unsub = self.unsubscribes
+        to_unsub = [r for r in rcpts if unsub is not None and unsub.accepts(r)]
+        rest = [r for r in rcpts if r not in to_unsub]
+        reply = "250 2.0.0 OK"
+        if unsub is not None and to_unsub:
+            result = await unsub.process(raw, _peer(session))
+            log.info(kv(event="inbound_accepted", client_ip=_peer(session), size=len(raw),
+                        outcome=result.outcome))  # fmt: skip
+            # Alone, the unsubscribe request's own answer (a refusal says why); beside
+            # bounce recipients, those decide (the message is accepted for them).
+            reply = result.reply
+        if rest:
+            outcome = await self.process(raw, rest)
+            log.info(kv(event="inbound_accepted", client_ip=_peer(session), size=len(raw),
+                        outcome=getattr(outcome, "kind", "-")))  # fmt: skip
+            reply = "250 2.0.0 OK"
+        return reply
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, StorageError) and error.full:

@@ -117,3 +117,8 @@ def _cross_check(cfg: Config, root: Reader) -> None:
         )
     if cfg.admin.listen and cfg.admin.tls and not cfg.tls.enabled:
         raise ConfigError(f"{root.file}: admin.tls: needs [tls] cert and key")
+    if cfg.tracking.unsubscribe_mailto and not (cfg.inbound.listen and cfg.inbound.bounce_domain):
+        raise ConfigError(
+            f"{root.file}: tracking.unsubscribe_mailto: mail to it is processed by the inbound "
+            "listener, which needs [inbound] listen and bounce_domain"
+        )

@@ -65,9 +65,10 @@ def _text(user_agent: str) -> str:
 
 
 # One open/click/unsubscribe as the writer gets it:
-# (at, type, queue_id, idx, user_agent, client_ip, machine, reason, proxy, url).
+# (at, type, queue_id, idx, user_agent, client_ip, machine, reason, proxy, url, via);
+# ``via`` is "mail" for an unsubscribe that came by mail, else None.
 # A plain tuple, not a NamedTuple: one is built per hit on the event loop.
-HitRow = tuple[float, str, str, int, str, str, bool, str | None, str | None, str | None]
+HitRow = tuple[float, str, str, int, str, str, bool, str | None, str | None, str | None, str | None]
 
 
 class TrackingStore(Protocol):
@@ -97,7 +98,7 @@ SELECT h.value ->> 0, h.value ->> 1, h.value ->> 2, r.address,
            'idx', h.value ->> 3, 'campaign', m.campaign, 'user', m.user,
            'user_agent', h.value ->> 4, 'client_ip', h.value ->> 5,
            'machine', json(h.value -> 6), 'reason', h.value ->> 7,
-           'proxy', h.value ->> 8, 'url', h.value ->> 9))
+           'proxy', h.value ->> 8, 'url', h.value ->> 9, 'via', h.value ->> 10))
 FROM json_each(?) AS h
 LEFT JOIN recipients r ON r.queue_id = h.value ->> 2 AND r.idx = h.value ->> 3
 LEFT JOIN messages m ON m.id = r.queue_id
@@ -247,7 +248,7 @@ class Recorder:
             rows.append((h.at, h.type, h.queue_id, h.idx,
                          ua if len(ua) <= _MAX_UA and ua.isascii() else _text(ua),
                          ip_form(h.ip), verdict.machine, verdict.reason, verdict.proxy,
-                         h.url))  # fmt: skip
+                         h.url, None))  # fmt: skip
         try:
             await self.store.write_rows(rows)
         except StorageError as exc:
@@ -304,11 +305,14 @@ class Recorder:
                 await asyncio.shield(self.flush(everything=True))
 
     # -- unsubscribe ------------------------------------------------------------------------
-    async def unsubscribe(self, queue_id: str, idx: int, user_agent: str, ip: str) -> bool:
+    async def unsubscribe(
+        self, queue_id: str, idx: int, user_agent: str, ip: str, *, via: str | None = None
+    ) -> bool:
         """Suppress the recipient for the message's sender and record the event.
 
         Returns False when the recipient is not (or no longer) in the queue tables: then
         there is no address to suppress. Raises StorageError when storing failed.
+        ``via="mail"`` marks an unsubscribe that came to the mailto: address.
         """
         at = self.clock.now()
         infos = await self.store.lookup([(queue_id, idx)])
@@ -318,7 +322,7 @@ class Recorder:
         if self.unsubscribes is not None:
             await self.unsubscribes.unsubscribe(info.sender, info.address, queue_id, at)
         row: HitRow = (at, "unsubscribe", queue_id, idx, _text(user_agent),
-                       self.privacy.apply(ip), False, None, None, None)  # fmt: skip
+                       self.privacy.apply(ip), False, None, None, None, via)  # fmt: skip
         await self.store.write_rows([row])
-        log.info(kv(event="unsubscribed", queue_id=queue_id, idx=idx))
+        log.info(kv(event="unsubscribed", queue_id=queue_id, idx=idx, via=via or "https"))
         return True

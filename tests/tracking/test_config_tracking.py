@@ -48,6 +48,10 @@ unsubscribe = true
 
 [tracking.users.quiet]
 opens = false
+
+[inbound]
+listen = "127.0.0.1:2525"
+bounce_domain = "bounces.example.com"
 """,
         tmp_path,
     ).tracking
@@ -69,6 +73,11 @@ opens = false
         ('base_url = "ftp://t.example.com"', "tracking.base_url: expected an http(s) URL"),
         ('base_url = "https://t.example.com/a b"', "tracking.base_url: expected an http(s) URL"),
         ('unsubscribe_mailto = "not an address"', "tracking.unsubscribe_mailto: expected an email"),
+        (
+            'unsubscribe_mailto = "u@bounces.example.com"',
+            "tracking.unsubscribe_mailto: mail to it is processed by the inbound listener, "
+            "which needs [inbound] listen and bounce_domain",
+        ),
         ('scanner_window = "10 seconds"', "tracking.scanner_window: expected a duration"),
         ("burst_links = 1", "tracking.burst_links: expected an integer >= 2"),
         ('bot_rules_file = "missing.toml"', "tracking.bot_rules_file: file not found"),
