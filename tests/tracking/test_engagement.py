@@ -66,13 +66,14 @@ async def test_machine_opens_are_flagged_not_dropped(stack: Stack) -> None:
     assert await _verdicts(stack, "open") == [
         ("a@x.example", True, "proxy:apple-mpp"),
         ("b@x.example", True, "proxy:apple-mpp"),
-        ("c@x.example", True, "proxy:google-image-proxy"),
+        ("c@x.example", False, None),  # Gmail fetches when the reader opens: a person
         ("d@x.example", True, "scanner-ua"),
         ("e@x.example", True, "no-user-agent"),
         ("f@x.example", False, None),
     ]
     # The client IP behind the proxy is the one recorded, truncated.
     assert (await stack.events("open"))[5][2]["client_ip"] == "203.0.113.0"
+    assert (await stack.events("open"))[2][2]["proxy"] == "google-image-proxy"
 
 
 async def test_link_scanner_clicks_are_flagged(stack: Stack) -> None:
@@ -150,7 +151,7 @@ async def _scenario(stack: Stack) -> None:
     await o("M1", 2, "c@x.example", "delivered")
     await _click(stack, "M1", 2, 0)  # 0 s after c's delivery: scanner
     await _open(stack, "M1", 0, APPLE_MPP)  # prefetch at delivery: machine
-    await _open(stack, "M1", 1, GOOGLE)
+    await _open(stack, "M1", 1, GOOGLE)  # b reads it in Gmail: a person
     stack.clock.advance(3600)
     for _ in range(3):
         await _open(stack, "M1", 0)  # a reads it three times
@@ -181,18 +182,18 @@ async def test_stats_match_a_scripted_scenario_exactly(stack: Stack) -> None:
     nov = await stats_mod.compute(stack.db, since, campaign="nov")
     assert nov == stats_mod.Stats(
         messages=2, accepted=6, delivered=3, deferred=2, bounced_hard=1, bounced_soft=1,
-        complaints=0, unsubscribes=1, unique_human_opens=2, unique_human_clicks=1,
-        human_opens=4, human_clicks=1, machine_opens=2, machine_clicks=4,
+        complaints=0, unsubscribes=1, unique_human_opens=3, unique_human_clicks=1,
+        human_opens=5, human_clicks=1, machine_opens=1, machine_clicks=4,
     )  # fmt: skip
     assert nov.rates() == {
-        "delivery_rate": 0.5, "bounce_rate": 0.3333, "open_rate": 0.6667, "click_rate": 0.3333,
-        "click_to_open_rate": 0.5, "unsubscribe_rate": 0.3333, "complaint_rate": 0.0,
+        "delivery_rate": 0.5, "bounce_rate": 0.3333, "open_rate": 1.0, "click_rate": 0.3333,
+        "click_to_open_rate": 0.3333, "unsubscribe_rate": 0.3333, "complaint_rate": 0.0,
     }  # fmt: skip
     everything_recent = await stats_mod.compute(stack.db, since)
     assert everything_recent == stats_mod.Stats(
         messages=3, accepted=8, delivered=5, deferred=2, bounced_hard=1, bounced_soft=1,
-        complaints=1, unsubscribes=1, unique_human_opens=3, unique_human_clicks=1,
-        human_opens=5, human_clicks=1, machine_opens=2, machine_clicks=4,
+        complaints=1, unsubscribes=1, unique_human_opens=4, unique_human_clicks=1,
+        human_opens=6, human_clicks=1, machine_opens=1, machine_clicks=4,
     )  # fmt: skip
     bob = await stats_mod.compute(stack.db, 0, user="bob")
     assert (bob.messages, bob.accepted, bob.delivered, bob.complaints, bob.unique_human_opens,
