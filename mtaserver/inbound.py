@@ -83,8 +83,11 @@ class Suppressor(Protocol):
 
 
 class UnsubscribeReply(Protocol):
-    outcome: str
-    reply: str
+    @property
+    def outcome(self) -> str: ...
+
+    @property
+    def reply(self) -> str: ...
 
 
 class Unsubscribes(Protocol):
