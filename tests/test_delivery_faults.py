@@ -9,6 +9,10 @@ next attempt delivers every recipient exactly once (what the server accepted).
 from __future__ import annotations
 
 import asyncio
+import json
+import smtplib
+import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +21,7 @@ from mtaserver.model import DeliveryReport, Disposition
 from mtaserver.verp import Verp
 from tests import test_delivery
 from tests.support.badmx import BadMx, Fault
+from tests.support.daemon import Daemon, TestConfig
 from tests.support.dnsserver import DnsServer
 from tests.support.mxsink import wait_for
 from tests.test_delivery import job, policy
@@ -174,3 +179,73 @@ async def test_reply_that_is_not_smtp_defers_with_a_clear_reason(
         await wait_for(lambda: mx.open_connections == 0)
         assert mx.accepted == []
         await _retry_delivers_once(agent, mx)
+
+
+# -- end to end: the daemon, its scheduler and retry policy -------------------------------
+def _events(db: Path) -> list[tuple[str, str, str]]:
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT type, recipient, data FROM events ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    return [(t, r, json.loads(d or "{}").get("reply", "")) for t, r, d in rows]
+
+
+def _states(db: Path) -> dict[str, str]:
+    conn = sqlite3.connect(db)
+    try:
+        return dict(conn.execute("SELECT address, state FROM recipients").fetchall())
+    finally:
+        conn.close()
+
+
+async def test_daemon_defers_each_fault_and_delivers_once_when_the_mx_recovers(
+    tmp_path: Path,
+) -> None:
+    faults: list[Fault | None] = [("dot", "hang"), ("body", "reset"), ("rcpt", "ok+drop")]
+    async with BadMx("127.0.0.2", faults=faults) as mx:
+        cfg = TestConfig(tmp_path, tls=False)
+        cfg.set(
+            "delivery",
+            relay_host=f"127.0.0.2:{mx.port}",
+            tls="none",
+            connect_timeout="2s",
+            command_timeout="2s",
+            data_timeout="300ms",
+        )
+        cfg.set("shaping", poll_interval="20ms", retry_schedule=["500ms"], retry_every="500ms")
+        host, port = cfg.address("submission", "listen_plain")
+
+        def submit() -> None:
+            with smtplib.SMTP(host, port, timeout=30) as client:
+                client.sendmail(
+                    "app@example.com",
+                    ADDRESSES,
+                    b"From: app@example.com\r\nSubject: faults\r\n\r\nonce only\r\n",
+                )
+
+        daemon = Daemon(cfg)
+        await asyncio.to_thread(daemon.start)
+        try:
+            await asyncio.to_thread(submit)
+            await wait_for(lambda: len(mx.accepted) == 1, timeout=30)
+            await wait_for(
+                lambda: _states(cfg.database) == dict.fromkeys(ADDRESSES, "delivered"), 10
+            )
+        finally:
+            await asyncio.to_thread(daemon.stop)
+
+    assert sorted(mx.delivered_rcpts) == ADDRESSES  # delivered once, nobody lost
+    assert b"once only" in mx.accepted[0].data
+    assert len(mx.unanswered) == 1  # the hang after the final dot
+    assert mx.connections == 4  # a failed connection is never reused
+    events = _events(cfg.database)
+    for rcpt in ADDRESSES:
+        mine = [(t, reply) for t, r, reply in events if r == rcpt]
+        assert [t for t, _ in mine] == ["deferred", "deferred", "deferred", "delivered"]
+        timeout, reset, dropped = (reply for t, reply in mine if t == "deferred")
+        assert timeout.startswith("451 4.4.2 timed out talking to 127.0.0.2")
+        assert reset.startswith("451 4.4.2 connection to 127.0.0.2") and "lost" in reset
+        assert dropped.startswith("451 4.4.2 connection to 127.0.0.2") and "lost" in dropped
+    assert not [e for e in events if e[0] in ("bounced", "dsn_sent")]
+    assert "Traceback" not in daemon.log()
