@@ -35,7 +35,15 @@ class Unsubscriber(Protocol):
     """The Recorder's unsubscribe (suppress + event)."""
 
     async def unsubscribe(
-        self, queue_id: str, idx: int, user_agent: str, ip: str, *, via: str | None = None
+        self,
+        queue_id: str,
+        idx: int,
+        user_agent: str,
+        ip: str,
+        *,
+        via: str | None = None,
+        address: str | None = None,
+        sender_domain: str | None = None,
     ) -> bool: ...
 
 
@@ -96,7 +104,10 @@ class MailUnsubscribe:
             log.info(kv(event="mail_unsubscribe_refused", reason="bad-token", client_ip=client_ip,
                         token=token[:6]))  # fmt: skip
             return MailResult("bad-token", "550 5.7.1 Unsubscribe token not valid here")
-        done = await self.recorder.unsubscribe(data.queue_id, data.idx, "", client_ip, via="mail")
+        done = await self.recorder.unsubscribe(
+            data.queue_id, data.idx, "", client_ip, via="mail",
+            address=data.address, sender_domain=data.sender_domain,
+        )  # fmt: skip
         if not done:
             log.info(kv(event="mail_unsubscribe_refused", reason="unknown-recipient",
                         queue_id=data.queue_id, idx=data.idx))  # fmt: skip
