@@ -457,13 +457,15 @@ class _SuppressUnsubscribes:
     def __init__(self, store: SuppressionStore) -> None:
         self.store = store
 
-    async def unsubscribe(self, sender: str, address: str, queue_id: str, at: float) -> None:
-        domain = sender.rpartition("@")[2] or None
+    async def unsubscribe(
+        self, sender_domain: str | None, address: str, queue_id: str, at: float
+    ) -> None:
         # Through the policy table ([inbound.suppression.policy] unsubscribe, default
         # "suppress-sender": this sending domain only).
         await self.store.apply(
-            address, "unsubscribe", sender_domain=domain, source="tracking", queue_id=queue_id
-        )
+            address, "unsubscribe", sender_domain=sender_domain, source="tracking",
+            queue_id=queue_id,
+        )  # fmt: skip
 
 
 def _tracking_service(core: Core) -> Service | None:

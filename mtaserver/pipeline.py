@@ -23,7 +23,7 @@ log = get_logger("pipeline")
 class Tracker(Protocol):
     async def personalize(
         self, queue_id: str, data: bytes, recipients: tuple[str, ...], opens: bool,
-        clicks: bool, unsubscribe: bool,
+        clicks: bool, unsubscribe: bool, *, sender: str = "",
     ) -> tuple[PreparedRecipient, ...]: ...  # fmt: skip
 
 
@@ -140,7 +140,7 @@ class Pipeline:
         if self._tracker is not None and options.any:
             recipients = await self._tracker.personalize(
                 queue_id, data, sub.recipients, options.opens, options.clicks,
-                options.unsubscribe,
+                options.unsubscribe, sender=sub.sender,
             )  # fmt: skip
         if self._signer is not None:
             data = await self._signer.sign(data)

@@ -22,7 +22,7 @@ class Tracker:
 
     async def personalize(
         self, queue_id: str, data: bytes, recipients: tuple[str, ...], opens: bool,
-        clicks: bool, unsubscribe: bool,
+        clicks: bool, unsubscribe: bool, *, sender: str = "",
     ) -> tuple[PreparedRecipient, ...]:  # fmt: skip
         self.calls.append((queue_id, recipients, opens, clicks, unsubscribe))
         return tuple(

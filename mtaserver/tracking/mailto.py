@@ -19,9 +19,9 @@ import email.parser
 import email.policy
 import re
 from dataclasses import dataclass
-from typing import Protocol
 
 from mtaserver.log import get_logger, kv
+from mtaserver.tracking.recorder import Recorder
 from mtaserver.tracking.tokens import UNSUBSCRIBE, TokenCodec, TokenError
 
 log = get_logger("tracking")
@@ -29,14 +29,6 @@ log = get_logger("tracking")
 _TOKEN = re.compile(r"unsubscribe-([A-Za-z0-9_-]{20,1024})")
 _HEAD_LIMIT = 64 * 1024  # headers beyond this are not read
 _BODY_LIMIT = 8 * 1024  # the token is looked for this far into the body
-
-
-class Unsubscriber(Protocol):
-    """The Recorder's unsubscribe (suppress + event)."""
-
-    async def unsubscribe(
-        self, queue_id: str, idx: int, user_agent: str, ip: str, *, via: str | None = None
-    ) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +60,7 @@ def find_token(raw: bytes) -> str | None:
 class MailUnsubscribe:
     """Handles mail sent to the ``mailto:`` List-Unsubscribe address."""
 
-    def __init__(self, address: str, codec: TokenCodec, recorder: Unsubscriber) -> None:
+    def __init__(self, address: str, codec: TokenCodec, recorder: Recorder) -> None:
         self.address = address.lower()
         self.codec = codec
         self.recorder = recorder
@@ -96,7 +88,10 @@ class MailUnsubscribe:
             log.info(kv(event="mail_unsubscribe_refused", reason="bad-token", client_ip=client_ip,
                         token=token[:6]))  # fmt: skip
             return MailResult("bad-token", "550 5.7.1 Unsubscribe token not valid here")
-        done = await self.recorder.unsubscribe(data.queue_id, data.idx, "", client_ip, via="mail")
+        done = await self.recorder.unsubscribe(
+            data.queue_id, data.idx, "", client_ip, via="mail",
+            address=data.address, sender_domain=data.sender_domain,
+        )  # fmt: skip
         if not done:
             log.info(kv(event="mail_unsubscribe_refused", reason="unknown-recipient",
                         queue_id=data.queue_id, idx=data.idx))  # fmt: skip

@@ -64,11 +64,13 @@ def _text(user_agent: str) -> str:
     return ua if ua.isascii() else ua.encode("utf-8", "replace").decode("utf-8")
 
 
-# One open/click/unsubscribe as the writer gets it:
-# (at, type, queue_id, idx, user_agent, client_ip, machine, reason, proxy, url, via);
-# ``via`` is "mail" for an unsubscribe that came by mail, else None.
-# A plain tuple, not a NamedTuple: one is built per hit on the event loop.
-HitRow = tuple[float, str, str, int, str, str, bool, str | None, str | None, str | None, str | None]
+# One open/click/unsubscribe as the writer gets it: (at, type, queue_id, idx, user_agent,
+# client_ip, machine, reason, proxy, url, via, address). ``via`` is "mail" for an
+# unsubscribe that came by mail; ``address`` the recipient when the queue tables no longer
+# know it (an unsubscribe token carries it); both None for opens and clicks. A plain
+# tuple, not a NamedTuple: one is built per hit on the event loop.
+_Opt = str | None
+HitRow = tuple[float, str, str, int, str, str, bool, _Opt, _Opt, _Opt, _Opt, _Opt]
 
 
 class TrackingStore(Protocol):
@@ -80,9 +82,11 @@ class TrackingStore(Protocol):
 
 
 class UnsubscribeSink(Protocol):
-    """Suppresses ``address`` for mail from ``sender`` (app wires the SuppressionStore)."""
+    """Suppresses ``address`` for mail from ``sender_domain`` (app wires the SuppressionStore)."""
 
-    async def unsubscribe(self, sender: str, address: str, queue_id: str, at: float) -> None: ...
+    async def unsubscribe(
+        self, sender_domain: str | None, address: str, queue_id: str, at: float
+    ) -> None: ...
 
 
 # A whole batch is handed to SQLite as ONE JSON array bound to ONE statement: the writer
@@ -93,7 +97,7 @@ class UnsubscribeSink(Protocol):
 # drops the null members of ``data``.
 _INSERT_BATCH = """
 INSERT INTO events(at, type, queue_id, recipient, data)
-SELECT h.value ->> 0, h.value ->> 1, h.value ->> 2, r.address,
+SELECT h.value ->> 0, h.value ->> 1, h.value ->> 2, coalesce(r.address, h.value ->> 11),
        json_patch('{}', json_object(
            'idx', h.value ->> 3, 'campaign', m.campaign, 'user', m.user,
            'user_agent', h.value ->> 4, 'client_ip', h.value ->> 5,
@@ -248,7 +252,7 @@ class Recorder:
             rows.append((h.at, h.type, h.queue_id, h.idx,
                          ua if len(ua) <= _MAX_UA and ua.isascii() else _text(ua),
                          ip_form(h.ip), verdict.machine, verdict.reason, verdict.proxy,
-                         h.url, None))  # fmt: skip
+                         h.url, None, None))  # fmt: skip
         try:
             await self.store.write_rows(rows)
         except StorageError as exc:
@@ -306,23 +310,36 @@ class Recorder:
 
     # -- unsubscribe ------------------------------------------------------------------------
     async def unsubscribe(
-        self, queue_id: str, idx: int, user_agent: str, ip: str, *, via: str | None = None
+        self,
+        queue_id: str,
+        idx: int,
+        user_agent: str,
+        ip: str,
+        *,
+        via: str | None = None,
+        address: str | None = None,
+        sender_domain: str | None = None,
     ) -> bool:
-        """Suppress the recipient for the message's sender and record the event.
+        """Suppress the recipient for the sender's domain and record the event.
 
-        Returns False when the recipient is not (or no longer) in the queue tables: then
-        there is no address to suppress. Raises StorageError when storing failed.
-        ``via="mail"`` marks an unsubscribe that came to the mailto: address.
+        The queue tables name the recipient and sender; when retention has removed them,
+        ``address`` and ``sender_domain`` (from the token) do. Returns False when neither
+        does. Raises StorageError when storing failed. ``via="mail"`` marks an unsubscribe
+        that came to the mailto: address.
         """
         at = self.clock.now()
         infos = await self.store.lookup([(queue_id, idx)])
         info = infos.get((queue_id, idx))
-        if info is None:
+        if info is not None:
+            address = info.address
+            sender_domain = info.sender.rpartition("@")[2].lower() or None
+        elif address is None:
             return False
         if self.unsubscribes is not None:
-            await self.unsubscribes.unsubscribe(info.sender, info.address, queue_id, at)
+            await self.unsubscribes.unsubscribe(sender_domain or None, address, queue_id, at)
         row: HitRow = (at, "unsubscribe", queue_id, idx, _text(user_agent),
-                       self.privacy.apply(ip), False, None, None, None, via)  # fmt: skip
+                       self.privacy.apply(ip), False, None, None, None, via,
+                       None if info is not None else address)  # fmt: skip
         await self.store.write_rows([row])
         log.info(kv(event="unsubscribed", queue_id=queue_id, idx=idx, via=via or "https"))
         return True

@@ -6,7 +6,15 @@ lookup and the redirect target can only be what mtaserver issued), or the unsubs
 endpoint. Layout before base64url (no padding)::
 
     kind(1) | len(queue_id)(1) | queue_id | varint(idx) | [click: varint(link) varint(links)
-    | url (deflated when that is shorter)] | HMAC-SHA256(key, payload)[:16]
+    | url (deflated when that is shorter)] | [unsubscribe: AES-SIV(address NUL sender
+    domain)] | HMAC-SHA256(key, payload)[:16]
+
+An unsubscribe token carries its recipient's address and the sender's domain, encrypted
+(AES-SIV, the token's head as associated data, so equal addresses do not look alike
+across messages): an unsubscribe must work long after retention has removed the message
+from the queue tables, and a URL that proxies and logs see must not show the address.
+Unsubscribe tokens without that part (issued before it existed) still verify; they need
+the queue tables.
 
 The key is derived from the ``[tracking] secret_file``; every line of that file is a
 secret, the first signs and all verify, so the secret can be rotated without breaking
@@ -27,6 +35,9 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+
 OPEN = 1
 CLICK = 2
 UNSUBSCRIBE = 3
@@ -37,6 +48,7 @@ _DEFLATE_GAIN = 12  # bytes a deflated URL must save
 _MAX_TOKEN_CHARS = 4096
 _MAX_URL_BYTES = 8192
 _KEY_INFO = b"mtaserver tracking token v1"
+_SEAL_INFO = b"mtaserver tracking address key v1"
 
 
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
@@ -59,6 +71,8 @@ class TokenData(NamedTuple):
     url: str | None = None  # CLICK only: the original http(s) target
     link: int = 0  # CLICK only: position of the link in the message
     links: int = 0  # CLICK only: how many tracked links the message has
+    address: str | None = None  # UNSUBSCRIBE only: the recipient (None in older tokens)
+    sender_domain: str | None = None  # UNSUBSCRIBE only: whose mail to stop
 
 
 @functools.lru_cache(maxsize=16384)
@@ -90,8 +104,8 @@ def load_secrets(path: Path) -> tuple[bytes, ...]:
     return secrets
 
 
-def _derive(secret: bytes) -> bytes:
-    return hmac.digest(secret, _KEY_INFO, "sha256")
+def _derive(secret: bytes, info: bytes = _KEY_INFO) -> bytes:
+    return hmac.digest(secret, info, "sha256")
 
 
 class _Hmac:
@@ -152,6 +166,7 @@ class TokenCodec:
             raise ValueError("at least one tracking secret is needed")
         self._keys = tuple(_derive(s) for s in secrets)
         self._macs = tuple(_Hmac(k) for k in self._keys)
+        self._seals = tuple(AESSIV(_derive(s, _SEAL_INFO)) for s in secrets)
 
     @property
     def key(self) -> bytes:
@@ -171,8 +186,17 @@ class TokenCodec:
     def open_token(self, queue_id: str, idx: int) -> str:
         return self._seal(self._head(OPEN, queue_id, idx))
 
-    def unsubscribe_token(self, queue_id: str, idx: int) -> str:
-        return self._seal(self._head(UNSUBSCRIBE, queue_id, idx))
+    def unsubscribe_token(
+        self, queue_id: str, idx: int, address: str | None = None, sender_domain: str = ""
+    ) -> str:
+        """With ``address``, the token can unsubscribe it without the queue tables."""
+        head = self._head(UNSUBSCRIBE, queue_id, idx)
+        if address is None:
+            return self._seal(head)
+        if "\0" in address or "\0" in sender_domain:
+            raise ValueError("NUL in an address")
+        plain = f"{address}\0{sender_domain}".encode()
+        return self._seal(head + self._seals[0].encrypt(plain, [head]))
 
     def click_token(self, queue_id: str, idx: int, url: str, link: int = 0, links: int = 1) -> str:
         """Sign ``url`` into a click token; refuses anything but an http(s) URL."""
@@ -205,14 +229,15 @@ class TokenCodec:
         if len(raw) <= _MAC_LEN + 3:
             raise TokenError("token too short")
         payload, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
-        ok = False
-        for signer in self._macs:
-            ok |= hmac.compare_digest(signer.mac(payload), mac)
-        if not ok:
+        key = -1
+        for i, signer in enumerate(self._macs):
+            if hmac.compare_digest(signer.mac(payload), mac) and key < 0:
+                key = i
+        if key < 0:
             raise TokenError("bad token signature")
-        return self._parse(payload)
+        return self._parse(payload, key)
 
-    def _parse(self, payload: bytes) -> TokenData:
+    def _parse(self, payload: bytes, key: int = 0) -> TokenData:
         kind = payload[0] & 0x7F
         deflated = bool(payload[0] & _DEFLATED)
         if kind not in _KINDS or (deflated and kind != CLICK):
@@ -226,6 +251,8 @@ class TokenCodec:
         except UnicodeDecodeError:
             raise TokenError("bad queue id") from None
         idx, pos = _read_varint(payload, 2 + qlen)
+        if kind == UNSUBSCRIBE and pos < len(payload):
+            return self._open_unsubscribe(payload, pos, key, queue_id, idx)
         if kind != CLICK:
             if pos != len(payload):
                 raise TokenError("trailing bytes")
@@ -245,3 +272,16 @@ class TokenCodec:
         if not is_trackable_url(url):
             raise TokenError("URL is not http(s)")
         return TokenData(kind, queue_id, idx, url, link, links)
+
+    def _open_unsubscribe(
+        self, payload: bytes, pos: int, key: int, queue_id: str, idx: int
+    ) -> TokenData:
+        """Decrypt the address part with the secret whose MAC matched."""
+        try:
+            plain = self._seals[key].decrypt(payload[pos:], [payload[:pos]])
+            address, sep, domain = plain.decode("utf-8").partition("\0")
+        except (InvalidTag, UnicodeDecodeError):
+            raise TokenError("bad address part") from None
+        if not sep or "@" not in address:
+            raise TokenError("bad address part")
+        return TokenData(UNSUBSCRIBE, queue_id, idx, address=address, sender_domain=domain)

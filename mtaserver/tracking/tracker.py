@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 
 from mtaserver.log import get_logger, kv
@@ -43,14 +44,28 @@ class Tracker:
     def click_url(self, queue_id: str, idx: int, url: str, link: int, links: int) -> str:
         return f"{self.base_url}/c/{self.codec.click_token(queue_id, idx, url, link, links)}"
 
-    def unsubscribe_url(self, queue_id: str, idx: int) -> str:
-        return f"{self.base_url}/u/{self.codec.unsubscribe_token(queue_id, idx)}"
+    def unsubscribe_url(
+        self, queue_id: str, idx: int, address: str | None = None, sender_domain: str = ""
+    ) -> str:
+        token = self.codec.unsubscribe_token(queue_id, idx, address, sender_domain)
+        return f"{self.base_url}/u/{token}"
 
-    def unsubscribe_headers(self, queue_id: str, idx: int, eol: bytes = b"\r\n") -> bytes:
-        """``List-Unsubscribe`` (https first, then mailto) and ``List-Unsubscribe-Post``."""
-        uris = [f"<{self.unsubscribe_url(queue_id, idx)}>"]
+    def unsubscribe_headers(
+        self,
+        queue_id: str,
+        idx: int,
+        eol: bytes = b"\r\n",
+        address: str | None = None,
+        sender_domain: str = "",
+    ) -> bytes:
+        """``List-Unsubscribe`` (https first, then mailto) and ``List-Unsubscribe-Post``.
+
+        With ``address`` (and the sender's domain) the token carries them, encrypted, so
+        the unsubscribe still works after retention has dropped the message.
+        """
+        token = self.codec.unsubscribe_token(queue_id, idx, address, sender_domain)
+        uris = [f"<{self.base_url}/u/{token}>"]
         if self.unsubscribe_mailto:
-            token = self.codec.unsubscribe_token(queue_id, idx)
             uris.append(f"<mailto:{self.unsubscribe_mailto}?subject=unsubscribe-{token}>")
         value = ("," + eol.decode() + " ").join(uris)
         return (
@@ -68,13 +83,20 @@ class Tracker:
         opens: bool,
         clicks: bool,
         unsubscribe: bool,
+        *,
+        sender: str = "",
     ) -> tuple[PreparedRecipient, ...]:
         """:meth:`personalize_sync`, moved off the event loop when the work is large."""
         if len(data) * len(recipients) < _INLINE_WORK:
-            return self.personalize_sync(queue_id, data, recipients, opens, clicks, unsubscribe)
+            return self.personalize_sync(
+                queue_id, data, recipients, opens, clicks, unsubscribe, sender=sender
+            )
         return await asyncio.to_thread(
-            self.personalize_sync, queue_id, data, recipients, opens, clicks, unsubscribe
-        )
+            functools.partial(
+                self.personalize_sync,
+                queue_id, data, recipients, opens, clicks, unsubscribe, sender=sender,
+            )
+        )  # fmt: skip
 
     def personalize_sync(
         self,
@@ -84,8 +106,12 @@ class Tracker:
         opens: bool,
         clicks: bool,
         unsubscribe: bool,
+        *,
+        sender: str = "",
     ) -> tuple[PreparedRecipient, ...]:
         """One copy per recipient with its own tokens; ``data=None`` where unchanged.
+
+        ``sender`` is the envelope sender: its domain is whose mail an unsubscribe stops.
 
         A message whose MIME structure cannot be rewritten safely goes out with its HTML
         untouched (still with the unsubscribe headers when asked): tracking never costs a
@@ -113,6 +139,7 @@ class Tracker:
         pixel_on = opens and template.has_html
         if not (track_links or pixel_on or unsubscribe):
             return tuple(PreparedRecipient(r) for r in recipients)
+        sender_domain = sender.rpartition("@")[2].lower()
         out: list[PreparedRecipient] = []
         for idx, rcpt in enumerate(recipients):
 
@@ -123,7 +150,9 @@ class Tracker:
                 template,
                 url_for if track_links else None,
                 self.pixel_url(queue_id, idx) if pixel_on else None,
-                self.unsubscribe_headers(queue_id, idx, eol) if unsubscribe else b"",
+                self.unsubscribe_headers(queue_id, idx, eol, rcpt, sender_domain)
+                if unsubscribe
+                else b"",
                 _UNSUB_FIELDS if unsubscribe else frozenset(),
             )
             out.append(PreparedRecipient(rcpt, body))

@@ -299,6 +299,8 @@ class TrackingWeb:
                 data.idx,
                 request.headers.get("User-Agent", ""),
                 self.client_ip(request),
+                address=data.address,
+                sender_domain=data.sender_domain,
             )
         except StorageError as exc:
             log.error(kv(event="unsubscribe_failed", queue_id=data.queue_id, error=str(exc)))

@@ -41,10 +41,12 @@ class Unsubscribed:
     store: SuppressionStore
     calls: list[tuple[str, str, str]] = field(default_factory=list)
 
-    async def unsubscribe(self, sender: str, address: str, queue_id: str, at: float) -> None:
-        self.calls.append((sender, address, queue_id))
+    async def unsubscribe(
+        self, sender_domain: str | None, address: str, queue_id: str, at: float
+    ) -> None:
+        self.calls.append((sender_domain or "", address, queue_id))
         await self.store.add(
-            address, "unsubscribe", scope=sender.rpartition("@")[2], source="tracking",
+            address, "unsubscribe", scope=sender_domain, source="tracking",
             queue_id=queue_id,
         )  # fmt: skip
 

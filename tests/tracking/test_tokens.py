@@ -119,3 +119,42 @@ def test_secret_file_errors(tmp_path: Path) -> None:
     (tmp_path / "short").write_bytes(b"short\n")
     with pytest.raises(ValueError, match="at least 16"):
         load_secrets(tmp_path / "short")
+
+
+def _raw(token: str) -> bytes:
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+
+
+def test_unsubscribe_token_carries_the_address_encrypted() -> None:
+    c = codec()
+    tok = c.unsubscribe_token("01JD2Q3R4S5T6V7W", 7, "Reader@Example.org", "shop.example")
+    data = c.verify(tok)
+    assert (data.kind, data.queue_id, data.idx) == (UNSUBSCRIBE, "01JD2Q3R4S5T6V7W", 7)
+    assert (data.address, data.sender_domain) == ("Reader@Example.org", "shop.example")
+    raw = _raw(tok)
+    assert b"Reader" not in raw and b"example" not in raw.lower()  # not readable in the URL
+    # The same address in another message does not look alike.
+    other = _raw(c.unsubscribe_token("01JD2Q3R4S5T6V7X", 7, "Reader@Example.org", "shop.example"))
+    assert raw[19:-16] != other[19:-16]
+    # Tokens issued before addresses were carried still verify (no address in them).
+    old = c.verify(c.unsubscribe_token("01JD2Q3R4S5T6V7W", 7))
+    assert old.kind == UNSUBSCRIBE and old.address is None
+    # Every character of it is covered: changing one is refused.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    for i, ch in enumerate(tok[:-1]):
+        bad = tok[:i] + alphabet[(alphabet.index(ch) + 1) % 64] + tok[i + 1 :]
+        with pytest.raises(TokenError):
+            c.verify(bad)
+
+
+def test_unsubscribe_address_survives_secret_rotation_and_needs_the_right_key() -> None:
+    old = TokenCodec((SECRET,))
+    tok = old.unsubscribe_token("Q", 1, "a@b.example", "shop.example")
+    rotated = TokenCodec((b"a-brand-new-secret-0123456789abcdef", SECRET))
+    assert rotated.verify(tok).address == "a@b.example"
+    # A valid MAC over an address part sealed with another deployment's key is refused.
+    stranger = TokenCodec((b"another-deployment-secret-123456",))
+    forged = _raw(stranger.unsubscribe_token("Q", 1, "a@b.example", "shop.example"))[:-16]
+    resealed = old._seal(forged)  # signed with our key, sealed with theirs
+    with pytest.raises(TokenError, match="address"):
+        old.verify(resealed)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
+import sqlite3
 
 import pytest
 import yarl
@@ -156,7 +158,7 @@ async def test_rfc8058_one_click_unsubscribe_over_http(stack: Stack) -> None:
     ) as resp:
         assert resp.status == 200
         assert "Unsubscribed" in await resp.text()
-    assert stack.unsubscribed.calls == [("news@example.com", "b@example.org", "Q3")]
+    assert stack.unsubscribed.calls == [("example.com", "b@example.org", "Q3")]
     store = stack.unsubscribed.store
     assert (await store.check("b@example.org", "example.com")) is not None
     assert (await store.check("b@example.org", "other.example")) is None  # per sender only
@@ -236,3 +238,30 @@ async def test_unsubscribe_post_body_is_bounded(stack: Stack) -> None:
     ) as resp:
         assert resp.status == 413
     assert stack.unsubscribed.calls == []
+
+
+async def test_unsubscribe_still_works_after_retention_removed_the_message(stack: Stack) -> None:
+    await stack.message("Q7", ("a@example.org", "b@example.org"), sender="news@shop.example")
+    headers = stack.tracker.unsubscribe_headers("Q7", 1, address="b@example.org",
+                                                sender_domain="shop.example")  # fmt: skip
+    (url,) = [u for u in re.findall(rb"<([^>]+)>", headers) if u.startswith(b"https://")]
+    token = url.decode().rsplit("/", 1)[1]
+    old_style = codec().unsubscribe_token("Q7", 0)  # carries no address
+
+    def forget(conn: sqlite3.Connection) -> None:  # what retention's records sweep does
+        conn.execute("DELETE FROM recipients WHERE queue_id = 'Q7'")
+        conn.execute("DELETE FROM messages WHERE id = 'Q7'")
+
+    await stack.db.write(forget)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    async with stack.http.post(_path(stack, "u", token), data=b"List-Unsubscribe=One-Click",
+                               headers=form) as resp:  # fmt: skip
+        assert resp.status == 200
+    async with stack.http.post(_path(stack, "u", old_style), data=b"List-Unsubscribe=One-Click",
+                               headers=form) as resp:  # fmt: skip
+        assert resp.status == 404  # nothing says who that was any more
+    assert stack.unsubscribed.calls == [("shop.example", "b@example.org", "Q7")]
+    assert await stack.unsubscribed.store.check("b@example.org", "shop.example") is not None
+    assert await stack.unsubscribed.store.check("a@example.org", "shop.example") is None
+    (ev,) = await stack.events("unsubscribe")
+    assert ev[:2] == ("Q7", "b@example.org") and ev[2]["idx"] == 1
