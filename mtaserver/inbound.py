@@ -250,24 +250,15 @@ class BounceProcessor:
                 ),
             )
             reply = f"{r.status or ''} {r.diagnostic}".strip()[:500] or "async bounce"
-            await self.queue.record(
-                [RecipientUpdate(qid, idx, RecipientState.BOUNCED, reply, attempted=False)], [event]
-            )
+            update = RecipientUpdate(qid, idx, RecipientState.BOUNCED, reply, attempted=False)
+            s = await self._record(qid, addr, update, event, r.category, "async",
+                                   senders.get(qid))  # fmt: skip
             bounced.append((qid, idx))
-            event_id = await self._event_id("bounced", qid, addr)
-            s = await self.suppressions.apply(
-                addr,
-                r.category,
-                sender_domain=senders.get(qid),
-                source="async",
-                queue_id=qid,
-                event_id=event_id,
-            )
-            if s is not None:
+            if s:
                 suppressed.append(addr)
             log.info(kv(event="async_bounce", queue_id=qid, idx=idx, rcpt=f"<{addr}>",
                         status=r.status, kind=r.kind.value, category=r.category,
-                        suppressed=s is not None))  # fmt: skip
+                        suppressed=s))  # fmt: skip
         for addr in unattributed:
             log.info(kv(event="bounce_unattributed", rcpt=f"<{addr}>"))
         return Outcome("bounce", tuple(bounced), (), tuple(suppressed), unattributed)
@@ -296,22 +287,34 @@ class BounceProcessor:
             event = Event(
                 "complaint", now, qid, addr, (("idx", idx), ("feedback", r.diagnostic[:200]))
             )
-            await self.queue.record([], [event])
-            event_id = await self._event_id("complaint", qid, addr)
-            s = await self.suppressions.apply(
-                addr,
-                "complaint",
-                sender_domain=senders.get(qid),
-                source="complaint",
-                queue_id=qid,
-                event_id=event_id,
-            )
+            s = await self._record(qid, addr, None, event, "complaint", "complaint",
+                                   senders.get(qid))  # fmt: skip
             done.append((qid, idx))
-            if s is not None:
+            if s:
                 suppressed.append(addr)
             log.info(kv(event="complaint", queue_id=qid, idx=idx, rcpt=f"<{addr}>",
-                        suppressed=s is not None))  # fmt: skip
+                        suppressed=s))  # fmt: skip
         return Outcome("complaint", (), tuple(done), tuple(suppressed))
+
+    async def _record(
+        self,
+        qid: str,
+        addr: str,
+        update: RecipientUpdate | None,
+        event: Event,
+        category: str,
+        source: str,
+        sender_domain: str | None,
+    ) -> bool:
+        """Store the update and event, then apply the suppression policy to the recipient
+        (linked to the event). True when the address was suppressed."""
+        await self.queue.record([update] if update else [], [event])
+        event_id = await self._event_id(event.type, qid, addr)
+        s = await self.suppressions.apply(
+            addr, category, sender_domain=sender_domain, source=source, queue_id=qid,
+            event_id=event_id,
+        )  # fmt: skip
+        return s is not None
 
     async def _event_id(self, etype: str, qid: str, addr: str) -> int | None:
         def fn(conn: sqlite3.Connection) -> int | None:
