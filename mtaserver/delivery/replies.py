@@ -81,10 +81,25 @@ def local(enhanced: str, text: str, code: int = 451) -> SmtpReply:
     return SmtpReply(code, text, enhanced)
 
 
+def unexpected(what: str, command: str, code: int, message: str) -> SmtpReply | None:
+    """A "refusal" in the 1xx-3xx range: no reply RFC 5321 allows there (aiosmtplib raises
+    for anything but 250/251 to MAIL and RCPT, 354 to DATA, 250 to the final dot). Taken at
+    face value a 2xx would read as delivered though the body was never sent: defer."""
+    if code >= 400:
+        return None
+    return local(
+        "4.5.0", f"{what} gave an unexpected reply to {command}: {parse_reply(code, message)}"
+    )
+
+
 def from_exception(exc: BaseException, what: str) -> SmtpReply:
     """Translate an exception raised while talking to ``what`` (e.g. "mx1.example [ip]")."""
-    if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code > 0:
-        return parse_reply(exc.code, exc.message)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        if exc.code > 0:
+            return parse_reply(exc.code, exc.message)
+        # aiosmtplib could not parse what the server sent (code -1): the remote's fault
+        kind = "an overlong reply" if "too long" in exc.message else "a reply that is not SMTP"
+        return local("4.5.0", f"{what} sent {kind}")
     if isinstance(exc, aiosmtplib.SMTPConnectTimeoutError):
         return local("4.4.1", f"timed out connecting to {what}")
     if isinstance(exc, aiosmtplib.SMTPConnectError):

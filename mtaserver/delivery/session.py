@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import aiosmtplib
 
-from mtaserver.delivery.replies import from_exception, local, parse_reply
+from mtaserver.delivery.replies import from_exception, local, parse_reply, unexpected
 from mtaserver.delivery.tls import TlsContexts
 from mtaserver.model import RoutePolicy, SmtpReply
 
@@ -128,6 +128,10 @@ class Session:
                 sender, options=options, encoding=encoding, timeout=policy.command_timeout
             )
         except aiosmtplib.SMTPSenderRefused as exc:
+            odd = unexpected(self.what, "MAIL", exc.code, exc.message)
+            if odd is not None:
+                self.abort()
+                return TxOutcome((odd,) * n, usable=False)
             reply = parse_reply(exc.code, exc.message)
             if reply.code == 421 or not smtp.is_connected:
                 return TxOutcome((reply,) * n, usable=False, elsewhere=True)
@@ -147,6 +151,9 @@ class Session:
             try:
                 await smtp.rcpt(rcpt, encoding=encoding, timeout=policy.command_timeout)
             except aiosmtplib.SMTPRecipientRefused as exc:
+                odd = unexpected(self.what, "RCPT", exc.code, exc.message)
+                if odd is not None:
+                    return self._broken(replies, odd)
                 reply = parse_reply(exc.code, exc.message)
                 if exc.code == 421 or not smtp.is_connected:
                     return self._broken(replies, reply)
@@ -169,8 +176,9 @@ class Session:
             data_reply = parse_reply(resp.code, resp.message)
             usable = True
         except aiosmtplib.SMTPDataError as exc:
-            data_reply = parse_reply(exc.code, exc.message)
-            usable = smtp.is_connected and exc.code != 421
+            odd = unexpected(self.what, "DATA", exc.code, exc.message)
+            data_reply = odd or parse_reply(exc.code, exc.message)
+            usable = odd is None and smtp.is_connected and exc.code != 421
             if usable:
                 usable = await self.reset(policy.command_timeout)
         except Exception as exc:

@@ -1,0 +1,256 @@
+"""Delivery against a remote MX that misbehaves in the middle of a transaction.
+
+The remote is ``tests/support/badmx.BadMx`` (a raw asyncio SMTP server on loopback) and
+DNS is the test DNS server. Each case checks three things: the outcome (deferred — never
+delivered, never bounced), that the broken connection is not kept for reuse, and that the
+next attempt delivers every recipient exactly once (what the server accepted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import smtplib
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from mtaserver.delivery import DeliveryAgent
+from mtaserver.model import DeliveryReport, Disposition
+from mtaserver.verp import Verp
+from tests import test_delivery
+from tests.support.badmx import BadMx, Fault
+from tests.support.daemon import Daemon, TestConfig
+from tests.support.dnsserver import DnsServer
+from tests.support.mxsink import wait_for
+from tests.test_delivery import job, policy
+
+# the fixtures of tests/test_delivery.py (FakeClock, DnsServer, DeliveryAgent factory)
+clock = test_delivery.clock
+dns_server = test_delivery.dns_server
+make_agent = test_delivery.make_agent
+
+RCPTS = ("b", "c")
+ADDRESSES = ["b@dest.test", "c@dest.test"]
+
+
+def _route(dns: DnsServer) -> None:
+    dns.add("dest.test", "MX", "10 mx.dest.test.")
+    dns.add("mx.dest.test", "A", "127.0.0.1")
+
+
+def _deferred(report: DeliveryReport) -> None:
+    assert [r.disposition for r in report.results] == [Disposition.DEFERRED] * len(report.results)
+    assert all(400 <= r.reply.code < 500 for r in report.results), report
+    assert all(r.reply.enhanced and r.reply.enhanced[0] == "4" for r in report.results)
+
+
+async def _failed_attempt(
+    make_agent: type[DeliveryAgent], mx: BadMx
+) -> tuple[DeliveryAgent, DeliveryReport]:
+    """One attempt against the misbehaving ``mx``: all deferred, the connection closed."""
+    agent = make_agent()
+    report = await agent.deliver(job(rcpts=RCPTS), policy(mx.port))
+    _deferred(report)
+    assert agent.idle_sessions == 0  # not kept for reuse
+    await wait_for(lambda: mx.open_connections == 0)
+    assert mx.accepted == []
+    return agent, report
+
+
+async def _retry_delivers_once(agent: DeliveryAgent, mx: BadMx, **kw: float) -> None:
+    """The next attempt (the remote now behaves) delivers everyone exactly once."""
+    report = await agent.deliver(job(rcpts=RCPTS), policy(mx.port, **kw))
+    assert [r.disposition for r in report.results] == [Disposition.DELIVERED] * 2
+    assert sorted(mx.delivered_rcpts) == ADDRESSES
+
+
+async def test_no_reply_to_the_final_dot_defers_after_data_timeout(
+    dns_server: DnsServer, make_agent: type[DeliveryAgent]
+) -> None:
+    _route(dns_server)
+    async with BadMx(faults=[("dot", "hang")]) as mx:
+        agent = make_agent()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        report = await agent.deliver(
+            job(rcpts=RCPTS), policy(mx.port, command_timeout=5.0, data_timeout=0.5)
+        )
+        waited = loop.time() - started
+        _deferred(report)
+        assert 0.5 <= waited < 3.0, waited  # the data timeout, not the command timeout
+        assert {(r.reply.enhanced, r.reply.text) for r in report.results} == {
+            ("4.4.2", f"timed out talking to mx.dest.test [127.0.0.1]:{mx.port}")
+        }
+        assert agent.idle_sessions == 0  # not returned to the pool
+        await wait_for(lambda: mx.open_connections == 0)  # and closed
+        assert len(mx.unanswered) == 1 and mx.accepted == []
+        await _retry_delivers_once(agent, mx, data_timeout=0.5)
+        assert mx.connections == 2
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [("body", "drop"), ("body", "reset"), ("rcpt", "ok+drop"), ("rcpt", "drop")],
+    ids=["fin-mid-data", "rst-mid-data", "close-after-rcpt-reply", "close-instead-of-rcpt"],
+)
+async def test_connection_lost_mid_transaction_defers_then_delivers_once(
+    dns_server: DnsServer, make_agent: type[DeliveryAgent], fault: Fault
+) -> None:
+    _route(dns_server)
+    async with BadMx(faults=[fault]) as mx:
+        agent, report = await _failed_attempt(make_agent, mx)
+        assert {r.reply.enhanced for r in report.results} == {"4.4.2"}
+        assert all("connection to mx.dest.test" in r.reply.text for r in report.results)
+        assert mx.unanswered == []
+        await _retry_delivers_once(agent, mx)
+
+
+@pytest.mark.parametrize("stage", ["mail", "rcpt", "data", "dot"])
+async def test_421_in_a_pooled_connections_second_message(
+    dns_server: DnsServer, make_agent: type[DeliveryAgent], stage: str
+) -> None:
+    _route(dns_server)
+    async with BadMx(faults=[None, (stage, "421 4.3.2 shutting down")]) as mx:
+        agent = make_agent()
+        first = await agent.deliver(job(queue_id="q1"), policy(mx.port))
+        assert first.results[0].disposition is Disposition.DELIVERED
+        assert agent.idle_sessions == 1
+        second = await agent.deliver(job(queue_id="q2", rcpts=RCPTS), policy(mx.port))
+        _deferred(second)
+        assert {(r.reply.code, r.reply.enhanced) for r in second.results} == {(421, "4.3.2")}
+        assert mx.connections == 1 and "RSET" in mx.verbs(1)  # it was the pooled connection
+        assert agent.idle_sessions == 0  # discarded, not kept for the next message
+        await wait_for(lambda: mx.open_connections == 0)
+        assert mx.delivered_rcpts == ["b@dest.test"]  # the first message, once
+        third = await agent.deliver(job(queue_id="q2", rcpts=RCPTS), policy(mx.port))
+        assert [r.disposition for r in third.results] == [Disposition.DELIVERED] * 2
+        assert mx.connections == 2
+        assert sorted(mx.delivered_rcpts) == ["b@dest.test", *ADDRESSES]
+
+
+async def test_421_in_the_second_verp_transaction_keeps_the_first_delivered(
+    dns_server: DnsServer, make_agent: type[DeliveryAgent]
+) -> None:
+    _route(dns_server)
+    async with BadMx(faults=[None, ("dot", "421 4.3.2 shutting down")]) as mx:
+        agent = make_agent(return_path=Verp(b"s" * 32, "bounces", "bounce.sender.test"))
+        report = await agent.deliver(job(rcpts=RCPTS), policy(mx.port))
+        assert [r.disposition for r in report.results] == [
+            Disposition.DELIVERED,
+            Disposition.DEFERRED,
+        ]
+        assert report.results[1].reply.code == 421
+        assert agent.idle_sessions == 0
+        assert mx.delivered_rcpts == ["b@dest.test"]
+
+
+GARBAGE = "hello, this is not SMTP"
+OVERLONG = "250 2.0.0 " + "x" * 20_000
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        (("dot", GARBAGE), "a reply that is not SMTP"),
+        (("dot", OVERLONG), "an overlong reply"),
+        (("dot", "x" * 40_000), "an overlong reply"),
+        (("rcpt", GARBAGE), "a reply that is not SMTP"),
+        (("mail", OVERLONG), "an overlong reply"),
+        (("data", "250 2.0.0 ok"), "unexpected reply to DATA: 250 2.0.0 ok"),
+        (("rcpt", "252 2.1.5 maybe"), "unexpected reply to RCPT: 252 2.1.5 maybe"),
+        (("mail", "251 2.1.0 sure"), "unexpected reply to MAIL: 251 2.1.0 sure"),
+    ],
+    ids=[
+        "garbage-at-dot",
+        "overlong-line-at-dot",
+        "endless-line-at-dot",
+        "garbage-at-rcpt",
+        "overlong-at-mail",
+        "250-to-data",
+        "252-to-rcpt",
+        "251-to-mail",
+    ],
+)
+async def test_reply_that_is_not_smtp_defers_with_a_clear_reason(
+    dns_server: DnsServer, make_agent: type[DeliveryAgent], fault: Fault, reason: str
+) -> None:
+    _route(dns_server)
+    async with BadMx(faults=[fault]) as mx:
+        agent, report = await _failed_attempt(make_agent, mx)
+        assert {r.reply.enhanced for r in report.results} == {"4.5.0"}
+        for r in report.results:
+            assert reason in r.reply.text, r.reply
+            assert f"mx.dest.test [127.0.0.1]:{mx.port}" in r.reply.text
+        await _retry_delivers_once(agent, mx)
+
+
+# -- end to end: the daemon, its scheduler and retry policy -------------------------------
+def _events(db: Path) -> list[tuple[str, str, str]]:
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute("SELECT type, recipient, data FROM events ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    return [(t, r, json.loads(d or "{}").get("reply", "")) for t, r, d in rows]
+
+
+def _states(db: Path) -> dict[str, str]:
+    conn = sqlite3.connect(db)
+    try:
+        return dict(conn.execute("SELECT address, state FROM recipients").fetchall())
+    finally:
+        conn.close()
+
+
+async def test_daemon_defers_each_fault_and_delivers_once_when_the_mx_recovers(
+    tmp_path: Path,
+) -> None:
+    faults: list[Fault | None] = [("dot", "hang"), ("body", "reset"), ("rcpt", "ok+drop")]
+    async with BadMx("127.0.0.2", faults=faults) as mx:
+        cfg = TestConfig(tmp_path, tls=False)
+        cfg.set(
+            "delivery",
+            relay_host=f"127.0.0.2:{mx.port}",
+            tls="none",
+            connect_timeout="2s",
+            command_timeout="2s",
+            data_timeout="300ms",
+        )
+        cfg.set("shaping", poll_interval="20ms", retry_schedule=["500ms"], retry_every="500ms")
+        host, port = cfg.address("submission", "listen_plain")
+
+        def submit() -> None:
+            with smtplib.SMTP(host, port, timeout=30) as client:
+                client.sendmail(
+                    "app@example.com",
+                    ADDRESSES,
+                    b"From: app@example.com\r\nSubject: faults\r\n\r\nonce only\r\n",
+                )
+
+        daemon = Daemon(cfg)
+        await asyncio.to_thread(daemon.start)
+        try:
+            await asyncio.to_thread(submit)
+            await wait_for(lambda: len(mx.accepted) == 1, timeout=30)
+            await wait_for(
+                lambda: _states(cfg.database) == dict.fromkeys(ADDRESSES, "delivered"), 10
+            )
+        finally:
+            await asyncio.to_thread(daemon.stop)
+
+    assert sorted(mx.delivered_rcpts) == ADDRESSES  # delivered once, nobody lost
+    assert b"once only" in mx.accepted[0].data
+    assert len(mx.unanswered) == 1  # the hang after the final dot
+    assert mx.connections == 4  # a failed connection is never reused
+    events = _events(cfg.database)
+    for rcpt in ADDRESSES:
+        mine = [(t, reply) for t, r, reply in events if r == rcpt]
+        assert [t for t, _ in mine] == ["deferred", "deferred", "deferred", "delivered"]
+        timeout, reset, dropped = (reply for t, reply in mine if t == "deferred")
+        assert timeout.startswith("451 4.4.2 timed out talking to 127.0.0.2")
+        assert reset.startswith("451 4.4.2 connection to 127.0.0.2") and "lost" in reset
+        assert dropped.startswith("451 4.4.2 connection to 127.0.0.2") and "lost" in dropped
+    assert not [e for e in events if e[0] in ("bounced", "dsn_sent")]
+    assert "Traceback" not in daemon.log()
