@@ -34,6 +34,7 @@ from mtaserver.auth import Authenticator, AuthThrottle, UserStore, hash_password
 from mtaserver.classify import classify
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config import Config, load_config
+from mtaserver.config.restart import keep_restart_keys
 from mtaserver.config.shaping import load_builtin
 from mtaserver.crypto import codec_for
 from mtaserver.db import Database
@@ -44,7 +45,7 @@ from mtaserver.dkim.keys import load_keyset
 from mtaserver.errors import ConfigError, MtaError
 from mtaserver.events import EventLog
 from mtaserver.inbound import BounceProcessor, InboundHandler, InboundServer
-from mtaserver.log import get_logger, kv, setup_logging
+from mtaserver.log import get_logger, kv, set_level, setup_logging
 from mtaserver.metrics import Agent, Metrics, TimedAgent
 from mtaserver.mx import DnsResolver, Route
 from mtaserver.notify import Notifier
@@ -166,37 +167,46 @@ def submission_service(
     *,
     suppressions: Suppressions | None = None,
 ) -> Service:
-    """SMTP submission → pipeline (cleanup, tracking, DKIM with ``core.signer``) → spool."""
+    """SMTP submission → pipeline (cleanup, tracking, DKIM with ``core.signer``) → spool.
+
+    On SIGHUP the limits and policy are rebuilt from the new config for sessions that
+    connect afterwards; sessions in progress keep theirs. The AUTH throttle, per-user rate
+    buckets and per-IP connection counts carry over with their new settings.
+    """
     cfg = core.config
     sub = cfg.submission
     tls_context = cfg.tls.server_context() if cfg.tls.enabled else None
     authenticator = Authenticator(UserStore(core.db))
-    pipeline = Pipeline(
-        spool=core.spool,
-        new_queue_id=new_queue_id,
-        hostname=cfg.server.hostname,
-        max_header_size=sub.max_header_size,
-        max_mime_depth=sub.max_mime_depth,
-        tracker=core.tracker,
-        signer=core.signer,
-        tracking_defaults=lambda user: _track_defaults(cfg, user),
-    )
-    handler = SubmissionHandler(
-        submitter=pipeline,
-        authenticator=authenticator,
-        throttle=AuthThrottle(sub.auth, core.clock),
-        clock=core.clock,
-        max_recipients=sub.max_recipients,
-        max_header_size=sub.max_header_size,
-        user_rate=(
-            RateLimiter(sub.user_rate, sub.user_burst, core.clock) if sub.user_rate else None
-        ),
-        suppressions=suppressions,
-        drop_suppressed=cfg.inbound.suppression.at_rcpt == "accept-and-drop",
-        observer=core.metrics,
-    )
+    throttle = AuthThrottle(sub.auth, core.clock)
+    user_rate = RateLimiter(sub.user_rate, sub.user_burst, core.clock) if sub.user_rate else None
+
+    def handler_for(cfg: Config) -> SubmissionHandler:
+        sub = cfg.submission
+        pipeline = Pipeline(
+            spool=core.spool,
+            new_queue_id=new_queue_id,
+            hostname=cfg.server.hostname,
+            max_header_size=sub.max_header_size,
+            max_mime_depth=sub.max_mime_depth,
+            tracker=core.tracker,
+            signer=core.signer,
+            tracking_defaults=lambda user: _track_defaults(cfg, user),
+        )
+        return SubmissionHandler(
+            submitter=pipeline,
+            authenticator=authenticator,
+            throttle=throttle,
+            clock=core.clock,
+            max_recipients=sub.max_recipients,
+            max_header_size=sub.max_header_size,
+            user_rate=user_rate,
+            suppressions=suppressions,
+            drop_suppressed=cfg.inbound.suppression.at_rcpt == "accept-and-drop",
+            observer=core.metrics,
+        )
+
     server = SubmissionServer(
-        sub, hostname=cfg.server.hostname, handler=handler, tls_context=tls_context
+        sub, hostname=cfg.server.hostname, handler=handler_for(cfg), tls_context=tls_context
     )
 
     async def start() -> None:
@@ -210,9 +220,22 @@ def submission_service(
         authenticator.close()
 
     async def reload(new: Config) -> None:
+        nonlocal user_rate
         # Renewed certificate files take effect for the next handshake on every listener.
         if tls_context is not None and new.tls.cert and new.tls.key:
             tls_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
+        sub = new.submission
+        throttle.settings = sub.auth
+        if sub.user_rate is None:
+            user_rate = None
+        elif user_rate is None:
+            user_rate = RateLimiter(sub.user_rate, sub.user_burst, core.clock)
+        else:
+            user_rate.reconfigure(sub.user_rate, sub.user_burst)
+        server.reconfigure(sub, handler_for(new))
+        log.info(kv(event="submission_reloaded", max_message_size=sub.max_message_size,
+                    max_recipients=sub.max_recipients,
+                    at_rcpt=new.inbound.suppression.at_rcpt))  # fmt: skip
 
     return SimpleService("submission", start, run, drain, reload)
 
@@ -257,7 +280,9 @@ def _delivery_service(core: Core) -> Service:
     """MX resolver and SMTP delivery agent (VERP when a bounce domain is set).
 
     The agent has no loop of its own: the scheduler calls ``deliver``; draining closes the
-    idle pooled connections. Resolver and TLS settings are read at start (restart to change).
+    idle pooled connections. On SIGHUP the resolver (name servers, timeout, IPv6) and the
+    agent (EHLO name, CA file, address cap) take the new settings for new lookups and
+    connections; per-destination policy is the scheduler's reload.
     """
     cfg = core.config
     d = cfg.delivery
@@ -265,9 +290,10 @@ def _delivery_service(core: Core) -> Service:
         core.verp = Verp(
             read_secret(cfg.server.secret_file), cfg.inbound.verp_prefix, cfg.inbound.bounce_domain
         )
-    core.resolver = DnsResolver(
+    resolver = DnsResolver(
         core.clock, nameservers=d.nameservers, timeout=d.dns_timeout, ipv6=d.ipv6
     )
+    core.resolver = resolver
     agent = DeliveryAgent(
         core.resolver,
         core.clock,
@@ -281,7 +307,18 @@ def _delivery_service(core: Core) -> Service:
     async def drain(timeout: float) -> None:
         await agent.aclose()
 
-    return SimpleService("delivery", on_drain=drain)
+    async def reload(new: Config) -> None:
+        nd = new.delivery
+        resolver.reconfigure(nameservers=nd.nameservers, timeout=nd.dns_timeout, ipv6=nd.ipv6)
+        agent.reconfigure(
+            hostname=nd.hostname or new.server.hostname,
+            ca_file=str(nd.ca_file) if nd.ca_file else None,
+            max_addresses=nd.max_mx_addresses,
+        )
+        servers = ",".join(f"{h}:{p}" for h, p in nd.nameservers) or "system"
+        log.info(kv(event="delivery_reloaded", nameservers=servers, dns_timeout=nd.dns_timeout))
+
+    return SimpleService("delivery", on_drain=drain, on_reload=reload)
 
 
 def _inbound_service(core: Core) -> Service:
@@ -610,6 +647,10 @@ class App:
             log.error(kv(event="reload_rejected", error=str(exc)))
             self.notifier.ready()
             return
+        new, restart_only = keep_restart_keys(core.config, new)
+        for key in restart_only:
+            log.warning(kv(event="reload_needs_restart", key=key))
+        set_level(new.server.log_level)
         for service in core.services:
             try:
                 await service.reload(new)

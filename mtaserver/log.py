@@ -46,6 +46,11 @@ class _Formatter(logging.Formatter):
         return line
 
 
+def set_level(level: str) -> None:
+    """Change the level of the ``mtaserver`` logger tree (a reload's new ``log_level``)."""
+    logging.getLogger(_LOGGER_ROOT).setLevel(level.upper())
+
+
 def setup_logging(level: str = "info") -> None:
     """Configure the ``mtaserver`` logger tree to write key=value lines to stderr."""
     root = logging.getLogger(_LOGGER_ROOT)

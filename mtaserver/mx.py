@@ -134,20 +134,24 @@ class DnsResolver:
         self._ipv6 = ipv6
         self._cache: OrderedDict[tuple[str, str], tuple[float, _Answer]] = OrderedDict()
         self._cache_size = cache_size
-        if nameservers:
-            res = dns.asyncresolver.Resolver(configure=False)
-            res.nameservers = [
-                dns.nameserver.Do53Nameserver(ip, port)
-                for ip, port in (
-                    parse_nameserver(n) if isinstance(n, str) else n for n in nameservers
-                )
-            ]
-        else:
-            res = dns.asyncresolver.Resolver()
-        res.cache = None  # ours is on the injected clock
-        res.lifetime = timeout
-        res.timeout = min(timeout, 5.0)
-        self._res = res
+        self._nameservers = _servers(nameservers)
+        self._res = _dns_resolver(self._nameservers, timeout)
+
+    def reconfigure(
+        self, *, nameservers: Sequence[str | tuple[str, int]], timeout: float, ipv6: bool
+    ) -> None:
+        """Settings from a reloaded config, for lookups that start from now on.
+
+        Lookups in flight finish on the resolver they started with. Answers cached from
+        the previous name servers are dropped when the servers change.
+        """
+        servers = _servers(nameservers)
+        if servers != self._nameservers:
+            self._cache.clear()
+        self._nameservers = servers
+        self._timeout = timeout
+        self._ipv6 = ipv6
+        self._res = _dns_resolver(servers, timeout)
 
     # -- lookups ------------------------------------------------------------------------
     async def _query(self, name: str, rdtype: str) -> _Answer:
@@ -280,6 +284,25 @@ class DnsResolver:
             self._rng.shuffle(group)
             out.extend(group)
         return out
+
+
+def _servers(nameservers: Sequence[str | tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    return tuple(parse_nameserver(n) if isinstance(n, str) else n for n in nameservers)
+
+
+def _dns_resolver(
+    servers: tuple[tuple[str, int], ...], timeout: float
+) -> dns.asyncresolver.Resolver:
+    """dnspython's resolver on ``servers`` (none: the system's), without its own cache."""
+    if servers:
+        res = dns.asyncresolver.Resolver(configure=False)
+        res.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in servers]
+    else:
+        res = dns.asyncresolver.Resolver()
+    res.cache = None  # ours is on the injected clock
+    res.lifetime = timeout
+    res.timeout = min(timeout, 5.0)
+    return res
 
 
 def _ip_literal(name: str) -> str | None:

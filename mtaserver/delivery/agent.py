@@ -87,6 +87,13 @@ class DeliveryAgent:
         self._closed = False
 
     # -- public ----------------------------------------------------------------------
+    def reconfigure(self, *, hostname: str, ca_file: str | None, max_addresses: int) -> None:
+        """Settings from a reloaded config, for connections opened from now on (pooled
+        connections keep the EHLO name and TLS they were opened with)."""
+        self._hostname = hostname
+        self._contexts = TlsContexts(ca_file)
+        self._max_addresses = max_addresses
+
     async def deliver(self, job: DeliveryJob, policy: RoutePolicy) -> DeliveryReport:
         started = self._clock.now()
         try:

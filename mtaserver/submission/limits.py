@@ -47,6 +47,11 @@ class RateLimiter:
         self._max_keys = max_keys
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
+    def reconfigure(self, rate: float, burst: float) -> None:
+        """New rate and burst (SIGHUP); the buckets keep what each key has spent."""
+        self.rate = rate
+        self.burst = max(1.0, burst)
+
     def take(self, key: str) -> bool:
         """Spend one token for ``key``; False when none is left."""
         now = self._clock.monotonic()

@@ -71,6 +71,18 @@ class SubmissionServer:
         self.listeners: list[Listener] = []
         self.sessions: SessionRegistry[SubmissionSMTP] = SessionRegistry()
 
+    def reconfigure(self, cfg: SubmissionConfig, handler: SubmissionHandler) -> None:
+        """Limits and policy from a reloaded config, for sessions that connect from now on.
+
+        A session keeps the settings and handler it was created with, so one in progress
+        finishes under the limits it started with. The per-IP cap applies at once (the
+        counts are shared). Listening addresses are fixed for the life of the process.
+        """
+        self.cfg = cfg
+        self.handler = handler
+        self.settings = session_settings(cfg, self.settings.hostname)
+        self.connections.max_per_ip = cfg.max_connections_per_ip
+
     def _factory(self, spec: ListenerSpec) -> SubmissionSMTP:
         return SubmissionSMTP(
             self.handler,
