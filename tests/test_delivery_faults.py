@@ -295,3 +295,24 @@ async def test_an_attempt_stuck_after_the_dot_ends_before_its_lease(
             await asyncio.sleep(0.01)
         assert [t for t, _ in rows] == ["deferred", "delivered"], rows
         assert "lease" in json.loads(rows[0][1])["reply"]
+
+
+async def test_a_reply_that_is_not_utf8_is_recorded(spool: Spool, run_scheduler: Any) -> None:
+    """A Latin-1 "250 … für …" once made the spool's record fail (surrogates), so the lease
+    ran out and the message went out again and again."""
+    async with BadMx("127.0.0.2", faults=[("dot", "250 2.0.0 queued f\udcfcr dich")]) as mx:
+        await run_scheduler('[shaping]\npoll_interval = "20ms"\n', mx.port, SystemClock())
+        (qid,) = await test_scheduler_e2e.enqueue_many(spool, 1, time.time())
+        await wait_for(lambda: len(mx.accepted) == 1)
+
+        def delivered(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            return conn.execute(
+                "SELECT state, last_reply FROM recipients WHERE queue_id=?", (qid,)
+            ).fetchall()
+
+        for _ in range(500):
+            rows = await spool.db.read(delivered)
+            if rows[0][0] != "leased":
+                break
+            await asyncio.sleep(0.01)
+        assert rows == [("delivered", "250 2.0.0 queued f\ufffdr dich")]
