@@ -27,6 +27,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
+from mtaserver.config import Config
 from mtaserver.dkim.keys import DkimKey
 from mtaserver.dkim.records import parse_tags, quote_txt, zone_line
 
@@ -72,6 +73,17 @@ class Inputs:
     keys: tuple[DkimKey, ...]
     bounce_domain: str | None = None
     tracking_base_url: str | None = None
+    unsubscribe_mailto: str | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config, keys: tuple[DkimKey, ...]) -> Inputs:
+        return cls(
+            hostname=cfg.server.hostname.lower().rstrip("."),
+            keys=keys,
+            bounce_domain=cfg.inbound.bounce_domain,
+            tracking_base_url=cfg.tracking.base_url,
+            unsubscribe_mailto=cfg.tracking.unsubscribe_mailto,
+        )
 
 
 def _spf_mechanism(hostname: str) -> str:
@@ -152,6 +164,18 @@ def shared_records(inputs: Inputs) -> list[Record]:
                 Kind.SPF,
                 "bounce domain SPF: the envelope sender (VERP) domain receivers check",
                 mech,
+            )
+        )
+    mailto = (inputs.unsubscribe_mailto or "").rpartition("@")[2].lower().rstrip(".")
+    if mailto and mailto != (inputs.bounce_domain or "").lower():
+        out.append(
+            Record(
+                mailto,
+                "MX",
+                f"10 {host}.",
+                Kind.MX,
+                "unsubscribe_mailto domain: mail unsubscribes come here (inbound listener)",
+                host,
             )
         )
     tracking = tracking_host(inputs.tracking_base_url)

@@ -54,6 +54,7 @@ log = get_logger("scheduler")
 
 LEASE_MARGIN = 0.25  # release a backlog job when less than this share of its lease is left
 MX_TIMEOUT = 5.0
+RECORD_MARGIN = 0.05  # share of the lease left to record an attempt's outcome
 
 
 # -- what the scheduler needs (app wires the concrete objects) ------------------------------
@@ -455,24 +456,32 @@ class Scheduler:
             tls=limits.tls or self._route.tls,
         )
         self.attempts += 1
+        # An attempt ends before its lease does: past it the spool hands the recipients out
+        # again, a second delivery could start while this one waits (e.g. for the reply to
+        # the final dot), and this attempt's late result would overwrite that one's.
+        budget = item.job.lease_until - self._clock.now() - self._lease * RECORD_MARGIN
         try:
-            return await self._agent.deliver(item.job, policy)
+            async with asyncio.timeout(max(budget, 0.0)):
+                return await self._agent.deliver(item.job, policy)
+        except TimeoutError:
+            log.warning(kv(event="attempt_past_lease", queue_id=item.job.queue_id))
+            reply = SmtpReply(451, "delivery attempt cut short: it outlasted its lease", "4.4.2")
         except Exception:
             log.exception(kv(event="agent_failed", queue_id=item.job.queue_id))
-            now = self._clock.now()
             reply = SmtpReply(451, "local error in delivery", "4.3.0")
-            return DeliveryReport(
-                item.job.queue_id,
-                item.job.domain,
-                tuple(
-                    RecipientResult(r.idx, r.address, Disposition.DEFERRED, reply)
-                    for r in item.job.recipients
-                ),
-                now,
-                now,
-            )
         finally:
             self._shaper.release(item.dest)
+        now = self._clock.now()
+        return DeliveryReport(
+            item.job.queue_id,
+            item.job.domain,
+            tuple(
+                RecipientResult(r.idx, r.address, Disposition.DEFERRED, reply)
+                for r in item.job.recipients
+            ),
+            now,
+            now,
+        )
 
     def _connection_failed(self, report: DeliveryReport) -> bool:
         codes = self._settings.connection_failure_status

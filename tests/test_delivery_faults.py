@@ -12,14 +12,18 @@ import asyncio
 import json
 import smtplib
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from mtaserver.clock import SystemClock
 from mtaserver.delivery import DeliveryAgent
 from mtaserver.model import DeliveryReport, Disposition
+from mtaserver.spool import Spool
 from mtaserver.verp import Verp
-from tests import test_delivery
+from tests import test_delivery, test_scheduler_e2e
 from tests.support.badmx import BadMx, Fault
 from tests.support.daemon import Daemon, TestConfig
 from tests.support.dnsserver import DnsServer
@@ -30,6 +34,9 @@ from tests.test_delivery import job, policy
 clock = test_delivery.clock
 dns_server = test_delivery.dns_server
 make_agent = test_delivery.make_agent
+# and those of tests/test_scheduler_e2e.py (a Scheduler on the real spool and agent)
+dns = test_scheduler_e2e.dns
+run_scheduler = test_scheduler_e2e.run_scheduler
 
 RCPTS = ("b", "c")
 ADDRESSES = ["b@dest.test", "c@dest.test"]
@@ -254,3 +261,37 @@ async def test_daemon_defers_each_fault_and_delivers_once_when_the_mx_recovers(
         assert dropped.startswith("451 4.4.2 connection to 127.0.0.2") and "lost" in dropped
     assert not [e for e in events if e[0] in ("bounced", "dsn_sent")]
     assert "Traceback" not in daemon.log()
+
+
+# -- the scheduler: an attempt stuck on a silent remote must end before its lease ---------
+async def test_an_attempt_stuck_after_the_dot_ends_before_its_lease(
+    spool: Spool, run_scheduler: Any
+) -> None:
+    """Past the lease the spool hands the recipient out again: a second delivery while the
+    first still waits, and the first one's late "deferred" overwriting "delivered"."""
+    async with BadMx("127.0.0.2", faults=[("dot", "hang")]) as mx:
+        await run_scheduler(
+            '[shaping]\npoll_interval = "20ms"\nretry_schedule = ["100ms"]\n',
+            mx.port,  # the route's data_timeout (10 s) is longer than the lease
+            SystemClock(),
+            workers=2,
+            lease=3.0,
+        )
+        (qid,) = await test_scheduler_e2e.enqueue_many(spool, 1, time.time())
+        await wait_for(lambda: len(mx.accepted) == 1, timeout=8)
+        # the stuck attempt was over (connection closed) before the next one delivered
+        assert mx.open_connections <= 1 and len(mx.unanswered) == 1
+
+        def history(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            return conn.execute(
+                "SELECT type, data FROM events WHERE queue_id=? AND type != 'accepted' ORDER BY id",
+                (qid,),
+            ).fetchall()
+
+        for _ in range(500):  # the delivered record follows the sink's 250 closely
+            rows = await spool.db.read(history)
+            if any(t == "delivered" for t, _ in rows):
+                break
+            await asyncio.sleep(0.01)
+        assert [t for t, _ in rows] == ["deferred", "delivered"], rows
+        assert "lease" in json.loads(rows[0][1])["reply"]

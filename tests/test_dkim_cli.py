@@ -263,3 +263,24 @@ def test_dns_check_all_ok_then_each_problem(
     lines = out.splitlines()
     assert any(line.startswith("ok ") and "t.example.com" in line for line in lines)
     assert not any("example.com " in line and "_domainkey" in line for line in lines)
+
+
+def test_dns_records_route_the_unsubscribe_mailto_domain_here(
+    tmp_path: Path, dns_server: DnsServer, keys: list[K.DkimKey], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _config(tmp_path, dns_server, keys[:1])
+    base = cfg.read_text().replace(
+        '[inbound]\nbounce_domain = "bounces.example.com"\n',
+        '[inbound]\nbounce_domain = "bounces.example.com"\nlisten = "127.0.0.1:2525"\n',
+    )
+    for mailto, expected in (
+        ("unsubscribe@unsub.example.com", [("unsub.example.com.", "10 mta.example.com.")]),
+        ("unsubscribe@bounces.example.com", []),  # the bounce domain's MX already does it
+    ):
+        cfg.write_text(
+            base.replace("[tracking]\n", f'[tracking]\nunsubscribe_mailto = "{mailto}"\n')
+        )
+        code, out, _err = _run(capsys, "dns", "records", "-c", str(cfg))
+        assert code == 0
+        mx = [(n, v) for n, t, v in _zone_records(out) if t == "MX" and n != "bounces.example.com."]
+        assert mx == expected

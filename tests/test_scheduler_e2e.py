@@ -47,7 +47,9 @@ def shaping(toml: str) -> ShapingConfig:
 async def run_scheduler(spool: Spool, dns: DnsServer) -> AsyncIterator[Any]:
     running: list[tuple[Scheduler, asyncio.Task[None], DeliveryAgent]] = []
 
-    async def start(toml: str, port: int, clock: Clock, workers: int = 50) -> Scheduler:
+    async def start(
+        toml: str, port: int, clock: Clock, workers: int = 50, lease: float = 600.0
+    ) -> Scheduler:
         cfg = shaping(toml)
         resolver = DnsResolver(
             clock, nameservers=[dns.nameserver], timeout=2.0, rng=random.Random(1)
@@ -65,7 +67,7 @@ async def run_scheduler(spool: Spool, dns: DnsServer) -> AsyncIterator[Any]:
             ),
             classify=classify,
             workers=workers,
-            lease=600.0,
+            lease=lease,
             hostname="mta.test",
             new_queue_id=new_queue_id,
         )

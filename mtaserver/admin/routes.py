@@ -157,12 +157,7 @@ class AdminApi:
     # -- DKIM and DNS ----------------------------------------------------------------------
     def _inputs(self) -> dnsrecords.Inputs:
         cfg = self.d.config()
-        return dnsrecords.Inputs(
-            hostname=cfg.server.hostname.lower().rstrip("."),
-            keys=self.d.keys().keys,
-            bounce_domain=cfg.inbound.bounce_domain,
-            tracking_base_url=cfg.tracking.base_url,
-        )
+        return dnsrecords.Inputs.from_config(cfg, self.d.keys().keys)
 
     async def dkim_keys(self, request: web.Request) -> web.Response:
         keys = [

@@ -29,12 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def inputs_from(cfg: Config) -> R.Inputs:
-    return R.Inputs(
-        hostname=cfg.server.hostname.lower().rstrip("."),
-        keys=load_keyset(cfg.dkim).keys,
-        bounce_domain=cfg.inbound.bounce_domain,
-        tracking_base_url=cfg.tracking.base_url,
-    )
+    return R.Inputs.from_config(cfg, load_keyset(cfg.dkim).keys)
 
 
 def _domain(args: argparse.Namespace) -> str | None:
