@@ -11,9 +11,10 @@ Three sources, so no stage has to know about Prometheus:
   oldest queued message, the webhook outbox backlog (``WebhookOutbox.backlog``) and the
   shaper's per-destination state are read when ``/metrics`` is scraped: a gauge that is
   computed cannot drift.
-* **Hooks** for what leaves no event: SMTP sessions and AUTH failures per listener, delivery
-  attempt durations, database commit latency (``Database.on_commit``). They are plain
-  methods (:class:`SmtpObserver`), wired in ``app``.
+* **Hooks** for what leaves no event: SMTP sessions and AUTH failures per listener,
+  suppressed recipients refused at RCPT, delivery attempt durations, database commit
+  latency (``Database.on_commit``). They are plain methods (:class:`SmtpObserver`), wired
+  in ``app``.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ class SmtpObserver(Protocol):
     def session_started(self, listener: str) -> None: ...
 
     def auth_failed(self, listener: str) -> None: ...
+
+    def recipient_refused(self, reason: str) -> None: ...
 
 
 @dataclass
@@ -182,8 +185,9 @@ class Metrics:
         )
         self.suppressed = Counter(
             "mtaserver_suppressed_recipients",
-            "Recipients dropped because their address is suppressed",
-            ["reason"],
+            "Suppressed recipients (action: rejected at RCPT, or dropped after an accepting "
+            "RCPT under accept-and-drop), by suppression reason",
+            ["action", "reason"],
             registry=r,
         )
         # hooks
@@ -224,6 +228,10 @@ class Metrics:
 
     def auth_failed(self, listener: str) -> None:
         self.smtp_auth_failures.labels(listener).inc()
+
+    def recipient_refused(self, reason: str) -> None:
+        """A suppressed recipient refused at RCPT (no queue id, so no event to count)."""
+        self.suppressed.labels("rejected", reason or "unknown").inc()
 
     def attempt_finished(self, seconds: float) -> None:
         self.delivery_attempt.observe(max(0.0, seconds))
@@ -311,7 +319,7 @@ class Metrics:
         elif etype == "complaint":
             self.complaints.inc()
         elif etype == "suppressed":
-            self.suppressed.labels(_label(data.get("reason"))).inc()
+            self.suppressed.labels("dropped", _label(data.get("reason"))).inc()
         else:
             machine = "true" if data.get("machine") else "false"
             self.tracking.labels(etype, machine).inc()

@@ -100,7 +100,8 @@ async def test_event_tail_and_queue_gauges(tmp_path: Path) -> None:
     assert value(snap, "mtaserver_tracking_events_total", type="click", machine="false") == 1
     assert value(snap, "mtaserver_tracking_events_total", type="unsubscribe",
                  machine="false") == 1  # fmt: skip
-    assert value(snap, "mtaserver_suppressed_recipients_total", reason="bounce") == 1
+    assert value(snap, "mtaserver_suppressed_recipients_total", action="dropped",
+                 reason="bounce") == 1  # fmt: skip
     # Queue depth counts every waiting recipient, including the one queued before start.
     assert value(snap, "mtaserver_queue_recipients", state="queued") == 7
     assert value(snap, "mtaserver_queue_recipients", state="held") == 0
@@ -283,6 +284,38 @@ def test_metrics_without_token_when_configured(tmp_path: Path) -> None:
         denied = api.get("/api/v1/queue")
         assert denied.status == 401
         assert api.get("/api/v1/queue", token=create_token(d, "t")).status == 200
+
+
+def test_suppressed_recipients_count_rejected_and_dropped_apart(tmp_path: Path) -> None:
+    """A suppressed RCPT refused with 550 counts as action="rejected"; after a SIGHUP to
+    accept-and-drop, the same address accepted and dropped counts as action="dropped"."""
+    cfg = make_config(tmp_path, metrics_auth="none")
+    cfg.set("inbound.suppression", at_rcpt="reject")
+    name = "mtaserver_suppressed_recipients_total"
+    host, port = cfg.address("submission", "listen_plain")
+    body = b"From: app@example.com\r\nSubject: m\r\n\r\nbody\r\n"
+    with Daemon(cfg) as d:
+        api = AdminClient(base_url(cfg), None)
+        added = d.cli("suppression", "add", "gone@dead.test", "--reason", "manual")
+        assert added.returncode == 0, added.stderr
+        with smtplib.SMTP(host, port, timeout=10) as smtp:
+            smtp.ehlo("client.test")
+            smtp.mail("app@example.com")
+            assert smtp.rcpt("gone@dead.test")[0] == 550
+            assert smtp.rcpt("ok@live.test")[0] == 250
+            assert smtp.data(body)[0] == 250
+        snap = samples(api.get("/metrics").text)
+        assert value(snap, name, action="rejected", reason="manual") == 1
+        assert value(snap, name, action="dropped", reason="manual") == 0
+
+        cfg.set("inbound.suppression", at_rcpt="accept-and-drop")
+        cfg.write()
+        d.reload()
+        with smtplib.SMTP(host, port, timeout=10) as smtp:
+            smtp.sendmail("app@example.com", ["gone@dead.test", "ok@live.test"], body)
+        snap = samples(api.get("/metrics").text)
+        assert value(snap, name, action="dropped", reason="manual") == 1
+        assert value(snap, name, action="rejected", reason="manual") == 1
 
 
 def _version() -> str:

@@ -50,11 +50,14 @@ class FailureThrottle(Protocol):
 
 
 class SmtpObserver(Protocol):
-    """Metrics for what leaves no event: sessions and AUTH failures, per listener."""
+    """Metrics for what leaves no event: sessions and AUTH failures per listener, and
+    suppressed recipients refused at RCPT (accept-and-drop ones get an event)."""
 
     def session_started(self, listener: str) -> None: ...
 
     def auth_failed(self, listener: str) -> None: ...
+
+    def recipient_refused(self, reason: str) -> None: ...
 
 
 class Submitter(Protocol):
@@ -157,6 +160,8 @@ class SubmissionHandler:
             if hit:
                 reason = _reason(hit)
                 if not self._drop_suppressed:
+                    if self.observer is not None:
+                        self.observer.recipient_refused(reason)
                     return f"550 5.7.1 Recipient address is suppressed ({reason})"
                 # accept-and-drop: the client sees success; the recipient is stored as
                 # suppressed with an event, and never delivered.
