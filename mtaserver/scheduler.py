@@ -9,12 +9,14 @@ One dispatcher task and a fixed pool of worker tasks (the global connection cap)
   shaper grants a permit (connection slot + rate token); a suspended destination's jobs are
   put back with ``defer_domain`` so they are not claimed again until it recovers;
 * a **worker** calls the DeliveryAgent, and the outcome goes through the shaper's rules and
-  the retry policy into ``RecipientUpdate``s recorded with their events in one transaction.
+  the retry policy (:mod:`mtaserver.outcome`) into ``RecipientUpdate``s recorded with their
+  events in one transaction.
 
-Bounces to the sender are grouped per message: the bounced recipients of a message are
-held (still leased) until no job of that message remains in this scheduler, then one DSN is
-enqueued and only then are the recipients recorded as bounced — a crash in between means a
-second attempt and at worst a second DSN, never a lost one.
+Bounces to the sender are grouped per message (:mod:`mtaserver.notices`): the bounced
+recipients of a message are held (still leased) until no job of that message remains in
+this scheduler, then one DSN is enqueued and only then are the recipients recorded as
+bounced — a crash in between means a second attempt and at worst a second DSN, never a
+lost one.
 """
 
 from __future__ import annotations
@@ -28,26 +30,26 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from mtaserver.bouncegen import DsnRecipient, DsnRequest, build_dsn
+from mtaserver.bouncegen import DsnRecipient
 from mtaserver.clock import Clock
 from mtaserver.config.shaping import RetrySettings, SchedulerSettings
 from mtaserver.errors import MtaError
 from mtaserver.log import get_logger, kv
 from mtaserver.model import (
-    Classification,
     DeliveryJob,
     DeliveryReport,
     Disposition,
     Event,
     PreparedMessage,
-    PreparedRecipient,
     RecipientResult,
     RecipientState,
     RecipientUpdate,
     RoutePolicy,
     SmtpReply,
 )
-from mtaserver.retry import EXPIRED_STATUS, decide, delay_warning_due
+from mtaserver.notices import Notices
+from mtaserver.outcome import Classify, judge, log_attempt
+from mtaserver.retry import delay_warning_due
 from mtaserver.shaper import Shaper
 
 log = get_logger("scheduler")
@@ -86,7 +88,6 @@ class MxLookup(Protocol):
         ...
 
 
-Classify = Callable[[int | None, str | None, str], Classification]
 # (address, category, sender_domain, queue_id): acts on a permanent failure seen at delivery,
 # e.g. the suppression policy (an unknown user at RCPT is suppressed like an async bounce).
 OnBounce = Callable[[str, str, str | None, str], Awaitable[None]]
@@ -106,23 +107,6 @@ class _Dest:
     domains: OrderedDict[str, None] = field(default_factory=OrderedDict)
     not_before: float = 0.0  # loop time before which asking the shaper is pointless
     deferred_until: float = 0.0  # wall time its domains were last pushed back to
-
-
-@dataclass(slots=True)
-class _PendingDsn:
-    job: DeliveryJob
-    recipients: list[DsnRecipient] = field(default_factory=list)
-    updates: list[RecipientUpdate] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    """One recipient's fate after policy."""
-
-    update: RecipientUpdate
-    event: Event
-    dsn: DsnRecipient | None
 
 
 class Scheduler:
@@ -157,8 +141,7 @@ class Scheduler:
         self._classify = classify
         self._workers = max(1, workers)
         self._lease = lease
-        self._hostname = hostname
-        self._new_queue_id = new_queue_id
+        self._notices = Notices(spool, hostname, new_queue_id)
         self._send_dsns = send_dsn
         self._no_dsn_users = frozenset(u.lower() for u in no_dsn_users)
         self._mx = mx
@@ -166,8 +149,6 @@ class Scheduler:
         self._ring: deque[str] = deque()  # destinations with backlog, round-robin order
         self._backlog = 0  # recipients claimed and not yet finished (backlog + in flight)
         self._open: dict[str, int] = {}  # queue_id → jobs of it still in this scheduler
-        self._pending_dsn: dict[str, _PendingDsn] = {}
-        self._warned: OrderedDict[str, None] = OrderedDict()  # delay warnings sent
         self._dest_cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=self._workers)
         self._wake = asyncio.Event()
@@ -532,8 +513,9 @@ class Scheduler:
                 SmtpReply(451, "no result from delivery", "4.3.0"),
             )
             disp = overrides.get(jr.idx, res.disposition)
-            out = self._outcome(job, jr.attempts + 1, res, disp, now, reaction.suspended_until)
-            self._log_attempt(job, res, out, now, reaction.rules)
+            out = judge(self._retry, self._classify, job, jr.attempts + 1, res, disp, now,
+                        reaction.suspended_until)  # fmt: skip
+            log_attempt(job, res, out, now, reaction.rules)
             facts = dict(out.event.data)
             if out.update.state is RecipientState.BOUNCED and facts.get("source") == "sync":
                 sync_bounces.append((jr.address, str(facts.get("category", "other"))))
@@ -548,7 +530,7 @@ class Scheduler:
                 out.update.state is RecipientState.QUEUED
                 and wants_dsn
                 and delay_warning_due(self._retry, job.received_at, now)
-                and job.queue_id not in self._warned
+                and not self._notices.warned(job.queue_id)
             ):
                 warn.append(
                     DsnRecipient(
@@ -571,209 +553,18 @@ class Scheduler:
                     log.error(kv(event="bounce_action_failed", queue_id=job.queue_id,
                                  rcpt=f"<{address}>", error=str(exc)))  # fmt: skip
         if warn:
-            await self._send_delay_warning(job, warn, now)
+            await self._notices.delay_warning(job, warn, now)
         if dsn_updates:
-            p = self._pending_dsn.get(job.queue_id)
-            if p is None:
-                p = self._pending_dsn[job.queue_id] = _PendingDsn(job)
-            p.recipients.extend(dsn_recipients)
-            p.updates.extend(dsn_updates)
-            p.events.extend(dsn_events)
+            self._notices.hold(job, dsn_recipients, dsn_updates, dsn_events)
         self._finish_job(item)
         await self._maybe_flush_dsn(job.queue_id)
 
-    def _outcome(
-        self,
-        job: DeliveryJob,
-        attempts: int,
-        res: RecipientResult,
-        disp: Disposition,
-        now: float,
-        suspended_until: float | None,
-    ) -> _Outcome:
-        reply = res.reply
-        base: dict[str, str | int | float | bool | None] = {
-            "mx": res.mx,
-            "ip": res.ip,
-            "tls": res.tls,
-            "reply": str(reply),
-        }
-        delay = round(now - job.received_at, 3)
-        qid = job.queue_id
-        if disp is Disposition.DELIVERED:
-            base |= {"cipher": res.cipher, "delay": delay, "attempts": attempts}
-            return _Outcome(
-                RecipientUpdate(qid, res.idx, RecipientState.DELIVERED, str(reply)),
-                Event("delivered", now, qid, res.address, tuple(base.items())),
-                None,
-            )
-        if disp is Disposition.DEFERRED:
-            decision = decide(
-                self._retry,
-                attempts=attempts,
-                received_at=job.received_at,
-                now=now,
-                retry_after=res.retry_after,
-                not_before=suspended_until,
-            )
-            if not decision.expired:
-                cls = self._classify(reply.code, reply.enhanced, reply.text)
-                base |= {
-                    "next_attempt": decision.next_attempt,
-                    "category": cls.category,
-                    "attempts": attempts,
-                }
-                return _Outcome(
-                    RecipientUpdate(
-                        qid,
-                        res.idx,
-                        RecipientState.QUEUED,
-                        str(reply),
-                        next_attempt=decision.next_attempt,
-                    ),
-                    Event("deferred", now, qid, res.address, tuple(base.items())),
-                    None,
-                )
-            status = EXPIRED_STATUS
-            text = f"expired after {self._retry.max_lifetime / 86400:g} days in the queue"
-            base |= {
-                "source": "expired",
-                "kind": "soft",
-                "category": "expired",
-                "status": status,
-                "diagnostic": str(reply),
-                "reply": f"{text}; last reply: {reply}",
-            }
-            return _Outcome(
-                RecipientUpdate(qid, res.idx, RecipientState.BOUNCED, f"{status} {text}: {reply}"),
-                Event("bounced", now, qid, res.address, tuple(base.items())),
-                DsnRecipient(
-                    res.address,
-                    status,
-                    diagnostic=str(reply),
-                    remote_mta=res.mx,
-                    last_attempt=now,
-                ),
-            )
-        cls = self._classify(reply.code, reply.enhanced, reply.text)
-        status = cls.status or reply.enhanced or ("5.0.0" if reply.code >= 500 else "4.0.0")
-        if status.startswith("4"):
-            status = "5" + status[1:]  # a forced bounce of a 4xx is a permanent failure now
-        base |= {
-            "source": "sync",
-            "kind": cls.kind.value,
-            "category": cls.category,
-            "status": status,
-            "attempts": attempts,
-        }
-        return _Outcome(
-            RecipientUpdate(qid, res.idx, RecipientState.BOUNCED, str(reply)),
-            Event("bounced", now, qid, res.address, tuple(base.items())),
-            DsnRecipient(
-                res.address, status, diagnostic=str(reply), remote_mta=res.mx, last_attempt=now
-            ),
-        )
-
-    def _log_attempt(
-        self,
-        job: DeliveryJob,
-        res: RecipientResult,
-        out: _Outcome,
-        now: float,
-        rules: tuple[str, ...],
-    ) -> None:
-        state = out.update.state
-        status = {
-            RecipientState.DELIVERED: "delivered",
-            RecipientState.QUEUED: "deferred",
-        }.get(state, "bounced")
-        log.info(
-            kv(
-                queue_id=job.queue_id,
-                rcpt=f"<{res.address}>",
-                mx=res.mx,
-                ip=res.ip,
-                tls=res.tls,
-                reply=str(res.reply),
-                delay=f"{now - job.received_at:.3f}s",
-                status=status,
-                next_attempt=round(out.update.next_attempt, 3) if out.update.next_attempt else None,
-                rules=",".join(rules) or None,
-            )
-        )
-
     # -- DSNs -------------------------------------------------------------------------------
     async def _maybe_flush_dsn(self, queue_id: str) -> None:
-        if queue_id in self._open or queue_id not in self._pending_dsn:
-            return
-        p = self._pending_dsn.pop(queue_id)
-        await self._send_dsn(p.job, p.recipients, self._clock.now())
-        await self._spool.record(p.updates, p.events)
+        if queue_id not in self._open:
+            await self._notices.flush(queue_id, self._clock.now())
 
     async def _flush_all_dsn(self) -> None:
-        for qid in list(self._pending_dsn):
+        for qid in self._notices.held():
             self._open.pop(qid, None)
             await self._maybe_flush_dsn(qid)
-
-    async def _send_dsn(
-        self,
-        job: DeliveryJob,
-        recipients: Sequence[DsnRecipient],
-        now: float,
-        delayed: bool = False,
-    ) -> None:
-        req = DsnRequest(
-            queue_id=job.queue_id,
-            sender=job.sender,
-            original=job.data,
-            arrival=job.received_at,
-            recipients=tuple(recipients),
-            is_dsn=job.is_dsn,
-        )
-        dsn = build_dsn(req, hostname=self._hostname, now=now, delayed=delayed)
-        if dsn is None:
-            return
-        qid = self._new_queue_id(now)
-        msg = PreparedMessage(
-            queue_id=qid,
-            sender="",
-            recipients=(PreparedRecipient(dsn.recipient),),
-            data=dsn.data,
-            user=job.user,
-            client_ip="",
-            received_at=now,
-            message_id=dsn.message_id,
-            dsn=False,
-            is_dsn=True,
-        )
-        action = "delayed" if delayed else "failed"
-        event = Event(
-            "dsn_sent",
-            now,
-            job.queue_id,
-            job.sender,
-            (("dsn_queue_id", qid), ("action", action), ("recipients", len(recipients))),
-        )
-        await self._spool.enqueue(msg, [event])
-        log.info(
-            kv(
-                event="dsn_queued",
-                queue_id=job.queue_id,
-                dsn_queue_id=qid,
-                to=f"<{dsn.recipient}>",
-                action=action,
-                recipients=len(recipients),
-            )
-        )
-
-    async def _send_delay_warning(
-        self, job: DeliveryJob, recipients: Sequence[DsnRecipient], now: float
-    ) -> None:
-        """One "delayed" DSN per message: remembered in memory, and in the events table
-        (a `dsn_sent` event with action "delayed") across restarts."""
-        self._warned[job.queue_id] = None
-        while len(self._warned) > 100_000:
-            self._warned.popitem(last=False)
-        if await self._spool.dsn_sent(job.queue_id, "delayed"):
-            return
-        await self._send_dsn(job, recipients, now, delayed=True)
