@@ -73,27 +73,36 @@ async def _retry_delivers_once(agent: DeliveryAgent, mx: BadMx, **kw: float) -> 
     assert sorted(mx.delivered_rcpts) == ADDRESSES
 
 
-async def test_no_reply_to_the_final_dot_defers_after_data_timeout(
-    dns_server: DnsServer, make_agent: type[DeliveryAgent]
+@pytest.mark.parametrize(
+    ("stage", "timeouts"),
+    [
+        ("dot", {"command_timeout": 5.0, "data_timeout": 0.5}),
+        ("data", {"command_timeout": 5.0, "data_timeout": 0.5}),
+        ("rcpt", {"command_timeout": 0.5, "data_timeout": 5.0}),
+        ("mail", {"command_timeout": 0.5, "data_timeout": 5.0}),
+    ],
+)
+async def test_no_reply_defers_after_the_timeout_of_that_stage(
+    dns_server: DnsServer, make_agent: type[DeliveryAgent], stage: str, timeouts: dict[str, float]
 ) -> None:
+    """Above all the final dot: the remote has the whole message and says nothing."""
     _route(dns_server)
-    async with BadMx(faults=[("dot", "hang")]) as mx:
+    async with BadMx(faults=[(stage, "hang")]) as mx:
         agent = make_agent()
         loop = asyncio.get_running_loop()
         started = loop.time()
-        report = await agent.deliver(
-            job(rcpts=RCPTS), policy(mx.port, command_timeout=5.0, data_timeout=0.5)
-        )
+        report = await agent.deliver(job(rcpts=RCPTS), policy(mx.port, **timeouts))
         waited = loop.time() - started
         _deferred(report)
-        assert 0.5 <= waited < 3.0, waited  # the data timeout, not the command timeout
+        assert 0.5 <= waited < 3.0, waited  # that stage's timeout, not the other one
         assert {(r.reply.enhanced, r.reply.text) for r in report.results} == {
             ("4.4.2", f"timed out talking to mx.dest.test [127.0.0.1]:{mx.port}")
         }
         assert agent.idle_sessions == 0  # not returned to the pool
         await wait_for(lambda: mx.open_connections == 0)  # and closed
-        assert len(mx.unanswered) == 1 and mx.accepted == []
-        await _retry_delivers_once(agent, mx, data_timeout=0.5)
+        assert mx.accepted == []
+        assert len(mx.unanswered) == (stage == "dot")
+        await _retry_delivers_once(agent, mx, **timeouts)
         assert mx.connections == 2
 
 
@@ -295,3 +304,24 @@ async def test_an_attempt_stuck_after_the_dot_ends_before_its_lease(
             await asyncio.sleep(0.01)
         assert [t for t, _ in rows] == ["deferred", "delivered"], rows
         assert "lease" in json.loads(rows[0][1])["reply"]
+
+
+async def test_a_reply_that_is_not_utf8_is_recorded(spool: Spool, run_scheduler: Any) -> None:
+    """A Latin-1 "250 … für …" once made the spool's record fail (surrogates), so the lease
+    ran out and the message went out again and again."""
+    async with BadMx("127.0.0.2", faults=[("dot", "250 2.0.0 queued f\udcfcr dich")]) as mx:
+        await run_scheduler('[shaping]\npoll_interval = "20ms"\n', mx.port, SystemClock())
+        (qid,) = await test_scheduler_e2e.enqueue_many(spool, 1, time.time())
+        await wait_for(lambda: len(mx.accepted) == 1)
+
+        def delivered(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            return conn.execute(
+                "SELECT state, last_reply FROM recipients WHERE queue_id=?", (qid,)
+            ).fetchall()
+
+        for _ in range(500):
+            rows = await spool.db.read(delivered)
+            if rows[0][0] != "leased":
+                break
+            await asyncio.sleep(0.01)
+        assert rows == [("delivered", "250 2.0.0 queued f\ufffdr dich")]

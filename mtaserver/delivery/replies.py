@@ -14,6 +14,7 @@ import aiosmtplib
 
 from mtaserver.model import Disposition, SmtpReply
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 
 _UNITS = {
@@ -43,6 +44,9 @@ MAX_RETRY_HINT = 86400.0
 
 def parse_reply(code: int, message: str) -> SmtpReply:
     """An SMTP reply from its code and (possibly multi-line) text."""
+    # aiosmtplib keeps bytes that are not UTF-8 (a Latin-1 "für") as lone surrogates, which
+    # SQLite refuses to store: make them U+FFFD here, where the text enters.
+    message = _SURROGATE.sub("\ufffd", message)
     lines = [line.strip() for line in message.replace("\r", "").split("\n") if line.strip()]
     enhanced: str | None = None
     texts: list[str] = []

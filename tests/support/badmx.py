@@ -14,7 +14,8 @@ transaction), ``data`` (the reply to DATA), ``body`` (after the first line of th
 has arrived), ``dot`` (the reply to the final "."). Actions: ``hang`` (say nothing, keep the
 socket open), ``drop`` (close), ``reset`` (abort: RST), ``ok+drop`` (answer normally, then
 close), or any other string: sent instead of the normal reply (a ``421`` is followed by
-closing the connection, as RFC 5321 says).
+closing the connection, as RFC 5321 says; lone surrogates such as ``"\udcfc"`` go out as
+the raw byte, for replies that are not UTF-8).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class BadMx:
                 await self._reply(reader, writer, fault, "data", b"354 go ahead\r\n")
                 tx.data = await self._body(reader, writer, fault)
                 done, tx = tx, None
-                if fault is None or fault[0] != "dot" or fault[1] == "ok+drop":
+                if fault is None or fault[0] != "dot" or _accepts(fault[1]):
                     self.accepted.append(done)
                 else:
                     self.unanswered.append(done)
@@ -182,7 +183,7 @@ class BadMx:
         if action == "ok+drop":
             await self._send(writer, normal)
             raise _End
-        await self._send(writer, action.encode() + b"\r\n")
+        await self._send(writer, action.encode("utf-8", "surrogateescape") + b"\r\n")
         if action.startswith("421"):
             raise _End
 
@@ -195,3 +196,8 @@ class BadMx:
 def _address(arg: str) -> str:
     start, end = arg.find("<"), arg.find(">")
     return arg[start + 1 : end] if 0 <= start < end else arg
+
+
+def _accepts(action: str) -> bool:
+    """Whether a scripted reply to the final dot accepts the message (a valid 250 line)."""
+    return action == "ok+drop" or (action.startswith("250 ") and len(action) <= 510)
