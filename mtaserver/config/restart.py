@@ -23,6 +23,7 @@ RESTART_KEYS: tuple[tuple[str, str], ...] = (
     ("submission", "listen_tls"),
     ("submission", "listen_plain"),
     ("submission", "require_tls"),
+    ("delivery", "lease"),
     ("inbound", "listen"),
     ("inbound", "bounce_domain"),
     ("inbound", "verp_prefix"),
