@@ -225,3 +225,6 @@ class RoutePolicy:
     command_timeout: float = 60.0
     data_timeout: float = 300.0
     idle_timeout: float = 10.0  # how long an idle connection is kept for reuse
+    # Unix time (``Clock.now``) by which the attempt must be over; the scheduler sets it
+    # before the job's lease runs out. None: no limit but the timeouts above.
+    deadline: float | None = None

@@ -57,6 +57,7 @@ log = get_logger("scheduler")
 LEASE_MARGIN = 0.25  # release a backlog job when less than this share of its lease is left
 MX_TIMEOUT = 5.0
 RECORD_MARGIN = 0.05  # share of the lease left to record an attempt's outcome
+BACKSTOP_MARGIN = 0.025  # share of the lease left when an agent that overran is cancelled
 
 
 # -- what the scheduler needs (app wires the concrete objects) ------------------------------
@@ -430,17 +431,21 @@ class Scheduler:
                 self._wake.set()
 
     async def _deliver(self, item: _Item) -> DeliveryReport:
+        # An attempt ends before its lease does: past it the spool hands the recipients out
+        # again, a second delivery could start while this one waits (e.g. for the reply to
+        # the final dot), and this attempt's late result would overwrite that one's. The
+        # agent stops at the deadline and reports what it already knows (a recipient
+        # accepted in an earlier transaction stays delivered, so it is not sent twice);
+        # the timeout here is only a backstop for an agent that overruns it.
         limits = self._shaper.limits(item.dest)
         policy = dataclasses.replace(
             self._route,
             max_messages_per_connection=limits.max_messages_per_connection,
             tls=limits.tls or self._route.tls,
+            deadline=item.job.lease_until - self._lease * RECORD_MARGIN,
         )
         self.attempts += 1
-        # An attempt ends before its lease does: past it the spool hands the recipients out
-        # again, a second delivery could start while this one waits (e.g. for the reply to
-        # the final dot), and this attempt's late result would overwrite that one's.
-        budget = item.job.lease_until - self._clock.now() - self._lease * RECORD_MARGIN
+        budget = item.job.lease_until - self._clock.now() - self._lease * BACKSTOP_MARGIN
         try:
             async with asyncio.timeout(max(budget, 0.0)):
                 return await self._agent.deliver(item.job, policy)

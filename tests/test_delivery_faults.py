@@ -20,8 +20,8 @@ import pytest
 
 from mtaserver.clock import SystemClock
 from mtaserver.delivery import DeliveryAgent
-from mtaserver.model import DeliveryReport, Disposition
-from mtaserver.spool import Spool
+from mtaserver.model import DeliveryReport, Disposition, PreparedMessage, PreparedRecipient
+from mtaserver.spool import Spool, new_queue_id
 from mtaserver.verp import Verp
 from tests import test_delivery, test_scheduler_e2e
 from tests.support.badmx import BadMx, Fault
@@ -273,37 +273,44 @@ async def test_daemon_defers_each_fault_and_delivers_once_when_the_mx_recovers(
 
 
 # -- the scheduler: an attempt stuck on a silent remote must end before its lease ---------
+async def _short_lease(run_scheduler: Any, mx: BadMx, lease: float, **kw: Any) -> None:
+    """A scheduler whose lease is shorter than the route's data_timeout (10 s)."""
+    retry = '[shaping]\npoll_interval = "20ms"\nretry_schedule = ["100ms"]\n'
+    await run_scheduler(retry, mx.port, SystemClock(), workers=2, lease=lease, **kw)
+
+
+async def _history(spool: Spool, qid: str, delivered: int) -> list[tuple[str, str, str]]:
+    """(recipient, type, reply) of the message's events once ``delivered`` are recorded."""
+
+    def read(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+        return conn.execute(
+            "SELECT recipient, type, data FROM events"
+            " WHERE queue_id=? AND type != 'accepted' ORDER BY id",
+            (qid,),
+        ).fetchall()
+
+    for _ in range(500):  # the delivered record follows the sink's 250 closely
+        rows = await spool.db.read(read)
+        if [t for _, t, _ in rows].count("delivered") >= delivered:
+            break
+        await asyncio.sleep(0.01)
+    return [(r, t, json.loads(d or "{}").get("reply", "")) for r, t, d in rows]
+
+
 async def test_an_attempt_stuck_after_the_dot_ends_before_its_lease(
     spool: Spool, run_scheduler: Any
 ) -> None:
     """Past the lease the spool hands the recipient out again: a second delivery while the
     first still waits, and the first one's late "deferred" overwriting "delivered"."""
     async with BadMx("127.0.0.2", faults=[("dot", "hang")]) as mx:
-        await run_scheduler(
-            '[shaping]\npoll_interval = "20ms"\nretry_schedule = ["100ms"]\n',
-            mx.port,  # the route's data_timeout (10 s) is longer than the lease
-            SystemClock(),
-            workers=2,
-            lease=3.0,
-        )
+        await _short_lease(run_scheduler, mx, 3.0)
         (qid,) = await test_scheduler_e2e.enqueue_many(spool, 1, time.time())
         await wait_for(lambda: len(mx.accepted) == 1, timeout=8)
         # the stuck attempt was over (connection closed) before the next one delivered
         assert mx.open_connections <= 1 and len(mx.unanswered) == 1
-
-        def history(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-            return conn.execute(
-                "SELECT type, data FROM events WHERE queue_id=? AND type != 'accepted' ORDER BY id",
-                (qid,),
-            ).fetchall()
-
-        for _ in range(500):  # the delivered record follows the sink's 250 closely
-            rows = await spool.db.read(history)
-            if any(t == "delivered" for t, _ in rows):
-                break
-            await asyncio.sleep(0.01)
-        assert [t for t, _ in rows] == ["deferred", "delivered"], rows
-        assert "lease" in json.loads(rows[0][1])["reply"]
+        rows = await _history(spool, qid, delivered=1)
+        assert [t for _, t, _ in rows] == ["deferred", "delivered"], rows
+        assert "lease" in rows[0][2]
 
 
 async def test_a_reply_that_is_not_utf8_is_recorded(spool: Spool, run_scheduler: Any) -> None:
@@ -325,3 +332,121 @@ async def test_a_reply_that_is_not_utf8_is_recorded(spool: Spool, run_scheduler:
                 break
             await asyncio.sleep(0.01)
         assert rows == [("delivered", "250 2.0.0 queued f\ufffdr dich")]
+
+
+# -- the deadline: an attempt cut short keeps the outcomes it already has -----------------
+VERP = Verp(b"s" * 32, "bounces", "bounce.sender.test")
+
+
+def _cut_short(report: DeliveryReport, idx: int) -> None:
+    r = report.results[idx]
+    assert r.disposition is Disposition.DEFERRED, r
+    assert (r.reply.code, r.reply.enhanced) == (451, "4.4.2"), r
+    assert r.reply.text == "delivery attempt cut short: it outlasted its lease", r
+
+
+async def test_the_deadline_keeps_what_earlier_transactions_delivered(
+    dns_server: DnsServer, make_agent: type[DeliveryAgent], clock: Any
+) -> None:
+    """VERP: one transaction per recipient. The first is accepted, the remote then says
+    nothing after the second's final dot: at the deadline the first stays delivered, the
+    second (in flight) and the third (never tried) are deferred as cut short."""
+    _route(dns_server)
+    async with BadMx(faults=[None, ("dot", "hang")]) as mx:
+        agent = make_agent(return_path=VERP)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        report = await agent.deliver(
+            job(rcpts=("b", "c", "d")), policy(mx.port, deadline=clock.now() + 1.0)
+        )
+        waited = loop.time() - started
+        assert 0.9 <= waited < 2.5, waited  # the deadline, not data_timeout (5 s)
+        first = report.results[0]
+        assert first.disposition is Disposition.DELIVERED and first.reply.code == 250
+        assert first.mx == "mx.dest.test"
+        _cut_short(report, 1)
+        _cut_short(report, 2)
+        assert mx.delivered_rcpts == ["b@dest.test"]
+        assert [t.rcpt_tos for t in mx.unanswered] == [["c@dest.test"]]
+        assert mx.verbs().count("MAIL") == 2  # "d" was never started
+        assert agent.idle_sessions == 0  # the abandoned connection is not reused
+        await wait_for(lambda: mx.open_connections == 0)
+
+
+async def test_a_rcpt_refusal_survives_the_cut(
+    dns_server: DnsServer, make_agent: type[DeliveryAgent], clock: Any
+) -> None:
+    """One transaction: "bad" refused at RCPT, then no reply to the final dot. The refusal
+    is an answer: "bad" bounces; only "c" (in flight) is deferred."""
+    _route(dns_server)
+    async with BadMx(faults=[("dot", "hang")]) as mx:
+        mx.rcpt_replies["bad@dest.test"] = "550 5.1.1 no such user"
+        report = await make_agent().deliver(
+            job(rcpts=("bad", "c")), policy(mx.port, deadline=clock.now() + 1.0)
+        )
+        bad = report.results[0]
+        assert bad.disposition is Disposition.BOUNCED
+        assert (bad.reply.code, bad.reply.enhanced) == (550, "5.1.1")
+        _cut_short(report, 1)
+        assert [t.rcpt_tos for t in mx.unanswered] == [["c@dest.test"]]
+
+
+async def test_no_transaction_starts_in_the_last_moments_before_the_deadline(
+    dns_server: DnsServer, make_agent: type[DeliveryAgent], clock: Any
+) -> None:
+    """The first message's reply comes 1.7 s into a 2 s attempt: the second one could not
+    be sure to finish, so it is not started and the healthy connection goes back to the
+    pool."""
+    _route(dns_server)
+    async with BadMx(faults=[("dot", "delay 1.7")]) as mx:
+        agent = make_agent(return_path=VERP)
+        report = await agent.deliver(
+            job(rcpts=("b", "c")), policy(mx.port, deadline=clock.now() + 2.0)
+        )
+        assert report.results[0].disposition is Disposition.DELIVERED
+        _cut_short(report, 1)
+        assert mx.delivered_rcpts == ["b@dest.test"] and mx.unanswered == []
+        assert mx.verbs().count("MAIL") == 1
+        assert agent.idle_sessions == 1  # nothing went wrong with the connection
+
+
+async def test_a_cut_short_attempt_never_sends_a_delivered_recipient_again(
+    spool: Spool, run_scheduler: Any
+) -> None:
+    """The scheduler's lease cut-off in a VERP job: the first recipient accepted, the remote
+    silent after the second's final dot. The first is recorded delivered once and never
+    resent; the second is deferred as cut short and delivered alone by the next attempt."""
+    async with BadMx("127.0.0.2", faults=[None, ("dot", "hang")]) as mx:
+        await _short_lease(run_scheduler, mx, 2.0, return_path=VERP)
+        now = time.time()
+        qid = new_queue_id(now)
+        rcpts = ("u0@burst.test", "u1@burst.test")
+        await spool.enqueue(
+            PreparedMessage(
+                queue_id=qid,
+                sender="app@sender.test",
+                recipients=tuple(PreparedRecipient(a) for a in rcpts),
+                data=test_scheduler_e2e.BODY,
+                user="app",
+                client_ip="127.0.0.1",
+                received_at=now,
+            )
+        )
+        await wait_for(lambda: len(mx.accepted) >= 2, timeout=8)
+        rows = await _history(spool, qid, delivered=2)
+        assert [(r, t) for r, t, _ in rows] == [
+            ("u0@burst.test", "delivered"),
+            ("u1@burst.test", "deferred"),
+            ("u1@burst.test", "delivered"),
+        ], rows
+        assert rows[1][2] == "451 4.4.2 delivery attempt cut short: it outlasted its lease"
+        info = await spool.show(qid)
+        assert info is not None
+        assert [(r.state, r.attempts) for r in info.recipients] == [
+            ("delivered", 1),
+            ("delivered", 2),
+        ]
+    # what the remote saw: each recipient accepted once; the retry carried only the second
+    assert [t.rcpt_tos for t in mx.accepted] == [["u0@burst.test"], ["u1@burst.test"]]
+    assert [t.rcpt_tos for t in mx.unanswered] == [["u1@burst.test"]]
+    assert mx.verbs().count("MAIL") == 3

@@ -17,7 +17,7 @@ from mtaserver.classify import classify
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config.reader import Reader
 from mtaserver.config.shaping import ShapingConfig, parse
-from mtaserver.delivery import DeliveryAgent
+from mtaserver.delivery import DeliveryAgent, ReturnPath
 from mtaserver.model import PreparedMessage, PreparedRecipient, RoutePolicy
 from mtaserver.mx import DnsResolver
 from mtaserver.scheduler import Scheduler
@@ -48,13 +48,18 @@ async def run_scheduler(spool: Spool, dns: DnsServer) -> AsyncIterator[Any]:
     running: list[tuple[Scheduler, asyncio.Task[None], DeliveryAgent]] = []
 
     async def start(
-        toml: str, port: int, clock: Clock, workers: int = 50, lease: float = 600.0
+        toml: str,
+        port: int,
+        clock: Clock,
+        workers: int = 50,
+        lease: float = 600.0,
+        return_path: ReturnPath | None = None,
     ) -> Scheduler:
         cfg = shaping(toml)
         resolver = DnsResolver(
             clock, nameservers=[dns.nameserver], timeout=2.0, rng=random.Random(1)
         )
-        agent = DeliveryAgent(resolver, clock, hostname="mta.test")
+        agent = DeliveryAgent(resolver, clock, hostname="mta.test", return_path=return_path)
         sched = Scheduler(
             spool=spool,
             agent=agent,

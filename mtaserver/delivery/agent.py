@@ -4,12 +4,19 @@ Mechanism only (Postfix ``smtp(8)``): it never touches the queue; the scheduler 
 policy to the ``DeliveryReport`` it returns. Connections are pooled per MX host address
 (and TLS mode) and reused up to ``policy.max_messages_per_connection`` transactions, with
 RSET before each reuse; idle ones are closed after ``policy.idle_timeout``.
+
+``policy.deadline`` ends an attempt in time (before the job's lease runs out): no new
+transaction starts in its last moments, one still in flight is abandoned when it passes,
+and the report keeps every outcome already known — a recipient the remote accepted in an
+earlier transaction stays delivered, so the retry does not send it twice. Only the
+recipients in flight or not yet tried are deferred with ``CUT_SHORT``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +37,9 @@ from mtaserver.model import (
 from mtaserver.mx import Resolver, Route, RouteError
 
 log = get_logger("delivery")
+
+CUT_SHORT = local("4.4.2", "delivery attempt cut short: it outlasted its lease")
+MIN_TX_TIME = 1.0  # no new transaction with less time left (or a quarter of the attempt's)
 
 
 class ReturnPath(Protocol):
@@ -96,18 +106,33 @@ class DeliveryAgent:
 
     async def deliver(self, job: DeliveryJob, policy: RoutePolicy) -> DeliveryReport:
         started = self._clock.now()
+        results: dict[int, RecipientResult] = {}  # filled as the remote answers
+        stop_at: float | None = None  # the deadline in event-loop time
+        if policy.deadline is not None:
+            stop_at = asyncio.get_running_loop().time() + (policy.deadline - started)
+        missing = local("4.3.0", "no result from delivery")
+        limit = asyncio.timeout_at(stop_at)
         try:
-            results = await self._deliver(job, policy)
+            async with limit:
+                await self._deliver(job, policy, results, stop_at)
         except asyncio.CancelledError:
             raise
-        except Exception:  # the edge: a bug here must defer, never lose the job
-            log.exception(kv(queue_id=job.queue_id, status="error", domain=job.domain))
-            reply = local("4.3.0", "local error in delivery")
-            results = [
-                RecipientResult(r.idx, r.address, Disposition.DEFERRED, reply)
-                for r in job.recipients
-            ]
-        return DeliveryReport(job.queue_id, job.domain, tuple(results), started, self._clock.now())
+        except Exception:  # the deadline, or a bug: either way the job must defer
+            if limit.expired():
+                missing = CUT_SHORT
+            else:
+                missing = local("4.3.0", "local error in delivery")
+                log.exception(kv(queue_id=job.queue_id, status="error", domain=job.domain))
+        # Outcomes already known stand (delivered stays delivered); the rest defer.
+        out = tuple(
+            results.get(r.idx) or self._result(r, missing, None, disposition=Disposition.DEFERRED)
+            for r in job.recipients
+        )
+        cut = sum(r.reply is CUT_SHORT for r in out)
+        if cut:
+            log.info(kv(queue_id=job.queue_id, domain=job.domain, status="cut-short",
+                        deferred=cut, known=len(out) - cut))  # fmt: skip
+        return DeliveryReport(job.queue_id, job.domain, out, started, self._clock.now())
 
     async def aclose(self) -> None:
         """Close every idle connection (QUIT) and stop the idle reaper."""
@@ -127,9 +152,15 @@ class DeliveryAgent:
         return sum(len(v) for v in self._idle.values())
 
     # -- one job ---------------------------------------------------------------------
-    async def _deliver(self, job: DeliveryJob, policy: RoutePolicy) -> list[RecipientResult]:
+    async def _deliver(
+        self,
+        job: DeliveryJob,
+        policy: RoutePolicy,
+        results: dict[int, RecipientResult],
+        stop_at: float | None,
+    ) -> None:
         if not job.recipients:
-            return []
+            return
         if policy.relay_host:
             host, port = _split_relay(policy.relay_host, policy.port)
             route = await self._resolver.host(host)
@@ -145,11 +176,10 @@ class DeliveryAgent:
                     reply=str(route.reply),
                 ),
             )
-            return [
-                self._result(r, route.reply, None, disposition=route.disposition)
-                for r in job.recipients
-            ]
-        return await self._walk(job, policy, route, port)
+            for r in job.recipients:
+                results[r.idx] = self._result(r, route.reply, None, disposition=route.disposition)
+            return
+        await self._walk(job, policy, route, port, results, stop_at)
 
     def _transactions(self, job: DeliveryJob) -> list[_Tx]:
         if self._return_path is not None and job.sender:
@@ -159,18 +189,34 @@ class DeliveryAgent:
         return [_Tx(job.sender, job.recipients)]
 
     async def _walk(
-        self, job: DeliveryJob, policy: RoutePolicy, route: Route, port: int
-    ) -> list[RecipientResult]:
+        self,
+        job: DeliveryJob,
+        policy: RoutePolicy,
+        route: Route,
+        port: int,
+        results: dict[int, RecipientResult],
+        stop_at: float | None,
+    ) -> None:
+        """Each transaction in turn over the MX addresses; ``results`` gets each answer as it
+        comes (the caller keeps them when the deadline cuts the walk short)."""
         targets = [(h.name, ip) for h in route.hosts for ip in h.addresses]
         targets = targets[: self._max_addresses]
         pending = self._transactions(job)
-        results: dict[int, RecipientResult] = {}
         last = local("4.4.1", f"no MX host of {route.domain} could be reached")
         ti = 0
         session: Session | None = None
         budget = len(targets) + len(pending)  # connection attempts, so nothing loops
+        loop = asyncio.get_running_loop()
+        last_start = math.inf  # loop time after which no transaction starts
+        if stop_at is not None:
+            last_start = stop_at - min(MIN_TX_TIME, (stop_at - loop.time()) / 4)
+        cut = False
+        inflight: _Tx | None = None
         try:
             while pending:
+                if loop.time() >= last_start:
+                    cut = True  # it could not finish: leave it for the next attempt
+                    break
                 if session is None:
                     if ti >= len(targets) or budget <= 0:
                         break
@@ -191,10 +237,11 @@ class DeliveryAgent:
                         ti += 1
                         continue
                     session = got
-                tx = pending[0]
+                tx = inflight = pending[0]
                 out = await session.transact(
                     tx.sender, [r.address for r in tx.recipients], job.data, policy
                 )
+                inflight = None
                 if out.elsewhere:
                     last = out.replies[0]
                     log.info(
@@ -219,12 +266,18 @@ class DeliveryAgent:
                 elif session.transactions >= policy.max_messages_per_connection:
                     await session.close(policy.command_timeout)
                     session = None
-        except BaseException:  # cancelled (drain) or a bug: never leak the socket
+        except BaseException:  # cancelled (deadline, drain) or a bug: never leak the socket
             if session is not None:
                 session.abort()
+                if inflight is not None:  # RCPT refusals already given still count
+                    for r, answer in zip(inflight.recipients, session.answers, strict=False):
+                        if answer is not None:
+                            results[r.idx] = self._result(r, answer, session)
             raise
         if session is not None:
             await self._checkin(session, policy)
+        if cut:
+            last = CUT_SHORT
         # Every host tried and none took the transaction: defer with the last reply
         # (even a 5xx greeting — another attempt may reach a healthier host).
         for tx in pending:
@@ -233,10 +286,9 @@ class DeliveryAgent:
                     r,
                     last,
                     None,
-                    mx=targets[min(ti, len(targets)) - 1] if targets else None,
+                    mx=targets[min(ti, len(targets)) - 1] if targets and not cut else None,
                     disposition=Disposition.DEFERRED,
                 )
-        return [results[r.idx] for r in job.recipients]
 
     def _result(
         self,

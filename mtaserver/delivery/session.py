@@ -58,6 +58,9 @@ class Session:
         self.tls_version = tls_version
         self.cipher = cipher
         self.transactions = 0  # MAIL transactions started on this connection
+        # The current transaction's RCPT refusals so far (None: no final answer yet), for
+        # the caller that abandons the transaction half-way (its deadline).
+        self.answers: list[SmtpReply | None] = []
         self.idle_deadline = 0.0  # monotonic time after which an idle session is dropped
 
     @property
@@ -85,11 +88,13 @@ class Session:
         return True
 
     async def close(self, timeout: float = 5.0) -> None:
-        """QUIT politely (bounded), then drop the socket whatever happens."""
-        if self.smtp.is_connected:
-            with contextlib.suppress(Exception):
-                await self.smtp.quit(timeout=timeout)
-        self.abort()
+        """QUIT politely (bounded), then drop the socket whatever happens (cancelled too)."""
+        try:
+            if self.smtp.is_connected:
+                with contextlib.suppress(Exception):
+                    await self.smtp.quit(timeout=timeout)
+        finally:
+            self.abort()
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
@@ -106,6 +111,7 @@ class Session:
         smtp = self.smtp
         n = len(recipients)
         self.transactions += 1
+        self.answers = []
         options: list[str] = []
         if smtp.supports_extension("size"):
             options.append(f"SIZE={len(data)}")
@@ -146,6 +152,7 @@ class Session:
 
         # RCPT TO each
         replies: list[SmtpReply | None] = [None] * n
+        self.answers = replies
         accepted: list[int] = []
         for i, rcpt in enumerate(recipients):
             try:

@@ -13,9 +13,12 @@ A fault is ``(stage, action)``. Stages: ``mail``, ``rcpt`` (the first RCPT of th
 transaction), ``data`` (the reply to DATA), ``body`` (after the first line of the message
 has arrived), ``dot`` (the reply to the final "."). Actions: ``hang`` (say nothing, keep the
 socket open), ``drop`` (close), ``reset`` (abort: RST), ``ok+drop`` (answer normally, then
-close), or any other string: sent instead of the normal reply (a ``421`` is followed by
+close), ``delay N`` (answer normally after N seconds), or any other string: sent instead of the normal reply (a ``421`` is followed by
 closing the connection, as RFC 5321 says; lone surrogates such as ``"\udcfc"`` go out as
 the raw byte, for replies that are not UTF-8).
+
+``rcpt_replies`` (address → reply line) refuses those recipients at every RCPT, whatever the
+fault of the transaction.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class BadMx:
         self.host = host
         self.port = 0
         self.faults: list[Fault | None] = list(faults)
+        self.rcpt_replies: dict[str, str] = {}  # address → refusal, e.g. "550 5.1.1 unknown"
         self.accepted: list[Transaction] = []  # answered 250 after the final "."
         self.unanswered: list[Transaction] = []  # whole message received, no 250 given
         self.connections = 0
@@ -111,6 +115,8 @@ class BadMx:
                 fault = self.faults.pop(0) if self.faults else None
                 tx = Transaction(conn, _address(arg))
                 await self._reply(reader, writer, fault, "mail", b"250 2.1.0 ok\r\n")
+            elif verb == "RCPT" and tx is not None and _address(arg) in self.rcpt_replies:
+                await self._send(writer, self.rcpt_replies[_address(arg)].encode() + b"\r\n")
             elif verb == "RCPT" and tx is not None:
                 first = not tx.rcpt_tos
                 tx.rcpt_tos.append(_address(arg))
@@ -180,6 +186,10 @@ class BadMx:
         if action == "reset":
             writer.transport.abort()
             raise _End
+        if action.startswith("delay "):
+            await asyncio.sleep(float(action.split()[1]))
+            await self._send(writer, normal)
+            return
         if action == "ok+drop":
             await self._send(writer, normal)
             raise _End
@@ -200,4 +210,8 @@ def _address(arg: str) -> str:
 
 def _accepts(action: str) -> bool:
     """Whether a scripted reply to the final dot accepts the message (a valid 250 line)."""
-    return action == "ok+drop" or (action.startswith("250 ") and len(action) <= 510)
+    return (
+        action in ("ok+drop",)
+        or action.startswith("delay ")
+        or (action.startswith("250 ") and len(action) <= 510)
+    )
