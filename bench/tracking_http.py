@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RECIPIENTS = 1000
+RECIPIENTS = int(os.environ.get("BENCH_RECIPIENTS", "1000"))
 UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0"
 SECRET = b"bench-secret-0123456789abcdef0123456789"
 TARGET = "https://shop.example.com/winter-sale?utm_source=newsletter&utm_medium=email"

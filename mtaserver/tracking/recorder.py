@@ -110,6 +110,19 @@ ORDER BY h.key
 """
 
 
+# The recipients of a batch of (queue_id, idx) keys, with the time of their first delivery:
+# walking the recipient's own events (events_queue_recipient), not the whole message's (a
+# campaign message may have a million opens).
+_LOOKUP_BATCH = """
+SELECT r.queue_id, r.idx, r.address, m.sender, m.campaign, m.user, r.state, r.updated_at,
+       (SELECT min(e.at) FROM events e WHERE e.queue_id = r.queue_id
+        AND e.recipient = r.address AND +e.type = 'delivered')
+FROM json_each(?) AS k
+JOIN recipients r ON r.queue_id = k.value ->> 0 AND r.idx = k.value ->> 1
+JOIN messages m ON m.id = r.queue_id
+"""
+
+
 class SqlTrackingStore:
     """:class:`TrackingStore` over the core tables; events ride the group commit."""
 
@@ -117,24 +130,14 @@ class SqlTrackingStore:
         self.db = db
 
     async def lookup(self, keys: Sequence[Key]) -> dict[Key, RecipientInfo]:
-        wanted = list(dict.fromkeys(keys))
+        # One statement for the whole batch, like the insert: the reader thread then holds
+        # the GIL once per batch, not once per recipient.
+        wanted = json.dumps(list(dict.fromkeys(keys)), separators=(",", ":"))
 
         def op(conn: sqlite3.Connection) -> dict[Key, RecipientInfo]:
             out: dict[Key, RecipientInfo] = {}
-            for qid, idx in wanted:
-                row = conn.execute(
-                    "SELECT r.address, m.sender, m.campaign, m.user, r.state, r.updated_at, "
-                    # Walk the recipient's own events (events_queue_recipient), not the
-                    # whole message's: a campaign message may have a million opens.
-                    "(SELECT min(e.at) FROM events e WHERE e.queue_id = r.queue_id "
-                    " AND e.recipient = r.address AND +e.type = 'delivered') "
-                    "FROM recipients r JOIN messages m ON m.id = r.queue_id "
-                    "WHERE r.queue_id = ? AND r.idx = ?",
-                    (qid, idx),
-                ).fetchone()
-                if row is None:
-                    continue
-                address, sender, campaign, user, state, updated_at, delivered = row
+            for row in conn.execute(_LOOKUP_BATCH, (wanted,)):
+                qid, idx, address, sender, campaign, user, state, updated_at, delivered = row
                 if delivered is None and state == "delivered":
                     delivered = updated_at
                 out[(qid, idx)] = RecipientInfo(address, sender, campaign, user, state, delivered)

@@ -261,7 +261,7 @@ async def test_odd_user_agents_and_unknown_recipients_are_still_recorded(stack: 
 
 async def test_events_keep_one_index_and_every_lookup_uses_it(stack: Stack) -> None:
     """Each index on events is paid by every open and click; the one left serves all reads."""
-    from mtaserver.tracking.recorder import _INSERT_BATCH
+    from mtaserver.tracking.recorder import _INSERT_BATCH, _LOOKUP_BATCH
     from mtaserver.tracking.stats import _SQL
 
     def plans(conn: sqlite3.Connection) -> dict[str, object]:
@@ -277,6 +277,7 @@ async def test_events_keep_one_index_and_every_lookup_uses_it(stack: Stack) -> N
             "indexes": [r[0] for r in indexes],
             "stats": plan(_SQL, stats),
             "insert": plan(_INSERT_BATCH, ("[]",)),
+            "lookup": plan(_LOOKUP_BATCH, ("[]",)),
             "dsn": plan("SELECT data FROM events WHERE queue_id=? AND type='dsn_sent'", ("Q",)),
         }
 
@@ -289,8 +290,13 @@ async def test_events_keep_one_index_and_every_lookup_uses_it(stack: Stack) -> N
         in (got["insert"])
     )
     assert "events_queue_recipient (queue_id=?)" in got["dsn"]
+    assert (
+        "SEARCH e USING INDEX events_queue_recipient (queue_id=? AND recipient=?)"
+        in (got["lookup"])
+    )
     # The click lookup finds the recipient's delivery by (queue_id, recipient).
     await stack.message("QI", ("a@x.example",))
     await stack.outcome("QI", 0, "a@x.example", "delivered")
-    (info,) = (await stack.recorder.store.lookup([("QI", 0)])).values()
-    assert info.delivered_at == stack.clock.now()
+    found = await stack.recorder.store.lookup([("QI", 0), ("QI", 5), ("GONE", 0), ("QI", 0)])
+    assert list(found) == [("QI", 0)]
+    assert found[("QI", 0)].delivered_at == stack.clock.now()
