@@ -209,7 +209,7 @@ class DeliveryAgent:
         loop = asyncio.get_running_loop()
         last_start = math.inf  # loop time after which no transaction starts
         if stop_at is not None:
-            last_start = stop_at - min(MIN_TX_TIME, (stop_at - loop.time()) / 4)
+            last_start = stop_at - min(MIN_TX_TIME, max(stop_at - loop.time(), 0.0) / 4)
         cut = False
         inflight: _Tx | None = None
         try:
