@@ -30,8 +30,15 @@ import aiosmtplib
 
 from mtaserver.clock import SystemClock
 from mtaserver.delivery import DeliveryAgent
-from mtaserver.model import DeliveryJob, Disposition, JobRecipient, RoutePolicy
-from mtaserver.mx import MxHost, Route, RouteError
+from mtaserver.model import (
+    DeliveryJob,
+    Disposition,
+    JobRecipient,
+    MxHost,
+    Route,
+    RouteError,
+    RoutePolicy,
+)
 
 
 class StaticResolver:

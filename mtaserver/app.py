@@ -47,7 +47,8 @@ from mtaserver.events import EventLog
 from mtaserver.inbound import BounceProcessor, InboundHandler, InboundServer
 from mtaserver.log import get_logger, kv, set_level, setup_logging
 from mtaserver.metrics import Agent, Metrics, TimedAgent
-from mtaserver.mx import DnsResolver, Route
+from mtaserver.model import Route
+from mtaserver.mx import DnsResolver
 from mtaserver.notify import Notifier
 from mtaserver.pipeline import Pipeline, TrackingOptions
 from mtaserver.retention import Retention

@@ -214,6 +214,33 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class MxHost:
+    """One host to try (mx → delivery): its name (for TLS, logs), its addresses, IPv4 first."""
+
+    name: str
+    preference: int
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The hosts to try for a domain, in order."""
+
+    domain: str
+    hosts: tuple[MxHost, ...]
+    implicit: bool = False  # no MX records: the domain's own address records
+
+
+@dataclass(frozen=True, slots=True)
+class RouteError:
+    """Why a domain cannot be routed now (DEFERRED) or ever (BOUNCED)."""
+
+    domain: str
+    disposition: Disposition
+    reply: SmtpReply
+
+
+@dataclass(frozen=True, slots=True)
 class RoutePolicy:
     """How delivery talks to one destination; the scheduler picks it from config."""
 

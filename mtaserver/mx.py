@@ -21,7 +21,6 @@ import random
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import dns.asyncresolver
 import dns.exception
@@ -30,44 +29,7 @@ import dns.rdatatype
 import dns.resolver
 
 from mtaserver.clock import Clock
-from mtaserver.model import Disposition, SmtpReply
-
-
-@dataclass(frozen=True, slots=True)
-class MxHost:
-    """One host to try: its name (for TLS and logs) and its addresses, IPv4 first."""
-
-    name: str
-    preference: int
-    addresses: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """The hosts to try for a domain, in order."""
-
-    domain: str
-    hosts: tuple[MxHost, ...]
-    implicit: bool = False  # no MX records: the domain's own address records
-
-
-@dataclass(frozen=True, slots=True)
-class RouteError:
-    """Why a domain cannot be routed now (DEFERRED) or ever (BOUNCED)."""
-
-    domain: str
-    disposition: Disposition
-    reply: SmtpReply
-
-
-class Resolver(Protocol):
-    async def route(self, domain: str) -> Route | RouteError:
-        """Hosts to try for mail to ``domain`` (MX lookup)."""
-        ...
-
-    async def host(self, name: str) -> Route | RouteError:
-        """Addresses of one named host (a smarthost): no MX lookup."""
-        ...
+from mtaserver.model import Disposition, MxHost, Route, RouteError, SmtpReply
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:

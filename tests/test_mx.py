@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from mtaserver.model import Disposition
-from mtaserver.mx import DnsResolver, MxHost, Route, RouteError, parse_nameserver
+from mtaserver.model import Disposition, MxHost, Route, RouteError
+from mtaserver.mx import DnsResolver, parse_nameserver
 from tests.support.clock import FakeClock
 from tests.support.dnsserver import DnsServer
 

@@ -31,15 +31,28 @@ from mtaserver.model import (
     Disposition,
     JobRecipient,
     RecipientResult,
+    Route,
+    RouteError,
     RoutePolicy,
     SmtpReply,
 )
-from mtaserver.mx import Resolver, Route, RouteError
 
 log = get_logger("delivery")
 
 CUT_SHORT = local("4.4.2", "delivery attempt cut short: it outlasted its lease")
 MIN_TX_TIME = 1.0  # no new transaction with less time left (or a quarter of the attempt's)
+
+
+class Resolver(Protocol):
+    """Where mail for a domain goes; app wires ``mtaserver.mx.DnsResolver``."""
+
+    async def route(self, domain: str) -> Route | RouteError:
+        """Hosts to try for mail to ``domain`` (MX lookup)."""
+        ...
+
+    async def host(self, name: str) -> Route | RouteError:
+        """Addresses of one named host (a smarthost): no MX lookup."""
+        ...
 
 
 class ReturnPath(Protocol):
