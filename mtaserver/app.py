@@ -474,6 +474,7 @@ def _tracking_service(core: Core) -> Service | None:
     cfg = core.config.tracking
     if cfg.base_url is None or cfg.secret_file is None:
         return None
+    secret_file = cfg.secret_file  # restart-only, like base_url
     if not cfg.secret_file.exists():
         write_private(cfg.secret_file, secrets.token_bytes(32).hex().encode() + b"\n")
     try:
@@ -506,9 +507,26 @@ def _tracking_service(core: Core) -> Service | None:
         await web.stop()
         await recorder.flush(everything=True)
 
+    async def reload(new: Config) -> None:
+        t = new.tracking
+        try:
+            secrets_ = await asyncio.to_thread(load_secrets, secret_file)
+            rules_ = await asyncio.to_thread(load_rules, t.bot_rules_file)
+        except ValueError as exc:
+            raise ConfigError(f"tracking: {exc}") from None
+        codec.reload(secrets_)
+        recorder.reconfigure(
+            BotDetector(rules_, t.scanner_window, t.burst_window, t.burst_links),
+            IpPrivacy(t.ip_privacy, codec.key),
+        )
+        web.reconfigure(t.trusted_proxies, t.access_log)
+        log.info(kv(event="tracking_reloaded", secrets=len(secrets_), ip_privacy=t.ip_privacy,
+                    access_log=t.access_log))  # fmt: skip
+
     return SimpleService(
-        "tracking", on_start=lambda: web.start(host, port), on_run=recorder.run, on_drain=drain
-    )
+        "tracking", on_start=lambda: web.start(host, port), on_run=recorder.run, on_drain=drain,
+        on_reload=reload,
+    )  # fmt: skip
 
 
 def _log_keyset(keyset: KeySet) -> None:

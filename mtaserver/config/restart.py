@@ -29,6 +29,8 @@ RESTART_KEYS: tuple[tuple[str, str], ...] = (
     ("inbound", "verp_prefix"),
     ("tracking", "listen"),
     ("tracking", "base_url"),
+    ("tracking", "secret_file"),
+    ("tracking", "unsubscribe_mailto"),
     ("admin", "listen"),
     ("admin", "tls"),
 )

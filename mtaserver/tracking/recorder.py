@@ -185,6 +185,13 @@ class Recorder:
         self.dropped = 0
         self.recorded = 0
 
+    def reconfigure(self, detector: BotDetector, privacy: IpPrivacy) -> None:
+        """New bot rules, windows and IP treatment (SIGHUP); hits still held are judged by
+        the new ones."""
+        self.detector = detector
+        self.privacy = privacy
+        self.hold = detector.burst_window
+
     # -- from the HTTP handlers (never block) ----------------------------------------------
     def hit(self, hit: Hit) -> bool:
         """Queue a GET hit; False (and counted in ``dropped``) when the buffer is full."""

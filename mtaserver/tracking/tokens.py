@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import re
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -158,23 +159,42 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+@dataclass(frozen=True, slots=True)
+class _Secrets:
+    """Everything derived from the secret file, swapped as one value on reload (tokens may
+    be issued on a worker thread while the loop reloads)."""
+
+    keys: tuple[bytes, ...]
+    macs: tuple[_Hmac, ...]
+    seals: tuple[AESSIV, ...]
+
+
+def _secrets(secrets: tuple[bytes, ...]) -> _Secrets:
+    if not secrets:
+        raise ValueError("at least one tracking secret is needed")
+    keys = tuple(_derive(s) for s in secrets)
+    return _Secrets(
+        keys, tuple(_Hmac(k) for k in keys), tuple(AESSIV(_derive(s, _SEAL_INFO)) for s in secrets)
+    )
+
+
 class TokenCodec:
     """Issues and verifies tokens with the configured secrets."""
 
     def __init__(self, secrets: tuple[bytes, ...]) -> None:
-        if not secrets:
-            raise ValueError("at least one tracking secret is needed")
-        self._keys = tuple(_derive(s) for s in secrets)
-        self._macs = tuple(_Hmac(k) for k in self._keys)
-        self._seals = tuple(AESSIV(_derive(s, _SEAL_INFO)) for s in secrets)
+        self._s = _secrets(secrets)
+
+    def reload(self, secrets: tuple[bytes, ...]) -> None:
+        """New secrets (a rotation: a new first line signs, the old ones still verify)."""
+        self._s = _secrets(secrets)
 
     @property
     def key(self) -> bytes:
         """The signing key (also used to hash client IPs when privacy says so)."""
-        return self._keys[0]
+        return self._s.keys[0]
 
-    def _seal(self, payload: bytes) -> str:
-        raw = payload + self._macs[0].mac(payload)
+    def _seal(self, payload: bytes, s: _Secrets | None = None) -> str:
+        raw = payload + (s or self._s).macs[0].mac(payload)
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
     def _head(self, kind: int, queue_id: str, idx: int) -> bytes:
@@ -196,7 +216,8 @@ class TokenCodec:
         if "\0" in address or "\0" in sender_domain:
             raise ValueError("NUL in an address")
         plain = f"{address}\0{sender_domain}".encode()
-        return self._seal(head + self._seals[0].encrypt(plain, [head]))
+        s = self._s
+        return self._seal(head + s.seals[0].encrypt(plain, [head]), s)
 
     def click_token(self, queue_id: str, idx: int, url: str, link: int = 0, links: int = 1) -> str:
         """Sign ``url`` into a click token; refuses anything but an http(s) URL."""
@@ -230,14 +251,15 @@ class TokenCodec:
             raise TokenError("token too short")
         payload, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
         key = -1
-        for i, signer in enumerate(self._macs):
+        s = self._s
+        for i, signer in enumerate(s.macs):
             if hmac.compare_digest(signer.mac(payload), mac) and key < 0:
                 key = i
         if key < 0:
             raise TokenError("bad token signature")
-        return self._parse(payload, key)
+        return self._parse(payload, s.seals[key])
 
-    def _parse(self, payload: bytes, key: int = 0) -> TokenData:
+    def _parse(self, payload: bytes, seal: AESSIV) -> TokenData:
         kind = payload[0] & 0x7F
         deflated = bool(payload[0] & _DEFLATED)
         if kind not in _KINDS or (deflated and kind != CLICK):
@@ -252,7 +274,7 @@ class TokenCodec:
             raise TokenError("bad queue id") from None
         idx, pos = _read_varint(payload, 2 + qlen)
         if kind == UNSUBSCRIBE and pos < len(payload):
-            return self._open_unsubscribe(payload, pos, key, queue_id, idx)
+            return _open_unsubscribe(payload, pos, seal, queue_id, idx)
         if kind != CLICK:
             if pos != len(payload):
                 raise TokenError("trailing bytes")
@@ -273,15 +295,14 @@ class TokenCodec:
             raise TokenError("URL is not http(s)")
         return TokenData(kind, queue_id, idx, url, link, links)
 
-    def _open_unsubscribe(
-        self, payload: bytes, pos: int, key: int, queue_id: str, idx: int
-    ) -> TokenData:
-        """Decrypt the address part with the secret whose MAC matched."""
-        try:
-            plain = self._seals[key].decrypt(payload[pos:], [payload[:pos]])
-            address, sep, domain = plain.decode("utf-8").partition("\0")
-        except (InvalidTag, UnicodeDecodeError):
-            raise TokenError("bad address part") from None
-        if not sep or "@" not in address:
-            raise TokenError("bad address part")
-        return TokenData(UNSUBSCRIBE, queue_id, idx, address=address, sender_domain=domain)
+
+def _open_unsubscribe(payload: bytes, pos: int, seal: AESSIV, queue_id: str, idx: int) -> TokenData:
+    """Decrypt the address part with the secret whose MAC matched."""
+    try:
+        plain = seal.decrypt(payload[pos:], [payload[:pos]])
+        address, sep, domain = plain.decode("utf-8").partition("\0")
+    except (InvalidTag, UnicodeDecodeError):
+        raise TokenError("bad address part") from None
+    if not sep or "@" not in address:
+        raise TokenError("bad address part")
+    return TokenData(UNSUBSCRIBE, queue_id, idx, address=address, sender_domain=domain)

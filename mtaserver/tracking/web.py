@@ -176,12 +176,25 @@ class TrackingWeb:
                 message, payload, protocol, writer, task, loop, client_max_size=_MAX_BODY
             )
 
+        endpoint = self
+
+        class _AccessLog(RedactingAccessLogger):
+            # Asked once per connection: a reload switches new connections on or off.
+            @property
+            def enabled(self) -> bool:
+                return endpoint.access_log and super().enabled
+
         return web.Server(
             self.handle,
             request_factory=make_request,
-            access_log_class=RedactingAccessLogger,
-            access_log=access_log if self.access_log else None,
+            access_log_class=_AccessLog,
+            access_log=access_log,
         )
+
+    def reconfigure(self, trusted_proxies: Sequence[Network], access_log: bool) -> None:
+        """New proxy list and access-log switch (SIGHUP); for new connections."""
+        self.trusted_proxies = tuple(trusted_proxies)
+        self.access_log = access_log
 
     async def start(self, host: str, port: int) -> None:
         runner = web.ServerRunner(self.server(), handle_signals=False)
