@@ -26,6 +26,8 @@ class RecipientState(enum.StrEnum):
 FINAL_STATES = frozenset(
     {RecipientState.DELIVERED, RecipientState.BOUNCED, RecipientState.SUPPRESSED}
 )
+# The same, as an SQL list for ``state IN …`` / ``NOT IN …``.
+FINAL_STATES_SQL = "(" + ",".join(sorted(f"'{s.value}'" for s in FINAL_STATES)) + ")"
 
 
 class Disposition(enum.StrEnum):

@@ -41,10 +41,10 @@ from typing import Any
 from mtaserver import suppression
 from mtaserver.db import Database
 from mtaserver.errors import MtaError, StorageError
-from mtaserver.spool import BodyCodec, IdentityCodec
+from mtaserver.model import FINAL_STATES, FINAL_STATES_SQL
+from mtaserver.spool import BodyCodec, IdentityCodec, drop_body_if_done
 
 BATCH = 500
-_FINAL = ("delivered", "bounced", "suppressed")
 _PERSONAL_KEYS = ("user_agent", "client_ip", "proxy", "ip")  # of the erased person's own hits
 # Tables handled explicitly, or that never hold addresses of mail recipients.
 _SKIP_TABLES = {
@@ -218,8 +218,8 @@ class _Eraser:
         conn.execute("UPDATE recipients SET body=NULL WHERE queue_id=?", (qid,))
         cancelled = conn.execute(
             "UPDATE recipients SET state='suppressed', last_reply=?, updated_at=? "
-            "WHERE queue_id=? AND state NOT IN (?,?,?)",
-            ("cancelled: message erased on a privacy request", self.now, qid, *_FINAL),
+            f"WHERE queue_id=? AND state NOT IN {FINAL_STATES_SQL}",
+            ("cancelled: message erased on a privacy request", self.now, qid),
         ).rowcount
         return int(bool(had)), cancelled
 
@@ -233,7 +233,7 @@ class _Eraser:
                 continue
             qid, address, state, last_reply = row
             own = address.lower() == self.addr
-            if own and state not in _FINAL:
+            if own and state not in FINAL_STATES:
                 conn.execute(
                     "UPDATE recipients SET state='suppressed', body=NULL, updated_at=? "
                     "WHERE rowid=?",
@@ -241,14 +241,7 @@ class _Eraser:
                 )
                 last_reply = "cancelled: erased on a privacy request"
                 r.cancelled += 1
-                if (
-                    conn.execute(
-                        "SELECT 1 FROM recipients WHERE queue_id=? AND state NOT IN (?,?,?)",
-                        (qid, *_FINAL),
-                    ).fetchone()
-                    is None
-                ):
-                    conn.execute("UPDATE messages SET body=NULL WHERE id=?", (qid,))
+                drop_body_if_done(conn, qid)
             if own:
                 conn.execute(
                     "UPDATE recipients SET address=?, domain='erased.invalid', last_reply=?, "

@@ -27,14 +27,14 @@ from mtaserver.config.retention import RetentionConfig
 from mtaserver.db import Database
 from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
+from mtaserver.model import FINAL_STATES_SQL
 
 log = get_logger("retention")
 
-_FINAL = "('delivered','bounced','suppressed')"
 # A message whose every recipient is final, the last since before the cutoff.
 _DONE_BEFORE = (
     "NOT EXISTS (SELECT 1 FROM recipients r WHERE r.queue_id = m.id "
-    f"AND (r.state NOT IN {_FINAL} OR r.updated_at >= :cutoff))"
+    f"AND (r.state NOT IN {FINAL_STATES_SQL} OR r.updated_at >= :cutoff))"
 )
 
 

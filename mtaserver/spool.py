@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 from mtaserver.db import Database
 from mtaserver.model import (
+    FINAL_STATES,
+    FINAL_STATES_SQL,
     DeliveryJob,
     Event,
     JobRecipient,
@@ -29,8 +31,6 @@ from mtaserver.model import (
 )
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-FINAL = (RecipientState.DELIVERED, RecipientState.BOUNCED, RecipientState.SUPPRESSED)
-_FINAL_SQL = "('delivered','bounced','suppressed')"
 
 
 def new_queue_id(now: float | None = None) -> str:
@@ -209,7 +209,7 @@ class Spool:
             )
             insert_events(conn, [accepted, *dropped, *events])
             if dropped:
-                _drop_body_if_done(conn, msg.queue_id)
+                drop_body_if_done(conn, msg.queue_id)
 
         await self.db.write(op)
 
@@ -301,13 +301,13 @@ class Spool:
             )
             if not keep:
                 for u in updates:
-                    if u.state in FINAL:
+                    if u.state in FINAL_STATES:
                         conn.execute(
                             "UPDATE recipients SET body=NULL WHERE queue_id=? AND idx=?",
                             (u.queue_id, u.idx),
                         )
                 for qid in {u.queue_id for u in updates}:
-                    _drop_body_if_done(conn, qid)
+                    drop_body_if_done(conn, qid)
             insert_events(conn, events)
 
         await self.db.write(op)
@@ -362,7 +362,7 @@ class Spool:
             ).fetchall()
             rows = conn.execute(
                 "SELECT r.domain, ? - m.received_at FROM recipients r JOIN messages m "
-                f"ON m.id = r.queue_id WHERE r.state NOT IN {_FINAL_SQL}",
+                f"ON m.id = r.queue_id WHERE r.state NOT IN {FINAL_STATES_SQL}",
                 (t,),
             ).fetchall()
             per: dict[str, list[int]] = {}
@@ -395,7 +395,7 @@ class Spool:
             clauses.append("r.state = ?")
             params.append(state)
         else:
-            clauses.append(f"r.state NOT IN {_FINAL_SQL}")
+            clauses.append(f"r.state NOT IN {FINAL_STATES_SQL}")
         if after:
             clauses.append("(r.queue_id, r.idx) > (?, ?)")
             params.extend(after)
@@ -505,9 +505,10 @@ class Spool:
         return await self.db.write(op)
 
 
-def _drop_body_if_done(conn: sqlite3.Connection, queue_id: str) -> None:
+def drop_body_if_done(conn: sqlite3.Connection, queue_id: str) -> None:
+    """Drop the message's shared body once every recipient is final (inside a write op)."""
     pending = conn.execute(
-        f"SELECT 1 FROM recipients WHERE queue_id=? AND state NOT IN {_FINAL_SQL} LIMIT 1",
+        f"SELECT 1 FROM recipients WHERE queue_id=? AND state NOT IN {FINAL_STATES_SQL} LIMIT 1",
         (queue_id,),
     ).fetchone()
     if pending is None:

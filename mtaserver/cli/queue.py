@@ -14,7 +14,7 @@ from typing import TypeVar
 from mtaserver.cli._common import add_config_arg, config_from, with_db
 from mtaserver.db import Database
 from mtaserver.errors import MtaError
-from mtaserver.model import RecipientState
+from mtaserver.model import FINAL_STATES, RecipientState
 from mtaserver.spool import Spool
 
 T = TypeVar("T")
@@ -119,9 +119,7 @@ def run_list(args: argparse.Namespace) -> int:
         lambda s: s.list(domain=args.domain, state=args.state, limit=max(1, args.limit)),
     )
     for e in entries:
-        due = (
-            "" if e.state in ("delivered", "bounced", "suppressed") else _when(e.next_attempt, now)
-        )
+        due = "" if e.state in FINAL_STATES else _when(e.next_attempt, now)
         print(
             f"{e.queue_id} {e.idx:>3} {e.state:<9} attempts={e.attempts} "
             f"age={_age(now - e.received_at)} {e.address} {('next=' + due) if due else ''}".rstrip()
@@ -147,9 +145,7 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"campaign:    {info.campaign}")
     print("recipients:")
     for r in info.recipients:
-        due = (
-            "" if r.state in ("delivered", "bounced", "suppressed") else _when(r.next_attempt, now)
-        )
+        due = "" if r.state in FINAL_STATES else _when(r.next_attempt, now)
         print(
             f"  {r.idx:>3} {r.state:<9} attempts={r.attempts} {r.address} "
             f"{('next=' + due) if due else ''}".rstrip()

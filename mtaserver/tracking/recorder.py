@@ -32,6 +32,7 @@ from mtaserver.clock import Clock
 from mtaserver.db import Database
 from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
+from mtaserver.model import FINAL_STATES
 from mtaserver.tracking.bots import BotDetector, Hit
 from mtaserver.tracking.privacy import IpPrivacy
 
@@ -42,7 +43,6 @@ _INFO_CACHE = 100_000
 _MAX_FAILURES = 3
 _SETTLED_TTL = 600.0
 _UNSETTLED_TTL = 5.0
-_FINAL_STATES = frozenset({"delivered", "bounced", "suppressed"})
 Key = tuple[str, int]
 
 
@@ -294,7 +294,7 @@ class Recorder:
             for k in missing:
                 info = fetched.get(k)
                 settled = info is not None and (
-                    info.delivered_at is not None or info.state in _FINAL_STATES
+                    info.delivered_at is not None or info.state in FINAL_STATES
                 )
                 cache[k] = (now + (_SETTLED_TTL if settled else _UNSETTLED_TTL), info)
         out: dict[Key, RecipientInfo] = {}
