@@ -17,7 +17,7 @@ from mtaserver.db import Database
 from mtaserver.model import PreparedMessage, PreparedRecipient
 from mtaserver.spool import Spool, new_queue_id
 from tests.support.daemon import Daemon, TestConfig
-from tests.support.mxsink import SinkGroup, wait_for
+from tests.support.mxsink import SinkGroup, eventually, wait_for
 
 N = 600
 WORKERS = 5
@@ -96,11 +96,10 @@ async def test_kill_9_during_delivery_loses_no_recipient(tmp_path: Path) -> None
                 timeout=40,
             )
             # the queue agrees: every recipient delivered, none left behind
-            for _ in range(200):
-                if (await _states(cfg.database))["delivered"] == N:
-                    break
-                await asyncio.sleep(0.05)
-            assert await _states(cfg.database) == collections.Counter({"delivered": N})
+            states = await eventually(
+                lambda: _states(cfg.database), lambda s: s["delivered"] == N, timeout=10
+            )
+            assert states == collections.Counter({"delivered": N})
         finally:
             code = await asyncio.to_thread(second.stop)
         assert code == 0, second.log()

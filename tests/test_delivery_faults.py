@@ -27,7 +27,7 @@ from tests import test_delivery, test_scheduler_e2e
 from tests.support.badmx import BadMx, Fault
 from tests.support.daemon import Daemon, TestConfig
 from tests.support.dnsserver import DnsServer
-from tests.support.mxsink import wait_for
+from tests.support.mxsink import eventually, wait_for
 from tests.test_delivery import job, policy
 
 # the fixtures of tests/test_delivery.py (FakeClock, DnsServer, DeliveryAgent factory)
@@ -289,11 +289,11 @@ async def _history(spool: Spool, qid: str, delivered: int) -> list[tuple[str, st
             (qid,),
         ).fetchall()
 
-    for _ in range(500):  # the delivered record follows the sink's 250 closely
-        rows = await spool.db.read(read)
-        if [t for _, t, _ in rows].count("delivered") >= delivered:
-            break
-        await asyncio.sleep(0.01)
+    rows = await eventually(  # the delivered record follows the sink's 250 closely
+        lambda: spool.db.read(read),
+        lambda rs: [t for _, t, _ in rs].count("delivered") >= delivered,
+        timeout=10,
+    )
     return [(r, t, json.loads(d or "{}").get("reply", "")) for r, t, d in rows]
 
 
@@ -326,11 +326,9 @@ async def test_a_reply_that_is_not_utf8_is_recorded(spool: Spool, run_scheduler:
                 "SELECT state, last_reply FROM recipients WHERE queue_id=?", (qid,)
             ).fetchall()
 
-        for _ in range(500):
-            rows = await spool.db.read(delivered)
-            if rows[0][0] != "leased":
-                break
-            await asyncio.sleep(0.01)
+        rows = await eventually(
+            lambda: spool.db.read(delivered), lambda rs: rs[0][0] != "leased", 10
+        )
         assert rows == [("delivered", "250 2.0.0 queued f\ufffdr dich")]
 
 

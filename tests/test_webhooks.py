@@ -19,6 +19,7 @@ from mtaserver.events import EventLog
 from mtaserver.model import Event
 from mtaserver.webhooks import WebhookDispatcher, sign, verify
 from tests.support.daemon import Daemon, TestConfig, free_port
+from tests.support.mxsink import eventually
 from tests.support.webhook_receiver import Receiver, ThreadedReceiver
 
 SECRET = b"webhook-secret-0123456789"
@@ -130,11 +131,7 @@ async def test_retry_while_the_receiver_is_down(db: Database) -> None:
     url = f"http://127.0.0.1:{port}/hook"
     async with Running(db, [hook(url)]):
         await EventLog(db).emit(ev("delivered", "Q1"), ev("bounced", None))
-        for _ in range(500):
-            rows = await outbox(db)
-            if all(r[3] >= 2 for r in rows):
-                break
-            await asyncio.sleep(0.02)
+        rows = await eventually(lambda: outbox(db), lambda rs: all(r[3] >= 2 for r in rs), 10)
         assert all(r[2] == "pending" and r[3] >= 2 for r in rows), rows  # refused, retried
         rx = await Receiver(SECRET).start(port)
         try:
@@ -157,12 +154,13 @@ async def test_order_per_message_while_other_messages_proceed(db: Database, rx: 
         await until(lambda: len([a for a in rx.attempts if a["queue_id"] == "A"]) >= 3)
         # Only A's first event was ever tried: the later ones waited.
         assert {a["data"]["n"] for a in rx.attempts if a["queue_id"] == "A"} == {0}
-        for _ in range(500):  # B and C settle right after the receiver answered
-            states = {(r[1], r[2]) for r in await outbox(db)}
-            if states == {("A", "pending"), ("A", "waiting")}:
-                break
-            await asyncio.sleep(0.01)
-        assert states == {("A", "pending"), ("A", "waiting")}
+        only_a = {("A", "pending"), ("A", "waiting")}  # B and C settle right after the receiver
+
+        def states(rs: list[tuple[Any, ...]]) -> set[tuple[str, str]]:
+            return {(r[1], r[2]) for r in rs}
+
+        rows = await eventually(lambda: outbox(db), lambda rs: states(rs) == only_a, 10)
+        assert states(rows) == only_a
         a_open.set()
         await until(lambda: len(rx.received) == 7)
     by_msg: dict[str, list[int]] = {}
@@ -180,10 +178,8 @@ async def test_given_up_after_max_retry_time_then_the_next_event_goes(
         await EventLog(db).emit(ev("deferred", "A", 0), ev("delivered", "A", 1))
         await until(lambda: len(rx.received) == 1)
         assert rx.received[0]["data"]["n"] == 1
-        for _ in range(500):  # the receiver has it; the dispatcher settles it right after
-            if len(rows := await outbox(db)) == 1:
-                break
-            await asyncio.sleep(0.01)
+        # the receiver has it; the dispatcher settles it right after
+        rows = await eventually(lambda: outbox(db), lambda rs: len(rs) == 1, 10)
         [(_, qid, state, attempts)] = rows
         assert (qid, state) == ("A", "failed") and attempts >= 2
         assert [(b.webhook, b.pending, b.waiting, b.failed) for b in await d.outbox.backlog()] == [

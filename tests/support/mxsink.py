@@ -21,10 +21,10 @@ import itertools
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -250,6 +250,23 @@ class SinkGroup:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+_T = TypeVar("_T")
+
+
+async def eventually(
+    fetch: Callable[[], Awaitable[_T]], ok: Callable[[_T], bool], timeout: float = 5.0
+) -> _T:
+    """Poll ``await fetch()`` until ``ok`` holds for its value; return the last value (on
+    timeout too: the caller's assertion on it then shows what was seen)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await fetch()
+        if ok(value) or loop.time() > deadline:
+            return value
+        await asyncio.sleep(0.01)
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
