@@ -31,8 +31,9 @@ from typing import Protocol
 from mtaserver.clock import Clock
 from mtaserver.db import Database
 from mtaserver.errors import StorageError
+from mtaserver.events import EventLog
 from mtaserver.log import get_logger, kv
-from mtaserver.model import FINAL_STATES
+from mtaserver.model import FINAL_STATES, Event
 from mtaserver.tracking.bots import BotDetector, Hit
 from mtaserver.tracking.privacy import IpPrivacy
 
@@ -64,13 +65,11 @@ def _text(user_agent: str) -> str:
     return ua if ua.isascii() else ua.encode("utf-8", "replace").decode("utf-8")
 
 
-# One open/click/unsubscribe as the writer gets it: (at, type, queue_id, idx, user_agent,
-# client_ip, machine, reason, proxy, url, via, address). ``via`` is "mail" for an
-# unsubscribe that came by mail; ``address`` the recipient when the queue tables no longer
-# know it (an unsubscribe token carries it); both None for opens and clicks. A plain
-# tuple, not a NamedTuple: one is built per hit on the event loop.
+# One open or click as the writer gets it: (at, type, queue_id, idx, user_agent,
+# client_ip, machine, reason, proxy, url). A plain tuple, not a NamedTuple: one is built
+# per hit on the event loop.
 _Opt = str | None
-HitRow = tuple[float, str, str, int, str, str, bool, _Opt, _Opt, _Opt, _Opt, _Opt]
+HitRow = tuple[float, str, str, int, str, str, bool, _Opt, _Opt, _Opt]
 
 
 class TrackingStore(Protocol):
@@ -79,6 +78,8 @@ class TrackingStore(Protocol):
     async def lookup(self, keys: Sequence[Key]) -> dict[Key, RecipientInfo]: ...
 
     async def write_rows(self, rows: Sequence[HitRow]) -> None: ...
+
+    async def emit(self, *events: Event) -> None: ...
 
 
 class UnsubscribeSink(Protocol):
@@ -97,12 +98,12 @@ class UnsubscribeSink(Protocol):
 # drops the null members of ``data``.
 _INSERT_BATCH = """
 INSERT INTO events(at, type, queue_id, recipient, data)
-SELECT h.value ->> 0, h.value ->> 1, h.value ->> 2, coalesce(r.address, h.value ->> 11),
+SELECT h.value ->> 0, h.value ->> 1, h.value ->> 2, r.address,
        json_patch('{}', json_object(
            'idx', h.value ->> 3, 'campaign', m.campaign, 'user', m.user,
            'user_agent', h.value ->> 4, 'client_ip', h.value ->> 5,
            'machine', json(h.value -> 6), 'reason', h.value ->> 7,
-           'proxy', h.value ->> 8, 'url', h.value ->> 9, 'via', h.value ->> 10))
+           'proxy', h.value ->> 8, 'url', h.value ->> 9))
 FROM json_each(?) AS h
 LEFT JOIN recipients r ON r.queue_id = h.value ->> 2 AND r.idx = h.value ->> 3
 LEFT JOIN messages m ON m.id = r.queue_id
@@ -128,6 +129,7 @@ class SqlTrackingStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.emit = EventLog(db).emit  # single events (unsubscribes), like every stage
 
     async def lookup(self, keys: Sequence[Key]) -> dict[Key, RecipientInfo]:
         # One statement for the whole batch, like the insert: the reader thread then holds
@@ -262,7 +264,7 @@ class Recorder:
             rows.append((h.at, h.type, h.queue_id, h.idx,
                          ua if len(ua) <= _MAX_UA and ua.isascii() else _text(ua),
                          ip_form(h.ip), verdict.machine, verdict.reason, verdict.proxy,
-                         h.url, None, None))  # fmt: skip
+                         h.url))  # fmt: skip
         try:
             await self.store.write_rows(rows)
         except StorageError as exc:
@@ -347,9 +349,18 @@ class Recorder:
             return False
         if self.unsubscribes is not None:
             await self.unsubscribes.unsubscribe(sender_domain or None, address, queue_id, at)
-        row: HitRow = (at, "unsubscribe", queue_id, idx, _text(user_agent),
-                       self.privacy.apply(ip), False, None, None, None, via,
-                       None if info is not None else address)  # fmt: skip
-        await self.store.write_rows([row])
+        data = {
+            "idx": idx,
+            "campaign": info.campaign if info else None,
+            "user": info.user if info else None,
+            "user_agent": _text(user_agent),
+            "client_ip": self.privacy.apply(ip),
+            "machine": False,
+            "via": via,
+        }
+        await self.store.emit(
+            Event("unsubscribe", at, queue_id, address,
+                  tuple((k, v) for k, v in data.items() if v is not None))
+        )  # fmt: skip
         log.info(kv(event="unsubscribed", queue_id=queue_id, idx=idx, via=via or "https"))
         return True
