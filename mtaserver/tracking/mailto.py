@@ -15,6 +15,7 @@ token, not the From address (trivially forged), is the proof.
 
 from __future__ import annotations
 
+import asyncio
 import email.parser
 import email.policy
 import re
@@ -74,7 +75,8 @@ class MailUnsubscribe:
         Raises StorageError when storing failed (the listener answers 451, the sender
         retries).
         """
-        token = find_token(raw)
+        # Header parsing is bounded (64 KiB) but arbitrary input: off the loop, like bounces.
+        token = await asyncio.to_thread(find_token, raw)
         if token is None:
             log.info(kv(event="mail_unsubscribe_refused", reason="no-token", client_ip=client_ip))
             return MailResult(
