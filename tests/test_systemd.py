@@ -30,7 +30,7 @@ def test_unit_has_notify_sandbox_and_capabilities() -> None:
     assert "serve" in svc["ExecStart"][0]
     assert svc["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert svc["AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE"]
-    for key in ("StateDirectory", "ConfigurationDirectory", "User"):
+    for key in ("StateDirectory", "User", "Group"):
         assert svc[key] == ["mtaserver"]
     for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp"):
         assert svc[key] == ["yes"]
@@ -45,7 +45,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     fake.write_text("#!/bin/sh\nexit 0\n")
     fake.chmod(0o755)
     unit = tmp_path / "mtaserver.service"
-    unit.write_text(UNIT.read_text().replace("/usr/local/bin/mtaserver", str(fake)))
+    unit.write_text(UNIT.read_text().replace("/opt/mtaserver/bin/mtaserver", str(fake)))
     out = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(unit)],
         capture_output=True, text=True, timeout=60,
