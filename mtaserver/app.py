@@ -40,9 +40,10 @@ from mtaserver.crypto import codec_for
 from mtaserver.db import Database
 from mtaserver.delivery import DeliveryAgent
 from mtaserver.devsetup import read_secret, write_private
+from mtaserver.diskspace import FreeSpace, Reserve
 from mtaserver.dkim import DkimSigner, KeySet
 from mtaserver.dkim.keys import load_keyset
-from mtaserver.errors import ConfigError, MtaError
+from mtaserver.errors import ConfigError, MtaError, StorageError
 from mtaserver.events import EventLog
 from mtaserver.inbound import BounceProcessor, InboundHandler, InboundServer
 from mtaserver.log import get_logger, kv, set_level, setup_logging
@@ -56,6 +57,7 @@ from mtaserver.scheduler import Scheduler
 from mtaserver.shaper import Shaper
 from mtaserver.spool import Spool, new_queue_id
 from mtaserver.submission import RateLimiter, SubmissionHandler, SubmissionServer, Suppressions
+from mtaserver.supervisor import first_fatal, supervise
 from mtaserver.suppression import SuppressionStore
 from mtaserver.tracking.bots import BotDetector, load_rules
 from mtaserver.tracking.mailto import MailUnsubscribe
@@ -69,6 +71,7 @@ from mtaserver.webhooks import WebhookDispatcher, WebhookOutbox
 
 log = get_logger("app")
 METRICS_TAIL_EVERY = 10.0  # seconds between event-log tails for metrics
+FILE_CHECK_EVERY = 5.0  # seconds between checks that the database file is still ours
 
 
 class Service(Protocol):
@@ -120,6 +123,8 @@ class Core:
     events: EventLog
     clock: Clock
     notifier: Notifier
+    space: FreeSpace  # free space on the database's filesystem (452 at MAIL when low)
+    reserve: Reserve  # space held back so a restart on a full disk can open the database
     services: list[Service] = field(default_factory=list)
     signer: DkimSigner | None = None  # built by build_services; the submission pipeline signs
     tracker: Tracker | None = None  # built by build_services when [tracking] base_url is set
@@ -204,6 +209,7 @@ def submission_service(
             suppressions=suppressions,
             drop_suppressed=cfg.inbound.suppression.at_rcpt == "accept-and-drop",
             observer=core.metrics,
+            space=core.space,
         )
 
     server = SubmissionServer(
@@ -251,16 +257,25 @@ def _operations_services(core: Core) -> list[Service]:
 
 
 def _storage_service(core: Core) -> Service:
-    """On SIGHUP, re-read the encryption key file (rotation: a new current key)."""
+    """Watches that the database file is still the one opened (fatal otherwise) and keeps
+    the start-up reserve (``diskspace.Reserve``); on SIGHUP,
+    re-reads the encryption key file (rotation: a new current key) and ``min_free``."""
+
+    async def run() -> None:
+        while True:
+            core.db.check_file()
+            await asyncio.to_thread(core.reserve.ensure, core.space)
+            await asyncio.sleep(FILE_CHECK_EVERY)
 
     async def reload(config: Config) -> None:
+        core.space.min_free = config.storage.min_free
         codec = await asyncio.to_thread(codec_for, config.storage.encryption_key_file)
         core.spool.codec = codec
         core.spool.keep_bodies = config.retention.bodies
         log.info(kv(event="storage_keys_loaded",
                     current=getattr(codec, "current", None) or "-"))  # fmt: skip
 
-    return SimpleService("storage", on_reload=reload)
+    return SimpleService("storage", on_run=run, on_reload=reload)
 
 
 def _dkim_service(core: Core) -> Service:
@@ -356,7 +371,9 @@ def _inbound_service(core: Core) -> Service:
     )
     server = InboundServer(
         cfg.inbound,
-        InboundHandler(cfg.inbound, core.verp, processor.process, core.mail_unsubscribe),
+        InboundHandler(
+            cfg.inbound, core.verp, processor.process, core.mail_unsubscribe, space=core.space
+        ),
         core.clock,
         cfg.server.hostname,
         cfg.tls.server_context() if cfg.tls.enabled else None,
@@ -498,6 +515,8 @@ def _tracking_service(core: Core) -> Service | None:
         core.mail_unsubscribe = MailUnsubscribe(cfg.unsubscribe_mailto, codec, recorder)
     if cfg.listen is None:
         return None
+    if core.metrics is not None:
+        core.metrics.tracking_dropped = lambda: recorder.dropped
     web = TrackingWeb(
         codec, recorder, core.clock, trusted_proxies=cfg.trusted_proxies, access_log=cfg.access_log
     )
@@ -601,15 +620,22 @@ class App:
 
     async def _run_with_db(self, cfg: Config) -> None:
         db = Database(cfg.storage.database, owner=True)
-        await db.open()
+        reserve = Reserve(cfg.storage.database.parent / "reserve.bin")
+        try:
+            await db.open()
+        except StorageError as exc:
+            if exc.fatal or not reserve.release():
+                raise
+            await db.open()  # the space the reserve held is enough to open it (SQLite's -shm)
         try:
             spool = Spool(
                 db, codec_for(cfg.storage.encryption_key_file), keep_bodies=cfg.retention.bodies
             )
-            released = await spool.release_leases(self.clock.now())
-            if released:
-                log.info(kv(event="leases_released_at_start", recipients=released))
-            core = Core(cfg, db, spool, EventLog(db), self.clock, self.notifier)
+            await _release_leases(spool, self.clock, "leases_released_at_start")
+            space = FreeSpace(
+                cfg.storage.database.parent, cfg.storage.min_free, self.clock.monotonic
+            )
+            core = Core(cfg, db, spool, EventLog(db), self.clock, self.notifier, space, reserve)
             core.services = await build_services(core)
             await self._run_services(core)
         finally:
@@ -626,8 +652,15 @@ class App:
             for service in core.services:
                 await service.start()
                 started.append(service)
+            restarted = core.metrics.task_restarted if core.metrics else (lambda name: None)
+            clock = self.clock.monotonic
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(s.run(), name=s.name) for s in started]
+                tasks = [
+                    tg.create_task(
+                        supervise(s.name, s.run, monotonic=clock, on_restart=restarted), name=s.name
+                    )
+                    for s in started
+                ]
                 self.notifier.ready()
                 log.info(kv(event="ready", services=",".join(s.name for s in started)))
                 await self._supervise(core)
@@ -639,8 +672,13 @@ class App:
                 )
                 for task in tasks:
                     task.cancel()
-            released = await core.spool.release_leases(self.clock.now())
+            released = await _release_leases(core.spool, self.clock, None)
             log.info(kv(event="drained", leases_released=released))
+        except BaseExceptionGroup as group:
+            fatal = first_fatal(group)
+            if fatal is None:
+                raise
+            raise fatal from None  # one line (event=fatal), not an exception-group traceback
         finally:
             # A second SIGTERM while the database closes only repeats the request; the
             # handlers go when the loop closes, after the last write.
@@ -679,6 +717,20 @@ class App:
         self.config = new
         log.info(kv(event="reloaded", source=new.source))
         self.notifier.ready()
+
+
+async def _release_leases(spool: Spool, clock: Clock, event: str | None) -> int:
+    """Put leased recipients back; on a full disk, log and go on (leases expire anyway)."""
+    try:
+        released = await spool.release_leases(clock.now())
+    except StorageError as exc:
+        if exc.fatal:
+            raise
+        log.warning(kv(event="leases_not_released", error=str(exc)))
+        return 0
+    if released and event:
+        log.info(kv(event=event, recipients=released))
+    return released
 
 
 @contextlib.contextmanager

@@ -34,13 +34,17 @@ log = get_logger("db")
 WriteOp = Callable[[sqlite3.Connection], Any]
 
 _FULL_CODES = {sqlite3.SQLITE_FULL}
+_FATAL_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 
 
 def translate(exc: sqlite3.Error) -> StorageError:
-    """Map SQLite failures to our StorageError (full → 452, anything else → 451)."""
+    """Map SQLite failures to our StorageError (full → 452, anything else → 451; a corrupt
+    file is fatal)."""
     code = getattr(exc, "sqlite_errorcode", None)
-    full = code in _FULL_CODES or "full" in str(exc).lower()
-    return StorageError(f"database error: {exc}", full=full)
+    primary = code & 0xFF if isinstance(code, int) else None
+    full = primary in _FULL_CODES or "full" in str(exc).lower()
+    fatal = primary in _FATAL_CODES
+    return StorageError(f"database error: {exc}", full=full, fatal=fatal)
 
 
 def configure(conn: sqlite3.Connection) -> None:
@@ -138,6 +142,7 @@ class Database:
         self._closing = False
         self.unclean_start = False
         self.on_commit: list[Callable[[float, int], None]] = []  # (seconds, ops) observers
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the opened file
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,10 +173,19 @@ class Database:
             log.warning(kv(event="unclean_stop_detected", quick_check=result, path=self.path))
             if result != "ok":
                 raise StorageError(f"{self.path}: quick_check failed after unclean stop: {result}")
-        conn.execute(
-            "INSERT INTO meta(key, value) VALUES ('clean_shutdown', '0') "
-            "ON CONFLICT(key) DO UPDATE SET value='0'"
-        )
+        try:
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES ('clean_shutdown', '0') "
+                "ON CONFLICT(key) DO UPDATE SET value='0'"
+            )
+        except sqlite3.Error as exc:
+            if not translate(exc).full:
+                raise
+            # A full disk must not keep the daemon down (it answers 452 until space returns);
+            # leases are released at every start, so a crash before the flag is written
+            # only skips the quick_check.
+            log.warning(kv(event="clean_shutdown_flag_not_written", error=str(exc)))
+        self._identity = _identity(self.path)
 
     async def close(self) -> None:
         """Finish queued writes, mark the stop as clean, close connections."""
@@ -193,6 +207,20 @@ class Database:
                 with contextlib.suppress(Exception):
                     await conn.close()
         self._reader = self._writer = None
+
+    def check_file(self) -> None:
+        """Raise a fatal StorageError when the database file was removed or replaced.
+
+        SQLite keeps writing to an unlinked file without an error: everything committed
+        from then on would vanish at the next start. The daemon's storage service calls this
+        periodically.
+        """
+        if self._identity is None:
+            return
+        now = _identity(self.path)
+        if now != self._identity:
+            what = "is gone" if now is None else "was replaced by another file"
+            raise StorageError(f"{self.path}: the database file {what}", fatal=True)
 
     # -- writes --------------------------------------------------------------------------
     async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
@@ -254,6 +282,14 @@ class Database:
         except sqlite3.Error as exc:
             raise translate(exc) from exc
         return result
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 async def _in_thread(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:

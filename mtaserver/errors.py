@@ -15,9 +15,12 @@ class StorageError(MtaError):
     """The database could not do what was asked; nothing was committed.
 
     ``full`` is set when the disk or the database size limit is exhausted (SMTP 452 4.3.1);
-    otherwise the failure is temporary (SMTP 451 4.3.0).
+    otherwise the failure is temporary (SMTP 451 4.3.0). ``fatal`` marks the few failures a
+    running daemon cannot outlive — the database file corrupt, gone or replaced — and ends it;
+    every other one is logged, counted and retried.
     """
 
-    def __init__(self, message: str, *, full: bool = False) -> None:
+    def __init__(self, message: str, *, full: bool = False, fatal: bool = False) -> None:
         super().__init__(message)
         self.full = full
+        self.fatal = fatal

@@ -33,6 +33,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from mtaserver.clock import Clock
 from mtaserver.config.inbound import InboundConfig
 from mtaserver.db import Database
+from mtaserver.diskspace import declared_size
 from mtaserver.dsn import ParseTimeout, parse_bounce_async
 from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
@@ -88,6 +89,12 @@ class UnsubscribeReply(Protocol):
 
     @property
     def reply(self) -> str: ...
+
+
+class SpaceCheck(Protocol):
+    """Free space where the queue lives (``mtaserver.diskspace.FreeSpace``)."""
+
+    def low(self, need: int = 0) -> bool: ...
 
 
 class Unsubscribes(Protocol):
@@ -377,11 +384,13 @@ class InboundHandler:
         verp: Verp,
         processor: Callable[[bytes, Sequence[str]], Any],
         unsubscribes: Unsubscribes | None = None,
+        space: SpaceCheck | None = None,
     ) -> None:
         self.cfg = cfg
         self.verp = verp
         self.process = processor
         self.unsubscribes = unsubscribes
+        self.space = space  # free space where the queue lives: 452 at MAIL when low
         self.complaints = (cfg.complaints_address or "").lower()
 
     async def handle_EHLO(
@@ -416,6 +425,8 @@ class InboundHandler:
     ) -> str:
         if _CONTROL_RE.search(address) or len(address) > 320:
             return "501 5.1.7 Bad sender address syntax"
+        if self.space is not None and self.space.low(declared_size(mail_options)):
+            return "452 4.3.1 Insufficient system storage"
         envelope.mail_from = address  # "" (the null sender) is what bounces use
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"

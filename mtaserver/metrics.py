@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from mtaserver import __version__
 from mtaserver.model import DeliveryJob, DeliveryReport, RoutePolicy
@@ -140,6 +140,7 @@ class Metrics:
         self._now = clock
         self.shaper: ShapingView | None = None  # set by app when the scheduler runs
         self.webhooks: WebhookBacklog | None = None  # set by app when webhooks are wired
+        self.tracking_dropped: Callable[[], int] | None = None  # the recorder's drop count
         self.registry = CollectorRegistry()
         r = self.registry
         info = Gauge("mtaserver_build_info", "Version of the running daemon", ["version"],
@@ -217,6 +218,11 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.task_restarts = Counter(
+            "mtaserver_task_restarts",
+            "Service bodies restarted by the supervisor after a failure, by service",
+            ["service"], registry=r,
+        )  # fmt: skip
         r.register(_ScrapeCollector(self))
         self._cursor: int | None = None
         self._lock = asyncio.Lock()
@@ -232,6 +238,10 @@ class Metrics:
     def recipient_refused(self, reason: str) -> None:
         """A suppressed recipient refused at RCPT (no queue id, so no event to count)."""
         self.suppressed.labels("rejected", reason or "unknown").inc()
+
+    def task_restarted(self, service: str) -> None:
+        """The supervisor's ``on_restart`` hook."""
+        self.task_restarts.labels(service).inc()
 
     def attempt_finished(self, seconds: float) -> None:
         self.delivery_attempt.observe(max(0.0, seconds))
@@ -369,6 +379,13 @@ class Metrics:
                 failed.add_metric([name], given_up)
             yield backlog
             yield failed
+        if self.tracking_dropped is not None:
+            yield CounterMetricFamily(
+                "mtaserver_tracking_hits_dropped",
+                "Open and click hits answered but not stored (buffer full, or the database "
+                "refused the batch, e.g. a full disk)",
+                value=self.tracking_dropped(),
+            )
         if self.shaper is not None:
             yield from _shaping_families(self.shaper, self.top, self._now())
 

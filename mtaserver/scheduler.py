@@ -74,6 +74,8 @@ class QueueStore(Protocol):
 
     async def release_expired(self, now: float) -> int: ...
 
+    async def release_leases(self, now: float | None = None) -> int: ...
+
     async def enqueue(self, msg: PreparedMessage, events: Sequence[Event] = ()) -> None: ...
 
     async def dsn_sent(self, queue_id: str, action: str) -> bool: ...
@@ -159,6 +161,7 @@ class Scheduler:
         self.attempts = 0  # counters for tests and metrics
         self.inflight = 0
         self.polls = 0
+        self.runs = 0  # >1 once the supervisor restarted a failed run
 
     def reconfigure(
         self,
@@ -178,7 +181,24 @@ class Scheduler:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self) -> None:
-        """Run until `drain`; then finish in-flight deliveries and put the backlog back."""
+        """Run until `drain`; then finish in-flight deliveries and put the backlog back.
+
+        A run that failed (a write refused on a full disk; the supervisor restarts it) left
+        claimed recipients leased and jobs in memory: the next run forgets them and puts
+        every lease back first, so it starts from the queue alone and delivers nothing twice.
+        """
+        self.runs += 1
+        if self.runs > 1:
+            self._dests.clear()
+            self._ring.clear()
+            self._open.clear()
+            self._backlog = 0
+            self.inflight = 0
+            self._queue = asyncio.Queue(maxsize=self._workers)
+            self._last_expiry_sweep = -math.inf
+            self._done.clear()
+            released = await self._spool.release_leases(self._clock.now())
+            log.info(kv(event="scheduler_restarted", leases_released=released))
         try:
             async with asyncio.TaskGroup() as tg:
                 for i in range(self._workers):

@@ -356,6 +356,8 @@ class WebhookDispatcher:
             connector=connector, headers={"User-Agent": f"mtaserver/{__version__}"}
         )
         self._running = True
+        if self._on_commit not in self.db.on_commit:  # a restarted run (see supervisor)
+            self.db.on_commit.append(self._on_commit)
         settler = asyncio.create_task(self._settler(), name="webhook-settler")
         try:
             while not self._stopping:

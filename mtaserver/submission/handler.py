@@ -17,12 +17,13 @@ from typing import Any, Protocol
 from aiosmtpd.smtp import AuthResult
 
 from mtaserver.clock import Clock
+from mtaserver.diskspace import declared_size
 from mtaserver.log import get_logger, kv
 from mtaserver.model import Submission
 from mtaserver.prepare import PrepareError, split_header
 from mtaserver.submission.address import AddressError, parse_mailbox
 from mtaserver.submission.limits import RateLimiter
-from mtaserver.submission.protocol import SubmissionSMTP, storage_reply
+from mtaserver.submission.protocol import STORAGE_FULL, SubmissionSMTP, storage_reply
 
 log = get_logger("submission")
 
@@ -60,6 +61,12 @@ class SmtpObserver(Protocol):
     def recipient_refused(self, reason: str) -> None: ...
 
 
+class SpaceCheck(Protocol):
+    """Free space where the queue lives (``mtaserver.diskspace.FreeSpace``)."""
+
+    def low(self, need: int = 0) -> bool: ...
+
+
 class Submitter(Protocol):
     """The pipeline: returns the queue id once the message is durably queued."""
 
@@ -86,8 +93,10 @@ class SubmissionHandler:
         suppressions: Suppressions | None = None,
         drop_suppressed: bool = False,
         observer: SmtpObserver | None = None,
+        space: SpaceCheck | None = None,
     ) -> None:
         self.observer = observer  # SubmissionSMTP reports new sessions to it
+        self._space = space
         self._submitter = submitter
         self._auth = authenticator
         self._throttle = throttle
@@ -122,6 +131,8 @@ class SubmissionHandler:
             if exc.routing:
                 return f"553 5.7.1 Sender address form not accepted: {exc}"
             return f"501 5.1.7 Bad sender address syntax: {exc}"
+        if self._space is not None and self._space.low(declared_size(mail_options)):
+            return STORAGE_FULL
         user = server.user
         if user is not None:
             if not user.owns(box.domain):
