@@ -91,12 +91,13 @@ def _when(ts: float, now: float) -> str:
 
 def run_summary(args: argparse.Namespace) -> int:
     now = time.time()
-    summary = _with_spool(args, lambda s: s.summary(now, top=args.top))
+    summary = _with_spool(args, lambda s: s.summary(now, top=max(0, args.top)))
     out = sys.stdout
     states = ", ".join(f"{s}={n}" for s, n in summary.by_state) or "empty"
     print(f"recipients by state: {states}", file=out)
     head = ["destination", "total", *summary.buckets]
-    widths = [max(24, *(len(d) for d, _, _ in summary.rows))] + [7] * (len(head) - 1)
+    # max() of 24 and no rows at all (nothing queued, or every recipient final) is just 24
+    widths = [max([24, *(len(d) for d, _, _ in summary.rows)])] + [7] * (len(head) - 1)
     rows = [head] + [
         [d, str(total), *(str(c) for c in counts)] for d, total, counts in summary.rows
     ]

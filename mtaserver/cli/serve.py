@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from mtaserver.app import serve
 from mtaserver.cli._common import add_config_arg, config_from
 
 
@@ -15,4 +14,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mtaserver.app import serve  # the daemon's imports: paid by `serve` alone
+
     return serve(config_from(args))

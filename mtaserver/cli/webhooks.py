@@ -1,4 +1,8 @@
-"""``mtaserver webhooks status|retry-failed``: the webhook outbox, for operators."""
+"""``mtaserver webhooks status|retry-failed``: the webhook outbox, for operators.
+
+``mtaserver.webhooks`` (and aiohttp with it) is imported by these commands alone, not by
+every command line the parser builds.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import argparse
 import time
 
 from mtaserver.cli._common import add_config_arg, config_from, with_db
-from mtaserver.webhooks import WebhookOutbox
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,6 +28,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    from mtaserver.webhooks import WebhookOutbox
+
     rows = with_db(config_from(args), lambda db: WebhookOutbox(db).backlog())
     print(f"{'webhook':40} {'pending':>8} {'waiting':>8} {'failed':>8}")
     for b in rows:
@@ -33,6 +38,8 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_retry(args: argparse.Namespace) -> int:
+    from mtaserver.webhooks import WebhookOutbox
+
     n = with_db(
         config_from(args), lambda db: WebhookOutbox(db).retry_failed(args.name, now=time.time())
     )
