@@ -36,6 +36,9 @@ _DOMAIN = re.compile(
     r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?)+$"
 )
 
+# The shortest password `mtaserver user add` and the admin API accept.
+MIN_PASSWORD = 8
+
 
 class UserError(MtaError, ValueError):
     """An operator mistake in a user command (bad name, unknown user, duplicate)."""

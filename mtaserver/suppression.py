@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config.inbound import DEFAULT_SUPPRESSION, SuppressionConfig
 from mtaserver.db import Database
+from mtaserver.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,15 @@ class Suppression:
 
 def normalize(address: str) -> str:
     return address.strip().strip("<>").strip().lower()
+
+
+def valid_address(address: str) -> str:
+    """``address`` if it looks like one (``local@domain``, no spaces); the CLI and the admin
+    API refuse the same strings."""
+    local, at, domain = address.strip().strip("<>").rpartition("@")
+    if not at or not local or not domain or " " in address:
+        raise ConfigError(f"not an email address: {address!r}")
+    return address
 
 
 def address_hash(address: str) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from mtaserver.cli.user import MIN_PASSWORD
+from mtaserver.auth import MIN_PASSWORD
 from mtaserver.config import Config
 from mtaserver.db import Database
 from mtaserver.dkim.keys import KeySet

@@ -13,10 +13,9 @@ from aiohttp import web
 from mtaserver import privacy
 from mtaserver.admin.deps import AdminDeps, UserAdmin, UserRecordView
 from mtaserver.admin.server import ApiError, int_param, json_body, json_response, str_field
-from mtaserver.cli.suppression import _valid as valid_address
 from mtaserver.config.units import parse_duration
 from mtaserver.spool import BodyCodec
-from mtaserver.suppression import Suppression, SuppressionStore
+from mtaserver.suppression import Suppression, SuppressionStore, valid_address
 
 
 class PeopleApi:

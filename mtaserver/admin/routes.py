@@ -21,9 +21,9 @@ from mtaserver.admin import feed
 from mtaserver.admin.deps import AdminDeps
 from mtaserver.admin.people import PeopleApi
 from mtaserver.admin.server import ApiError, int_param, json_response
-from mtaserver.cli.stats import parse_since
 from mtaserver.dkim.records import quote_txt
 from mtaserver.tracking.stats import compute as compute_stats
+from mtaserver.tracking.stats import parse_since
 
 PREFIX = "/api/v1"
 MAX_LIMIT = 1000

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import time
 
 from mtaserver.cli._common import add_config_arg, config_from, with_db
-from mtaserver.config.units import parse_duration
-from mtaserver.errors import MtaError
-from mtaserver.tracking.stats import Stats, compute
-
-
-class StatsUsageError(MtaError):
-    """A bad --since value."""
+from mtaserver.tracking.stats import Stats, compute, parse_since
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,25 +27,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--user", metavar="U", help="only messages submitted by this user")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
-
-
-def parse_since(value: str | None, now: float) -> float:
-    """Seconds since the epoch for ``--since``."""
-    if value is None:
-        return 0.0
-    try:
-        return now - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        when = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise StatsUsageError(
-            f"--since: expected a duration like '24h' or a date like '2026-11-01', got {value!r}"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
 
 
 def _pct(v: float | None) -> str:

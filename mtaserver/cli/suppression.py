@@ -8,7 +8,7 @@ import time
 from mtaserver.cli._common import add_config_arg, config_from, with_db
 from mtaserver.config.units import parse_duration
 from mtaserver.errors import ConfigError
-from mtaserver.suppression import Suppression, SuppressionStore
+from mtaserver.suppression import Suppression, SuppressionStore, valid_address
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,13 +44,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     chk.set_defaults(func=run_check)
 
 
-def _valid(address: str) -> str:
-    local, at, domain = address.strip().strip("<>").rpartition("@")
-    if not at or not local or not domain or " " in address:
-        raise ConfigError(f"not an email address: {address!r}")
-    return address
-
-
 def _fmt_time(t: float | None) -> str:
     if t is None:
         return "never"
@@ -80,7 +73,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_add(args: argparse.Namespace) -> int:
     cfg = config_from(args)
-    address = _valid(args.address)
+    address = valid_address(args.address)
     expires = None
     if args.duration:
         try:
@@ -101,7 +94,7 @@ def run_add(args: argparse.Namespace) -> int:
 
 def run_remove(args: argparse.Namespace) -> int:
     cfg = config_from(args)
-    address = _valid(args.address)
+    address = valid_address(args.address)
     n = with_db(
         cfg,
         lambda db: SuppressionStore(db).remove(
@@ -114,7 +107,7 @@ def run_remove(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     cfg = config_from(args)
-    address = _valid(args.address)
+    address = valid_address(args.address)
     s = with_db(cfg, lambda db: SuppressionStore(db).check(address, args.sender_domain))
     if s is None:
         print(f"{address.lower()}: not suppressed")

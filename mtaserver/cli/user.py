@@ -12,10 +12,8 @@ import getpass
 import sys
 from datetime import UTC, datetime
 
-from mtaserver.auth import UserError, UserStore, hash_password
+from mtaserver.auth import MIN_PASSWORD, UserError, UserStore, hash_password
 from mtaserver.cli._common import add_config_arg, config_from, with_db
-
-MIN_PASSWORD = 8
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -14,9 +14,13 @@ rates over delivered; click-to-open is unique human clicks over unique human ope
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
+
+from mtaserver.config.units import parse_duration
+from mtaserver.errors import MtaError
 
 _SQL = """
 WITH cohort AS (
@@ -135,3 +139,26 @@ async def compute(
 
     result: Stats = await db.read(op)
     return result
+
+
+class StatsUsageError(MtaError):
+    """A bad --since value."""
+
+
+def parse_since(value: str | None, now: float) -> float:
+    """Seconds since the epoch for ``--since``."""
+    if value is None:
+        return 0.0
+    try:
+        return now - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise StatsUsageError(
+            f"--since: expected a duration like '24h' or a date like '2026-11-01', got {value!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()

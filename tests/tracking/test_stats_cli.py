@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mtaserver.cli import main
-from mtaserver.cli.stats import StatsUsageError, parse_since
+from mtaserver.tracking.stats import StatsUsageError, parse_since
 
 
 def test_since_forms() -> None:
