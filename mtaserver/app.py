@@ -182,7 +182,7 @@ def submission_service(
     cfg = core.config
     sub = cfg.submission
     tls_context = cfg.tls.server_context() if cfg.tls.enabled else None
-    authenticator = Authenticator(UserStore(core.db))
+    authenticator = Authenticator(UserStore(core.db, core.clock), clock=core.clock)
     throttle = AuthThrottle(sub.auth, core.clock)
     user_rate = RateLimiter(sub.user_rate, sub.user_burst, core.clock) if sub.user_rate else None
 
@@ -265,7 +265,7 @@ def _storage_service(core: Core) -> Service:
         while True:
             core.db.check_file()
             await asyncio.to_thread(core.reserve.ensure, core.space)
-            await asyncio.sleep(FILE_CHECK_EVERY)
+            await core.clock.sleep(FILE_CHECK_EVERY)
 
     async def reload(config: Config) -> None:
         core.space.min_free = config.storage.min_free
@@ -352,7 +352,7 @@ def _inbound_service(core: Core) -> Service:
                     log.info(kv(event="suppressions_expired", count=n))
             except MtaError as exc:
                 log.error(kv(event="suppression_purge_failed", error=str(exc)))
-            await asyncio.sleep(3600)
+            await core.clock.sleep(3600)
 
     if cfg.inbound.listen is None or not cfg.inbound.bounce_domain:
         return SimpleService("suppression", on_run=purge)
@@ -565,14 +565,14 @@ def _admin_service(core: Core, metrics: Metrics) -> Service | None:
         config=lambda: core.config,
         keys=lambda: core.signer.keyset if core.signer is not None else KeySet(),
         metrics=metrics,
-        users=UserStore(core.db),
+        users=UserStore(core.db, core.clock),
         hash_password=hash_password,
         suppressions=core.suppressions,
         codec=lambda: core.spool.codec,
     )
     metrics.webhooks = WebhookOutbox(core.db)
     open_paths = frozenset({"/metrics"}) if cfg.metrics_auth == "none" else frozenset()
-    web_app = build_web_app(AdminApi(deps).register, TokenStore(core.db).verify,
+    web_app = build_web_app(AdminApi(deps).register, TokenStore(core.db, core.clock).verify,
                             open_paths=open_paths)  # fmt: skip
     ssl_context = core.config.tls.server_context() if cfg.tls else None
     server = AdminServer(web_app, ssl_context)
@@ -584,7 +584,7 @@ def _admin_service(core: Core, metrics: Metrics) -> Service | None:
 
     async def run() -> None:
         while True:  # keep the event tail short between scrapes
-            await asyncio.sleep(METRICS_TAIL_EVERY)
+            await core.clock.sleep(METRICS_TAIL_EVERY)
             await metrics.tail()
 
     async def drain(timeout: float) -> None:
@@ -629,7 +629,10 @@ class App:
             await db.open()  # the space the reserve held is enough to open it (SQLite's -shm)
         try:
             spool = Spool(
-                db, codec_for(cfg.storage.encryption_key_file), keep_bodies=cfg.retention.bodies
+                db,
+                codec_for(cfg.storage.encryption_key_file),
+                keep_bodies=cfg.retention.bodies,
+                clock=self.clock,
             )
             await _release_leases(spool, self.clock, "leases_released_at_start")
             space = FreeSpace(

@@ -16,12 +16,11 @@ import hmac
 import re
 import secrets
 import sqlite3
-import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from mtaserver.clock import Clock
+from mtaserver.clock import Clock, SystemClock
 from mtaserver.config.submission import AuthThrottleConfig
 from mtaserver.db import Database
 from mtaserver.errors import MtaError
@@ -122,15 +121,16 @@ def _unb64(text: str) -> bytes:
 class UserStore:
     """The ``users`` and ``user_domains`` tables."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Clock | None = None) -> None:
         self.db = db
+        self._clock: Clock = clock or SystemClock()
 
     async def add(self, name: str, password_hash: str, domains: list[str]) -> None:
         name = normalize_name(name)
         doms = sorted({normalize_domain(d) for d in domains})
         if not doms:
             raise UserError("a user needs at least one --domain")
-        now = time.time()
+        now = self._clock.now()
 
         def op(conn: sqlite3.Connection) -> None:
             try:
@@ -153,7 +153,7 @@ class UserStore:
         def op(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
                 "UPDATE users SET password_hash=?, updated_at=? WHERE name=?",
-                (password_hash, time.time(), name),
+                (password_hash, self._clock.now(), name),
             )
             return cur.rowcount
 
@@ -214,9 +214,10 @@ class Authenticator:
 
     def __init__(
         self, store: UserStore, *, workers: int = 2, cache_ttl: float = 300.0,
-        cache_size: int = 10_000,
+        cache_size: int = 10_000, clock: Clock | None = None,
     ) -> None:  # fmt: skip
         self._store = store
+        self._clock: Clock = clock or SystemClock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="auth")
         self._dummy = hash_password(secrets.token_urlsafe(16))
         self._key = secrets.token_bytes(32)
@@ -237,7 +238,7 @@ class Authenticator:
             self._key, b"\0".join([(name or "").encode(), encoded.encode(), password]),
             hashlib.sha256,
         ).digest()  # fmt: skip
-        now = time.monotonic()
+        now = self._clock.monotonic()
         expiry = self._cache.get(digest)
         if found is not None and expiry is not None and expiry > now:
             return found[0]

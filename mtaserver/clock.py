@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -15,6 +16,10 @@ class Clock(Protocol):
         """Monotonic seconds (for rates and timeouts)."""
         ...
 
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` of this clock's time (a fake clock may just advance)."""
+        ...
+
 
 class SystemClock:
     def now(self) -> float:
@@ -22,3 +27,6 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)

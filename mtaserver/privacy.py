@@ -33,12 +33,12 @@ import json
 import re
 import secrets
 import sqlite3
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mtaserver import suppression
+from mtaserver.clock import Clock, SystemClock
 from mtaserver.db import Database
 from mtaserver.errors import MtaError, StorageError
 from mtaserver.model import FINAL_STATES, FINAL_STATES_SQL
@@ -323,6 +323,7 @@ async def erase(
     suppress: bool = False,
     now: float | None = None,
     wait_leased: float = 30.0,
+    clock: Clock | None = None,
 ) -> EraseResult:
     """Remove or anonymize every trace of ``address``; keep its suppressions as hashes.
 
@@ -332,12 +333,13 @@ async def erase(
     would otherwise be recorded after the erase; ``in_flight`` counts those still leased.
     """
     addr = normalize(address)
-    t = time.time() if now is None else now
+    clock = clock or SystemClock()
+    t = clock.now() if now is None else now
     codec = codec or IdentityCodec()
     token = f"erased-{secrets.token_hex(6)}@erased.invalid"
     eraser = _Eraser(addr, token, t)
     result = EraseResult(address_token=token)
-    result.in_flight = await _wait_for_leases(db, addr, wait_leased)
+    result.in_flight = await _wait_for_leases(db, addr, wait_leased, clock)
     for _ in range(5):  # a last pass catches rows written while the previous one ran
         found = await db.read(lambda c: _find(c, addr, eraser.pat, codec))
         if found.empty():
@@ -384,9 +386,9 @@ async def erase(
     return result
 
 
-async def _wait_for_leases(db: Database, addr: str, wait: float) -> int:
+async def _wait_for_leases(db: Database, addr: str, wait: float, clock: Clock) -> int:
     """Let deliveries in flight to the address finish; how many are still leased."""
-    deadline = time.monotonic() + wait
+    deadline = clock.monotonic() + wait
     while True:
         leased = await db.read(
             lambda c: c.execute(
@@ -395,9 +397,9 @@ async def _wait_for_leases(db: Database, addr: str, wait: float) -> int:
                 (addr,),
             ).fetchone()[0]
         )
-        if not leased or time.monotonic() >= deadline:
+        if not leased or clock.monotonic() >= deadline:
             return int(leased)
-        await asyncio.sleep(0.2)
+        await clock.sleep(0.2)
 
 
 async def _apply(
@@ -433,10 +435,16 @@ async def checkpoint(db: Database) -> bool:
 
 
 async def export(
-    db: Database, address: str, *, codec: BodyCodec | None = None, bodies: bool = True
+    db: Database,
+    address: str,
+    *,
+    codec: BodyCodec | None = None,
+    bodies: bool = True,
+    clock: Clock | None = None,
 ) -> dict[str, Any]:
     """Everything the database holds about ``address``, as JSON-ready data."""
     addr = normalize(address)
+    generated_at = (clock or SystemClock()).now()
     codec = codec or IdentityCodec()
     pat = _pattern(addr)
 
@@ -510,7 +518,7 @@ async def export(
                 ]
         return {
             "address": addr,
-            "generated_at": time.time(),
+            "generated_at": generated_at,
             "received": received,
             "sent": sent,
             "events": events,

@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from mtaserver.clock import Clock, SystemClock
 from mtaserver.db import Database
 from mtaserver.model import (
     FINAL_STATES,
@@ -33,9 +33,9 @@ from mtaserver.model import (
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
-def new_queue_id(now: float | None = None) -> str:
+def new_queue_id(now: float) -> str:
     """16 characters, time-ordered (48-bit milliseconds) plus 32 random bits, Crockford base32."""
-    ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    ms = int(now * 1000) & ((1 << 48) - 1)
     value = (ms << 32) | secrets.randbits(32)
     chars = []
     for _ in range(16):
@@ -134,9 +134,15 @@ class Spool:
     """
 
     def __init__(
-        self, db: Database, codec: BodyCodec | None = None, *, keep_bodies: float = 0.0
+        self,
+        db: Database,
+        codec: BodyCodec | None = None,
+        *,
+        keep_bodies: float = 0.0,
+        clock: Clock | None = None,
     ) -> None:
         self.db = db
+        self._clock: Clock = clock or SystemClock()
         self.codec: BodyCodec = codec or IdentityCodec()
         self.keep_bodies = keep_bodies
 
@@ -279,7 +285,7 @@ class Spool:
         what it needs to deliver, not copies of delivered mail (with ``keep_bodies`` set,
         the retention service drops them later).
         """
-        now = time.time()
+        now = self._clock.now()
         keep = self.keep_bodies > 0
 
         def op(conn: sqlite3.Connection) -> None:
@@ -314,7 +320,7 @@ class Spool:
 
     async def release_leases(self, now: float | None = None) -> int:
         """Put every leased recipient back (start-up after a crash, graceful stop)."""
-        t = time.time() if now is None else now
+        t = self._clock.now() if now is None else now
 
         def op(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
@@ -354,7 +360,7 @@ class Spool:
 
     # -- operator ops (CLI and admin API share these) -------------------------------------
     async def summary(self, now: float | None = None, top: int = 50) -> QueueSummary:
-        t = time.time() if now is None else now
+        t = self._clock.now() if now is None else now
 
         def fn(conn: sqlite3.Connection) -> QueueSummary:
             by_state = conn.execute(
@@ -457,7 +463,7 @@ class Spool:
 
     async def retry(self, queue_id: str | None, now: float | None = None) -> int:
         """Make queued recipients due now (one message, or all with ``None``)."""
-        t = time.time() if now is None else now
+        t = self._clock.now() if now is None else now
 
         def op(conn: sqlite3.Connection) -> int:
             if queue_id is None:
@@ -475,6 +481,7 @@ class Spool:
 
     async def delete(self, queue_id: str) -> int:
         """Remove a message and all its recipients; returns recipients removed."""
+        now = self._clock.now()
 
         def op(conn: sqlite3.Connection) -> int:
             n = conn.execute(
@@ -482,7 +489,7 @@ class Spool:
             ).fetchone()[0]
             conn.execute("DELETE FROM recipients WHERE queue_id=?", (queue_id,))
             conn.execute("DELETE FROM messages WHERE id=?", (queue_id,))
-            insert_events(conn, [Event(type="deleted", at=time.time(), queue_id=queue_id)])
+            insert_events(conn, [Event(type="deleted", at=now, queue_id=queue_id)])
             return int(n)
 
         return await self.db.write(op)
@@ -491,7 +498,9 @@ class Spool:
         return await self._move(queue_id, "queued", "held")
 
     async def release(self, queue_id: str, now: float | None = None) -> int:
-        return await self._move(queue_id, "held", "queued", time.time() if now is None else now)
+        return await self._move(
+            queue_id, "held", "queued", self._clock.now() if now is None else now
+        )
 
     async def _move(self, queue_id: str, src: str, dst: str, due: float | None = None) -> int:
         def op(conn: sqlite3.Connection) -> int:

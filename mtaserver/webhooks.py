@@ -369,7 +369,7 @@ class WebhookDispatcher:
                     log.error(kv(event="webhook_poll_failed", error=str(exc)))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
-                await asyncio.sleep(_MIN_POLL_GAP)  # coalesce bursts of commits into one poll
+                await self.clock.sleep(_MIN_POLL_GAP)  # coalesce bursts of commits into one poll
             while self._tasks:  # draining: POSTs in flight finish (the app bounds the wait)
                 await asyncio.wait(set(self._tasks))
             settler.cancel()

@@ -92,7 +92,7 @@ def enqueue(db_path: Path, *messages: tuple[str, list[str]], at: float | None = 
             spool = Spool(db)
             ids = []
             for sender, rcpts in messages:
-                qid = new_queue_id()
+                qid = new_queue_id(time.time())
                 await spool.enqueue(
                     PreparedMessage(
                         queue_id=qid,

@@ -103,7 +103,7 @@ async def env(db: Database) -> AsyncIterator[Env]:
 
 async def queued_message(spool: Spool, rcpts: Sequence[str], *, sender: str = "app@shop.example",
                          message_id: str = "") -> str:  # fmt: skip
-    qid = new_queue_id()
+    qid = new_queue_id(time.time())
     await spool.enqueue(
         PreparedMessage(
             queue_id=qid,
@@ -437,7 +437,7 @@ async def test_delivered_then_async_dsn_end_to_end(db: Database) -> None:
     agent = DeliveryAgent(DnsResolver(SystemClock(), nameservers=["127.0.0.1:9"], timeout=1.0),
                           SystemClock(), hostname="mta.test", return_path=env.verp)  # fmt: skip
     try:
-        qid = new_queue_id()
+        qid = new_queue_id(time.time())
         rcpts = ["keep@remote.example", "gone@remote.example"]
         await env.spool.enqueue(
             PreparedMessage(qid, "app@shop.example", tuple(PreparedRecipient(r) for r in rcpts),

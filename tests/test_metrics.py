@@ -42,7 +42,7 @@ def value(snap: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
 
 def message(rcpts: list[str], received_at: float) -> PreparedMessage:
     return PreparedMessage(
-        queue_id=new_queue_id(), sender="a@example.com",
+        queue_id=new_queue_id(time.time()), sender="a@example.com",
         recipients=tuple(PreparedRecipient(r) for r in rcpts), data=b"x\r\n", user=None,
         client_ip="127.0.0.1", received_at=received_at,
     )  # fmt: skip

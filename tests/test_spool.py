@@ -17,7 +17,7 @@ from mtaserver.spool import Spool, new_queue_id
 
 def message(rcpts: list[str], *, qid: str | None = None, now: float = 1000.0, own: bool = False):
     return PreparedMessage(
-        queue_id=qid or new_queue_id(),
+        queue_id=qid or new_queue_id(time.time()),
         sender="app@example.com",
         recipients=tuple(
             PreparedRecipient(r, data=f"copy for {r}\r\n".encode() if own else None) for r in rcpts

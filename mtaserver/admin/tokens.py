@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 import sqlite3
-import time
 from dataclasses import dataclass
 
+from mtaserver.clock import Clock, SystemClock
 from mtaserver.db import Database
 from mtaserver.errors import MtaError
 
@@ -61,14 +61,15 @@ _COLUMNS = "id, name, created_at, last_used_at, revoked_at"
 
 
 class TokenStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Clock | None = None) -> None:
         self.db = db
+        self._clock: Clock = clock or SystemClock()
 
     async def create(self, name: str, now: float | None = None) -> tuple[TokenInfo, str]:
         """A new token named ``name``; returns its info and the token text (shown once)."""
         name = check_name(name)
         token = new_token()
-        t = time.time() if now is None else now
+        t = self._clock.now() if now is None else now
 
         def op(conn: sqlite3.Connection) -> int:
             try:
@@ -96,7 +97,7 @@ class TokenStore:
 
     async def revoke(self, name_or_id: str, now: float | None = None) -> TokenInfo:
         """Revoke the live token with this name, or the token with this numeric id."""
-        t = time.time() if now is None else now
+        t = self._clock.now() if now is None else now
         key = name_or_id.strip()
 
         def op(conn: sqlite3.Connection) -> TokenInfo | None:
@@ -139,7 +140,7 @@ class TokenStore:
         info = await self.db.read(fn)
         if info is None:
             return None
-        t = time.time() if now is None else now
+        t = self._clock.now() if now is None else now
         if info.last_used_at is None or t - info.last_used_at >= TOUCH_EVERY:
             await self.db.write(
                 lambda conn: conn.execute(

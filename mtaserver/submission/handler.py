@@ -7,7 +7,6 @@ only after the spool's transaction committed.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import re
@@ -307,7 +306,7 @@ class SubmissionHandler:
         if delay > 0:
             server.busy = True
             try:
-                await asyncio.sleep(delay)
+                await self._clock.sleep(delay)
             finally:
                 server.busy = False
         return AuthResult(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 
 class FakeClock:
     def __init__(self, start: float = 1_800_000_000.0) -> None:
@@ -17,3 +19,8 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         self._now += seconds
         self._mono += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        """Time passes at once; other tasks get their turn."""
+        self.advance(seconds)
+        await asyncio.sleep(0)
