@@ -67,7 +67,7 @@ class Queue(Protocol):
 
     async def record(
         self, updates: Sequence[RecipientUpdate], events: Sequence[Event] = ()
-    ) -> None: ...
+    ) -> Sequence[int]: ...
 
 
 class Suppressor(Protocol):
@@ -315,23 +315,12 @@ class BounceProcessor:
     ) -> bool:
         """Store the update and event, then apply the suppression policy to the recipient
         (linked to the event). True when the address was suppressed."""
-        await self.queue.record([update] if update else [], [event])
-        event_id = await self._event_id(event.type, qid, addr)
+        (event_id,) = await self.queue.record([update] if update else [], [event])
         s = await self.suppressions.apply(
             addr, category, sender_domain=sender_domain, source=source, queue_id=qid,
             event_id=event_id,
         )  # fmt: skip
         return s is not None
-
-    async def _event_id(self, etype: str, qid: str, addr: str) -> int | None:
-        def fn(conn: sqlite3.Connection) -> int | None:
-            row = conn.execute(
-                "SELECT max(id) FROM events WHERE type=? AND queue_id=? AND recipient=?",
-                (etype, qid, addr),
-            ).fetchone()
-            return int(row[0]) if row and row[0] is not None else None
-
-        return await self.db.read(fn)
 
 
 @dataclass

@@ -52,12 +52,17 @@ def event_row(event: Event) -> tuple[float, str, str | None, str | None, str]:
     return (event.at, event.type, event.queue_id, event.recipient, json.dumps(dict(event.data)))
 
 
-def insert_events(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
-    if events:
-        conn.executemany(
-            "INSERT INTO events(at, type, queue_id, recipient, data) VALUES (?,?,?,?,?)",
-            [event_row(e) for e in events],
-        )
+def insert_events(conn: sqlite3.Connection, events: Sequence[Event]) -> range:
+    """Insert ``events``; their ids, in order. One writer inserting in one statement gets
+    consecutive AUTOINCREMENT ids, so the ids end at ``last_insert_rowid()``."""
+    if not events:
+        return range(0)
+    conn.executemany(
+        "INSERT INTO events(at, type, queue_id, recipient, data) VALUES (?,?,?,?,?)",
+        [event_row(e) for e in events],
+    )
+    last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+    return range(last - len(events) + 1, last + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,8 +283,8 @@ class Spool:
 
     async def record(
         self, updates: Sequence[RecipientUpdate], events: Sequence[Event] = ()
-    ) -> None:
-        """Apply attempt outcomes (and their events) in one transaction.
+    ) -> Sequence[int]:
+        """Apply attempt outcomes (and their events) in one transaction; the events' ids.
 
         When every recipient of a message is final, its bodies are dropped: the queue keeps
         what it needs to deliver, not copies of delivered mail (with ``keep_bodies`` set,
@@ -288,7 +293,7 @@ class Spool:
         now = self._clock.now()
         keep = self.keep_bodies > 0
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> Sequence[int]:
             conn.executemany(
                 "UPDATE recipients SET state=?, next_attempt=coalesce(?, next_attempt), "
                 "attempts=attempts+?, last_reply=?, updated_at=? WHERE queue_id=? AND idx=?",
@@ -314,9 +319,9 @@ class Spool:
                         )
                 for qid in {u.queue_id for u in updates}:
                     drop_body_if_done(conn, qid)
-            insert_events(conn, events)
+            return insert_events(conn, events)
 
-        await self.db.write(op)
+        return await self.db.write(op)
 
     async def release_leases(self, now: float | None = None) -> int:
         """Put every leased recipient back (start-up after a crash, graceful stop)."""

@@ -214,7 +214,6 @@ KNOWN_SQL: set[tuple[str, str]] = {
     ("events", "tracking.stats"),
     ("events", "admin.feed"),
     ("events", "metrics"),
-    ("events", "inbound"),
     ("events", "privacy"),
     ("events", "retention"),
     ("events", "webhooks"),

@@ -5,13 +5,20 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from mtaserver.db import Database
 from mtaserver.errors import StorageError
-from mtaserver.model import PreparedMessage, PreparedRecipient, RecipientState, RecipientUpdate
+from mtaserver.model import (
+    Event,
+    PreparedMessage,
+    PreparedRecipient,
+    RecipientState,
+    RecipientUpdate,
+)
 from mtaserver.spool import Spool, new_queue_id
 
 
@@ -107,6 +114,30 @@ async def test_accepted_event_is_written_with_the_message(spool: Spool, db: Data
     rows = await db.read(lambda c: c.execute("SELECT type, queue_id, data FROM events").fetchall())
     assert rows[0][0] == "accepted" and rows[0][1] == msg.queue_id
     assert '"recipients": 1' in rows[0][2]
+
+
+async def test_record_returns_the_ids_of_its_events(spool: Spool, db: Database) -> None:
+    """Callers link to the events they wrote (a suppression to its bounce) by these ids,
+    also when other writers' events share the same group commit."""
+    msgs = [message([f"a{i}@x.example", f"b{i}@x.example"]) for i in range(20)]
+    await asyncio.gather(*(spool.enqueue(m) for m in msgs))
+
+    async def one(m: PreparedMessage) -> tuple[str, Sequence[int]]:
+        evs = [Event("bounced", 1000.0, m.queue_id, r.address) for r in m.recipients]
+        return m.queue_id, await spool.record([], evs)
+
+    results = await asyncio.gather(*(one(m) for m in msgs))
+    assert await spool.record([], []) == range(0)
+    for qid, ids in results:
+        assert len(ids) == 2
+        rows = await db.read(
+            lambda c, ids=ids: c.execute(
+                f"SELECT queue_id, recipient FROM events WHERE id IN ({ids[0]}, {ids[1]}) "
+                "ORDER BY id"
+            ).fetchall()
+        )
+        n = next(i for i, m in enumerate(msgs) if m.queue_id == qid)
+        assert rows == [(qid, f"a{n}@x.example"), (qid, f"b{n}@x.example")]
 
 
 async def test_concurrent_enqueues_share_commits(spool: Spool, db: Database) -> None:
