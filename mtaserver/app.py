@@ -44,7 +44,6 @@ from mtaserver.diskspace import FreeSpace, Reserve
 from mtaserver.dkim import DkimSigner, KeySet
 from mtaserver.dkim.keys import load_keyset
 from mtaserver.errors import ConfigError, MtaError, StorageError
-from mtaserver.events import EventLog
 from mtaserver.inbound import BounceProcessor, InboundHandler, InboundServer
 from mtaserver.log import get_logger, kv, set_level, setup_logging
 from mtaserver.metrics import Agent, Metrics, TimedAgent
@@ -120,19 +119,19 @@ class Core:
     config: Config
     db: Database
     spool: Spool
-    events: EventLog
     clock: Clock
     notifier: Notifier
     space: FreeSpace  # free space on the database's filesystem (452 at MAIL when low)
     reserve: Reserve  # space held back so a restart on a full disk can open the database
+    users: UserStore  # submission AUTH and the admin API
+    suppressions: SuppressionStore  # submission, delivery, inbound, tracking and admin share it
+    verp: Verp | None  # when [inbound] bounce_domain is set; delivery and inbound share it
     services: list[Service] = field(default_factory=list)
     signer: DkimSigner | None = None  # built by build_services; the submission pipeline signs
     tracker: Tracker | None = None  # built by build_services when [tracking] base_url is set
     metrics: Metrics | None = None  # built by build_services; stages report to it
     resolver: DnsResolver | None = None  # built by build_services (delivery)
     agent: DeliveryAgent | None = None  # built by build_services (delivery); the scheduler uses it
-    verp: Verp | None = None  # set when [inbound] bounce_domain is; delivery and inbound share it
-    suppressions: SuppressionStore | None = None  # built by build_services; submission checks it
     mail_unsubscribe: MailUnsubscribe | None = None  # tracking builds it; inbound accepts for it
 
 
@@ -150,7 +149,7 @@ async def build_services(core: Core) -> list[Service]:
     tracking = _tracking_service(core)
     if tracking is not None:
         services.append(tracking)
-    services.append(_inbound_service(core))  # builds core.suppressions; submission checks it
+    services.append(_inbound_service(core))
     services += _operations_services(core)
     sub = core.config.submission
     if sub.listen or sub.listen_tls or sub.listen_plain:
@@ -182,7 +181,7 @@ def submission_service(
     cfg = core.config
     sub = cfg.submission
     tls_context = cfg.tls.server_context() if cfg.tls.enabled else None
-    authenticator = Authenticator(UserStore(core.db, core.clock), clock=core.clock)
+    authenticator = Authenticator(core.users, clock=core.clock)
     throttle = AuthThrottle(sub.auth, core.clock)
     user_rate = RateLimiter(sub.user_rate, sub.user_burst, core.clock) if sub.user_rate else None
 
@@ -302,10 +301,6 @@ def _delivery_service(core: Core) -> Service:
     """
     cfg = core.config
     d = cfg.delivery
-    if cfg.inbound.bounce_domain:
-        core.verp = Verp(
-            read_secret(cfg.server.secret_file), cfg.inbound.verp_prefix, cfg.inbound.bounce_domain
-        )
     resolver = DnsResolver(
         core.clock, nameservers=d.nameservers, timeout=d.dns_timeout, ipv6=d.ipv6
     )
@@ -341,8 +336,7 @@ def _inbound_service(core: Core) -> Service:
     """Suppression list (always; expired entries purged hourly) and the port-25 bounce
     listener (when ``[inbound] listen`` is set)."""
     cfg = core.config
-    store = SuppressionStore(core.db, core.clock, cfg.inbound.suppression)
-    core.suppressions = store
+    store = core.suppressions
 
     async def purge() -> None:
         while True:
@@ -356,10 +350,7 @@ def _inbound_service(core: Core) -> Service:
 
     if cfg.inbound.listen is None or not cfg.inbound.bounce_domain:
         return SimpleService("suppression", on_run=purge)
-    if core.verp is None:
-        core.verp = Verp(
-            read_secret(cfg.server.secret_file), cfg.inbound.verp_prefix, cfg.inbound.bounce_domain
-        )
+    assert core.verp is not None  # built whenever bounce_domain is set
     processor = BounceProcessor(
         core.db,
         core.spool,
@@ -421,11 +412,9 @@ def _scheduler_service(core: Core) -> Service:
         agent = TimedAgent(core.agent, core.metrics.attempt_finished)
 
     async def on_bounce(address: str, category: str, sender_domain: str | None, qid: str) -> None:
-        # Bound late: the suppression store is built after the scheduler.
-        if core.suppressions is not None:
-            await core.suppressions.apply(
-                address, category, sender_domain=sender_domain, source="delivery", queue_id=qid
-            )
+        await core.suppressions.apply(
+            address, category, sender_domain=sender_domain, source="delivery", queue_id=qid
+        )
 
     scheduler = Scheduler(
         spool=core.spool,
@@ -507,9 +496,7 @@ def _tracking_service(core: Core) -> Service | None:
         BotDetector(rules, cfg.scanner_window, cfg.burst_window, cfg.burst_links),
         IpPrivacy(cfg.ip_privacy, codec.key),
         core.clock,
-        unsubscribes=_SuppressUnsubscribes(
-            SuppressionStore(core.db, core.clock, core.config.inbound.suppression)
-        ),
+        unsubscribes=_SuppressUnsubscribes(core.suppressions),
     )
     if cfg.unsubscribe_mailto is not None:  # the inbound listener hands such mail over
         core.mail_unsubscribe = MailUnsubscribe(cfg.unsubscribe_mailto, codec, recorder)
@@ -565,7 +552,7 @@ def _admin_service(core: Core, metrics: Metrics) -> Service | None:
         config=lambda: core.config,
         keys=lambda: core.signer.keyset if core.signer is not None else KeySet(),
         metrics=metrics,
-        users=UserStore(core.db, core.clock),
+        users=core.users,
         hash_password=hash_password,
         suppressions=core.suppressions,
         codec=lambda: core.spool.codec,
@@ -638,7 +625,20 @@ class App:
             space = FreeSpace(
                 cfg.storage.database.parent, cfg.storage.min_free, self.clock.monotonic
             )
-            core = Core(cfg, db, spool, EventLog(db), self.clock, self.notifier, space, reserve)
+            inbound = cfg.inbound
+            verp = (
+                Verp(
+                    read_secret(cfg.server.secret_file), inbound.verp_prefix, inbound.bounce_domain
+                )
+                if inbound.bounce_domain
+                else None
+            )
+            core = Core(
+                cfg, db, spool, self.clock, self.notifier, space, reserve,
+                users=UserStore(db, self.clock),
+                suppressions=SuppressionStore(db, self.clock, inbound.suppression),
+                verp=verp,
+            )  # fmt: skip
             core.services = await build_services(core)
             await self._run_services(core)
         finally:
