@@ -53,8 +53,9 @@ def event_row(event: Event) -> tuple[float, str, str | None, str | None, str]:
 
 
 def insert_events(conn: sqlite3.Connection, events: Sequence[Event]) -> range:
-    """Insert ``events``; their ids, in order. One writer inserting in one statement gets
-    consecutive AUTOINCREMENT ids, so the ids end at ``last_insert_rowid()``."""
+    """Insert ``events``; their ids, in order. Rows inserted back to back on the one writer
+    connection, inside its transaction, get consecutive AUTOINCREMENT ids ending at
+    ``last_insert_rowid()`` (rows a trigger inserts elsewhere do not change it)."""
     if not events:
         return range(0)
     conn.executemany(

@@ -23,13 +23,14 @@ from typing import Any
 import pytest
 
 from mtaserver.admin.tokens import TokenStore
+from mtaserver.backup import backup_sync
 from mtaserver.cli import build_parser
 from mtaserver.db import Database
 from mtaserver.dkim import keys as K
 from mtaserver.dkim.records import quote_txt
 from tests.support.admin import AdminClient, operations
 from tests.support.daemon import ROOT, Daemon, TestConfig, free_port
-from tests.support.dbstates import STATES, WEBHOOK, Facts, build, copy_database
+from tests.support.dbstates import STATES, WEBHOOK, Facts, build
 from tests.support.dnsserver import DnsServer
 
 MISSING_QID = "0000000000000000"  # well formed, never issued
@@ -252,7 +253,8 @@ def make_config(tmp_path: Path, world: World) -> TestConfig:
 
 def with_state(tmp_path: Path, world: World, db: Path) -> TestConfig:
     cfg = make_config(tmp_path, world)
-    copy_database(db, cfg.database)
+    cfg.database.parent.mkdir(parents=True, exist_ok=True)
+    backup_sync(db, cfg.database)
     return cfg
 
 
@@ -268,15 +270,24 @@ PARAMS = [
 ]
 
 
+def _fill(text: str, facts: Facts) -> tuple[str, bool]:
+    """``text`` with each ``{name}`` filled from ``facts`` (or ``ABSENT``); and whether any
+    was absent."""
+    absent = False
+    for name, stand_in in ABSENT.items():
+        if "{" + name + "}" in text:
+            value = getattr(facts, name)
+            absent |= value is None
+            text = text.replace("{" + name + "}", stand_in if value is None else value)
+    return text, absent
+
+
 def resolve(case: Case, facts: Facts, tmp: Path) -> tuple[list[str], int]:
     args, absent = [], False
     for arg in case.args:
-        for name, stand_in in ABSENT.items():
-            if "{" + name + "}" in arg:
-                value = getattr(facts, name)
-                absent |= value is None
-                arg = arg.replace("{" + name + "}", stand_in if value is None else value)
-        args.append(arg.replace("{tmp}", str(tmp)))
+        filled, a = _fill(arg, facts)
+        absent |= a
+        args.append(filled.replace("{tmp}", str(tmp)))
     expect = case.if_absent if absent and case.if_absent is not None else case.expect
     return args, expect
 
@@ -382,16 +393,6 @@ CALLS: list[Call] = [
     Call("DELETE", f"{API}/users/nobody", expect=404),
     Call("POST", f"{API}/queue/retry"),
 ]
-
-
-def _fill(text: str, facts: Facts) -> tuple[str, bool]:
-    absent = False
-    for name, stand_in in ABSENT.items():
-        if "{" + name + "}" in text:
-            value = getattr(facts, name)
-            absent |= value is None
-            text = text.replace("{" + name + "}", stand_in if value is None else value)
-    return text, absent
 
 
 def _token(db_path: Path) -> str:

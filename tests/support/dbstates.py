@@ -11,14 +11,13 @@ recorder's store), never by hand-written SQL:
   token and webhook outbox rows (pending, waiting, failed).
 
 ``build(state, path)`` writes one state's database and returns what a test needs to name
-things in it (``Facts``). ``copy_database`` copies it with SQLite's backup API (the file
-alone, without its WAL, is not a copy).
+things in it (``Facts``). Tests copy a state with ``mtaserver.backup.backup_sync`` (the
+file alone, without its WAL, is not a copy).
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,16 +58,6 @@ class Facts:
     suppressed: str | None = None  # an address with a global suppression
     recipient: str | None = None  # an address that received mail (final)
     domains: list[str] = field(default_factory=list)
-
-
-def copy_database(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    a, b = sqlite3.connect(src), sqlite3.connect(dst)
-    try:
-        a.backup(b)
-    finally:
-        a.close()
-        b.close()
 
 
 def build(state: str, path: Path, now: float | None = None) -> Facts:
