@@ -352,7 +352,6 @@ def _inbound_service(core: Core) -> Service:
         return SimpleService("suppression", on_run=purge)
     assert core.verp is not None  # built whenever bounce_domain is set
     processor = BounceProcessor(
-        core.db,
         core.spool,
         store,
         core.verp,

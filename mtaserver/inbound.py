@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,6 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mtaserver.clock import Clock
 from mtaserver.config.inbound import InboundConfig
-from mtaserver.db import Database
 from mtaserver.diskspace import declared_size
 from mtaserver.dsn import ParseTimeout, parse_bounce_async
 from mtaserver.errors import StorageError
@@ -64,6 +62,8 @@ class Queue(Protocol):
     """What inbound needs from the spool."""
 
     async def show(self, queue_id: str) -> Any: ...
+
+    async def find_by_message_id(self, message_id: str) -> Sequence[tuple[str, int]]: ...
 
     async def record(
         self, updates: Sequence[RecipientUpdate], events: Sequence[Event] = ()
@@ -126,7 +126,6 @@ class BounceProcessor:
 
     def __init__(
         self,
-        db: Database,
         queue: Queue,
         suppressions: Suppressor,
         verp: Verp,
@@ -134,7 +133,6 @@ class BounceProcessor:
         clock: Clock,
         parse_timeout: float = 10.0,
     ) -> None:
-        self.db = db
         self.queue = queue
         self.suppressions = suppressions
         self.verp = verp
@@ -156,7 +154,7 @@ class BounceProcessor:
         if not ids:
             ids = self._verp_in_body(raw)
         if not ids and report.original_message_id:
-            ids = await self._by_message_id(report.original_message_id)
+            ids = list(await self.queue.find_by_message_id(report.original_message_id))
         if report.is_complaint:
             return await self._complaint(report, ids)
         return await self._bounce(report, ids)
@@ -170,17 +168,6 @@ class BounceProcessor:
             if len(out) >= 50:
                 break
         return out
-
-    async def _by_message_id(self, message_id: str) -> list[tuple[str, int]]:
-        def fn(conn: sqlite3.Connection) -> list[tuple[str, int]]:
-            rows = conn.execute(
-                "SELECT r.queue_id, r.idx FROM messages m JOIN recipients r ON r.queue_id = m.id "
-                "WHERE m.message_id IN (?, ?) ORDER BY r.idx LIMIT 1000",
-                (message_id, f"<{message_id}>"),
-            ).fetchall()
-            return [(str(q), int(i)) for q, i in rows]
-
-        return await self.db.read(fn)
 
     async def _targets(
         self, ids: Sequence[tuple[str, int]]

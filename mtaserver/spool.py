@@ -447,6 +447,19 @@ class Spool:
 
         return await self.db.read(fn)
 
+    async def find_by_message_id(self, message_id: str) -> tuple[tuple[str, int], ...]:
+        """(queue_id, idx) of each recipient of the messages with this Message-ID (≤ 1000)."""
+
+        def fn(conn: sqlite3.Connection) -> tuple[tuple[str, int], ...]:
+            rows = conn.execute(
+                "SELECT r.queue_id, r.idx FROM messages m JOIN recipients r ON r.queue_id = m.id "
+                "WHERE m.message_id IN (?, ?) ORDER BY r.idx LIMIT 1000",
+                (message_id, f"<{message_id}>"),
+            ).fetchall()
+            return tuple((str(q), int(i)) for q, i in rows)
+
+        return await self.db.read(fn)
+
     async def dsn_sent(self, queue_id: str, action: str) -> bool:
         """Whether a DSN with this action ("failed", "delayed") was queued for the message."""
 

@@ -79,7 +79,7 @@ async def make_env(
     spool = Spool(db)
     store = SuppressionStore(db, SystemClock())
     verp = Verp(b"k" * 32, "b", BOUNCE_DOMAIN)
-    processor = BounceProcessor(db, spool, store, verp, BOUNCE_DOMAIN, SystemClock(), 20.0)
+    processor = BounceProcessor(spool, store, verp, BOUNCE_DOMAIN, SystemClock(), 20.0)
     outcomes: list[Outcome] = []
 
     async def process(raw: bytes, rcpts: Sequence[str]) -> Outcome:
