@@ -25,9 +25,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mtaserver.db import Database
 from mtaserver.metrics import Metrics
-from mtaserver.spool import Spool
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.queue import Spool
 
 
 def _fill(conn: Any, recipients: int, events: int, now: float) -> None:

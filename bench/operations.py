@@ -21,14 +21,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from mtaserver import db as dbmod
 from mtaserver import privacy
 from mtaserver.backup import backup
 from mtaserver.clock import SystemClock
 from mtaserver.config.webhooks import WebhookConfig
 from mtaserver.crypto import AesGcmCodec, Keyring
-from mtaserver.db import Database
-from mtaserver.events import EventLog
 from mtaserver.model import (
     Event,
     PreparedMessage,
@@ -36,8 +33,12 @@ from mtaserver.model import (
     RecipientState,
     RecipientUpdate,
 )
-from mtaserver.spool import BodyCodec, IdentityCodec, Spool
-from mtaserver.webhooks import WebhookDispatcher, WebhookOutbox
+from mtaserver.storage.sqlite import db as dbmod
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.events import EventLog
+from mtaserver.storage.sqlite.outbox import WebhookOutbox
+from mtaserver.storage.sqlite.queue import BodyCodec, IdentityCodec, Spool
+from mtaserver.webhooks import WebhookDispatcher
 
 BODY = b"From: a@example.com\r\nTo: r@x.example\r\nSubject: s\r\n\r\n" + b"y" * 20000
 

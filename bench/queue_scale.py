@@ -33,7 +33,6 @@ from pathlib import Path
 
 from mtaserver.classify import classify
 from mtaserver.config.shaping import ShapingConfig, load_builtin
-from mtaserver.db import Database
 from mtaserver.model import (
     DeliveryJob,
     DeliveryReport,
@@ -44,7 +43,8 @@ from mtaserver.model import (
 )
 from mtaserver.scheduler import Scheduler
 from mtaserver.shaper import Shaper
-from mtaserver.spool import Spool, new_queue_id
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 
 DUE_NOW = 5000
 RCPTS_PER_MESSAGE = 10
@@ -185,7 +185,7 @@ def main() -> None:
           f"{'loop rcpt/s':>11} {'RSS MiB':>8}")  # fmt: skip
     for size in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix="mta-qscale-") as tmp:
-            path = Path(tmp) / "mtaserver.db"
+            path = Path(tmp) / "mtaserver.storage.sqlite.db"
             fill_s = asyncio.run(fill(path, size, time.time()))
             out = subprocess.run(
                 [sys.executable, "-m", "bench.queue_scale", "--measure", str(path),

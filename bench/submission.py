@@ -43,13 +43,14 @@ SENDER = "bench@example.com"
 
 # -- servers (child processes) -----------------------------------------------------------------
 async def serve_ours(workdir: Path) -> None:
-    from mtaserver.auth import Authenticator, AuthThrottle, UserStore, hash_password
+    from mtaserver.auth import Authenticator, AuthThrottle, hash_password
     from mtaserver.clock import SystemClock
     from mtaserver.config.reader import Reader
     from mtaserver.config.submission import parse
-    from mtaserver.db import Database
     from mtaserver.pipeline import Pipeline
-    from mtaserver.spool import Spool, new_queue_id
+    from mtaserver.storage.sqlite.db import Database
+    from mtaserver.storage.sqlite.queue import Spool, new_queue_id
+    from mtaserver.storage.sqlite.users import UserStore
     from mtaserver.submission import SubmissionHandler, SubmissionServer
 
     cfg = parse(Reader({

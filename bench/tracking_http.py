@@ -90,10 +90,10 @@ async def _lowlevel(port: int) -> None:
 
 async def _mtaserver(port: int, workdir: Path, logged: bool) -> None:
     from mtaserver.clock import SystemClock
-    from mtaserver.db import Database
     from mtaserver.log import setup_logging
     from mtaserver.model import PreparedMessage, PreparedRecipient
-    from mtaserver.spool import Spool
+    from mtaserver.storage.sqlite.db import Database
+    from mtaserver.storage.sqlite.queue import Spool
     from mtaserver.tracking.bots import BotDetector, load_rules
     from mtaserver.tracking.privacy import IpPrivacy
     from mtaserver.tracking.recorder import Recorder, SqlTrackingStore

@@ -29,15 +29,13 @@ import uvloop
 from mtaserver.admin.deps import AdminDeps
 from mtaserver.admin.routes import AdminApi
 from mtaserver.admin.server import AdminServer, build_web_app
-from mtaserver.admin.tokens import TokenStore
-from mtaserver.auth import Authenticator, AuthThrottle, UserStore, hash_password
+from mtaserver.auth import Authenticator, AuthThrottle, hash_password
 from mtaserver.classify import classify
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config import Config, load_config
 from mtaserver.config.restart import keep_restart_keys
 from mtaserver.config.shaping import load_builtin
 from mtaserver.crypto import codec_for
-from mtaserver.db import Database
 from mtaserver.delivery import DeliveryAgent
 from mtaserver.devsetup import read_secret, write_private
 from mtaserver.diskspace import FreeSpace, Reserve
@@ -54,10 +52,14 @@ from mtaserver.pipeline import Pipeline, TrackingOptions
 from mtaserver.retention import Retention
 from mtaserver.scheduler import Scheduler
 from mtaserver.shaper import Shaper
-from mtaserver.spool import Spool, new_queue_id
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.outbox import WebhookOutbox
+from mtaserver.storage.sqlite.queue import Spool, new_queue_id
+from mtaserver.storage.sqlite.suppressions import SuppressionStore
+from mtaserver.storage.sqlite.tokens import TokenStore
+from mtaserver.storage.sqlite.users import UserStore
 from mtaserver.submission import RateLimiter, SubmissionHandler, SubmissionServer, Suppressions
 from mtaserver.supervisor import first_fatal, supervise
-from mtaserver.suppression import SuppressionStore
 from mtaserver.tracking.bots import BotDetector, load_rules
 from mtaserver.tracking.mailto import MailUnsubscribe
 from mtaserver.tracking.privacy import IpPrivacy
@@ -66,7 +68,7 @@ from mtaserver.tracking.tokens import TokenCodec, load_secrets
 from mtaserver.tracking.tracker import Tracker
 from mtaserver.tracking.web import TrackingWeb
 from mtaserver.verp import Verp
-from mtaserver.webhooks import WebhookDispatcher, WebhookOutbox
+from mtaserver.webhooks import WebhookDispatcher
 
 log = get_logger("app")
 METRICS_TAIL_EVERY = 10.0  # seconds between event-log tails for metrics

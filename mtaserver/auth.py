@@ -1,4 +1,4 @@
-"""Submission users: password hashing, the user store, verification, failure throttling.
+"""Submission users: password hashing, verification, failure throttling.
 
 Passwords are hashed with scrypt (memory-hard; n=2^14, r=8, p=1 ≈ 16 MiB and ~40 ms here)
 and verified in a small thread pool, never on the event loop: aiosmtpd's own
@@ -15,14 +15,13 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config.submission import AuthThrottleConfig
-from mtaserver.db import Database
 from mtaserver.errors import MtaError
 
 SCRYPT_N = 2**14
@@ -118,87 +117,10 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4))
 
 
-class UserStore:
-    """The ``users`` and ``user_domains`` tables."""
+class UserLookup(Protocol):
+    """What verification needs from the user store."""
 
-    def __init__(self, db: Database, clock: Clock | None = None) -> None:
-        self.db = db
-        self._clock: Clock = clock or SystemClock()
-
-    async def add(self, name: str, password_hash: str, domains: list[str]) -> None:
-        name = normalize_name(name)
-        doms = sorted({normalize_domain(d) for d in domains})
-        if not doms:
-            raise UserError("a user needs at least one --domain")
-        now = self._clock.now()
-
-        def op(conn: sqlite3.Connection) -> None:
-            try:
-                conn.execute(
-                    "INSERT INTO users(name, password_hash, created_at, updated_at) "
-                    "VALUES (?,?,?,?)",
-                    (name, password_hash, now, now),
-                )
-            except sqlite3.IntegrityError:
-                raise UserError(f"user {name!r} already exists") from None
-            conn.executemany(
-                "INSERT INTO user_domains(user, domain) VALUES (?,?)", [(name, d) for d in doms]
-            )
-
-        await self.db.write(op)
-
-    async def set_password(self, name: str, password_hash: str) -> None:
-        name = normalize_name(name)
-
-        def op(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "UPDATE users SET password_hash=?, updated_at=? WHERE name=?",
-                (password_hash, self._clock.now(), name),
-            )
-            return cur.rowcount
-
-        if not await self.db.write(op):
-            raise UserError(f"no such user {name!r}")
-
-    async def remove(self, name: str) -> None:
-        name = normalize_name(name)
-
-        def op(conn: sqlite3.Connection) -> int:
-            conn.execute("DELETE FROM user_domains WHERE user=?", (name,))
-            return conn.execute("DELETE FROM users WHERE name=?", (name,)).rowcount
-
-        if not await self.db.write(op):
-            raise UserError(f"no such user {name!r}")
-
-    async def list(self) -> list[UserRecord]:
-        def fn(conn: sqlite3.Connection) -> list[UserRecord]:
-            doms: dict[str, list[str]] = {}
-            for user, domain in conn.execute(
-                "SELECT user, domain FROM user_domains ORDER BY domain"
-            ):
-                doms.setdefault(user, []).append(domain)
-            return [
-                UserRecord(name, tuple(doms.get(name, ())), created, updated)
-                for name, created, updated in conn.execute(
-                    "SELECT name, created_at, updated_at FROM users ORDER BY name"
-                )
-            ]
-
-        return await self.db.read(fn)
-
-    async def lookup(self, name: str) -> tuple[User, str] | None:
-        """The user and its password hash, or None."""
-
-        def fn(conn: sqlite3.Connection) -> tuple[User, str] | None:
-            row = conn.execute("SELECT password_hash FROM users WHERE name=?", (name,)).fetchone()
-            if row is None:
-                return None
-            doms = frozenset(
-                d for (d,) in conn.execute("SELECT domain FROM user_domains WHERE user=?", (name,))
-            )
-            return User(name, doms), row[0]
-
-        return await self.db.read(fn)
+    async def lookup(self, name: str) -> tuple[User, str] | None: ...
 
 
 class Authenticator:
@@ -213,7 +135,7 @@ class Authenticator:
     """
 
     def __init__(
-        self, store: UserStore, *, workers: int = 2, cache_ttl: float = 300.0,
+        self, store: UserLookup, *, workers: int = 2, cache_ttl: float = 300.0,
         cache_size: int = 10_000, clock: Clock | None = None,
     ) -> None:  # fmt: skip
         self._store = store

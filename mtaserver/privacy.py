@@ -37,12 +37,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mtaserver import suppression
 from mtaserver.clock import Clock, SystemClock
-from mtaserver.db import Database
 from mtaserver.errors import MtaError, StorageError
 from mtaserver.model import FINAL_STATES, FINAL_STATES_SQL
-from mtaserver.spool import BodyCodec, IdentityCodec, drop_body_if_done
+from mtaserver.storage.sqlite import suppressions as suppression
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.queue import BodyCodec, IdentityCodec, drop_body_if_done
+from mtaserver.suppression import address_hash
 
 BATCH = 500
 _PERSONAL_KEYS = ("user_agent", "client_ip", "proxy", "ip")  # of the erased person's own hits
@@ -489,7 +490,7 @@ async def export(
                 with contextlib.suppress(ValueError):
                     e["data"] = json.loads(e["data"])
                 events.append(e)
-        hashed = suppression.address_hash(addr)
+        hashed = address_hash(addr)
         supp = rows(
             "SELECT scope, reason, source, created_at, expires_at, queue_id FROM suppressions "
             "WHERE address IN (?, ?)",

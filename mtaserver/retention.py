@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from mtaserver.clock import Clock
 from mtaserver.config import Config
 from mtaserver.config.retention import RetentionConfig
-from mtaserver.db import Database
 from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
 from mtaserver.model import FINAL_STATES_SQL
+from mtaserver.storage.sqlite.db import Database
 
 log = get_logger("retention")
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mtaserver.db import Database
-from mtaserver.spool import Spool
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.queue import Spool
 
 
 @pytest.fixture

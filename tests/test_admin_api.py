@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from mtaserver.admin.tokens import TokenStore
-from mtaserver.db import Database
 from mtaserver.dkim import keys as K
-from mtaserver.events import EventLog
 from mtaserver.model import Event, PreparedMessage, PreparedRecipient
-from mtaserver.spool import Spool, new_queue_id
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.events import EventLog
+from mtaserver.storage.sqlite.queue import Spool, new_queue_id
+from mtaserver.storage.sqlite.tokens import TokenStore
 from tests.support.admin import AdminClient, operations
 from tests.support.daemon import Daemon, TestConfig, database_bytes, free_port
 

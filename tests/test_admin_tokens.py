@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mtaserver.admin.tokens import TOUCH_EVERY, TokenError, TokenStore
 from mtaserver.config import parse_config
-from mtaserver.db import Database
 from mtaserver.errors import ConfigError
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.tokens import TOUCH_EVERY, TokenError, TokenStore
 
 
 async def test_create_verify_revoke(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from mtaserver.backup import BackupError, backup
-from mtaserver.db import Database
 from mtaserver.model import PreparedMessage, PreparedRecipient
-from mtaserver.spool import Spool
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.queue import Spool
 from tests.support.daemon import Daemon, TestConfig
 
 

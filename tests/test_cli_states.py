@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 
-from mtaserver.admin.tokens import TokenStore
 from mtaserver.backup import backup_sync
 from mtaserver.cli import build_parser
-from mtaserver.db import Database
 from mtaserver.dkim import keys as K
 from mtaserver.dkim.records import quote_txt
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.tokens import TokenStore
 from tests.support.admin import AdminClient, operations
 from tests.support.daemon import ROOT, Daemon, TestConfig, free_port
 from tests.support.dbstates import STATES, WEBHOOK, Facts, build
@@ -225,7 +225,7 @@ def states(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Fa
     """Each state built once per worker; every case copies it."""
     out = {}
     for state in STATES:
-        path = tmp_path_factory.mktemp(f"state-{state}") / "mtaserver.db"
+        path = tmp_path_factory.mktemp(f"state-{state}") / "mtaserver.storage.sqlite.db"
         out[state] = (path, build(state, path))
     return out
 

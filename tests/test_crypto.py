@@ -19,10 +19,10 @@ from mtaserver.crypto import (
     key_id_of,
     load_keyring,
 )
-from mtaserver.db import Database
 from mtaserver.errors import ConfigError, StorageError
 from mtaserver.model import PreparedMessage, PreparedRecipient
-from mtaserver.spool import Spool
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.queue import Spool
 from tests.support.daemon import database_bytes
 
 SHARED = b"Subject: quarterly\r\n\r\nThe-shared-secret-plaintext-7f3a\r\n"

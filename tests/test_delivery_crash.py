@@ -13,9 +13,9 @@ import collections
 import time
 from pathlib import Path
 
-from mtaserver.db import Database
 from mtaserver.model import PreparedMessage, PreparedRecipient
-from mtaserver.spool import Spool, new_queue_id
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from tests.support.daemon import Daemon, TestConfig
 from tests.support.mxsink import SinkGroup, eventually, wait_for
 

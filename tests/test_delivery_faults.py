@@ -21,7 +21,7 @@ import pytest
 from mtaserver.clock import SystemClock
 from mtaserver.delivery import DeliveryAgent
 from mtaserver.model import DeliveryReport, Disposition, PreparedMessage, PreparedRecipient
-from mtaserver.spool import Spool, new_queue_id
+from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from mtaserver.verp import Verp
 from tests import test_delivery, test_scheduler_e2e
 from tests.support.badmx import BadMx, Fault

@@ -19,7 +19,6 @@ from aiosmtpd.smtp import Envelope, Session
 
 from mtaserver.clock import SystemClock
 from mtaserver.config.inbound import InboundConfig
-from mtaserver.db import Database
 from mtaserver.delivery import DeliveryAgent
 from mtaserver.inbound import (
     BounceProcessor,
@@ -39,8 +38,9 @@ from mtaserver.model import (
     RoutePolicy,
 )
 from mtaserver.mx import DnsResolver
-from mtaserver.spool import Spool, new_queue_id
-from mtaserver.suppression import SuppressionStore
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.queue import Spool, new_queue_id
+from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.verp import Verp
 from tests.support.bounce_corpus import CORPUS
 from tests.support.clock import FakeClock

@@ -13,13 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from mtaserver.config.reader import Reader
 from mtaserver.config.shaping import ShapingConfig, parse
 from mtaserver.config.webhooks import WebhookConfig
-from mtaserver.db import Database
-from mtaserver.events import EventLog
 from mtaserver.metrics import OTHER, Metrics
 from mtaserver.model import Event, PreparedMessage, PreparedRecipient
 from mtaserver.shaper import Shaper
-from mtaserver.spool import Spool, new_queue_id
-from mtaserver.webhooks import WebhookOutbox
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.events import EventLog
+from mtaserver.storage.sqlite.outbox import WebhookOutbox
+from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from tests.support.admin import AdminClient
 from tests.support.clock import FakeClock
 from tests.support.daemon import Daemon

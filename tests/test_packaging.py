@@ -112,7 +112,7 @@ def runtime_files(source: Path) -> set[str]:
 
 def test_wheel_and_sdist_carry_every_runtime_file(source: Path, dist: dict[str, Path]) -> None:
     wanted = runtime_files(source)
-    assert any(name.startswith("mtaserver/migrations/") for name in wanted)
+    assert any(name.startswith("mtaserver/storage/sqlite/migrations/") for name in wanted)
     with zipfile.ZipFile(dist["wheel"]) as whl:
         in_wheel = set(whl.namelist())
     with tarfile.open(dist["sdist"]) as sd:

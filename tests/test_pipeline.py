@@ -9,11 +9,11 @@ import pytest
 
 from mtaserver.config import parse_config
 from mtaserver.config.submission import AuthThrottleConfig
-from mtaserver.db import Database
 from mtaserver.errors import ConfigError
 from mtaserver.model import PreparedRecipient, Submission
 from mtaserver.pipeline import Pipeline, TrackingOptions, tracking_options
-from mtaserver.spool import Spool, new_queue_id
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 
 
 class Tracker:

@@ -13,8 +13,6 @@ import pytest
 
 from mtaserver import privacy
 from mtaserver.crypto import AesGcmCodec, Keyring
-from mtaserver.db import Database
-from mtaserver.events import EventLog
 from mtaserver.model import (
     Event,
     PreparedMessage,
@@ -22,8 +20,11 @@ from mtaserver.model import (
     RecipientState,
     RecipientUpdate,
 )
-from mtaserver.spool import BodyCodec, IdentityCodec, Spool
-from mtaserver.suppression import SuppressionStore, address_hash
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.events import EventLog
+from mtaserver.storage.sqlite.queue import BodyCodec, IdentityCodec, Spool
+from mtaserver.storage.sqlite.suppressions import SuppressionStore
+from mtaserver.suppression import address_hash
 from tests.support.daemon import Daemon, TestConfig, database_bytes
 
 BOB = "bob@example.com"

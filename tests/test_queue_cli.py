@@ -6,9 +6,9 @@ import asyncio
 import time
 from pathlib import Path
 
-from mtaserver.db import Database
 from mtaserver.model import PreparedMessage, PreparedRecipient
-from mtaserver.spool import Spool, new_queue_id
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from tests.support.daemon import Daemon, TestConfig, free_port
 
 

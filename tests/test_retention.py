@@ -10,9 +10,7 @@ import pytest
 from mtaserver.clock import SystemClock
 from mtaserver.config import parse_config
 from mtaserver.config.retention import FOREVER, RetentionConfig
-from mtaserver.db import Database
 from mtaserver.errors import ConfigError
-from mtaserver.events import EventLog
 from mtaserver.model import (
     Event,
     PreparedMessage,
@@ -21,7 +19,9 @@ from mtaserver.model import (
     RecipientUpdate,
 )
 from mtaserver.retention import Retention
-from mtaserver.spool import Spool
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.events import EventLog
+from mtaserver.storage.sqlite.queue import Spool
 
 DAY = 86400.0
 
@@ -126,7 +126,7 @@ def test_retention_config(tmp_path: Path) -> None:
 
 async def test_events_a_webhook_still_owes_are_kept(db: Database) -> None:
     from mtaserver.config.webhooks import WebhookConfig
-    from mtaserver.webhooks import WebhookOutbox
+    from mtaserver.storage.sqlite.outbox import WebhookOutbox
 
     await WebhookOutbox(db).sync(
         [WebhookConfig("h", "http://127.0.0.1:9/", ("bounced",), b"s" * 16)]

@@ -30,7 +30,7 @@ from mtaserver.model import (
 )
 from mtaserver.scheduler import Scheduler
 from mtaserver.shaper import Shaper
-from mtaserver.spool import Spool, new_queue_id
+from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from tests.support.clock import FakeClock
 
 Script = Callable[[DeliveryJob, str], SmtpReply]
@@ -499,7 +499,7 @@ async def test_permanent_failures_at_delivery_go_through_the_suppression_policy(
     make_harness: Any, spool: Spool
 ) -> None:
     """An unknown user at RCPT is suppressed like an async bounce; a blocklist reply is not."""
-    from mtaserver.suppression import SuppressionStore
+    from mtaserver.storage.sqlite.suppressions import SuppressionStore
 
     store = SuppressionStore(spool.db)
     replies = {

@@ -22,7 +22,7 @@ from mtaserver.model import PreparedMessage, PreparedRecipient, RoutePolicy
 from mtaserver.mx import DnsResolver
 from mtaserver.scheduler import Scheduler
 from mtaserver.shaper import Shaper
-from mtaserver.spool import Spool, new_queue_id
+from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from tests.support.clock import FakeClock
 from tests.support.dnsserver import DnsServer
 from tests.support.mxsink import SinkGroup, wait_for

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from mtaserver.db import Database
 from mtaserver.errors import StorageError
 from mtaserver.model import (
     Event,
@@ -19,7 +18,8 @@ from mtaserver.model import (
     RecipientState,
     RecipientUpdate,
 )
-from mtaserver.spool import Spool, new_queue_id
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 
 
 def message(rcpts: list[str], *, qid: str | None = None, now: float = 1000.0, own: bool = False):

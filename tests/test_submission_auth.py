@@ -10,16 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mtaserver.auth import (
-    Authenticator,
-    AuthThrottle,
-    UserError,
-    UserStore,
-    hash_password,
-    verify_password,
-)
+from mtaserver.auth import Authenticator, AuthThrottle, UserError, hash_password, verify_password
 from mtaserver.config.submission import AuthThrottleConfig
-from mtaserver.db import Database
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.users import UserStore
 from tests.support.clock import FakeClock
 from tests.support.submission import PASSWORD, RawClient, plain_auth, running
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mtaserver.db import Database, translate
 from mtaserver.diskspace import FreeSpace, Reserve, declared_size
 from mtaserver.errors import StorageError
+from mtaserver.storage.sqlite.db import Database, translate
 from mtaserver.supervisor import Backoff, first_fatal, supervise
 from tests.support.daemon import Daemon, TestConfig
 

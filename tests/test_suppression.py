@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mtaserver.config.inbound import DEFAULT_SUPPRESSION
-from mtaserver.db import Database
-from mtaserver.suppression import SuppressionStore
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from tests.support.bounce_corpus import CORPUS
 from tests.support.clock import FakeClock
 

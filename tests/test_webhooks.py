@@ -14,9 +14,9 @@ import pytest
 
 from mtaserver.clock import SystemClock
 from mtaserver.config.webhooks import WebhookConfig
-from mtaserver.db import Database
-from mtaserver.events import EventLog
 from mtaserver.model import Event
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.events import EventLog
 from mtaserver.webhooks import WebhookDispatcher, sign, verify
 from tests.support.daemon import Daemon, TestConfig, free_port
 from tests.support.mxsink import eventually

@@ -8,11 +8,11 @@ from typing import Protocol
 
 from mtaserver.auth import MIN_PASSWORD
 from mtaserver.config import Config
-from mtaserver.db import Database
 from mtaserver.dkim.keys import KeySet
 from mtaserver.metrics import Metrics
-from mtaserver.spool import BodyCodec, Spool
-from mtaserver.suppression import SuppressionStore
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.queue import BodyCodec, Spool
+from mtaserver.storage.sqlite.suppressions import SuppressionStore
 
 
 class UserRecordView(Protocol):

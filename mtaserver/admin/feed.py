@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mtaserver.db import Database
+from mtaserver.storage.sqlite.db import Database
 
 
 @dataclass(frozen=True, slots=True)

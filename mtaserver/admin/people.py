@@ -14,8 +14,9 @@ from mtaserver import privacy
 from mtaserver.admin.deps import AdminDeps, UserAdmin, UserRecordView
 from mtaserver.admin.server import ApiError, int_param, json_body, json_response, str_field
 from mtaserver.config.units import parse_duration
-from mtaserver.spool import BodyCodec
-from mtaserver.suppression import Suppression, SuppressionStore, valid_address
+from mtaserver.storage.sqlite.queue import BodyCodec
+from mtaserver.storage.sqlite.suppressions import SuppressionStore
+from mtaserver.suppression import Suppression, valid_address
 
 
 class PeopleApi:

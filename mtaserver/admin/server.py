@@ -19,9 +19,9 @@ from typing import Any
 
 from aiohttp import web
 
-from mtaserver.admin.tokens import TokenInfo
 from mtaserver.errors import MtaError, StorageError
 from mtaserver.log import get_logger, kv
+from mtaserver.storage.sqlite.tokens import TokenInfo
 
 log = get_logger("admin")
 

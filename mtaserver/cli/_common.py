@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from mtaserver.config import Config, load_config
-from mtaserver.db import Database
+from mtaserver.storage.sqlite.db import Database
 
 T = TypeVar("T")
 

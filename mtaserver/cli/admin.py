@@ -13,8 +13,8 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from mtaserver.admin.tokens import TokenInfo, TokenStore
 from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.storage.sqlite.tokens import TokenInfo, TokenStore
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

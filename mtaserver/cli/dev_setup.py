@@ -11,11 +11,12 @@ import argparse
 import secrets
 from pathlib import Path
 
-from mtaserver.auth import UserStore, hash_password
+from mtaserver.auth import hash_password
 from mtaserver.cli._common import add_config_arg, config_from, with_db
 from mtaserver.config import Config
-from mtaserver.db import Database
 from mtaserver.devsetup import ensure_dev_files, write_private
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.users import UserStore
 
 DEV_USER = "dev"
 

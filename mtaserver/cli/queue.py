@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from mtaserver.cli._common import add_config_arg, config_from, with_db
-from mtaserver.db import Database
 from mtaserver.errors import MtaError
 from mtaserver.model import FINAL_STATES, RecipientState
-from mtaserver.spool import Spool
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.queue import Spool
 
 T = TypeVar("T")
 STATES = tuple(s.value for s in RecipientState)

@@ -8,7 +8,8 @@ import time
 from mtaserver.cli._common import add_config_arg, config_from, with_db
 from mtaserver.config.units import parse_duration
 from mtaserver.errors import ConfigError
-from mtaserver.suppression import Suppression, SuppressionStore, valid_address
+from mtaserver.storage.sqlite.suppressions import SuppressionStore
+from mtaserver.suppression import Suppression, valid_address
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -12,8 +12,9 @@ import getpass
 import sys
 from datetime import UTC, datetime
 
-from mtaserver.auth import MIN_PASSWORD, UserError, UserStore, hash_password
+from mtaserver.auth import MIN_PASSWORD, UserError, hash_password
 from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.storage.sqlite.users import UserStore
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

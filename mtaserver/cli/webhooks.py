@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from mtaserver.webhooks import WebhookOutbox
+    from mtaserver.storage.sqlite.outbox import WebhookOutbox
 
     rows = with_db(config_from(args), lambda db: WebhookOutbox(db).backlog())
     print(f"{'webhook':40} {'pending':>8} {'waiting':>8} {'failed':>8}")
@@ -38,7 +38,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_retry(args: argparse.Namespace) -> int:
-    from mtaserver.webhooks import WebhookOutbox
+    from mtaserver.storage.sqlite.outbox import WebhookOutbox
 
     n = with_db(
         config_from(args), lambda db: WebhookOutbox(db).retry_failed(args.name, now=time.time())

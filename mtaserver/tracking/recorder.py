@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mtaserver.clock import Clock
-from mtaserver.db import Database
 from mtaserver.errors import StorageError
-from mtaserver.events import EventLog
 from mtaserver.log import get_logger, kv
 from mtaserver.model import FINAL_STATES, Event
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.events import EventLog
 from mtaserver.tracking.bots import BotDetector, Hit
 from mtaserver.tracking.privacy import IpPrivacy
 

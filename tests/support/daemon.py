@@ -138,7 +138,7 @@ class TestConfig:
 
     @property
     def database(self) -> Path:
-        return Path(self.data["server"]["data_dir"]) / "mtaserver.db"
+        return Path(self.data["server"]["data_dir"]) / "mtaserver.storage.sqlite.db"
 
 
 class Daemon:

@@ -22,11 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mtaserver.admin.tokens import TokenStore
-from mtaserver.auth import UserStore, hash_password
+from mtaserver.auth import hash_password
 from mtaserver.config.webhooks import WebhookConfig
-from mtaserver.db import Database
-from mtaserver.events import EventLog
 from mtaserver.model import (
     Event,
     PreparedMessage,
@@ -34,10 +31,14 @@ from mtaserver.model import (
     RecipientState,
     RecipientUpdate,
 )
-from mtaserver.spool import Spool, new_queue_id
-from mtaserver.suppression import SuppressionStore
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.events import EventLog
+from mtaserver.storage.sqlite.outbox import Settlement, WebhookOutbox
+from mtaserver.storage.sqlite.queue import Spool, new_queue_id
+from mtaserver.storage.sqlite.suppressions import SuppressionStore
+from mtaserver.storage.sqlite.tokens import TokenStore
+from mtaserver.storage.sqlite.users import UserStore
 from mtaserver.tracking.recorder import SqlTrackingStore
-from mtaserver.webhooks import Settlement, WebhookOutbox
 
 STATES = ("empty", "final", "busy")
 WEBHOOK = "hook"  # the [[webhooks]] name the test config must use

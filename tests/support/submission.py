@@ -14,21 +14,17 @@ from typing import Any
 
 import trustme
 
-from mtaserver.auth import (
-    Authenticator,
-    AuthThrottle,
-    UserStore,
-    hash_password,
-)
+from mtaserver.auth import Authenticator, AuthThrottle, hash_password
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config.reader import Reader
 from mtaserver.config.submission import AuthThrottleConfig, SubmissionConfig
 from mtaserver.config.submission import parse as parse_submission
-from mtaserver.db import Database
 from mtaserver.pipeline import Pipeline
-from mtaserver.spool import Spool, new_queue_id
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.queue import Spool, new_queue_id
+from mtaserver.storage.sqlite.suppressions import SuppressionStore
+from mtaserver.storage.sqlite.users import UserStore
 from mtaserver.submission import RateLimiter, SubmissionHandler, SubmissionServer, Suppressions
-from mtaserver.suppression import SuppressionStore
 
 PASSWORD = "correct horse battery staple"
 HOSTNAME = "mta.test"

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
-from mtaserver.db import Database
 from mtaserver.model import (
     Event,
     PreparedMessage,
@@ -18,8 +17,9 @@ from mtaserver.model import (
     RecipientState,
     RecipientUpdate,
 )
-from mtaserver.spool import Spool
-from mtaserver.suppression import SuppressionStore
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.queue import Spool
+from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.tracking.bots import BotDetector, load_rules
 from mtaserver.tracking.privacy import IpPrivacy
 from mtaserver.tracking.recorder import Recorder, SqlTrackingStore

@@ -1,11 +1,11 @@
 """The durable queue: the only writer of the ``messages`` and ``recipients`` tables.
 
 ``enqueue`` returns only after the message, its recipients and its ``accepted`` event are
-committed (group commit through :class:`~mtaserver.db.Database`). ``claim_due`` leases due
-recipients: a leased row's ``next_attempt`` holds its lease expiry, so a crash leaves rows
-that the next ``release_expired`` (or start-up) puts back — delivery is at least once,
-never zero times. Claiming walks the ``(state, next_attempt)`` index and stops at ``limit``,
-so it costs the same whatever the queue's size.
+committed (group commit through :class:`~mtaserver.storage.sqlite.db.Database`).
+``claim_due`` leases due recipients: a leased row's ``next_attempt`` holds its lease
+expiry, so a crash leaves rows that the next ``release_expired`` (or start-up) puts back —
+delivery is at least once, never zero times. Claiming walks the ``(state, next_attempt)``
+index and stops at ``limit``, so it costs the same whatever the queue's size.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mtaserver.clock import Clock, SystemClock
-from mtaserver.db import Database
 from mtaserver.model import (
     FINAL_STATES,
     FINAL_STATES_SQL,
@@ -29,6 +28,8 @@ from mtaserver.model import (
     RecipientState,
     RecipientUpdate,
 )
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.events import insert_events
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -46,24 +47,6 @@ def new_queue_id(now: float) -> str:
 
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower().rstrip(".")
-
-
-def event_row(event: Event) -> tuple[float, str, str | None, str | None, str]:
-    return (event.at, event.type, event.queue_id, event.recipient, json.dumps(dict(event.data)))
-
-
-def insert_events(conn: sqlite3.Connection, events: Sequence[Event]) -> range:
-    """Insert ``events``; their ids, in order. Rows inserted back to back on the one writer
-    connection, inside its transaction, get consecutive AUTOINCREMENT ids ending at
-    ``last_insert_rowid()`` (rows a trigger inserts elsewhere do not change it)."""
-    if not events:
-        return range(0)
-    conn.executemany(
-        "INSERT INTO events(at, type, queue_id, recipient, data) VALUES (?,?,?,?,?)",
-        [event_row(e) for e in events],
-    )
-    last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
-    return range(last - len(events) + 1, last + 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,8 +58,8 @@ def configure(conn: sqlite3.Connection) -> None:
 
 
 def migration_files() -> list[tuple[str, str]]:
-    """(name, sql) of every migration shipped in ``mtaserver/migrations``, sorted."""
-    pkg = resources.files("mtaserver") / "migrations"
+    """(name, sql) of every migration shipped in ``migrations/`` next to this module, sorted."""
+    pkg = resources.files("mtaserver.storage.sqlite") / "migrations"
     out = []
     for entry in pkg.iterdir():
         if entry.name.endswith(".sql"):

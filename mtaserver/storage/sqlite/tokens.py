@@ -13,8 +13,8 @@ import sqlite3
 from dataclasses import dataclass
 
 from mtaserver.clock import Clock, SystemClock
-from mtaserver.db import Database
 from mtaserver.errors import MtaError
+from mtaserver.storage.sqlite.db import Database
 
 PREFIX = "mta_"
 TOUCH_EVERY = 60.0  # seconds between last_used_at updates of one token
