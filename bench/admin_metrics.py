@@ -27,6 +27,7 @@ from typing import Any
 
 from mtaserver.metrics import Metrics
 from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.events import EventLog
 from mtaserver.storage.sqlite.queue import Spool
 
 
@@ -76,7 +77,7 @@ async def measure(size: int, rounds: int, directory: Path) -> dict[str, float]:
     db = Database(directory / f"bench-{size}.db")
     await db.open()
     try:
-        metrics = Metrics(db, top_destinations=20)
+        metrics = Metrics(Spool(db), EventLog(db), top_destinations=20)
         await metrics.start()  # counting starts before the events below are written
         now = time.time()
         await db.write(lambda c: _fill(c, size, size, now))

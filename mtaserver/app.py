@@ -53,8 +53,10 @@ from mtaserver.retention import Retention
 from mtaserver.scheduler import Scheduler
 from mtaserver.shaper import Shaper
 from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.events import EventLog
 from mtaserver.storage.sqlite.outbox import WebhookOutbox
 from mtaserver.storage.sqlite.queue import Spool, new_queue_id
+from mtaserver.storage.sqlite.reports import Reports
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.storage.sqlite.tokens import TokenStore
 from mtaserver.storage.sqlite.users import UserStore
@@ -140,7 +142,10 @@ class Core:
 async def build_services(core: Core) -> list[Service]:
     """Construct every stage the config enables, in start order."""
     core.metrics = Metrics(
-        core.db, top_destinations=core.config.admin.top_destinations, clock=core.clock.now
+        core.spool,
+        EventLog(core.db),
+        top_destinations=core.config.admin.top_destinations,
+        clock=core.clock.now,
     )
     core.db.on_commit.append(core.metrics.db_committed)
     services: list[Service] = [
@@ -253,7 +258,9 @@ def _operations_services(core: Core) -> list[Service]:
     return [
         _storage_service(core),
         WebhookDispatcher(core.db, core.config.webhooks, core.clock),
-        Retention(core.db, core.config.retention, core.clock),
+        Retention(
+            core.spool, EventLog(core.db), WebhookOutbox(core.db), core.config.retention, core.clock
+        ),
     ]
 
 
@@ -553,6 +560,8 @@ def _admin_service(core: Core, metrics: Metrics) -> Service | None:
         config=lambda: core.config,
         keys=lambda: core.signer.keyset if core.signer is not None else KeySet(),
         metrics=metrics,
+        events=EventLog(core.db),
+        reports=Reports(core.db),
         users=core.users,
         hash_password=hash_password,
         suppressions=core.suppressions,

@@ -22,17 +22,16 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from mtaserver import __version__
-from mtaserver.model import DeliveryJob, DeliveryReport, RoutePolicy
+from mtaserver.model import DeliveryJob, DeliveryReport, QueueGauges, RoutePolicy
 
 OTHER = "_other"  # the destination label for everything outside the top N
 TAIL_BATCH = 5000
@@ -44,10 +43,18 @@ _QUEUE_STATES = ("queued", "leased", "held")
 _TRACKING = ("open", "click", "unsubscribe")
 
 
-class Reader(Protocol):
-    """What metrics need from the database: reads on a read connection."""
+class QueueGaugeSource(Protocol):
+    """What the scrape-time queue gauges need from the queue owner."""
 
-    async def read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any: ...
+    async def gauges(self, states: Sequence[str], top: int, now: float) -> QueueGauges: ...
+
+
+class EventTail(Protocol):
+    """What counting events needs from the event log."""
+
+    async def last_id(self) -> int: ...
+
+    async def after(self, event_id: int, limit: int) -> Sequence[tuple[int, str, str]]: ...
 
 
 class ShapingView(Protocol):
@@ -99,43 +106,19 @@ class _Snapshot:
     webhooks: list[tuple[str, int, int]] | None = None  # (webhook, to send, given up)
 
 
-def _queue_snapshot(conn: sqlite3.Connection, top: int, now: float) -> _Snapshot:
-    snap = _Snapshot(by_state=dict.fromkeys(_QUEUE_STATES, 0))
-    marks = ",".join("?" * len(_QUEUE_STATES))
-    for state, n in conn.execute(
-        f"SELECT state, count(*) FROM recipients WHERE state IN ({marks}) GROUP BY state",
-        _QUEUE_STATES,
-    ):
-        snap.by_state[state] = int(n)
-    rows = conn.execute(
-        f"SELECT domain, count(*) AS n FROM recipients WHERE state IN ({marks}) "
-        "GROUP BY domain ORDER BY n DESC, domain",
-        _QUEUE_STATES,
-    ).fetchall()
-    snap.by_destination = [(d, int(n)) for d, n in rows[:top]]
-    rest = sum(int(n) for _, n in rows[top:])
-    if rest:
-        snap.by_destination.append((OTHER, rest))
-    oldest = conn.execute(
-        "SELECT min(m.received_at) FROM messages m WHERE m.id IN "
-        f"(SELECT queue_id FROM recipients WHERE state IN ({marks}))",
-        _QUEUE_STATES,
-    ).fetchone()[0]
-    snap.oldest_age = max(0.0, now - oldest) if oldest is not None else 0.0
-    return snap
-
-
 class Metrics:
     """The process's metrics; ``registry`` is private to this object (no global state)."""
 
     def __init__(
         self,
-        db: Reader,
+        queue: QueueGaugeSource,
+        events: EventTail,
         *,
         top_destinations: int = 20,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.db = db
+        self.queue = queue
+        self.event_log = events
         self.top = top_destinations
         self._now = clock
         self.shaper: ShapingView | None = None  # set by app when the scheduler runs
@@ -255,18 +238,18 @@ class Metrics:
     async def start(self) -> None:
         """Start counting from the current end of the event log."""
 
-        def fn(conn: sqlite3.Connection) -> int:
-            return int(conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
-
         if self._cursor is None:
-            self._cursor = await self.db.read(fn)
+            self._cursor = await self.event_log.last_id()
 
     async def refresh(self) -> None:
         """Count events written since the last call, and re-read the scrape-time gauges."""
         async with self._lock:
             await self._tail()
             now = self._now()
-            snap: _Snapshot = await self.db.read(lambda c: _queue_snapshot(c, self.top, now))
+            g = await self.queue.gauges(_QUEUE_STATES, self.top, now)
+            snap = _Snapshot(dict(g.by_state), list(g.by_destination), g.oldest_age)
+            if g.other:
+                snap.by_destination.append((OTHER, g.other))
             if self.webhooks is not None:
                 snap.webhooks = [
                     (b.webhook, b.pending + b.waiting, b.failed)
@@ -284,13 +267,7 @@ class Metrics:
         while True:
             cursor = self._cursor or 0
 
-            def fn(conn: sqlite3.Connection, after: int = cursor) -> list[tuple[Any, ...]]:
-                return conn.execute(
-                    "SELECT id, type, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                    (after, TAIL_BATCH),
-                ).fetchall()
-
-            rows: list[tuple[Any, ...]] = await self.db.read(fn)
+            rows = await self.event_log.after(cursor, TAIL_BATCH)
             for _id, etype, data in rows:
                 self.observe_event(etype, data)
             if rows:

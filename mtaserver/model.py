@@ -9,7 +9,9 @@ between daemons in the same spirit). Mail content is ``bytes`` end to end.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 class RecipientState(enum.StrEnum):
@@ -257,3 +259,79 @@ class RoutePolicy:
     # Unix time (``Clock.now``) by which the attempt must be over; the scheduler sets it
     # before the job's lease runs out. None: no limit but the timeouts above.
     deadline: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueGauges:
+    """What waits in the queue right now (the metrics scrape)."""
+
+    by_state: Mapping[str, int]
+    by_destination: tuple[tuple[str, int], ...]  # the top N domains, most recipients first
+    other: int  # recipients of every domain outside the top N
+    oldest_age: float  # seconds since the oldest waiting message was received
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Delivery and engagement counts of a cohort (see :mod:`mtaserver.tracking.stats`)."""
+
+    messages: int
+    accepted: int
+    delivered: int
+    deferred: int
+    bounced_hard: int
+    bounced_soft: int
+    complaints: int
+    unsubscribes: int
+    unique_human_opens: int
+    unique_human_clicks: int
+    human_opens: int
+    human_clicks: int
+    machine_opens: int
+    machine_clicks: int
+
+    @property
+    def bounced(self) -> int:
+        return self.bounced_hard + self.bounced_soft
+
+    def rates(self) -> dict[str, float | None]:
+        def ratio(a: int, b: int) -> float | None:
+            return round(a / b, 4) if b else None
+
+        return {
+            "delivery_rate": ratio(self.delivered, self.accepted),
+            "bounce_rate": ratio(self.bounced, self.accepted),
+            "open_rate": ratio(self.unique_human_opens, self.delivered),
+            "click_rate": ratio(self.unique_human_clicks, self.delivered),
+            "click_to_open_rate": ratio(self.unique_human_clicks, self.unique_human_opens),
+            "unsubscribe_rate": ratio(self.unsubscribes, self.delivered),
+            "complaint_rate": ratio(self.complaints, self.delivered),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = asdict(self)
+        out["bounced"] = self.bounced
+        out["rates"] = self.rates()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One row of the event log as the feed and webhooks show it."""
+
+    id: int
+    at: float
+    type: str
+    queue_id: str | None
+    recipient: str | None
+    data: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at,
+            "type": self.type,
+            "queue_id": self.queue_id,
+            "recipient": self.recipient,
+            "data": self.data,
+        }

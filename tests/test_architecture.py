@@ -209,26 +209,15 @@ OWNERS = {
 # Modules outside the backend that still run SQL on a table (issue 13, item 1).
 KNOWN_SQL: set[tuple[str, str]] = {
     ("events", "tracking.recorder"),
-    ("events", "tracking.stats"),
-    ("events", "admin.feed"),
-    ("events", "metrics"),
     ("events", "privacy"),
-    ("events", "retention"),
     ("messages", "privacy"),
-    ("messages", "retention"),
     ("messages", "tracking.recorder"),
-    ("messages", "tracking.stats"),
-    ("messages", "metrics"),
     ("recipients", "privacy"),
-    ("recipients", "retention"),
     ("recipients", "tracking.recorder"),
-    ("recipients", "tracking.stats"),
-    ("recipients", "metrics"),
     ("suppressions", "privacy"),
     ("soft_bounces", "privacy"),
     ("users", "privacy"),
     ("user_domains", "privacy"),
-    ("webhook_outbox", "retention"),
     ("meta", "backup"),
 }
 # Modules inside the backend that write a table they do not own.

@@ -54,7 +54,7 @@ async def test_event_tail_and_queue_gauges(tmp_path: Path) -> None:
     try:
         spool, events = Spool(db), EventLog(db)
         await spool.enqueue(message(["old@before.test"], time.time() - 100))
-        metrics = Metrics(db, top_destinations=2, clock=time.time)
+        metrics = Metrics(Spool(db), EventLog(db), top_destinations=2, clock=time.time)
         db.on_commit.append(metrics.db_committed)
         await metrics.start()  # counting starts here: the earlier message is not "accepted"
         now = time.time()
@@ -121,7 +121,7 @@ async def test_webhook_backlog_is_read_from_the_outbox(tmp_path: Path) -> None:
         hooks = [WebhookConfig("crm", "https://crm.test/h", ("bounced",), b"s" * 16),
                  WebhookConfig("all", "https://all.test/h", (), b"s" * 16)]  # fmt: skip
         await outbox.sync(hooks)
-        metrics = Metrics(db)
+        metrics = Metrics(Spool(db), EventLog(db))
         metrics.webhooks = outbox
         await EventLog(db).emit(
             Event("delivered", 1.0, "Q1", "a@x.test"),
@@ -142,7 +142,7 @@ async def test_counting_resumes_where_it_stopped(tmp_path: Path) -> None:
     await db.open()
     try:
         events = EventLog(db)
-        metrics = Metrics(db)
+        metrics = Metrics(Spool(db), EventLog(db))
         await metrics.start()
         total = 0
         for batch in (1, 7, 0, 3):
@@ -167,7 +167,7 @@ def test_shaping_state_is_read_from_the_shaper() -> None:
     assert shaper.acquire("busy.test") is None
     assert shaper.acquire("slow.test") is None
     shaper.suspend("down.test", clock.now() + 300, "dead-destination")
-    metrics = Metrics(_NoDb(), clock=clock.now)
+    metrics = Metrics(_NoDb(), _NoDb(), clock=clock.now)
     metrics.shaper = shaper
     snap = samples(_expose(metrics))
     assert value(snap, "mtaserver_shaping_connections_total") == 3
@@ -180,7 +180,7 @@ def test_shaping_state_is_read_from_the_shaper() -> None:
 
 
 def test_smtp_and_attempt_hooks() -> None:
-    metrics = Metrics(_NoDb())
+    metrics = Metrics(_NoDb(), _NoDb())
     metrics.session_started("submission")
     metrics.session_started("submission")
     metrics.auth_failed("submission-tls")
@@ -192,7 +192,7 @@ def test_smtp_and_attempt_hooks() -> None:
 
 
 def test_two_instances_share_nothing() -> None:
-    a, b = Metrics(_NoDb()), Metrics(_NoDb())
+    a, b = Metrics(_NoDb(), _NoDb()), Metrics(_NoDb(), _NoDb())
     a.session_started("x")
     assert b.registry.get_sample_value("mtaserver_smtp_sessions_total", {"listener": "x"}) is None
 

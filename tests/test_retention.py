@@ -21,6 +21,7 @@ from mtaserver.model import (
 from mtaserver.retention import Retention
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.events import EventLog
+from mtaserver.storage.sqlite.outbox import WebhookOutbox
 from mtaserver.storage.sqlite.queue import Spool
 
 DAY = 86400.0
@@ -54,7 +55,7 @@ async def test_records_and_events_are_deleted_in_batches(db: Database) -> None:
         await spool.enqueue(msg(f"OLD{i:02d}"))
         await finish(spool, f"OLD{i:02d}")
     await spool.enqueue(msg("PENDING"))  # not final: kept whatever its age
-    r = Retention(db, RetentionConfig(records=30 * DAY, events=60 * DAY, batch_size=10),
+    r = Retention(Spool(db), EventLog(db), WebhookOutbox(db), RetentionConfig(records=30 * DAY, events=60 * DAY, batch_size=10),
                   SystemClock())  # fmt: skip
     # Nothing is old enough yet except the 25 events.
     res = await r.sweep()
@@ -81,7 +82,7 @@ async def test_bodies_kept_for_the_configured_time(db: Database) -> None:
     bodies = "SELECT count(*) FROM messages WHERE body IS NOT NULL"
     own = "SELECT count(*) FROM recipients WHERE body IS NOT NULL"
     assert (await count(db, bodies), await count(db, own)) == (1, 1)  # kept after delivery
-    r = Retention(db, RetentionConfig(bodies=7 * DAY, records=FOREVER, events=FOREVER),
+    r = Retention(Spool(db), EventLog(db), WebhookOutbox(db), RetentionConfig(bodies=7 * DAY, records=FOREVER, events=FOREVER),
                   SystemClock())  # fmt: skip
     assert (await r.sweep(now=time.time() + 6 * DAY)).bodies == 0
     assert (await r.sweep(now=time.time() + 8 * DAY)).bodies == 1
@@ -96,7 +97,7 @@ async def test_default_drops_bodies_at_once_and_a_queued_body_is_never_swept(
     await spool.enqueue(msg("DONE"))
     await finish(spool, "DONE")
     await spool.enqueue(msg("QUEUED", at=time.time() - 400 * DAY))
-    r = Retention(db, RetentionConfig(), SystemClock())
+    r = Retention(Spool(db), EventLog(db), WebhookOutbox(db), RetentionConfig(), SystemClock())
     res = await r.sweep(now=time.time() + 400 * DAY)
     assert res.bodies == 0 and res.records == 3
     assert await count(db, "SELECT count(*) FROM messages WHERE body IS NOT NULL") == 1
@@ -126,14 +127,13 @@ def test_retention_config(tmp_path: Path) -> None:
 
 async def test_events_a_webhook_still_owes_are_kept(db: Database) -> None:
     from mtaserver.config.webhooks import WebhookConfig
-    from mtaserver.storage.sqlite.outbox import WebhookOutbox
 
     await WebhookOutbox(db).sync(
         [WebhookConfig("h", "http://127.0.0.1:9/", ("bounced",), b"s" * 16)]
     )
     old = time.time() - 90 * DAY
     await EventLog(db).emit(Event("bounced", old, "Q1"), Event("open", old, "Q1"))
-    r = Retention(db, RetentionConfig(), SystemClock())
+    r = Retention(Spool(db), EventLog(db), WebhookOutbox(db), RetentionConfig(), SystemClock())
     assert (await r.sweep()).events == 1
     assert await count(db, "SELECT count(*) FROM events WHERE type='bounced'") == 1
     await db.write(lambda c: c.execute("DELETE FROM webhook_outbox"))

@@ -4,6 +4,6 @@ Like the CLI, this is an operator front end: it calls the same operations the CL
 (spool operator ops, users, suppressions, privacy, stats, DNS records) and adds only HTTP,
 JSON and bearer-token auth. Modules: ``server`` (listener, auth, errors), ``routes`` (queue,
 events, stats, DKIM/DNS, metrics), ``people`` (users, suppressions, privacy), ``tokens``,
-``feed`` (events paging), ``deps``. Nothing is imported here, so ``mtaserver admin token``
+``deps``. Nothing is imported here, so ``mtaserver admin token``
 (and every other CLI command, which all load this package's CLI module) stays quick.
 """

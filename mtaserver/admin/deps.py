@@ -10,9 +10,11 @@ from mtaserver.auth import MIN_PASSWORD
 from mtaserver.config import Config
 from mtaserver.dkim.keys import KeySet
 from mtaserver.metrics import Metrics
+from mtaserver.model import StoredEvent
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.queue import BodyCodec, Spool
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
+from mtaserver.tracking.stats import CohortSource
 
 
 class UserRecordView(Protocol):
@@ -34,6 +36,13 @@ class UserAdmin(Protocol):
     async def list(self) -> Sequence[UserRecordView]: ...
 
 
+class EventFeed(Protocol):
+    async def page(
+        self, *, after: int = 0, limit: int = 100, types: Sequence[str] = (),
+        queue_id: str | None = None,
+    ) -> Sequence[StoredEvent]: ...  # fmt: skip
+
+
 @dataclass
 class AdminDeps:
     """What the endpoints are wired to (built in ``app``)."""
@@ -43,6 +52,8 @@ class AdminDeps:
     config: Callable[[], Config]  # the current config (it changes on SIGHUP)
     keys: Callable[[], KeySet]  # the signer's current DKIM keys
     metrics: Metrics
+    events: EventFeed
+    reports: CohortSource
     users: UserAdmin | None = None
     suppressions: SuppressionStore | None = None
     codec: Callable[[], BodyCodec] | None = None  # the spool's body codec (privacy export/erase)

@@ -17,7 +17,6 @@ from typing import Any
 from aiohttp import web
 
 from mtaserver import dnsrecords
-from mtaserver.admin import feed
 from mtaserver.admin.deps import AdminDeps
 from mtaserver.admin.people import PeopleApi
 from mtaserver.admin.server import ApiError, int_param, json_response
@@ -132,8 +131,7 @@ class AdminApi:
         after = int_param(request, "after", 0, 0, 2**62)
         limit = int_param(request, "limit", 100, 1, MAX_LIMIT)
         types = tuple(t for t in request.query.get("type", "").split(",") if t)
-        rows = await feed.page(
-            self.d.db,
+        rows = await self.d.events.page(
             after=after,
             limit=limit,
             types=types,
@@ -149,7 +147,7 @@ class AdminApi:
         since = parse_since(raw, time.time())  # the CLI's --since: '24h' or a date
         campaign = request.query.get("campaign") or None
         user = request.query.get("user") or None
-        s = await compute_stats(self.d.db, since, campaign, user)
+        s = await compute_stats(self.d.reports, since, campaign, user)
         out = s.as_dict()
         out["filter"] = {"since": since, "campaign": campaign, "user": user}
         return json_response(out)

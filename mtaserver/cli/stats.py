@@ -7,7 +7,9 @@ import json
 import time
 
 from mtaserver.cli._common import add_config_arg, config_from, with_db
-from mtaserver.tracking.stats import Stats, compute, parse_since
+from mtaserver.model import Stats
+from mtaserver.storage.sqlite.reports import Reports
+from mtaserver.tracking.stats import compute, parse_since
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,7 +68,7 @@ def render(stats: Stats) -> str:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     since = parse_since(args.since, time.time())
-    stats = with_db(cfg, lambda db: compute(db, since, args.campaign, args.user))
+    stats = with_db(cfg, lambda db: compute(Reports(db), since, args.campaign, args.user))
     if args.json:
         out = stats.as_dict()
         out["filter"] = {"since": since, "campaign": args.campaign, "user": args.user}

@@ -6,6 +6,7 @@ import sqlite3
 
 import pytest
 
+from mtaserver.storage.sqlite.reports import Reports
 from mtaserver.tracking import stats as stats_mod
 from mtaserver.tracking.bots import BotDetector, BotRulesError, Hit, load_rules, parse_rules
 from tests.tracking.conftest import BROWSER, Stack
@@ -179,7 +180,7 @@ async def _scenario(stack: Stack) -> None:
 async def test_stats_match_a_scripted_scenario_exactly(stack: Stack) -> None:
     await _scenario(stack)
     since = stack.clock.now() - 86400 / 2 - 3600  # after M0, before M1..M3
-    nov = await stats_mod.compute(stack.db, since, campaign="nov")
+    nov = await stats_mod.compute(Reports(stack.db), since, campaign="nov")
     assert nov == stats_mod.Stats(
         messages=2, accepted=6, delivered=3, deferred=2, bounced_hard=1, bounced_soft=1,
         complaints=0, unsubscribes=1, unique_human_opens=3, unique_human_clicks=1,
@@ -189,18 +190,18 @@ async def test_stats_match_a_scripted_scenario_exactly(stack: Stack) -> None:
         "delivery_rate": 0.5, "bounce_rate": 0.3333, "open_rate": 1.0, "click_rate": 0.3333,
         "click_to_open_rate": 0.3333, "unsubscribe_rate": 0.3333, "complaint_rate": 0.0,
     }  # fmt: skip
-    everything_recent = await stats_mod.compute(stack.db, since)
+    everything_recent = await stats_mod.compute(Reports(stack.db), since)
     assert everything_recent == stats_mod.Stats(
         messages=3, accepted=8, delivered=5, deferred=2, bounced_hard=1, bounced_soft=1,
         complaints=1, unsubscribes=1, unique_human_opens=4, unique_human_clicks=1,
         human_opens=6, human_clicks=1, machine_opens=1, machine_clicks=4,
     )  # fmt: skip
-    bob = await stats_mod.compute(stack.db, 0, user="bob")
+    bob = await stats_mod.compute(Reports(stack.db), 0, user="bob")
     assert (bob.messages, bob.accepted, bob.delivered, bob.complaints, bob.unique_human_opens,
             bob.human_clicks, bob.machine_clicks) == (1, 2, 2, 1, 1, 0, 0)  # fmt: skip
-    alltime = await stats_mod.compute(stack.db)
+    alltime = await stats_mod.compute(Reports(stack.db))
     assert (alltime.messages, alltime.accepted, alltime.delivered) == (4, 9, 6)
-    none = await stats_mod.compute(stack.db, campaign="nope")
+    none = await stats_mod.compute(Reports(stack.db), campaign="nope")
     assert none == stats_mod.Stats(*([0] * 14))
     assert all(v is None for v in none.rates().values())
 
@@ -261,8 +262,8 @@ async def test_odd_user_agents_and_unknown_recipients_are_still_recorded(stack: 
 
 async def test_events_keep_one_index_and_every_lookup_uses_it(stack: Stack) -> None:
     """Each index on events is paid by every open and click; the one left serves all reads."""
+    from mtaserver.storage.sqlite.reports import COHORT_SQL
     from mtaserver.tracking.recorder import _INSERT_BATCH, _LOOKUP_BATCH
-    from mtaserver.tracking.stats import _SQL
 
     def plans(conn: sqlite3.Connection) -> dict[str, object]:
         def plan(sql: str, params: object) -> str:
@@ -275,7 +276,7 @@ async def test_events_keep_one_index_and_every_lookup_uses_it(stack: Stack) -> N
         stats = {"since": 0, "until": 1e18, "campaign": "nov", "user": None}
         return {
             "indexes": [r[0] for r in indexes],
-            "stats": plan(_SQL, stats),
+            "stats": plan(COHORT_SQL, stats),
             "insert": plan(_INSERT_BATCH, ("[]",)),
             "lookup": plan(_LOOKUP_BATCH, ("[]",)),
             "dsn": plan("SELECT data FROM events WHERE queue_id=? AND type='dsn_sent'", ("Q",)),

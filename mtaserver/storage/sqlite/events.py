@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
-from mtaserver.model import Event
+from mtaserver.model import Event, StoredEvent
 from mtaserver.storage.sqlite.db import Database
 
 
@@ -34,6 +35,37 @@ def insert_events(conn: sqlite3.Connection, events: Sequence[Event]) -> range:
     return range(last - len(events) + 1, last + 1)
 
 
+def _data(raw: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _drop_events(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
+    """Old events, except those a webhook has yet to deliver (at least once wins).
+
+    Ids grow with time, so the oldest events come first by id: the sweep walks from the
+    lowest id and stops at the first event younger than the cutoff — no index on ``at`` to
+    pay for on every insert. Events a webhook still owes are stepped over (at most
+    ``10 x limit`` of them per batch).
+    """
+    ids: list[int] = []
+    rows = conn.execute(
+        "SELECT e.id, e.at, EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.event_id = e.id "
+        "AND o.state IN ('pending', 'waiting')) FROM events e ORDER BY e.id LIMIT ?",
+        (limit * 11,),
+    )
+    for event_id, at, owed in rows:
+        if at >= cutoff or len(ids) >= limit:
+            break
+        if not owed:
+            ids.append(event_id)
+    conn.executemany("DELETE FROM events WHERE id=?", [(i,) for i in ids])
+    return len(ids)
+
+
 class EventLog:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -48,3 +80,54 @@ class EventLog:
             insert_events(conn, batch)
 
         await self.db.write(op)
+
+    async def page(
+        self,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        types: Sequence[str] = (),
+        queue_id: str | None = None,
+    ) -> list[StoredEvent]:
+        """The feed: events after the cursor ``after``, in id order (ids only grow)."""
+        clauses = ["id > ?"]
+        params: list[Any] = [after]
+        if types:
+            clauses.append(f"type IN ({','.join('?' * len(types))})")
+            params.extend(types)
+        if queue_id:
+            clauses.append("queue_id = ?")
+            params.append(queue_id)
+        sql = (
+            "SELECT id, at, type, queue_id, recipient, data FROM events "
+            f"WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?"
+        )
+
+        def fn(conn: sqlite3.Connection) -> list[StoredEvent]:
+            rows = conn.execute(sql, (*params, limit)).fetchall()
+            return [StoredEvent(r[0], r[1], r[2], r[3], r[4], _data(r[5])) for r in rows]
+
+        return await self.db.read(fn)
+
+    async def last_id(self) -> int:
+        """The id of the newest event (0 when there is none)."""
+
+        def fn(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+
+        return await self.db.read(fn)
+
+    async def after(self, event_id: int, limit: int) -> list[tuple[int, str, str]]:
+        """(id, type, data JSON) of up to ``limit`` events after ``event_id``, oldest first."""
+
+        def fn(conn: sqlite3.Connection) -> list[tuple[int, str, str]]:
+            return conn.execute(
+                "SELECT id, type, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                (event_id, limit),
+            ).fetchall()
+
+        return await self.db.read(fn)
+
+    async def prune_events(self, before: float, limit: int) -> int:
+        """Retention: delete up to ``limit`` events older than ``before``."""
+        return await self.db.write(lambda conn: _drop_events(conn, before, limit))

@@ -92,11 +92,23 @@ END
 """
 
 
+def _drop_failed_outbox(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
+    return conn.execute(
+        "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox "
+        "WHERE state='failed' AND created_at < ? LIMIT ?)",
+        (cutoff, limit),
+    ).rowcount
+
+
 class WebhookOutbox:
     """The ``webhook_outbox`` table: what is due, and settling rows."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    async def prune_failed(self, before: float, limit: int) -> int:
+        """Retention: delete up to ``limit`` given-up deliveries created before ``before``."""
+        return await self.db.write(lambda conn: _drop_failed_outbox(conn, before, limit))
 
     async def sync(self, hooks: Sequence[WebhookConfig]) -> int:
         """Make ``webhook_endpoints`` match the config; returns outbox rows dropped."""

@@ -25,6 +25,7 @@ from mtaserver.model import (
     Event,
     JobRecipient,
     PreparedMessage,
+    QueueGauges,
     RecipientState,
     RecipientUpdate,
 )
@@ -504,6 +505,44 @@ class Spool:
             queue_id, "held", "queued", self._clock.now() if now is None else now
         )
 
+    async def gauges(self, states: Sequence[str], top: int, now: float) -> QueueGauges:
+        """Recipients in ``states``: per state, per destination (top N), the oldest's age."""
+        marks = ",".join("?" * len(states))
+
+        def fn(conn: sqlite3.Connection) -> QueueGauges:
+            by_state = dict.fromkeys(states, 0)
+            for state, n in conn.execute(
+                f"SELECT state, count(*) FROM recipients WHERE state IN ({marks}) GROUP BY state",
+                tuple(states),
+            ):
+                by_state[state] = int(n)
+            rows = conn.execute(
+                f"SELECT domain, count(*) AS n FROM recipients WHERE state IN ({marks}) "
+                "GROUP BY domain ORDER BY n DESC, domain",
+                tuple(states),
+            ).fetchall()
+            oldest = conn.execute(
+                "SELECT min(m.received_at) FROM messages m WHERE m.id IN "
+                f"(SELECT queue_id FROM recipients WHERE state IN ({marks}))",
+                tuple(states),
+            ).fetchone()[0]
+            return QueueGauges(
+                by_state=by_state,
+                by_destination=tuple((d, int(n)) for d, n in rows[:top]),
+                other=sum(int(n) for _, n in rows[top:]),
+                oldest_age=max(0.0, now - oldest) if oldest is not None else 0.0,
+            )
+
+        return await self.db.read(fn)
+
+    async def drop_bodies(self, before: float, limit: int) -> int:
+        """Retention: drop kept bodies of messages finished before ``before`` (≤ ``limit``)."""
+        return await self.db.write(lambda conn: _drop_bodies(conn, before, limit))
+
+    async def purge_finished(self, before: float, limit: int) -> int:
+        """Retention: delete messages finished before ``before``; ``limit`` counts rows."""
+        return await self.db.write(lambda conn: _drop_records(conn, before, limit))
+
     async def _move(self, queue_id: str, src: str, dst: str, due: float | None = None) -> int:
         def op(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
@@ -514,6 +553,49 @@ class Spool:
             return cur.rowcount
 
         return await self.db.write(op)
+
+
+# A message whose every recipient is final, the last since before the cutoff.
+_DONE_BEFORE = (
+    "NOT EXISTS (SELECT 1 FROM recipients r WHERE r.queue_id = m.id "
+    f"AND (r.state NOT IN {FINAL_STATES_SQL} OR r.updated_at >= :cutoff))"
+)
+
+
+def _drop_bodies(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
+    """Bodies of messages finished before ``cutoff``; counts messages."""
+    ids = [
+        r[0]
+        for r in conn.execute(
+            "SELECT m.id FROM messages m WHERE m.body IS NOT NULL AND m.received_at < :cutoff "
+            f"AND {_DONE_BEFORE} ORDER BY m.received_at LIMIT :limit",
+            {"cutoff": cutoff, "limit": limit},
+        )
+    ]
+    for qid in ids:
+        conn.execute("UPDATE messages SET body=NULL WHERE id=?", (qid,))
+        conn.execute(
+            "UPDATE recipients SET body=NULL WHERE queue_id=? AND body IS NOT NULL", (qid,)
+        )
+    return len(ids)
+
+
+def _drop_records(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
+    """Delete old finished messages; ``limit`` counts rows (recipients + messages)."""
+    rows = conn.execute(
+        "SELECT m.id, (SELECT count(*) FROM recipients r WHERE r.queue_id = m.id) "
+        f"FROM messages m WHERE m.received_at < :cutoff AND {_DONE_BEFORE} "
+        "ORDER BY m.received_at LIMIT :limit",
+        {"cutoff": cutoff, "limit": limit},
+    ).fetchall()
+    deleted = 0
+    for qid, n in rows:
+        if deleted and deleted + n + 1 > limit:
+            break
+        conn.execute("DELETE FROM recipients WHERE queue_id=?", (qid,))
+        conn.execute("DELETE FROM messages WHERE id=?", (qid,))
+        deleted += n + 1
+    return deleted
 
 
 def drop_body_if_done(conn: sqlite3.Connection, queue_id: str) -> None:
