@@ -94,9 +94,10 @@ async def _mtaserver(port: int, workdir: Path, logged: bool) -> None:
     from mtaserver.model import PreparedMessage, PreparedRecipient
     from mtaserver.storage.sqlite.db import Database
     from mtaserver.storage.sqlite.queue import Spool
+    from mtaserver.storage.sqlite.tracking import SqlTrackingStore
     from mtaserver.tracking.bots import BotDetector, load_rules
     from mtaserver.tracking.privacy import IpPrivacy
-    from mtaserver.tracking.recorder import Recorder, SqlTrackingStore
+    from mtaserver.tracking.recorder import Recorder
     from mtaserver.tracking.tokens import TokenCodec
     from mtaserver.tracking.web import TrackingWeb
 

@@ -59,13 +59,14 @@ from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from mtaserver.storage.sqlite.reports import Reports
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.storage.sqlite.tokens import TokenStore
+from mtaserver.storage.sqlite.tracking import SqlTrackingStore
 from mtaserver.storage.sqlite.users import UserStore
 from mtaserver.submission import RateLimiter, SubmissionHandler, SubmissionServer, Suppressions
 from mtaserver.supervisor import first_fatal, supervise
 from mtaserver.tracking.bots import BotDetector, load_rules
 from mtaserver.tracking.mailto import MailUnsubscribe
 from mtaserver.tracking.privacy import IpPrivacy
-from mtaserver.tracking.recorder import Recorder, SqlTrackingStore
+from mtaserver.tracking.recorder import Recorder
 from mtaserver.tracking.tokens import TokenCodec, load_secrets
 from mtaserver.tracking.tracker import Tracker
 from mtaserver.tracking.web import TrackingWeb

@@ -335,3 +335,23 @@ class StoredEvent:
             "recipient": self.recipient,
             "data": self.data,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedRecipient:
+    """What the queue knows about a tracked recipient."""
+
+    address: str
+    sender: str
+    campaign: str | None
+    user: str | None
+    state: str
+    delivered_at: float | None
+
+
+Key = tuple[str, int]  # (queue_id, recipient idx) as a tracking token names it
+# One open or click as the writer gets it: (at, type, queue_id, idx, user_agent,
+# client_ip, machine, reason, proxy, url). A plain tuple, not a NamedTuple: one is built
+# per hit on the event loop.
+_Opt = str | None
+HitRow = tuple[float, str, str, int, str, str, bool, _Opt, _Opt, _Opt]

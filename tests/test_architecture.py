@@ -208,12 +208,9 @@ OWNERS = {
 }
 # Modules outside the backend that still run SQL on a table (issue 13, item 1).
 KNOWN_SQL: set[tuple[str, str]] = {
-    ("events", "tracking.recorder"),
     ("events", "privacy"),
     ("messages", "privacy"),
-    ("messages", "tracking.recorder"),
     ("recipients", "privacy"),
-    ("recipients", "tracking.recorder"),
     ("suppressions", "privacy"),
     ("soft_bounces", "privacy"),
     ("users", "privacy"),

@@ -10,8 +10,9 @@ The event loop is what limits how many hits per second the endpoint serves, so a
 it as little Python as possible: the verdict (memoized by user agent), the stored form of
 the IP (memoized), one tuple. Everything else happens inside SQLite on the writer thread,
 which runs with the GIL released: the recipient's address, campaign and user are joined
-from the queue tables, and the event's JSON is built there. Only clicks need a lookup
-first (the delivery time tells a scanner's early click from a person's).
+from the queue tables, and the event's JSON is built there (``storage.sqlite.tracking``).
+Only clicks need a lookup first (the delivery time tells a scanner's early click from a
+person's).
 
 Unsubscribes are the exception: they change state (a suppression), so the POST waits
 until both the suppression and the event are stored before it says "done".
@@ -21,19 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import sqlite3
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from mtaserver.clock import Clock
 from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
-from mtaserver.model import FINAL_STATES, Event
-from mtaserver.storage.sqlite.db import Database
-from mtaserver.storage.sqlite.events import EventLog
+from mtaserver.model import FINAL_STATES, Event, HitRow, Key, TrackedRecipient
 from mtaserver.tracking.bots import BotDetector, Hit
 from mtaserver.tracking.privacy import IpPrivacy
 
@@ -44,19 +40,6 @@ _INFO_CACHE = 100_000
 _MAX_FAILURES = 3
 _SETTLED_TTL = 600.0
 _UNSETTLED_TTL = 5.0
-Key = tuple[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientInfo:
-    """What the queue knows about a tracked recipient."""
-
-    address: str
-    sender: str
-    campaign: str | None
-    user: str | None
-    state: str
-    delivered_at: float | None
 
 
 def _text(user_agent: str) -> str:
@@ -65,17 +48,10 @@ def _text(user_agent: str) -> str:
     return ua if ua.isascii() else ua.encode("utf-8", "replace").decode("utf-8")
 
 
-# One open or click as the writer gets it: (at, type, queue_id, idx, user_agent,
-# client_ip, machine, reason, proxy, url). A plain tuple, not a NamedTuple: one is built
-# per hit on the event loop.
-_Opt = str | None
-HitRow = tuple[float, str, str, int, str, str, bool, _Opt, _Opt, _Opt]
-
-
 class TrackingStore(Protocol):
-    """Reads the queue tables and writes events (``SqlTrackingStore`` in production)."""
+    """Looks up tracked recipients and writes hit events (``storage.sqlite.tracking``)."""
 
-    async def lookup(self, keys: Sequence[Key]) -> dict[Key, RecipientInfo]: ...
+    async def lookup(self, keys: Sequence[Key]) -> dict[Key, TrackedRecipient]: ...
 
     async def write_rows(self, rows: Sequence[HitRow]) -> None: ...
 
@@ -88,72 +64,6 @@ class UnsubscribeSink(Protocol):
     async def unsubscribe(
         self, sender_domain: str | None, address: str, queue_id: str, at: float
     ) -> None: ...
-
-
-# A whole batch is handed to SQLite as ONE JSON array bound to ONE statement: the writer
-# thread then inserts every row inside a single sqlite3_step with the GIL released, instead
-# of binding parameters row by row and fighting the event loop for the GIL each time. The
-# recipient (address, then its message's campaign and user) is joined here, not looked up
-# in Python; a recipient the queue no longer knows leaves them NULL. json_patch('{}', …)
-# drops the null members of ``data``.
-_INSERT_BATCH = """
-INSERT INTO events(at, type, queue_id, recipient, data)
-SELECT h.value ->> 0, h.value ->> 1, h.value ->> 2, r.address,
-       json_patch('{}', json_object(
-           'idx', h.value ->> 3, 'campaign', m.campaign, 'user', m.user,
-           'user_agent', h.value ->> 4, 'client_ip', h.value ->> 5,
-           'machine', json(h.value -> 6), 'reason', h.value ->> 7,
-           'proxy', h.value ->> 8, 'url', h.value ->> 9))
-FROM json_each(?) AS h
-LEFT JOIN recipients r ON r.queue_id = h.value ->> 2 AND r.idx = h.value ->> 3
-LEFT JOIN messages m ON m.id = r.queue_id
-ORDER BY h.key
-"""
-
-
-# The recipients of a batch of (queue_id, idx) keys, with the time of their first delivery:
-# walking the recipient's own events (events_queue_recipient), not the whole message's (a
-# campaign message may have a million opens).
-_LOOKUP_BATCH = """
-SELECT r.queue_id, r.idx, r.address, m.sender, m.campaign, m.user, r.state, r.updated_at,
-       (SELECT min(e.at) FROM events e WHERE e.queue_id = r.queue_id
-        AND e.recipient = r.address AND +e.type = 'delivered')
-FROM json_each(?) AS k
-JOIN recipients r ON r.queue_id = k.value ->> 0 AND r.idx = k.value ->> 1
-JOIN messages m ON m.id = r.queue_id
-"""
-
-
-class SqlTrackingStore:
-    """:class:`TrackingStore` over the core tables; events ride the group commit."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self.emit = EventLog(db).emit  # single events (unsubscribes), like every stage
-
-    async def lookup(self, keys: Sequence[Key]) -> dict[Key, RecipientInfo]:
-        # One statement for the whole batch, like the insert: the reader thread then holds
-        # the GIL once per batch, not once per recipient.
-        wanted = json.dumps(list(dict.fromkeys(keys)), separators=(",", ":"))
-
-        def op(conn: sqlite3.Connection) -> dict[Key, RecipientInfo]:
-            out: dict[Key, RecipientInfo] = {}
-            for row in conn.execute(_LOOKUP_BATCH, (wanted,)):
-                qid, idx, address, sender, campaign, user, state, updated_at, delivered = row
-                if delivered is None and state == "delivered":
-                    delivered = updated_at
-                out[(qid, idx)] = RecipientInfo(address, sender, campaign, user, state, delivered)
-            return out
-
-        return await self.db.read(op)
-
-    async def write_rows(self, rows: Sequence[HitRow]) -> None:
-        payload = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
-
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(_INSERT_BATCH, (payload,))
-
-        await self.db.write(op)
 
 
 class Recorder:
@@ -182,7 +92,7 @@ class Recorder:
         self._pending: deque[Hit] = deque()
         self._recent: deque[Hit] = deque()  # judged clicks kept for burst context
         self._heads: dict[Key, deque[float]] = {}
-        self._infos: dict[Key, tuple[float, RecipientInfo | None]] = {}
+        self._infos: dict[Key, tuple[float, TrackedRecipient | None]] = {}
         self._failures = 0
         self.dropped = 0
         self.recorded = 0
@@ -285,7 +195,7 @@ class Recorder:
         self._expire_heads(now)
         return len(rows)
 
-    async def _lookup(self, keys: Sequence[Key], now: float) -> dict[Key, RecipientInfo]:
+    async def _lookup(self, keys: Sequence[Key], now: float) -> dict[Key, TrackedRecipient]:
         """Recipient facts, cached: final ones for 10 minutes, others for a few seconds."""
         cache = self._infos
         missing = [k for k in dict.fromkeys(keys) if k not in cache or cache[k][0] < now]
@@ -299,7 +209,7 @@ class Recorder:
                     info.delivered_at is not None or info.state in FINAL_STATES
                 )
                 cache[k] = (now + (_SETTLED_TTL if settled else _UNSETTLED_TTL), info)
-        out: dict[Key, RecipientInfo] = {}
+        out: dict[Key, TrackedRecipient] = {}
         for k in keys:
             info = cache[k][1]
             if info is not None:

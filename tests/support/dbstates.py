@@ -37,8 +37,8 @@ from mtaserver.storage.sqlite.outbox import Settlement, WebhookOutbox
 from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.storage.sqlite.tokens import TokenStore
+from mtaserver.storage.sqlite.tracking import SqlTrackingStore
 from mtaserver.storage.sqlite.users import UserStore
-from mtaserver.tracking.recorder import SqlTrackingStore
 
 STATES = ("empty", "final", "busy")
 WEBHOOK = "hook"  # the [[webhooks]] name the test config must use

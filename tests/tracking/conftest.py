@@ -20,9 +20,10 @@ from mtaserver.model import (
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.queue import Spool
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
+from mtaserver.storage.sqlite.tracking import SqlTrackingStore
 from mtaserver.tracking.bots import BotDetector, load_rules
 from mtaserver.tracking.privacy import IpPrivacy
-from mtaserver.tracking.recorder import Recorder, SqlTrackingStore
+from mtaserver.tracking.recorder import Recorder
 from mtaserver.tracking.tracker import Tracker
 from mtaserver.tracking.web import TrackingWeb
 from tests.support.clock import FakeClock

@@ -262,8 +262,9 @@ async def test_odd_user_agents_and_unknown_recipients_are_still_recorded(stack: 
 
 async def test_events_keep_one_index_and_every_lookup_uses_it(stack: Stack) -> None:
     """Each index on events is paid by every open and click; the one left serves all reads."""
+    from mtaserver.storage.sqlite.events import INSERT_HITS
     from mtaserver.storage.sqlite.reports import COHORT_SQL
-    from mtaserver.tracking.recorder import _INSERT_BATCH, _LOOKUP_BATCH
+    from mtaserver.storage.sqlite.tracking import LOOKUP_TRACKED
 
     def plans(conn: sqlite3.Connection) -> dict[str, object]:
         def plan(sql: str, params: object) -> str:
@@ -277,8 +278,8 @@ async def test_events_keep_one_index_and_every_lookup_uses_it(stack: Stack) -> N
         return {
             "indexes": [r[0] for r in indexes],
             "stats": plan(COHORT_SQL, stats),
-            "insert": plan(_INSERT_BATCH, ("[]",)),
-            "lookup": plan(_LOOKUP_BATCH, ("[]",)),
+            "insert": plan(INSERT_HITS, ("[]",)),
+            "lookup": plan(LOOKUP_TRACKED, ("[]",)),
             "dsn": plan("SELECT data FROM events WHERE queue_id=? AND type='dsn_sent'", ("Q",)),
         }
 

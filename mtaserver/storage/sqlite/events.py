@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from mtaserver.model import Event, StoredEvent
+from mtaserver.model import Event, HitRow, StoredEvent
 from mtaserver.storage.sqlite.db import Database
 
 
@@ -33,6 +33,27 @@ def insert_events(conn: sqlite3.Connection, events: Sequence[Event]) -> range:
     )
     last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
     return range(last - len(events) + 1, last + 1)
+
+
+# A whole batch is handed to SQLite as ONE JSON array bound to ONE statement: the writer
+# thread then inserts every row inside a single sqlite3_step with the GIL released, instead
+# of binding parameters row by row and fighting the event loop for the GIL each time. The
+# recipient (address, then its message's campaign and user) is joined here, not looked up
+# in Python; a recipient the queue no longer knows leaves them NULL. json_patch('{}', …)
+# drops the null members of ``data``.
+INSERT_HITS = """
+INSERT INTO events(at, type, queue_id, recipient, data)
+SELECT h.value ->> 0, h.value ->> 1, h.value ->> 2, r.address,
+       json_patch('{}', json_object(
+           'idx', h.value ->> 3, 'campaign', m.campaign, 'user', m.user,
+           'user_agent', h.value ->> 4, 'client_ip', h.value ->> 5,
+           'machine', json(h.value -> 6), 'reason', h.value ->> 7,
+           'proxy', h.value ->> 8, 'url', h.value ->> 9))
+FROM json_each(?) AS h
+LEFT JOIN recipients r ON r.queue_id = h.value ->> 2 AND r.idx = h.value ->> 3
+LEFT JOIN messages m ON m.id = r.queue_id
+ORDER BY h.key
+"""
 
 
 def _data(raw: str | None) -> dict[str, Any]:
@@ -131,3 +152,12 @@ class EventLog:
     async def prune_events(self, before: float, limit: int) -> int:
         """Retention: delete up to ``limit`` events older than ``before``."""
         return await self.db.write(lambda conn: _drop_events(conn, before, limit))
+
+    async def insert_hits(self, rows: Sequence[HitRow]) -> None:
+        """One batch of opens and clicks: one statement, one group-committed write."""
+        payload = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(INSERT_HITS, (payload,))
+
+        await self.db.write(op)
