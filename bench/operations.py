@@ -22,7 +22,6 @@ from pathlib import Path
 from aiohttp import web
 
 from mtaserver import privacy
-from mtaserver.backup import backup
 from mtaserver.clock import SystemClock
 from mtaserver.config.webhooks import WebhookConfig
 from mtaserver.crypto import AesGcmCodec, Keyring
@@ -34,9 +33,11 @@ from mtaserver.model import (
     RecipientUpdate,
 )
 from mtaserver.storage.sqlite import db as dbmod
+from mtaserver.storage.sqlite.backup import backup
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.events import EventLog
 from mtaserver.storage.sqlite.outbox import WebhookOutbox
+from mtaserver.storage.sqlite.privacy import SqlitePrivacy
 from mtaserver.storage.sqlite.queue import BodyCodec, IdentityCodec, Spool
 from mtaserver.webhooks import WebhookDispatcher
 
@@ -161,7 +162,7 @@ async def erase_and_backup(n: int, d: Path) -> tuple[float, float, float]:
     )  # fmt: skip
     await spool.enqueue(msg(n + 1, "bob@example.net"))
     t0 = time.perf_counter()
-    r = await privacy.erase(db, "bob@example.net")
+    r = await privacy.erase(SqlitePrivacy(db), "bob@example.net")
     t_erase = time.perf_counter() - t0
     assert r.recipients == 1
     b = await backup(db.path, d / "copy.db")

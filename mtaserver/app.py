@@ -55,6 +55,7 @@ from mtaserver.shaper import Shaper
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.events import EventLog
 from mtaserver.storage.sqlite.outbox import WebhookOutbox
+from mtaserver.storage.sqlite.privacy import SqlitePrivacy
 from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from mtaserver.storage.sqlite.reports import Reports
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
@@ -556,7 +557,7 @@ def _admin_service(core: Core, metrics: Metrics) -> Service | None:
     if cfg.listen is None:
         return None
     deps = AdminDeps(
-        db=core.db,
+        privacy=SqlitePrivacy(core.db),
         spool=core.spool,
         config=lambda: core.config,
         keys=lambda: core.signer.keyset if core.signer is not None else KeySet(),

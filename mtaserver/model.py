@@ -9,6 +9,7 @@ between daemons in the same spirit). Mail content is ``bytes`` end to end.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -355,3 +356,39 @@ Key = tuple[str, int]  # (queue_id, recipient idx) as a tracking token names it
 # per hit on the event loop.
 _Opt = str | None
 HitRow = tuple[float, str, str, int, str, str, bool, _Opt, _Opt, _Opt]
+
+
+@dataclass(frozen=True, slots=True)
+class Redaction:
+    """How a privacy erase rewrites text: ``address`` (a whole word) becomes ``token``."""
+
+    address: str  # normalized, lower case
+    token: str
+    pattern: re.Pattern[str]
+
+    def sub(self, text: str | None) -> str | None:
+        return None if text is None else self.pattern.sub(self.token, text)
+
+    def scrub(self, value: Any) -> Any:
+        """``value`` (decoded JSON) with the address replaced in every string inside it."""
+        if isinstance(value, str):
+            return self.pattern.sub(self.token, value)
+        if isinstance(value, list):
+            return [self.scrub(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.scrub(v) for k, v in value.items()}
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class ErasePlan:
+    """What a privacy erase found to rewrite (read on the reader, applied in batches)."""
+
+    recipients: tuple[int, ...] = ()  # recipient rows naming or quoting the address
+    messages: tuple[str, ...] = ()  # messages whose sender/user/message_id mention it
+    bodies: tuple[str, ...] = ()  # queue ids whose content mentions it
+    events: tuple[int, ...] = ()
+    other: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # table → rowids
+
+    def empty(self) -> bool:
+        return not (self.recipients or self.messages or self.bodies or self.events or self.other)

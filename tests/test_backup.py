@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mtaserver.backup import BackupError, backup
 from mtaserver.model import PreparedMessage, PreparedRecipient
+from mtaserver.storage.sqlite.backup import BackupError, backup
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.queue import Spool
 from tests.support.daemon import Daemon, TestConfig

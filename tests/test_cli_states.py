@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from mtaserver.backup import backup_sync
 from mtaserver.cli import build_parser
 from mtaserver.dkim import keys as K
 from mtaserver.dkim.records import quote_txt
+from mtaserver.storage.sqlite.backup import backup_sync
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.tokens import TokenStore
 from tests.support.admin import AdminClient, operations

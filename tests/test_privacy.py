@@ -22,6 +22,7 @@ from mtaserver.model import (
 )
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.events import EventLog
+from mtaserver.storage.sqlite.privacy import SqlitePrivacy
 from mtaserver.storage.sqlite.queue import BodyCodec, IdentityCodec, Spool
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.suppression import address_hash
@@ -90,7 +91,7 @@ async def test_export_then_erase_leaves_nothing_in_the_file(
     await db.open()
     try:
         await populate(db, codec)
-        exported = await privacy.export(db, "BOB@example.com", codec=codec)
+        exported = await privacy.export(SqlitePrivacy(db), "BOB@example.com", codec=codec)
         json.dumps(exported)  # JSON-ready
         assert [(r["queue_id"], r["state"]) for r in exported["received"]] == [
             ("M1", "delivered"),
@@ -108,14 +109,14 @@ async def test_export_then_erase_leaves_nothing_in_the_file(
         assert len(exported["soft_bounces"]) == 1
         assert BOB_RE.search(database_bytes(db.path))  # it is there before
 
-        result = await privacy.erase(db, "Bob@example.com", codec=codec)
+        result = await privacy.erase(SqlitePrivacy(db), "Bob@example.com", codec=codec)
         assert result.recipients == 2 and result.cancelled == 2  # Bob's and Dave's (same body)
         assert result.bodies_removed == 1 and result.messages == 1
         assert result.events == 4 and result.suppressions_hashed == 2
         assert result.soft_bounces == 1 and result.checkpointed and result.in_flight == 0
 
         # Nothing left in any row ...
-        again = await privacy.export(db, BOB, codec=codec)
+        again = await privacy.export(SqlitePrivacy(db), BOB, codec=codec)
         assert again["received"] == again["sent"] == again["events"] == []
         assert again["other"] == {} and again["soft_bounces"] == []
         # ... the suppressions are kept, hashed, and still match the address.
@@ -155,9 +156,9 @@ async def test_export_then_erase_leaves_nothing_in_the_file(
 async def test_erase_can_add_a_hashed_suppression_and_is_idempotent(db: Database) -> None:
     spool = Spool(db)
     await spool.enqueue(message("M1", "app@sender.example", [BOB]))
-    first = await privacy.erase(db, BOB, suppress=True)
+    first = await privacy.erase(SqlitePrivacy(db), BOB, suppress=True)
     assert first.recipients == 1
-    second = await privacy.erase(db, BOB, suppress=True)
+    second = await privacy.erase(SqlitePrivacy(db), BOB, suppress=True)
     assert second.recipients == 0 and second.events == 0
     hit = await SuppressionStore(db).check(BOB, None)
     assert hit is not None and hit.reason == "erased"
@@ -169,7 +170,7 @@ async def test_erase_can_add_a_hashed_suppression_and_is_idempotent(db: Database
 async def test_not_an_address_is_refused(db: Database) -> None:
     for bad in ("", "bob", "@example.com", "bob@", "bob smith@example.com"):
         with pytest.raises(privacy.PrivacyError):
-            await privacy.erase(db, bad)
+            await privacy.erase(SqlitePrivacy(db), bad)
 
 
 def test_erase_end_to_end_against_the_running_daemon(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from mtaserver.config import Config
 from mtaserver.dkim.keys import KeySet
 from mtaserver.metrics import Metrics
 from mtaserver.model import StoredEvent
-from mtaserver.storage.sqlite.db import Database
+from mtaserver.privacy import PrivacyStore
 from mtaserver.storage.sqlite.queue import BodyCodec, Spool
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.tracking.stats import CohortSource
@@ -47,7 +47,7 @@ class EventFeed(Protocol):
 class AdminDeps:
     """What the endpoints are wired to (built in ``app``)."""
 
-    db: Database
+    privacy: PrivacyStore
     spool: Spool
     config: Callable[[], Config]  # the current config (it changes on SIGHUP)
     keys: Callable[[], KeySet]  # the signer's current DKIM keys

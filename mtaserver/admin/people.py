@@ -151,7 +151,7 @@ class PeopleApi:
         if bodies not in ("true", "false"):
             raise ApiError(400, "bodies: expected true or false")
         data = await privacy.export(
-            self.d.db, address, codec=self._codec(), bodies=bodies == "true"
+            self.d.privacy, address, codec=self._codec(), bodies=bodies == "true"
         )
         return json_response(data)
 
@@ -161,5 +161,7 @@ class PeopleApi:
         suppress = body.get("suppress", False)
         if not isinstance(suppress, bool):
             raise ApiError(400, "suppress: expected true or false")
-        result = await privacy.erase(self.d.db, address, codec=self._codec(), suppress=suppress)
+        result = await privacy.erase(
+            self.d.privacy, address, codec=self._codec(), suppress=suppress
+        )
         return json_response(result.as_dict())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mtaserver.backup import backup_sync
 from mtaserver.cli._common import add_config_arg, config_from
+from mtaserver.storage.sqlite.backup import backup_sync
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -9,6 +9,7 @@ import sys
 from mtaserver import privacy
 from mtaserver.cli._common import add_config_arg, config_from, with_db
 from mtaserver.crypto import codec_for
+from mtaserver.storage.sqlite.privacy import SqlitePrivacy
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,7 +39,10 @@ def run_export(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     codec = codec_for(cfg.storage.encryption_key_file)
     data = with_db(
-        cfg, lambda db: privacy.export(db, args.address, codec=codec, bodies=not args.no_bodies)
+        cfg,
+        lambda db: privacy.export(
+            SqlitePrivacy(db), args.address, codec=codec, bodies=not args.no_bodies
+        ),
     )
     json.dump(data, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
@@ -49,7 +53,10 @@ def run_erase(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     codec = codec_for(cfg.storage.encryption_key_file)
     result = with_db(
-        cfg, lambda db: privacy.erase(db, args.address, codec=codec, suppress=args.suppress)
+        cfg,
+        lambda db: privacy.erase(
+            SqlitePrivacy(db), args.address, codec=codec, suppress=args.suppress
+        ),
     )
     json.dump(result.as_dict(), sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")

@@ -11,7 +11,7 @@ recorder's store), never by hand-written SQL:
   token and webhook outbox rows (pending, waiting, failed).
 
 ``build(state, path)`` writes one state's database and returns what a test needs to name
-things in it (``Facts``). Tests copy a state with ``mtaserver.backup.backup_sync`` (the
+things in it (``Facts``). Tests copy a state with ``mtaserver.storage.sqlite.backup.backup_sync`` (the
 file alone, without its WAL, is not a copy).
 """
 

@@ -57,6 +57,11 @@ def configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA secure_delete=ON")
 
 
+def mark_clean(conn: sqlite3.Connection) -> None:
+    """Record that this database file was left consistent (a clean stop, a checked copy)."""
+    conn.execute("UPDATE meta SET value='1' WHERE key='clean_shutdown'")
+
+
 def migration_files() -> list[tuple[str, str]]:
     """(name, sql) of every migration shipped in ``migrations/`` next to this module, sorted."""
     pkg = resources.files("mtaserver.storage.sqlite") / "migrations"

@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from mtaserver.model import Event, HitRow, StoredEvent
+from mtaserver.model import Event, HitRow, Redaction, StoredEvent
 from mtaserver.storage.sqlite.db import Database
 
 
@@ -85,6 +85,34 @@ def _drop_events(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
             ids.append(event_id)
     conn.executemany("DELETE FROM events WHERE id=?", [(i,) for i in ids])
     return len(ids)
+
+
+def erase_event(
+    conn: sqlite3.Connection, event_id: int, red: Redaction, personal: Sequence[str]
+) -> int:
+    """Rewrite one event for a privacy erase; the ``personal`` data keys of the erased
+    person's own events (user agent, IP) go. 1 if the event exists."""
+    row = conn.execute("SELECT recipient, data FROM events WHERE id=?", (event_id,)).fetchone()
+    if row is None:
+        return 0
+    recipient, data = row
+    own = (recipient or "").lower() == red.address
+    try:
+        payload = json.loads(data) if data else {}
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        if own:
+            for key in personal:
+                payload.pop(key, None)
+        new_data = json.dumps(red.scrub(payload))
+    else:
+        new_data = red.sub(data) or "{}"
+    conn.execute(
+        "UPDATE events SET recipient=?, data=? WHERE id=?",
+        (red.token if own else red.sub(recipient), new_data, event_id),
+    )
+    return 1
 
 
 class EventLog:

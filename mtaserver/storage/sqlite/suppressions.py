@@ -43,6 +43,13 @@ def add_hashed(conn: sqlite3.Connection, address: str, reason: str, now: float) 
     )
 
 
+def forget_soft_bounces(conn: sqlite3.Connection, address: str) -> int:
+    """Delete the address's soft-bounce counter rows (privacy erase); how many."""
+    return conn.execute(
+        "DELETE FROM soft_bounces WHERE lower(address)=?", (normalize(address),)
+    ).rowcount
+
+
 def _row(row: tuple[object, ...]) -> Suppression:
     address, scope, reason, source, created, expires, event_id, queue_id = row
     return Suppression(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtaserver.errors import MtaError
+from mtaserver.storage.sqlite.db import mark_clean
 
 
 class BackupError(MtaError):
@@ -56,7 +57,7 @@ def backup_sync(source: Path, target: Path) -> BackupResult:
                     raise BackupError(f"{tmp}: integrity_check failed: {result}")
                 # The copy is a consistent, checked snapshot: a daemon restored from it has
                 # no unclean stop to recover from.
-                dst.execute("UPDATE meta SET value='1' WHERE key='clean_shutdown'")
+                mark_clean(dst)
                 dst.commit()
                 dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
                 pages = int(dst.execute("PRAGMA page_count").fetchone()[0])

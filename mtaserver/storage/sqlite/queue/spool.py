@@ -1,4 +1,4 @@
-"""The durable queue: the only writer of the ``messages`` and ``recipients`` tables.
+"""The spool: intake, leases and outcomes of the durable queue.
 
 ``enqueue`` returns only after the message, its recipients and its ``accepted`` event are
 committed (group commit through :class:`~mtaserver.storage.sqlite.db.Database`).
@@ -11,112 +11,34 @@ index and stops at ``limit``, so it costs the same whatever the queue's size.
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.model import (
     FINAL_STATES,
-    FINAL_STATES_SQL,
     DeliveryJob,
     Event,
     JobRecipient,
     PreparedMessage,
-    QueueGauges,
     RecipientState,
     RecipientUpdate,
 )
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.events import insert_events
-
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def new_queue_id(now: float) -> str:
-    """16 characters, time-ordered (48-bit milliseconds) plus 32 random bits, Crockford base32."""
-    ms = int(now * 1000) & ((1 << 48) - 1)
-    value = (ms << 32) | secrets.randbits(32)
-    chars = []
-    for _ in range(16):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+from mtaserver.storage.sqlite.queue.maintenance import Maintenance, drop_body_if_done
+from mtaserver.storage.sqlite.queue.operator import OperatorOps
+from mtaserver.storage.sqlite.queue.values import (
+    BodyCodec,
+    IdentityCodec,
+    MessageInfo,
+    RecipientInfo,
+    domain_of,
+)
 
 
-def domain_of(address: str) -> str:
-    return address.rpartition("@")[2].lower().rstrip(".")
-
-
-@dataclass(frozen=True, slots=True)
-class RecipientInfo:
-    idx: int
-    address: str
-    state: str
-    attempts: int
-    next_attempt: float
-    last_reply: str
-
-
-@dataclass(frozen=True, slots=True)
-class MessageInfo:
-    queue_id: str
-    sender: str
-    user: str | None
-    client_ip: str
-    received_at: float
-    size: int
-    message_id: str
-    campaign: str | None
-    recipients: tuple[RecipientInfo, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class QueueEntry:
-    queue_id: str
-    idx: int
-    address: str
-    domain: str
-    state: str
-    attempts: int
-    next_attempt: float
-    last_reply: str
-    received_at: float
-    sender: str
-
-
-@dataclass(frozen=True, slots=True)
-class QueueSummary:
-    """Non-final recipients by destination and age bucket (like Postfix's qshape)."""
-
-    buckets: tuple[str, ...]  # bucket labels, e.g. ("5m", "10m", ...)
-    rows: tuple[tuple[str, int, tuple[int, ...]], ...]  # (domain, total, counts per bucket)
-    by_state: tuple[tuple[str, int], ...]
-
-
-AGE_BUCKETS = ((300, "5m"), (600, "10m"), (1800, "30m"), (3600, "1h"), (14400, "4h"),
-               (86400, "1d"), (432000, "5d"), (float("inf"), "older"))  # fmt: skip
-
-
-class BodyCodec(Protocol):
-    """How bodies are stored (``mtaserver.crypto`` encrypts them at rest)."""
-
-    def encode(self, data: bytes) -> bytes: ...
-
-    def decode(self, blob: bytes) -> bytes: ...
-
-
-class IdentityCodec:
-    def encode(self, data: bytes) -> bytes:
-        return data
-
-    def decode(self, blob: bytes) -> bytes:
-        return blob
-
-
-class Spool:
+class Spool(OperatorOps, Maintenance):
     """``codec`` stores bodies (identity by default; app may swap it on SIGHUP).
 
     ``keep_bodies`` > 0 keeps bodies after every recipient is final; the retention service
@@ -348,67 +270,6 @@ class Spool:
 
         return await self.db.write(op)
 
-    # -- operator ops (CLI and admin API share these) -------------------------------------
-    async def summary(self, now: float | None = None, top: int = 50) -> QueueSummary:
-        t = self._clock.now() if now is None else now
-
-        def fn(conn: sqlite3.Connection) -> QueueSummary:
-            by_state = conn.execute(
-                "SELECT state, count(*) FROM recipients GROUP BY state ORDER BY state"
-            ).fetchall()
-            rows = conn.execute(
-                "SELECT r.domain, ? - m.received_at FROM recipients r JOIN messages m "
-                f"ON m.id = r.queue_id WHERE r.state NOT IN {FINAL_STATES_SQL}",
-                (t,),
-            ).fetchall()
-            per: dict[str, list[int]] = {}
-            for domain, age in rows:
-                counts = per.setdefault(domain, [0] * len(AGE_BUCKETS))
-                for i, (limit, _) in enumerate(AGE_BUCKETS):
-                    if age < limit:
-                        counts[i] += 1
-                        break
-            ordered = sorted(per.items(), key=lambda kv: (-sum(kv[1]), kv[0]))[:top]
-            return QueueSummary(
-                buckets=tuple(label for _, label in AGE_BUCKETS),
-                rows=tuple((d, sum(c), tuple(c)) for d, c in ordered),
-                by_state=tuple((s, n) for s, n in by_state),
-            )
-
-        return await self.db.read(fn)
-
-    async def list(
-        self, *, domain: str | None = None, state: str | None = None, limit: int = 100,
-        after: tuple[str, int] | None = None,
-    ) -> list[QueueEntry]:  # fmt: skip
-        """Recipients in queue order; by default only those not yet final."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        if domain:
-            clauses.append("r.domain = ?")
-            params.append(domain.lower())
-        if state:
-            clauses.append("r.state = ?")
-            params.append(state)
-        else:
-            clauses.append(f"r.state NOT IN {FINAL_STATES_SQL}")
-        if after:
-            clauses.append("(r.queue_id, r.idx) > (?, ?)")
-            params.extend(after)
-        where = " AND ".join(clauses)
-
-        def fn(conn: sqlite3.Connection) -> list[QueueEntry]:
-            rows = conn.execute(
-                "SELECT r.queue_id, r.idx, r.address, r.domain, r.state, r.attempts, "
-                "r.next_attempt, r.last_reply, m.received_at, m.sender FROM recipients r "
-                f"JOIN messages m ON m.id = r.queue_id WHERE {where} "
-                "ORDER BY r.queue_id, r.idx LIMIT ?",
-                (*params, limit),
-            ).fetchall()
-            return [QueueEntry(*row) for row in rows]
-
-        return await self.db.read(fn)
-
     async def show(self, queue_id: str) -> MessageInfo | None:
         def fn(conn: sqlite3.Connection) -> MessageInfo | None:
             m = conn.execute(
@@ -463,146 +324,3 @@ class Spool:
             return None if row is None or row[0] is None else codec.decode(row[0])
 
         return await self.db.read(fn)
-
-    async def retry(self, queue_id: str | None, now: float | None = None) -> int:
-        """Make queued recipients due now (one message, or all with ``None``)."""
-        t = self._clock.now() if now is None else now
-
-        def op(conn: sqlite3.Connection) -> int:
-            if queue_id is None:
-                cur = conn.execute(
-                    "UPDATE recipients SET next_attempt=? WHERE state='queued'", (t,)
-                )
-            else:
-                cur = conn.execute(
-                    "UPDATE recipients SET next_attempt=? WHERE state='queued' AND queue_id=?",
-                    (t, queue_id),
-                )
-            return cur.rowcount
-
-        return await self.db.write(op)
-
-    async def delete(self, queue_id: str) -> int:
-        """Remove a message and all its recipients; returns recipients removed."""
-        now = self._clock.now()
-
-        def op(conn: sqlite3.Connection) -> int:
-            n = conn.execute(
-                "SELECT count(*) FROM recipients WHERE queue_id=?", (queue_id,)
-            ).fetchone()[0]
-            conn.execute("DELETE FROM recipients WHERE queue_id=?", (queue_id,))
-            conn.execute("DELETE FROM messages WHERE id=?", (queue_id,))
-            insert_events(conn, [Event(type="deleted", at=now, queue_id=queue_id)])
-            return int(n)
-
-        return await self.db.write(op)
-
-    async def hold(self, queue_id: str) -> int:
-        return await self._move(queue_id, "queued", "held")
-
-    async def release(self, queue_id: str, now: float | None = None) -> int:
-        return await self._move(
-            queue_id, "held", "queued", self._clock.now() if now is None else now
-        )
-
-    async def gauges(self, states: Sequence[str], top: int, now: float) -> QueueGauges:
-        """Recipients in ``states``: per state, per destination (top N), the oldest's age."""
-        marks = ",".join("?" * len(states))
-
-        def fn(conn: sqlite3.Connection) -> QueueGauges:
-            by_state = dict.fromkeys(states, 0)
-            for state, n in conn.execute(
-                f"SELECT state, count(*) FROM recipients WHERE state IN ({marks}) GROUP BY state",
-                tuple(states),
-            ):
-                by_state[state] = int(n)
-            rows = conn.execute(
-                f"SELECT domain, count(*) AS n FROM recipients WHERE state IN ({marks}) "
-                "GROUP BY domain ORDER BY n DESC, domain",
-                tuple(states),
-            ).fetchall()
-            oldest = conn.execute(
-                "SELECT min(m.received_at) FROM messages m WHERE m.id IN "
-                f"(SELECT queue_id FROM recipients WHERE state IN ({marks}))",
-                tuple(states),
-            ).fetchone()[0]
-            return QueueGauges(
-                by_state=by_state,
-                by_destination=tuple((d, int(n)) for d, n in rows[:top]),
-                other=sum(int(n) for _, n in rows[top:]),
-                oldest_age=max(0.0, now - oldest) if oldest is not None else 0.0,
-            )
-
-        return await self.db.read(fn)
-
-    async def drop_bodies(self, before: float, limit: int) -> int:
-        """Retention: drop kept bodies of messages finished before ``before`` (≤ ``limit``)."""
-        return await self.db.write(lambda conn: _drop_bodies(conn, before, limit))
-
-    async def purge_finished(self, before: float, limit: int) -> int:
-        """Retention: delete messages finished before ``before``; ``limit`` counts rows."""
-        return await self.db.write(lambda conn: _drop_records(conn, before, limit))
-
-    async def _move(self, queue_id: str, src: str, dst: str, due: float | None = None) -> int:
-        def op(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                "UPDATE recipients SET state=?, next_attempt=coalesce(?, next_attempt) "
-                "WHERE queue_id=? AND state=?",
-                (dst, due, queue_id, src),
-            )
-            return cur.rowcount
-
-        return await self.db.write(op)
-
-
-# A message whose every recipient is final, the last since before the cutoff.
-_DONE_BEFORE = (
-    "NOT EXISTS (SELECT 1 FROM recipients r WHERE r.queue_id = m.id "
-    f"AND (r.state NOT IN {FINAL_STATES_SQL} OR r.updated_at >= :cutoff))"
-)
-
-
-def _drop_bodies(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
-    """Bodies of messages finished before ``cutoff``; counts messages."""
-    ids = [
-        r[0]
-        for r in conn.execute(
-            "SELECT m.id FROM messages m WHERE m.body IS NOT NULL AND m.received_at < :cutoff "
-            f"AND {_DONE_BEFORE} ORDER BY m.received_at LIMIT :limit",
-            {"cutoff": cutoff, "limit": limit},
-        )
-    ]
-    for qid in ids:
-        conn.execute("UPDATE messages SET body=NULL WHERE id=?", (qid,))
-        conn.execute(
-            "UPDATE recipients SET body=NULL WHERE queue_id=? AND body IS NOT NULL", (qid,)
-        )
-    return len(ids)
-
-
-def _drop_records(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
-    """Delete old finished messages; ``limit`` counts rows (recipients + messages)."""
-    rows = conn.execute(
-        "SELECT m.id, (SELECT count(*) FROM recipients r WHERE r.queue_id = m.id) "
-        f"FROM messages m WHERE m.received_at < :cutoff AND {_DONE_BEFORE} "
-        "ORDER BY m.received_at LIMIT :limit",
-        {"cutoff": cutoff, "limit": limit},
-    ).fetchall()
-    deleted = 0
-    for qid, n in rows:
-        if deleted and deleted + n + 1 > limit:
-            break
-        conn.execute("DELETE FROM recipients WHERE queue_id=?", (qid,))
-        conn.execute("DELETE FROM messages WHERE id=?", (qid,))
-        deleted += n + 1
-    return deleted
-
-
-def drop_body_if_done(conn: sqlite3.Connection, queue_id: str) -> None:
-    """Drop the message's shared body once every recipient is final (inside a write op)."""
-    pending = conn.execute(
-        f"SELECT 1 FROM recipients WHERE queue_id=? AND state NOT IN {FINAL_STATES_SQL} LIMIT 1",
-        (queue_id,),
-    ).fetchone()
-    if pending is None:
-        conn.execute("UPDATE messages SET body=NULL WHERE id=?", (queue_id,))
