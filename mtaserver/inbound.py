@@ -4,10 +4,11 @@ Accepts RCPT only for a VERP return path with a valid signature, the configured
 complaints address, or the tracking ``unsubscribe_mailto`` address (handed to a
 :class:`Unsubscribes` sink, ``mtaserver.tracking.mailto``); everything else is
 ``550 5.7.1`` — this listener is never a relay and offers no AUTH. ``MAIL FROM:<>`` is
-welcome (that is what bounces use). Per-IP connection caps and rates, a size cap, command
-and session timeouts, and the input hygiene aiosmtpd lacks (control characters in
-commands) are enforced here; any handler failure answers
-``451 4.3.0`` and never the exception text.
+welcome (that is what bounces use). The session is the hardened one submission uses too
+(:class:`mtaserver.smtpd.GuardedSMTP`): connection caps and rates per IP, idle and session
+deadlines answered with 421, DATA read with its size enforced and bare CR/LF, NUL and
+over-long lines refused or normalized, control characters in commands refused; any
+handler failure answers ``451 4.3.0`` and never the exception text.
 
 A message that arrives is parsed off the event loop (:func:`mtaserver.dsn.parse_bounce_async`)
 and each failed recipient it reports is tied to ``(queue_id, idx)`` — by the VERP token it
@@ -24,7 +25,7 @@ import asyncio
 import re
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -43,12 +44,15 @@ from mtaserver.model import (
     RecipientState,
     RecipientUpdate,
 )
+from mtaserver.ratelimit import ConnectionLimiter, RateLimiter, Refusal
+from mtaserver.smtpd import Guard, GuardedSMTP
 from mtaserver.suppression import Suppression
 from mtaserver.verp import Verp
 
 log = get_logger("inbound")
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+CONNECTION_BURST = 10.0  # new connections an address may open at once, then the rate
 
 
 class MessageView(Protocol):
@@ -310,47 +314,6 @@ class BounceProcessor:
         return s is not None
 
 
-@dataclass
-class ConnectionLimiter:
-    """Per-IP concurrent connection cap and new-connection rate (token bucket)."""
-
-    clock: Clock
-    max_total: int
-    max_per_ip: int
-    rate: float  # new connections per second per IP
-    burst: float = 10.0
-    active: dict[str, int] = field(default_factory=dict)
-    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # ip -> (tokens, t)
-    total: int = 0
-
-    def admit(self, ip: str) -> str | None:
-        """None to admit, else the 421 reply to send."""
-        if self.total >= self.max_total:
-            return "421 4.3.2 Too many connections, try again later"
-        if self.active.get(ip, 0) >= self.max_per_ip:
-            return "421 4.7.0 Too many connections from your address"
-        now = self.clock.monotonic()
-        tokens, last = self.buckets.get(ip, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1.0:
-            self.buckets[ip] = (tokens, now)
-            return "421 4.7.0 Connection rate limit exceeded, slow down"
-        self.buckets[ip] = (tokens - 1.0, now)
-        if len(self.buckets) > 100_000:  # bounded memory under address spraying
-            self.buckets.clear()
-        self.active[ip] = self.active.get(ip, 0) + 1
-        self.total += 1
-        return None
-
-    def release(self, ip: str) -> None:
-        n = self.active.get(ip, 0) - 1
-        if n <= 0:
-            self.active.pop(ip, None)
-        else:
-            self.active[ip] = n
-        self.total = max(0, self.total - 1)
-
-
 class InboundHandler:
     """aiosmtpd handler: who may send what to the bounce domain."""
 
@@ -472,46 +435,18 @@ def _peer(session: Session) -> str:
     return "-"
 
 
-class _GuardedSMTP(SMTP):
-    """aiosmtpd's SMTP plus per-IP admission and an overall session deadline."""
+REFUSALS = (
+    (Refusal.TOTAL, "421 4.3.2 Too many connections, try again later"),
+    (Refusal.PER_IP, "421 4.7.0 Too many connections from your address"),
+    (Refusal.RATE, "421 4.7.0 Connection rate limit exceeded, slow down"),
+)
 
-    def __init__(
-        self, *args: Any, limiter: ConnectionLimiter, session_limit: float, **kw: Any
-    ) -> None:
-        super().__init__(*args, **kw)
-        self._limiter = limiter
-        self._session_limit = session_limit
-        self._admitted_ip: str | None = None
-        self._deadline: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        ip = str(peer[0]) if isinstance(peer, tuple) and peer else "-"
-        refusal = self._limiter.admit(ip) if self._admitted_ip is None else None
-        if refusal is not None:
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.write(refusal.encode() + b"\r\n")
-            transport.close()
-            log.info(kv(event="inbound_connection_refused", client_ip=ip, reply=refusal))
-            return
-        if self._admitted_ip is None:
-            self._admitted_ip = ip
-            # The idle timeout is not reset during DATA; a hard cap on the whole session
-            # stops a slow sender from holding a slot for ever.
-            self._deadline = asyncio.get_running_loop().call_later(
-                self._session_limit, transport.close
-            )
-        super().connection_made(transport)
+class InboundSMTP(GuardedSMTP):
+    """One session on port 25: the shared hardened session, without enhanced-code rewriting
+    (the handler's replies carry their own) and without AUTH."""
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._admitted_ip is not None:
-            self._limiter.release(self._admitted_ip)
-            self._admitted_ip = None
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-        if getattr(self, "transport", None) is not None:
-            super().connection_lost(exc)
+    log = log
 
 
 class InboundServer:
@@ -530,23 +465,32 @@ class InboundServer:
         self.hostname = hostname
         self.tls_context = tls_context
         self.limiter = ConnectionLimiter(
-            clock, cfg.max_connections, cfg.max_connections_per_ip, cfg.connection_rate_per_ip
+            cfg.max_connections_per_ip,
+            max_total=cfg.max_connections,
+            rate=RateLimiter(cfg.connection_rate_per_ip, CONNECTION_BURST, clock),
+        )
+        # The idle timer is the command timeout (reset while DATA streams); the whole
+        # session is capped so that a slow sender cannot hold a slot for ever.
+        self.guard = Guard(
+            max_message_size=cfg.max_message_size,
+            idle_timeout=cfg.command_timeout,
+            max_session_time=cfg.data_timeout + 10 * cfg.command_timeout,
+            enhanced_codes=False,
+            refusals=REFUSALS,
         )
         self._server: asyncio.Server | None = None
 
-    def _factory(self) -> SMTP:
-        return _GuardedSMTP(
+    def _factory(self) -> InboundSMTP:
+        return InboundSMTP(
             self.handler,
-            limiter=self.limiter,
-            session_limit=self.cfg.data_timeout + 10 * self.cfg.command_timeout,
+            guard=self.guard,
+            connections=self.limiter,
+            listener_name="inbound",
             hostname=self.hostname,
-            data_size_limit=self.cfg.max_message_size,
             enable_SMTPUTF8=True,
-            decode_data=False,
             tls_context=self.tls_context,
             require_starttls=False,
             auth_exclude_mechanism=["LOGIN", "PLAIN"],
-            timeout=self.cfg.command_timeout,
             ident="mtaserver",
         )
 

@@ -7,10 +7,11 @@ A *destination* is a named set of domains that share limits. Domains are mapped 
    name" from MX hosts the same way: a Google Workspace domain shares gmail.com's limits);
 3. else the domain is a destination of its own with the default limits.
 
-Each destination has a connection cap, a token bucket for its message rate (monotonic
-clock, injected), a suspension deadline (wall clock) and a rate factor that reactive rules
-halve and time restores. The shaper never sleeps and never does I/O: the scheduler asks,
-the shaper answers with a permit or with how long to wait.
+Each destination has a connection cap, a token bucket for its message rate
+(:class:`mtaserver.ratelimit.TokenBucket`, monotonic clock, injected), a suspension
+deadline (wall clock) and a rate factor that reactive rules halve and time restores. The
+shaper never sleeps and never does I/O: the scheduler asks, the shaper answers with a permit
+or with how long to wait.
 """
 
 from __future__ import annotations
@@ -32,43 +33,12 @@ from mtaserver.config.shaping import (
     ShapingRule,
 )
 from mtaserver.model import Disposition, RecipientResult, SmtpReply
+from mtaserver.ratelimit import TokenBucket
 
 HALVE_COOLDOWN = 60.0  # one halving per minute at most, however many replies complain
 MIN_FACTOR = 1.0 / 64.0
 RATE_WINDOW = 60  # seconds of history used to estimate the rate of an unlimited destination
 BLOCKED = math.inf  # "wait until a connection is released"
-
-
-class TokenBucket:
-    """`rate` tokens per second, at most `burst` saved up; one token per message."""
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = max(1.0, burst)
-        self.tokens = self.burst
-        self.stamp = now
-
-    def _refill(self, now: float) -> None:
-        if now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-
-    def wait(self, now: float) -> float:
-        """Seconds until a token is available (0 when one is)."""
-        self._refill(now)
-        if self.tokens >= 1.0:
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
-
-    def take(self, now: float) -> None:
-        self._refill(now)
-        self.tokens -= 1.0
-
-    def set_rate(self, rate: float, burst: float, now: float) -> None:
-        self._refill(now)
-        self.rate = rate
-        self.burst = max(1.0, burst)
-        self.tokens = min(self.tokens, self.burst)
 
 
 def default_burst(rate: float) -> float:

@@ -39,6 +39,7 @@ LAYERS: dict[str, int] = {
             "outcome",
             "notices",
             "dsn",
+            "ratelimit",
         ],
         2,
     ),
@@ -63,6 +64,7 @@ LAYERS: dict[str, int] = {
             "notify",
             "devsetup",
             "dnsrecords",
+            "smtpd",
         ],
         3,
     ),
@@ -71,7 +73,7 @@ LAYERS: dict[str, int] = {
 }
 
 # I/O modules other stages may use: the database and the storage owners on top of it.
-STORAGE = {"storage", "suppression", "auth", "diskspace", "log", "supervisor"}
+STORAGE = {"storage", "suppression", "auth", "diskspace", "log", "supervisor", "smtpd"}
 
 # Edges that break a rule today, each with what removes it (issue 13).
 KNOWN: dict[tuple[str, str], str] = {

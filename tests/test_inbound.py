@@ -22,7 +22,6 @@ from mtaserver.config.inbound import InboundConfig
 from mtaserver.delivery import DeliveryAgent
 from mtaserver.inbound import (
     BounceProcessor,
-    ConnectionLimiter,
     InboundHandler,
     InboundServer,
     Outcome,
@@ -43,7 +42,6 @@ from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.verp import Verp
 from tests.support.bounce_corpus import CORPUS
-from tests.support.clock import FakeClock
 
 BOUNCE_DOMAIN = "bounces.example.com"
 COMPLAINTS = "fbl@bounces.example.com"
@@ -483,21 +481,3 @@ async def test_delivered_then_async_dsn_end_to_end(db: Database) -> None:
         await agent.aclose()
         sink_server.close()
         await env.server.stop()
-
-
-def test_connection_limiter_caps_and_rate() -> None:
-    clock = FakeClock()
-    lim = ConnectionLimiter(clock, max_total=3, max_per_ip=2, rate=0.5, burst=3)
-    assert lim.admit("192.0.2.1") is None and lim.admit("192.0.2.1") is None
-    assert lim.admit("192.0.2.1") == "421 4.7.0 Too many connections from your address"
-    assert lim.admit("192.0.2.2") is None
-    assert lim.admit("192.0.2.3") == "421 4.3.2 Too many connections, try again later"
-    for ip in ("192.0.2.1", "192.0.2.1", "192.0.2.2"):
-        lim.release(ip)
-    assert lim.total == 0
-    # 192.0.2.1 spent 2 of its 3 tokens; one more, then it must wait 2 s (0.5/s) per token.
-    assert lim.admit("192.0.2.1") is None
-    lim.release("192.0.2.1")
-    assert lim.admit("192.0.2.1") == "421 4.7.0 Connection rate limit exceeded, slow down"
-    clock.advance(2.0)
-    assert lim.admit("192.0.2.1") is None

@@ -127,10 +127,9 @@ class AdminServer:
         site = web.TCPSite(runner, host, port, ssl_context=self._ssl, shutdown_timeout=5.0)
         await site.start()
         self._runner = runner
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
+        addresses = runner.addresses  # the bound sockets' names (port 0 → the real port)
+        if addresses:
+            self.port = int(addresses[0][1])
         log.info(kv(event="listening", listener="admin", address=f"{host}:{self.port or port}",
                     tls=self._ssl is not None))  # fmt: skip
 

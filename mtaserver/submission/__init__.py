@@ -1,7 +1,7 @@
 """SMTP submission: listeners, session hardening, and policy (see ``handler``)."""
 
+from mtaserver.ratelimit import ConnectionLimiter, RateLimiter
 from mtaserver.submission.handler import SubmissionHandler, Submitter, Suppressions
-from mtaserver.submission.limits import ConnectionLimiter, RateLimiter
 from mtaserver.submission.listener import Listener, SubmissionServer
 from mtaserver.submission.protocol import ListenerSpec, SessionSettings, SubmissionSMTP
 

@@ -13,6 +13,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from mtaserver.smtpd.hygiene import bad_argument, has_source_route
+
+__all__ = ["AddressError", "Mailbox", "bad_argument", "has_source_route", "parse_mailbox"]
+
 _ATEXT = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]+$")
 _LABEL = re.compile(
     r"^[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\-\u0080-\U0010ffff]{0,61}[A-Za-z0-9\u0080-\U0010ffff])?$"
@@ -35,31 +39,6 @@ class Mailbox:
 
     def __str__(self) -> str:
         return f"{self.local}@{self.domain}"
-
-
-def bad_argument(arg: str) -> str | None:
-    """Why a command argument is unacceptable (control characters, invalid UTF-8), or None.
-
-    aiosmtpd decodes arguments with ``surrogateescape``, so invalid UTF-8 shows up as lone
-    surrogates.
-    """
-    for ch in arg:
-        o = ord(ch)
-        if o < 0x20 or o == 0x7F:
-            return "control character in command"
-        if 0xD800 <= o <= 0xDFFF:
-            return "invalid UTF-8 in command"
-    return None
-
-
-def has_source_route(arg: str, keyword: str) -> bool:
-    """``MAIL FROM:<@a,@b:user@c>``: aiosmtpd would silently drop the route."""
-    text = arg.strip()
-    if text[: len(keyword)].upper() == keyword:
-        text = text[len(keyword) :].strip()
-    if text.startswith("<"):
-        text = text[1:].lstrip()
-    return text.startswith("@")
 
 
 def parse_mailbox(addr: str) -> Mailbox:

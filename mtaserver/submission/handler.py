@@ -20,8 +20,8 @@ from mtaserver.diskspace import declared_size
 from mtaserver.log import get_logger, kv
 from mtaserver.model import Submission
 from mtaserver.prepare import PrepareError, split_header
+from mtaserver.ratelimit import RateLimiter
 from mtaserver.submission.address import AddressError, parse_mailbox
-from mtaserver.submission.limits import RateLimiter
 from mtaserver.submission.protocol import STORAGE_FULL, SubmissionSMTP, storage_reply
 
 log = get_logger("submission")

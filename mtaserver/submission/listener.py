@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from mtaserver.config.submission import SubmissionConfig
 from mtaserver.log import get_logger, kv
+from mtaserver.ratelimit import ConnectionLimiter
+from mtaserver.smtpd import SessionRegistry
 from mtaserver.submission.handler import SubmissionHandler
-from mtaserver.submission.limits import ConnectionLimiter, SessionRegistry
 from mtaserver.submission.protocol import (
     ListenerSpec,
     SessionSettings,

@@ -202,9 +202,8 @@ class TrackingWeb:
         site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
         self._runner = runner
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        addresses = runner.addresses  # the bound sockets' names (port 0 → the real port)
+        self.port = int(addresses[0][1]) if addresses else port
         log.info(kv(event="tracking_listening", host=host, port=self.port))
 
     async def stop(self) -> None:
