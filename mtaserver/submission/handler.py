@@ -264,7 +264,7 @@ class SubmissionHandler:
     async def _challenge(self, server: SubmissionSMTP, prompt: bytes) -> bytes | None:
         """Send a 334 challenge and read the answer; never logs what the client sent."""
         await server.push(b"334 " + base64.b64encode(prompt))
-        line: bytes = await server._reader.readline()
+        line: bytes = await server.stream_reader.readline()
         blob = line.strip()
         if blob == b"*":
             await server.push("501 5.7.0 Authentication aborted")
