@@ -116,14 +116,17 @@ class Metrics:
         *,
         top_destinations: int = 20,
         clock: Callable[[], float] = time.time,
+        shaper: ShapingView | None = None,
+        webhooks: WebhookBacklog | None = None,
+        tracking_dropped: Callable[[], int] | None = None,
     ) -> None:
         self.queue = queue
         self.event_log = events
         self.top = top_destinations
         self._now = clock
-        self.shaper: ShapingView | None = None  # set by app when the scheduler runs
-        self.webhooks: WebhookBacklog | None = None  # set by app when webhooks are wired
-        self.tracking_dropped: Callable[[], int] | None = None  # the recorder's drop count
+        self.shaper = shaper  # per-destination connections, rates, suspensions
+        self.webhooks = webhooks  # the outbox backlog (admin scrape)
+        self.tracking_dropped = tracking_dropped  # the tracking recorder's drop count
         self.registry = CollectorRegistry()
         r = self.registry
         info = Gauge("mtaserver_build_info", "Version of the running daemon", ["version"],

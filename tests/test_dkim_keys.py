@@ -5,13 +5,12 @@ from __future__ import annotations
 import base64
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from mtaserver.app import _dkim_service
+from mtaserver.app.mail import dkim_service
 from mtaserver.config import ConfigError, parse_config
 from mtaserver.dkim import DkimKeyError, DkimSigner, KeySet
 from mtaserver.dkim import keys as K
@@ -196,10 +195,8 @@ async def test_sighup_reload_swaps_active_selector(
         tmp_path,
         _entry("example.com", "s1", a, extra="active = false") + _entry("example.com", "s2", b),
     )
-    core = SimpleNamespace(config=before, clock=FakeClock(), signer=None)
-    service = _dkim_service(core)  # type: ignore[arg-type]
-    signer = core.signer
-    assert isinstance(signer, DkimSigner)
+    signer = DkimSigner(K.load_keyset(before.dkim), FakeClock())
+    service = dkim_service(signer)
     msg = b"From: a@example.com\r\nSubject: x\r\n\r\nhi\r\n"
     assert b"s=s1;" in await signer.sign(msg)
     await service.reload(after)

@@ -1,0 +1,213 @@
+"""The daemon's lifecycle: one database, the wired services, signals, drain, reload.
+
+Lifecycle: SIGTERM/SIGINT → STOPPING=1, every service drains (bounded by
+``server.drain_timeout``), tasks are cancelled, leases released, the database closed, exit 0.
+SIGHUP → RELOADING=1, the config file is re-read; a bad file is logged and the old config
+kept; otherwise each service reloads (TLS certificates, DKIM keys, limits), then READY=1.
+What is built, and from what, is :mod:`mtaserver.app.wiring`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+from collections.abc import Awaitable, Iterator, Sequence
+from pathlib import Path
+
+import uvloop
+
+from mtaserver.app.service import Service
+from mtaserver.app.wiring import Base, Wiring, wire
+from mtaserver.clock import Clock, SystemClock
+from mtaserver.config import Config, load_config
+from mtaserver.config.restart import keep_restart_keys
+from mtaserver.crypto import codec_for
+from mtaserver.diskspace import FreeSpace, Reserve
+from mtaserver.errors import ConfigError, MtaError, StorageError
+from mtaserver.log import get_logger, kv, set_level, setup_logging
+from mtaserver.notify import Notifier
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.queue import Spool
+from mtaserver.supervisor import first_fatal, supervise
+
+log = get_logger("app")
+
+
+class App:
+    def __init__(
+        self, config: Config, *, clock: Clock | None = None, notifier: Notifier | None = None
+    ):
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or Notifier()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    async def run(self) -> None:
+        cfg = self.config
+        with _exclusive(cfg.storage.database.with_suffix(".lock")):
+            await self._run_with_db(cfg)
+
+    async def _run_with_db(self, cfg: Config) -> None:
+        db = Database(cfg.storage.database, owner=True)
+        reserve = Reserve(cfg.storage.database.parent / "reserve.bin")
+        try:
+            await db.open()
+        except StorageError as exc:
+            if exc.fatal or not reserve.release():
+                raise
+            await db.open()  # the space the reserve held is enough to open it (SQLite's -shm)
+        try:
+            spool = Spool(
+                db,
+                codec_for(cfg.storage.encryption_key_file),
+                keep_bodies=cfg.retention.bodies,
+                clock=self.clock,
+            )
+            await _release_leases(spool, self.clock, "leases_released_at_start")
+            space = FreeSpace(
+                cfg.storage.database.parent, cfg.storage.min_free, self.clock.monotonic
+            )
+            base = Base(db, spool, self.clock, space, reserve)
+            await self._run_services(wire(cfg, base, lambda: self.config), spool)
+        finally:
+            await db.close()
+            log.info(kv(event="stopped"))
+
+    async def _run_services(self, wiring: Wiring, spool: Spool) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        started: list[Service] = []
+        try:
+            for service in wiring.services:
+                await service.start()
+                started.append(service)
+            restarted = wiring.metrics.task_restarted
+            clock = self.clock.monotonic
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(
+                        supervise(s.name, s.run, monotonic=clock, on_restart=restarted), name=s.name
+                    )
+                    for s in started
+                ]
+                self.notifier.ready()
+                log.info(kv(event="ready", services=",".join(s.name for s in started)))
+                await self._supervise(wiring.services)
+                self.notifier.stopping()
+                log.info(kv(event="stopping"))
+                timeout = self.config.server.drain_timeout
+                await asyncio.gather(
+                    *(_bounded(s.drain(timeout), timeout, s.name) for s in reversed(started))
+                )
+                for task in tasks:
+                    task.cancel()
+            released = await _release_leases(spool, self.clock, None)
+            log.info(kv(event="drained", leases_released=released))
+        except BaseExceptionGroup as group:
+            fatal = first_fatal(group)
+            if fatal is None:
+                raise
+            raise fatal from None  # one line (event=fatal), not an exception-group traceback
+        finally:
+            # A second SIGTERM while the database closes only repeats the request; the
+            # handlers go when the loop closes, after the last write.
+            self._stop.set()
+
+    async def _supervise(self, services: Sequence[Service]) -> None:
+        """Wait for stop, handling reloads meanwhile."""
+        while not self._stop.is_set():
+            stop = asyncio.create_task(self._stop.wait())
+            reload = asyncio.create_task(self._reload.wait())
+            await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+            for t in (stop, reload):
+                t.cancel()
+            if self._reload.is_set() and not self._stop.is_set():
+                self._reload.clear()
+                await self._do_reload(services)
+
+    async def _do_reload(self, services: Sequence[Service]) -> None:
+        self.notifier.reloading()
+        try:
+            new = await asyncio.to_thread(load_config, self.config.source)
+        except ConfigError as exc:
+            log.error(kv(event="reload_rejected", error=str(exc)))
+            self.notifier.ready()
+            return
+        new, restart_only = keep_restart_keys(self.config, new)
+        for key in restart_only:
+            log.warning(kv(event="reload_needs_restart", key=key))
+        set_level(new.server.log_level)
+        for service in services:
+            try:
+                await service.reload(new)
+            except (MtaError, OSError, ValueError) as exc:
+                log.error(kv(event="reload_failed", service=service.name, error=str(exc)))
+        self.config = new
+        log.info(kv(event="reloaded", source=new.source))
+        self.notifier.ready()
+
+
+async def _release_leases(spool: Spool, clock: Clock, event: str | None) -> int:
+    """Put leased recipients back; on a full disk, log and go on (leases expire anyway)."""
+    try:
+        released = await spool.release_leases(clock.now())
+    except StorageError as exc:
+        if exc.fatal:
+            raise
+        log.warning(kv(event="leases_not_released", error=str(exc)))
+        return 0
+    if released and event:
+        log.info(kv(event=event, recipients=released))
+    return released
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """One daemon per database: a second one on the same file refuses to start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MtaError(
+                f"{path}: another mtaserver is already running on this database"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+async def _bounded(aw: Awaitable[None], timeout: float, name: str) -> None:
+    try:
+        await asyncio.wait_for(aw, timeout)
+    except TimeoutError:
+        log.warning(kv(event="drain_timeout", service=name, seconds=timeout))
+    except Exception as exc:
+        log.error(kv(event="drain_failed", service=name, error=type(exc).__name__))
+
+
+def serve(config: Config) -> int:
+    """Run the daemon until SIGTERM; returns the exit code."""
+    setup_logging(config.server.log_level)
+    app = App(config)
+    try:
+        uvloop.run(app.run())
+    except MtaError as exc:
+        log.error(kv(event="fatal", error=str(exc)))
+        return 1
+    return 0

@@ -1,0 +1,323 @@
+"""The mail path's services: submission, DKIM, delivery, the scheduler, inbound bounces.
+
+Each builder takes the components it uses, already built (``wiring`` builds each once, in
+dependency order), and returns the :class:`~mtaserver.app.service.Service` that runs and
+reloads them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from mtaserver.app.service import Service, SimpleService
+from mtaserver.auth import Authenticator, AuthThrottle
+from mtaserver.classify import classify
+from mtaserver.clock import Clock
+from mtaserver.config import Config
+from mtaserver.config.shaping import load_builtin
+from mtaserver.delivery import DeliveryAgent
+from mtaserver.diskspace import FreeSpace
+from mtaserver.dkim import DkimSigner, KeySet
+from mtaserver.dkim.keys import load_keyset
+from mtaserver.errors import MtaError
+from mtaserver.inbound import BounceProcessor, InboundHandler, InboundServer
+from mtaserver.log import get_logger, kv
+from mtaserver.metrics import Agent, Metrics
+from mtaserver.model import Route
+from mtaserver.mx import DnsResolver
+from mtaserver.pipeline import Pipeline, TrackingOptions
+from mtaserver.scheduler import Scheduler
+from mtaserver.shaper import Shaper
+from mtaserver.storage.sqlite.queue import Spool, new_queue_id
+from mtaserver.storage.sqlite.suppressions import SuppressionStore
+from mtaserver.storage.sqlite.users import UserStore
+from mtaserver.submission import RateLimiter, SubmissionHandler, SubmissionServer
+from mtaserver.tracking.mailto import MailUnsubscribe
+from mtaserver.tracking.tracker import Tracker
+from mtaserver.verp import Verp
+
+log = get_logger("app")
+
+
+@dataclass(frozen=True)
+class MailParts:
+    """What submission and the pipeline share: storage, policy and the signing stages."""
+
+    spool: Spool
+    users: UserStore
+    suppressions: SuppressionStore
+    signer: DkimSigner
+    tracker: Tracker | None
+    metrics: Metrics
+    space: FreeSpace
+    clock: Clock
+
+
+def _track_defaults(cfg: Config, user: str | None) -> TrackingOptions:
+    d = cfg.tracking.defaults_for(user)
+    return TrackingOptions(d.opens, d.clicks, d.unsubscribe)
+
+
+def submission_service(cfg: Config, parts: MailParts) -> Service:
+    """SMTP submission → pipeline (cleanup, tracking, DKIM) → spool.
+
+    On SIGHUP the limits and policy are rebuilt from the new config for sessions that
+    connect afterwards; sessions in progress keep theirs. The AUTH throttle, per-user rate
+    buckets and per-IP connection counts carry over with their new settings.
+    """
+    sub = cfg.submission
+    clock = parts.clock
+    tls_context = cfg.tls.server_context() if cfg.tls.enabled else None
+    authenticator = Authenticator(parts.users, clock=clock)
+    throttle = AuthThrottle(sub.auth, clock)
+    user_rate = RateLimiter(sub.user_rate, sub.user_burst, clock) if sub.user_rate else None
+
+    def handler_for(cfg: Config) -> SubmissionHandler:
+        sub = cfg.submission
+        pipeline = Pipeline(
+            spool=parts.spool,
+            new_queue_id=new_queue_id,
+            hostname=cfg.server.hostname,
+            max_header_size=sub.max_header_size,
+            max_mime_depth=sub.max_mime_depth,
+            tracker=parts.tracker,
+            signer=parts.signer,
+            tracking_defaults=lambda user: _track_defaults(cfg, user),
+        )
+        return SubmissionHandler(
+            submitter=pipeline,
+            authenticator=authenticator,
+            throttle=throttle,
+            clock=clock,
+            max_recipients=sub.max_recipients,
+            max_header_size=sub.max_header_size,
+            user_rate=user_rate,
+            suppressions=parts.suppressions,
+            drop_suppressed=cfg.inbound.suppression.at_rcpt == "accept-and-drop",
+            observer=parts.metrics,
+            space=parts.space,
+        )
+
+    server = SubmissionServer(
+        sub, hostname=cfg.server.hostname, handler=handler_for(cfg), tls_context=tls_context
+    )
+
+    async def start() -> None:
+        await server.start()
+
+    async def run() -> None:
+        await asyncio.Event().wait()  # sessions run on the loop; cancelled at stop
+
+    async def drain(timeout: float) -> None:
+        await server.close(timeout)
+        authenticator.close()
+
+    async def reload(new: Config) -> None:
+        nonlocal user_rate
+        # Renewed certificate files take effect for the next handshake on every listener.
+        if tls_context is not None and new.tls.cert and new.tls.key:
+            tls_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
+        sub = new.submission
+        throttle.settings = sub.auth
+        if sub.user_rate is None:
+            user_rate = None
+        elif user_rate is None:
+            user_rate = RateLimiter(sub.user_rate, sub.user_burst, clock)
+        else:
+            user_rate.reconfigure(sub.user_rate, sub.user_burst)
+        server.reconfigure(sub, handler_for(new))
+        log.info(kv(event="submission_reloaded", max_message_size=sub.max_message_size,
+                    max_recipients=sub.max_recipients,
+                    at_rcpt=new.inbound.suppression.at_rcpt))  # fmt: skip
+
+    return SimpleService("submission", start, run, drain, reload)
+
+
+def dkim_service(signer: DkimSigner) -> Service:
+    """On SIGHUP load the new keys, then swap them into the signer in one assignment."""
+    log_keyset(signer.keyset)
+
+    async def reload(config: Config) -> None:
+        keyset = await asyncio.to_thread(load_keyset, config.dkim)
+        signer.reload(keyset)
+        log_keyset(keyset)
+
+    return SimpleService("dkim", on_reload=reload)
+
+
+def log_keyset(keyset: KeySet) -> None:
+    signing = [k for keys in keyset.signing.values() for k in keys]
+    log.info(kv(event="dkim_keys_loaded", keys=len(keyset.keys),
+                signing=",".join(f"{k.domain}/{k.selector}" for k in signing) or "-"))  # fmt: skip
+
+
+def build_resolver(cfg: Config, clock: Clock) -> DnsResolver:
+    d = cfg.delivery
+    return DnsResolver(clock, nameservers=d.nameservers, timeout=d.dns_timeout, ipv6=d.ipv6)
+
+
+def build_agent(
+    cfg: Config, resolver: DnsResolver, verp: Verp | None, clock: Clock
+) -> DeliveryAgent:
+    d = cfg.delivery
+    return DeliveryAgent(
+        resolver,
+        clock,
+        hostname=d.hostname or cfg.server.hostname,
+        return_path=verp,
+        ca_file=str(d.ca_file) if d.ca_file else None,
+        max_addresses=d.max_mx_addresses,
+    )
+
+
+def delivery_service(resolver: DnsResolver, agent: DeliveryAgent) -> Service:
+    """The agent has no loop of its own: the scheduler calls ``deliver``; draining closes the
+    idle pooled connections. On SIGHUP the resolver (name servers, timeout, IPv6) and the
+    agent (EHLO name, CA file, address cap) take the new settings for new lookups and
+    connections; per-destination policy is the scheduler's reload.
+    """
+
+    async def drain(timeout: float) -> None:
+        await agent.aclose()
+
+    async def reload(new: Config) -> None:
+        nd = new.delivery
+        resolver.reconfigure(nameservers=nd.nameservers, timeout=nd.dns_timeout, ipv6=nd.ipv6)
+        agent.reconfigure(
+            hostname=nd.hostname or new.server.hostname,
+            ca_file=str(nd.ca_file) if nd.ca_file else None,
+            max_addresses=nd.max_mx_addresses,
+        )
+        servers = ",".join(f"{h}:{p}" for h, p in nd.nameservers) or "system"
+        log.info(kv(event="delivery_reloaded", nameservers=servers, dns_timeout=nd.dns_timeout))
+
+    return SimpleService("delivery", on_drain=drain, on_reload=reload)
+
+
+def build_shaper(cfg: Config, clock: Clock) -> Shaper:
+    dests, rules = load_builtin() if cfg.shaping.builtin else ((), ())
+    return Shaper(
+        cfg.shaping,
+        clock,
+        max_connections=cfg.delivery.max_connections,
+        builtin_destinations=dests,
+        builtin_rules=rules,
+    )
+
+
+class _MxHosts:
+    """The resolver's MX host names, for grouping domains by provider in the shaper."""
+
+    def __init__(self, resolver: DnsResolver) -> None:
+        self._resolver = resolver
+
+    async def mx_hosts(self, domain: str) -> tuple[str, ...]:
+        route = await self._resolver.route(domain)
+        if isinstance(route, Route) and not route.implicit:
+            return tuple(h.name for h in route.hosts)
+        return ()
+
+
+def scheduler_service(
+    cfg: Config,
+    spool: Spool,
+    agent: Agent,
+    shaper: Shaper,
+    resolver: DnsResolver,
+    suppressions: SuppressionStore,
+    clock: Clock,
+) -> Service:
+    """Claims due work and runs it through the shaper into the delivery agent."""
+    workers = cfg.delivery.max_connections
+
+    async def on_bounce(address: str, category: str, sender_domain: str | None, qid: str) -> None:
+        await suppressions.apply(
+            address, category, sender_domain=sender_domain, source="delivery", queue_id=qid
+        )
+
+    scheduler = Scheduler(
+        spool=spool,
+        agent=agent,
+        shaper=shaper,
+        clock=clock,
+        retry=cfg.shaping.retry,
+        settings=cfg.shaping.scheduler,
+        route=cfg.delivery.route_policy(),
+        classify=classify,
+        workers=workers,
+        lease=cfg.delivery.lease,
+        hostname=cfg.delivery.hostname or cfg.server.hostname,
+        new_queue_id=new_queue_id,
+        send_dsn=cfg.shaping.send_dsn,
+        no_dsn_users=cfg.shaping.no_dsn_users,
+        mx=None if cfg.delivery.relay_host else _MxHosts(resolver),
+        on_bounce=on_bounce,
+    )
+
+    async def reload(config: Config) -> None:
+        dests, rules = load_builtin() if config.shaping.builtin else ((), ())
+        # the worker pool is sized at start: a new global cap applies up to that size
+        shaper.reconfigure(
+            config.shaping,
+            max_connections=min(config.delivery.max_connections, workers),
+            builtin_destinations=dests,
+            builtin_rules=rules,
+        )
+        scheduler.reconfigure(
+            retry=config.shaping.retry,
+            settings=config.shaping.scheduler,
+            route=config.delivery.route_policy(),
+            send_dsn=config.shaping.send_dsn,
+            no_dsn_users=config.shaping.no_dsn_users,
+        )
+        log.info(kv(event="shaping_reloaded", destinations=len(config.shaping.destinations)))
+
+    return SimpleService(
+        "scheduler", on_run=scheduler.run, on_drain=scheduler.drain, on_reload=reload
+    )
+
+
+def inbound_service(
+    cfg: Config,
+    spool: Spool,
+    suppressions: SuppressionStore,
+    verp: Verp | None,
+    mail_unsubscribe: MailUnsubscribe | None,
+    space: FreeSpace,
+    clock: Clock,
+) -> Service:
+    """Suppression list (always; expired entries purged hourly) and the port-25 bounce
+    listener (when ``[inbound] listen`` and ``bounce_domain`` are set)."""
+
+    async def purge() -> None:
+        while True:
+            try:
+                n = await suppressions.purge_expired()
+                if n:
+                    log.info(kv(event="suppressions_expired", count=n))
+            except MtaError as exc:
+                log.error(kv(event="suppression_purge_failed", error=str(exc)))
+            await clock.sleep(3600)
+
+    inbound = cfg.inbound
+    if inbound.listen is None or not inbound.bounce_domain or verp is None:
+        return SimpleService("suppression", on_run=purge)
+    processor = BounceProcessor(
+        spool, suppressions, verp, inbound.bounce_domain, clock, inbound.parse_timeout
+    )
+    server = InboundServer(
+        inbound,
+        InboundHandler(inbound, verp, processor.process, mail_unsubscribe, space=space),
+        clock,
+        cfg.server.hostname,
+        cfg.tls.server_context() if cfg.tls.enabled else None,
+    )
+
+    async def drain(timeout: float) -> None:
+        await server.stop()
+
+    async def start() -> None:
+        await server.start()
+
+    return SimpleService("inbound", on_start=start, on_run=purge, on_drain=drain)
