@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.x509.oid import NameOID
 
+from mtaserver.clock import Clock, SystemClock
 from mtaserver.errors import ConfigError
 
 
@@ -32,10 +33,10 @@ def write_private(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def self_signed(hostname: str, cert: Path, key: Path) -> None:
+def self_signed(hostname: str, cert: Path, key: Path, clock: Clock | None = None) -> None:
     pk = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.fromtimestamp((clock or SystemClock()).now(), dt.UTC)
     alt: list[x509.GeneralName] = [x509.DNSName(hostname), x509.DNSName("localhost"),
                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]  # fmt: skip
     certificate = (

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -31,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from mtaserver import __version__
+from mtaserver.clock import SystemClock
 from mtaserver.model import DeliveryJob, DeliveryReport, QueueGauges, RoutePolicy
 
 OTHER = "_other"  # the destination label for everything outside the top N
@@ -115,7 +115,7 @@ class Metrics:
         events: EventTail,
         *,
         top_destinations: int = 20,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         shaper: ShapingView | None = None,
         webhooks: WebhookBacklog | None = None,
         tracking_dropped: Callable[[], int] | None = None,
@@ -123,7 +123,7 @@ class Metrics:
         self.queue = queue
         self.event_log = events
         self.top = top_destinations
-        self._now = clock
+        self._now = clock or SystemClock().now
         self.shaper = shaper  # per-destination connections, rates, suspensions
         self.webhooks = webhooks  # the outbox backlog (admin scrape)
         self.tracking_dropped = tracking_dropped  # the tracking recorder's drop count

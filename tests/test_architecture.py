@@ -271,3 +271,25 @@ def test_the_checks_can_fail() -> None:
     write = re.compile(_WRITE.format(table="events"))
     assert write.search("DELETE FROM events WHERE id=?") and write.search("UPDATE events SET")
     assert not write.search("SELECT id FROM events") and not write.search("AFTER INSERT ON events")
+
+
+# -- one clock ------------------------------------------------------------------------------
+_WALL = re.compile(
+    r"\btime\.(?:time|monotonic|perf_counter)\b|\bdatetime\.now\b|\basyncio\.sleep\((?!0\))"
+)
+
+
+def test_time_is_read_and_slept_only_through_the_clock() -> None:
+    """Rule: every time read and sleep goes through the injected ``Clock`` (``clock.py`` is
+    the one implementation). ``loop.time()`` stays allowed: it is the event loop's own timer
+    domain, which asyncio's timeouts and ``call_at`` are measured in."""
+    found = []
+    for path in ROOT.rglob("*.py"):
+        if path.name == "clock.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if _WALL.search(code):
+                found.append(f"{path.relative_to(ROOT.parent)}:{n}: {line.strip()}")
+    assert not found, "read the injected clock instead:\n" + "\n".join(found)
+    assert _WALL.search("await asyncio.sleep(5)") and not _WALL.search("asyncio.sleep(0)")

@@ -17,7 +17,7 @@ from mtaserver.delivery import DeliveryAgent
 from mtaserver.model import DeliveryJob, DeliveryReport, Disposition, JobRecipient, RoutePolicy
 from mtaserver.mx import DnsResolver
 from mtaserver.verp import Verp
-from tests.support.clock import FakeClock
+from tests.support.clock import FakeClock, TimerClock
 from tests.support.dnsserver import DnsServer
 from tests.support.mxsink import SinkGroup, wait_for
 
@@ -36,7 +36,7 @@ def dns_server() -> Iterator[DnsServer]:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return TimerClock()  # the idle reaper sleeps on it: it wakes only when a test advances
 
 
 def job(

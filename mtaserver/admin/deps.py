@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mtaserver.auth import MIN_PASSWORD
+from mtaserver.clock import Clock
 from mtaserver.config import Config
 from mtaserver.dkim.keys import KeySet
 from mtaserver.metrics import Metrics
@@ -52,6 +53,7 @@ class AdminDeps:
     config: Callable[[], Config]  # the current config (it changes on SIGHUP)
     keys: Callable[[], KeySet]  # the signer's current DKIM keys
     metrics: Metrics
+    clock: Clock
     events: EventFeed
     reports: CohortSource
     users: UserAdmin | None = None

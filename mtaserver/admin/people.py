@@ -4,7 +4,6 @@ requests (export/erase). Each calls the implementation its CLI twin calls."""
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import asdict
 from typing import Any
 
@@ -109,7 +108,7 @@ class PeopleApi:
         expires = None
         if (duration := str_field(body, "for", required=False)) is not None:
             try:
-                expires = time.time() + parse_duration(duration)
+                expires = self.d.clock.now() + parse_duration(duration)
             except ValueError:
                 raise ApiError(
                     400, f"for: expected a duration like '30d', got {duration!r}"

@@ -8,7 +8,6 @@ Each handler parses its parameters, calls the ONE implementation the CLI calls t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from importlib import resources
@@ -144,7 +143,7 @@ class AdminApi:
     # -- stats -----------------------------------------------------------------------------
     async def stats(self, request: web.Request) -> web.Response:
         raw = request.query.get("since") or None
-        since = parse_since(raw, time.time())  # the CLI's --since: '24h' or a date
+        since = parse_since(raw, self.d.clock.now())  # the CLI's --since: '24h' or a date
         campaign = request.query.get("campaign") or None
         user = request.query.get("user") or None
         s = await compute_stats(self.d.reports, since, campaign, user)

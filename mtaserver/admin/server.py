@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -66,12 +65,13 @@ def build_web_app(
     verify: Callable[[str], Awaitable[TokenInfo | None]],
     *,
     open_paths: frozenset[str] = frozenset(),
+    monotonic: Callable[[], float],
 ) -> web.Application:
     """The aiohttp application: auth and error middleware around ``routes``."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.monotonic()
+        started = monotonic()
         token: TokenInfo | None = None
         if request.path not in open_paths:
             text = bearer(request)
@@ -104,7 +104,7 @@ def build_web_app(
         log.debug(kv(event="admin_request", method=request.method,
                      route=route.canonical if route is not None else request.path,
                      status=resp.status, token=token.name if token else None,
-                     ms=round((time.monotonic() - started) * 1000, 1)))  # fmt: skip
+                     ms=round((monotonic() - started) * 1000, 1)))  # fmt: skip
         return resp
 
     app = web.Application(middlewares=[middleware], client_max_size=MAX_BODY)

@@ -188,6 +188,7 @@ def admin_service(cfg: Config, parts: AdminParts, current: Callable[[], Config])
         config=current,
         keys=lambda: parts.signer.keyset,
         metrics=metrics,
+        clock=parts.clock,
         events=EventLog(db),
         reports=Reports(db),
         users=parts.users,
@@ -197,7 +198,7 @@ def admin_service(cfg: Config, parts: AdminParts, current: Callable[[], Config])
     )
     open_paths = frozenset({"/metrics"}) if a.metrics_auth == "none" else frozenset()
     web_app = build_web_app(AdminApi(deps).register, TokenStore(db, parts.clock).verify,
-                            open_paths=open_paths)  # fmt: skip
+                            open_paths=open_paths, monotonic=parts.clock.monotonic)  # fmt: skip
     ssl_context = cfg.tls.server_context() if a.tls else None
     server = AdminServer(web_app, ssl_context)
     host, port = a.listen

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from datetime import UTC, datetime
 
 from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.clock import SystemClock
 from mtaserver.storage.sqlite.tokens import TokenInfo, TokenStore
 
 
@@ -48,8 +48,10 @@ def _when(t: float | None) -> str:
 
 def _create(args: argparse.Namespace) -> int:
     cfg = config_from(args)
-    name = args.name or datetime.now(UTC).strftime("token-%Y%m%d-%H%M%S")
-    info, token = with_db(cfg, lambda db: TokenStore(db).create(name, time.time()))
+    name = args.name or datetime.fromtimestamp(SystemClock().now(), UTC).strftime(
+        "token-%Y%m%d-%H%M%S"
+    )
+    info, token = with_db(cfg, lambda db: TokenStore(db).create(name, SystemClock().now()))
     print(token)
     print(
         f"created admin token {info.name} (id {info.id}); it is shown only now. Use it as "
@@ -76,6 +78,6 @@ def _list(args: argparse.Namespace) -> int:
 
 def _revoke(args: argparse.Namespace) -> int:
     cfg = config_from(args)
-    info = with_db(cfg, lambda db: TokenStore(db).revoke(args.token, time.time()))
+    info = with_db(cfg, lambda db: TokenStore(db).revoke(args.token, SystemClock().now()))
     print(f"revoked admin token {info.name} (id {info.id})")
     return 0

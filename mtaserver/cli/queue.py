@@ -7,11 +7,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.clock import SystemClock
 from mtaserver.errors import MtaError
 from mtaserver.model import FINAL_STATES, RecipientState
 from mtaserver.storage.sqlite.db import Database
@@ -90,7 +90,7 @@ def _when(ts: float, now: float) -> str:
 
 
 def run_summary(args: argparse.Namespace) -> int:
-    now = time.time()
+    now = SystemClock().now()
     summary = _with_spool(args, lambda s: s.summary(now, top=max(0, args.top)))
     out = sys.stdout
     states = ", ".join(f"{s}={n}" for s, n in summary.by_state) or "empty"
@@ -114,7 +114,7 @@ def run_summary(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    now = time.time()
+    now = SystemClock().now()
     entries = _with_spool(
         args,
         lambda s: s.list(domain=args.domain, state=args.state, limit=max(1, args.limit)),
@@ -133,7 +133,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    now = time.time()
+    now = SystemClock().now()
     info = _with_spool(args, lambda s: s.show(args.queue_id))
     if info is None:
         raise QueueError(f"queue show: no message {args.queue_id!r}")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.clock import SystemClock
 from mtaserver.model import Stats
 from mtaserver.storage.sqlite.reports import Reports
 from mtaserver.tracking.stats import compute, parse_since
@@ -67,7 +67,7 @@ def render(stats: Stats) -> str:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from(args)
-    since = parse_since(args.since, time.time())
+    since = parse_since(args.since, SystemClock().now())
     stats = with_db(cfg, lambda db: compute(Reports(db), since, args.campaign, args.user))
     if args.json:
         out = stats.as_dict()

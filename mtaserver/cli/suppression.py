@@ -6,6 +6,7 @@ import argparse
 import time
 
 from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.clock import SystemClock
 from mtaserver.config.units import parse_duration
 from mtaserver.errors import ConfigError
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
@@ -78,7 +79,7 @@ def run_add(args: argparse.Namespace) -> int:
     expires = None
     if args.duration:
         try:
-            expires = time.time() + parse_duration(args.duration)
+            expires = SystemClock().now() + parse_duration(args.duration)
         except ValueError:
             raise ConfigError(
                 f"--for: expected a duration like '30d', got {args.duration!r}"

@@ -7,9 +7,9 @@ every command line the parser builds.
 from __future__ import annotations
 
 import argparse
-import time
 
 from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.clock import SystemClock
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,7 +41,8 @@ def run_retry(args: argparse.Namespace) -> int:
     from mtaserver.storage.sqlite.outbox import WebhookOutbox
 
     n = with_db(
-        config_from(args), lambda db: WebhookOutbox(db).retry_failed(args.name, now=time.time())
+        config_from(args),
+        lambda db: WebhookOutbox(db).retry_failed(args.name, now=SystemClock().now()),
     )
     print(f"{n} event(s) queued again; the daemon sends them within a second")
     return 0

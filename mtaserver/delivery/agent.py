@@ -361,7 +361,7 @@ class DeliveryAgent:
     async def _reap(self) -> None:
         """Close idle sessions past their deadline (owned task, cancelled by aclose)."""
         while True:
-            await asyncio.sleep(self._reap_interval)
+            await self._clock.sleep(self._reap_interval)
             now = self._clock.monotonic()
             expired: list[Session] = []
             for key in list(self._idle):

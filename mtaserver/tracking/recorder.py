@@ -220,7 +220,7 @@ class Recorder:
         """Flush periodically until cancelled; on the way out write everything left."""
         try:
             while True:
-                await asyncio.sleep(self.flush_every)
+                await self.clock.sleep(self.flush_every)
                 try:
                     await self.flush()
                 except Exception as exc:  # a bug here must not take the daemon down

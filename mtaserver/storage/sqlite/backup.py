@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtaserver.clock import Clock, SystemClock
 from mtaserver.errors import MtaError
 from mtaserver.storage.sqlite.db import mark_clean
 
@@ -36,14 +36,15 @@ class BackupResult:
     seconds: float
 
 
-def backup_sync(source: Path, target: Path) -> BackupResult:
+def backup_sync(source: Path, target: Path, clock: Clock | None = None) -> BackupResult:
     """Copy ``source`` to ``target`` consistently (blocking; run it in a thread)."""
     if not source.exists():
         raise BackupError(f"{source}: database not found")
     if target.resolve() == source.resolve():
         raise BackupError(f"{target}: refusing to back up a database onto itself")
     tmp = target.with_name(target.name + ".tmp")
-    started = time.monotonic()
+    clock = clock or SystemClock()
+    started = clock.monotonic()
     try:
         tmp.unlink(missing_ok=True)
         src = sqlite3.connect(source, timeout=30)
@@ -79,7 +80,7 @@ def backup_sync(source: Path, target: Path) -> BackupResult:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return BackupResult(target, target.stat().st_size, pages, time.monotonic() - started)
+    return BackupResult(target, target.stat().st_size, pages, clock.monotonic() - started)
 
 
 async def backup(source: Path, target: Path) -> BackupResult:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,6 +24,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from mtaserver.clock import Clock, SystemClock
 from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
 
@@ -72,7 +72,7 @@ def migration_files() -> list[tuple[str, str]]:
     return sorted(out)
 
 
-def migrate(conn: sqlite3.Connection) -> list[str]:
+def migrate(conn: sqlite3.Connection, now: float) -> list[str]:
     """Apply the migrations not applied yet, in order; returns their names.
 
     Applied names are recorded in ``schema_migrations`` and their count mirrored in
@@ -91,7 +91,7 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
             for statement in _split_sql(sql):
                 conn.execute(statement)
             conn.execute(
-                "INSERT INTO schema_migrations(name, applied_at) VALUES (?, ?)", (name, time.time())
+                "INSERT INTO schema_migrations(name, applied_at) VALUES (?, ?)", (name, now)
             )
             conn.execute("COMMIT")
         except sqlite3.Error:
@@ -133,12 +133,14 @@ class Database:
     """Owns the writer connection and its group-commit task, plus one reader connection."""
 
     def __init__(
-        self, path: Path, *, owner: bool = False, max_batch: int = 1000, queue_size: int = 10000
-    ) -> None:
+        self, path: Path, *, owner: bool = False, max_batch: int = 1000, queue_size: int = 10000,
+        clock: Clock | None = None,
+    ) -> None:  # fmt: skip
         """``owner`` is the daemon: it alone tracks clean shutdown and runs recovery checks;
         CLI tools open the same file alongside it (WAL) without touching that state."""
         self.path = path
         self.owner = owner
+        self.clock: Clock = clock or SystemClock()
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_size)
         self._writer: aiosqlite.Connection | None = None
@@ -166,7 +168,7 @@ class Database:
 
     def _prepare_writer(self, conn: sqlite3.Connection) -> None:
         configure(conn)
-        applied = migrate(conn)
+        applied = migrate(conn, self.clock.now())
         if applied:
             log.info(kv(event="migrated", applied=",".join(applied), path=self.path))
         if not self.owner:
@@ -248,7 +250,7 @@ class Database:
             batch = [first]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            started = time.monotonic()
+            started = self.clock.monotonic()
             try:
                 outcome = await _in_thread(conn, _run_batch, [p.op for p in batch])
             except sqlite3.Error as exc:
@@ -264,7 +266,7 @@ class Database:
                     self._queue.task_done()
                 raise
             else:
-                elapsed = time.monotonic() - started
+                elapsed = self.clock.monotonic() - started
                 for observer in self.on_commit:
                     observer(elapsed, len(batch))
                 for p, (ok, value) in zip(batch, outcome.results, strict=True):
