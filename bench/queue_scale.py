@@ -185,7 +185,7 @@ def main() -> None:
           f"{'loop rcpt/s':>11} {'RSS MiB':>8}")  # fmt: skip
     for size in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix="mta-qscale-") as tmp:
-            path = Path(tmp) / "mtaserver.storage.sqlite.db"
+            path = Path(tmp) / "mtaserver.db"
             fill_s = asyncio.run(fill(path, size, time.time()))
             out = subprocess.run(
                 [sys.executable, "-m", "bench.queue_scale", "--measure", str(path),

@@ -225,7 +225,7 @@ def states(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Fa
     """Each state built once per worker; every case copies it."""
     out = {}
     for state in STATES:
-        path = tmp_path_factory.mktemp(f"state-{state}") / "mtaserver.storage.sqlite.db"
+        path = tmp_path_factory.mktemp(f"state-{state}") / "mtaserver.db"
         out[state] = (path, build(state, path))
     return out
 

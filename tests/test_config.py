@@ -192,7 +192,7 @@ def test_weak_tls_key_is_refused(tmp_path: Path) -> None:
 def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     cfg = load("[server]\nhostname = 'mx.test'\ndata_dir = 'state'\n", tmp_path)
     assert cfg.server.data_dir == tmp_path / "state"
-    assert cfg.storage.database == tmp_path / "state" / "mtaserver.storage.sqlite.db"
+    assert cfg.storage.database == tmp_path / "state" / "mtaserver.db"
     assert cfg.delivery.port == 25 and cfg.delivery.tls == "opportunistic"
     assert cfg.submission.max_message_size == 25 * 2**20
 

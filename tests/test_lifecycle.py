@@ -102,7 +102,7 @@ def test_tools_beside_the_daemon_and_a_second_daemon(tmp_path: Path) -> None:
             assert "another mtaserver is already running" in str(exc)
         finally:
             second._finish() if second.proc else None
-    assert (tmp_path / "data" / "mtaserver.storage.sqlite.db").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "data" / "mtaserver.db").stat().st_mode & 0o077 == 0
 
 
 def test_sigterm_lets_a_transaction_in_progress_finish(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ class StorageConfig:
 
 def parse(r: Reader, data_dir: Path) -> StorageConfig:
     cfg = StorageConfig(
-        database=r.path("database", None) or data_dir / "mtaserver.storage.sqlite.db",
+        database=r.path("database", None) or data_dir / "mtaserver.db",
         encryption_key_file=r.path("encryption_key_file", None),
         min_free=r.size("min_free", 64 * 1024 * 1024),
     )

@@ -138,7 +138,7 @@ class TestConfig:
 
     @property
     def database(self) -> Path:
-        return Path(self.data["server"]["data_dir"]) / "mtaserver.storage.sqlite.db"
+        return Path(self.data["server"]["data_dir"]) / "mtaserver.db"
 
 
 class Daemon:
