@@ -1,10 +1,14 @@
-"""What a failure reply or bounce diagnostic means: category and hard/soft kind.
+"""What a failure reply or bounce diagnostic means: a reason, its kind, and a status.
 
 One classifier serves the synchronous replies delivery receives and the diagnostics of
 asynchronous bounces, so a "mailbox full" means the same thing whichever way it arrives.
 The knowledge lives in ``mtaserver/data/classify.toml`` (policy is data); this module only
-walks that ordered rule table. Hard/soft is decided by the *reason*, not by the reply class:
-5.2.2 (mailbox full) is soft, 4.1.1 (unknown user) is hard.
+walks that ordered rule table. Each rule names a *reason* from sisimai's taxonomy
+(``userunknown``, ``mailboxfull``, ``spamdetected``...); the reason decides the kind, never
+the reply class: only a dead address or domain is hard (5.2.2 mailbox full is soft, 4.1.1
+unknown user is hard, a 5.7.1 spam verdict is soft), and a complaint is ``feedback``.
+The older, coarser ``category`` (what suppression policy in config is keyed by) is derived
+from the reason so both views always agree.
 """
 
 from __future__ import annotations
@@ -17,6 +21,36 @@ from importlib import resources
 from typing import Any
 
 from mtaserver.model import BounceKind, Classification
+
+REASONS = (
+    "userunknown",
+    "hostunknown",
+    "hasmoved",
+    "notaccept",
+    "suspend",
+    "mailboxfull",
+    "exceedlimit",
+    "mesgtoobig",
+    "filtered",
+    "rejected",
+    "blocked",
+    "spamdetected",
+    "virusdetected",
+    "policyviolation",
+    "contenterror",
+    "securityerror",
+    "norelaying",
+    "toomanyconn",
+    "systemerror",
+    "networkerror",
+    "expired",
+    "onhold",
+    "syntaxerror",
+    "vacation",
+    "feedback",
+    "undefined",
+)
+REASON_KINDS = ("hard", "soft", "feedback")
 
 CATEGORIES = (
     "unknown-recipient",
@@ -32,6 +66,7 @@ CATEGORIES = (
     "policy",
     "expired",
     "other",
+    "complaint",
 )
 
 # An RFC 3463 status inside free text: "5.1.1", "#5.2.2", "(4.7.0)"; not part of an IP.
@@ -44,9 +79,27 @@ class ClassifyTableError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class _Rule:
+class Verdict(Classification):
+    """A :class:`Classification` that also names the sisimai-style reason."""
+
+    reason: str = "undefined"
+
+    @property
+    def reason_kind(self) -> str:
+        """``hard`` | ``soft`` | ``feedback`` (the kind of the reason)."""
+        return kind_of(self.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonInfo:
+    kind: str  # "hard" | "soft" | "feedback"
     category: str
-    kind: str | None
+    status: str  # "X.0.0" style: X is the failure's class
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    reason: str
     text: re.Pattern[str] | None
     status: re.Pattern[str] | None
     klass: int | None
@@ -57,12 +110,6 @@ class _Rule:
         if self.status is not None and (status is None or not self.status.fullmatch(status)):
             return False
         return self.text is None or self.text.search(text) is not None
-
-
-@dataclass(frozen=True, slots=True)
-class _CategoryInfo:
-    kind: str  # "hard" | "soft" | "by-class"
-    status: str
 
 
 def _status_pattern(spec: str) -> re.Pattern[str]:
@@ -97,33 +144,40 @@ def _lower_literals(pattern: str) -> str:
     return "".join(out)
 
 
+def _reasons(table: dict[str, Any]) -> dict[str, ReasonInfo]:
+    raw = table.get("reasons")
+    if not isinstance(raw, dict):
+        raise ClassifyTableError("classify table: missing [reasons]")
+    unknown = set(raw) - set(REASONS)
+    if unknown:
+        raise ClassifyTableError(f"classify table: unknown reasons {sorted(unknown)}")
+    out: dict[str, ReasonInfo] = {}
+    for name in REASONS:
+        info = raw.get(name)
+        if not isinstance(info, dict) or info.get("kind") not in REASON_KINDS:
+            raise ClassifyTableError(f"classify table: reason {name!r} missing or bad kind")
+        if info.get("category") not in CATEGORIES:
+            raise ClassifyTableError(f"classify table: reason {name!r}: bad category")
+        status = str(info.get("status", "X.0.0"))
+        if not re.fullmatch(r"[X45]\.\d{1,3}\.\d{1,3}", status):
+            raise ClassifyTableError(f"classify table: reason {name!r}: bad status {status!r}")
+        out[name] = ReasonInfo(info["kind"], info["category"], status)
+    return out
+
+
 class Classifier:
     """An ordered rule table; the first rule whose conditions all hold decides."""
 
     def __init__(self, table: dict[str, Any]) -> None:
-        cats = table.get("categories")
-        if not isinstance(cats, dict):
-            raise ClassifyTableError("classify table: missing [categories]")
-        self._cats: dict[str, _CategoryInfo] = {}
-        for name in CATEGORIES:
-            info = cats.get(name)
-            if not isinstance(info, dict) or info.get("kind") not in ("hard", "soft", "by-class"):
-                raise ClassifyTableError(f"classify table: category {name!r} missing or bad")
-            self._cats[name] = _CategoryInfo(info["kind"], str(info.get("status", "5.0.0")))
-        unknown = set(cats) - set(CATEGORIES)
-        if unknown:
-            raise ClassifyTableError(f"classify table: unknown categories {sorted(unknown)}")
+        self.reasons = _reasons(table)
         rules = []
         for i, raw in enumerate(table.get("rule", [])):
-            cat = raw.get("category")
-            if cat not in self._cats:
-                raise ClassifyTableError(f"classify table: rule {i}: unknown category {cat!r}")
-            extra = set(raw) - {"category", "kind", "text", "status", "class"}
+            reason = raw.get("reason")
+            if reason not in self.reasons:
+                raise ClassifyTableError(f"classify table: rule {i}: unknown reason {reason!r}")
+            extra = set(raw) - {"reason", "text", "status", "class"}
             if extra:
                 raise ClassifyTableError(f"classify table: rule {i}: unknown keys {extra}")
-            kind = raw.get("kind")
-            if kind not in (None, "hard", "soft", "by-class"):
-                raise ClassifyTableError(f"classify table: rule {i}: bad kind {kind!r}")
             try:
                 # Matched against lower-cased text: several times faster than IGNORECASE.
                 text = re.compile(_lower_literals(raw["text"])) if "text" in raw else None
@@ -133,23 +187,29 @@ class Classifier:
             klass = raw.get("class")
             if klass not in (None, 4, 5):
                 raise ClassifyTableError(f"classify table: rule {i}: bad class {klass!r}")
-            rules.append(_Rule(cat, kind, text, status, klass))
+            rules.append(_Rule(reason, text, status, klass))
         if not rules or rules[-1].text or rules[-1].status or rules[-1].klass:
             raise ClassifyTableError("classify table: the last rule must be a catch-all")
         self._rules = tuple(rules)
 
-    def default_status(self, category: str, klass: int | None) -> str:
-        """The status a category implies, in the failure's class (for bounces that state none)."""
-        status = self._cats[category].status
+    def default_status(self, reason: str, klass: int | None) -> str:
+        """The status a reason implies, in the failure's class (for bounces that state none)."""
+        status = self.reasons[reason].status
         if klass in (4, 5):
             status = f"{klass}{status[1:]}"
+        elif status.startswith("X"):
+            status = f"5{status[1:]}"
         return status
 
-    def classify(self, code: int | None, enhanced: str | None, text: str) -> Classification:
-        """Classify one reply or diagnostic; ``status`` is the most specific one found."""
-        text = (text or "")[:_MAX_TEXT]
-        status = best_status(enhanced, text)
-        lowered = text.lower()
+    def verdict(self, reason: str, status: str | None = None) -> Verdict:
+        """The verdict for a reason decided elsewhere (a complaint, an expiry)."""
+        info = self.reasons[reason]
+        kind = BounceKind.HARD if info.kind == "hard" else BounceKind.SOFT
+        return Verdict(info.category, kind, status, reason)
+
+    def reason_of(self, code: int | None, status: str | None, text: str) -> str:
+        """The first matching rule's reason; ``text`` is searched case-insensitively."""
+        lowered = (text or "")[:_MAX_TEXT].lower()
         klass: int | None = None
         if code is not None and 200 <= code < 600:
             klass = code // 100
@@ -157,11 +217,14 @@ class Classifier:
             klass = int(status[0])
         for rule in self._rules:
             if rule.matches(klass, status, lowered):
-                kind = rule.kind or self._cats[rule.category].kind
-                if kind == "by-class":
-                    kind = "soft" if klass == 4 else "hard"
-                return Classification(rule.category, BounceKind(kind), status)
+                return rule.reason
         raise AssertionError("unreachable: the table ends with a catch-all")  # pragma: no cover
+
+    def classify(self, code: int | None, enhanced: str | None, text: str) -> Verdict:
+        """Classify one reply or diagnostic; ``status`` is the most specific one found."""
+        text = (text or "")[:_MAX_TEXT]
+        status = best_status(enhanced, text)
+        return self.verdict(self.reason_of(code, status, text), status)
 
 
 def _normalize(enhanced: str | None) -> str | None:
@@ -186,6 +249,11 @@ def best_status(enhanced: str | None, text: str) -> str | None:
     for status in found:
         if not is_generic(status):
             return status
+    # "5.0.0" says less than "5.6.0" (a content problem): keep the one with a subject.
+    for status in found:
+        vague = given is None or (given.split(".")[1] == "0" and given[0] == status[0])
+        if status.split(".")[1] != "0" and vague:
+            return status
     if given is not None:
         return given
     return found[0] if found else None
@@ -198,6 +266,18 @@ def default_classifier() -> Classifier:
     return Classifier(tomllib.loads(data.decode("utf-8")))
 
 
-def classify(code: int | None, enhanced: str | None, text: str) -> Classification:
+def kind_of(reason: str) -> str:
+    """``hard`` | ``soft`` | ``feedback`` for a reason name (unknown names are soft)."""
+    info = default_classifier().reasons.get(reason)
+    return info.kind if info is not None else "soft"
+
+
+def category_of(reason: str) -> str:
+    """The suppression category a reason belongs to (``other`` for unknown names)."""
+    info = default_classifier().reasons.get(reason)
+    return info.category if info is not None else "other"
+
+
+def classify(code: int | None, enhanced: str | None, text: str) -> Verdict:
     """Classify an SMTP reply or bounce diagnostic with the packaged table."""
     return default_classifier().classify(code, enhanced, text)

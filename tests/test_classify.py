@@ -1,4 +1,4 @@
-"""The classification table: categories, hard/soft by reason, most specific status."""
+"""The classification table: reasons, hard/soft/feedback by reason, most specific status."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import pytest
 
 from mtaserver.classify import (
     CATEGORIES,
+    REASONS,
     Classifier,
     ClassifyTableError,
     best_status,
+    category_of,
     classify,
     default_classifier,
+    kind_of,
 )
 from mtaserver.model import BounceKind
 
@@ -97,7 +100,7 @@ CASES = [
     ),
     (554, "5.7.1", "<x@example.org>: Relay access denied", "policy", SOFT),
     (None, "4.4.7", "delivery time expired", "expired", SOFT),
-    (554, None, "Transaction failed", "other", HARD),
+    (554, None, "Transaction failed", "other", SOFT),  # no reason: not proof of a dead address
     (421, None, "Service not available, closing transmission channel", "other", SOFT),
 ]
 
@@ -128,31 +131,90 @@ def test_specific_status_from_text_beats_generic() -> None:
 
 def test_default_status_follows_class() -> None:
     c = default_classifier()
-    assert c.default_status("unknown-recipient", 5) == "5.1.1"
-    assert c.default_status("mailbox-full", 4) == "4.2.2"
+    assert c.default_status("userunknown", 5) == "5.1.1"
+    assert c.default_status("mailboxfull", 4) == "4.2.2"
+    assert c.default_status("spamdetected", None) == "5.0.0"
 
 
 def test_every_category_is_reachable() -> None:
     seen = {classify(*case[:3]).category for case in CASES}
-    assert seen == set(CATEGORIES)
+    assert seen == set(CATEGORIES) - {"complaint"}  # complaints come from ARF, not replies
+
+
+REASON_CASES = [
+    # (code, enhanced, text, reason)
+    (550, "5.1.1", "The email account that you tried to reach does not exist", "userunknown"),
+    (550, None, "Host or domain name not found. Name service error for name=x", "hostunknown"),
+    (550, "5.1.6", "recipient no longer on server", "hasmoved"),
+    (556, "5.1.10", "Recipient address has null MX", "notaccept"),
+    (550, None, "[SUSPEND] Mailbox currently suspended", "suspend"),
+    (552, None, "Mailbox size limit exceeded", "mailboxfull"),
+    (
+        550,
+        "5.2.3",
+        "RESOLVER.RST.RecipSizeLimit; message too large for this recipient",
+        "exceedlimit",
+    ),
+    (552, "5.3.4", "Message size exceeds fixed maximum message size", "mesgtoobig"),
+    (550, None, "not accepting mail with attachments or embedded images", "filtered"),
+    (550, None, "You are not a member of this mailing list", "rejected"),
+    (554, None, "Client host [192.0.2.1] blocked using zen.spamhaus.org", "blocked"),
+    (550, "5.7.1", "Message rejected as spam by Content Filtering", "spamdetected"),
+    (554, None, "Message rejected: virus found in attachment", "virusdetected"),
+    (550, "5.7.1", "Delivery not authorized, message refused", "policyviolation"),
+    (554, None, "Messages without To: fields are not accepted here", "contenterror"),
+    (550, "5.7.26", "Unauthenticated email is not accepted due to DMARC", "securityerror"),
+    (554, None, "<x@example.org>: Relay access denied", "norelaying"),
+    (421, "4.7.28", "unusual rate of unsolicited mail", "toomanyconn"),
+    (451, None, "Local configuration error", "systemerror"),
+    (None, None, "Could not initiate SMTP conversation: Connection timed out", "networkerror"),
+    (None, "4.4.7", "delivery time expired", "expired"),
+    (500, None, "Syntax error, command unrecognized", "syntaxerror"),
+    (554, None, "Transaction failed", "undefined"),
+]
+
+
+@pytest.mark.parametrize(("code", "enhanced", "text", "reason"), REASON_CASES)
+def test_reasons(code: int | None, enhanced: str | None, text: str, reason: str) -> None:
+    got = classify(code, enhanced, text)
+    assert got.reason == reason
+    assert got.category == category_of(reason)
+    assert got.reason_kind == kind_of(reason)
+
+
+def test_only_dead_addresses_are_hard() -> None:
+    hard = {r for r in REASONS if kind_of(r) == "hard"}
+    assert hard == {"userunknown", "hostunknown", "hasmoved", "notaccept", "suspend"}
+    assert kind_of("feedback") == "feedback"
+    assert all(kind_of(r) == "soft" for r in REASONS if r not in hard | {"feedback"})
+    # a 5xx that rejects this message is soft however permanent it sounds
+    for text in ("550 5.7.1 spam", "554 blocked using bl.spamcop.net", "550 Relaying denied"):
+        assert classify(None, None, text).kind is SOFT
+
+
+def _table() -> dict[str, object]:
+    reasons = {r: {"kind": "soft", "category": "other"} for r in REASONS}
+    return {"reasons": reasons, "rule": [{"reason": "undefined"}]}
 
 
 def test_table_is_validated() -> None:
-    good = {
-        "categories": {c: {"kind": "soft"} for c in CATEGORIES},
-        "rule": [{"category": "other"}],
-    }
+    good = _table()
     Classifier(good)
     with pytest.raises(ClassifyTableError):
-        Classifier({**good, "rule": [{"category": "nope"}]})
+        Classifier({**good, "rule": [{"reason": "nope"}]})
     with pytest.raises(ClassifyTableError):
-        Classifier({**good, "rule": [{"category": "other", "text": "("}]})
+        Classifier({**good, "rule": [{"reason": "undefined", "text": "("}]})
     with pytest.raises(ClassifyTableError):
-        Classifier({**good, "rule": [{"category": "other", "text": "x"}]})  # no catch-all
+        Classifier({**good, "rule": [{"reason": "undefined", "text": "x"}]})  # no catch-all
     with pytest.raises(ClassifyTableError):
         Classifier(
-            {**good, "rule": [{"category": "other", "status": "5.x"}, {"category": "other"}]}
+            {**good, "rule": [{"reason": "undefined", "status": "5.x"}, {"reason": "undefined"}]}
         )
+    with pytest.raises(ClassifyTableError):
+        Classifier({**good, "reasons": {**good["reasons"], "speeding": {"kind": "soft"}}})
+    bad_kind = {**good["reasons"], "userunknown": {"kind": "permanent", "category": "other"}}
+    with pytest.raises(ClassifyTableError):
+        Classifier({**good, "reasons": bad_kind})
 
 
 def test_huge_text_is_cheap() -> None:

@@ -79,6 +79,7 @@ def walk(msg: Message, limits: ParseLimits) -> Iterator[Part]:
             "message/delivery-status",
             "message/feedback-report",
             "message/global-delivery-status",
+            "message/xdelivery-status",
         ):
             yield Part(ctype, part, depth, seen_original)
             continue

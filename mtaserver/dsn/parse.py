@@ -12,11 +12,15 @@ from __future__ import annotations
 import re
 
 from mtaserver.classify import STATUS_RE, best_status, default_classifier, is_generic
-from mtaserver.dsn import mime, report, text
+from mtaserver.dsn import complaint, mime, report, text
 from mtaserver.dsn.limits import DEFAULT_LIMITS, ParseLimits
-from mtaserver.model import BouncedRecipient, BounceKind, BounceReport
+from mtaserver.dsn.recipient import ParsedRecipient
+from mtaserver.model import BounceReport
 
-COMPLAINT_TYPES = frozenset({"abuse", "fraud", "virus", "other", "complaint"})
+DSN_TYPES = frozenset(
+    {"message/delivery-status", "message/global-delivery-status", "message/xdelivery-status"}
+)
+_HARD_TEXT_REASONS = frozenset({"userunknown", "mailboxfull", "suspend", "hostunknown"})
 
 _SENDER_RE = re.compile(
     r"mailer-daemon|post_?master|mail delivery|mail administrator|mailadm|delivery subsystem"
@@ -81,15 +85,19 @@ def _parse(raw: bytes, limits: ParseLimits, nested: bool) -> BounceReport | None
     arf_texts: list[str] = []
     notice_parts: list[str] = []
     original: mime.Message | None = None
+    originals: list[mime.Message] = []
     wrapped: list[mime.Message] = []
     for part in mime.walk(msg, limits):
-        if part.content_type in ("message/delivery-status", "message/global-delivery-status"):
+        if part.content_type in DSN_TYPES:
             dsn_texts.append(mime.part_bytes(part.message, limits).decode("utf-8", "replace"))
         elif part.content_type == "message/feedback-report":
             arf_texts.append(mime.part_bytes(part.message, limits).decode("utf-8", "replace"))
         elif part.content_type.startswith(("message/rfc822", "text/rfc822")):
+            inner = _inner(part.message)
+            if inner is not None and len(originals) < 50:
+                originals.append(inner)
             if original is None:
-                original = _inner(part.message)
+                original = inner
                 if original is not None and original.get_content_type() == "multipart/report":
                     wrapped.append(original)
         elif part.content_type in ("text/plain", "text/html") and not part.after_original:
@@ -97,17 +105,17 @@ def _parse(raw: bytes, limits: ParseLimits, nested: bool) -> BounceReport | None
     notice = "\n".join(notice_parts)[: limits.max_text]
     orig_id = _original_message_id(original, notice)
 
-    if arf_texts:
-        return _complaint(arf_texts[0], original, orig_id)
+    if arf_texts or complaint.is_jmrp(msg, originals):
+        return complaint.parse(arf_texts, originals, orig_id, limits.max_recipients)
     if dsn_texts:
         got = _from_dsn(msg, dsn_texts, notice, orig_id, limits)
         if got is not None and got.recipients:
             return got
     if wrapped and not nested:
         # A gateway that wraps the real report in message/rfc822 (seen from mail filters).
-        inner = _parse(wrapped[0].as_bytes(), limits, nested=True)
-        if inner is not None:
-            return inner
+        unwrapped = _parse(wrapped[0].as_bytes(), limits, nested=True)
+        if unwrapped is not None:
+            return unwrapped
     if not dsn_texts and _is_autoreply(msg):
         return None
     return _from_text(msg, notice, orig_id or "", limits, has_dsn=bool(dsn_texts))
@@ -135,26 +143,6 @@ def _original_message_id(original: mime.Message | None, notice: str) -> str | No
             return value
     m = _MSGID_RE.search(notice)
     return m.group(1) if m else None
-
-
-def _complaint(arf: str, original: mime.Message | None, orig_id: str | None) -> BounceReport | None:
-    ftype, rcpts, _ = report.feedback_report(arf)
-    if ftype not in COMPLAINT_TYPES:
-        return None  # auth-failure or not-spam reports are not complaints
-    recipients = tuple(
-        BouncedRecipient(
-            recipient=r,
-            action="complaint",
-            status=None,
-            reply_code=None,
-            diagnostic=f"feedback-type={ftype}",
-            remote_mta=None,
-            category="complaint",
-            kind=BounceKind.HARD,
-        )
-        for r in rcpts
-    )
-    return BounceReport(recipients=recipients, is_complaint=True, original_message_id=orig_id)
 
 
 def _context_lines(notice: str, address: str) -> str:
@@ -193,7 +181,7 @@ def _from_dsn(
         for k, v in pm.items():
             per_message.setdefault(k, v)
         records.extend(recs)
-    out: list[BouncedRecipient] = []
+    out: list[ParsedRecipient] = []
     seen: set[str] = set()
     for rec in records[: limits.max_recipients]:
         addr = report.address_of(rec.get("original-recipient")) or report.address_of(
@@ -240,31 +228,30 @@ def _recipient(
     detail: str,
     diagnostic: str,
     remote_mta: str | None,
-) -> BouncedRecipient:
+) -> ParsedRecipient:
     classifier = default_classifier()
     hint = 4 if action == "delayed" else None
-    c = classifier.classify(code, stated, detail)
-    category, kind = c.category, c.kind
-    status = best_status(stated, detail)
+    status = best_status(stated, detail[:4096])
+    reason = classifier.reason_of(code, status, detail)
     klass = int(status[0]) if status else (code // 100 if code else hint)
-    if action == "failed" and klass == 4 and category == "other":
-        category = "expired"  # a temporary failure the reporting MTA gave up on
-    if action == "delayed" and category in ("other", "expired"):
-        kind = BounceKind.SOFT
+    if action == "failed" and klass == 4 and reason in ("undefined", "systemerror"):
+        reason = "expired"  # a temporary failure the reporting MTA gave up on
     if status is None:
         if code is not None:
             status = f"{code // 100}.0.0"
         else:
-            status = classifier.default_status(category, hint)
-    return BouncedRecipient(
+            status = classifier.default_status(reason, hint)
+    v = classifier.verdict(reason, status)
+    return ParsedRecipient(
         recipient=addr,
         action=action,
         status=status,
         reply_code=code,
         diagnostic=" ".join(diagnostic.split())[:1000],
         remote_mta=remote_mta,
-        category=category,
-        kind=kind,
+        category=v.category,
+        kind=v.kind,
+        reason=reason,
     )
 
 
@@ -292,8 +279,7 @@ def _looks_like_bounce(msg: mime.Message, notice: str) -> bool:
     head = notice[:8192]
     if _TEXT_RE.search(head):
         return True
-    category = default_classifier().classify(None, None, head).category
-    return category in ("unknown-recipient", "mailbox-full", "mailbox-disabled", "domain-not-found")
+    return default_classifier().reason_of(None, None, head) in _HARD_TEXT_REASONS
 
 
 def _own_addresses(msg: mime.Message) -> frozenset[str]:
@@ -326,8 +312,8 @@ def _from_text(
         detail = "\n".join(f.context)
         code = text.reply_code(detail)
         stated = best_status(None, detail)
-        probe = default_classifier().classify(code, stated, detail)
-        if probe.category == "other" and code is None and stated is None:
+        probe = default_classifier().reason_of(code, stated, detail)
+        if probe == "undefined" and code is None and stated is None:
             detail = f"{detail}\n{body[:3000]}"
             code = text.reply_code(detail)
         out.append(

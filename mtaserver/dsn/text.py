@@ -65,7 +65,8 @@ _PREFIX_RE = re.compile(r"^(?:smtp|rfc822|mailto|sip)[=:]", re.IGNORECASE)
 _KEYWORD_BEFORE_RE = re.compile(
     r"(?:recipients?|address(?:es)?|addressed(?: to)?,?|addressee|\bto|\bfor|\buser|userid"
     r"|mailbox|account|attempts|error-for|smtp|rcpt to|deliver(?:ed|y)? to|undeliverable to)"
-    r"\s*(?:\(s\))?\s*[:=]?\s*[<\"'\[(]*\s*$",
+    r"\s*(?:\(s\))?\s*[:=]?\s*[<\"'\[(]*\s*$"
+    r"|(?:size|quota|unknown|full|invalid|failed|rejected|disabled|exist|suspended)\s*:\s*<?$",
     re.IGNORECASE,
 )
 _ANGLE_RE = re.compile(rf"<({ADDR})>")
