@@ -78,6 +78,7 @@ class Scores:
     fp: int = 0
     fn: int = 0
     judged: int = 0
+    kind_judged: int = 0
     status_ok: int = 0
     kind_ok: int = 0
     arf_tp: int = 0
@@ -103,7 +104,7 @@ class Scores:
 
     @property
     def kind(self) -> float:
-        return self._ratio(self.kind_ok, self.judged)
+        return self._ratio(self.kind_ok, self.kind_judged)
 
     @property
     def arf_recall(self) -> float:
@@ -144,13 +145,14 @@ def score(entries: Sequence[Entry]) -> Scores:
             s.tp += 1
             s.arf_tp += e.type == "complaint"
             status, kind = want[addr]
-            if status == "-":
-                continue
-            s.judged += 1
             rkind = reason_kind_of(r)
-            s.status_ok += r.status == status or (e.type == "complaint" and status == "-")
-            s.kind_ok += rkind == kind
-            if r.status != status or rkind != kind:
+            status_bad = status != "-" and r.status != status
+            kind_bad = kind != "-" and rkind != kind
+            s.judged += status != "-"
+            s.status_ok += status != "-" and not status_bad
+            s.kind_judged += kind != "-"
+            s.kind_ok += kind != "-" and not kind_bad
+            if status_bad or kind_bad:
                 s.problems.append(
                     f"{name}: {addr} {r.status}/{rkind} ({getattr(r, 'reason', '?')}),"
                     f" want {status}/{kind}"
@@ -183,6 +185,9 @@ def table(title: str, entries: Sequence[Entry], verbose: bool = False) -> Scores
         part = score([e for e in entries if e.corpus == c])
         print(_row(c, part))
     total = score(entries)
+    public = [e for e in entries if e.corpus != "generated"]
+    if len(public) != len(entries):
+        print(_row("all public (not ours)", score(public)))
     print(_row("**all**", total))
     if verbose:
         for p in total.problems:

@@ -2,8 +2,9 @@
 
 Run: ``.venv/bin/python -m bench.bounce_parse [--rounds 5]``
 
-Both sides read the same 131 messages of ``tests/data/bounces`` (bounces, complaints and
-auto-replies from 40+ MTAs) in the same process. The baseline is Python's plain
+Both sides read the same messages in the same process: ``tests/data/bounces`` and every
+corpus under ``tests/data/corpora`` (about 340 bounces, complaints and auto-replies from
+60+ MTAs). The baseline is Python's plain
 ``email.message_from_bytes`` (structure only, no understanding); ``parse_bounce`` does that
 plus the bounded walk, RFC 3464/5965 fields, free-form recipient extraction and
 classification. The ratio says what understanding costs over merely parsing.
@@ -20,12 +21,18 @@ from typing import Any
 
 from mtaserver.dsn import parse_bounce
 
-CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "bounces"
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+CORPUS = DATA / "bounces"
 
 
 def load_corpus() -> list[bytes]:
     files = sorted(p for p in CORPUS.rglob("*") if p.suffix in (".txt", ".eml"))
-    return [p.read_bytes() for p in files if p.name != "expected.txt"]
+    out = [p.read_bytes() for p in files if p.name != "expected.txt"]
+    for expected in sorted((DATA / "corpora").glob("*/expected.txt")):
+        for line in expected.read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                out.append((expected.parent / line.split("|", 1)[0].strip()).read_bytes())
+    return out
 
 
 def rate(fn: Callable[[bytes], object], corpus: Sequence[bytes], rounds: int) -> float:

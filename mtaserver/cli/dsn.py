@@ -1,7 +1,10 @@
 """``mtaserver dsn parse [FILE]``: what the daemon's parser makes of one message.
 
 Prints one JSON object per reported recipient, one per line; nothing (exit 0) for a message
-that is not a bounce or complaint. Exit 2 only when the input cannot be read.
+that is not a bounce or complaint. Exit 2 only when the input cannot be read. ``reason`` is
+the sisimai-style reason (``userunknown``, ``mailboxfull``, ``spamdetected``...) and
+``kind`` the kind of that reason: ``hard`` (the address or domain is dead), ``soft`` or
+``feedback`` (a complaint).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import sys
 
 from mtaserver.dsn import parse_bounce
+from mtaserver.dsn.recipient import reason_kind_of, reason_of
 from mtaserver.errors import ConfigError
 
 
@@ -44,7 +48,8 @@ def run_parse(args: argparse.Namespace) -> int:
                     "recipient": r.recipient,
                     "status": r.status,
                     "action": r.action,
-                    "kind": r.kind.value,
+                    "kind": reason_kind_of(r),
+                    "reason": reason_of(r),
                     "category": r.category,
                     "reply_code": r.reply_code,
                     "diagnostic": r.diagnostic,

@@ -298,7 +298,7 @@ def _from_text(
     ignore = _own_addresses(msg)
     found = text.find_recipients(body, ignore, limits.max_recipients)
     failed_hdr = [a for a in text.ADDR_RE.findall(mime.header(msg, "X-Failed-Recipients", 4000))]
-    known = {f.address.lower() for f in found}
+    known = {f.address.lower() for f in found} | {f.alias.lower() for f in found if f.alias}
     for a in failed_hdr:
         if a.lower() not in known:
             found.append(text.Found(a, 0, [body[:2000]]))

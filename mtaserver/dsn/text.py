@@ -71,7 +71,7 @@ _KEYWORD_BEFORE_RE = re.compile(
 )
 _ANGLE_RE = re.compile(rf"<({ADDR})>")
 _ORIGINAL_RE = re.compile(
-    rf"(?:\((?:expanded|generated) from:?|originally addressed to|was addressed to"
+    rf"(?:\((?:ultimately )?(?:expanded|generated) from:?|originally addressed to|was addressed to"
     rf"|original address:)\s*<?({ADDR})>?\)?",
     re.IGNORECASE,
 )
@@ -97,6 +97,7 @@ class Found:
     address: str
     line: int  # index of the line where it was found
     context: list[str]
+    alias: str | None = None  # the expanded address this original was reported under
 
 
 def _usable(addr: str, ignore: frozenset[str]) -> bool:
@@ -129,6 +130,7 @@ def find_recipients(text: str, ignore: frozenset[str], limit: int) -> list[Found
             if recent and _usable(addr, ignore):
                 prev = recent[-1]
                 del index[prev.address.lower()]
+                prev.alias = prev.address
                 prev.address = addr
                 index.setdefault(addr.lower(), prev)
             else:
