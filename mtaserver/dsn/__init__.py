@@ -1,6 +1,9 @@
 """Inbound bounce and complaint parsing (RFC 3464, RFC 5965 and free-form notices).
 
-``parse_bounce`` is pure and synchronous; ``parse_bounce_async`` runs it in a worker thread
+Every reported recipient is a :class:`ParsedRecipient` with a ``reason`` (sisimai's
+taxonomy, see :mod:`mtaserver.classify`) and its kind: ``hard`` only for a dead address or
+domain, ``feedback`` for a complaint, ``soft`` otherwise. ``parse_bounce`` is pure and
+synchronous; ``parse_bounce_async`` runs it in a worker thread
 with a timeout so hostile input can never stall the event loop.
 """
 
@@ -11,9 +14,19 @@ import functools
 
 from mtaserver.dsn.limits import DEFAULT_LIMITS, ParseLimits
 from mtaserver.dsn.parse import parse_bounce
+from mtaserver.dsn.recipient import ParsedRecipient, reason_kind_of, reason_of
 from mtaserver.model import BounceReport
 
-__all__ = ["DEFAULT_LIMITS", "ParseLimits", "ParseTimeout", "parse_bounce", "parse_bounce_async"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "ParseLimits",
+    "ParseTimeout",
+    "ParsedRecipient",
+    "parse_bounce",
+    "parse_bounce_async",
+    "reason_kind_of",
+    "reason_of",
+]
 
 
 class ParseTimeout(Exception):
