@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
             "notices",
             "dsn",
             "ratelimit",
+            "render",
         ],
         2,
     ),
