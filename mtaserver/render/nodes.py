@@ -129,16 +129,16 @@ class Path(Expr):
 
     def eval(self, st: State, fr: Frame) -> object:
         value: object
+        frame: Frame | None = fr
+        for _ in range(self.depth):
+            frame = frame.parent if frame is not None else None
         if self.data == "root":
             value = st.root
+        elif frame is None:
+            return MISSING
         elif self.data is not None:
-            value = fr.data.get(self.data, MISSING) if fr.data is not None else MISSING
+            value = frame.data.get(self.data, MISSING) if frame.data is not None else MISSING
         else:
-            frame: Frame | None = fr
-            for _ in range(self.depth):
-                frame = frame.parent if frame is not None else None
-            if frame is None:
-                return MISSING
             value = frame.ctx
         for part in self.parts:
             value = child(value, part)

@@ -212,7 +212,7 @@ def _path(text: str, line: int) -> Expr:
             raise TemplateError(f"invalid data reference on line {line}")
         if parts[0] == "root":
             return Path("root", 0, tuple(parts[1:]))
-        return Path(parts[0], 0, tuple(parts[1:]))
+        return Path(parts[0], depth, tuple(parts[1:]))
     if depth == 0 and not explicit and parts:
         return Name(parts[0], tuple(parts[1:]))
     return Path(None, depth, tuple(parts))
