@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
             "dsn",
             "ratelimit",
             "render",
+            "sendapi",
         ],
         2,
     ),
