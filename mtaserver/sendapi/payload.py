@@ -166,6 +166,10 @@ class _Parser:
             c.error("The batch_id must be a string.", "batch_id")
             batch_id = None
         asm = parse_asm(c, d.get("asm"), lim.max_groups_to_display)
+        categories = parse_categories(c, d.get("categories"), lim)
+        send_at = self.send_at(d.get("send_at"), "send_at")
+        sandbox = parse_sandbox(c, d.get("mail_settings"))
+        tracking = parse_tracking(c, d.get("tracking_settings")) or TrackingSettings()
         if c.errors or from_ is None:
             return None
         return MailRequest(
@@ -178,14 +182,14 @@ class _Parser:
             attachments=attachments,
             template_id=template_id or None,
             headers=headers,
-            categories=parse_categories(c, d.get("categories"), lim),
+            categories=categories,
             custom_args=custom_args,
             sections=sections,
-            send_at=self.send_at(d.get("send_at"), "send_at"),
+            send_at=send_at,
             batch_id=batch_id,
             asm=asm if isinstance(asm, Asm) else None,
-            sandbox_mode=parse_sandbox(c, d.get("mail_settings")),
-            tracking=parse_tracking(c, d.get("tracking_settings")) or TrackingSettings(),
+            sandbox_mode=sandbox,
+            tracking=tracking,
         )
 
     # -- personalizations ----------------------------------------------------------------
