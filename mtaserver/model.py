@@ -92,6 +92,8 @@ class PreparedMessage:
     campaign: str | None = None
     dsn: bool = True  # send an RFC 3464 bounce to the sender on permanent failure
     is_dsn: bool = False  # this message is itself a DSN: never bounce it
+    not_before: float | None = None  # scheduled send: recipients are first due at this time
+    batch_id: str | None = None  # a send batch: cancel/pause act on all its messages
 
 
 @dataclass(frozen=True, slots=True)

@@ -199,6 +199,7 @@ BACKEND = "storage.sqlite"  # the only package whose strings may be SQL on our t
 OWNERS = {
     "messages": "storage.sqlite.queue",
     "recipients": "storage.sqlite.queue",
+    "batches": "storage.sqlite.queue",
     "events": "storage.sqlite.events",
     "suppressions": "storage.sqlite.suppressions",
     "soft_bounces": "storage.sqlite.suppressions",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mtaserver.clock import Clock, SystemClock
@@ -22,11 +22,12 @@ from mtaserver.model import (
     Event,
     JobRecipient,
     PreparedMessage,
-    RecipientState,
     RecipientUpdate,
 )
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.events import insert_events
+from mtaserver.storage.sqlite.queue.batches import BatchOps
+from mtaserver.storage.sqlite.queue.intake import insert_messages
 from mtaserver.storage.sqlite.queue.maintenance import Maintenance, drop_body_if_done
 from mtaserver.storage.sqlite.queue.operator import OperatorOps
 from mtaserver.storage.sqlite.queue.values import (
@@ -34,11 +35,10 @@ from mtaserver.storage.sqlite.queue.values import (
     IdentityCodec,
     MessageInfo,
     RecipientInfo,
-    domain_of,
 )
 
 
-class Spool(OperatorOps, Maintenance):
+class Spool(OperatorOps, Maintenance, BatchOps):
     """``codec`` stores bodies (identity by default; app may swap it on SIGHUP).
 
     ``keep_bodies`` > 0 keeps bodies after every recipient is final; the retention service
@@ -61,73 +61,27 @@ class Spool(OperatorOps, Maintenance):
     # -- intake --------------------------------------------------------------------------
     async def enqueue(self, msg: PreparedMessage, events: Sequence[Event] = ()) -> None:
         """Store the message durably. Raises StorageError; then nothing was stored."""
+        await self.enqueue_many((msg,), events)
 
+    async def enqueue_many(
+        self,
+        messages: Sequence[PreparedMessage],
+        events: Sequence[Event] = (),
+        *,
+        also: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """Store every message durably in ONE transaction: all of them or none.
+
+        ``also`` (another table owner's write, e.g. the idempotent answer of an HTTP
+        request) runs in the same transaction after the messages; if it raises, nothing of
+        the call is stored and the exception propagates.
+        """
         codec = self.codec
 
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO messages(id, sender, user, client_ip, received_at, size, "
-                "message_id, campaign, dsn, is_dsn, body) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    msg.queue_id,
-                    msg.sender,
-                    msg.user,
-                    msg.client_ip,
-                    msg.received_at,
-                    len(msg.data),
-                    msg.message_id,
-                    msg.campaign,
-                    int(msg.dsn),
-                    int(msg.is_dsn),
-                    codec.encode(msg.data),
-                ),
-            )
-            conn.executemany(
-                "INSERT INTO recipients(queue_id, idx, address, domain, state, next_attempt, "
-                "body, updated_at) VALUES (?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        msg.queue_id,
-                        i,
-                        r.address,
-                        domain_of(r.address),
-                        (
-                            RecipientState.SUPPRESSED if r.suppressed else RecipientState.QUEUED
-                        ).value,
-                        msg.received_at,
-                        None if r.data is None or r.suppressed else codec.encode(r.data),
-                        msg.received_at,
-                    )
-                    for i, r in enumerate(msg.recipients)
-                ],
-            )
-            dropped = [
-                Event(
-                    type="suppressed",
-                    at=msg.received_at,
-                    queue_id=msg.queue_id,
-                    recipient=r.address,
-                    data=(("reason", r.suppressed), ("idx", i)),
-                )
-                for i, r in enumerate(msg.recipients)
-                if r.suppressed
-            ]
-            accepted = Event(
-                type="accepted",
-                at=msg.received_at,
-                queue_id=msg.queue_id,
-                data=(
-                    ("user", msg.user),
-                    ("client_ip", msg.client_ip),
-                    ("size", len(msg.data)),
-                    ("recipients", len(msg.recipients)),
-                    ("sender", msg.sender),
-                    ("campaign", msg.campaign),
-                ),
-            )
-            insert_events(conn, [accepted, *dropped, *events])
-            if dropped:
-                drop_body_if_done(conn, msg.queue_id)
+            insert_messages(conn, messages, events, codec)
+            if also is not None:
+                also(conn)
 
         await self.db.write(op)
 
