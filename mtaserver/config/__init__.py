@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mtaserver.config import (
     admin,
+    api,
     delivery,
     dkim,
     inbound,
@@ -27,6 +28,7 @@ from mtaserver.config import (
     webhooks,
 )
 from mtaserver.config.admin import AdminConfig
+from mtaserver.config.api import ApiConfig
 from mtaserver.config.delivery import DeliveryConfig
 from mtaserver.config.dkim import DkimKeyConfig
 from mtaserver.config.inbound import InboundConfig
@@ -59,6 +61,7 @@ class Config:
     storage: StorageConfig
     webhooks: tuple[WebhookConfig, ...] = ()
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
 
 
 def load_config(path: str | Path) -> Config:
@@ -96,6 +99,7 @@ def parse_config(text: str, path: Path) -> Config:
         storage=storage.parse(root.table("storage"), srv.data_dir),
         webhooks=webhooks.parse(root.tables("webhooks")),
         retention=retention.parse(root.table("retention")),
+        api=api.parse(root.table("api")),
     )
     root.finish()
     _cross_check(cfg, root)
@@ -117,6 +121,8 @@ def _cross_check(cfg: Config, root: Reader) -> None:
         )
     if cfg.admin.listen and cfg.admin.tls and not cfg.tls.enabled:
         raise ConfigError(f"{root.file}: admin.tls: needs [tls] cert and key")
+    if cfg.api.listen and cfg.api.tls and not cfg.tls.enabled:
+        raise ConfigError(f"{root.file}: api.tls: needs [tls] cert and key")
     if cfg.tracking.unsubscribe_mailto and not (cfg.inbound.listen and cfg.inbound.bounce_domain):
         raise ConfigError(
             f"{root.file}: tracking.unsubscribe_mailto: mail to it is processed by the inbound "
