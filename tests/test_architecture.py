@@ -208,6 +208,7 @@ OWNERS = {
     "webhook_outbox": "storage.sqlite.outbox",
     "webhook_endpoints": "storage.sqlite.outbox",
     "admin_tokens": "storage.sqlite.tokens",
+    "api_keys": "storage.sqlite.apikeys",
     "meta": "storage.sqlite.db",
 }
 # Modules outside the backend that still run SQL on a table (issue 13, item 1).
