@@ -67,6 +67,7 @@ LAYERS: dict[str, int] = {
             "devsetup",
             "dnsrecords",
             "smtpd",
+            "api",
         ],
         3,
     ),
@@ -209,6 +210,7 @@ OWNERS = {
     "webhook_endpoints": "storage.sqlite.outbox",
     "admin_tokens": "storage.sqlite.tokens",
     "api_keys": "storage.sqlite.apikeys",
+    "idempotency": "storage.sqlite.idempotency",
     "meta": "storage.sqlite.db",
 }
 # Modules outside the backend that still run SQL on a table (issue 13, item 1).

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mtaserver.app.api import api_service
 from mtaserver.app.mail import (
     MailParts,
     build_agent,
@@ -122,12 +123,13 @@ def wire(cfg: Config, base: Base, current: Callable[[], Config]) -> Wiring:
         Retention(spool, events, outbox, cfg.retention, clock),
     ]
     sub = cfg.submission
+    mail = MailParts(
+        spool, users, suppressions, signer, tracking.tracker if tracking else None,
+        metrics, base.space, clock,
+    )  # fmt: skip
     if sub.listen or sub.listen_tls or sub.listen_plain:
-        mail = MailParts(
-            spool, users, suppressions, signer, tracking.tracker if tracking else None,
-            metrics, base.space, clock,
-        )  # fmt: skip
         services.append(submission_service(cfg, mail))
+    services.append(api_service(cfg, mail))
     admin = AdminParts(db, spool, users, suppressions, signer, metrics, clock)
     services.append(admin_service(cfg, admin, current))
     return Wiring(tuple(s for s in services if s is not None), metrics)

@@ -1,0 +1,114 @@
+"""What the HTTP send API needs from the rest of the daemon, as Protocols.
+
+The API never imports a stage: ``app.api`` hands it the key store, the user store, the
+suppression list, the pipeline's ``prepare`` (cleanup → tracking → DKIM, exactly as for
+SMTP), the intake that commits a request in one transaction, and a template source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from mtaserver.clock import Clock
+from mtaserver.model import Event, PreparedMessage, Submission
+from mtaserver.ratelimit import RateLimiter
+from mtaserver.sendapi import Limits, StoredTemplate
+from mtaserver.storage.sqlite.idempotency import IdemAnswer
+from mtaserver.storage.sqlite.queue import BatchChange, BatchInfo
+
+
+class TemplateSource(Protocol):
+    """Stored templates addressed by ``template_id`` (the templates store satisfies it)."""
+
+    async def get(self, template_id: str) -> StoredTemplate | None: ...
+
+
+class NoTemplates:
+    """The source used until a template store is wired: every template_id is unknown."""
+
+    async def get(self, template_id: str) -> StoredTemplate | None:
+        return None
+
+
+class KeyInfo(Protocol):
+    @property
+    def key_id(self) -> str: ...
+
+    @property
+    def user(self) -> str: ...
+
+    @property
+    def scopes(self) -> frozenset[str]: ...
+
+
+class Keys(Protocol):
+    async def verify(self, key: str) -> KeyInfo | None: ...
+
+
+class Sender(Protocol):
+    """The key's user: which sending domains it owns."""
+
+    @property
+    def name(self) -> str: ...
+
+    def owns(self, domain: str) -> bool: ...
+
+
+class Users(Protocol):
+    async def lookup(self, name: str) -> tuple[Sender, str] | None: ...
+
+
+class Suppressions(Protocol):
+    async def check(self, address: str, sender_domain: str | None) -> object | None: ...
+
+
+class Preparer(Protocol):
+    """The pipeline's prepare: cleanup, tracking, DKIM — the same objects SMTP uses."""
+
+    async def prepare(self, sub: Submission, queue_id: str) -> PreparedMessage: ...
+
+
+class Intake(Protocol):
+    async def lookup(self, key_id: str, idem_key: str, since: float) -> IdemAnswer | None: ...
+
+    async def commit(
+        self,
+        messages: Sequence[PreparedMessage],
+        events: Sequence[Event],
+        answer: IdemAnswer | None,
+        *,
+        stale_before: float = 0.0,
+    ) -> IdemAnswer | None: ...
+
+
+class Batches(Protocol):
+    async def create_batch(self, user: str, now: float | None = None) -> BatchInfo: ...
+
+    async def batch(self, batch_id: str) -> BatchInfo | None: ...
+
+    async def list_batches(self, user: str) -> tuple[BatchInfo, ...]: ...
+
+    async def set_batch_status(
+        self, batch_id: str, status: str | None, now: float | None = None
+    ) -> BatchChange | None: ...
+
+
+@dataclass(frozen=True)
+class ApiDeps:
+    keys: Keys
+    users: Users
+    suppressions: Suppressions
+    preparer: Callable[[], Preparer]  # the pipeline in force (rebuilt on SIGHUP)
+    intake: Intake
+    batches: Batches
+    templates: TemplateSource
+    clock: Clock
+    new_queue_id: Callable[[float], str]
+    limits: Callable[[], Limits]
+    idempotency_window: Callable[[], float]
+    hostname: str  # for generated Message-IDs
+    user_rate: RateLimiter | None = None
+    render_slots: int = 2  # requests composed at once, each in a worker thread
+    prepare_concurrency: int = 64  # messages of one request prepared (signed) at once

@@ -1,0 +1,120 @@
+"""The HTTP send API service (``[api] listen``): SendGrid v3 mail/send into the pipeline.
+
+Messages go through the same :class:`~mtaserver.pipeline.Pipeline` ``prepare`` as SMTP
+submission (cleanup, tracking, DKIM with the one signer), the same suppression list and
+the same queue; the key's user binds the sender and the submission section's per-user
+rate applies (one token per request). On SIGHUP the limits, the pipeline's settings, the
+rate and the certificate take effect for the next request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mtaserver.api import ApiDeps, ApiServer, NoTemplates, TemplateSource, build_api_app
+from mtaserver.app.mail import MailParts, _track_defaults
+from mtaserver.app.service import Service, SimpleService
+from mtaserver.config import Config
+from mtaserver.log import get_logger, kv
+from mtaserver.pipeline import Pipeline
+from mtaserver.ratelimit import RateLimiter
+from mtaserver.sendapi import Limits
+from mtaserver.storage.sqlite.apikeys import ApiKeyStore
+from mtaserver.storage.sqlite.idempotency import ApiIntake
+from mtaserver.storage.sqlite.queue import new_queue_id
+
+log = get_logger("app")
+PURGE_EVERY = 3600.0  # seconds between deletes of expired idempotent answers
+
+
+def api_limits(cfg: Config) -> Limits:
+    a = cfg.api
+    return Limits(
+        max_personalizations=a.max_personalizations,
+        max_recipients=a.max_recipients,
+        max_total_bytes=a.max_body,
+        max_send_ahead=int(a.max_send_ahead),
+    )
+
+
+@dataclass
+class _Current:
+    """The config in force for the API (replaced whole on SIGHUP)."""
+
+    cfg: Config
+    pipeline: Pipeline
+    limits: Limits
+
+
+def _pipeline(cfg: Config, parts: MailParts) -> Pipeline:
+    sub = cfg.submission
+    return Pipeline(
+        spool=parts.spool,
+        new_queue_id=new_queue_id,
+        hostname=cfg.server.hostname,
+        max_header_size=sub.max_header_size,
+        max_mime_depth=sub.max_mime_depth,
+        tracker=parts.tracker,
+        signer=parts.signer,
+        tracking_defaults=lambda user: _track_defaults(cfg, user),
+    )
+
+
+def api_service(
+    cfg: Config, parts: MailParts, templates: TemplateSource | None = None
+) -> Service | None:
+    """The listener on ``[api] listen``; off when unset. ``templates`` defaults to a
+    source that knows no template (every ``template_id`` is answered 400)."""
+    a = cfg.api
+    if a.listen is None:
+        return None
+    clock = parts.clock
+    db = parts.spool.db
+    current = _Current(cfg, _pipeline(cfg, parts), api_limits(cfg))
+    sub = cfg.submission
+    user_rate = RateLimiter(sub.user_rate, sub.user_burst, clock) if sub.user_rate else None
+    intake = ApiIntake(db, parts.spool)
+    deps = ApiDeps(
+        keys=ApiKeyStore(db, clock),
+        users=parts.users,
+        suppressions=parts.suppressions,
+        preparer=lambda: current.pipeline,
+        intake=intake,
+        batches=parts.spool,
+        templates=templates or NoTemplates(),
+        clock=clock,
+        new_queue_id=new_queue_id,
+        limits=lambda: current.limits,
+        idempotency_window=lambda: current.cfg.api.idempotency_window,
+        hostname=cfg.server.hostname,
+        user_rate=user_rate,
+        render_slots=a.max_concurrent_renders,
+    )
+    ssl_context = cfg.tls.server_context() if a.tls else None
+    server = ApiServer(build_api_app(deps), ssl_context)
+    host, port = a.listen
+
+    async def start() -> None:
+        await server.start(host, port)
+
+    async def run() -> None:
+        while True:
+            window = current.cfg.api.idempotency_window
+            n = await intake.purge(clock.now() - window)
+            if n:
+                log.info(kv(event="idempotency_expired", count=n))
+            await clock.sleep(PURGE_EVERY)
+
+    async def drain(timeout: float) -> None:
+        await server.stop()
+
+    async def reload(new: Config) -> None:
+        if ssl_context is not None and new.tls.cert and new.tls.key:
+            ssl_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
+        current.cfg, current.pipeline, current.limits = new, _pipeline(new, parts), api_limits(new)
+        if user_rate is not None and new.submission.user_rate:
+            user_rate.reconfigure(new.submission.user_rate, new.submission.user_burst)
+        log.info(kv(event="api_reloaded", max_personalizations=new.api.max_personalizations,
+                    max_body=new.api.max_body))  # fmt: skip
+
+    return SimpleService("api", start, run, drain, reload)
