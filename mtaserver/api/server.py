@@ -195,9 +195,11 @@ class ApiServer:
         self.port: int | None = None
 
     async def start(self, host: str, port: int) -> None:
-        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self._app, access_log=None, handle_signals=False, shutdown_timeout=10.0
+        )
         await runner.setup()
-        site = web.TCPSite(runner, host, port, ssl_context=self._ssl, shutdown_timeout=10.0)
+        site = web.TCPSite(runner, host, port, ssl_context=self._ssl)
         await site.start()
         self._runner = runner
         if runner.addresses:
