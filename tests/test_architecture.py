@@ -210,6 +210,8 @@ OWNERS = {
     "webhook_endpoints": "storage.sqlite.outbox",
     "admin_tokens": "storage.sqlite.tokens",
     "api_keys": "storage.sqlite.apikeys",
+    "templates": "storage.sqlite.templates",
+    "template_versions": "storage.sqlite.templates",
     "idempotency": "storage.sqlite.idempotency",
     "meta": "storage.sqlite.db",
 }
