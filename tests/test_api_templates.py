@@ -1,7 +1,6 @@
 """``template_id`` through the HTTP send API: dynamic (Handlebars) templates rendered per
 personalization before anything is signed; runaway templates refused with a 400 naming
-``template_id`` and nothing queued; the event loop keeps running while a big request
-renders (rendering happens in a worker thread)."""
+``template_id`` and nothing queued."""
 
 from __future__ import annotations
 
