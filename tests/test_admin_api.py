@@ -573,5 +573,11 @@ def test_every_documented_endpoint_answers_and_validates(
            body={"name": "bob@example.com", "password": "correct horse", "domains": ["example.com"]})  # fmt: skip
     api.ok("GET", "/api/v1/users")
     api.ok("DELETE", "/api/v1/users/bob@example.com")
+    tid = api.ok("POST", "/api/v1/templates", 201, body={"name": "t", "text": "Hi {{n}}"})["id"]
+    api.ok("GET", "/api/v1/templates")
+    api.ok("POST", f"/api/v1/templates/{tid}/versions", 201, body={"html": "<b>{{n}}</b>"})
+    api.ok("POST", f"/api/v1/templates/{tid}/versions/1/activate")
+    api.ok("GET", f"/api/v1/templates/{tid}")
+    api.ok("DELETE", f"/api/v1/templates/{tid}")
     missing = operations() - api.covered
     assert not missing, f"not exercised: {sorted(missing)}"

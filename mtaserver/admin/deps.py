@@ -15,6 +15,7 @@ from mtaserver.model import StoredEvent
 from mtaserver.privacy import PrivacyStore
 from mtaserver.storage.sqlite.queue import BodyCodec, Spool
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
+from mtaserver.storage.sqlite.templates import TemplateStore
 from mtaserver.tracking.stats import CohortSource
 
 
@@ -61,3 +62,4 @@ class AdminDeps:
     codec: Callable[[], BodyCodec] | None = None  # the spool's body codec (privacy export/erase)
     hash_password: Callable[[str], str] | None = None
     min_password: int = MIN_PASSWORD  # the same rule as `mtaserver user add`
+    templates: TemplateStore | None = None  # stored templates for the send API

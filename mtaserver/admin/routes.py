@@ -19,6 +19,7 @@ from mtaserver import dnsrecords
 from mtaserver.admin.deps import AdminDeps
 from mtaserver.admin.people import PeopleApi
 from mtaserver.admin.server import ApiError, int_param, json_response
+from mtaserver.admin.templates import TemplatesApi
 from mtaserver.dkim.records import quote_txt
 from mtaserver.tracking.stats import compute as compute_stats
 from mtaserver.tracking.stats import parse_since
@@ -50,6 +51,8 @@ class AdminApi:
         r.add_get(f"{p}/dkim/keys", self.dkim_keys, allow_head=False)
         r.add_get(f"{p}/dns/records", self.dns_records, allow_head=False)
         PeopleApi(self.d).register(app, p)
+        if self.d.templates is not None:
+            TemplatesApi(self.d.templates).register(app, p)
 
     # -- metrics and spec ------------------------------------------------------------------
     async def metrics(self, request: web.Request) -> web.Response:

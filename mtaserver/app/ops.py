@@ -30,6 +30,7 @@ from mtaserver.storage.sqlite.privacy import SqlitePrivacy
 from mtaserver.storage.sqlite.queue import Spool
 from mtaserver.storage.sqlite.reports import Reports
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
+from mtaserver.storage.sqlite.templates import TemplateStore
 from mtaserver.storage.sqlite.tokens import TokenStore
 from mtaserver.storage.sqlite.tracking import SqlTrackingStore
 from mtaserver.storage.sqlite.users import UserStore
@@ -195,6 +196,7 @@ def admin_service(cfg: Config, parts: AdminParts, current: Callable[[], Config])
         hash_password=hash_password,
         suppressions=parts.suppressions,
         codec=lambda: parts.spool.codec,
+        templates=TemplateStore(db, parts.clock),
     )
     open_paths = frozenset({"/metrics"}) if a.metrics_auth == "none" else frozenset()
     web_app = build_web_app(AdminApi(deps).register, TokenStore(db, parts.clock).verify,

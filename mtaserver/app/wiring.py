@@ -45,6 +45,7 @@ from mtaserver.storage.sqlite.events import EventLog
 from mtaserver.storage.sqlite.outbox import WebhookOutbox
 from mtaserver.storage.sqlite.queue import Spool
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
+from mtaserver.storage.sqlite.templates import TemplateStore
 from mtaserver.storage.sqlite.users import UserStore
 from mtaserver.verp import Verp
 from mtaserver.webhooks import WebhookDispatcher
@@ -129,7 +130,7 @@ def wire(cfg: Config, base: Base, current: Callable[[], Config]) -> Wiring:
     )  # fmt: skip
     if sub.listen or sub.listen_tls or sub.listen_plain:
         services.append(submission_service(cfg, mail))
-    services.append(api_service(cfg, mail))
+    services.append(api_service(cfg, mail, TemplateStore(db, clock)))
     admin = AdminParts(db, spool, users, suppressions, signer, metrics, clock)
     services.append(admin_service(cfg, admin, current))
     return Wiring(tuple(s for s in services if s is not None), metrics)

@@ -95,6 +95,17 @@ def _info(conn: sqlite3.Connection, row: tuple[object, ...]) -> TemplateInfo:
     return TemplateInfo(tid, name, int(active), float(created), float(updated), versions)
 
 
+def _version(v: tuple[object, ...]) -> TemplateVersion:
+    version, subject, html, text, created = v
+    return TemplateVersion(
+        int(str(version)),
+        None if subject is None else str(subject),
+        None if html is None else str(html),
+        None if text is None else str(text),
+        float(str(created)),
+    )
+
+
 class TemplateStore:
     """The ``templates`` and ``template_versions`` tables; satisfies the API's source."""
 
@@ -109,19 +120,23 @@ class TemplateStore:
         html: str | None,
         text: str | None,
         create: bool = True,
+        only_new: bool = False,
     ) -> TemplateInfo:
-        """Add a version to ``name`` (an id or name; created if new and ``create``)."""
+        """Add a version to ``name`` (an id or name) and make it active. A new name is
+        created when ``create``; with ``only_new`` an existing name is refused."""
         check_parts(subject, html, text)
         is_id = bool(_ID.fullmatch(name))
         if not is_id:
             check_name(name)
         t = self._clock.now()
 
-        def op(conn: sqlite3.Connection) -> TemplateInfo | None:
+        def op(conn: sqlite3.Connection) -> TemplateInfo | str:
             row = _find(conn, name)
+            if row is not None and only_new:
+                return f"template {name!r} exists (add a version to {row[0]} instead)"
             if row is None:
                 if is_id or not create:
-                    return None
+                    return f"no template {name!r} (see `mtaserver template list`)"
                 tid = "d-" + secrets.token_hex(16)
                 conn.execute(
                     "INSERT INTO templates(id, name, active_version, created_at, updated_at) "
@@ -145,11 +160,12 @@ class TemplateStore:
                 "UPDATE templates SET active_version=?, updated_at=? WHERE id=?", (version, t, tid)
             )
             found = _find(conn, tid)
-            return None if found is None else _info(conn, found)
+            assert found is not None
+            return _info(conn, found)
 
         info = await self.db.write(op)
-        if info is None:
-            raise TemplateStoreError(f"no template {name!r} (see `mtaserver template list`)")
+        if isinstance(info, str):
+            raise TemplateStoreError(info)
         return info
 
     async def info(self, ref: str) -> TemplateInfo | None:
@@ -179,7 +195,23 @@ class TemplateStore:
                 "WHERE template_id=? AND version=?",
                 (row[0], want),
             ).fetchone()
-            return None if v is None else TemplateVersion(int(v[0]), v[1], v[2], v[3], float(v[4]))
+            return None if v is None else _version(v)
+
+        return await self.db.read(fn)
+
+    async def versions(self, ref: str) -> tuple[TemplateInfo, tuple[TemplateVersion, ...]] | None:
+        """A template and all its versions (oldest first), or None."""
+
+        def fn(conn: sqlite3.Connection) -> tuple[TemplateInfo, tuple[TemplateVersion, ...]] | None:
+            row = _find(conn, ref)
+            if row is None:
+                return None
+            rows = conn.execute(
+                "SELECT version, subject, html, text, created_at FROM template_versions "
+                "WHERE template_id=? ORDER BY version",
+                (row[0],),
+            ).fetchall()
+            return _info(conn, row), tuple(_version(v) for v in rows)
 
         return await self.db.read(fn)
 
