@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import math
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from mtaserver.bouncegen import DsnRecipient
 from mtaserver.clock import Clock
 from mtaserver.config.shaping import RetrySettings, SchedulerSettings
 from mtaserver.errors import MtaError
@@ -38,62 +35,21 @@ from mtaserver.log import get_logger, kv
 from mtaserver.model import (
     DeliveryJob,
     DeliveryReport,
-    Disposition,
-    Event,
-    PreparedMessage,
-    RecipientResult,
     RecipientState,
     RecipientUpdate,
     RoutePolicy,
-    SmtpReply,
 )
 from mtaserver.notices import Notices
-from mtaserver.outcome import Classify, judge, log_attempt
-from mtaserver.retry import delay_warning_due
+from mtaserver.outcome import Classify
+from mtaserver.scheduler.attempt import attempt, connection_failed
+from mtaserver.scheduler.destinations import Destinations
+from mtaserver.scheduler.ports import Agent, MxLookup, OnBounce, QueueStore
+from mtaserver.scheduler.settle import settle
 from mtaserver.shaper import Shaper
 
 log = get_logger("scheduler")
 
 LEASE_MARGIN = 0.25  # release a backlog job when less than this share of its lease is left
-MX_TIMEOUT = 5.0
-RECORD_MARGIN = 0.05  # share of the lease left to record an attempt's outcome
-BACKSTOP_MARGIN = 0.025  # share of the lease left when an agent that overran is cancelled
-
-
-# -- what the scheduler needs (app wires the concrete objects) ------------------------------
-class QueueStore(Protocol):
-    async def claim_due(
-        self, now: float, limit: int, lease_seconds: float
-    ) -> list[DeliveryJob]: ...
-
-    async def record(
-        self, updates: Sequence[RecipientUpdate], events: Sequence[Event] = ()
-    ) -> Sequence[int]: ...
-
-    async def defer_domain(self, domain: str, until: float) -> int: ...
-
-    async def release_expired(self, now: float) -> int: ...
-
-    async def release_leases(self, now: float | None = None) -> int: ...
-
-    async def enqueue(self, msg: PreparedMessage, events: Sequence[Event] = ()) -> None: ...
-
-    async def dsn_sent(self, queue_id: str, action: str) -> bool: ...
-
-
-class Agent(Protocol):
-    async def deliver(self, job: DeliveryJob, policy: RoutePolicy) -> DeliveryReport: ...
-
-
-class MxLookup(Protocol):
-    async def mx_hosts(self, domain: str) -> Sequence[str]:
-        """MX host names of a domain (empty when unknown); used only to group domains."""
-        ...
-
-
-# (address, category, sender_domain, queue_id): acts on a permanent failure seen at delivery,
-# e.g. the suppression policy (an unknown user at RCPT is suppressed like an async bounce).
-OnBounce = Callable[[str, str, str | None, str], Awaitable[None]]
 
 
 # -- internal bookkeeping -------------------------------------------------------------------
@@ -147,12 +103,11 @@ class Scheduler:
         self._notices = Notices(spool, hostname, new_queue_id)
         self._send_dsns = send_dsn
         self._no_dsn_users = frozenset(u.lower() for u in no_dsn_users)
-        self._mx = mx
+        self._destinations = Destinations(shaper, clock, mx)
         self._dests: dict[str, _Dest] = {}
         self._ring: deque[str] = deque()  # destinations with backlog, round-robin order
         self._backlog = 0  # recipients claimed and not yet finished (backlog + in flight)
         self._open: dict[str, int] = {}  # queue_id → jobs of it still in this scheduler
-        self._dest_cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=self._workers)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -247,7 +202,7 @@ class Scheduler:
         jobs = await self._spool.claim_due(now, limit, self._lease)
         if not jobs:
             return 0
-        dests = await self._destinations({j.domain for j in jobs})
+        dests = await self._destinations.of({j.domain for j in jobs})
         put_back: list[tuple[_Item, float]] = []
         for job in jobs:
             item = _Item(job, dests[job.domain])
@@ -347,37 +302,6 @@ class Scheduler:
             d = self._dests[name] = _Dest(name)
         return d
 
-    async def _destinations(self, domains: set[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        lookups: list[str] = []
-        mono = self._clock.monotonic()
-        for domain in domains:
-            cached = self._dest_cache.get(domain)
-            if cached is not None and cached[1] > mono:
-                out[domain] = cached[0]
-            elif self._mx is not None and self._shaper.wants_mx(domain):
-                lookups.append(domain)
-            else:
-                out[domain] = self._shaper.destination(domain)
-        if lookups:
-            sem = asyncio.Semaphore(32)
-
-            async def one(domain: str) -> None:
-                assert self._mx is not None
-                async with sem:
-                    try:
-                        hosts = await asyncio.wait_for(self._mx.mx_hosts(domain), MX_TIMEOUT)
-                        ttl = 3600.0
-                    except Exception:
-                        hosts, ttl = (), 60.0
-                out[domain] = self._shaper.destination(domain, hosts)
-                self._dest_cache[domain] = (out[domain], mono + ttl)
-                while len(self._dest_cache) > 100_000:
-                    self._dest_cache.popitem(last=False)
-
-            await asyncio.gather(*(one(d) for d in lookups))
-        return out
-
     async def _defer_destination(self, d: _Dest, until: float) -> None:
         """Keep the spool from handing us this destination's work before `until`.
 
@@ -451,55 +375,21 @@ class Scheduler:
                 self._wake.set()
 
     async def _deliver(self, item: _Item) -> DeliveryReport:
-        # An attempt ends before its lease does: past it the spool hands the recipients out
-        # again, a second delivery could start while this one waits (e.g. for the reply to
-        # the final dot), and this attempt's late result would overwrite that one's. The
-        # agent stops at the deadline and reports what it already knows (a recipient
-        # accepted in an earlier transaction stays delivered, so it is not sent twice);
-        # the timeout here is only a backstop for an agent that overruns it.
         limits = self._shaper.limits(item.dest)
-        policy = dataclasses.replace(
-            self._route,
-            max_messages_per_connection=limits.max_messages_per_connection,
-            tls=limits.tls or self._route.tls,
-            deadline=item.job.lease_until - self._lease * RECORD_MARGIN,
-        )
         self.attempts += 1
-        budget = item.job.lease_until - self._clock.now() - self._lease * BACKSTOP_MARGIN
         try:
-            async with asyncio.timeout(max(budget, 0.0)):
-                return await self._agent.deliver(item.job, policy)
-        except TimeoutError:
-            log.warning(kv(event="attempt_past_lease", queue_id=item.job.queue_id))
-            reply = SmtpReply(451, "delivery attempt cut short: it outlasted its lease", "4.4.2")
-        except Exception:
-            log.exception(kv(event="agent_failed", queue_id=item.job.queue_id))
-            reply = SmtpReply(451, "local error in delivery", "4.3.0")
+            return await attempt(
+                self._agent, item.job, self._route, limits, self._lease, self._clock
+            )
         finally:
             self._shaper.release(item.dest)
-        now = self._clock.now()
-        return DeliveryReport(
-            item.job.queue_id,
-            item.job.domain,
-            tuple(
-                RecipientResult(r.idx, r.address, Disposition.DEFERRED, reply)
-                for r in item.job.recipients
-            ),
-            now,
-            now,
-        )
-
-    def _connection_failed(self, report: DeliveryReport) -> bool:
-        codes = self._settings.connection_failure_status
-        return bool(report.results) and all(
-            r.disposition is Disposition.DEFERRED and r.reply.enhanced in codes
-            for r in report.results
-        )
 
     async def _apply(self, item: _Item, report: DeliveryReport) -> None:
         job = item.job
         reaction = self._shaper.observe(
-            item.dest, report.results, connection_failed=self._connection_failed(report)
+            item.dest,
+            report.results,
+            connection_failed=connection_failed(report, self._settings.connection_failure_status),
         )
         if reaction.suspended_until is not None:
             d = self._dest(item.dest)
@@ -513,16 +403,7 @@ class Scheduler:
                 )
             )
             await self._defer_destination(d, reaction.suspended_until)
-        overrides = dict(reaction.overrides)
-        by_idx = {r.idx: r for r in report.results}
         now = self._clock.now()
-        updates: list[RecipientUpdate] = []
-        events: list[Event] = []
-        dsn_recipients: list[DsnRecipient] = []
-        dsn_updates: list[RecipientUpdate] = []
-        dsn_events: list[Event] = []
-        warn: list[DsnRecipient] = []
-        sync_bounces: list[tuple[str, str]] = []
         wants_dsn = (
             bool(job.sender)
             and job.dsn
@@ -530,43 +411,22 @@ class Scheduler:
             and self._send_dsns
             and (job.user or "").lower() not in self._no_dsn_users
         )
-        for jr in job.recipients:
-            res = by_idx.get(jr.idx) or RecipientResult(
-                jr.idx,
-                jr.address,
-                Disposition.DEFERRED,
-                SmtpReply(451, "no result from delivery", "4.3.0"),
-            )
-            disp = overrides.get(jr.idx, res.disposition)
-            out = judge(self._retry, self._classify, job, jr.attempts + 1, res, disp, now,
-                        reaction.suspended_until)  # fmt: skip
-            log_attempt(job, res, out, now, reaction.rules)
-            facts = dict(out.event.data)
-            if out.update.state is RecipientState.BOUNCED and facts.get("source") == "sync":
-                sync_bounces.append((jr.address, str(facts.get("category", "other"))))
-            if out.dsn is not None and wants_dsn:
-                dsn_recipients.append(out.dsn)
-                dsn_updates.append(out.update)
-                dsn_events.append(out.event)
-            else:
-                updates.append(out.update)
-                events.append(out.event)
-            if (
-                out.update.state is RecipientState.QUEUED
-                and wants_dsn
-                and delay_warning_due(self._retry, job.received_at, now)
-                and not self._notices.warned(job.queue_id)
-            ):
-                warn.append(
-                    DsnRecipient(
-                        jr.address,
-                        res.reply.enhanced or "4.0.0",
-                        diagnostic=str(res.reply),
-                        remote_mta=res.mx,
-                        last_attempt=now,
-                        will_retry_until=job.received_at + self._retry.max_lifetime,
-                    )
-                )
+        settled = settle(
+            job,
+            report,
+            dict(reaction.overrides),
+            retry=self._retry,
+            classify=self._classify,
+            now=now,
+            suspended_until=reaction.suspended_until,
+            rules=reaction.rules,
+            wants_dsn=wants_dsn,
+            warned=self._notices.warned(job.queue_id),
+        )
+        updates, events, warn = settled.updates, settled.events, settled.warn
+        sync_bounces = settled.sync_bounces
+        dsn_recipients, dsn_updates = settled.dsn_recipients, settled.dsn_updates
+        dsn_events = settled.dsn_events
         if updates:
             await self._spool.record(updates, events)
         if self._on_bounce is not None:

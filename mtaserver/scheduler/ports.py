@@ -1,0 +1,50 @@
+"""What the scheduler needs from the rest of the daemon; app wires the concrete objects."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from mtaserver.model import (
+    DeliveryJob,
+    DeliveryReport,
+    Event,
+    PreparedMessage,
+    RecipientUpdate,
+    RoutePolicy,
+)
+
+
+class QueueStore(Protocol):
+    async def claim_due(
+        self, now: float, limit: int, lease_seconds: float
+    ) -> list[DeliveryJob]: ...
+
+    async def record(
+        self, updates: Sequence[RecipientUpdate], events: Sequence[Event] = ()
+    ) -> Sequence[int]: ...
+
+    async def defer_domain(self, domain: str, until: float) -> int: ...
+
+    async def release_expired(self, now: float) -> int: ...
+
+    async def release_leases(self, now: float | None = None) -> int: ...
+
+    async def enqueue(self, msg: PreparedMessage, events: Sequence[Event] = ()) -> None: ...
+
+    async def dsn_sent(self, queue_id: str, action: str) -> bool: ...
+
+
+class Agent(Protocol):
+    async def deliver(self, job: DeliveryJob, policy: RoutePolicy) -> DeliveryReport: ...
+
+
+class MxLookup(Protocol):
+    async def mx_hosts(self, domain: str) -> Sequence[str]:
+        """MX host names of a domain (empty when unknown); used only to group domains."""
+        ...
+
+
+# (address, category, sender_domain, queue_id): acts on a permanent failure seen at delivery,
+# e.g. the suppression policy (an unknown user at RCPT is suppressed like an async bounce).
+OnBounce = Callable[[str, str, str | None, str], Awaitable[None]]
