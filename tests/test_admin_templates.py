@@ -73,7 +73,7 @@ def test_send_api_renders_the_active_stored_version(tmp_path: Path) -> None:
     cfg.set("api", listen=f"127.0.0.1:{free_port()}")
     token = stored_token(cfg.database, "tests")
     with Daemon(cfg) as d:
-        assert d.cli("user", "add", "app", "--domain", "example.com",
+        assert d.cli("user", "add", "app", "--domain", "example.com", "--password-stdin",
                      input=b"correct horse battery\n").returncode == 0  # fmt: skip
         key = d.cli("apikey", "create", "--user", "app").stdout.strip()
         api = AdminClient(base_url(cfg), token)
