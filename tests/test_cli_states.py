@@ -36,6 +36,7 @@ from tests.support.dnsserver import DnsServer
 MISSING_QID = "0000000000000000"  # well formed, never issued
 BOUNCE = ROOT / "tests" / "data" / "bounces" / "flufl" / "bounce_01.txt"
 PASSWORD = "correct horse battery\n"
+TEXT_PART = ROOT / "tests" / "data" / "templates" / "promo.txt"
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ ABSENT = {
     "token": "ops",
     "suppressed": "nobody@nowhere.test",
     "recipient": "nobody@nowhere.test",
+    "apikey": "no-such-key",
+    "template": "no-such-template",
 }
 
 
@@ -84,6 +87,24 @@ CASES: list[Case] = [
     C("admin token create", "--name", "not valid!", expect=2, states=ONCE),
     C("admin token revoke", "{token}", if_absent=2, states=NO_FINAL),
     C("admin token revoke", "nobody", expect=2, states=BUSY),
+    # -- API keys
+    C("apikey list"),
+    C("apikey create", "--user", "{user}", "--scopes", "mail.send,mail.batch", if_absent=2,
+      states=NO_FINAL),
+    C("apikey create", "--user", "{user}", "--scopes", "mail.fly", expect=2, states=BUSY),
+    C("apikey create", "--user", "nobody", expect=2, states=ONCE),
+    C("apikey revoke", "{apikey}", if_absent=2),
+    # -- templates
+    C("template list"),
+    C("template put", "promo", "--subject", "Hi {{name}}", "--text", str(TEXT_PART)),
+    C("template put", "promo", "--text", "{tmp}/missing.txt", expect=2, states=ONCE),
+    C("template put", "bad name!", "--text", str(TEXT_PART), expect=2, states=ONCE),
+    C("template show", "{template}", if_absent=2),
+    C("template show", "{template}", "--version", "1", if_absent=2, states=BUSY),
+    C("template show", "{template}", "--version", "9", expect=2, states=BUSY),
+    C("template activate", "{template}", "1", if_absent=2),
+    C("template activate", "{template}", "9", expect=2, states=BUSY),
+    C("template delete", "{template}", if_absent=2),
     # -- backup, dev-setup
     C("backup", "{tmp}/backup.db"),
     C("backup", "{tmp}/no/such/dir/backup.db", expect=2, states=ONCE),
@@ -384,6 +405,9 @@ CALLS: list[Call] = [
     R(f"{API}/privacy/export", ("address", "{recipient}")),
     R(f"{API}/privacy/export", ("address", "{recipient}"), ("bodies", "false")),
     R(f"{API}/users"),
+    R(f"{API}/templates"),
+    R(f"{API}/templates/{{template}}", if_absent=404),
+    R(f"{API}/templates/no-such-template", expect=404),
     # writes that name nothing: 404, not 500
     Call("POST", f"{API}/queue/{MISSING_QID}/retry", expect=404),
     Call("POST", f"{API}/queue/{MISSING_QID}/hold", expect=404),

@@ -8,7 +8,8 @@ recorder's store), never by hand-written SQL:
 - ``busy``: the ``final`` history plus queued, deferred, leased and held recipients across
   several domains, a DSN, per-recipient bodies, opens and clicks, complaints and
   unsubscribes, suppressions (global, scoped, expired), soft bounces, users, an admin
-  token and webhook outbox rows (pending, waiting, failed).
+  token and webhook outbox rows (pending, waiting, failed), API keys (active, revoked),
+  stored templates with several versions, and a paused send batch.
 
 ``build(state, path)`` writes one state's database and returns what a test needs to name
 things in it (``Facts``). Tests copy a state with ``mtaserver.storage.sqlite.backup.backup_sync`` (the
@@ -31,11 +32,13 @@ from mtaserver.model import (
     RecipientState,
     RecipientUpdate,
 )
+from mtaserver.storage.sqlite.apikeys import ApiKeyStore
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.events import EventLog
 from mtaserver.storage.sqlite.outbox import Settlement, WebhookOutbox
 from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
+from mtaserver.storage.sqlite.templates import TemplateStore
 from mtaserver.storage.sqlite.tokens import TokenStore
 from mtaserver.storage.sqlite.tracking import SqlTrackingStore
 from mtaserver.storage.sqlite.users import UserStore
@@ -58,6 +61,8 @@ class Facts:
     token: str | None = None  # an active admin token's name
     suppressed: str | None = None  # an address with a global suppression
     recipient: str | None = None  # an address that received mail (final)
+    apikey: str | None = None  # an active API key's id
+    template: str | None = None  # a stored template's name (two versions)
     domains: list[str] = field(default_factory=list)
 
 
@@ -233,6 +238,18 @@ async def _busy(db: Database, now: float, facts: Facts) -> None:
         _message(q_dsn, [PreparedRecipient(f"app@{SENDER_DOMAIN}")], later, sender="",
                  user=None, campaign=None, is_dsn=True)
     )  # fmt: skip
+    keys = ApiKeyStore(db)
+    active, _ = await keys.create("alice@example.com", frozenset({"mail.send"}), "app", now)
+    revoked, _ = await keys.create("bob", frozenset({"mail.send"}), "old", now - 10)
+    await keys.revoke(revoked.key_id, now - 5)
+    templates = TemplateStore(db)
+    await templates.put("welcome", "Hi {{name}}", "<p>Hi {{name}}</p>", "Hi {{name}}")
+    await templates.put("welcome", "Hello {{name}}", None, "Hello {{name}}")
+    await templates.put("receipt", "Receipt", None, "{{#each items}}{{this}}{{/each}}")
+    batch = await spool.create_batch("alice@example.com", now)
+    await spool.set_batch_status(batch.batch_id, "pause", now)
+    facts.apikey = active.key_id
+    facts.template = "welcome"
     facts.queued = q_queued
     facts.user = "alice@example.com"
     facts.token = "ops"
