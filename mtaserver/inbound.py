@@ -14,8 +14,10 @@ A message that arrives is parsed off the event loop (:func:`mtaserver.dsn.parse_
 and each failed recipient it reports is tied to ``(queue_id, idx)`` — by the VERP token it
 was sent to, else by a VERP address or the Message-ID found in the returned message — then
 marked bounced through the spool with a ``bounced`` event (source ``async``), and the
-suppression policy applied. Complaints (ARF) record a ``complaint`` event and suppress per
-policy. Reports that cannot be tied to a message we sent change nothing (backscatter and
+suppression policy (:func:`mtaserver.suppression.decide`) applied to its reason: a dead
+address is suppressed for every sender, anything else only counted. Complaints (ARF)
+record a ``complaint`` event and suppress for the sending domain of the message
+complained about. Reports that cannot be tied to a message we sent change nothing (backscatter and
 forgeries must not poison the suppression list).
 """
 
@@ -33,7 +35,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from mtaserver.clock import Clock
 from mtaserver.config.inbound import InboundConfig
 from mtaserver.diskspace import declared_size
-from mtaserver.dsn import ParseTimeout, parse_bounce_async
+from mtaserver.dsn import ParseTimeout, parse_bounce_async, reason_kind_of, reason_of
 from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
 from mtaserver.model import (
@@ -78,10 +80,12 @@ class Suppressor(Protocol):
     async def apply(
         self,
         address: str,
-        category: str,
+        reason: str,
         *,
         sender_domain: str | None,
         source: str,
+        kind: str | None = None,
+        reply: str | None = None,
         queue_id: str | None = None,
         event_id: int | None = None,
     ) -> Suppression | None: ...
@@ -240,6 +244,7 @@ class BounceProcessor:
                     ("idx", idx),
                     ("kind", r.kind.value),
                     ("category", r.category),
+                    ("reason", reason_of(r)),
                     ("status", r.status),
                     ("reply_code", r.reply_code),
                     ("diagnostic", r.diagnostic[:500]),
@@ -249,14 +254,14 @@ class BounceProcessor:
             )
             reply = f"{r.status or ''} {r.diagnostic}".strip()[:500] or "async bounce"
             update = RecipientUpdate(qid, idx, RecipientState.BOUNCED, reply, attempted=False)
-            s = await self._record(qid, addr, update, event, r.category, "async",
+            s = await self._record(qid, addr, update, event, r, reply, "async",
                                    senders.get(qid))  # fmt: skip
             bounced.append((qid, idx))
             if s:
                 suppressed.append(addr)
             log.info(kv(event="async_bounce", queue_id=qid, idx=idx, rcpt=f"<{addr}>",
                         status=r.status, kind=r.kind.value, category=r.category,
-                        suppressed=s))  # fmt: skip
+                        reason=reason_of(r), suppressed=s))  # fmt: skip
         for addr in unattributed:
             log.info(kv(event="bounce_unattributed", rcpt=f"<{addr}>"))
         return Outcome("bounce", tuple(bounced), (), tuple(suppressed), unattributed)
@@ -285,7 +290,8 @@ class BounceProcessor:
             event = Event(
                 "complaint", now, qid, addr, (("idx", idx), ("feedback", r.diagnostic[:200]))
             )
-            s = await self._record(qid, addr, None, event, "complaint", "complaint",
+            reply = r.diagnostic[:500] or "complaint"
+            s = await self._record(qid, addr, None, event, r, reply, "complaint",
                                    senders.get(qid))  # fmt: skip
             done.append((qid, idx))
             if s:
@@ -300,16 +306,17 @@ class BounceProcessor:
         addr: str,
         update: RecipientUpdate | None,
         event: Event,
-        category: str,
+        reported: BouncedRecipient,
+        reply: str,
         source: str,
         sender_domain: str | None,
     ) -> bool:
-        """Store the update and event, then apply the suppression policy to the recipient
-        (linked to the event). True when the address was suppressed."""
+        """Store the update and event, then apply the suppression policy to the recipient's
+        reason (the entry linked to the event). True when the address was suppressed."""
         (event_id,) = await self.queue.record([update] if update else [], [event])
         s = await self.suppressions.apply(
-            addr, category, sender_domain=sender_domain, source=source, queue_id=qid,
-            event_id=event_id,
+            addr, reason_of(reported), sender_domain=sender_domain, source=source,
+            kind=reason_kind_of(reported), reply=reply, queue_id=qid, event_id=event_id,
         )  # fmt: skip
         return s is not None
 

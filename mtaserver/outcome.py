@@ -122,6 +122,7 @@ def judge(
         "source": "sync",
         "kind": cls.kind.value,
         "category": cls.category,
+        "reason": getattr(cls, "reason", None),  # a Verdict's (classify.toml) reason
         "status": status,
         "attempts": attempts,
     }

@@ -1,23 +1,36 @@
 """The suppression list: addresses we must not send to, and why.
 
 Scope: an entry is either **global** (``scope=None``) or limited to one **sending domain**.
-Reasons about the address itself — unknown user, disabled mailbox, non-existent domain, too
-many soft bounces — are global: the mailbox is just as dead for every sender on this server.
-Complaints and unsubscribes are per sending domain: a recipient who reported brand A's
-newsletter has said nothing about brand B's invoices. ``check(address, sender_domain)``
-therefore matches global entries and entries for that sending domain.
+Only a dead address — its reason's kind is ``hard`` in ``data/classify.toml`` (user
+unknown, host unknown, has moved, does not accept mail, disabled account) — is suppressed
+globally: it is just as dead for every sender on this server. A complaint (kind
+``feedback``) or an unsubscribe concerns one sender: a recipient who reported brand A's
+newsletter has said nothing about brand B's invoices, so it suppresses only for the sending
+domain. Every other reason (mailbox full, spam verdict, blocklisted IP, policy, rate...)
+rejects *this message*, not the address: it is counted and never suppresses.
+``check(address, sender_domain)`` matches global entries and entries for that domain.
 
-What a bounce does to the list is data (``[inbound.suppression.policy]``): category →
-``suppress`` | ``suppress-sender`` | ``count`` | ``ignore``. ``count`` adds to a rolling
-soft-bounce counter; N soft bounces within M days suppress the address for a while.
+:func:`decide` is that policy, the one function synchronous replies (the scheduler's
+bounce path) and asynchronous bounces and complaints (``inbound``) both go through;
+:func:`review` judges an existing entry again (``mtaserver suppression review``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
+from mtaserver.classify import REASONS, default_classifier, kind_of
 from mtaserver.errors import ConfigError
+
+GLOBAL = "suppress"  # every sender
+SENDER = "suppress-sender"  # the sending domain only
+COUNT = "count"  # soft-bounce counter, never a suppression
+UNSUBSCRIBE = "unsubscribe"  # not a bounce reason: the recipient's own word about one sender
+# Sources of entries the policy made (the others are an operator's or a privacy request's).
+POLICY_SOURCES = ("async", "sync", "delivery", "complaint")
+_LEGACY_PREFIX = "soft-bounces:"  # entries the removed soft-bounce threshold made
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +43,91 @@ class Suppression:
     expires_at: float | None
     event_id: int | None = None
     queue_id: str | None = None
+    reply: str | None = None  # the reply or diagnostic it was decided on (None before 0100)
+
+
+@dataclass(frozen=True, slots=True)
+class SuppressionDecision:
+    """What one bounce, complaint or unsubscribe does to the list."""
+
+    action: str  # GLOBAL | SENDER | COUNT
+    reason: str
+    scope: str | None = None  # the sending domain, for SENDER
+
+    @property
+    def suppresses(self) -> bool:
+        return self.action != COUNT
+
+
+def decide(reason: str, kind: str, sender_domain: str | None) -> SuppressionDecision:
+    """The suppression policy: ``kind`` hard → global; feedback (or an unsubscribe) → this
+    sending domain; anything else → counted only. A complaint about a message with no
+    sending domain (a null sender) cannot be scoped, and is counted rather than widened."""
+    if kind == "hard":
+        return SuppressionDecision(GLOBAL, reason)
+    if kind == "feedback" or reason == UNSUBSCRIBE:
+        scope = _scope_key(sender_domain)
+        if scope:
+            return SuppressionDecision(SENDER, reason, scope)
+    return SuppressionDecision(COUNT, reason)
+
+
+def reason_from_label(label: str) -> str | None:
+    """The taxonomy reason a stored ``reason`` label stands for: itself when it is one;
+    for labels written before the taxonomy (a category such as ``unknown-recipient``, or
+    ``soft-bounces:mailbox-full``) the first reason of that category, which has the same
+    kind; None when the label says nothing (``manual``, free text)."""
+    if label in REASONS or label == UNSUBSCRIBE:
+        return label
+    category = label.removeprefix(_LEGACY_PREFIX)
+    if category == "other":
+        return "undefined"
+    for name, info in default_classifier().reasons.items():
+        if info.category == category:
+            return name
+    return None
+
+
+_CODE_RE = re.compile(r"^\s*([245]\d\d)[ -]")
+
+
+def reason_of_reply(text: str) -> str:
+    """Classify a stored reply (``550 5.7.1 ...``) or diagnostic with today's table."""
+    m = _CODE_RE.match(text)
+    return default_classifier().classify(int(m.group(1)) if m else None, None, text).reason
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """An entry judged again: the reason it stands for today and whether policy keeps it."""
+
+    entry: Suppression
+    reason: str
+    basis: str  # "reply" (reclassified text) | "recorded" (its reason) | "label" (old label)
+    keep: bool
+
+
+def review(entry: Suppression, text: str | None = None) -> Review | None:
+    """Judge an entry the policy made with today's table; None for entries it did not make
+    (manual, privacy, unsubscribes) or whose reason cannot be known. An entry recorded
+    without a taxonomy reason is judged by ``text`` — its own stored reply, else the
+    bounce event's — and only without text by its old label."""
+    if entry.source not in POLICY_SOURCES:
+        return None
+    recorded = entry.reason in REASONS
+    text = entry.reply or text
+    if recorded:
+        reason, basis = entry.reason, "recorded"
+    elif text:
+        reason, basis = reason_of_reply(text), "reply"
+    else:
+        label = reason_from_label(entry.reason)
+        if label is None:
+            return None
+        reason, basis = label, "label"
+    # Dead addresses and complaints stay (a complaint whatever scope an older policy gave
+    # it); everything else is what the policy now only counts.
+    return Review(entry, reason, basis, kind_of(reason) in ("hard", "feedback"))
 
 
 def normalize(address: str) -> str:

@@ -17,11 +17,11 @@ def test_defaults() -> None:
     cfg = load('[inbound]\nbounce_domain = "b.example"\n').inbound
     assert cfg.complaints_address is None and cfg.max_message_size == 10 * 1024 * 1024
     s = cfg.suppression
-    assert s.at_rcpt == "reject" and s.soft_bounce_threshold == 5
+    assert s.at_rcpt == "reject"
     assert s.soft_bounce_window == 7 * 86400 and s.hard_suppress_for is None
     assert s.action("unknown-recipient") == "suppress"
     assert s.action("complaint") == "suppress-sender"
-    assert s.action("reputation-blocked") == "ignore"
+    assert s.action("reputation-blocked") == "count"  # counted, never suppressed
     assert s.action("mailbox-full") == "count"
 
 
@@ -33,20 +33,16 @@ def test_full_section() -> None:
         'command_timeout = "20s"\nparse_timeout = "2s"\n'
         '[inbound.suppression]\nat_rcpt = "accept-and-drop"\nsoft_bounce_threshold = 3\n'
         'soft_bounce_window = "2d"\nsoft_suppress_for = "10d"\nhard_suppress_for = "365d"\n'
-        '[inbound.suppression.policy]\nmailbox-full = "suppress"\nrate-limited = "count"\n'
+        '[inbound.suppression.policy]\nunknown-recipient = "count"\nrate-limited = "ignore"\n'
     ).inbound
     assert cfg.bounce_domain == "b.example" and cfg.complaints_address == "fbl@b.example"
     assert cfg.max_message_size == 2 * 1024 * 1024 and cfg.max_connections_per_ip == 3
     assert cfg.connection_rate_per_ip == pytest.approx(10 / 60)
     assert (cfg.command_timeout, cfg.parse_timeout) == (20.0, 2.0)
     s = cfg.suppression
-    assert s.at_rcpt == "accept-and-drop" and s.soft_bounce_threshold == 3
-    assert (s.soft_bounce_window, s.soft_suppress_for, s.hard_suppress_for) == (
-        2 * 86400,
-        10 * 86400,
-        365 * 86400,
-    )
-    assert s.action("mailbox-full") == "suppress" and s.action("rate-limited") == "count"
+    assert s.at_rcpt == "accept-and-drop"  # soft_bounce_threshold/soft_suppress_for: no-ops
+    assert (s.soft_bounce_window, s.hard_suppress_for) == (2 * 86400, 365 * 86400)
+    assert s.action("unknown-recipient") == "count" and s.action("rate-limited") == "ignore"
 
 
 @pytest.mark.parametrize(
@@ -72,6 +68,15 @@ def test_full_section() -> None:
             "soft_bounce_threshold: expected an integer >= 1",
         ),
         ("[inbound.suppression]\ntypo = 1\n", "inbound.suppression.typo: unknown key"),
+        (
+            '[inbound.suppression.policy]\nmailbox-full = "suppress"\n',
+            "mailbox-full: 'suppress' would suppress for a reason that does not mean the "
+            "address is dead; mailbox-full allows count | ignore",
+        ),
+        (
+            '[inbound.suppression.policy]\ncomplaint = "suppress"\n',
+            "complaint allows suppress-sender | count | ignore",
+        ),
     ],
 )
 def test_errors_name_the_key(text: str, expected: str) -> None:

@@ -28,7 +28,7 @@ from mtaserver.model import (
     RoutePolicy,
     SmtpReply,
 )
-from mtaserver.scheduler import Scheduler
+from mtaserver.scheduler import Scheduler, SyncBounce
 from mtaserver.shaper import Shaper
 from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from tests.support.clock import FakeClock
@@ -507,9 +507,9 @@ async def test_permanent_failures_at_delivery_go_through_the_suppression_policy(
         "fine@d.test": SmtpReply(554, "5.7.1 blocked: listed at zen.spamhaus.org", "5.7.1"),
     }
 
-    async def on_bounce(address: str, category: str, sender_domain: str | None, qid: str) -> None:
-        await store.apply(address, category, sender_domain=sender_domain, source="delivery",
-                          queue_id=qid)  # fmt: skip
+    async def on_bounce(b: SyncBounce) -> None:
+        await store.apply(b.address, b.reason, sender_domain=b.sender_domain, source="delivery",
+                          reply=b.reply, queue_id=b.queue_id)  # fmt: skip
 
     h: Harness = await make_harness(lambda job, rcpt: replies[rcpt], FAST, on_bounce=on_bounce)
     qid = await enqueue(h, list(replies))

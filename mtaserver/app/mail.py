@@ -27,7 +27,7 @@ from mtaserver.metrics import Agent, Metrics
 from mtaserver.model import Route
 from mtaserver.mx import DnsResolver
 from mtaserver.pipeline import Pipeline, TrackingOptions
-from mtaserver.scheduler import Scheduler
+from mtaserver.scheduler import Scheduler, SyncBounce
 from mtaserver.shaper import Shaper
 from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
@@ -231,10 +231,11 @@ def scheduler_service(
     """Claims due work and runs it through the shaper into the delivery agent."""
     workers = cfg.delivery.max_connections
 
-    async def on_bounce(address: str, category: str, sender_domain: str | None, qid: str) -> None:
+    async def on_bounce(b: SyncBounce) -> None:
         await suppressions.apply(
-            address, category, sender_domain=sender_domain, source="delivery", queue_id=qid
-        )
+            b.address, b.reason, sender_domain=b.sender_domain, source="sync", reply=b.reply,
+            queue_id=b.queue_id,
+        )  # fmt: skip
 
     scheduler = Scheduler(
         spool=spool,

@@ -17,14 +17,18 @@ parse_timeout = "10s"
 
 [inbound.suppression]
 at_rcpt = "reject"               # or "accept-and-drop" (submission drops with an event)
-soft_bounce_threshold = 5        # N soft bounces ...
-soft_bounce_window = "7d"        # ... within M days ...
-soft_suppress_for = "30d"        # ... suppress the address for this long
-hard_suppress_for = "0s"         # 0 = forever
+soft_bounce_window = "7d"        # how long counted (soft) bounces are kept
+hard_suppress_for = "0s"         # dead addresses and complaints: 0 = forever
 
-[inbound.suppression.policy]     # category -> suppress | suppress-sender | count | ignore
+[inbound.suppression.policy]     # category -> narrower action: count | ignore
 mailbox-full = "count"
 ```
+
+The policy itself is ``mtaserver.suppression.decide`` (only dead addresses globally,
+complaints and unsubscribes per sending domain, the rest counted); the table can only narrow
+it: a dead-address category may be set to ``count``, any category to ``ignore`` (not even
+counted), never a wider action. ``soft_bounce_threshold`` and ``soft_suppress_for`` are
+still read so that older files load, and do nothing: soft bounces never suppress.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ from mtaserver.config.reader import Reader
 
 ACTIONS = ("suppress", "suppress-sender", "count", "ignore")
 
-# Category -> action. "suppress" is global (the address itself is bad whoever sends);
-# "suppress-sender" is per sending domain (a complaint about one brand is not about another);
-# "count" adds to the soft-bounce threshold; "ignore" never touches the list (blocks aimed at
-# our IP or content say nothing about the recipient).
+# Category -> what the policy does by default (classify.toml's kinds, which a test checks):
+# "suppress" is global (a dead address is dead whoever sends); "suppress-sender" is per
+# sending domain (a complaint about one brand is not about another); "count" only adds to
+# the soft-bounce counter (the message was refused, not the address). "ignore" is never a
+# default: an operator may set it to not even count a category.
 DEFAULT_POLICY: dict[str, str] = {
     "unknown-recipient": "suppress",
     "mailbox-disabled": "suppress",
@@ -48,24 +53,22 @@ DEFAULT_POLICY: dict[str, str] = {
     "mailbox-full": "count",
     "expired": "count",
     "other": "count",
-    "message-too-large": "ignore",
-    "content-rejected": "ignore",
-    "spam-blocked": "ignore",
-    "reputation-blocked": "ignore",
-    "rate-limited": "ignore",
-    "authentication-failed": "ignore",
-    "policy": "ignore",
+    "message-too-large": "count",
+    "content-rejected": "count",
+    "spam-blocked": "count",
+    "reputation-blocked": "count",
+    "rate-limited": "count",
+    "authentication-failed": "count",
+    "policy": "count",
 }
 
 
 @dataclass(frozen=True, slots=True)
 class SuppressionConfig:
     at_rcpt: str  # "reject" | "accept-and-drop"
-    soft_bounce_threshold: int
-    soft_bounce_window: float  # seconds
-    soft_suppress_for: float  # seconds
+    soft_bounce_window: float  # seconds counted bounces are kept
     hard_suppress_for: float | None  # seconds; None = forever
-    policy: tuple[tuple[str, str], ...]  # (category, action)
+    policy: tuple[tuple[str, str], ...]  # (category, action): the defaults, narrowed
 
     def action(self, category: str) -> str:
         for cat, act in self.policy:
@@ -76,9 +79,7 @@ class SuppressionConfig:
 
 DEFAULT_SUPPRESSION = SuppressionConfig(
     at_rcpt="reject",
-    soft_bounce_threshold=5,
     soft_bounce_window=7 * 86400.0,
-    soft_suppress_for=30 * 86400.0,
     hard_suppress_for=None,
     policy=tuple(DEFAULT_POLICY.items()),
 )
@@ -103,9 +104,10 @@ class InboundConfig:
 
 def _suppression(r: Reader) -> SuppressionConfig:
     at_rcpt = r.choice("at_rcpt", ("reject", "accept-and-drop"), "reject")
-    threshold = r.integer("soft_bounce_threshold", 5, min=1)
+    # Read so that older files still load; soft bounces no longer suppress (issue 16).
+    r.integer("soft_bounce_threshold", 5, min=1)
+    r.duration("soft_suppress_for", 30 * 86400.0)
     window = r.duration("soft_bounce_window", 7 * 86400.0)
-    soft_for = r.duration("soft_suppress_for", 30 * 86400.0)
     hard_for = r.duration("hard_suppress_for", 0.0)
     policy = dict(DEFAULT_POLICY)
     pr = r.table("policy")
@@ -113,14 +115,20 @@ def _suppression(r: Reader) -> SuppressionConfig:
         if name not in DEFAULT_POLICY:
             known = ", ".join(sorted(DEFAULT_POLICY))
             raise pr.error(name, f"unknown category (known: {known})")
-        policy[name] = pr.choice(name, ACTIONS)
+        action = pr.choice(name, ACTIONS)
+        allowed = (DEFAULT_POLICY[name], "count", "ignore")
+        if action not in allowed:
+            raise pr.error(
+                name,
+                f"{action!r} would suppress for a reason that does not mean the address is "
+                f"dead; {name} allows {' | '.join(dict.fromkeys(allowed))}",
+            )
+        policy[name] = action
     pr.finish()
     r.finish()
     return SuppressionConfig(
         at_rcpt=at_rcpt,
-        soft_bounce_threshold=threshold,
         soft_bounce_window=window,
-        soft_suppress_for=soft_for,
         hard_suppress_for=hard_for or None,
         policy=tuple(policy.items()),
     )

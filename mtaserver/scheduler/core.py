@@ -430,13 +430,12 @@ class Scheduler:
         if updates:
             await self._spool.record(updates, events)
         if self._on_bounce is not None:
-            sender_domain = job.sender.rpartition("@")[2].lower() or None
-            for address, category in sync_bounces:
+            for bounce in sync_bounces:
                 try:
-                    await self._on_bounce(address, category, sender_domain, job.queue_id)
+                    await self._on_bounce(bounce)
                 except MtaError as exc:
                     log.error(kv(event="bounce_action_failed", queue_id=job.queue_id,
-                                 rcpt=f"<{address}>", error=str(exc)))  # fmt: skip
+                                 rcpt=f"<{bounce.address}>", error=str(exc)))  # fmt: skip
         if warn:
             await self._notices.delay_warning(job, warn, now)
         if dsn_updates:

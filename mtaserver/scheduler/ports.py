@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from mtaserver.model import (
@@ -45,6 +46,16 @@ class MxLookup(Protocol):
         ...
 
 
-# (address, category, sender_domain, queue_id): acts on a permanent failure seen at delivery,
-# e.g. the suppression policy (an unknown user at RCPT is suppressed like an async bounce).
-OnBounce = Callable[[str, str, str | None, str], Awaitable[None]]
+@dataclass(frozen=True, slots=True)
+class SyncBounce:
+    """A permanent failure seen at delivery (a 5xx at RCPT or DATA), for the suppression
+    policy: an unknown user at RCPT is suppressed like an async bounce, a spam verdict not."""
+
+    address: str
+    reason: str  # classify.toml reason of the reply
+    reply: str  # the reply as the remote server gave it
+    queue_id: str
+    sender_domain: str | None
+
+
+OnBounce = Callable[[SyncBounce], Awaitable[None]]

@@ -26,6 +26,7 @@ from mtaserver.model import (
 )
 from mtaserver.outcome import Classify, judge, log_attempt
 from mtaserver.retry import delay_warning_due
+from mtaserver.scheduler.ports import SyncBounce
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,7 @@ class Settled:
     dsn_updates: tuple[RecipientUpdate, ...]
     dsn_events: tuple[Event, ...]
     warn: tuple[DsnRecipient, ...]  # due a delay warning
-    sync_bounces: tuple[tuple[str, str], ...]  # (address, category) bounced at delivery
+    sync_bounces: tuple[SyncBounce, ...]  # bounced at delivery
 
 
 def settle(
@@ -62,7 +63,8 @@ def settle(
     dsn_updates: list[RecipientUpdate] = []
     dsn_events: list[Event] = []
     warn: list[DsnRecipient] = []
-    sync_bounces: list[tuple[str, str]] = []
+    sync_bounces: list[SyncBounce] = []
+    sender_domain = job.sender.rpartition("@")[2].lower() or None
     for jr in job.recipients:
         res = by_idx.get(jr.idx) or RecipientResult(
             jr.idx,
@@ -75,7 +77,10 @@ def settle(
         log_attempt(job, res, out, now, rules)
         facts = dict(out.event.data)
         if out.update.state is RecipientState.BOUNCED and facts.get("source") == "sync":
-            sync_bounces.append((jr.address, str(facts.get("category", "other"))))
+            reason = str(facts.get("reason") or facts.get("category") or "undefined")
+            sync_bounces.append(
+                SyncBounce(jr.address, reason, str(res.reply), job.queue_id, sender_domain)
+            )
         if out.dsn is not None and wants_dsn:
             dsn_recipients.append(out.dsn)
             dsn_updates.append(out.update)

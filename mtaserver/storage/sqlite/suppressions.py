@@ -1,18 +1,35 @@
 """Suppression entries: the only writer of ``suppressions`` and ``soft_bounces``.
 
-What the entries mean (scope, reasons, the bounce policy) is described in
-:mod:`mtaserver.suppression`; this module stores them and applies the policy to a bounce
-inside one transaction, so a soft-bounce count and the suppression it triggers never part.
+What the entries mean (scope, reasons, the policy) is described in
+:mod:`mtaserver.suppression`; this module stores what :func:`~mtaserver.suppression.decide`
+decided about a bounce, complaint or unsubscribe: an entry, or a row in the soft-bounce
+counter (kept ``soft_bounce_window``; it never becomes a suppression).
 """
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 
+from mtaserver.classify import category_of, kind_of
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config.inbound import DEFAULT_SUPPRESSION, SuppressionConfig
 from mtaserver.storage.sqlite.db import Database
-from mtaserver.suppression import Suppression, _scope_key, address_hash, normalize
+from mtaserver.suppression import (
+    COUNT,
+    GLOBAL,
+    POLICY_SOURCES,
+    UNSUBSCRIBE,
+    Suppression,
+    SuppressionDecision,
+    _scope_key,
+    address_hash,
+    decide,
+    normalize,
+    reason_from_label,
+)
+
+_REPLY_MAX = 1000  # a reply longer than this adds nothing to judging it again
 
 
 def hash_entries(conn: sqlite3.Connection, address: str) -> int:
@@ -51,7 +68,7 @@ def forget_soft_bounces(conn: sqlite3.Connection, address: str) -> int:
 
 
 def _row(row: tuple[object, ...]) -> Suppression:
-    address, scope, reason, source, created, expires, event_id, queue_id = row
+    address, scope, reason, source, created, expires, event_id, queue_id, reply = row
     return Suppression(
         address=str(address),
         scope=str(scope) or None,
@@ -61,20 +78,22 @@ def _row(row: tuple[object, ...]) -> Suppression:
         expires_at=None if expires is None else float(expires),  # type: ignore[arg-type]
         event_id=None if event_id is None else int(event_id),  # type: ignore[call-overload]
         queue_id=None if queue_id is None else str(queue_id),
+        reply=None if reply is None else str(reply),
     )
 
 
-_COLUMNS = "address, scope, reason, source, created_at, expires_at, event_id, queue_id"
+_COLUMNS = "address, scope, reason, source, created_at, expires_at, event_id, queue_id, reply"
 
 
 def _upsert(conn: sqlite3.Connection, s: Suppression) -> None:
     # A new entry replaces an older one for the same address and scope, except that a
     # permanent entry is never shortened by a temporary one.
     conn.execute(
-        f"INSERT INTO suppressions ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?) "
+        f"INSERT INTO suppressions ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?) "
         "ON CONFLICT(address, scope) DO UPDATE SET reason=excluded.reason, "
         "source=excluded.source, created_at=excluded.created_at, event_id=excluded.event_id, "
-        "queue_id=excluded.queue_id, expires_at=CASE WHEN suppressions.expires_at IS NULL "
+        "queue_id=excluded.queue_id, reply=excluded.reply, "
+        "expires_at=CASE WHEN suppressions.expires_at IS NULL "
         "THEN NULL ELSE excluded.expires_at END",
         (
             s.address,
@@ -85,6 +104,7 @@ def _upsert(conn: sqlite3.Connection, s: Suppression) -> None:
             s.expires_at,
             s.event_id,
             s.queue_id,
+            s.reply,
         ),
     )
 
@@ -112,6 +132,7 @@ class SuppressionStore:
         expires_at: float | None = None,
         event_id: int | None = None,
         queue_id: str | None = None,
+        reply: str | None = None,
     ) -> Suppression:
         s = Suppression(
             address=normalize(address),
@@ -122,6 +143,7 @@ class SuppressionStore:
             expires_at=expires_at,
             event_id=event_id,
             queue_id=queue_id,
+            reply=reply[:_REPLY_MAX] if reply else None,
         )
         await self.db.write(lambda conn: _upsert(conn, s))
         return s
@@ -191,68 +213,120 @@ class SuppressionStore:
     async def apply(
         self,
         address: str,
-        category: str,
+        reason: str,
         *,
         sender_domain: str | None,
         source: str,
+        kind: str | None = None,
+        reply: str | None = None,
         queue_id: str | None = None,
         event_id: int | None = None,
     ) -> Suppression | None:
-        """Act on one bounce or complaint per the policy table; the entry made, if any."""
-        action = self.policy.action(category)
-        now = self.clock.now()
+        """Act on one bounce, complaint or unsubscribe through :func:`decide`; the entry
+        made, if any. ``reason`` is a taxonomy reason (a category name is read as its
+        reason); ``kind`` defaults to the reason's kind in the classify table. The
+        operator's ``[inbound.suppression.policy]`` may only narrow the decision."""
+        reason = reason_from_label(reason) or "undefined"
+        decision = decide(reason, kind or kind_of(reason), sender_domain)
+        narrowed = self.policy.action(UNSUBSCRIBE if reason == UNSUBSCRIBE else category_of(reason))
+        if narrowed == "ignore":
+            return None
+        if narrowed == COUNT and decision.suppresses:
+            decision = SuppressionDecision(COUNT, reason)
+        return await self.record(
+            address, decision, source=source, reply=reply, queue_id=queue_id, event_id=event_id
+        )
+
+    async def record(
+        self,
+        address: str,
+        decision: SuppressionDecision,
+        *,
+        source: str,
+        reply: str | None = None,
+        queue_id: str | None = None,
+        event_id: int | None = None,
+    ) -> Suppression | None:
+        """Store a decision: an entry (global or for its sending domain), or one row in the
+        soft-bounce counter, which is only ever counted."""
         addr = normalize(address)
         p = self.policy
-        if action == "ignore":
-            return None
-        if action in ("suppress", "suppress-sender"):
-            scope = sender_domain if action == "suppress-sender" else None
+        now = self.clock.now()
+        if decision.action != COUNT:
             expires = now + p.hard_suppress_for if p.hard_suppress_for else None
             return await self.add(
                 addr,
-                category,
-                scope=scope,
+                decision.reason,
+                scope=None if decision.action == GLOBAL else decision.scope,
                 source=source,
                 expires_at=expires,
                 event_id=event_id,
                 queue_id=queue_id,
+                reply=reply,
             )
 
-        def count(conn: sqlite3.Connection) -> Suppression | None:
+        def count(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO soft_bounces(address, at, category, queue_id) VALUES (?,?,?,?)",
-                (addr, now, category, queue_id),
+                (addr, now, decision.reason, queue_id),
             )
             conn.execute(
                 "DELETE FROM soft_bounces WHERE address=? AND at <= ?",
                 (addr, now - p.soft_bounce_window),
             )
-            (n,) = conn.execute(
-                "SELECT count(*) FROM soft_bounces WHERE address=? AND at > ?",
-                (addr, now - p.soft_bounce_window),
-            ).fetchone()
-            if n < p.soft_bounce_threshold:
-                return None
-            s = Suppression(
-                address=addr,
-                scope=None,
-                reason=f"soft-bounces:{category}",
-                source=source,
-                created_at=now,
-                expires_at=now + p.soft_suppress_for,
-                event_id=event_id,
-                queue_id=queue_id,
-            )
-            existing = conn.execute(
-                "SELECT expires_at FROM suppressions WHERE address=? AND scope=''", (addr,)
-            ).fetchone()
-            if existing is not None and (existing[0] is None or existing[0] > s.expires_at):
-                return None  # already suppressed for longer
-            _upsert(conn, s)
-            conn.execute("DELETE FROM soft_bounces WHERE address=?", (addr,))
-            return s
 
-        return await self.db.write(count)
+        await self.db.write(count)
+        return None
+
+    async def soft_bounces(self, address: str) -> builtins.list[tuple[float, str]]:
+        """(at, reason) of the address's counted bounces within the window, oldest first."""
+        since = self.clock.now() - self.policy.soft_bounce_window
+
+        def fn(conn: sqlite3.Connection) -> builtins.list[tuple[float, str]]:
+            return [
+                (float(at), str(reason))
+                for at, reason in conn.execute(
+                    "SELECT at, category FROM soft_bounces WHERE address=? AND at > ? ORDER BY at",
+                    (normalize(address), since),
+                )
+            ]
+
+        return await self.db.read(fn)
+
+    async def made_by_policy(self) -> builtins.list[Suppression]:
+        """Every entry a bounce or complaint made, expired ones too (for review), oldest
+        first."""
+        marks = ",".join("?" * len(POLICY_SOURCES))
+
+        def fn(conn: sqlite3.Connection) -> list[Suppression]:
+            return [
+                _row(r)
+                for r in conn.execute(
+                    f"SELECT {_COLUMNS} FROM suppressions WHERE source IN ({marks}) "
+                    "ORDER BY created_at, address",
+                    POLICY_SOURCES,
+                )
+            ]
+
+        return await self.db.read(fn)
+
+    async def lift(self, entries: builtins.list[Suppression]) -> builtins.list[Suppression]:
+        """Remove these entries, each only if unchanged since it was read (a newer bounce
+        may have replaced it); the ones removed."""
+
+        def op(conn: sqlite3.Connection) -> list[Suppression]:
+            gone = []
+            for s in entries:
+                cur = conn.execute(
+                    "DELETE FROM suppressions WHERE address=? AND scope=? AND created_at=? "
+                    "AND reason=?",
+                    (s.address, _scope_key(s.scope), s.created_at, s.reason),
+                )
+                if cur.rowcount:
+                    gone.append(s)
+            return gone
+
+        return await self.db.write(op)
 
     async def purge_expired(self) -> int:
         """Drop entries past their expiry (kept until then for ``list --all``)."""
