@@ -62,6 +62,7 @@ class Submission:
     # Recipients accepted only to be dropped (suppressed, with "accept-and-drop"): address,
     # reason. They are recorded with a `suppressed` event and never delivered.
     dropped: tuple[tuple[str, str], ...] = ()
+    not_before: float | None = None  # RFC 4865 HOLDFOR/HOLDUNTIL: queue until this time
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,4 +168,5 @@ class Pipeline:
             received_at=sub.received_at,
             message_id=cleaned.message_id,
             campaign=campaign_tag(cleaned.campaign),
+            not_before=sub.not_before,
         )

@@ -39,6 +39,8 @@ class SubmissionConfig:
     user_burst: int = 10  # messages a user may send at once before user_rate applies
     max_mime_depth: int = 50
     auth: AuthThrottleConfig = AuthThrottleConfig()
+    # RFC 4865 FUTURERELEASE: the longest HOLDFOR/HOLDUNTIL a client may ask for; 0 = off
+    max_future_release: float = 72 * 3600.0
 
 
 def parse(r: Reader) -> SubmissionConfig:
@@ -59,8 +61,15 @@ def parse(r: Reader) -> SubmissionConfig:
         user_burst=r.integer("user_burst", 10, min=1),
         max_mime_depth=r.integer("max_mime_depth", 50, min=1),
         auth=_auth(r.table("auth")),
+        max_future_release=r.duration("max_future_release", 72 * 3600.0),
     )
     r.finish()
+    if not 0 <= cfg.max_future_release <= 999_999_999:
+        raise r.error(
+            "max_future_release",
+            "must be between 0 (FUTURERELEASE off) and 999999999s (RFC 4865 allows 9 digits), "
+            f"got {cfg.max_future_release:g}s",
+        )
     return cfg
 
 

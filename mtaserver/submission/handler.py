@@ -22,6 +22,7 @@ from mtaserver.model import Submission
 from mtaserver.prepare import PrepareError, split_header
 from mtaserver.ratelimit import RateLimiter
 from mtaserver.submission.address import AddressError, parse_mailbox
+from mtaserver.submission.futurerelease import HoldError, ehlo_keyword, parse_hold
 from mtaserver.submission.protocol import STORAGE_FULL, SubmissionSMTP, storage_reply
 
 log = get_logger("submission")
@@ -113,6 +114,9 @@ class SubmissionHandler:
     ) -> list[str]:  # fmt: skip
         session.host_name = hostname
         caps = [r[4:] for r in responses[1:] if r[4:] != "HELP"]
+        max_hold = server.settings.max_future_release
+        if max_hold > 0:
+            caps.append(ehlo_keyword(max_hold, self._clock.now()))
         caps += ["PIPELINING", "ENHANCEDSTATUSCODES"]
         lines = [responses[0].replace("250 ", "250-", 1)]
         lines += [f"250-{c}" for c in caps[:-1]]
@@ -130,6 +134,13 @@ class SubmissionHandler:
             if exc.routing:
                 return f"553 5.7.1 Sender address form not accepted: {exc}"
             return f"501 5.1.7 Bad sender address syntax: {exc}"
+        hold = None
+        if server.hold_params:
+            try:
+                limit = server.settings.max_future_release
+                hold = parse_hold(server.hold_params, max_interval=limit, now=self._clock.now())
+            except HoldError as exc:
+                return exc.reply
         if self._space is not None and self._space.low(declared_size(mail_options)):
             return STORAGE_FULL
         user = server.user
@@ -143,6 +154,7 @@ class SubmissionHandler:
                 return "451 4.7.1 Message rate limit exceeded, try again later"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
+        envelope.hold = hold  # the RFC 4865 hold, turned into not_before at DATA
         return "250 2.1.0 Sender OK"
 
     async def handle_RCPT(
@@ -191,6 +203,8 @@ class SubmissionHandler:
             if problem is not None:
                 log.info(kv(event="from_rejected", user=user.name, client_ip=server.client_ip))
                 return problem
+        received_at = self._clock.now()
+        hold = getattr(envelope, "hold", None)
         submission = Submission(
             sender=envelope.mail_from,
             recipients=tuple(envelope.rcpt_tos),
@@ -200,8 +214,9 @@ class SubmissionHandler:
             user=user.name if user is not None else None,
             tls_version=server.tls_version,
             listener=server.listener.name,
-            received_at=self._clock.now(),
+            received_at=received_at,
             dropped=tuple(getattr(envelope, "dropped", {}).items()),
+            not_before=hold.release_at(received_at) if hold is not None else None,
         )
         try:
             queue_id = await self._submitter.submit(submission)
@@ -209,6 +224,9 @@ class SubmissionHandler:
             return exc.reply
         except Exception as exc:  # the pipeline logged it with the queue id
             return storage_reply(exc)
+        if submission.not_before is not None:
+            log.info(kv(queue_id=queue_id, event="future_release",
+                        release_at=round(submission.not_before, 3)))  # fmt: skip
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     def _check_from(self, data: bytes, user: AuthUser) -> str | None:

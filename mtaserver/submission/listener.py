@@ -50,6 +50,7 @@ def session_settings(cfg: SubmissionConfig, hostname: str) -> SessionSettings:
         max_session_time=cfg.max_session_time,
         bare_newline=cfg.bare_newline,
         trusted_networks=cfg.trusted_networks,
+        max_future_release=cfg.max_future_release,
     )
 
 

@@ -4,8 +4,9 @@ Everything aiosmtpd lacks — per-IP connection cap, idle and session timeouts a
 ``421 4.4.2``, DATA read and cleaned by us, command-argument hygiene, no exception text on
 the wire, enhanced status codes — comes from :class:`mtaserver.smtpd.GuardedSMTP`, which
 the inbound listener shares. What is particular to submission is here: the listener's TLS
-posture (:class:`ListenerSpec`), trusted networks, the authenticated user, and the answers
-to VRFY and EXPN.
+posture (:class:`ListenerSpec`), trusted networks, the authenticated user, the answers
+to VRFY and EXPN, and taking RFC 4865 hold parameters out of MAIL before aiosmtpd refuses
+them as unknown (the handler judges them).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mtaserver.ratelimit import ConnectionLimiter
 from mtaserver.smtpd import Guard, GuardedSMTP, SessionRegistry
 from mtaserver.smtpd.hygiene import clean_data
 from mtaserver.smtpd.replies import INTERNAL_ERROR, STORAGE_ERROR, STORAGE_FULL, storage_reply
+from mtaserver.submission.futurerelease import split_hold_params
 
 __all__ = [
     "INTERNAL_ERROR",
@@ -60,6 +62,7 @@ class SessionSettings:
     max_session_time: float
     bare_newline: str  # "normalize" | "reject"
     trusted_networks: tuple[Network, ...] = ()
+    max_future_release: float = 0.0  # RFC 4865 FUTURERELEASE when > 0 (seconds)
 
     @property
     def guard(self) -> Guard:
@@ -122,6 +125,8 @@ class SubmissionSMTP(GuardedSMTP):
         self.settings = settings
         self.trusted = False
         self.user: Any = None  # auth.User once authenticated
+        # HOLDFOR/HOLDUNTIL of the MAIL command being handled: (NAME, value or None)
+        self.hold_params: tuple[tuple[str, str | None], ...] = ()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -137,6 +142,14 @@ class SubmissionSMTP(GuardedSMTP):
     @property
     def encrypted(self) -> bool:
         return self.listener.implicit_tls or self.tls_active
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self.hold_params = ()
+        session = self.session
+        extended = session is not None and session.extended_smtp
+        if arg and extended and self.settings.max_future_release > 0:
+            arg, self.hold_params = split_hold_params(arg)
+        await super().smtp_MAIL(arg)
 
     async def smtp_VRFY(self, arg: str) -> None:
         await self.push("252 2.5.0 Cannot VRFY user, but will accept message")
