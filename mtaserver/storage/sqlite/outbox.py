@@ -4,6 +4,8 @@ A trigger on ``events`` (created by :meth:`WebhookOutbox.sync` while a webhook i
 configured) adds one outbox row per interested webhook in the same transaction as the
 event. Only the oldest unsettled row of a message is ``pending``; later ones ``wait`` and
 are promoted when it is settled. The dispatcher (``mtaserver.webhooks``) does the sending.
+A webhook in SendGrid's format also gets each event's :class:`MessageContext` (the Message-ID,
+the HTTP send API's ``api_message`` event, the recipients), read in the same query pass.
 """
 
 from __future__ import annotations
@@ -15,7 +17,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from mtaserver.config.webhooks import WebhookConfig
+from mtaserver.model import StoredEvent
 from mtaserver.storage.sqlite.db import Database
+
+
+@dataclass(frozen=True, slots=True)
+class MessageContext:
+    """What an event of a message needs beyond its own row to be shown in SendGrid's shape.
+
+    ``x_message_id`` … ``asm_group_id`` come from the send API's ``api_message`` event (None
+    or empty for SMTP mail); ``recipients`` are (idx, address): every recipient for an
+    ``accepted`` event, the event's own recipient otherwise (empty once retention removed
+    the message)."""
+
+    message_id: str | None
+    campaign: str | None
+    x_message_id: str | None
+    categories: tuple[str, ...]
+    custom_args: tuple[tuple[str, str], ...]
+    asm_group_id: int | None
+    recipients: tuple[tuple[int, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +50,8 @@ class OutboxItem:
     attempts: int
     created_at: float
     body: bytes | None
+    event: StoredEvent | None = None
+    context: MessageContext | None = None  # only when asked for (SendGrid format)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +156,11 @@ class WebhookOutbox:
 
         return await self.db.write(op)
 
-    async def due(self, webhook: str, now: float, limit: int) -> list[OutboxItem]:
+    async def due(
+        self, webhook: str, now: float, limit: int, *, context: bool = False
+    ) -> list[OutboxItem]:
+        """Pending rows due by ``now``, oldest first; ``context`` adds each one's message."""
+
         def fn(conn: sqlite3.Connection) -> list[OutboxItem]:
             rows = conn.execute(
                 "SELECT o.id, o.event_id, o.queue_id, o.attempts, o.created_at, "
@@ -152,6 +179,8 @@ class WebhookOutbox:
                     attempts=r[3],
                     created_at=r[4],
                     body=None if r[5] is None else event_body(r[5:], webhook),
+                    event=None if r[5] is None else _stored(r[5:]),
+                    context=_context(conn, r[5:]) if context and r[5] is not None else None,
                 )
                 for r in rows
             ]
@@ -248,6 +277,67 @@ class WebhookOutbox:
             return len(rows)
 
         return await self.db.write(op)
+
+
+def _json(raw: object) -> Any:
+    try:
+        return json.loads(raw) if isinstance(raw, str) and raw else None
+    except ValueError:
+        return None
+
+
+def _stored(row: Sequence[Any]) -> StoredEvent:
+    event_id, at, type_, queue_id, recipient, data = row
+    payload = _json(data)
+    return StoredEvent(event_id, at, type_, queue_id, recipient,
+                       payload if isinstance(payload, dict) else {})  # fmt: skip
+
+
+def _context(conn: sqlite3.Connection, row: Sequence[Any]) -> MessageContext | None:
+    """The message an events row belongs to (None for an event of no message)."""
+    _, _, type_, queue_id, recipient, data = row
+    if queue_id is None:
+        return None
+    msg = conn.execute(
+        "SELECT message_id, campaign FROM messages WHERE id=?", (queue_id,)
+    ).fetchone()
+    api_row = conn.execute(
+        "SELECT data FROM events WHERE queue_id=? AND recipient IS NULL AND type='api_message' "
+        "ORDER BY id LIMIT 1",
+        (queue_id,),
+    ).fetchone()
+    api = _json(api_row[0]) if api_row else None
+    api = api if isinstance(api, dict) else {}
+    categories = _json(api.get("categories"))
+    custom = _json(api.get("custom_args"))
+    group = api.get("asm_group_id")
+    if type_ == "accepted":
+        rcpts = conn.execute(
+            "SELECT idx, address FROM recipients WHERE queue_id=? ORDER BY idx", (queue_id,)
+        ).fetchall()
+    elif recipient is None:
+        rcpts = []
+    else:
+        own = _json(data)
+        idx = own.get("idx") if isinstance(own, dict) else None
+        if isinstance(idx, int):
+            rcpts = [(idx, recipient)]
+        else:
+            rcpts = conn.execute(
+                "SELECT idx, address FROM recipients WHERE queue_id=? AND address=? LIMIT 1",
+                (queue_id, recipient),
+            ).fetchall()
+    return MessageContext(
+        message_id=(msg[0] or None) if msg else None,
+        campaign=msg[1] if msg else None,
+        x_message_id=api.get("x_message_id") if isinstance(api.get("x_message_id"), str) else None,
+        categories=tuple(str(c) for c in categories) if isinstance(categories, list) else (),
+        custom_args=tuple((str(k), str(v)) for k, v in custom.items())
+        if isinstance(custom, dict)
+        else (),
+        asm_group_id=group if isinstance(group, int) and not isinstance(group, bool) else None,
+        recipients=tuple((int(i), str(a)) for i, a in rcpts),
+    )
 
 
 def _promote(conn: sqlite3.Connection, item: OutboxItem, now: float) -> None:

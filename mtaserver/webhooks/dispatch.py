@@ -1,4 +1,4 @@
-"""Webhooks: every event a webhook wants, POSTed as signed JSON, at least once, in order.
+"""The webhook dispatcher: every event a webhook wants, POSTed signed, at least once, in order.
 
 Durability: a trigger on ``events`` (created by :meth:`WebhookOutbox.sync` while a webhook is
 configured) adds one ``webhook_outbox`` row per interested webhook in the same transaction as
@@ -18,6 +18,9 @@ database writes are small and ride the shared group commit.
 Wire format (see README): ``POST url`` with ``Content-Type: application/json``,
 ``X-Mtaserver-Event-Id``, ``X-Mtaserver-Timestamp`` (unix seconds) and
 ``X-Mtaserver-Signature: sha256=HEX`` where HEX = HMAC-SHA256(secret, f"{timestamp}.{body}").
+A webhook with ``format = "sendgrid"`` gets SendGrid's Event Webhook instead
+(:mod:`mtaserver.webhooks.sendgrid`): up to ``batch_size`` due rows in one JSON array, the
+whole POST settling each of them; rows with no SendGrid equivalent are settled unsent.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import random
 from collections.abc import Sequence
 
@@ -39,6 +43,7 @@ from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.outbox import OutboxItem, Settlement, WebhookOutbox
+from mtaserver.webhooks import sendgrid
 
 log = get_logger("webhooks")
 
@@ -77,8 +82,10 @@ class WebhookDispatcher:
         self.outbox = WebhookOutbox(db)
         self.db = db
         self.clock = clock
+        self._keys = sendgrid.load_keys(hooks)  # a bad key stops the start, naming the entry
         self.hooks: dict[str, WebhookConfig] = {h.name: h for h in hooks}
-        self._inflight: dict[str, set[int]] = {}
+        self._inflight: dict[str, set[int]] = {}  # row ids being sent or settled, per webhook
+        self._posts: dict[str, int] = {}  # POSTs in flight, per webhook
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -101,10 +108,12 @@ class WebhookDispatcher:
         self._wake.set()
 
     async def reload(self, config: Config) -> None:
+        keys = sendgrid.load_keys(config.webhooks)  # a bad key keeps the old config whole
         dropped = await self.outbox.sync(config.webhooks)
         if dropped:
             log.warning(kv(event="webhook_outbox_dropped", rows=dropped, reason="unconfigured"))
         self.hooks = {h.name: h for h in config.webhooks}
+        self._keys = keys
 
     async def drain(self, timeout: float) -> None:
         """Stop sending new rows; let POSTs in flight finish (unsent rows stay durable)."""
@@ -157,16 +166,22 @@ class WebhookDispatcher:
         now = self.clock.now()
         for hook in list(self.hooks.values()):
             inflight = self._inflight.setdefault(hook.name, set())
-            free = hook.concurrency - len(inflight)
+            if hook.batch_size == 1:
+                free = hook.concurrency - len(inflight)
+            else:
+                free = hook.concurrency - self._posts.get(hook.name, 0)
             if free <= 0:
                 continue
-            items = await self.outbox.due(hook.name, now, free + len(inflight))
-            for item in items:
-                if item.id in inflight or free <= 0:
-                    continue
-                free -= 1
-                inflight.add(item.id)
-                task = asyncio.create_task(self._deliver(hook, item), name="webhook-post")
+            items = await self.outbox.due(
+                hook.name, now, free * hook.batch_size + len(inflight),
+                context=hook.format == "sendgrid",
+            )  # fmt: skip
+            fresh = [i for i in items if i.id not in inflight]
+            size = hook.batch_size
+            for batch in [fresh[k : k + size] for k in range(0, len(fresh), size)][:free]:
+                inflight.update(i.id for i in batch)
+                self._posts[hook.name] = self._posts.get(hook.name, 0) + 1
+                task = asyncio.create_task(self._deliver(hook, batch), name="webhook-post")
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         nxt = await self.outbox.next_due([i for ids in self._inflight.values() for i in ids])
@@ -200,22 +215,76 @@ class WebhookDispatcher:
         self._settled.append((hook.name, s))
         self._settle_wake.set()
 
-    async def _deliver(self, hook: WebhookConfig, item: OutboxItem) -> None:
+    async def _deliver(self, hook: WebhookConfig, batch: list[OutboxItem]) -> None:
+        try:
+            if hook.format == "sendgrid":
+                await self._deliver_sendgrid(hook, batch)
+            else:
+                await self._deliver_native(hook, batch[0])
+        except BaseException:
+            for item in batch:
+                self._inflight.get(hook.name, set()).discard(item.id)
+            raise
+        finally:
+            self._posts[hook.name] = self._posts.get(hook.name, 1) - 1
+
+    async def _deliver_native(self, hook: WebhookConfig, item: OutboxItem) -> None:
         if item.body is None:  # the event is gone (erased): nothing to send
             self._settle(hook, Settlement(item, "delivered", self.clock.now()))
             return
-        try:
-            error = await self._post(hook, item)
-        except BaseException:
-            self._inflight.get(hook.name, set()).discard(item.id)
-            raise
+        ts = int(self.clock.now())
+        headers = {
+            EVENT_ID_HEADER: str(item.event_id),
+            TIMESTAMP_HEADER: str(ts),
+            SIGNATURE_HEADER: sign(hook.secret, ts, item.body),
+        }
+        error = await self._post(hook, item.body, headers)
+        self._record(hook, item, error, self.clock.now())
+
+    async def _deliver_sendgrid(self, hook: WebhookConfig, batch: list[OutboxItem]) -> None:
+        """One POST of SendGrid's event array for every row of ``batch`` that has events."""
         now = self.clock.now()
+        events: list[dict[str, object]] = []
+        sending: list[OutboxItem] = []
+        for item in batch:
+            found = (
+                []
+                if item.event is None
+                else sendgrid.to_sendgrid(item.event, item.context, hook.sendgrid_events)
+            )
+            if not found:  # erased, or no SendGrid equivalent: settled, nothing to send
+                self._settle(hook, Settlement(item, "delivered", now))
+                continue
+            events.extend(found)
+            sending.append(item)
+        if not sending:
+            return
+        key = self._keys.get(hook.name)
+        if key is None:  # cannot happen: load_keys covers every sendgrid hook
+            error: str | None = "no signing key loaded"
+        else:
+            body = json.dumps(events, separators=(",", ":")).encode()
+            ts = int(now)
+            headers = {
+                sendgrid.TIMESTAMP_HEADER: str(ts),
+                sendgrid.SIGNATURE_HEADER: sendgrid.sign(key, ts, body),
+            }
+            error = await self._post(hook, body, headers)
+        done = self.clock.now()
+        for item in sending:
+            self._record(hook, item, error, done, events=len(events))
+
+    def _record(
+        self, hook: WebhookConfig, item: OutboxItem, error: str | None, now: float,
+        events: int = 1,
+    ) -> None:  # fmt: skip
+        """Settle one row after its POST: delivered, retried after a back-off, or given up."""
         attempts = item.attempts + 1
         if error is None:
             self.sent += 1
             self._settle(hook, Settlement(item, "delivered", now))
             log.debug(kv(event="webhook_sent", webhook=hook.name, event_id=item.event_id,
-                         queue_id=item.queue_id, attempts=attempts))  # fmt: skip
+                         queue_id=item.queue_id, attempts=attempts, batch=events))  # fmt: skip
             return
         self.failures += 1
         deadline = item.created_at + hook.max_retry_time
@@ -230,20 +299,14 @@ class WebhookDispatcher:
                     queue_id=item.queue_id, attempts=attempts, retry_in=f"{nxt - now:.1f}s",
                     error=error))  # fmt: skip
 
-    async def _post(self, hook: WebhookConfig, item: OutboxItem) -> str | None:
+    async def _post(self, hook: WebhookConfig, body: bytes, signed: dict[str, str]) -> str | None:
         """POST once; None on 2xx, else a short reason."""
-        assert self._session is not None and item.body is not None
-        ts = int(self.clock.now())
-        headers = {
-            "Content-Type": "application/json",
-            EVENT_ID_HEADER: str(item.event_id),
-            TIMESTAMP_HEADER: str(ts),
-            SIGNATURE_HEADER: sign(hook.secret, ts, item.body),
-        }
+        assert self._session is not None
+        headers = {"Content-Type": "application/json", **signed}
         try:
             async with self._session.post(
                 hook.url,
-                data=item.body,
+                data=body,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=hook.timeout),
                 allow_redirects=False,
