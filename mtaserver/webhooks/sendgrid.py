@@ -11,7 +11,8 @@ dashboard shows it (base64 DER SubjectPublicKeyInfo), which SendGrid's verify he
 Mapping (ours → SendGrid): accepted → one ``processed`` per recipient; deferred; delivered;
 bounced → ``bounce`` (``type`` bounce for a dead address, blocked otherwise); suppressed →
 ``dropped``; open; click; unsubscribe (``group_unsubscribe`` for mail sent with an ``asm``
-group); complaint → ``spamreport``. Other events have no SendGrid equivalent and are skipped.
+group); complaint → ``spamreport``. Other events have no SendGrid equivalent and are skipped,
+as are the events of the DSNs we send to senders.
 """
 
 from __future__ import annotations
@@ -246,7 +247,10 @@ def to_sendgrid(
     ev: StoredEvent, ctx: MessageContext | None, wanted: tuple[str, ...] = ()
 ) -> list[Json]:
     """The SendGrid events one of ours stands for (none when it has no equivalent, or its
-    type is not ``wanted``; ``()`` = every type)."""
+    type is not ``wanted``; ``()`` = every type). The DSNs we send to senders are not
+    shown: SendGrid sends none, and its receivers would take them for the app's own mail."""
+    if ctx is not None and ctx.is_dsn:
+        return []
     if ev.type == "accepted":
         if "processed" not in wanted and wanted:
             return []

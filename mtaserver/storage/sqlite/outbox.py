@@ -32,6 +32,7 @@ class MessageContext:
 
     message_id: str | None
     campaign: str | None
+    is_dsn: bool  # a bounce we generated to the sender (SendGrid has no such mail)
     x_message_id: str | None
     categories: tuple[str, ...]
     custom_args: tuple[tuple[str, str], ...]
@@ -299,7 +300,7 @@ def _context(conn: sqlite3.Connection, row: Sequence[Any]) -> MessageContext | N
     if queue_id is None:
         return None
     msg = conn.execute(
-        "SELECT message_id, campaign FROM messages WHERE id=?", (queue_id,)
+        "SELECT message_id, campaign, is_dsn FROM messages WHERE id=?", (queue_id,)
     ).fetchone()
     api_row = conn.execute(
         "SELECT data FROM events WHERE queue_id=? AND recipient IS NULL AND type='api_message' "
@@ -330,6 +331,7 @@ def _context(conn: sqlite3.Connection, row: Sequence[Any]) -> MessageContext | N
     return MessageContext(
         message_id=(msg[0] or None) if msg else None,
         campaign=msg[1] if msg else None,
+        is_dsn=bool(msg[2]) if msg else False,
         x_message_id=api.get("x_message_id") if isinstance(api.get("x_message_id"), str) else None,
         categories=tuple(str(c) for c in categories) if isinstance(categories, list) else (),
         custom_args=tuple((str(k), str(v)) for k, v in custom.items())
