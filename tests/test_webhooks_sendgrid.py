@@ -251,6 +251,23 @@ async def test_a_bad_key_file_stops_the_service_naming_the_entry(
         WebhookDispatcher(db, [sg_hook("http://127.0.0.1:9/", rsa)], SystemClock())
 
 
+def test_check_config_finds_a_bad_key_before_the_daemon_does(tmp_path: Path) -> None:
+    (tmp_path / "bad.pem").write_text("not a key\n")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f"[server]\nhostname = 'mta.test'\ndata_dir = '{tmp_path}/data'\n"
+        "[[webhooks]]\nurl = 'http://127.0.0.1:9/h'\nformat = 'sendgrid'\nsigning_key = 'bad.pem'\n"
+    )
+    run = [sys.executable, "-m", "mtaserver", "check-config", "-c", str(cfg)]
+    out = subprocess.run(run, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2 and "config ok" not in out.stdout
+    assert f"config.toml: webhooks[0].signing_key: {tmp_path / 'bad.pem'} is not" in out.stderr
+    keygen(tmp_path / "bad.pem.new")
+    (tmp_path / "bad.pem.new").replace(tmp_path / "bad.pem")
+    out = subprocess.run(run, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0 and out.stdout.startswith("config ok"), out.stderr
+
+
 # -- signing -----------------------------------------------------------------------------------
 def test_signature_verifies_with_sendgrids_helper_and_a_tampered_payload_fails(
     key_file: tuple[Path, str],

@@ -60,5 +60,10 @@ def _rate(r: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(summary(config_from(args)))
+    cfg = config_from(args)
+    if any(h.format == "sendgrid" for h in cfg.webhooks):
+        from mtaserver.webhooks.sendgrid import load_keys
+
+        load_keys(cfg.webhooks)  # the daemon loads them at start: find a bad key here first
+    print(summary(cfg))
     return 0
