@@ -28,8 +28,9 @@ GLOBAL = "suppress"  # every sender
 SENDER = "suppress-sender"  # the sending domain only
 COUNT = "count"  # soft-bounce counter, never a suppression
 UNSUBSCRIBE = "unsubscribe"  # not a bounce reason: the recipient's own word about one sender
-# Sources of entries the policy made (the others are an operator's or a privacy request's).
-POLICY_SOURCES = ("async", "sync", "delivery", "complaint")
+# Sources of entries the policy did not make: an operator's, a privacy request's, an
+# unsubscribe's. Every other entry (async, sync, delivery, complaint) came from a bounce.
+NOT_POLICY_SOURCES = ("manual", "privacy", "tracking", "unsubscribe")
 _LEGACY_PREFIX = "soft-bounces:"  # entries the removed soft-bounce threshold made
 
 
@@ -112,7 +113,7 @@ def review(entry: Suppression, text: str | None = None) -> Review | None:
     (manual, privacy, unsubscribes) or whose reason cannot be known. An entry recorded
     without a taxonomy reason is judged by ``text`` — its own stored reply, else the
     bounce event's — and only without text by its old label."""
-    if entry.source not in POLICY_SOURCES:
+    if entry.source in NOT_POLICY_SOURCES or entry.reason == UNSUBSCRIBE:
         return None
     recorded = entry.reason in REASONS
     text = entry.reply or text

@@ -155,6 +155,11 @@ CASES: list[Case] = [
     C("suppression check", "{suppressed}", expect=1, if_absent=0),
     C("suppression check", "fan@two.test", "--sender-domain", "example.net", states=NO_EMPTY),
     C("suppression check", "not-an-address", expect=2, states=ONCE),
+    # review exits 1 while entries made for a non-dead reason are left in place
+    C("suppression review"),
+    C("suppression review", "--reason", "spamdetected", "--lift"),
+    C("suppression review", "--lift", "--dry-run"),
+    C("suppression review", "--reason", "spam", expect=2, states=ONCE),
     # -- users
     C("user list"),
     C("user add", "carol@example.com", "--domain", "example.com", "--password-stdin",

@@ -1,16 +1,27 @@
-"""``mtaserver suppression list|add|remove|check``: the suppression list by hand."""
+"""``mtaserver suppression list|add|remove|check|review``: the suppression list by hand.
+
+``review`` finds entries a bounce made for a reason that does not mean the address is dead
+(a spam verdict, a policy block, the soft-bounce threshold of older versions): judged by
+their recorded reason, or, for entries made before the reason taxonomy, by reclassifying
+the reply or bounce diagnostic with today's table; ``--lift`` removes them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 import time
 
+from mtaserver.classify import REASONS
 from mtaserver.cli._common import add_config_arg, config_from, with_db
 from mtaserver.clock import SystemClock
 from mtaserver.config.units import parse_duration
 from mtaserver.errors import ConfigError
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.events import EventLog
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
-from mtaserver.suppression import Suppression, valid_address
+from mtaserver.suppression import Review, Suppression, review, valid_address
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,6 +55,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     chk.add_argument("address")
     chk.add_argument("--sender-domain", help="the sending domain to check for")
     chk.set_defaults(func=run_check)
+
+    rv = groups.add_parser(
+        "review",
+        help="list entries a bounce made for a reason that is not a dead address "
+        "(exit 1 if any is left); --lift removes them",
+    )
+    add_config_arg(rv)
+    rv.add_argument("--reason", help="only entries judged to have this reason, e.g. spamdetected")
+    rv.add_argument("--lift", action="store_true", help="remove the entries listed")
+    rv.add_argument("--dry-run", action="store_true", help="with --lift: print, change nothing")
+    rv.set_defaults(func=run_review)
 
 
 def _fmt_time(t: float | None) -> str:
@@ -116,3 +138,76 @@ def run_check(args: argparse.Namespace) -> int:
         return 0
     print(_line(s))
     return 1
+
+
+_SPACE_RE = re.compile(r"\s+")
+
+
+def _event_text(data: dict[str, object]) -> str:
+    """The reply a bounced event carries: a sync reply, or an async bounce's status and
+    diagnostic (with its reply code, which says the class)."""
+    if data.get("reply"):
+        return str(data["reply"])
+    parts = (data.get("reply_code"), data.get("status"), data.get("diagnostic"))
+    return " ".join(str(p) for p in parts if p)
+
+
+async def _bounce_text(events: EventLog, s: Suppression) -> str | None:
+    """The text of the event that made an entry recorded before 0100 (no reply of its own):
+    its own event when linked, else the newest bounce or complaint of the address in the
+    message."""
+    if s.reply or not s.queue_id or s.reason in REASONS:
+        return None
+    found = await events.page(types=("bounced", "complaint"), queue_id=s.queue_id, limit=1000)
+    mine = [e for e in found if e.id == s.event_id] or [
+        e for e in found if (e.recipient or "").lower() == s.address
+    ]
+    if not mine:
+        return None
+    return _event_text(mine[-1].data) or None
+
+
+async def _review(db: Database, reason: str | None, lift: bool) -> tuple[list[Review], int]:
+    store, events = SuppressionStore(db), EventLog(db)
+    entries = await store.made_by_policy()
+    found: list[Review] = []
+    for s in entries:
+        r = review(s, await _bounce_text(events, s))
+        if r is not None and not r.keep and reason in (None, r.reason):
+            found.append(r)
+    if lift and found:
+        gone = {(s.address, s.scope) for s in await store.lift([r.entry for r in found])}
+        found = [r for r in found if (r.entry.address, r.entry.scope) in gone]
+    return found, len(entries)
+
+
+def _review_line(verb: str, r: Review) -> str:
+    s = r.entry
+    reply = _SPACE_RE.sub(" ", s.reply or "").strip()[:200] or "-"
+    return (
+        f"{verb}\t{s.address}\tscope={s.scope or 'global'}\treason={r.reason}"
+        f"\tstored={s.reason}\tjudged_by={r.basis}\tsource={s.source}"
+        f"\tcreated={_fmt_time(s.created_at)}\tqueue_id={s.queue_id or '-'}\treply={reply}"
+    )
+
+
+def run_review(args: argparse.Namespace) -> int:
+    """Exit 0: nothing to lift, or everything listed was lifted; 1: entries listed and
+    left in place (no --lift, or --dry-run); 2: an operator mistake."""
+    if args.reason is not None and args.reason not in REASONS:
+        raise ConfigError(
+            f"--reason: unknown reason {args.reason!r} (one of: {', '.join(REASONS)})"
+        )
+    cfg = config_from(args)
+    lift = args.lift and not args.dry_run
+    found, total = with_db(cfg, lambda db: _review(db, args.reason, lift))
+    verb = "lifted" if lift else "would-lift" if args.lift else "review"
+    for r in found:
+        print(_review_line(verb, r))
+    what = f"{len(found)} of {total} entries made by bounces and complaints"
+    if lift:
+        print(f"lifted {what}", file=sys.stderr)
+        return 0
+    print(f"{what} suppress for a reason that is not a dead address"
+          + ("; run with --lift to remove them" if found else ""), file=sys.stderr)  # fmt: skip
+    return 1 if found else 0

@@ -18,7 +18,7 @@ from mtaserver.storage.sqlite.db import Database
 from mtaserver.suppression import (
     COUNT,
     GLOBAL,
-    POLICY_SOURCES,
+    NOT_POLICY_SOURCES,
     UNSUBSCRIBE,
     Suppression,
     SuppressionDecision,
@@ -296,15 +296,15 @@ class SuppressionStore:
     async def made_by_policy(self) -> builtins.list[Suppression]:
         """Every entry a bounce or complaint made, expired ones too (for review), oldest
         first."""
-        marks = ",".join("?" * len(POLICY_SOURCES))
+        marks = ",".join("?" * len(NOT_POLICY_SOURCES))
 
         def fn(conn: sqlite3.Connection) -> list[Suppression]:
             return [
                 _row(r)
                 for r in conn.execute(
-                    f"SELECT {_COLUMNS} FROM suppressions WHERE source IN ({marks}) "
+                    f"SELECT {_COLUMNS} FROM suppressions WHERE source NOT IN ({marks}) "
                     "ORDER BY created_at, address",
-                    POLICY_SOURCES,
+                    NOT_POLICY_SOURCES,
                 )
             ]
 
