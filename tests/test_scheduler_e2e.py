@@ -23,7 +23,7 @@ from mtaserver.mx import DnsResolver
 from mtaserver.scheduler import Scheduler
 from mtaserver.shaper import Shaper
 from mtaserver.storage.sqlite.queue import Spool, new_queue_id
-from tests.support.clock import FakeClock
+from tests.support.clock import TimerClock
 from tests.support.dnsserver import DnsServer
 from tests.support.mxsink import SinkGroup, wait_for
 
@@ -157,7 +157,7 @@ async def test_421_from_the_receiver_suspends_and_delivery_resumes(
     async with SinkGroup(["127.0.0.2"]) as sinks:
         sink = sinks["127.0.0.2"]
         sink.mail_reply = "421 4.7.0 Too much mail from you, rate limited; try again later"
-        clock = FakeClock(time.time())
+        clock = TimerClock(time.time())
         t0 = clock.now()
         qids = await enqueue_many(spool, 6, t0)
         sched = await run_scheduler(
@@ -228,7 +228,7 @@ async def test_dead_destination_is_suspended_with_growing_back_off(
     dns.add("dead.test", "MX", "10 mx.dead.test.")
     dns.add("mx.dead.test", "A", "127.0.0.9")
     async with SinkGroup(["127.0.0.2"], refuse=["127.0.0.9"]) as sinks:
-        clock = FakeClock(time.time())
+        clock = TimerClock(time.time())
         t0 = clock.now()
         qids = await enqueue_many(spool, 5, t0, domain="dead.test")
         sched = await run_scheduler(
