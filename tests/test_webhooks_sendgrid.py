@@ -407,6 +407,52 @@ async def test_a_wrong_key_fails_verification_and_nothing_is_taken(
     assert rx.events == []
 
 
+async def test_reload_rotates_the_key_and_a_bad_key_keeps_the_old_one(
+    db: Database, rx: SendGridReceiver, key_file: tuple[Path, str], tmp_path: Path
+) -> None:
+    new_public = keygen(tmp_path / "new.pem")
+    (tmp_path / "junk.pem").write_text("junk\n")
+
+    def config(key: str) -> Any:
+        return parse_config(
+            f"[[webhooks]]\nname = 'sg'\nurl = '{rx.url}'\nformat = 'sendgrid'\n"
+            f"signing_key = '{key}'\nretry_interval = '50ms'\n", tmp_path / "config.toml"
+        )  # fmt: skip
+
+    log = EventLog(db)
+    async with Running(db, [sg_hook(rx.url, key_file[0])]) as dispatcher:
+        await log.emit(Event("delivered", 1.0, "Q1", "a@dest.test", ()))
+        await until(lambda: len(rx.events) == 1)
+        with pytest.raises(ConfigError, match=r"webhooks\[0\]\.signing_key: .*junk\.pem"):
+            await dispatcher.reload(config("junk.pem"))
+        await log.emit(Event("delivered", 1.0, "Q2", "b@dest.test", ()))
+        await until(lambda: len(rx.events) == 2)  # still signed with the old key
+        rx.verifier = EventWebhook(new_public)  # the receiver is told the new public key
+        await dispatcher.reload(config("new.pem"))
+        await log.emit(Event("delivered", 1.0, "Q3", "c@dest.test", ()))
+        await until(lambda: len(rx.events) == 3)
+    assert rx.bad == 0 and [e["email"] for e in rx.events][-1] == "c@dest.test"
+
+
+def test_sendgrid_event_types_filter_what_is_sent() -> None:
+    from mtaserver.model import StoredEvent
+    from mtaserver.storage.sqlite.outbox import MessageContext
+
+    ctx = MessageContext("m@x", None, False, "X", (), (), 5, ((0, "a@dest.test"),))
+    unsub = StoredEvent(1, 1.0, "unsubscribe", "Q", "a@dest.test", {"idx": 0})
+    assert [e["event"] for e in sg.to_sendgrid(unsub, ctx)] == ["group_unsubscribe"]
+    assert sg.to_sendgrid(unsub, ctx, ("unsubscribe",)) == []
+    plain = replace(ctx, asm_group_id=None)
+    assert [e["event"] for e in sg.to_sendgrid(unsub, plain, ("unsubscribe",))] == ["unsubscribe"]
+    accepted = StoredEvent(2, 1.0, "accepted", "Q", None, {"send_at": 1234.0})
+    [processed] = sg.to_sendgrid(accepted, ctx)
+    assert processed["send_at"] == 1234 and processed["sg_message_id"] == "X.Q.0"
+    assert sg.to_sendgrid(accepted, ctx, ("bounce",)) == []
+    assert sg.to_sendgrid(accepted, replace(ctx, is_dsn=True)) == []  # our DSNs: not shown
+    for kind in ("dsn_sent", "deleted", "cancelled", "api_message", "erased"):
+        assert sg.to_sendgrid(StoredEvent(3, 1.0, kind, "Q", "a@dest.test", {}), ctx) == []
+
+
 # -- end to end: HTTP send API → MX → tracking → SendGrid-shaped events ---------------------
 async def test_send_api_delivery_bounce_open_click_in_sendgrids_shape(
     tmp_path: Path, key_file: tuple[Path, str], rx: SendGridReceiver
