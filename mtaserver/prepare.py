@@ -110,18 +110,27 @@ def sanitize_helo(helo: str) -> str:
 
 
 def received_field(sub: Submission, queue_id: str, hostname: str) -> bytes:
-    """Our trace field. ``for <rcpt>`` only with one recipient, so Bcc lists never leak."""
-    with_ = "ESMTP"
-    if sub.tls_version:
-        with_ += "S"
-    if sub.user is not None:
-        with_ += "A"
-    tls = f" ({sub.tls_version})" if sub.tls_version else ""
+    """Our trace field. ``for <rcpt>`` only with one recipient, so Bcc lists never leak.
+
+    Mail from the HTTP send API (``listener == "api"``) says ``with HTTP``/``HTTPS`` and
+    names only the client address: it never spoke SMTP, so it has no HELO to report.
+    """
     ip = _HELO_SAFE.sub("", sub.client_ip)
+    if sub.listener == "api":
+        with_ = "HTTPS" if sub.tls_version else "HTTP"
+        source = f"[{ip}]"
+    else:
+        with_ = "ESMTP"
+        if sub.tls_version:
+            with_ += "S"
+        if sub.user is not None:
+            with_ += "A"
+        source = f"{sanitize_helo(sub.helo)} ([{ip}])"
+    tls = f" ({sub.tls_version})" if sub.tls_version else ""
     for_ = f"\r\n\tfor <{sub.recipients[0]}>" if len(sub.recipients) == 1 else ""
     date = format_datetime(datetime.fromtimestamp(sub.received_at, UTC))
     text = (
-        f"Received: from {sanitize_helo(sub.helo)} ([{ip}])\r\n"
+        f"Received: from {source}\r\n"
         f"\tby {hostname} (mtaserver) with {with_}{tls} id {queue_id}{for_};\r\n"
         f"\t{date}\r\n"
     )

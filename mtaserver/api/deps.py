@@ -109,6 +109,6 @@ class ApiDeps:
     limits: Callable[[], Limits]
     idempotency_window: Callable[[], float]
     hostname: str  # for generated Message-IDs
-    user_rate: RateLimiter | None = None
+    user_rate: Callable[[], RateLimiter | None] = lambda: None  # shared with SMTP submission
     render_slots: int = 2  # requests composed at once, each in a worker thread
     prepare_concurrency: int = 64  # messages of one request prepared (signed) at once

@@ -36,11 +36,11 @@ from mtaserver.render import RenderBudget, TemplateCache
 from mtaserver.sendapi import (
     ComposedMessage,
     ComposeOutcome,
+    Composition,
     Limits,
     MailRequest,
     ParseOutcome,
     StoredTemplate,
-    compose,
     parse_mail_send,
 )
 from mtaserver.sendapi.model import ApiError, TrackingSettings
@@ -52,6 +52,7 @@ MAX_IDEM_KEY: Final = 255
 RENDER_OUTPUT_TOTAL: Final = 128 * 1024 * 1024  # characters rendered per request, at most
 RENDER_STEPS_TOTAL: Final = 20_000_000  # template steps per request, at most
 RENDER_SECONDS: Final = 2.0  # per render
+COMPOSE_SLICE: Final = 0.02  # seconds of composing in a worker thread between loop turns
 MAX_LOGGED_UNKNOWN: Final = 10_000
 
 
@@ -128,7 +129,8 @@ class MailSend:
             if batch is None or batch.user != user.name:
                 return error(400, "The batch_id is not valid for your account.", "batch_id")
         template = await d.templates.get(req.template_id) if req.template_id else None
-        if d.user_rate is not None and not d.user_rate.take(user.name):
+        rate = d.user_rate()
+        if rate is not None and not rate.take(user.name):
             log.info(kv(event="rate_limited", user=user.name, client_ip=client_ip, via="api"))
             return error(429, TOO_MANY)
         composed = await self._compose(req, template, now)
@@ -179,10 +181,12 @@ class MailSend:
         )
         cache = await self._caches.get()  # at most render_slots requests render at once
         try:
-            return await asyncio.to_thread(
-                compose, req, domain=self._d.hostname, cache=cache, template=template,
-                budget=budget, now=now,
-            )  # fmt: skip
+            work = Composition(req, domain=self._d.hostname, cache=cache, template=template,
+                               budget=budget, now=now)  # fmt: skip
+            # One slice per thread hop: between slices the loop runs whatever is waiting.
+            while not await asyncio.to_thread(work.step, COMPOSE_SLICE):
+                pass
+            return work.outcome()
         finally:
             self._caches.put_nowait(cache)
 

@@ -3,7 +3,8 @@
 Messages go through the same :class:`~mtaserver.pipeline.Pipeline` ``prepare`` as SMTP
 submission (cleanup, tracking, DKIM with the one signer), the same suppression list and
 the same queue; the key's user binds the sender and the submission section's per-user
-rate applies (one token per request). On SIGHUP the limits, the pipeline's settings, the
+rate applies, from the same buckets SMTP submission spends (one token per request, as SMTP
+spends one per transaction). On SIGHUP the limits, the pipeline's settings, the
 rate and the certificate take effect for the next request.
 """
 
@@ -17,7 +18,6 @@ from mtaserver.app.service import Service, SimpleService
 from mtaserver.config import Config
 from mtaserver.log import get_logger, kv
 from mtaserver.pipeline import Pipeline
-from mtaserver.ratelimit import RateLimiter
 from mtaserver.sendapi import Limits
 from mtaserver.storage.sqlite.apikeys import ApiKeyStore
 from mtaserver.storage.sqlite.idempotency import ApiIntake
@@ -71,8 +71,7 @@ def api_service(
     clock = parts.clock
     db = parts.spool.db
     current = _Current(cfg, _pipeline(cfg, parts), api_limits(cfg))
-    sub = cfg.submission
-    user_rate = RateLimiter(sub.user_rate, sub.user_burst, clock) if sub.user_rate else None
+    rates = parts.user_rates
     intake = ApiIntake(db, parts.spool)
     deps = ApiDeps(
         keys=ApiKeyStore(db, clock),
@@ -87,7 +86,7 @@ def api_service(
         limits=lambda: current.limits,
         idempotency_window=lambda: current.cfg.api.idempotency_window,
         hostname=cfg.server.hostname,
-        user_rate=user_rate,
+        user_rate=lambda: rates.limiter,
         render_slots=a.max_concurrent_renders,
     )
     ssl_context = cfg.tls.server_context() if a.tls else None
@@ -112,8 +111,7 @@ def api_service(
         if ssl_context is not None and new.tls.cert and new.tls.key:
             ssl_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
         current.cfg, current.pipeline, current.limits = new, _pipeline(new, parts), api_limits(new)
-        if user_rate is not None and new.submission.user_rate:
-            user_rate.reconfigure(new.submission.user_rate, new.submission.user_burst)
+        rates.apply(new.submission)  # the same buckets as submission: applying twice is a no-op
         log.info(kv(event="api_reloaded", max_personalizations=new.api.max_personalizations,
                     max_body=new.api.max_body))  # fmt: skip
 

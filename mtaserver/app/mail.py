@@ -16,6 +16,7 @@ from mtaserver.classify import classify
 from mtaserver.clock import Clock
 from mtaserver.config import Config
 from mtaserver.config.shaping import load_builtin
+from mtaserver.config.submission import SubmissionConfig
 from mtaserver.delivery import DeliveryAgent
 from mtaserver.diskspace import FreeSpace
 from mtaserver.dkim import DkimSigner, KeySet
@@ -40,6 +41,28 @@ from mtaserver.verp import Verp
 log = get_logger("app")
 
 
+class UserRates:
+    """``[submission] user_rate``: one bucket per user for every way mail comes in.
+
+    SMTP submission and the HTTP send API spend from the same buckets, so a user cannot
+    double its rate by sending over both. ``limiter`` is None while no rate is set.
+    """
+
+    def __init__(self, sub: SubmissionConfig, clock: Clock) -> None:
+        self._clock = clock
+        self.limiter: RateLimiter | None = None
+        self.apply(sub)
+
+    def apply(self, sub: SubmissionConfig) -> None:
+        """The rate in force from now on (SIGHUP); buckets keep what each user spent."""
+        if sub.user_rate is None:
+            self.limiter = None
+        elif self.limiter is None:
+            self.limiter = RateLimiter(sub.user_rate, sub.user_burst, self._clock)
+        else:
+            self.limiter.reconfigure(sub.user_rate, sub.user_burst)
+
+
 @dataclass(frozen=True)
 class MailParts:
     """What submission and the pipeline share: storage, policy and the signing stages."""
@@ -52,6 +75,7 @@ class MailParts:
     metrics: Metrics
     space: FreeSpace
     clock: Clock
+    user_rates: UserRates  # shared by submission and the HTTP API
 
 
 def _track_defaults(cfg: Config, user: str | None) -> TrackingOptions:
@@ -71,7 +95,7 @@ def submission_service(cfg: Config, parts: MailParts) -> Service:
     tls_context = cfg.tls.server_context() if cfg.tls.enabled else None
     authenticator = Authenticator(parts.users, clock=clock)
     throttle = AuthThrottle(sub.auth, clock)
-    user_rate = RateLimiter(sub.user_rate, sub.user_burst, clock) if sub.user_rate else None
+    rates = parts.user_rates
 
     def handler_for(cfg: Config) -> SubmissionHandler:
         sub = cfg.submission
@@ -92,7 +116,7 @@ def submission_service(cfg: Config, parts: MailParts) -> Service:
             clock=clock,
             max_recipients=sub.max_recipients,
             max_header_size=sub.max_header_size,
-            user_rate=user_rate,
+            user_rate=rates.limiter,
             suppressions=parts.suppressions,
             drop_suppressed=cfg.inbound.suppression.at_rcpt == "accept-and-drop",
             observer=parts.metrics,
@@ -114,18 +138,12 @@ def submission_service(cfg: Config, parts: MailParts) -> Service:
         authenticator.close()
 
     async def reload(new: Config) -> None:
-        nonlocal user_rate
         # Renewed certificate files take effect for the next handshake on every listener.
         if tls_context is not None and new.tls.cert and new.tls.key:
             tls_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
         sub = new.submission
         throttle.settings = sub.auth
-        if sub.user_rate is None:
-            user_rate = None
-        elif user_rate is None:
-            user_rate = RateLimiter(sub.user_rate, sub.user_burst, clock)
-        else:
-            user_rate.reconfigure(sub.user_rate, sub.user_burst)
+        rates.apply(sub)
         server.reconfigure(sub, handler_for(new))
         log.info(kv(event="submission_reloaded", max_message_size=sub.max_message_size,
                     max_recipients=sub.max_recipients,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from mtaserver.app.api import api_service
 from mtaserver.app.mail import (
     MailParts,
+    UserRates,
     build_agent,
     build_resolver,
     build_shaper,
@@ -126,7 +127,7 @@ def wire(cfg: Config, base: Base, current: Callable[[], Config]) -> Wiring:
     sub = cfg.submission
     mail = MailParts(
         spool, users, suppressions, signer, tracking.tracker if tracking else None,
-        metrics, base.space, clock,
+        metrics, base.space, clock, UserRates(sub, clock),
     )  # fmt: skip
     if sub.listen or sub.listen_tls or sub.listen_plain:
         services.append(submission_service(cfg, mail))

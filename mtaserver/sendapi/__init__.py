@@ -5,7 +5,13 @@
 5322 message per personalization. No HTTP, no storage: the API service wires these in.
 """
 
-from mtaserver.sendapi.compose import ComposedMessage, ComposeOutcome, StoredTemplate, compose
+from mtaserver.sendapi.compose import (
+    ComposedMessage,
+    ComposeOutcome,
+    Composition,
+    StoredTemplate,
+    compose,
+)
 from mtaserver.sendapi.model import ApiError, Limits, MailRequest, ParseOutcome
 from mtaserver.sendapi.payload import parse_mail_send, too_large
 
@@ -13,6 +19,7 @@ __all__ = [
     "ApiError",
     "ComposeOutcome",
     "ComposedMessage",
+    "Composition",
     "Limits",
     "MailRequest",
     "ParseOutcome",

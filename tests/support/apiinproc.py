@@ -2,7 +2,7 @@
 
 For tests that need what the daemon cannot have yet (a template source) or that watch the
 event loop while a request renders. The stores, the pipeline and the intake are the real
-ones; only DKIM is left out (the daemon tests check signatures).
+ones; DKIM only when a signer is given (the daemon tests check signatures).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from mtaserver.api import ApiDeps, ApiServer, build_api_app
 from mtaserver.auth import hash_password
 from mtaserver.clock import SystemClock
+from mtaserver.dkim import DkimSigner
 from mtaserver.pipeline import Pipeline
 from mtaserver.sendapi import Limits, StoredTemplate
 from mtaserver.storage.sqlite.apikeys import SCOPES, ApiKeyStore
@@ -50,7 +51,7 @@ class InProcessApi:
 @asynccontextmanager
 async def in_process_api(
     db: Database, templates: dict[str, StoredTemplate] | None = None,
-    limits: Limits | None = None,
+    limits: Limits | None = None, signer: DkimSigner | None = None,
 ) -> AsyncIterator[InProcessApi]:  # fmt: skip
     clock = SystemClock()
     spool = Spool(db)
@@ -58,7 +59,8 @@ async def in_process_api(
     await users.add("app", hash_password("a long password"), ["example.com"])
     keys = ApiKeyStore(db)
     _, key = await keys.create("app", frozenset(SCOPES))
-    pipeline = Pipeline(spool=spool, new_queue_id=new_queue_id, hostname="mta.test")
+    pipeline = Pipeline(spool=spool, new_queue_id=new_queue_id, hostname="mta.test",
+                        signer=signer)  # fmt: skip
     deps = ApiDeps(
         keys=keys, users=users, suppressions=SuppressionStore(db), preparer=lambda: pipeline,
         intake=ApiIntake(db, spool), batches=spool, templates=DictTemplates(templates or {}),

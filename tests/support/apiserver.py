@@ -26,12 +26,14 @@ from tests.support.mxsink import SinkGroup, SinkState, wait_for
 
 
 class ApiDaemon:
-    def __init__(self, tmp_path: Path, *, api: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, tmp_path: Path, *, api: dict[str, Any] | None = None, tls: bool = False
+    ) -> None:
         self.tmp = tmp_path
         self.api_settings = api or {}
         self.dns = DnsServer()
         self.sinks = SinkGroup(["127.0.0.2"])
-        self.cfg = TestConfig(tmp_path, tls=False)
+        self.cfg = TestConfig(tmp_path, tls=tls)  # tls: also the AUTH submission listeners
         self.daemon: Daemon | None = None
         self.key = ""
         self.keys: list[K.DkimKey] = []
