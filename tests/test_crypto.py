@@ -20,6 +20,7 @@ from mtaserver.crypto import (
     load_keyring,
 )
 from mtaserver.errors import ConfigError, StorageError
+from mtaserver.keyfiles import check_key_files
 from mtaserver.model import PreparedMessage, PreparedRecipient
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.queue import Spool
@@ -134,9 +135,9 @@ def test_config_names_the_key_on_a_bad_key_file(tmp_path: Path) -> None:
     os.chmod(keys, 0o600)
     text = f'[server]\ndata_dir = "{tmp_path}"\n[storage]\nencryption_key_file = "{keys}"\n'
     with pytest.raises(ConfigError, match=r"storage\.encryption_key_file: .*keys"):
-        parse_config(text, tmp_path / "c.toml")
+        check_key_files(parse_config(text, tmp_path / "c.toml"))
     generate_key(keys.with_name("good.toml"))
-    cfg = parse_config(text.replace("keys.toml", "good.toml"), tmp_path / "c.toml")
+    cfg = check_key_files(parse_config(text.replace("keys.toml", "good.toml"), tmp_path / "c.toml"))
     assert cfg.storage.encryption_key_file == keys.with_name("good.toml")
 
 

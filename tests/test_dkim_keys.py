@@ -14,6 +14,7 @@ from mtaserver.app.mail import dkim_service
 from mtaserver.config import ConfigError, parse_config
 from mtaserver.dkim import DkimKeyError, DkimSigner, KeySet
 from mtaserver.dkim import keys as K
+from mtaserver.keyfiles import check_key_files
 from tests.support.clock import FakeClock
 
 
@@ -49,7 +50,7 @@ def _entry(domain: str, selector: str, key: Path, algorithm: str = "", extra: st
 
 
 def _parse(tmp_path: Path, entries: str):  # type: ignore[no-untyped-def]
-    return parse_config(_config(tmp_path, entries), tmp_path / "mtaserver.toml")
+    return check_key_files(parse_config(_config(tmp_path, entries), tmp_path / "mtaserver.toml"))
 
 
 def test_valid_keys_load_into_a_keyset(tmp_path: Path, rsa_pem: bytes, rsa_pem_b: bytes) -> None:

@@ -22,11 +22,12 @@ import uvloop
 from mtaserver.app.service import Service
 from mtaserver.app.wiring import Base, Wiring, wire
 from mtaserver.clock import Clock, SystemClock
-from mtaserver.config import Config, load_config
+from mtaserver.config import Config
 from mtaserver.config.restart import keep_restart_keys
 from mtaserver.crypto import codec_for
 from mtaserver.diskspace import FreeSpace, Reserve
 from mtaserver.errors import ConfigError, MtaError, StorageError
+from mtaserver.keyfiles import load_checked
 from mtaserver.log import get_logger, kv, set_level, setup_logging
 from mtaserver.notify import Notifier
 from mtaserver.storage.sqlite.db import Database
@@ -140,7 +141,7 @@ class App:
     async def _do_reload(self, services: Sequence[Service]) -> None:
         self.notifier.reloading()
         try:
-            new = await asyncio.to_thread(load_config, self.config.source)
+            new = await asyncio.to_thread(load_checked, self.config.source)
         except ConfigError as exc:
             log.error(kv(event="reload_rejected", error=str(exc)))
             self.notifier.ready()

@@ -8,7 +8,8 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from mtaserver.config import Config, load_config
+from mtaserver.config import Config
+from mtaserver.keyfiles import load_checked
 from mtaserver.storage.sqlite.db import Database
 
 T = TypeVar("T")
@@ -24,7 +25,7 @@ def add_config_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from(args: argparse.Namespace) -> Config:
-    return load_config(args.config)
+    return load_checked(args.config)
 
 
 def with_db(config: Config, fn: Callable[[Database], Awaitable[T]]) -> T:

@@ -1,9 +1,10 @@
 """``[[dkim]]``: signing keys, several per domain (rotation), one active per algorithm.
 
-Each entry names a key file; the key is loaded and checked here (mode 0600, RSA >= 2048
-bits or Ed25519, matching ``algorithm``) so a bad key fails at ``check-config`` and a bad
-SIGHUP keeps the old config. The signer loads the same files again into its key set
-(``mtaserver.dkim.keys.load_keyset``).
+Each entry names a key file; this module checks the entry's syntax and that the file
+exists. The key itself (mode 0600, RSA >= 2048 bits or Ed25519, matching ``algorithm``) is
+checked by ``mtaserver.keyfiles`` right after the config is read, so a bad key still fails
+at ``check-config`` and a bad SIGHUP keeps the old config; the signer loads the same files
+into its key set (``mtaserver.dkim.keys.load_keyset``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtaserver.config.reader import Reader
-from mtaserver.dkim.errors import DkimKeyError
-from mtaserver.dkim.keys import Algorithm, load_key, normalize_domain
-from mtaserver.errors import ConfigError
+
+
+def normalize_domain(domain: str) -> str:
+    """Lower-case A-label without the trailing dot (the form ``d=`` carries)."""
+    d = domain.strip().rstrip(".").lower()
+    if not d.isascii():
+        d = d.encode("idna").decode("ascii")
+    return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,16 +62,6 @@ def parse(readers: list[Reader]) -> tuple[DkimKeyConfig, ...]:
             active=r.boolean("active", True),
         )
         r.finish()
-        try:
-            load_key(
-                entry.key,
-                domain=entry.domain,
-                selector=entry.selector,
-                algorithm=Algorithm.from_config(entry.algorithm),
-                where=r.where("key"),
-            )
-        except DkimKeyError as exc:
-            raise ConfigError(str(exc)) from None
         slot = (domain, selector)
         if slot in selectors:
             raise r.error("selector", f"{domain} selector {selector!r} is also {selectors[slot]}")

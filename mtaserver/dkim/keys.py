@@ -21,6 +21,7 @@ from typing import Protocol
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from mtaserver.config.dkim import normalize_domain as normalize_domain
 from mtaserver.dkim.errors import DkimKeyError
 
 MIN_RSA_BITS = 2048
@@ -178,14 +179,6 @@ def write_private_key(path: Path, key: PrivateKey) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(private_pem(key))
     os.chmod(path, 0o600)
-
-
-def normalize_domain(domain: str) -> str:
-    """Lower-case A-label without the trailing dot (the form ``d=`` carries)."""
-    d = domain.strip().rstrip(".").lower()
-    if not d.isascii():
-        d = d.encode("idna").decode("ascii")
-    return d
 
 
 @dataclass(frozen=True, slots=True)
