@@ -22,16 +22,16 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from mtaserver import __version__
 from mtaserver.clock import SystemClock
-from mtaserver.model import DeliveryJob, DeliveryReport, QueueGauges, RoutePolicy
+from mtaserver.metrics.families import shaping_families
+from mtaserver.metrics.ports import EventTail, QueueGaugeSource, ShapingView, WebhookBacklog
 
 OTHER = "_other"  # the destination label for everything outside the top N
 TAIL_BATCH = 5000
@@ -41,59 +41,6 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1,
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 _QUEUE_STATES = ("queued", "leased", "held")
 _TRACKING = ("open", "click", "unsubscribe")
-
-
-class QueueGaugeSource(Protocol):
-    """What the scrape-time queue gauges need from the queue owner."""
-
-    async def gauges(self, states: Sequence[str], top: int, now: float) -> QueueGauges: ...
-
-
-class EventTail(Protocol):
-    """What counting events needs from the event log."""
-
-    async def last_id(self) -> int: ...
-
-    async def after(self, event_id: int, limit: int) -> Sequence[tuple[int, str, str]]: ...
-
-
-class ShapingView(Protocol):
-    """Read-only view of the shaper (``mtaserver.shaper.Shaper`` satisfies it)."""
-
-    def destinations(self) -> Iterable[str]: ...
-
-    def active(self, destination: str | None = None) -> int: ...
-
-    def suspended_until(self, destination: str) -> float | None: ...
-
-    def rate(self, destination: str) -> float | None: ...
-
-
-class BacklogRow(Protocol):
-    @property
-    def webhook(self) -> str: ...
-    @property
-    def pending(self) -> int: ...
-    @property
-    def waiting(self) -> int: ...
-    @property
-    def failed(self) -> int: ...
-
-
-class WebhookBacklog(Protocol):
-    """The webhook outbox (``mtaserver.webhooks.WebhookOutbox`` satisfies it)."""
-
-    async def backlog(self) -> Sequence[BacklogRow]: ...
-
-
-class SmtpObserver(Protocol):
-    """What the submission listeners report (one call per event)."""
-
-    def session_started(self, listener: str) -> None: ...
-
-    def auth_failed(self, listener: str) -> None: ...
-
-    def recipient_refused(self, reason: str) -> None: ...
 
 
 @dataclass
@@ -367,48 +314,7 @@ class Metrics:
                 value=self.tracking_dropped(),
             )
         if self.shaper is not None:
-            yield from _shaping_families(self.shaper, self.top, self._now())
-
-
-def _shaping_families(shaper: ShapingView, top: int, now: float) -> Iterator[Metric]:
-    rows: list[tuple[str, int, float | None, float | None]] = []
-    for dest in shaper.destinations():
-        until = shaper.suspended_until(dest)
-        rows.append((dest, shaper.active(dest), until, shaper.rate(dest)))
-    # The busiest and the suspended ones are those worth a label.
-    rows.sort(key=lambda r: (-(r[2] is not None), -r[1], r[0]))
-    rows = rows[:top]
-    total = GaugeMetricFamily(
-        "mtaserver_shaping_connections_total", "Delivery connections in use, all destinations",
-        value=shaper.active(None),
-    )  # fmt: skip
-    yield total
-    conns = GaugeMetricFamily(
-        "mtaserver_shaping_connections", "Delivery connections in use, by destination",
-        labels=["destination"],
-    )  # fmt: skip
-    susp = GaugeMetricFamily(
-        "mtaserver_shaping_suspended",
-        "1 while a destination is suspended (reactive rule or dead-destination back-off)",
-        labels=["destination"],
-    )
-    left = GaugeMetricFamily(
-        "mtaserver_shaping_suspended_seconds",
-        "Seconds until a suspended destination is tried again",
-        labels=["destination"],
-    )
-    rate = GaugeMetricFamily(
-        "mtaserver_shaping_rate",
-        "Current message rate limit per second (absent when unlimited)",
-        labels=["destination"],
-    )
-    for dest, active, until, per_second in rows:
-        conns.add_metric([dest], active)
-        susp.add_metric([dest], 1 if until is not None else 0)
-        left.add_metric([dest], max(0.0, until - now) if until is not None else 0.0)
-        if per_second is not None:
-            rate.add_metric([dest], per_second)
-    yield from (conns, susp, left, rate)
+            yield from shaping_families(self.shaper, self.top, self._now())
 
 
 class _ScrapeCollector:
@@ -427,20 +333,3 @@ def _number(value: object, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return default
     return float(value)
-
-
-class Agent(Protocol):
-    async def deliver(self, job: DeliveryJob, policy: RoutePolicy) -> DeliveryReport: ...
-
-
-class TimedAgent:
-    """Wraps a delivery agent to report each attempt's duration; adds nothing else."""
-
-    def __init__(self, agent: Agent, observe: Callable[[float], None]) -> None:
-        self._agent = agent
-        self._observe = observe
-
-    async def deliver(self, job: DeliveryJob, policy: RoutePolicy) -> DeliveryReport:
-        report = await self._agent.deliver(job, policy)
-        self._observe(report.finished_at - report.started_at)
-        return report
