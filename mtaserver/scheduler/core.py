@@ -423,23 +423,19 @@ class Scheduler:
             wants_dsn=wants_dsn,
             warned=self._notices.warned(job.queue_id),
         )
-        updates, events, warn = settled.updates, settled.events, settled.warn
-        sync_bounces = settled.sync_bounces
-        dsn_recipients, dsn_updates = settled.dsn_recipients, settled.dsn_updates
-        dsn_events = settled.dsn_events
-        if updates:
-            await self._spool.record(updates, events)
+        if settled.updates:
+            await self._spool.record(settled.updates, settled.events)
         if self._on_bounce is not None:
-            for bounce in sync_bounces:
+            for bounce in settled.sync_bounces:
                 try:
                     await self._on_bounce(bounce)
                 except MtaError as exc:
                     log.error(kv(event="bounce_action_failed", queue_id=job.queue_id,
                                  rcpt=f"<{bounce.address}>", error=str(exc)))  # fmt: skip
-        if warn:
-            await self._notices.delay_warning(job, warn, now)
-        if dsn_updates:
-            self._notices.hold(job, dsn_recipients, dsn_updates, dsn_events)
+        if settled.warn:
+            await self._notices.delay_warning(job, settled.warn, now)
+        if settled.dsn_updates:
+            self._notices.hold(job, settled.dsn_recipients, settled.dsn_updates, settled.dsn_events)
         self._finish_job(item)
         await self._maybe_flush_dsn(job.queue_id)
 
