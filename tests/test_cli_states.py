@@ -175,6 +175,8 @@ CASES: list[Case] = [
     C("webhooks status"),
     C("webhooks retry-failed"),
     C("webhooks retry-failed", WEBHOOK, states=BUSY),
+    C("webhooks keygen", "{tmp}/sg.pem", states=ONCE),
+    C("webhooks public-key", "{tmp}/missing.pem", expect=2, states=ONCE),
     # -- no database
     C("check-config", states=ONCE),
     C("dkim keygen", "--domain", "example.org", "--selector", "s2", "--algorithm", "ed25519",
