@@ -247,7 +247,8 @@ async def _sync_replies(mta: Mta) -> None:
     await mta.send("app@shop.example", "spam@dest.test")
     await mta.bounced("spam@dest.test")
     mta.sink.data_reply = None
-    assert mta.check("spam@dest.test", "shop.example") == (0, "spam@dest.test: not suppressed\n")
+    assert mta.check("spam@dest.test", "shop.example") == (
+        0, "spam@dest.test: not suppressed (1 soft bounce counted in the last 7d: spamdetected)\n")  # fmt: skip
     assert mta.counted("spam@dest.test") == ["spamdetected"]
     # 550 5.1.1 at RCPT: the address is dead, for every sender on this server.
     mta.sink.rcpt_replies["gone@dest.test"] = "550 5.1.1 <gone@dest.test>: user unknown"

@@ -132,9 +132,20 @@ def run_remove(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     address = valid_address(args.address)
-    s = with_db(cfg, lambda db: SuppressionStore(db).check(address, args.sender_domain))
+    window = cfg.inbound.suppression.soft_bounce_window
+
+    async def look(db: Database) -> tuple[Suppression | None, list[tuple[float, str]]]:
+        store = SuppressionStore(db, policy=cfg.inbound.suppression)
+        return await store.check(address, args.sender_domain), await store.soft_bounces(address)
+
+    s, counted = with_db(cfg, look)
     if s is None:
-        print(f"{address.lower()}: not suppressed")
+        note = ""
+        if counted:
+            reasons = ", ".join(dict.fromkeys(r for _, r in counted))
+            note = (f" ({len(counted)} soft bounce{'s' if len(counted) != 1 else ''} counted "
+                    f"in the last {window / 86400:g}d: {reasons})")  # fmt: skip
+        print(f"{address.lower()}: not suppressed{note}")
         return 0
     print(_line(s))
     return 1
