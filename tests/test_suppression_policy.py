@@ -194,8 +194,10 @@ class Mta:
         return await asyncio.to_thread(go)
 
     async def delivered_to(self, rcpt: str) -> str:
-        """Wait for ``rcpt``'s message at the sink; its envelope sender (the VERP path)."""
+        """Wait for ``rcpt``'s message at the sink and in the queue's record; its envelope
+        sender (the VERP path a bounce comes back to)."""
         await wait_for(lambda: any(rcpt in m.rcpt_tos for m in self.sink.messages), 30)
+        await wait_for(lambda: _state(self.cfg, rcpt) == "delivered", 30)
         return next(m.mail_from for m in self.sink.messages if rcpt in m.rcpt_tos)
 
     async def inbound_message(self, raw: bytes, rcpt: str) -> None:
