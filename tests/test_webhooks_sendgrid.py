@@ -357,6 +357,33 @@ async def test_events_are_posted_as_one_signed_sendgrid_array(
     assert left == (0,)
 
 
+async def test_suppressed_recipients_are_dropped_and_opens_carry_the_machine_flag(
+    db: Database, rx: SendGridReceiver, key_file: tuple[Path, str]
+) -> None:
+    rcpts = (PreparedRecipient("ok@dest.test"),
+             PreparedRecipient("left@dest.test", suppressed="unsubscribe"),
+             PreparedRecipient("dead@dest.test", suppressed="userunknown"),
+             PreparedRecipient("spam@dest.test", suppressed="feedback"))  # fmt: skip
+    async with Running(db, [sg_hook(rx.url, key_file[0])]):
+        await Spool(db).enqueue(replace(message("Q1", []), recipients=rcpts), [api_event("Q1")])
+        await until(lambda: len(rx.of("dropped")) == 3)
+        await EventLog(db).emit(
+            Event("open", 2.0, "Q1", "ok@dest.test", (("idx", 0), ("machine", True),
+                                                      ("user_agent", "Mozilla/5.0"))),
+        )  # fmt: skip
+        await until(lambda: len(rx.of("open")) == 1)
+    assert len(rx.of("processed")) == 4  # SendGrid: processed, then dropped
+    reasons = {e["email"]: e["reason"] for e in rx.of("dropped")}
+    assert reasons == {"left@dest.test": "Unsubscribed Address",
+                       "dead@dest.test": "Bounced Address",
+                       "spam@dest.test": "Spam Reporting Address"}  # fmt: skip
+    assert {e["sg_message_id"] for e in rx.of("dropped")} == {"XMSGID.Q1.1", "XMSGID.Q1.2",
+                                                              "XMSGID.Q1.3"}  # fmt: skip
+    [opened] = rx.of("open")
+    assert opened["sg_machine_open"] is True and opened["useragent"] == "Mozilla/5.0"
+    assert "ip" not in opened  # not recorded: not sent as null
+
+
 async def test_due_events_of_many_messages_share_a_post_up_to_batch_size(
     db: Database, rx: SendGridReceiver, key_file: tuple[Path, str]
 ) -> None:
