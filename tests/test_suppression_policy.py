@@ -21,7 +21,7 @@ import pytest
 from mtaserver.classify import REASONS, default_classifier, kind_of
 from mtaserver.config.inbound import DEFAULT_POLICY
 from mtaserver.storage.sqlite.db import Database
-from mtaserver.storage.sqlite.suppressions import SuppressionStore
+from mtaserver.storage.sqlite.suppressions import SuppressionStore, hash_entries
 from mtaserver.suppression import COUNT, GLOBAL, SENDER, Suppression, decide, review
 from tests.support.bounce_corpus import CORPUS
 from tests.support.clock import FakeClock
@@ -351,3 +351,21 @@ async def _review_lifts_what_older_versions_made(mta: Mta) -> None:
     r = mta.daemon.cli("suppression", "review", "--reason", "spam")
     assert r.returncode == 2 and "--reason: unknown reason 'spam'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+async def test_privacy_export_has_the_reply_and_hashing_drops_it(db: Database) -> None:
+    """The reply text is about the address: a privacy export shows it; the hashed entry an
+    erase leaves keeps the address suppressed without it."""
+    from mtaserver import privacy
+    from mtaserver.storage.sqlite.privacy import SqlitePrivacy
+
+    store = SuppressionStore(db, FakeClock())
+    reply = "550 5.1.1 <Gone@x.example>: user unknown"
+    await store.apply("gone@x.example", "userunknown", sender_domain=None, source="sync",
+                      reply=reply)  # fmt: skip
+    exported = await privacy.export(SqlitePrivacy(db), "gone@x.example")
+    assert [s["reply"] for s in exported["suppressions"]] == [reply]
+    await db.write(lambda conn: hash_entries(conn, "gone@x.example"))  # what erase runs
+    hit = await store.check("gone@x.example", "any.example")
+    assert hit is not None and hit.reason == "userunknown" and hit.reply is None
+    assert all(s.address.startswith("sha256:") for s in await store.list())

@@ -264,7 +264,8 @@ class SqlitePrivacy:
                     events.append(e)
             hashed = address_hash(addr)
             supp = rows(
-                "SELECT scope, reason, source, created_at, expires_at, queue_id FROM suppressions "
+                "SELECT scope, reason, source, created_at, expires_at, queue_id, reply "
+                "FROM suppressions "
                 "WHERE address IN (?, ?)",
                 (addr, hashed),
             )
