@@ -363,22 +363,25 @@ async def test_suppressed_recipients_are_dropped_and_opens_carry_the_machine_fla
     rcpts = (PreparedRecipient("ok@dest.test"),
              PreparedRecipient("left@dest.test", suppressed="unsubscribe"),
              PreparedRecipient("dead@dest.test", suppressed="userunknown"),
-             PreparedRecipient("spam@dest.test", suppressed="feedback"))  # fmt: skip
+             PreparedRecipient("spam@dest.test", suppressed="feedback"),
+             PreparedRecipient("op@dest.test", suppressed="manual"))  # fmt: skip
     async with Running(db, [sg_hook(rx.url, key_file[0])]):
         await Spool(db).enqueue(replace(message("Q1", []), recipients=rcpts), [api_event("Q1")])
-        await until(lambda: len(rx.of("dropped")) == 3)
+        await until(lambda: len(rx.of("dropped")) == 4)
         await EventLog(db).emit(
             Event("open", 2.0, "Q1", "ok@dest.test", (("idx", 0), ("machine", True),
                                                       ("user_agent", "Mozilla/5.0"))),
         )  # fmt: skip
         await until(lambda: len(rx.of("open")) == 1)
-    assert len(rx.of("processed")) == 4  # SendGrid: processed, then dropped
+    assert len(rx.of("processed")) == 5  # SendGrid: processed, then dropped
     reasons = {e["email"]: e["reason"] for e in rx.of("dropped")}
     assert reasons == {"left@dest.test": "Unsubscribed Address",
                        "dead@dest.test": "Bounced Address",
-                       "spam@dest.test": "Spam Reporting Address"}  # fmt: skip
-    assert {e["sg_message_id"] for e in rx.of("dropped")} == {"XMSGID.Q1.1", "XMSGID.Q1.2",
-                                                              "XMSGID.Q1.3"}  # fmt: skip
+                       "spam@dest.test": "Spam Reporting Address",
+                       "op@dest.test": "Unsubscribed Address"}  # fmt: skip
+    assert {e["sg_message_id"] for e in rx.of("dropped")} == {
+        f"XMSGID.Q1.{i}" for i in (1, 2, 3, 4)
+    }
     [opened] = rx.of("open")
     assert opened["sg_machine_open"] is True and opened["useragent"] == "Mozilla/5.0"
     assert "ip" not in opened  # not recorded: not sent as null

@@ -28,6 +28,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from mtaserver.classify import REASONS
 from mtaserver.config.webhooks import WebhookConfig
 from mtaserver.errors import ConfigError
 from mtaserver.model import StoredEvent
@@ -154,15 +155,15 @@ def _text(data: Json, key: str) -> str | None:
 
 
 def _dropped_reason(reason: str | None) -> str:
-    """SendGrid's drop reasons for the suppressions they mean."""
+    """SendGrid's drop reason for the suppression entry's reason: a complaint, a bounce
+    reason of the taxonomy (or an old ``soft-bounces:…`` label), else an unsubscribe (the
+    recipient's own, an ``asm`` group's, an operator's or a privacy request's entry)."""
     r = (reason or "").lower()
-    if "unsub" in r or "asm-group" in r:
-        return "Unsubscribed Address"
-    if "feedback" in r or "complaint" in r or "spam" in r:
+    if r in ("feedback", "complaint"):
         return "Spam Reporting Address"
-    if r in ("", "manual", "privacy"):
-        return "Invalid" if not r else f"Suppressed Address ({r})"
-    return "Bounced Address"
+    if r in REASONS or "bounce" in r:
+        return "Bounced Address"
+    return "Unsubscribed Address"
 
 
 def _deferred(ev: StoredEvent) -> Json:
