@@ -120,6 +120,15 @@ class DeliveryJob:
     user: str | None = None
     dsn: bool = True
     is_dsn: bool = False
+    release_at: float | None = None  # a scheduled message's release (send_at, HOLDFOR)
+
+    @property
+    def queued_since(self) -> float:
+        """Where its queue lifetime and delay warning count from: the later of acceptance
+        and release."""
+        return (
+            self.received_at if self.release_at is None else max(self.received_at, self.release_at)
+        )
 
 
 @dataclass(frozen=True, slots=True)

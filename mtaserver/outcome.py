@@ -57,7 +57,7 @@ def judge(
         "tls": res.tls,
         "reply": str(reply),
     }
-    delay = round(now - job.received_at, 3)
+    delay = round(now - job.queued_since, 3)
     qid = job.queue_id
     if disp is Disposition.DELIVERED:
         base |= {"cipher": res.cipher, "delay": delay, "attempts": attempts}
@@ -70,7 +70,7 @@ def judge(
         decision = decide(
             retry,
             attempts=attempts,
-            received_at=job.received_at,
+            received_at=job.queued_since,
             now=now,
             retry_after=res.retry_after,
             not_before=suspended_until,
@@ -156,7 +156,7 @@ def log_attempt(
             ip=res.ip,
             tls=res.tls,
             reply=str(res.reply),
-            delay=f"{now - job.received_at:.3f}s",
+            delay=f"{now - job.queued_since:.3f}s",
             status=status,
             next_attempt=round(out.update.next_attempt, 3) if out.update.next_attempt else None,
             rules=",".join(rules) or None,

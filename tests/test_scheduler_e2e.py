@@ -264,3 +264,58 @@ async def test_dead_destination_is_suspended_with_growing_back_off(
         clock.advance(600)
         await _poll(lambda: settled(4))
         assert min(await nexts()) >= clock.now() + 1200  # the second suspension is longer
+
+
+@pytest.mark.parametrize("scheduled", [True, False])
+async def test_a_scheduled_message_gets_its_lifetime_from_its_release(
+    spool: Spool, run_scheduler: Any, scheduled: bool
+) -> None:
+    """Held 3 days with a 1-day lifetime: deferred once released, not expired; and no delay
+    warning, since it has waited minutes, not days. Unscheduled, the same age expires."""
+    async with SinkGroup(["127.0.0.2"]) as sinks:
+        sink = sinks["127.0.0.2"]
+        sink.mail_reply = "451 4.7.1 greylisted, try again later"
+        clock = TimerClock(time.time())
+        t0 = clock.now()
+        qid = new_queue_id(t0)
+        await spool.enqueue(
+            PreparedMessage(
+                queue_id=qid,
+                sender="app@sender.test",
+                recipients=(PreparedRecipient("u@burst.test"),),
+                data=BODY,
+                user="app",
+                client_ip="127.0.0.1",
+                received_at=t0,
+                not_before=t0 + 3 * 86400 if scheduled else t0 + 10,
+            )
+        )
+        await run_scheduler(
+            """
+            [shaping]
+            poll_interval = "10ms"
+            builtin = false
+            max_lifetime = "1d"
+            delay_warning = "4h"
+            """,
+            sinks.port,
+            clock,
+        )
+        clock.advance(3 * 86400)
+
+        async def attempted() -> bool:
+            info = await spool.show(qid)
+            assert info is not None
+            return info.recipients[0].attempts >= 1
+
+        await _poll(attempted)
+        info = await spool.show(qid)
+        assert info is not None
+        rcpt = info.recipients[0]
+        if scheduled:
+            assert rcpt.state == "queued", rcpt
+            assert t0 + 3 * 86400 < rcpt.next_attempt <= t0 + 4 * 86400
+            # no delay warning to the sender: the only waiting recipient is this one
+            assert [e.address for e in await spool.list(limit=10)] == ["u@burst.test"]
+        else:
+            assert rcpt.state == "bounced" and "expired" in rcpt.last_reply, rcpt

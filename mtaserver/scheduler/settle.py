@@ -91,7 +91,7 @@ def settle(
         if (
             out.update.state is RecipientState.QUEUED
             and wants_dsn
-            and delay_warning_due(retry, job.received_at, now)
+            and delay_warning_due(retry, job.queued_since, now)
             and not warned
         ):
             warn.append(
@@ -101,7 +101,7 @@ def settle(
                     diagnostic=str(res.reply),
                     remote_mta=res.mx,
                     last_attempt=now,
-                    will_retry_until=job.received_at + retry.max_lifetime,
+                    will_retry_until=job.queued_since + retry.max_lifetime,
                 )
             )
     return Settled(

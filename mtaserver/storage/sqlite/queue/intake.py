@@ -30,11 +30,12 @@ def insert_message(conn: sqlite3.Connection, msg: PreparedMessage, codec: BodyCo
     due = msg.received_at if msg.not_before is None else msg.not_before
     conn.execute(
         "INSERT INTO messages(id, sender, user, client_ip, received_at, size, "
-        "message_id, campaign, dsn, is_dsn, body, batch_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        "message_id, campaign, dsn, is_dsn, body, batch_id, release_at) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (
             msg.queue_id, msg.sender, msg.user, msg.client_ip, msg.received_at, len(msg.data),
             msg.message_id, msg.campaign, int(msg.dsn), int(msg.is_dsn),
-            codec.encode(msg.data), msg.batch_id,
+            codec.encode(msg.data), msg.batch_id, msg.not_before,
         ),
     )  # fmt: skip
     live = RecipientState.HELD if status == "pause" else RecipientState.QUEUED

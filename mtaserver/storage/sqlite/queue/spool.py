@@ -113,11 +113,11 @@ class Spool(OperatorOps, Maintenance, BatchOps):
             for (qid, domain, own_idx), members in groups.items():
                 if qid not in msg_cache:
                     msg_cache[qid] = conn.execute(
-                        "SELECT sender, received_at, user, dsn, is_dsn, body FROM messages "
-                        "WHERE id=?",
+                        "SELECT sender, received_at, user, dsn, is_dsn, body, release_at "
+                        "FROM messages WHERE id=?",
                         (qid,),
                     ).fetchone()
-                sender, received_at, user, dsn, is_dsn, body = msg_cache[qid]
+                sender, received_at, user, dsn, is_dsn, body, release_at = msg_cache[qid]
                 if own_idx >= 0:
                     body = conn.execute(
                         "SELECT body FROM recipients WHERE rowid=?", (members[0][0],)
@@ -136,6 +136,7 @@ class Spool(OperatorOps, Maintenance, BatchOps):
                         user=user,
                         dsn=bool(dsn),
                         is_dsn=bool(is_dsn),
+                        release_at=release_at,
                     )
                 )
             return jobs
