@@ -43,6 +43,7 @@ LAYERS: dict[str, int] = {
             "render",
             "sendapi",
             "keyfiles",
+            "contacts",
         ],
         2,
     ),
@@ -211,6 +212,9 @@ OWNERS = {
     "templates": "storage.sqlite.templates",
     "template_versions": "storage.sqlite.templates",
     "idempotency": "storage.sqlite.idempotency",
+    "contacts": "storage.sqlite.contacts",
+    "lists": "storage.sqlite.contacts",
+    "list_members": "storage.sqlite.contacts",
     "meta": "storage.sqlite.db",
 }
 # Modules outside the backend that still run SQL on a table (issue 13, item 1).
