@@ -45,6 +45,10 @@ class ContactError(MtaError, ValueError):
         self.field = field
 
 
+class ContactConflict(ContactError):
+    """The thing to create exists already (a list name)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ContactInput:
     """One contact to create or update. ``attributes`` is a JSON object (text) merged into

@@ -15,6 +15,7 @@ from mtaserver.clock import Clock
 from mtaserver.model import Event, PreparedMessage, Submission
 from mtaserver.ratelimit import RateLimiter
 from mtaserver.sendapi import Limits, StoredTemplate
+from mtaserver.storage.sqlite.contacts import ContactStore
 from mtaserver.storage.sqlite.idempotency import IdemAnswer
 from mtaserver.storage.sqlite.queue import BatchChange, BatchInfo
 
@@ -112,3 +113,4 @@ class ApiDeps:
     user_rate: Callable[[], RateLimiter | None] = lambda: None  # shared with SMTP submission
     render_slots: int = 2  # requests composed at once, each in a worker thread
     prepare_concurrency: int = 64  # messages of one request prepared (signed) at once
+    contacts: ContactStore | None = None  # /v1/contacts and /v1/lists (api.contacts)

@@ -17,6 +17,7 @@ from typing import Final
 from aiohttp import web
 
 from mtaserver.api.batches import BatchApi
+from mtaserver.api.contacts import add_contact_routes
 from mtaserver.api.deps import ApiDeps, KeyInfo
 from mtaserver.api.errors import (
     AUTH_REQUIRED,
@@ -158,6 +159,7 @@ def build_api_app(deps: ApiDeps) -> web.Application:
     app.router.add_delete(
         "/v3/user/scheduled_sends/{batch_id}", route(s + "delete", small, sched_delete)
     )
+    add_contact_routes(app, deps)
     return app
 
 

@@ -20,6 +20,7 @@ from mtaserver.log import get_logger, kv
 from mtaserver.pipeline import Pipeline
 from mtaserver.sendapi import Limits
 from mtaserver.storage.sqlite.apikeys import ApiKeyStore
+from mtaserver.storage.sqlite.contacts import ContactStore
 from mtaserver.storage.sqlite.idempotency import ApiIntake
 from mtaserver.storage.sqlite.queue import new_queue_id
 
@@ -88,6 +89,7 @@ def api_service(
         hostname=cfg.server.hostname,
         user_rate=lambda: rates.limiter,
         render_slots=a.max_concurrent_renders,
+        contacts=ContactStore(db, clock),
     )
     ssl_context = cfg.tls.server_context() if a.tls else None
     server = ApiServer(build_api_app(deps), ssl_context)

@@ -31,6 +31,7 @@ SCOPES = (
     "user.scheduled_sends.read",
     "user.scheduled_sends.update",
     "user.scheduled_sends.delete",
+    *("contacts.read", "contacts.write"),
 )
 # Shorthands accepted by `apikey create --scopes`.
 SCOPE_GROUPS = {

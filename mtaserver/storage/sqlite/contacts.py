@@ -23,6 +23,7 @@ from typing import Final
 
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.contacts import (
+    ContactConflict,
     ContactError,
     ContactInput,
     ImportParser,
@@ -191,10 +192,15 @@ def _ids(conn: sqlite3.Connection, owner: str, addresses: Sequence[str]) -> dict
     return out
 
 
-def _list_row(conn: sqlite3.Connection, owner: str, name: str) -> ListInfo | None:
+_LIST = "SELECT id, owner, name, double_opt_in, created_at"
+_COUNTED = ", (SELECT count(*) FROM list_members m WHERE m.list_id = lists.id)"
+
+
+def _list_row(
+    conn: sqlite3.Connection, owner: str, name: str, counted: bool = False
+) -> ListInfo | None:
     row = conn.execute(
-        "SELECT id, owner, name, double_opt_in, created_at FROM lists WHERE owner=? AND name=?",
-        (owner, name),
+        f"{_LIST}{_COUNTED if counted else ''} FROM lists WHERE owner=? AND name=?", (owner, name)
     ).fetchone()
     return None if row is None else _list(row)
 
@@ -484,31 +490,20 @@ class ContactStore:
                     (owner, name, int(double_opt_in), now),
                 )
             except sqlite3.IntegrityError:
-                raise ContactError(f"name: a list {name!r} exists already", "name") from None
+                raise ContactConflict(f"name: a list {name!r} exists already", "name") from None
             return ListInfo(int(cur.lastrowid or 0), owner, name, double_opt_in, now)
 
         return await self.db.write(op)
 
     async def get_list(self, owner: str, name: str) -> ListInfo | None:
-        def fn(conn: sqlite3.Connection) -> ListInfo | None:
-            row = conn.execute(
-                "SELECT id, owner, name, double_opt_in, created_at, "
-                "(SELECT count(*) FROM list_members m WHERE m.list_id = lists.id) "
-                "FROM lists WHERE owner=? AND name=?",
-                (owner, name),
-            ).fetchone()
-            return None if row is None else _list(row)
-
-        return await self.db.read(fn)
+        return await self.db.read(lambda conn: _list_row(conn, owner, name, counted=True))
 
     async def lists(self, owner: str) -> list[ListInfo]:
         def fn(conn: sqlite3.Connection) -> list[ListInfo]:
             return [
                 _list(r)
                 for r in conn.execute(
-                    "SELECT id, owner, name, double_opt_in, created_at, "
-                    "(SELECT count(*) FROM list_members m WHERE m.list_id = lists.id) "
-                    "FROM lists WHERE owner=? ORDER BY name",
+                    f"{_LIST}{_COUNTED} FROM lists WHERE owner=? ORDER BY name",
                     (owner,),
                 )
             ]
@@ -534,8 +529,8 @@ class ContactStore:
                     (new_name, None if double_opt_in is None else int(double_opt_in), lst.id),
                 )
             except sqlite3.IntegrityError:
-                raise ContactError(f"name: a list {new_name!r} exists already", "name") from None
-            return _list_row(conn, owner, new_name or name)
+                raise ContactConflict(f"name: a list {new_name!r} exists already", "name") from None
+            return _list_row(conn, owner, new_name or name, counted=True)
 
         return await self.db.write(op)
 

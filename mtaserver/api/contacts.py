@@ -1,0 +1,394 @@
+"""``/v1/contacts`` and ``/v1/lists`` on the API listener: contacts and lists of the key's user.
+
+The same API keys as the send API, with the scopes ``contacts.read`` (GET) and
+``contacts.write`` (everything else). Every query is the key's user's (the store scopes
+by owner): another user's contact or list is answered as if it did not exist.
+
+``POST /v1/contacts/import`` streams: the body is read as it arrives and stored in
+chunks (:meth:`ContactStore.import_stream`), so a 100,000-row file costs two chunks of
+memory, and the answer counts what was stored and names each bad line (the first 100).
+The other endpoints take JSON bodies of at most ``JSON_BODY`` bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Final
+
+from aiohttp import web
+
+from mtaserver.api.deps import ApiDeps, KeyInfo
+from mtaserver.api.errors import AUTH_REQUIRED, FORBIDDEN, UNAUTHORIZED, Answer, error
+from mtaserver.contacts import (
+    FORMATS,
+    ContactConflict,
+    ContactError,
+    Format,
+    ImportParser,
+    check_list_name,
+    check_status,
+    contact_input,
+    normalize_address,
+)
+from mtaserver.errors import StorageError
+from mtaserver.log import get_logger, kv
+from mtaserver.storage.sqlite.contacts import Contact, ContactStore, ListInfo, Member
+
+log = get_logger("api")
+
+READ: Final = "contacts.read"
+WRITE: Final = "contacts.write"
+JSON_BODY: Final = 4 << 20  # bytes of a PUT /v1/contacts body
+MAX_IMPORT: Final = 1 << 30  # bytes of one import request
+MAX_PER_REQUEST: Final = 1000  # contacts in one PUT, addresses in one members POST
+DEFAULT_LIMIT: Final = 100
+MAX_LIMIT: Final = 1000
+_JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines",
+                "application/json-lines")  # fmt: skip
+Fn = Callable[[web.Request, KeyInfo, ContactStore], Awaitable[Answer]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def contact_json(c: Contact) -> dict[str, object]:
+    return {
+        "email": c.address,
+        "attributes": c.attrs(),
+        "consent": {"status": c.consent_status, "source": c.consent_source,
+                    "at": _iso(c.consent_at), "ip": c.consent_ip},
+        "created_at": _iso(c.created_at),
+        "updated_at": _iso(c.updated_at),
+        "lists": [{"name": m.list_name, "status": m.status, "added_at": _iso(m.added_at),
+                   "confirmed_at": _iso(m.confirmed_at)} for m in c.lists],
+    }  # fmt: skip
+
+
+def list_json(x: ListInfo) -> dict[str, object]:
+    return {"name": x.name, "double_opt_in": x.double_opt_in, "created_at": _iso(x.created_at),
+            "members": x.members}  # fmt: skip
+
+
+def member_json(m: Member) -> dict[str, object]:
+    out = contact_json(m.contact)
+    del out["lists"]
+    out["membership"] = {"status": m.status, "added_at": _iso(m.added_at),
+                         "confirmed_at": _iso(m.confirmed_at)}  # fmt: skip
+    return out
+
+
+def _ok(value: object, status: int = 200) -> Answer:
+    return Answer(status, json.dumps(value, ensure_ascii=False).encode())
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+async def _read_json(request: web.Request) -> object:
+    """The JSON body (at most JSON_BODY bytes; ``_TooLarge`` beyond)."""
+    if request.content_length is not None and request.content_length > JSON_BODY:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await request.content.readany():
+        total += len(chunk)
+        if total > JSON_BODY:
+            raise _TooLarge
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks) or b"null")
+    except (ValueError, RecursionError):
+        raise ContactError("body: not JSON", "body") from None
+
+
+def _object(value: object) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise ContactError("body: expected a JSON object", "body")
+    return value
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", str(DEFAULT_LIMIT))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ContactError(f"limit: a whole number from 1 to {MAX_LIMIT}", "limit")
+    return int(raw)
+
+
+def _path_address(request: web.Request) -> str:
+    return normalize_address(request.match_info["address"], "address")
+
+
+def _path_list(request: web.Request) -> str:
+    return check_list_name(request.match_info["name"], "name")
+
+
+def _not_found(what: str) -> Answer:
+    return error(404, f"no {what}")
+
+
+# -- contacts -------------------------------------------------------------------------------
+async def put_contacts(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+    body = _object(await _read_json(r))
+    if "contacts" not in body:
+        c, created = await store.upsert(key.user, contact_input(body))
+        return _ok(contact_json(c), 201 if created else 200)
+    items = body["contacts"]
+    if set(body) != {"contacts"}:
+        extra = sorted(set(body) - {"contacts"})[0]
+        raise ContactError(f"{extra}: unknown field next to 'contacts'", extra)
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_PER_REQUEST:
+        raise ContactError(f"contacts: a list of 1 to {MAX_PER_REQUEST} contacts", "contacts")
+    rows = [contact_input(obj, f"contacts[{i}].") for i, obj in enumerate(items)]
+    got = await store.upsert_many(key.user, rows)
+    return _ok({"created": got.created, "updated": got.updated})
+
+
+def _import_format(r: web.Request) -> Format:
+    fmt = r.query.get("format")
+    if fmt is None:
+        ctype = r.content_type.lower()
+        fmt = "csv" if ctype == "text/csv" else "jsonl" if ctype in _JSONL_TYPES else None
+    if fmt not in FORMATS:
+        raise ContactError(
+            "format: give ?format=csv or ?format=jsonl, or Content-Type text/csv or "
+            "application/x-ndjson",
+            "format",
+        )
+    return "csv" if fmt == "csv" else "jsonl"
+
+
+async def import_contacts(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+    fmt = _import_format(r)
+    list_name = r.query.get("list")
+    if list_name is not None:
+        check_list_name(list_name, "list")
+    over = False
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal over
+        total = 0
+        async for chunk in r.content.iter_any():
+            total += len(chunk)
+            if total > MAX_IMPORT:
+                over = True
+                return
+            yield chunk
+
+    result = await store.import_stream(
+        key.user,
+        body(),
+        ImportParser(fmt),
+        list_name=list_name,
+    )
+    log.info(kv(event="contacts_imported", user=key.user, key=key.key_id, rows=result.rows,
+                created=result.created, updated=result.updated, failed=result.failed))  # fmt: skip
+    answer = result.as_json()
+    if over:
+        answer["message"] = (f"the body is larger than {MAX_IMPORT} bytes: stored the rows "
+                             "counted here, the rest was not read")  # fmt: skip
+        return Answer(413, json.dumps(answer).encode(), (("Connection", "close"),))
+    return _ok(answer)
+
+
+async def get_contact(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+    addr = _path_address(r)
+    c = await store.get(key.user, addr)
+    return _not_found(f"contact {addr}") if c is None else _ok(contact_json(c))
+
+
+async def delete_contact(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+    addr = _path_address(r)
+    if not await store.delete(key.user, addr):
+        return _not_found(f"contact {addr}")
+    return Answer(204)
+
+
+async def search_contacts(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+    equals: list[tuple[str, str]] = []
+    for name, value in r.query.items():
+        if name.startswith("attr."):
+            equals.append((name.removeprefix("attr."), value))
+        elif name not in ("status", "list", "limit", "after"):
+            raise ContactError(
+                f"{name[:80]}: unknown parameter (attr.NAME, status, list, limit, after)",
+                name[:80],
+            )
+    status = r.query.get("status")
+    if status is not None:
+        check_status(status, "status")
+    after = r.query.get("after", "")
+    limit = _limit(r)
+    found = await store.search(key.user, equals, status=status, list_name=r.query.get("list"),
+                               after=after, limit=limit)  # fmt: skip
+    nxt = found[-1].address if len(found) == limit else None
+    return _ok({"contacts": [contact_json(c) for c in found], "next": nxt})
+
+
+# -- lists ----------------------------------------------------------------------------------
+def _bool(body: dict[str, object], name: str) -> bool | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise ContactError(f"{name}: true or false", name)
+    return value
+
+
+def _only(body: dict[str, object], known: tuple[str, ...]) -> None:
+    extra = sorted(set(body) - set(known))
+    if extra:
+        raise ContactError(f"{extra[0]}: unknown field (known: {', '.join(known)})", extra[0])
+
+
+async def get_lists(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+    return _ok({"lists": [list_json(x) for x in await store.lists(key.user)]})
+
+
+async def create_list(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+    body = _object(await _read_json(r))
+    _only(body, ("name", "double_opt_in"))
+    name = check_list_name(body.get("name"), "name")
+    made = await store.create_list(key.user, name, bool(_bool(body, "double_opt_in")))
+    return _ok(list_json(made), 201)
+
+
+async def get_list(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+    name = _path_list(r)
+    found = await store.get_list(key.user, name)
+    return _not_found(f"list {name}") if found is None else _ok(list_json(found))
+
+
+async def patch_list(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+    name = _path_list(r)
+    body = _object(await _read_json(r))
+    _only(body, ("name", "double_opt_in"))
+    new = body.get("name")
+    new_name = None if new is None else check_list_name(new, "name")
+    got = await store.update_list(
+        key.user, name, new_name=new_name, double_opt_in=_bool(body, "double_opt_in")
+    )
+    return _not_found(f"list {name}") if got is None else _ok(list_json(got))
+
+
+async def delete_list(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+    name = _path_list(r)
+    return Answer(204) if await store.delete_list(key.user, name) else _not_found(f"list {name}")
+
+
+async def get_members(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+    name = _path_list(r)
+    raw = r.query.get("after", "0")
+    if not raw.isdigit():
+        raise ContactError("after: the 'next' value of the previous page", "after")
+    limit = _limit(r)
+    found = await store.members(key.user, name, after=int(raw), limit=limit)
+    if found is None:
+        return _not_found(f"list {name}")
+    nxt = str(found[-1].contact.id) if len(found) == limit else None
+    return _ok({"members": [member_json(m) for m in found], "next": nxt})
+
+
+async def add_members(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+    name = _path_list(r)
+    body = _object(await _read_json(r))
+    _only(body, ("emails", "status"))
+    emails = body.get("emails")
+    if not isinstance(emails, list) or not 1 <= len(emails) <= MAX_PER_REQUEST:
+        raise ContactError(f"emails: a list of 1 to {MAX_PER_REQUEST} addresses", "emails")
+    addrs = [normalize_address(e, f"emails[{i}]") for i, e in enumerate(emails)]
+    status = body.get("status")
+    st = None if status is None else check_status(status, "status")
+    added = await store.add_members(key.user, name, addrs, st)
+    return _not_found(f"list {name}") if added is None else _ok({"added": added})
+
+
+async def remove_member(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+    name, addr = _path_list(r), _path_address(r)
+    gone = await store.remove_member(key.user, name, addr)
+    if gone is None:
+        return _not_found(f"list {name}")
+    return Answer(204) if gone else _not_found(f"member {addr} of list {name}")
+
+
+# -- wiring ---------------------------------------------------------------------------------
+def _handler(deps: ApiDeps, store: ContactStore, scope: str, fn: Fn) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        started = deps.clock.monotonic()
+        key: KeyInfo | None = None
+        text = _bearer(request)
+        if text is None:
+            answer = error(401, AUTH_REQUIRED)
+        elif (key := await deps.keys.verify(text)) is None:
+            log.info(kv(event="api_unauthorized", client_ip=request.remote))
+            answer = error(401, UNAUTHORIZED)
+        elif scope not in key.scopes:
+            answer = error(403, FORBIDDEN)
+        else:
+            answer = await _guarded(request, fn, key, store)
+        resp = web.Response(status=answer.status, body=answer.body or None)
+        if answer.body:
+            resp.content_type = "application/json"
+        for name, value in answer.headers:
+            resp.headers[name] = value
+        if answer.status == 401:
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="mtaserver"'
+        log.debug(kv(event="api_request", method=request.method, path=request.path,
+                     status=answer.status, key=key.key_id if key else None,
+                     ms=round((deps.clock.monotonic() - started) * 1000, 1)))  # fmt: skip
+        return resp
+
+    return handler
+
+
+async def _guarded(request: web.Request, fn: Fn, key: KeyInfo, store: ContactStore) -> Answer:
+    try:
+        return await fn(request, key, store)
+    except ContactConflict as exc:
+        return error(409, str(exc), exc.field)
+    except ContactError as exc:
+        return error(400, str(exc), exc.field)
+    except _TooLarge:
+        return Answer(413, error(413, f"body: larger than {JSON_BODY} bytes").body,
+                      (("Connection", "close"),))  # fmt: skip
+    except StorageError as exc:
+        log.error(kv(event="api_storage_error", path=request.path, error=str(exc)))
+        return Answer(503, error(503, "the database is unavailable; try again").body,
+                      (("Retry-After", "5"),))  # fmt: skip
+    except Exception:
+        log.exception(kv(event="api_handler_failed", path=request.path, key=key.key_id))
+        return error(500, "internal error")
+
+
+def add_contact_routes(app: web.Application, deps: ApiDeps) -> None:
+    """Serve the contact and list endpoints when the daemon wired a contact store."""
+    store = deps.contacts
+    if store is None:
+        return
+
+    def h(scope: str, fn: Fn) -> Handler:
+        return _handler(deps, store, scope, fn)
+
+    add = app.router
+    add.add_put("/v1/contacts", h(WRITE, put_contacts))
+    add.add_get("/v1/contacts", h(READ, search_contacts))
+    add.add_post("/v1/contacts/import", h(WRITE, import_contacts))
+    add.add_get("/v1/contacts/{address}", h(READ, get_contact))
+    add.add_delete("/v1/contacts/{address}", h(WRITE, delete_contact))
+    add.add_get("/v1/lists", h(READ, get_lists))
+    add.add_post("/v1/lists", h(WRITE, create_list))
+    add.add_get("/v1/lists/{name}", h(READ, get_list))
+    add.add_patch("/v1/lists/{name}", h(WRITE, patch_list))
+    add.add_delete("/v1/lists/{name}", h(WRITE, delete_list))
+    add.add_get("/v1/lists/{name}/members", h(READ, get_members))
+    add.add_post("/v1/lists/{name}/members", h(WRITE, add_members))
+    add.add_delete("/v1/lists/{name}/members/{address}", h(WRITE, remove_member))
