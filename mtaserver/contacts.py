@@ -133,12 +133,13 @@ def attributes_json(value: object, field: str = "attributes") -> str:
 
 
 _CONTACT_KEYS = frozenset({"email", "address", "attributes", "consent", "consent_ip",
-                           "resubscribe"})  # fmt: skip
+                           "resubscribe", *IGNORED_COLUMNS})  # fmt: skip
 
 
 def contact_input(obj: object, where: str = "") -> ContactInput:
     """A ContactInput from a JSON object ``{"email", "attributes", "consent", "consent_ip",
-    "resubscribe"}``; errors name the field with ``where`` as prefix (``contacts[3].``)."""
+    "resubscribe"}`` (an export's proof fields, ``IGNORED_COLUMNS``, are read and ignored);
+    errors name the field with ``where`` as prefix (``contacts[3].``)."""
     if not isinstance(obj, dict):
         raise ContactError(f"{where or 'body'}: expected a JSON object", where.rstrip(".") or None)
     unknown = sorted(set(obj) - _CONTACT_KEYS)

@@ -37,6 +37,7 @@ MISSING_QID = "0000000000000000"  # well formed, never issued
 BOUNCE = ROOT / "tests" / "data" / "bounces" / "flufl" / "bounce_01.txt"
 PASSWORD = "correct horse battery\n"
 TEXT_PART = ROOT / "tests" / "data" / "templates" / "promo.txt"
+CONTACTS_CSV = ROOT / "tests" / "data" / "contacts" / "import.csv"  # one bad line: exit 1
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ ABSENT = {
     "recipient": "nobody@nowhere.test",
     "apikey": "no-such-key",
     "template": "no-such-template",
+    "contact": "nobody@nowhere.test",
 }
 
 
@@ -105,6 +107,18 @@ CASES: list[Case] = [
     C("template activate", "{template}", "1", if_absent=2),
     C("template activate", "{template}", "9", expect=2, states=BUSY),
     C("template delete", "{template}", if_absent=2),
+    # -- contacts
+    C("contacts import", str(CONTACTS_CSV), "--user", "{user}", expect=1, if_absent=2),
+    C("contacts import", str(CONTACTS_CSV), "--user", "{user}", "--list", "news", expect=1,
+      if_absent=2, states=BUSY),
+    C("contacts import", "{tmp}/missing.csv", "--user", "{user}", expect=2, states=ONCE),
+    C("contacts export", "--user", "{user}", if_absent=2),
+    C("contacts export", "--user", "{user}", "--format", "jsonl", if_absent=2, states=BUSY),
+    C("contacts show", "{contact}", "--user", "{user}", if_absent=2),
+    C("contacts show", "nobody@nowhere.test", "--user", "{user}", expect=2, states=BUSY),
+    C("contacts show", "not-an-address", "--user", "{user}", expect=2, states=ONCE),
+    C("contacts delete", "{contact}", "--user", "{user}", if_absent=2),
+    C("contacts delete", "nobody@nowhere.test", "--user", "{user}", expect=2, states=BUSY),
     # -- backup, dev-setup
     C("backup", "{tmp}/backup.db"),
     C("backup", "{tmp}/no/such/dir/backup.db", expect=2, states=ONCE),

@@ -9,7 +9,7 @@ recorder's store), never by hand-written SQL:
   several domains, a DSN, per-recipient bodies, opens and clicks, complaints and
   unsubscribes, suppressions (global, scoped, expired), soft bounces, users, an admin
   token and webhook outbox rows (pending, waiting, failed), API keys (active, revoked),
-  stored templates with several versions, and a paused send batch.
+  stored templates with several versions, a paused send batch, and contacts on a list.
 
 ``build(state, path)`` writes one state's database and returns what a test needs to name
 things in it (``Facts``). Tests copy a state with ``mtaserver.storage.sqlite.backup.backup_sync`` (the
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from mtaserver.auth import hash_password
 from mtaserver.config.webhooks import WebhookConfig
+from mtaserver.contacts import ContactInput
 from mtaserver.model import (
     Event,
     PreparedMessage,
@@ -33,6 +34,7 @@ from mtaserver.model import (
     RecipientUpdate,
 )
 from mtaserver.storage.sqlite.apikeys import ApiKeyStore
+from mtaserver.storage.sqlite.contacts import ContactStore
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.events import EventLog
 from mtaserver.storage.sqlite.outbox import Settlement, WebhookOutbox
@@ -63,6 +65,7 @@ class Facts:
     recipient: str | None = None  # an address that received mail (final)
     apikey: str | None = None  # an active API key's id
     template: str | None = None  # a stored template's name (two versions)
+    contact: str | None = None  # a contact of ``user`` (on a list)
     domains: list[str] = field(default_factory=list)
 
 
@@ -248,6 +251,16 @@ async def _busy(db: Database, now: float, facts: Facts) -> None:
     await templates.put("receipt", "Receipt", None, "{{#each items}}{{this}}{{/each}}")
     batch = await spool.create_batch("alice@example.com", now)
     await spool.set_batch_status(batch.batch_id, "pause", now)
+    contacts = ContactStore(db)
+    await contacts.create_list("alice@example.com", "news")
+    await contacts.import_many(
+        "alice@example.com",
+        [ContactInput("fan@two.test", '{"name":"Fan","plan":"pro"}'),
+         ContactInput("gone@one.test", '{"name":"Gone"}', "unsubscribed")],
+        list_name="news",
+    )  # fmt: skip
+    await contacts.upsert("bob", ContactInput("fan@two.test", '{"plan":"free"}'))
+    facts.contact = "fan@two.test"
     facts.apikey = active.key_id
     facts.template = "welcome"
     facts.queued = q_queued
