@@ -70,6 +70,7 @@ LAYERS: dict[str, int] = {
             "dnsrecords",
             "smtpd",
             "api",
+            "oauth",
         ],
         3,
     ),

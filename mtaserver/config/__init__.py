@@ -18,6 +18,7 @@ from mtaserver.config import (
     delivery,
     dkim,
     inbound,
+    oauth,
     retention,
     server,
     shaping,
@@ -32,6 +33,7 @@ from mtaserver.config.api import ApiConfig
 from mtaserver.config.delivery import DeliveryConfig
 from mtaserver.config.dkim import DkimKeyConfig
 from mtaserver.config.inbound import InboundConfig
+from mtaserver.config.oauth import OAuthConfig
 from mtaserver.config.reader import Reader
 from mtaserver.config.retention import RetentionConfig
 from mtaserver.config.server import ServerConfig
@@ -62,6 +64,7 @@ class Config:
     webhooks: tuple[WebhookConfig, ...] = ()
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    oauth: OAuthConfig = field(default_factory=OAuthConfig)
 
 
 def load_config(path: str | Path) -> Config:
@@ -100,6 +103,7 @@ def parse_config(text: str, path: Path) -> Config:
         webhooks=webhooks.parse(root.tables("webhooks")),
         retention=retention.parse(root.table("retention")),
         api=api.parse(root.table("api")),
+        oauth=oauth.parse(root.table("oauth")),
     )
     root.finish()
     _cross_check(cfg, root)

@@ -1,0 +1,19 @@
+"""OAuth 2.0 bearer tokens (signed JWTs from an identity provider) in place of passwords.
+
+``verifier`` checks a token against the configured issuers (keys from ``jwks``);
+``bearer`` maps a verified token to an mtaserver user for SMTP AUTH OAUTHBEARER/XOAUTH2.
+"""
+
+from mtaserver.oauth.bearer import BearerAuthenticator, BearerVerdict
+from mtaserver.oauth.jwks import JwksUnavailable
+from mtaserver.oauth.verifier import TokenInvalid, TokenUnavailable, TokenVerifier, VerifiedToken
+
+__all__ = [
+    "BearerAuthenticator",
+    "BearerVerdict",
+    "JwksUnavailable",
+    "TokenInvalid",
+    "TokenUnavailable",
+    "TokenVerifier",
+    "VerifiedToken",
+]
