@@ -41,10 +41,12 @@ _SKIP_TABLES = {
 
 def _text_columns(conn: sqlite3.Connection) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for (table,) in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+    for table, sql in conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
     ).fetchall():
-        if table in _SKIP_TABLES:
+        # rows are found and rewritten by rowid; a WITHOUT ROWID table (a join table of
+        # ids, like list_members) has none, and no text about a person either
+        if table in _SKIP_TABLES or "WITHOUT ROWID" in (sql or "").upper():
             continue
         cols = [
             r[1]
