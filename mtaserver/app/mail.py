@@ -27,6 +27,7 @@ from mtaserver.log import get_logger, kv
 from mtaserver.metrics import Agent, Metrics
 from mtaserver.model import Route
 from mtaserver.mx import DnsResolver
+from mtaserver.oauth import BearerAuthenticator, TokenVerifier
 from mtaserver.pipeline import Pipeline, TrackingOptions
 from mtaserver.scheduler import Scheduler, SyncBounce
 from mtaserver.shaper import Shaper
@@ -96,6 +97,7 @@ def submission_service(cfg: Config, parts: MailParts) -> Service:
     authenticator = Authenticator(parts.users, clock=clock)
     throttle = AuthThrottle(sub.auth, clock)
     rates = parts.user_rates
+    oauth_cfg, bearer = cfg.oauth, _bearer(cfg, parts)  # swapped on SIGHUP
 
     def handler_for(cfg: Config) -> SubmissionHandler:
         sub = cfg.submission
@@ -121,6 +123,7 @@ def submission_service(cfg: Config, parts: MailParts) -> Service:
             drop_suppressed=cfg.inbound.suppression.at_rcpt == "accept-and-drop",
             observer=parts.metrics,
             space=parts.space,
+            bearer=bearer,
         )
 
     server = SubmissionServer(
@@ -136,6 +139,8 @@ def submission_service(cfg: Config, parts: MailParts) -> Service:
     async def drain(timeout: float) -> None:
         await server.close(timeout)
         authenticator.close()
+        if bearer is not None:
+            await bearer.aclose()
 
     async def reload(new: Config) -> None:
         # Renewed certificate files take effect for the next handshake on every listener.
@@ -144,12 +149,24 @@ def submission_service(cfg: Config, parts: MailParts) -> Service:
         sub = new.submission
         throttle.settings = sub.auth
         rates.apply(sub)
+        nonlocal oauth_cfg, bearer
+        if new.oauth != oauth_cfg:  # keep the cached keys unless the issuers changed
+            old, bearer, oauth_cfg = bearer, _bearer(new, parts), new.oauth
+            if old is not None:
+                await old.aclose()
         server.reconfigure(sub, handler_for(new))
         log.info(kv(event="submission_reloaded", max_message_size=sub.max_message_size,
                     max_recipients=sub.max_recipients,
                     at_rcpt=new.inbound.suppression.at_rcpt))  # fmt: skip
 
     return SimpleService("submission", start, run, drain, reload)
+
+
+def _bearer(cfg: Config, parts: MailParts) -> BearerAuthenticator | None:
+    """SMTP AUTH OAUTHBEARER/XOAUTH2 when ``[oauth]`` has issuers."""
+    if not cfg.oauth.enabled:
+        return None
+    return BearerAuthenticator(TokenVerifier(cfg.oauth, parts.clock), parts.users)
 
 
 def dkim_service(signer: DkimSigner) -> Service:

@@ -7,8 +7,10 @@ only after the spool's transaction committed.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import json
 import re
 from email.utils import getaddresses
 from typing import Any, Protocol
@@ -29,6 +31,9 @@ log = get_logger("submission")
 
 _FROM_DOMAIN = re.compile(r"@([^\s<>,;:\"()\[\]\\]+)")
 _LOGNAME = re.compile(r"^[A-Za-z0-9._@+\-]{1,128}$")
+_BEARER_MECHANISMS = ("OAUTHBEARER", "XOAUTH2")
+_TEMPFAIL = "454 4.7.0 Temporary authentication failure, try again later"
+_INVALID = "535 5.7.8 Authentication credentials invalid"
 
 
 class AuthUser(Protocol):
@@ -40,6 +45,34 @@ class AuthUser(Protocol):
 
 class CredentialChecker(Protocol):
     async def verify(self, login: bytes, password: bytes) -> AuthUser | None: ...
+
+
+class BearerVerdict(Protocol):
+    """One token's verdict (``mtaserver.oauth.BearerVerdict``); never carries the token."""
+
+    @property
+    def user(self) -> AuthUser | None: ...
+    @property
+    def temporary(self) -> bool: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def issuer(self) -> str | None: ...
+
+
+class BearerChecker(Protocol):
+    """OAuth access tokens → users (``mtaserver.oauth.BearerAuthenticator``)."""
+
+    @property
+    def max_token_size(self) -> int: ...
+    @property
+    def discovery_url(self) -> str | None: ...
+
+    async def authenticate(self, token: str, claimed: str | None) -> BearerVerdict: ...
 
 
 class FailureThrottle(Protocol):
@@ -94,6 +127,7 @@ class SubmissionHandler:
         drop_suppressed: bool = False,
         observer: SmtpObserver | None = None,
         space: SpaceCheck | None = None,
+        bearer: BearerChecker | None = None,
     ) -> None:
         self.observer = observer  # SubmissionSMTP reports new sessions to it
         self._space = space
@@ -106,6 +140,13 @@ class SubmissionHandler:
         self._user_rate = user_rate
         self._suppressions = suppressions
         self._drop_suppressed = drop_suppressed
+        self._bearer = bearer
+        # OAuth mechanisms exist only with [oauth] issuers; their AUTH lines carry a token
+        # (RFC 4954 allows 12288 octets; ours allow the configured token size, base64'd).
+        self.excluded_mechanisms: tuple[str, ...] = () if bearer else _BEARER_MECHANISMS
+        self.max_auth_line = (
+            max(12288, 4 * (bearer.max_token_size + 1024) // 3 + 64) if bearer else 0
+        )
 
     # -- EHLO ----------------------------------------------------------------------------
     async def handle_EHLO(
@@ -282,7 +323,9 @@ class SubmissionHandler:
     async def _challenge(self, server: SubmissionSMTP, prompt: bytes) -> bytes | None:
         """Send a 334 challenge and read the answer; never logs what the client sent."""
         await server.push(b"334 " + base64.b64encode(prompt))
-        line: bytes = await server.stream_reader.readline()
+        line = await _read_line(server)
+        if line is None:
+            return None
         blob = line.strip()
         if blob == b"*":
             await server.push("501 5.7.0 Authentication aborted")
@@ -331,10 +374,161 @@ class SubmissionHandler:
             success=False, handled=False, message="535 5.7.8 Authentication credentials invalid"
         )
 
+    # -- AUTH with OAuth access tokens (RFC 7628 OAUTHBEARER, Google's XOAUTH2) ----------
+    async def auth_OAUTHBEARER(self, server: SubmissionSMTP, args: list[str]) -> AuthResult:
+        blob = await self._initial(server, args)
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        parsed = _parse_oauthbearer(blob)
+        return await self._bearer_auth(server, "OAUTHBEARER", parsed)
+
+    async def auth_XOAUTH2(self, server: SubmissionSMTP, args: list[str]) -> AuthResult:
+        blob = await self._initial(server, args)
+        if blob is None:
+            return AuthResult(success=False, handled=True)
+        parsed = _parse_xoauth2(blob)
+        return await self._bearer_auth(server, "XOAUTH2", parsed)
+
+    async def _initial(self, server: SubmissionSMTP, args: list[str]) -> bytes | None:
+        if len(args) == 1:
+            return await self._challenge(server, b"")
+        if args[1] == "=":  # RFC 4954: an empty initial response
+            return b""
+        return await self._decode(server, args[1].encode())
+
+    async def _bearer_auth(
+        self, server: SubmissionSMTP, mech: str, parsed: tuple[str, str | None] | None
+    ) -> AuthResult:
+        """Verify the token; on failure the RFC 7628 error exchange, then ``535 5.7.8``."""
+        ip = server.client_ip
+        bearer = self._bearer
+        assert bearer is not None  # the mechanisms are excluded without one
+        token, claimed = parsed if parsed is not None else ("", None)
+        claimed_name = claimed.strip().lower() if claimed else None
+        if claimed_name is not None and not _LOGNAME.match(claimed_name):
+            claimed_name = None
+        if self._throttle.locked(ip, claimed_name):
+            log.warning(kv(event="auth_locked", mech=mech, user=claimed_name or "-",
+                           client_ip=ip))  # fmt: skip
+            await self._lockout(server)
+            return AuthResult(success=False, handled=True)
+        if parsed is None:
+            status, reason, name, issuer = "invalid_request", "malformed SASL message", None, None
+        else:
+            server.busy = True
+            try:
+                verdict = await bearer.authenticate(token, claimed)
+            finally:
+                server.busy = False
+            user = verdict.user
+            if user is not None:
+                self._throttle.succeeded(user.name)
+                server.user = user
+                log.info(kv(event="auth_ok", mech=mech, user=user.name, client_ip=ip,
+                            issuer=verdict.issuer, tls=server.tls_version))  # fmt: skip
+                return AuthResult(success=True, auth_data=user.name)
+            if verdict.temporary:
+                log.warning(kv(event="auth_tempfail", mech=mech, client_ip=ip,
+                               reason=verdict.reason))  # fmt: skip
+                await server.push(_TEMPFAIL)
+                return AuthResult(success=False, handled=True)
+            status, reason, issuer = verdict.status, verdict.reason, verdict.issuer
+            name = verdict.name if verdict.name and _LOGNAME.match(verdict.name) else None
+        delay = self._throttle.failed(ip, name)
+        log.warning(kv(event="auth_failed", mech=mech, user=name or "-", client_ip=ip,
+                       issuer=issuer or "-", reason=reason))  # fmt: skip
+        if self.observer is not None:
+            self.observer.auth_failed(server.listener.name)
+        if self._throttle.locked(ip, name):
+            await self._lockout(server)
+            return AuthResult(success=False, handled=True)
+        error: dict[str, str] = {"status": status, "schemes": "bearer"}
+        if bearer.discovery_url is not None:
+            error["openid-configuration"] = bearer.discovery_url
+        await server.push(b"334 " + base64.b64encode(json.dumps(error).encode()))
+        answer = await _read_line(server)  # RFC 7628: the client's dummy %x01 (or empty)
+        if delay > 0:
+            server.busy = True
+            try:
+                await self._clock.sleep(delay)
+            finally:
+                server.busy = False
+        if answer is None:
+            return AuthResult(success=False, handled=True)
+        if answer.strip() == b"*":
+            return AuthResult(success=False, handled=False,
+                              message="501 5.7.0 Authentication aborted")  # fmt: skip
+        return AuthResult(success=False, handled=False, message=_INVALID)
+
     async def _lockout(self, server: SubmissionSMTP) -> None:
         await server.push("421 4.7.0 Too many authentication failures, closing connection")
         if server.transport is not None:
             server.transport.close()
+
+
+async def _read_line(server: SubmissionSMTP) -> bytes | None:
+    """One client line of an AUTH exchange, within the reader's limit; None if it was too
+    long (answered ``500 5.5.6``, RFC 4954) or the connection closed."""
+    reader = server.stream_reader
+    try:
+        return await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError:
+        return None
+    except asyncio.LimitOverrunError as exc:
+        await reader.read(exc.consumed)
+        while True:  # drop the rest of the line, in buffer-sized pieces
+            try:
+                await reader.readuntil(b"\n")
+                break
+            except asyncio.LimitOverrunError as more:
+                await reader.read(more.consumed)
+            except asyncio.IncompleteReadError:
+                return None
+        await server.push("500 5.5.6 Authentication exchange line is too long")
+        return None
+
+
+def _parse_oauthbearer(blob: bytes) -> tuple[str, str | None] | None:
+    """RFC 7628 client response → (token, authzid or None); None if malformed."""
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    gs2, sep, rest = text.partition("\x01")
+    if not sep or not rest.endswith("\x01\x01"):
+        return None
+    fields = gs2.split(",")
+    if len(fields) != 3 or fields[0] not in ("n", "y") or fields[2] != "":
+        return None  # "p=..." (channel binding) is not offered
+    authzid = None
+    if fields[1]:
+        if not fields[1].startswith("a="):
+            return None
+        authzid = fields[1][2:].replace("=2C", ",").replace("=3D", "=")
+    return _bearer_value(rest[:-2].split("\x01")), authzid
+
+
+def _parse_xoauth2(blob: bytes) -> tuple[str, str | None] | None:
+    """``user=...\x01auth=Bearer ...\x01\x01`` → (token, user or None); None if malformed."""
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not text.endswith("\x01\x01"):
+        return None
+    pairs = text[:-2].split("\x01")
+    user = next((p[5:] for p in pairs if p.startswith("user=")), None)
+    return _bearer_value(pairs), user or None
+
+
+def _bearer_value(pairs: list[str]) -> str:
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key == "auth":
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer":
+                return token.strip()
+    return ""
 
 
 def _reason(hit: object) -> str:

@@ -12,12 +12,15 @@ them as unknown (the handler judges them).
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import logging
 import re
 import ssl
 from dataclasses import dataclass
 from typing import Any
+
+from aiosmtpd.smtp import SMTP
 
 from mtaserver.log import get_logger
 from mtaserver.ratelimit import ConnectionLimiter
@@ -104,6 +107,11 @@ class SubmissionSMTP(GuardedSMTP):
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         starttls_ctx = tls_context if (listener.starttls and not listener.implicit_tls) else None
+        # OAuth AUTH lines carry a JWT (kilobytes): the reader and the AUTH command limit
+        # grow to what the handler allows; other commands keep aiosmtpd's limits.
+        auth_line: int = getattr(handler, "max_auth_line", 0)
+        if auth_line > self.line_length_limit:
+            self.line_length_limit = auth_line
         super().__init__(
             handler,
             guard=settings.guard,
@@ -120,7 +128,11 @@ class SubmissionSMTP(GuardedSMTP):
             # With implicit TLS the transport is already encrypted; aiosmtpd only knows
             # about STARTTLS, so it must not insist on it.
             auth_require_tls=not listener.implicit_tls,
+            auth_exclude_mechanism=getattr(handler, "excluded_mechanisms", ()),
         )
+        if auth_line:
+            limits = collections.defaultdict(lambda: SMTP.command_size_limit, AUTH=auth_line)
+            self.command_size_limits = limits  # per session, not aiosmtpd's shared class dict
         self.listener = listener
         self.settings = settings
         self.trusted = False

@@ -16,9 +16,11 @@ import trustme
 
 from mtaserver.auth import Authenticator, AuthThrottle, hash_password
 from mtaserver.clock import Clock, SystemClock
+from mtaserver.config.oauth import OAuthConfig
 from mtaserver.config.reader import Reader
 from mtaserver.config.submission import AuthThrottleConfig, SubmissionConfig
 from mtaserver.config.submission import parse as parse_submission
+from mtaserver.oauth import BearerAuthenticator, TokenVerifier
 from mtaserver.pipeline import Pipeline
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.queue import Spool, new_queue_id
@@ -99,6 +101,7 @@ async def running(
     drop_suppressed: bool = False,
     user_burst: float = 5.0,
     pipeline_kwargs: dict[str, Any] | None = None,
+    oauth: OAuthConfig | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Env]:
     clock = clock or SystemClock()
@@ -126,6 +129,7 @@ async def running(
         **(pipeline_kwargs or {}),
     )
     rate = RateLimiter(cfg.user_rate, user_burst, clock) if cfg.user_rate is not None else None
+    bearer = BearerAuthenticator(TokenVerifier(oauth, clock), users) if oauth else None
     handler = SubmissionHandler(
         submitter=pipeline,
         authenticator=authenticator,
@@ -136,6 +140,7 @@ async def running(
         user_rate=rate,
         suppressions=suppressions,
         drop_suppressed=drop_suppressed,
+        bearer=bearer,
     )
     server = SubmissionServer(cfg, hostname=HOSTNAME, handler=handler, tls_context=server_ctx)
     await server.start()
@@ -144,6 +149,8 @@ async def running(
     finally:
         await server.close()
         authenticator.close()
+        if bearer is not None:
+            await bearer.aclose()
         await db.close()
 
 
