@@ -252,3 +252,36 @@ async def test_keys_and_scopes(api: ApiDaemon, session: aiohttp.ClientSession) -
         assert r.status == 401 and "Bearer" in r.headers["WWW-Authenticate"]
     with sqlite3.connect(api.cfg.database) as conn:
         assert conn.execute("SELECT count(*) FROM contacts").fetchone()[0] == 0
+
+
+async def test_client_gone_mid_import(api: ApiDaemon, session: aiohttp.ClientSession) -> None:
+    """A client that disconnects mid-body: the rows of the chunks already committed stay,
+    the daemon logs one line (no traceback) and goes on serving."""
+    host, port = api.cfg.address("api", "listen")
+    _, writer = await asyncio.open_connection(host, port)
+    rows = "".join(f"gone{i}@x.test,{i}\n" for i in range(3000)).encode()
+    head = (
+        f"POST /v1/contacts/import?format=csv HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {api.key}\r\nContent-Length: {10 * len(rows)}\r\n\r\n"
+    )
+    writer.write(head.encode() + b"email,n\n" + rows)
+    await writer.drain()
+    c = Client(api, session, api.key)
+
+    async def stored() -> int:
+        return int(api.query("SELECT count(*) FROM contacts")[0][0])
+
+    for _ in range(200):
+        if await stored() >= 2000:
+            break
+        await asyncio.sleep(0.05)
+    writer.close()
+    await writer.wait_closed()
+    assert api.daemon is not None
+    for _ in range(200):
+        if "contacts_import_aborted" in api.daemon.log():
+            break
+        await asyncio.sleep(0.05)
+    assert "contacts_import_aborted" in api.daemon.log()
+    assert (await c.call("GET", "/v1/contacts/gone1@x.test"))[0] == 200
+    assert "api_handler_failed" not in api.daemon.log()

@@ -277,3 +277,22 @@ async def test_unsubscribe_in_callers_transaction(store: ContactStore, db: Datab
     assert await db.write(lambda c: unsubscribe_in(c, "gone@x.test", "bounce", 7.0)) == 1
     b = await store.get("bob", "gone@x.test")
     assert b is not None and (b.consent_source, b.consent_at) == ("bounce", 7.0)
+
+
+async def test_double_opt_in_confirmation(store: ContactStore) -> None:
+    await store.create_list("alice", "news", double_opt_in=True)
+    await store.upsert("alice", ci("gone@x.test", consent="unsubscribed"))
+    await store.add_members("alice", "news", ["new@x.test", "gone@x.test"])
+    new = await store.get("alice", "new@x.test")
+    assert new is not None and new.consent_status == "unconfirmed"
+    assert [m.status for m in new.lists] == ["unconfirmed"]
+    assert not await store.confirm_member("bob", "news", "new@x.test")  # not bob's list
+    assert await store.confirm_member("alice", "news", "new@x.test", "198.51.100.4")
+    assert not await store.confirm_member("alice", "news", "new@x.test")  # once
+    new = await store.get("alice", "new@x.test")
+    assert new is not None and (new.consent_status, new.consent_source, new.consent_ip) == (
+        "subscribed", "confirm", "198.51.100.4")  # fmt: skip
+    assert new.lists[0].status == "subscribed" and new.lists[0].confirmed_at is not None
+    assert await store.confirm_member("alice", "news", "gone@x.test")
+    gone = await store.get("alice", "gone@x.test")
+    assert gone is not None and gone.consent_status == "unsubscribed"  # an unsubscribe stands

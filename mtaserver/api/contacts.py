@@ -34,7 +34,13 @@ from mtaserver.contacts import (
 )
 from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
-from mtaserver.storage.sqlite.contacts import Contact, ContactStore, ListInfo, Member
+from mtaserver.storage.sqlite.contacts import (
+    Contact,
+    ContactStore,
+    ImportAborted,
+    ListInfo,
+    Member,
+)
 
 log = get_logger("api")
 
@@ -174,32 +180,33 @@ async def import_contacts(r: web.Request, key: KeyInfo, store: ContactStore) -> 
     list_name = r.query.get("list")
     if list_name is not None:
         check_list_name(list_name, "list")
-    over = False
 
     async def body() -> AsyncIterator[bytes]:
-        nonlocal over
         total = 0
         async for chunk in r.content.iter_any():
             total += len(chunk)
             if total > MAX_IMPORT:
-                over = True
-                return
+                raise _TooLarge  # not an end of file: the cut-off last line is not read
             yield chunk
 
-    result = await store.import_stream(
-        key.user,
-        body(),
-        ImportParser(fmt),
-        list_name=list_name,
-    )
+    try:
+        result = await store.import_stream(key.user, body(), ImportParser(fmt),
+                                           list_name=list_name)  # fmt: skip
+    except ImportAborted as exc:
+        res = exc.result
+        log.info(kv(event="contacts_import_aborted", user=key.user, key=key.key_id,
+                    created=res.created, updated=res.updated,
+                    error=type(exc.__cause__).__name__))  # fmt: skip
+        if not isinstance(exc.__cause__, _TooLarge):
+            return error(400, str(exc), "body")
+        answer = res.as_json()
+        answer["errors"] = [{"message": f"the body is larger than {MAX_IMPORT} bytes; the "
+                             "rows counted here were stored, the rest was not read",
+                             "field": "body"}]  # fmt: skip
+        return Answer(413, json.dumps(answer).encode(), (("Connection", "close"),))
     log.info(kv(event="contacts_imported", user=key.user, key=key.key_id, rows=result.rows,
                 created=result.created, updated=result.updated, failed=result.failed))  # fmt: skip
-    answer = result.as_json()
-    if over:
-        answer["message"] = (f"the body is larger than {MAX_IMPORT} bytes: stored the rows "
-                             "counted here, the rest was not read")  # fmt: skip
-        return Answer(413, json.dumps(answer).encode(), (("Connection", "close"),))
-    return _ok(answer)
+    return _ok(result.as_json())
 
 
 async def get_contact(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:

@@ -33,6 +33,7 @@ from mtaserver.contacts import (
     check_status,
     normalize_address,
 )
+from mtaserver.errors import MtaError
 from mtaserver.storage.sqlite.db import Database
 
 CHUNK: Final = 1000  # rows per write operation of an import
@@ -115,6 +116,18 @@ class Member:
 class Upserted:
     created: int
     updated: int
+
+
+class ImportAborted(MtaError):
+    """The import's byte stream broke off; ``result`` counts what was stored before (the
+    rows of the unfinished chunk were not)."""
+
+    def __init__(self, result: ImportResult, cause: BaseException) -> None:
+        super().__init__(
+            f"the import stopped after {result.created + result.updated} stored contacts: "
+            f"{type(cause).__name__}: {cause}"
+        )
+        self.result = result
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,9 +349,11 @@ class ContactStore:
             params.append(check_status(status, "status"))
         if list_name is not None:
             check_list_name(list_name, "list")
+            # A lookup per row on the members' primary key: no page builds the whole list.
             where.append(
-                "c.id IN (SELECT m.contact_id FROM list_members m JOIN lists l "
-                "ON l.id = m.list_id WHERE l.owner = ? AND l.name = ?)"
+                "EXISTS (SELECT 1 FROM list_members m WHERE m.list_id = "
+                "(SELECT l.id FROM lists l WHERE l.owner = ? AND l.name = ?) "
+                "AND m.contact_id = c.id)"
             )
             params += [owner, list_name]
         sql = (
@@ -464,8 +479,17 @@ class ContactStore:
 
         if list_name is not None and await self.get_list(owner, list_name) is None:
             raise ContactError(f"list: no list {list_name!r}", "list")
+        stream = aiter(chunks)
         try:
-            async for data in chunks:
+            while True:
+                try:
+                    data = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:  # the source failed (a client gone, a read error)
+                    await settle()
+                    done = ImportResult(rows, created, updated, failed, tuple(errors))
+                    raise ImportAborted(done, exc) from exc
                 take(parser.feed(data))
                 if len(batch) >= CHUNK:
                     await flush()
@@ -567,6 +591,40 @@ class ContactStore:
                 )  # fmt: skip
             ids = _ids(conn, owner, addrs)
             return _add_members(conn, lst, [ids[a] for a in addrs], status, now)
+
+        return await self.db.write(op)
+
+    async def confirm_member(
+        self, owner: str, list_name: str, address: str, ip: str | None = None
+    ) -> bool:
+        """Double opt-in: the person confirmed (the signed link's target calls this). The
+        membership becomes subscribed and an unconfirmed contact's consent subscribed, with
+        source ``confirm``, the time and the IP as proof; an unsubscribed contact stays so.
+        Whether an unconfirmed membership was there to confirm."""
+        addr = normalize_address(address, "address")
+        now = self._clock.now()
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT m.list_id, c.id FROM list_members m JOIN lists l ON l.id = m.list_id "
+                "JOIN contacts c ON c.id = m.contact_id WHERE l.owner=? AND l.name=? "
+                "AND c.owner=? AND c.address=? AND m.status='unconfirmed'",
+                (owner, list_name, owner, addr),
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute(
+                "UPDATE list_members SET status='subscribed', confirmed_at=? "
+                "WHERE list_id=? AND contact_id=?",
+                (now, row[0], row[1]),
+            )
+            conn.execute(
+                "UPDATE contacts SET consent_status='subscribed', consent_source='confirm', "
+                "consent_at=?, consent_ip=?, updated_at=? "
+                "WHERE id=? AND consent_status='unconfirmed'",
+                (now, ip, now, row[1]),
+            )
+            return True
 
         return await self.db.write(op)
 
