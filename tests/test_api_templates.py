@@ -103,3 +103,15 @@ async def test_runaway_templates_are_refused_and_nothing_is_queued(db: Database)
         status, answer = await post(api, mail("d-unknown", [{"to": [{"email": "u@dest.test"}]}]))
         assert status == 400 and answer["errors"][0]["field"] == "template_id"
         assert await api.recipients() == []
+
+
+async def test_a_render_over_the_inline_budget_is_redone_with_the_full_one(db: Database) -> None:
+    """A one-message request is composed on the loop under a small step budget; a template
+    that needs more (here ~20,000 steps) is rendered again in a worker thread, not refused."""
+    many = StoredTemplate(subject="x", text="{{#each a}}{{this}},{{/each}}")
+    async with in_process_api(db, {"d-many": many}) as api:
+        p = [{"to": [{"email": "m@dest.test"}], "dynamic_template_data": {"a": list(range(20000))}}]
+        status, _ = await post(api, mail("d-many", p))
+        assert status == 202
+        text = part((await bodies(api))["m@dest.test"], "text/plain")
+        assert text.startswith("0,1,2,") and text.strip().endswith("19998,19999,")

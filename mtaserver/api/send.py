@@ -53,6 +53,13 @@ RENDER_OUTPUT_TOTAL: Final = 128 * 1024 * 1024  # characters rendered per reques
 RENDER_STEPS_TOTAL: Final = 20_000_000  # template steps per request, at most
 RENDER_SECONDS: Final = 2.0  # per render
 COMPOSE_SLICE: Final = 0.02  # seconds of composing in a worker thread between loop turns
+# Requests this small are decoded and composed on the loop: a thread hop costs more than
+# the work (each GIL hand-over while a thread computes can hold the loop up to 5 ms).
+INLINE_BODY: Final = 64 * 1024  # request bytes decoded on the loop
+INLINE_PERSONALIZATIONS: Final = 8
+INLINE_CONTENT: Final = 256 * 1024  # content + attachment + template bytes composed inline
+INLINE_STEPS: Final = 10_000  # per render inline (~5 ms); a render needing more is redone
+INLINE_OUTPUT: Final = 256 * 1024  # in a thread with the full budget
 MAX_LOGGED_UNKNOWN: Final = 10_000
 
 
@@ -93,6 +100,7 @@ class MailSend:
         self._caches: asyncio.Queue[TemplateCache] = asyncio.Queue()
         for _ in range(max(1, deps.render_slots)):
             self._caches.put_nowait(TemplateCache())
+        self._loop_cache = TemplateCache()  # used on the loop's thread only
         self._logged: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     async def handle(
@@ -110,7 +118,10 @@ class MailSend:
             if prior is not None:
                 return self._replay(prior.status, prior.message_id, prior.fingerprint,
                                     fingerprint, prior.body)  # fmt: skip
-        outcome = await asyncio.to_thread(_parse, body, int(now), d.limits())
+        if len(body) <= INLINE_BODY:  # decoding and checking it is quicker than a thread hop
+            outcome = _parse(body, int(now), d.limits())
+        else:
+            outcome = await asyncio.to_thread(_parse, body, int(now), d.limits())
         self._log_unknown(key, outcome.unknown)
         if not outcome.ok or outcome.request is None:
             return errors(outcome.status, outcome.errors)
@@ -179,6 +190,21 @@ class MailSend:
             max_seconds=RENDER_SECONDS,
             monotonic=self._d.clock.monotonic,
         )
+        if _small(req, template):
+            # A few messages of small content: composed right here, under a budget that
+            # keeps the loop's turn short; a render that needs more goes to a thread.
+            inline = replace(
+                budget,
+                max_steps=min(budget.max_steps, INLINE_STEPS),
+                max_output=min(budget.max_output, INLINE_OUTPUT),
+                max_seconds=None,
+            )
+            quick = Composition(req, domain=self._d.hostname, cache=self._loop_cache,
+                                template=template, budget=inline,
+                                now=now)  # fmt: skip
+            quick.step(None)
+            if not quick.over_budget:
+                return quick.outcome()
         cache = await self._caches.get()  # at most render_slots requests render at once
         try:
             work = Composition(req, domain=self._d.hostname, cache=cache, template=template,
@@ -240,6 +266,15 @@ class MailSend:
             while len(self._logged) > MAX_LOGGED_UNKNOWN:
                 self._logged.popitem(last=False)
             log.info(kv(event="api_unknown_field", key=key.key_id, user=key.user, field=name))
+
+
+def _small(req: MailRequest, template: StoredTemplate | None) -> bool:
+    if len(req.personalizations) > INLINE_PERSONALIZATIONS:
+        return False
+    size = sum(len(c.value) for c in req.content) + sum(len(a.content) for a in req.attachments)
+    if template is not None:
+        size += sum(len(x) for x in (template.subject, template.html, template.text) if x)
+    return size <= INLINE_CONTENT
 
 
 def _sender_refused(req: MailRequest, user: Sender) -> str | None:

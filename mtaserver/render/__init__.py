@@ -5,7 +5,7 @@ Pure (no I/O): a Handlebars subset compiled to a node tree and interpreted under
 substitutions (``substitute.py``).
 """
 
-from mtaserver.render.errors import TemplateError
+from mtaserver.render.errors import BudgetExceeded, TemplateError
 from mtaserver.render.substitute import substitute
 from mtaserver.render.template import (
     CompileLimits,
@@ -17,6 +17,7 @@ from mtaserver.render.template import (
 from mtaserver.render.values import freeze
 
 __all__ = [
+    "BudgetExceeded",
     "CompileLimits",
     "RenderBudget",
     "Template",

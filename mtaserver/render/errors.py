@@ -13,3 +13,8 @@ class TemplateError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class BudgetExceeded(TemplateError):
+    """A render stopped by its budget (steps, time or output size), not by a fault in the
+    template: the caller may retry the same render with a larger budget."""

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 
 from mtaserver.render import helpers
-from mtaserver.render.errors import TemplateError
+from mtaserver.render.errors import BudgetExceeded
 from mtaserver.render.values import MISSING, child, escape_html, to_text, truthy
 
 # How many steps run between two looks at the clock (when a time budget is set).
@@ -46,14 +46,14 @@ class State:
     def refill(self) -> None:
         """Called when the current slice of steps is spent: check the totals and the clock."""
         if self.steps_left <= 0:
-            raise TemplateError("template render exceeded its step budget (loops too large)")
+            raise BudgetExceeded("template render exceeded its step budget (loops too large)")
         if self.monotonic is not None and self.monotonic() > self.deadline:
-            raise TemplateError("template render exceeded its time budget")
+            raise BudgetExceeded("template render exceeded its time budget")
         self.steps = min(CHECK_EVERY, self.steps_left)
         self.steps_left -= self.steps
 
     def overflow(self) -> None:
-        raise TemplateError("template render exceeded the output size limit")
+        raise BudgetExceeded("template render exceeded the output size limit")
 
 
 class Frame:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from mtaserver.render.errors import TemplateError
+from mtaserver.render.errors import BudgetExceeded
 
 DEFAULT_MAX_OUTPUT = 4_194_304
 
@@ -25,7 +25,8 @@ def substitute(
     """``text`` with each substitution key replaced by its value.
 
     A value may name a section key; it is replaced by the section's text (one level, as
-    SendGrid). Raises ``TemplateError`` when the result would exceed ``max_output``.
+    SendGrid). Raises ``BudgetExceeded`` (a ``TemplateError``) when the result would
+    exceed ``max_output``.
     """
     table = {k: v for k, v in substitutions.items() if k}
     if sections:
@@ -49,12 +50,12 @@ def _replace(text: str, table: Mapping[str, str], max_output: int) -> str:
         value = table[m.group(0)]
         size += (m.start() - pos) + len(value)
         if size > max_output:
-            raise TemplateError("substitutions exceed the output size limit")
+            raise BudgetExceeded("substitutions exceed the output size limit")
         pieces.append(text[pos : m.start()])
         pieces.append(value)
         pos = m.end()
     size += len(text) - pos
     if size > max_output:
-        raise TemplateError("substitutions exceed the output size limit")
+        raise BudgetExceeded("substitutions exceed the output size limit")
     pieces.append(text[pos:])
     return "".join(pieces)

@@ -18,13 +18,21 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.headerregistry import Address as EmailAddress
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import formatdate
+from email.utils import format_datetime, formatdate
 from typing import Final
 
-from mtaserver.render import RenderBudget, TemplateCache, TemplateError, substitute
+from mtaserver.render import (
+    BudgetExceeded,
+    RenderBudget,
+    TemplateCache,
+    TemplateError,
+    substitute,
+)
+from mtaserver.sendapi import mime
 from mtaserver.sendapi.checks import help_for, one_line
 from mtaserver.sendapi.model import (
     Address,
@@ -101,14 +109,17 @@ def compose(
     budget: RenderBudget | None = None,
     now: float | None = None,
     message_id: Callable[[str], str] | None = None,
+    direct: bool = True,
 ) -> ComposeOutcome:
     """All messages of ``request``, or the errors (a template that fails to render).
 
     ``domain`` is used in generated Message-IDs; ``now`` (Unix time), when given, sets the
-    Date header; otherwise the prepare stage adds it.
+    Date header; otherwise the prepare stage adds it. ``direct=False`` builds every message
+    with the stdlib ``email`` package (the reference the direct writer is tested against).
     """
     work = Composition(request, domain=domain, cache=cache, template=template,
-                       budget=budget, now=now, message_id=message_id)  # fmt: skip
+                       budget=budget, now=now, message_id=message_id,
+                       direct=direct)  # fmt: skip
     work.step(None)
     return work.outcome()
 
@@ -132,12 +143,14 @@ class Composition:
         now: float | None = None,
         message_id: Callable[[str], str] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        direct: bool = True,
     ) -> None:
         self._request = request
         self._monotonic = monotonic
         self._next = 0
         self._out: list[ComposedMessage] = []
         self._errors: tuple[ApiError, ...] = ()
+        self.over_budget = False  # the error is a render that ran out of its budget
         if request.template_id and template is None:
             error = ApiError(
                 "The template_id must be a valid template ID for your account. You provided "
@@ -147,7 +160,7 @@ class Composition:
             )
             self._errors = (error,)
         self._builder = _Builder(request, cache, template, budget or RenderBudget(), now,
-                                 domain, message_id or MessageIds())  # fmt: skip
+                                 domain, message_id or MessageIds(), direct)  # fmt: skip
 
     @property
     def done(self) -> bool:
@@ -162,6 +175,7 @@ class Composition:
             try:
                 self._out.append(self._builder.build(i, people[i]))
             except TemplateError as exc:
+                self.over_budget = isinstance(exc, BudgetExceeded)
                 dynamic = self._request.dynamic
                 field = "template_id" if dynamic else f"personalizations.{i}.substitutions"
                 self._errors = (ApiError(exc.message, field, help_for(field)),)
@@ -194,12 +208,15 @@ class _Builder:
         now: float | None,
         domain: str,
         message_id: Callable[[str], str],
+        direct: bool,
     ) -> None:
         self.r = request
         self.cache = cache
         self.template = template
         self.budget = budget
-        self.date = formatdate(now, usegmt=True) if now is not None else None
+        self.now = now
+        self.rng = random.Random(secrets.randbits(128))  # MIME boundaries
+        self.direct = direct
         self.domain = domain
         self.message_id = message_id
 
@@ -246,44 +263,22 @@ class _Builder:
         r = self.r
         subject, bodies = self._parts(p)
         sender = p.from_ or r.from_
-        msg = EmailMessage(policy=_POLICY)
-        expected: list[str] = []
-
-        def put(name: str, value: str) -> None:
-            msg[name] = value
-            expected.append(name.lower())
-
-        put("From", _format(sender))
-        put("To", ", ".join(_format(a) for a in p.to))
-        if p.cc:
-            put("Cc", ", ".join(_format(a) for a in p.cc))
         replies = r.reply_to_list or ((r.reply_to,) if r.reply_to else ())
-        if replies:
-            put("Reply-To", ", ".join(_format(a) for a in replies))
-        if subject is not None:
-            put("Subject", subject)
         headers = dict(r.headers) | dict(p.headers)
         custom = {k.lower() for k in headers}
         mid = self.message_id(self.domain)
-        if "message-id" not in custom:
-            put("Message-ID", mid)
-        if self.date and "date" not in custom:
-            put("Date", self.date)
+        extra: list[tuple[str, str]] = []
         for name, value in headers.items():
             # substitutions apply to custom header values; Handlebars does not
             rendered = value if r.dynamic else one_line(self._render(value, p) or "")
-            put(name, rendered)
+            extra.append((name, rendered))
             if name.lower() == "message-id":
                 mid = rendered
-        _body(msg, bodies, r.attachments)
-        expected.append("mime-version")
-        if "content-type" in msg:
-            expected.append("content-type")
-        if "content-transfer-encoding" in msg:
-            expected.append("content-transfer-encoding")
-        policy = _POLICY if _ascii_addresses(sender, p, replies) else _UTF8_POLICY
-        data = msg.as_bytes(policy=policy)
-        _check_headers(data, expected)
+        fields = _Fields(sender, p, replies, subject, None if "message-id" in custom else mid,
+                         None if "date" in custom else self.now, extra)  # fmt: skip
+        data = _fast_message(fields, bodies, r.attachments, self.rng) if self.direct else None
+        if data is None:  # what the direct writer does not cover: the stdlib builds it
+            data = _stdlib_message(fields, bodies, r.attachments)
         merged_args = tuple((dict(r.custom_args) | dict(p.custom_args)).items())
         return ComposedMessage(
             index=index,
@@ -300,6 +295,84 @@ class _Builder:
             sandbox=r.sandbox_mode,
             tracking=r.tracking,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    """The top-level header fields of one message, before encoding."""
+
+    sender: Address
+    p: Personalization
+    replies: tuple[Address, ...]
+    subject: str | None
+    message_id: str | None  # None when a custom header sets it
+    date: float | None  # None when unknown or a custom header sets it
+    extra: list[tuple[str, str]]  # custom headers, rendered
+
+
+def _fast_message(
+    f: _Fields, bodies: list[tuple[str, str]], attachments: tuple[Attachment, ...],
+    rng: random.Random,
+) -> bytes | None:  # fmt: skip
+    """The message from the direct writer, or None for a case it leaves to the stdlib."""
+    try:
+        out = [mime.fold("From", mime.address(f.sender)),
+               mime.fold("To", mime.address_list(f.p.to))]  # fmt: skip
+        if f.p.cc:
+            out.append(mime.fold("Cc", mime.address_list(f.p.cc)))
+        if f.replies:
+            out.append(mime.fold("Reply-To", mime.address_list(f.replies)))
+        if f.subject is not None:
+            out.append(mime.fold("Subject", mime.unstructured(f.subject)))
+        if f.message_id is not None:
+            out.append(mime.fold("Message-ID", f.message_id))
+        if f.date is not None:
+            out.append(mime.fold("Date", format_datetime(datetime.fromtimestamp(f.date, UTC))))
+        for name, value in f.extra:
+            if not value.isprintable():
+                raise mime.Unsupported("control characters")
+            out.append(mime.fold(name, mime.unstructured(value)))
+        head, body = mime.body_tree(bodies, attachments, rng)
+    except (mime.Unsupported, UnicodeError):
+        return None
+    out.append(b"MIME-Version: 1.0\r\n")
+    return b"".join(out) + head + b"\r\n" + body
+
+
+def _stdlib_message(
+    f: _Fields, bodies: list[tuple[str, str]], attachments: tuple[Attachment, ...]
+) -> bytes:
+    msg = EmailMessage(policy=_POLICY)
+    expected: list[str] = []
+
+    def put(name: str, value: str) -> None:
+        msg[name] = value
+        expected.append(name.lower())
+
+    put("From", _format(f.sender))
+    put("To", ", ".join(_format(a) for a in f.p.to))
+    if f.p.cc:
+        put("Cc", ", ".join(_format(a) for a in f.p.cc))
+    if f.replies:
+        put("Reply-To", ", ".join(_format(a) for a in f.replies))
+    if f.subject is not None:
+        put("Subject", f.subject)
+    if f.message_id is not None:
+        put("Message-ID", f.message_id)
+    if f.date is not None:
+        put("Date", formatdate(f.date, usegmt=True))
+    for name, value in f.extra:
+        put(name, value)
+    _body(msg, bodies, attachments)
+    expected.append("mime-version")
+    if "content-type" in msg:
+        expected.append("content-type")
+    if "content-transfer-encoding" in msg:
+        expected.append("content-transfer-encoding")
+    policy = _POLICY if _ascii_addresses(f.sender, f.p, f.replies) else _UTF8_POLICY
+    data = msg.as_bytes(policy=policy)
+    _check_headers(data, expected)
+    return data
 
 
 def _format(a: Address) -> str:
