@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import sqlite3
 import ssl
 from collections.abc import AsyncIterator
@@ -104,3 +105,22 @@ def test_check_config_names_the_bad_key(tmp_path: Path) -> None:
     proc = Daemon(cfg).cli("check-config")
     assert proc.returncode == 2, proc
     assert "oauth.issuers[0].algorithms: 'HS256' is a shared-secret" in proc.stderr + proc.stdout
+
+
+def test_check_config_reads_the_jwks_file(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    keys.write_text("<html>not keys</html>")
+    cfg = TestConfig(tmp_path)
+    cfg.set("oauth", issuers=[{
+        "issuer": "https://idp.example.com", "audience": ["a", "b"], "jwks_file": str(keys),
+        "user_claim": "email",
+    }])  # fmt: skip
+    cfg.write()
+    proc = Daemon(cfg).cli("check-config")
+    assert proc.returncode == 2, proc
+    assert f"oauth.issuers[0].jwks_file: {keys}: not JSON" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    keys.write_text(json.dumps(Issuer().jwks()))
+    proc = Daemon(cfg).cli("check-config")
+    assert proc.returncode == 0, proc.stderr
+    assert f"oauth issuer   https://idp.example.com aud=a,b user=email keys={keys}" in proc.stdout

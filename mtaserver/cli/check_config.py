@@ -48,6 +48,9 @@ def summary(cfg: Config) -> str:
     lines += [f"  {k.domain:<22} {k.selector:<12} {k.algorithm:<15} {k.key}" for k in cfg.dkim]
     if not cfg.dkim:
         lines.append("  none (mail leaves unsigned)")
+    for i in cfg.oauth.issuers:
+        lines.append(f"oauth issuer   {i.issuer} aud={','.join(i.audience)} user={i.user_claim} "
+                     f"keys={i.jwks_uri or i.jwks_file}")  # fmt: skip
     lines.append(f"limits         size={s.max_message_size} rcpts={s.max_recipients} "
                  f"idle={format_duration(s.idle_timeout)}")  # fmt: skip
     return "\n".join(lines)
@@ -65,5 +68,10 @@ def run(args: argparse.Namespace) -> int:
         from mtaserver.webhooks.sendgrid import load_keys
 
         load_keys(cfg.webhooks)  # the daemon loads them at start: find a bad key here first
+    if cfg.oauth.enabled:
+        from mtaserver.clock import SystemClock
+        from mtaserver.oauth import TokenVerifier
+
+        TokenVerifier(cfg.oauth, SystemClock())  # reads jwks_file keys: a bad file shows here
     print(summary(cfg))
     return 0
