@@ -1,10 +1,10 @@
 """A 1,000-personalization templated request must not stall the event loop.
 
-Composing 1,000 messages is about 1.5 s of CPU. It runs in a worker thread in slices, with
-the loop's turn between slices; while it does, a probe on the same loop (a timer task and
-a TCP echo round trip over loopback) keeps being served. Before, the composing thread
-starved the loop's thread of the GIL for most of the request (stalls of 0.4-1.5 s). The
-bound is generous (the machine is shared): it only separates "served" from "stalled".
+Composing 1,000 messages runs in a worker thread in slices, with the loop's turn between
+slices, and signing them (DKIM) a few at a time; meanwhile a probe on the same loop (a
+timer task and a TCP echo round trip over loopback) keeps being served. Before, the
+composing thread starved the loop's thread of the GIL for most of the request (stalls of
+0.4-1.5 s). The bound is generous (the machine is shared): measured lags are 10-45 ms.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tests.support.apiinproc import in_process_api
 from tests.support.dkimtools import make_key
 
 log = logging.getLogger("test.api_loop")
-BOUND = 0.25  # seconds: the largest loop lag tolerated
+BOUND = 0.1  # seconds: the largest loop lag tolerated (measured: 10-45 ms)
 FIELDS = [f"field{i}" for i in range(10)]
 FILLER = "<tr><td>Lorem ipsum dolor sit amet, consectetur adipiscing elit.</td></tr>\n" * 50
 TEMPLATE = StoredTemplate(
