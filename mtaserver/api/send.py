@@ -52,6 +52,9 @@ MAX_IDEM_KEY: Final = 255
 RENDER_OUTPUT_TOTAL: Final = 128 * 1024 * 1024  # characters rendered per request, at most
 RENDER_STEPS_TOTAL: Final = 20_000_000  # template steps per request, at most
 RENDER_SECONDS: Final = 2.0  # per render
+# One request's composed messages, at most: 1,000 personalizations of a 30 MB attachment
+# would otherwise be 40 GB held in memory, then queued.
+COMPOSED_TOTAL: Final = 1024 * 1024 * 1024
 COMPOSE_SLICE: Final = 0.02  # seconds of composing in a worker thread between loop turns
 # Requests this small are decoded and composed on the loop: a thread hop costs more than
 # the work (each GIL hand-over while a thread computes can hold the loop up to 5 ms).
@@ -140,6 +143,16 @@ class MailSend:
             if batch is None or batch.user != user.name:
                 return error(400, "The batch_id is not valid for your account.", "batch_id")
         template = await d.templates.get(req.template_id) if req.template_id else None
+        volume = _volume(req, template)
+        if volume > COMPOSED_TOTAL:
+            return error(
+                413,
+                f"The request would compose about {volume >> 20} MiB of messages "
+                f"({len(req.personalizations)} personalizations, each with its content and "
+                f"attachments); at most {COMPOSED_TOTAL >> 20} MiB per request: send large "
+                "attachments in fewer personalizations.",
+                "attachments" if req.attachments else "content",
+            )
         rate = d.user_rate()
         if rate is not None and not rate.take(user.name):
             log.info(kv(event="rate_limited", user=user.name, client_ip=client_ip, via="api"))
@@ -268,13 +281,24 @@ class MailSend:
             log.info(kv(event="api_unknown_field", key=key.key_id, user=key.user, field=name))
 
 
-def _small(req: MailRequest, template: StoredTemplate | None) -> bool:
-    if len(req.personalizations) > INLINE_PERSONALIZATIONS:
-        return False
+def _content_size(req: MailRequest, template: StoredTemplate | None) -> int:
+    """Characters of content and bytes of attachments one message carries (before
+    rendering and transfer encoding)."""
     size = sum(len(c.value) for c in req.content) + sum(len(a.content) for a in req.attachments)
     if template is not None:
         size += sum(len(x) for x in (template.subject, template.html, template.text) if x)
-    return size <= INLINE_CONTENT
+    return size
+
+
+def _volume(req: MailRequest, template: StoredTemplate | None) -> int:
+    """Bytes the composed messages will take, about (base64 adds a third)."""
+    return len(req.personalizations) * _content_size(req, template) * 4 // 3
+
+
+def _small(req: MailRequest, template: StoredTemplate | None) -> bool:
+    if len(req.personalizations) > INLINE_PERSONALIZATIONS:
+        return False
+    return _content_size(req, template) <= INLINE_CONTENT
 
 
 def _sender_refused(req: MailRequest, user: Sender) -> str | None:
