@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Final
 
 from aiohttp import web
@@ -35,11 +34,8 @@ from mtaserver.contacts import (
 from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
 from mtaserver.storage.sqlite.contacts import (
-    Contact,
     ContactStore,
     ImportAborted,
-    ListInfo,
-    Member,
 )
 
 log = get_logger("api")
@@ -59,38 +55,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class _TooLarge(Exception):
     pass
-
-
-def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def contact_json(c: Contact) -> dict[str, object]:
-    return {
-        "email": c.address,
-        "attributes": c.attrs(),
-        "consent": {"status": c.consent_status, "source": c.consent_source,
-                    "at": _iso(c.consent_at), "ip": c.consent_ip},
-        "created_at": _iso(c.created_at),
-        "updated_at": _iso(c.updated_at),
-        "lists": [{"name": m.list_name, "status": m.status, "added_at": _iso(m.added_at),
-                   "confirmed_at": _iso(m.confirmed_at)} for m in c.lists],
-    }  # fmt: skip
-
-
-def list_json(x: ListInfo) -> dict[str, object]:
-    return {"name": x.name, "double_opt_in": x.double_opt_in, "created_at": _iso(x.created_at),
-            "members": x.members}  # fmt: skip
-
-
-def member_json(m: Member) -> dict[str, object]:
-    out = contact_json(m.contact)
-    del out["lists"]
-    out["membership"] = {"status": m.status, "added_at": _iso(m.added_at),
-                         "confirmed_at": _iso(m.confirmed_at)}  # fmt: skip
-    return out
 
 
 def _ok(value: object, status: int = 200) -> Answer:
@@ -149,7 +113,7 @@ async def put_contacts(r: web.Request, key: KeyInfo, store: ContactStore) -> Ans
     body = _object(await _read_json(r))
     if "contacts" not in body:
         c, created = await store.upsert(key.user, contact_input(body))
-        return _ok(contact_json(c), 201 if created else 200)
+        return _ok(c.as_json(), 201 if created else 200)
     items = body["contacts"]
     if set(body) != {"contacts"}:
         extra = sorted(set(body) - {"contacts"})[0]
@@ -212,7 +176,7 @@ async def import_contacts(r: web.Request, key: KeyInfo, store: ContactStore) -> 
 async def get_contact(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
     addr = _path_address(r)
     c = await store.get(key.user, addr)
-    return _not_found(f"contact {addr}") if c is None else _ok(contact_json(c))
+    return _not_found(f"contact {addr}") if c is None else _ok(c.as_json())
 
 
 async def delete_contact(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
@@ -240,7 +204,7 @@ async def search_contacts(r: web.Request, key: KeyInfo, store: ContactStore) -> 
     found = await store.search(key.user, equals, status=status, list_name=r.query.get("list"),
                                after=after, limit=limit)  # fmt: skip
     nxt = found[-1].address if len(found) == limit else None
-    return _ok({"contacts": [contact_json(c) for c in found], "next": nxt})
+    return _ok({"contacts": [c.as_json() for c in found], "next": nxt})
 
 
 # -- lists ----------------------------------------------------------------------------------
@@ -258,7 +222,7 @@ def _only(body: dict[str, object], known: tuple[str, ...]) -> None:
 
 
 async def get_lists(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
-    return _ok({"lists": [list_json(x) for x in await store.lists(key.user)]})
+    return _ok({"lists": [x.as_json() for x in await store.lists(key.user)]})
 
 
 async def create_list(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
@@ -266,13 +230,13 @@ async def create_list(r: web.Request, key: KeyInfo, store: ContactStore) -> Answ
     _only(body, ("name", "double_opt_in"))
     name = check_list_name(body.get("name"), "name")
     made = await store.create_list(key.user, name, bool(_bool(body, "double_opt_in")))
-    return _ok(list_json(made), 201)
+    return _ok(made.as_json(), 201)
 
 
 async def get_list(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
     name = _path_list(r)
     found = await store.get_list(key.user, name)
-    return _not_found(f"list {name}") if found is None else _ok(list_json(found))
+    return _not_found(f"list {name}") if found is None else _ok(found.as_json())
 
 
 async def patch_list(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
@@ -284,7 +248,7 @@ async def patch_list(r: web.Request, key: KeyInfo, store: ContactStore) -> Answe
     got = await store.update_list(
         key.user, name, new_name=new_name, double_opt_in=_bool(body, "double_opt_in")
     )
-    return _not_found(f"list {name}") if got is None else _ok(list_json(got))
+    return _not_found(f"list {name}") if got is None else _ok(got.as_json())
 
 
 async def delete_list(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
@@ -302,7 +266,7 @@ async def get_members(r: web.Request, key: KeyInfo, store: ContactStore) -> Answ
     if found is None:
         return _not_found(f"list {name}")
     nxt = str(found[-1].contact.id) if len(found) == limit else None
-    return _ok({"members": [member_json(m) for m in found], "next": nxt})
+    return _ok({"members": [m.as_json() for m in found], "next": nxt})
 
 
 async def add_members(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO
 
-from mtaserver.api.contacts import contact_json
 from mtaserver.auth import normalize_name
 from mtaserver.cli._common import add_config_arg, config_from, with_db
 from mtaserver.contacts import FORMATS, ContactError, Format, ImportParser, normalize_address
@@ -130,7 +129,7 @@ def _export(args: argparse.Namespace) -> int:
         w.writerow(fixed + names)
         async for c in store.export(owner):
             attrs = c.attrs()
-            view = contact_json(c)["consent"]
+            view = c.as_json()["consent"]
             assert isinstance(view, dict)
             w.writerow([c.address, c.consent_status, c.consent_source, view["at"] or "",
                         c.consent_ip or ""] + [_cell(attrs[k]) if k in attrs else ""
@@ -144,7 +143,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _jsonl(c: Contact) -> dict[str, object]:
-    view = contact_json(c)
+    view = c.as_json()
     consent = view["consent"]
     assert isinstance(consent, dict)
     return {"email": c.address, "attributes": view["attributes"], "consent": c.consent_status,
@@ -162,7 +161,7 @@ def _show(args: argparse.Namespace) -> int:
     c = with_db(cfg, run)
     if c is None:
         raise ContactError(f"no contact {addr} for user {normalize_name(args.user)}")
-    print(json.dumps(contact_json(c), indent=2, ensure_ascii=False))
+    print(json.dumps(c.as_json(), indent=2, ensure_ascii=False))
     return 0
 
 

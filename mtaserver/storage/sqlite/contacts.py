@@ -19,6 +19,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final
 
 from mtaserver.clock import Clock, SystemClock
@@ -65,6 +66,12 @@ _UPSERT = (
 )
 
 
+def iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 @dataclass(frozen=True, slots=True)
 class Membership:
     list_name: str
@@ -93,6 +100,19 @@ class Contact:
         value = json.loads(self.attributes)
         return value if isinstance(value, dict) else {}
 
+    def as_json(self) -> dict[str, object]:
+        """The API's and the CLI's view (times in ISO 8601 UTC)."""
+        return {
+            "email": self.address,
+            "attributes": self.attrs(),
+            "consent": {"status": self.consent_status, "source": self.consent_source,
+                        "at": iso(self.consent_at), "ip": self.consent_ip},
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "lists": [{"name": m.list_name, "status": m.status, "added_at": iso(m.added_at),
+                       "confirmed_at": iso(m.confirmed_at)} for m in self.lists],
+        }  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class ListInfo:
@@ -103,6 +123,10 @@ class ListInfo:
     created_at: float
     members: int = 0  # count, where the query asked for it
 
+    def as_json(self) -> dict[str, object]:
+        return {"name": self.name, "double_opt_in": self.double_opt_in,
+                "created_at": iso(self.created_at), "members": self.members}  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class Member:
@@ -110,6 +134,13 @@ class Member:
     status: str
     added_at: float
     confirmed_at: float | None
+
+    def as_json(self) -> dict[str, object]:
+        out = self.contact.as_json()
+        del out["lists"]
+        out["membership"] = {"status": self.status, "added_at": iso(self.added_at),
+                             "confirmed_at": iso(self.confirmed_at)}  # fmt: skip
+        return out
 
 
 @dataclass(frozen=True, slots=True)
