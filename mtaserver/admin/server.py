@@ -20,6 +20,7 @@ from aiohttp import web
 
 from mtaserver.errors import MtaError, StorageError
 from mtaserver.log import get_logger, kv
+from mtaserver.oauth import TokenInvalid, TokenUnavailable, VerifiedToken
 from mtaserver.storage.sqlite.tokens import TokenInfo
 
 log = get_logger("admin")
@@ -28,6 +29,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TOKEN_KEY: web.RequestKey[TokenInfo] = web.RequestKey("token", TokenInfo)
 UNAUTHORIZED = {"error": "unauthorized"}
 MAX_BODY = 64 * 1024
+# OAuth scopes of a JWT bearer: admin.read for reads, admin.write (which includes reading)
+# for everything else. Tokens from `mtaserver admin token create` keep full access.
+READ_SCOPE, WRITE_SCOPE = "admin.read", "admin.write"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class ApiError(Exception):
@@ -60,14 +65,52 @@ def bearer(request: web.Request) -> str | None:
     return value.strip()
 
 
+def looks_like_jwt(text: str) -> bool:
+    """A JWS compact serialization (``eyJ…``, three parts); admin tokens have no dots."""
+    return text.startswith("eyJ") and text.count(".") == 2
+
+
+async def jwt_principal(
+    request: web.Request, text: str, jwt: Callable[[str], Awaitable[VerifiedToken]]
+) -> TokenInfo | web.Response:
+    """The caller of an OAuth access token, or the answer refusing it (401, 403, 503)."""
+    try:
+        verified = await jwt(text)
+    except TokenUnavailable:
+        resp = json_response({"error": "token keys unavailable, try again"}, 503)
+        resp.headers["Retry-After"] = "30"
+        return resp
+    except TokenInvalid as exc:
+        log.info(kv(event="admin_unauthorized", method=request.method, client_ip=request.remote,
+                    reason=exc.reason))  # fmt: skip
+        return unauthorized()
+    need = READ_SCOPE if request.method in _SAFE_METHODS else WRITE_SCOPE
+    if need not in verified.scopes and WRITE_SCOPE not in verified.scopes:
+        log.info(kv(event="admin_forbidden", method=request.method, user=verified.user,
+                    issuer=verified.issuer, need=need))  # fmt: skip
+        resp = json_response({"error": f"insufficient scope: needs {need}"}, 403)
+        resp.headers["WWW-Authenticate"] = (
+            f'Bearer realm="mtaserver", error="insufficient_scope", scope="{need}"'
+        )
+        return resp
+    return TokenInfo(id=0, name=f"oauth:{verified.user}", created_at=0.0, last_used_at=None,
+                     revoked_at=None)  # fmt: skip
+
+
 def build_web_app(
     routes: Callable[[web.Application], None],
     verify: Callable[[str], Awaitable[TokenInfo | None]],
     *,
     open_paths: frozenset[str] = frozenset(),
     monotonic: Callable[[], float],
+    jwt: Callable[[str], Awaitable[VerifiedToken]] | None = None,
 ) -> web.Application:
-    """The aiohttp application: auth and error middleware around ``routes``."""
+    """The aiohttp application: auth and error middleware around ``routes``.
+
+    With ``jwt`` (``[oauth]`` issuers), a bearer that is a JWT is checked as an OAuth access
+    token and its scopes decide (``admin.read`` / ``admin.write``); other bearers are
+    admin tokens as before.
+    """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -75,7 +118,13 @@ def build_web_app(
         token: TokenInfo | None = None
         if request.path not in open_paths:
             text = bearer(request)
-            token = await verify(text) if text else None
+            if text and jwt is not None and looks_like_jwt(text):
+                principal = await jwt_principal(request, text, jwt)
+                if isinstance(principal, web.Response):
+                    return principal
+                token = principal
+            else:
+                token = await verify(text) if text else None
             if token is None:
                 log.info(kv(event="admin_unauthorized", method=request.method,
                             client_ip=request.remote))  # fmt: skip

@@ -24,6 +24,7 @@ from mtaserver.dkim import DkimSigner
 from mtaserver.errors import ConfigError
 from mtaserver.log import get_logger, kv
 from mtaserver.metrics import Metrics
+from mtaserver.oauth import CurrentVerifier
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.events import EventLog
 from mtaserver.storage.sqlite.privacy import SqlitePrivacy
@@ -199,8 +200,10 @@ def admin_service(cfg: Config, parts: AdminParts, current: Callable[[], Config])
         templates=TemplateStore(db, parts.clock),
     )
     open_paths = frozenset({"/metrics"}) if a.metrics_auth == "none" else frozenset()
+    oauth = CurrentVerifier(cfg.oauth, parts.clock)  # JWT bearers with admin.* scopes
     web_app = build_web_app(AdminApi(deps).register, TokenStore(db, parts.clock).verify,
-                            open_paths=open_paths, monotonic=parts.clock.monotonic)  # fmt: skip
+                            open_paths=open_paths, monotonic=parts.clock.monotonic,
+                            jwt=oauth.verify)  # fmt: skip
     ssl_context = cfg.tls.server_context() if a.tls else None
     server = AdminServer(web_app, ssl_context)
     host, port = a.listen
@@ -216,9 +219,11 @@ def admin_service(cfg: Config, parts: AdminParts, current: Callable[[], Config])
 
     async def drain(timeout: float) -> None:
         await server.stop()
+        await oauth.aclose()
 
     async def reload(new: Config) -> None:
         if ssl_context is not None and new.tls.cert and new.tls.key:
             ssl_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
+        await oauth.apply(new.oauth)
 
     return SimpleService("admin", start, run, drain, reload)

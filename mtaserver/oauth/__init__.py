@@ -6,11 +6,18 @@
 
 from mtaserver.oauth.bearer import BearerAuthenticator, BearerVerdict
 from mtaserver.oauth.jwks import JwksUnavailable
-from mtaserver.oauth.verifier import TokenInvalid, TokenUnavailable, TokenVerifier, VerifiedToken
+from mtaserver.oauth.verifier import (
+    CurrentVerifier,
+    TokenInvalid,
+    TokenUnavailable,
+    TokenVerifier,
+    VerifiedToken,
+)
 
 __all__ = [
     "BearerAuthenticator",
     "BearerVerdict",
+    "CurrentVerifier",
     "JwksUnavailable",
     "TokenInvalid",
     "TokenUnavailable",

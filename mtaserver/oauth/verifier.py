@@ -193,3 +193,32 @@ def _scopes(value: object) -> frozenset[str]:
     if isinstance(value, list):
         return frozenset(v for v in value if isinstance(v, str))
     return frozenset()
+
+
+class CurrentVerifier:
+    """The verifier for the config in force: rebuilt on SIGHUP only when ``[oauth]``
+    changed (so cached keys survive unrelated reloads); without issuers every token is
+    refused as invalid, so a caller can be wired once whatever the config says."""
+
+    def __init__(self, cfg: OAuthConfig, clock: Clock) -> None:
+        self._clock = clock
+        self._cfg = cfg
+        self._verifier: TokenVerifier | None = TokenVerifier(cfg, clock) if cfg.enabled else None
+
+    async def verify(self, token: str) -> VerifiedToken:
+        if self._verifier is None:
+            raise TokenInvalid("no [oauth] issuers configured")
+        return await self._verifier.verify(token)
+
+    async def apply(self, cfg: OAuthConfig) -> None:
+        if cfg == self._cfg:
+            return
+        old = self._verifier
+        self._verifier = TokenVerifier(cfg, self._clock) if cfg.enabled else None
+        self._cfg = cfg
+        if old is not None:
+            await old.aclose()
+
+    async def aclose(self) -> None:
+        if self._verifier is not None:
+            await self._verifier.aclose()
