@@ -75,7 +75,7 @@ LAYERS: dict[str, int] = {
         3,
     ),
     # 4: composition roots and operator front ends
-    **dict.fromkeys(["app", "admin", "cli", "__main__"], 4),
+    **dict.fromkeys(["app", "admin", "cli", "__main__", "workers"], 4),
 }
 
 # I/O modules other stages may use: the database and the storage owners on top of it.

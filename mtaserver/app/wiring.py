@@ -50,6 +50,7 @@ from mtaserver.storage.sqlite.templates import TemplateStore
 from mtaserver.storage.sqlite.users import UserStore
 from mtaserver.verp import Verp
 from mtaserver.webhooks import WebhookDispatcher
+from mtaserver.workers import WorkerPool
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,24 @@ def wire(cfg: Config, base: Base, current: Callable[[], Config]) -> Wiring:
         metrics, base.space, clock, UserRates(sub, clock),
     )  # fmt: skip
     if sub.listen or sub.listen_tls or sub.listen_plain:
-        services.append(submission_service(cfg, mail))
+        services.append(
+            submission_service(cfg, mail) if cfg.server.workers == 1 else _workers(cfg, mail)
+        )
     services.append(api_service(cfg, mail, TemplateStore(db, clock)))
     admin = AdminParts(db, spool, users, suppressions, signer, metrics, clock)
     services.append(admin_service(cfg, admin, current))
     return Wiring(tuple(s for s in services if s is not None), metrics)
+
+
+def _workers(cfg: Config, mail: MailParts) -> Service:
+    """``[server] workers`` > 1: the listeners run in worker processes (mtaserver.workers);
+    this process commits what they prepared, with the per-user rate checked here."""
+    rates = mail.user_rates
+    return WorkerPool(
+        cfg,
+        spool=mail.spool,
+        user_rate=lambda: rates.limiter,
+        observer=mail.metrics,
+        clock=mail.clock,
+        on_restart=mail.metrics.task_restarted,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ class ServerConfig:
     log_level: str
     secret_file: Path  # HMAC key for VERP return paths; created by dev-setup / on first start
     drain_timeout: float  # how long SIGTERM waits for SMTP transactions in progress
+    # Submission worker processes (mtaserver.workers): 1 = everything in one process.
+    workers: int = 1
 
 
 def parse(r: Reader) -> ServerConfig:
@@ -31,6 +34,15 @@ def parse(r: Reader) -> ServerConfig:
         log_level=r.choice("log_level", LOG_LEVELS, "info"),
         secret_file=r.path("secret_file", None) or data_dir / "secret.key",
         drain_timeout=r.duration("drain_timeout", 30.0),
+        workers=_workers(r),
     )
     r.finish()
     return cfg
+
+
+def _workers(r: Reader) -> int:
+    """``workers = "auto"`` (one per CPU) or a count; 1 keeps the single process."""
+    if isinstance(r._table.get("workers"), str):
+        r.choice("workers", ("auto",))
+        return max(1, os.cpu_count() or 1)
+    return int(r.integer("workers", 1, min=1, max=256))

@@ -1,0 +1,345 @@
+"""One submission worker process: SMTP sessions, AUTH, cleanup, tracking, DKIM — then the owner.
+
+Started by the owner's :class:`~mtaserver.workers.pool.WorkerPool` as a fresh interpreter
+(``mtaserver serve --worker N --link-fd FD``). It binds the submission listeners with
+``SO_REUSEPORT`` (the kernel spreads connections over the workers), runs the existing
+submission classes with a pipeline whose spool is :class:`OwnerLink`: the prepared, signed
+message goes to the owner over the inherited socket, the owner commits it with its group
+commit and acks, and only then does the session answer 250. No ack (owner gone, slow,
+refused) → the handler's 451/452, never 250.
+
+The worker reads users and suppressions from the database (WAL: it sees every committed
+write) and never writes it. It exits when the owner's end of the link closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import socket
+import ssl
+import sys
+
+import uvloop
+
+from mtaserver.auth import Authenticator, AuthThrottle
+from mtaserver.clock import Clock, SystemClock
+from mtaserver.config import Config
+from mtaserver.config.restart import keep_restart_keys
+from mtaserver.diskspace import FreeSpace
+from mtaserver.dkim import DkimSigner
+from mtaserver.dkim.keys import load_keyset
+from mtaserver.errors import ConfigError, MtaError, StorageError
+from mtaserver.keyfiles import load_checked
+from mtaserver.log import get_logger, kv, set_level, setup_logging
+from mtaserver.model import PreparedMessage
+from mtaserver.oauth import BearerAuthenticator, TokenVerifier
+from mtaserver.pipeline import Pipeline, TrackingOptions
+from mtaserver.prepare import PrepareError
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.queue import new_queue_id
+from mtaserver.storage.sqlite.suppressions import SuppressionStore
+from mtaserver.storage.sqlite.users import UserStore
+from mtaserver.submission import ListenerSpec, SubmissionHandler, SubmissionServer, SubmissionSMTP
+from mtaserver.submission.listener import Listener
+from mtaserver.submission.protocol import install_log_redaction
+from mtaserver.tracking.tokens import TokenCodec, load_secrets
+from mtaserver.tracking.tracker import Tracker
+from mtaserver.workers import frames
+from mtaserver.workers.frames import Frame, FrameError
+
+log = get_logger("worker")
+
+# How long a session waits for the owner's commit before it answers 451. The owner's
+# group commit answers in milliseconds; this is for an owner that is stuck, not slow.
+ACK_TIMEOUT = 30.0
+
+
+class OwnerLink:
+    """The worker's end of the link: ``enqueue`` returns once the owner has committed.
+
+    Many sessions share the one socket; each request has an id and its own future.
+    Also the sessions' metrics observer, forwarded to the owner's /metrics.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Frame]] = {}
+        self.closed = asyncio.Event()
+
+    async def run(self) -> None:
+        """Read the owner's answers until the link closes; then fail what is waiting."""
+        try:
+            while (frame := await frames.read_frame(self._reader)) is not None:
+                fut = self._pending.pop(frame.request, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(frame)
+        except (FrameError, OSError) as exc:
+            log.error(kv(event="owner_link_failed", error=str(exc)))
+        finally:
+            self.closed.set()
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(StorageError("the owner process is unreachable"))
+            self._pending.clear()
+
+    def send(self, frame: Frame) -> None:
+        if self.closed.is_set() or self._writer.is_closing():
+            raise StorageError("the owner process is unreachable")
+        self._writer.write(frames.pack(frame))
+
+    async def enqueue(self, msg: PreparedMessage) -> None:
+        request = next(self._ids)
+        fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        self._pending[request] = fut
+        try:
+            self.send(Frame(frames.ENQUEUE, request, frames.encode_message(msg)))
+            await self._writer.drain()
+            answer = await asyncio.wait_for(fut, ACK_TIMEOUT)
+        except TimeoutError:
+            raise StorageError(f"the owner did not commit within {ACK_TIMEOUT:g}s") from None
+        except ConnectionError as exc:
+            raise StorageError(f"the owner process is unreachable: {exc}") from None
+        finally:
+            self._pending.pop(request, None)
+        if answer.kind == frames.OK:
+            return
+        err = frames.decode_json(answer.body) if answer.kind == frames.ERR else {}
+        reply = str(err.get("reply", ""))
+        if err.get("kind") == "prepare" and reply[:1] in ("4", "5"):
+            raise PrepareError(reply)  # e.g. the owner's per-user rate limit
+        raise StorageError(f"the owner refused: {reply}", full=err.get("kind") == "full")
+
+    def _observe(self, method: str, arg: str) -> None:
+        with contextlib.suppress(StorageError):
+            self.send(Frame(frames.OBSERVE, 0, frames.encode_json([method, arg])))
+
+    # SmtpObserver: counted in the owner, so /metrics is one set of numbers for the daemon.
+    def session_started(self, listener: str) -> None:
+        self._observe("session_started", listener)
+
+    def auth_failed(self, listener: str) -> None:
+        self._observe("auth_failed", listener)
+
+    def recipient_refused(self, reason: str) -> None:
+        self._observe("recipient_refused", reason)
+
+    async def aclose(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+
+
+def _tracker(cfg: Config) -> Tracker | None:
+    """The tracking rewrite needs only the token secret (the owner created the file)."""
+    t = cfg.tracking
+    if t.base_url is None or t.secret_file is None:
+        return None
+    try:
+        return Tracker(TokenCodec(load_secrets(t.secret_file)), t.base_url, t.unsubscribe_mailto)
+    except ValueError as exc:
+        raise ConfigError(f"tracking: {exc}") from None
+
+
+def _bearer(cfg: Config, users: UserStore, clock: Clock) -> BearerAuthenticator | None:
+    if not cfg.oauth.enabled:
+        return None
+    return BearerAuthenticator(TokenVerifier(cfg.oauth, clock), users)
+
+
+class Worker:
+    """The submission service of one worker process (see the module docstring)."""
+
+    def __init__(self, cfg: Config, index: int, link: OwnerLink, db: Database, clock: Clock):
+        self.cfg = cfg
+        self.index = index
+        self.link = link
+        self.clock = clock
+        self.users = UserStore(db, clock)
+        self.suppressions = SuppressionStore(db, clock, cfg.inbound.suppression)
+        self.signer = DkimSigner(load_keyset(cfg.dkim), clock)
+        self.tracker = _tracker(cfg)
+        self.space = FreeSpace(cfg.storage.database.parent, cfg.storage.min_free, clock.monotonic)
+        self.authenticator = Authenticator(self.users, clock=clock)
+        self.throttle = AuthThrottle(cfg.submission.auth, clock)  # per worker (README)
+        self.bearer = _bearer(cfg, self.users, clock)
+        self.tls_context = cfg.tls.server_context() if cfg.tls.enabled else None
+        self.server = SubmissionServer(
+            cfg.submission,
+            hostname=cfg.server.hostname,
+            handler=self.handler_for(cfg),
+            tls_context=self.tls_context,
+        )
+
+    def handler_for(self, cfg: Config) -> SubmissionHandler:
+        """As ``app.mail.submission_service`` builds it, but the spool is the owner link
+        and the per-user rate is the owner's (checked at enqueue, shared by all workers)."""
+        sub = cfg.submission
+
+        def defaults(user: str | None) -> TrackingOptions:
+            d = cfg.tracking.defaults_for(user)
+            return TrackingOptions(d.opens, d.clicks, d.unsubscribe)
+
+        pipeline = Pipeline(
+            spool=self.link,
+            new_queue_id=new_queue_id,
+            hostname=cfg.server.hostname,
+            max_header_size=sub.max_header_size,
+            max_mime_depth=sub.max_mime_depth,
+            tracker=self.tracker,
+            signer=self.signer,
+            tracking_defaults=defaults,
+        )
+        return SubmissionHandler(
+            submitter=pipeline,
+            authenticator=self.authenticator,
+            throttle=self.throttle,
+            clock=self.clock,
+            max_recipients=sub.max_recipients,
+            max_header_size=sub.max_header_size,
+            user_rate=None,
+            suppressions=self.suppressions,
+            drop_suppressed=cfg.inbound.suppression.at_rcpt == "accept-and-drop",
+            observer=self.link,
+            space=self.space,
+            bearer=self.bearer,
+        )
+
+    def _plans(self) -> list[tuple[ListenerSpec, tuple[str, int], ssl.SSLContext | None]]:
+        """The same three listeners as ``SubmissionServer.start``."""
+        cfg, ctx = self.cfg.submission, self.tls_context
+        plans: list[tuple[ListenerSpec, tuple[str, int], ssl.SSLContext | None]] = []
+        if cfg.listen is not None:
+            spec = ListenerSpec("submission", starttls=ctx is not None, require_tls=cfg.require_tls)
+            plans.append((spec, cfg.listen, None))
+        if cfg.listen_tls is not None:
+            if ctx is None:
+                raise ConfigError("submission.listen_tls needs a TLS certificate ([tls])")
+            plans.append((ListenerSpec("submissions", implicit_tls=True, starttls=False),
+                          cfg.listen_tls, ctx))  # fmt: skip
+        if cfg.listen_plain is not None:
+            plans.append((ListenerSpec("plain", starttls=False, require_tls=False),
+                          cfg.listen_plain, None))  # fmt: skip
+        return plans
+
+    def _session(self, spec: ListenerSpec) -> SubmissionSMTP:
+        s = self.server  # read at each connection: a reload swaps handler and settings
+        return SubmissionSMTP(
+            s.handler,
+            listener=spec,
+            settings=s.settings,
+            connections=s.connections,
+            tls_context=s.tls_context,
+            sessions=s.sessions,
+        )
+
+    async def start(self) -> None:
+        """Bind every listener with SO_REUSEPORT, beside the other workers' sockets."""
+        install_log_redaction()
+        loop = asyncio.get_running_loop()
+        for spec, (host, port), ctx in self._plans():
+            srv = await loop.create_server(
+                lambda spec=spec: self._session(spec),
+                host=host,
+                port=port,
+                ssl=ctx,
+                ssl_handshake_timeout=30.0 if ctx else None,
+                reuse_address=True,
+                reuse_port=True,
+                backlog=1024,
+            )
+            listener = Listener(spec, srv)
+            self.server.listeners.append(listener)
+            log.info(kv(event="listening", worker=self.index, listener=spec.name,
+                        address=listener.address))  # fmt: skip
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the file; a bad one keeps the running config (the owner logs it)."""
+        try:
+            new = await asyncio.to_thread(load_checked, self.cfg.source)
+        except ConfigError as exc:
+            log.error(kv(event="reload_rejected", worker=self.index, error=str(exc)))
+            return
+        new, _ = keep_restart_keys(self.cfg, new)
+        set_level(new.server.log_level)
+        try:
+            if self.tls_context is not None and new.tls.cert and new.tls.key:
+                self.tls_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
+            self.signer.reload(await asyncio.to_thread(load_keyset, new.dkim))
+            if new.oauth != self.cfg.oauth:
+                old, self.bearer = self.bearer, _bearer(new, self.users, self.clock)
+                if old is not None:
+                    await old.aclose()
+        except (MtaError, OSError, ValueError) as exc:
+            log.error(kv(event="reload_failed", worker=self.index, error=str(exc)))
+        self.throttle.settings = new.submission.auth
+        self.server.reconfigure(new.submission, self.handler_for(new))
+        self.cfg = new
+        log.info(kv(event="worker_reloaded", worker=self.index))
+
+    async def close(self) -> None:
+        await self.server.close(self.cfg.server.drain_timeout)
+        self.authenticator.close()
+        if self.bearer is not None:
+            await self.bearer.aclose()
+
+
+async def _main(cfg: Config, index: int, fd: int) -> None:
+    clock = SystemClock()
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    link = OwnerLink(reader, writer)
+    reading = asyncio.create_task(link.run(), name="owner-link")
+    db = Database(cfg.storage.database, owner=False)
+    await db.open()
+    stop = asyncio.Event()
+    reloads: asyncio.Queue[None] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
+    worker = Worker(cfg, index, link, db, clock)
+    try:
+        await worker.start()
+        link.send(Frame(frames.READY, 0))
+        log.info(kv(event="worker_ready", worker=index, pid=os.getpid()))
+
+        async def reloader() -> None:
+            while True:
+                await reloads.get()
+                await worker.reload()
+                link.send(Frame(frames.READY, 0))
+
+        reloading = asyncio.create_task(reloader(), name="reloader")
+        gone = asyncio.create_task(link.closed.wait())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({gone, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if link.closed.is_set():
+            log.error(kv(event="owner_gone", worker=index))
+        for t in (reloading, gone, stopping):
+            t.cancel()
+        await worker.close()
+    finally:
+        await link.aclose()
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+        await db.close()
+        log.info(kv(event="worker_stopped", worker=index))
+
+
+def serve_worker(cfg: Config, index: int, fd: int) -> int:
+    """The ``serve --worker`` entry point; exit 0 after a drain, 1 on a startup failure."""
+    setup_logging(cfg.server.log_level)
+    try:
+        uvloop.run(_main(cfg, index, fd))
+    except (MtaError, OSError) as exc:
+        log.error(kv(event="worker_fatal", worker=index, error=str(exc)))
+        return 1
+    sys.stderr.flush()
+    return 0

@@ -1,0 +1,274 @@
+"""The owner's side of the process model: N submission workers, their links, their lives.
+
+With ``[server] workers = N`` (N > 1) the owner — the daemon with the database writer,
+scheduler, delivery, inbound, tracking, admin and API — does not bind the submission
+listeners. It starts N worker processes (:mod:`mtaserver.workers.child`, a fresh
+interpreter each: no fork of a running loop), each with one end of a socketpair, and as a
+:class:`Service`:
+
+* ``start`` spawns them and returns once every one reported READY (so the daemon's one
+  READY=1 comes after all are listening); a worker that dies before that fails the start;
+* ``run`` restarts a worker that died (kill -9, crash) with the supervisor's back-off;
+* each ENQUEUE frame is checked against the per-user rate (the owner's buckets, shared
+  with the HTTP API) and committed with ``Spool.enqueue`` — concurrent frames from all
+  workers share one group commit — then acked; the worker answers 250 after the ack;
+* ``reload`` forwards SIGHUP and waits until each worker has re-read the config;
+* ``drain`` sends SIGTERM and waits for the workers to finish their transactions (the
+  database stays open until every drain is done).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Protocol
+
+from mtaserver.clock import Clock
+from mtaserver.config import Config
+from mtaserver.errors import MtaError, StorageError
+from mtaserver.log import get_logger, kv
+from mtaserver.model import PreparedMessage
+from mtaserver.prepare import PrepareError
+from mtaserver.supervisor import Backoff
+from mtaserver.workers import frames
+from mtaserver.workers.frames import Frame, FrameError
+
+log = get_logger("workers")
+
+READY_TIMEOUT = 60.0  # a fresh interpreter imports, opens the database, loads keys, binds
+RATE_LIMITED = "451 4.7.1 Message rate limit exceeded, try again later"
+
+
+class Spool(Protocol):
+    async def enqueue(self, msg: PreparedMessage) -> None: ...
+
+
+class Limiter(Protocol):
+    def take(self, key: str) -> bool: ...
+
+
+class Observer(Protocol):
+    def session_started(self, listener: str) -> None: ...
+
+    def auth_failed(self, listener: str) -> None: ...
+
+    def recipient_refused(self, reason: str) -> None: ...
+
+
+class _Slot:
+    """One worker position: its current process, link and readiness."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready = asyncio.Event()
+        self.served: asyncio.Task[None] | None = None
+        self.started = 0.0
+
+
+class WorkerPool:
+    name = "workers"
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        spool: Spool,
+        user_rate: Callable[[], Limiter | None],
+        observer: Observer | None,
+        clock: Clock,
+        on_restart: Callable[[str], None] = lambda name: None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.count = cfg.server.workers
+        self._spool = spool
+        self._user_rate = user_rate
+        self._observer = observer
+        self._clock = clock
+        self._on_restart = on_restart
+        self._backoff = backoff or Backoff()
+        self._slots = [_Slot(i) for i in range(self.count)]
+        self._stopping = False
+
+    # -- Service -------------------------------------------------------------------------
+    async def start(self) -> None:
+        for slot in self._slots:
+            await self._spawn(slot)
+        try:
+            for slot in self._slots:
+                await self._wait_ready(slot)
+        except BaseException:
+            await self.drain(5.0)
+            raise
+        log.info(kv(event="workers_ready", workers=self.count,
+                    pids=",".join(str(s.proc.pid) for s in self._slots if s.proc)))  # fmt: skip
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for slot in self._slots:
+                tg.create_task(self._keep(slot), name=f"worker-{slot.index}")
+
+    async def drain(self, timeout: float) -> None:
+        self._stopping = True
+        procs = [s.proc for s in self._slots if s.proc is not None and s.proc.returncode is None]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        # A worker's own drain is bounded by drain_timeout; a little more for its exit.
+        done = asyncio.gather(*(p.wait() for p in procs))
+        try:
+            await asyncio.wait_for(done, timeout + 5.0)
+        except TimeoutError:
+            for proc in procs:
+                if proc.returncode is None:
+                    log.warning(kv(event="worker_killed", pid=proc.pid, reason="drain_timeout"))
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+            await asyncio.gather(*(p.wait() for p in procs))
+        for slot in self._slots:  # answers in flight were sent; the links can go
+            if slot.served is not None:
+                slot.served.cancel()
+        log.info(kv(event="workers_stopped", workers=len(procs)))
+
+    async def reload(self, config: Config) -> None:
+        if config.server.workers != self.count:
+            log.warning(kv(event="reload_needs_restart", key="server.workers"))
+        self.cfg = config
+        live = [s for s in self._slots if s.proc is not None and s.proc.returncode is None]
+        for slot in live:
+            slot.ready.clear()
+            assert slot.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                slot.proc.send_signal(signal.SIGHUP)
+        for slot in live:
+            try:
+                await asyncio.wait_for(slot.ready.wait(), READY_TIMEOUT)
+            except TimeoutError:
+                log.error(kv(event="worker_reload_timeout", worker=slot.index))
+
+    # -- processes -----------------------------------------------------------------------
+    async def _spawn(self, slot: _Slot) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # one READY=1
+        try:
+            slot.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "mtaserver", "serve", "-c", str(self.cfg.source),
+                "--worker", str(slot.index), "--link-fd", str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),), env=env,
+            )  # fmt: skip
+        finally:
+            theirs.close()
+        slot.ready.clear()
+        slot.started = self._clock.monotonic()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        slot.served = asyncio.create_task(self._serve(slot, reader, writer))
+        log.info(kv(event="worker_started", worker=slot.index, pid=slot.proc.pid))
+
+    async def _wait_ready(self, slot: _Slot) -> None:
+        assert slot.proc is not None
+        ready = asyncio.create_task(slot.ready.wait())
+        exited = asyncio.create_task(slot.proc.wait())
+        await asyncio.wait({ready, exited}, timeout=READY_TIMEOUT,
+                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        ready.cancel()
+        exited.cancel()
+        if not slot.ready.is_set():
+            code = slot.proc.returncode
+            raise MtaError(
+                f"submission worker {slot.index} "
+                + (f"exited with {code}" if code is not None else "did not become ready")
+                + " during start (see its log lines above)"
+            )
+
+    async def _keep(self, slot: _Slot) -> None:
+        """Restart the worker whenever it dies, with a doubling back-off."""
+        delay = self._backoff.initial
+        restarts = 0
+        while True:
+            assert slot.proc is not None
+            code = await slot.proc.wait()
+            if self._stopping:
+                return
+            if self._clock.monotonic() - slot.started >= self._backoff.reset_after:
+                delay = self._backoff.initial
+            restarts += 1
+            self._on_restart(f"worker-{slot.index}")
+            log.error(kv(event="worker_died", worker=slot.index, pid=slot.proc.pid, code=code,
+                         restart_in=delay, restarts=restarts))  # fmt: skip
+            await self._clock.sleep(delay)
+            delay = min(self._backoff.maximum, delay * 2)
+            if self._stopping:
+                return
+            await self._spawn(slot)
+            try:
+                await self._wait_ready(slot)
+            except MtaError as exc:
+                log.error(kv(event="worker_restart_failed", worker=slot.index, error=str(exc)))
+                continue
+            log.info(kv(event="worker_restarted", worker=slot.index, pid=slot.proc.pid,
+                        restarts=restarts))  # fmt: skip
+
+    # -- the link ------------------------------------------------------------------------
+    async def _serve(
+        self, slot: _Slot, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Read the worker's frames; each ENQUEUE runs as its own task (group commit)."""
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while (frame := await frames.read_frame(reader)) is not None:
+                if frame.kind == frames.ENQUEUE:
+                    task = asyncio.create_task(self._enqueue(frame, writer))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                elif frame.kind == frames.READY:
+                    slot.ready.set()
+                elif frame.kind == frames.OBSERVE:
+                    self._observe(frame.body)
+        except (FrameError, OSError) as exc:
+            log.error(kv(event="worker_link_failed", worker=slot.index, error=str(exc)))
+        finally:
+            if tasks:  # let commits in flight finish (their answers may go nowhere)
+                await asyncio.gather(*tasks, return_exceptions=True)
+            writer.close()
+
+    async def _enqueue(self, frame: Frame, writer: asyncio.StreamWriter) -> None:
+        answer = Frame(frames.OK, frame.request)
+        try:
+            msg = frames.decode_message(frame.body)
+            limiter = self._user_rate()
+            if msg.user is not None and limiter is not None and not limiter.take(msg.user):
+                log.info(kv(queue_id=msg.queue_id, event="rate_limited", user=msg.user,
+                            client_ip=msg.client_ip))  # fmt: skip
+                raise PrepareError(RATE_LIMITED)
+            await self._spool.enqueue(msg)
+        except PrepareError as exc:
+            answer = _error(frame, "prepare", exc.reply)
+        except StorageError as exc:
+            answer = _error(frame, "full" if exc.full else "storage", "")
+        except Exception as exc:  # FrameError, a bug: the worker answers 451
+            log.error(kv(event="worker_enqueue_failed", error=type(exc).__name__))
+            answer = _error(frame, "storage", "")
+        if not writer.is_closing():
+            writer.write(frames.pack(answer))
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+
+    def _observe(self, body: bytes) -> None:
+        if self._observer is None:
+            return
+        try:
+            method, arg = frames.decode_json(body)
+        except (FrameError, ValueError, TypeError):
+            return
+        if method in ("session_started", "auth_failed", "recipient_refused"):
+            getattr(self._observer, method)(str(arg))
+
+
+def _error(frame: Frame, kind: str, reply: str) -> Frame:
+    return Frame(frames.ERR, frame.request, frames.encode_json({"kind": kind, "reply": reply}))
