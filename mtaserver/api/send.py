@@ -221,7 +221,8 @@ class MailSend:
         cache = await self._caches.get()  # at most render_slots requests render at once
         try:
             work = Composition(req, domain=self._d.hostname, cache=cache, template=template,
-                               budget=budget, now=now)  # fmt: skip
+                               budget=budget, now=now,
+                               monotonic=self._d.clock.monotonic)  # fmt: skip
             # One slice per thread hop: between slices the loop runs whatever is waiting.
             while not await asyncio.to_thread(work.step, COMPOSE_SLICE):
                 pass

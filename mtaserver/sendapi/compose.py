@@ -15,7 +15,6 @@ from __future__ import annotations
 import random
 import re
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -142,7 +141,7 @@ class Composition:
         budget: RenderBudget | None = None,
         now: float | None = None,
         message_id: Callable[[str], str] | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] | None = None,  # needed for step(seconds)
         direct: bool = True,
     ) -> None:
         self._request = request
@@ -168,7 +167,10 @@ class Composition:
 
     def step(self, seconds: float | None) -> bool:
         """Build messages for about ``seconds`` (all when None); True once finished."""
-        deadline = None if seconds is None else self._monotonic() + seconds
+        clock = self._monotonic
+        if seconds is not None and clock is None:
+            raise ValueError("Composition.step(seconds) needs the monotonic clock")
+        deadline = None if seconds is None or clock is None else clock() + seconds
         people = self._request.personalizations
         while not self.done:
             i = self._next
@@ -182,7 +184,7 @@ class Composition:
             except (ValueError, TypeError, IndexError) as exc:
                 self._errors = (ApiError(_mime_error(exc), f"personalizations.{i}", None),)
             self._next = i + 1
-            if deadline is not None and self._monotonic() >= deadline:
+            if deadline is not None and clock is not None and clock() >= deadline:
                 break
         return self.done
 
