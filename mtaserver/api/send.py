@@ -1,13 +1,19 @@
 """``POST /v3/mail/send``: one request → one queued message per personalization.
 
 Order of checks, each answered the way SendGrid answers it: the idempotent replay, the
-payload (decoded and validated in a worker thread: a 30 MB body is CPU work), sender
-binding (the key's user owns every ``from`` domain), the batch, the template, the user's
-rate limit (one token per request, as SMTP spends one per transaction), rendering (a
-worker thread, under a render budget), then each message through the same ``prepare``
-as SMTP (cleanup → tracking → DKIM) with suppressed recipients (global, the sending
+payload (decoded and validated; over 64 KiB in a worker thread: a 30 MB body is CPU work),
+sender binding (the key's user owns every ``from`` domain), the batch, the template, the
+composed volume (413 over 1 GiB), the user's rate limit (the SMTP submission buckets, one
+token per request as SMTP spends one per transaction), rendering and composing under a
+render budget, then each message through the same ``prepare`` as SMTP (cleanup →
+tracking → DKIM, a few at a time) with suppressed recipients (global, the sending
 domain's, the ``asm`` group's) stored dropped. ``202`` comes only after every message,
 its events and the idempotent answer are committed in one transaction.
+
+Composing never holds the event loop for long: a small request (a few personalizations,
+small content) is composed on the loop under a small render budget, because a thread hop
+costs more than the work; anything larger, or a render that needs more than that budget,
+is composed in a worker thread in 20 ms slices with the loop's turn between slices.
 """
 
 from __future__ import annotations
