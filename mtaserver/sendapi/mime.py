@@ -57,7 +57,10 @@ def encode_words(text: str) -> str:
 
 def fold(name: str, value: str) -> bytes:
     """``Name: value`` folded at spaces so lines stay within 78 characters where a space
-    allows; a line over 998 characters is refused."""
+    allows; a line over 998 characters, or a value with a line break (it would start
+    another header), is refused."""
+    if "\r" in value or "\n" in value:
+        raise Unsupported("line break in a header value")
     line = name + ": "
     out: list[str] = []
     words = value.split(" ")
