@@ -20,7 +20,7 @@ from aiohttp import web
 
 from mtaserver.errors import MtaError, StorageError
 from mtaserver.log import get_logger, kv
-from mtaserver.oauth import TokenInvalid, TokenUnavailable, VerifiedToken
+from mtaserver.oauth import TokenInvalid, TokenUnavailable, VerifiedToken, looks_like_jwt
 from mtaserver.storage.sqlite.tokens import TokenInfo
 
 log = get_logger("admin")
@@ -63,11 +63,6 @@ def bearer(request: web.Request) -> str | None:
     if scheme.lower() != "bearer" or not value.strip():
         return None
     return value.strip()
-
-
-def looks_like_jwt(text: str) -> bool:
-    """A JWS compact serialization (``eyJ…``, three parts); admin tokens have no dots."""
-    return text.startswith("eyJ") and text.count(".") == 2
 
 
 async def jwt_principal(

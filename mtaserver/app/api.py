@@ -13,10 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mtaserver.api import ApiDeps, ApiServer, NoTemplates, TemplateSource, build_api_app
+from mtaserver.app.bearer import KeysOrTokens
 from mtaserver.app.mail import MailParts, _track_defaults
 from mtaserver.app.service import Service, SimpleService
 from mtaserver.config import Config
 from mtaserver.log import get_logger, kv
+from mtaserver.oauth import CurrentVerifier
 from mtaserver.pipeline import Pipeline
 from mtaserver.sendapi import Limits
 from mtaserver.storage.sqlite.apikeys import ApiKeyStore
@@ -74,8 +76,9 @@ def api_service(
     current = _Current(cfg, _pipeline(cfg, parts), api_limits(cfg))
     rates = parts.user_rates
     intake = ApiIntake(db, parts.spool)
+    oauth = CurrentVerifier(cfg.oauth, clock)  # JWT bearers beside the API keys
     deps = ApiDeps(
-        keys=ApiKeyStore(db, clock),
+        keys=KeysOrTokens(ApiKeyStore(db, clock), oauth),
         users=parts.users,
         suppressions=parts.suppressions,
         preparer=lambda: current.pipeline,
@@ -108,10 +111,12 @@ def api_service(
 
     async def drain(timeout: float) -> None:
         await server.stop()
+        await oauth.aclose()
 
     async def reload(new: Config) -> None:
         if ssl_context is not None and new.tls.cert and new.tls.key:
             ssl_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
+        await oauth.apply(new.oauth)
         current.cfg, current.pipeline, current.limits = new, _pipeline(new, parts), api_limits(new)
         rates.apply(new.submission)  # the same buckets as submission: applying twice is a no-op
         log.info(kv(event="api_reloaded", max_personalizations=new.api.max_personalizations,

@@ -12,6 +12,7 @@ from mtaserver.oauth.verifier import (
     TokenUnavailable,
     TokenVerifier,
     VerifiedToken,
+    looks_like_jwt,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "TokenUnavailable",
     "TokenVerifier",
     "VerifiedToken",
+    "looks_like_jwt",
 ]

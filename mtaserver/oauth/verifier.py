@@ -53,6 +53,12 @@ class TokenUnavailable(Exception):
     """The token cannot be checked now (the issuer's keys are unavailable): try later."""
 
 
+def looks_like_jwt(text: str) -> bool:
+    """A JWS compact serialization (``eyJ…``, three parts): told apart from API keys
+    (``SG.…``) and admin tokens (``mta_…``) without parsing anything."""
+    return text.startswith("eyJ") and text.count(".") == 2
+
+
 class _Issuer:
     def __init__(self, cfg: IssuerConfig, clock: Clock, where: str) -> None:
         self.cfg = cfg
