@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import email
 import itertools
+from collections.abc import Iterator
 from email import policy
 from email.message import EmailMessage
 from typing import Any
@@ -65,8 +66,12 @@ def both(payload: dict[str, Any]) -> tuple[bytes, bytes, MailRequest]:
     made = []
     for direct in (True, False):
         ids = itertools.count()
+
+        def message_id(domain: str, ids: Iterator[int] = ids) -> str:
+            return f"<id{next(ids)}@{domain}>"
+
         out = compose(req, domain="mta.test", cache=TemplateCache(), now=NOW, direct=direct,
-                      message_id=lambda d, ids=ids: f"<id{next(ids)}@{d}>")  # fmt: skip
+                      message_id=message_id)  # fmt: skip
         assert out.ok, out.errors
         made.append(out.messages[0].message)
     return made[0], made[1], req

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import aiohttp
 
@@ -15,8 +16,9 @@ from tests.support.apiinproc import in_process_api
 
 async def test_attachment_times_personalizations_over_the_cap_is_413(db: Database) -> None:
     blob = base64.b64encode(b"\0" * (2 * 1024 * 1024)).decode()  # 2 MiB, x1000 = 2.6 GiB
-    body = {
-        "personalizations": [{"to": [{"email": f"r{i}@dest.test"}]} for i in range(1000)],
+    people = [{"to": [{"email": f"r{i}@dest.test"}]} for i in range(1000)]
+    body: dict[str, Any] = {
+        "personalizations": people,
         "from": {"email": "app@example.com"}, "subject": "s",
         "content": [{"type": "text/plain", "value": "see attached"}],
         "attachments": [{"content": blob, "filename": "big.bin"}],
@@ -29,7 +31,7 @@ async def test_attachment_times_personalizations_over_the_cap_is_413(db: Databas
         (err,) = answer["errors"]
         assert err["field"] == "attachments" and "MiB" in err["message"]
         assert await api.recipients() == []
-        body["personalizations"] = body["personalizations"][:10]  # 27 MiB: accepted
+        body["personalizations"] = people[:10]  # 27 MiB: accepted
         async with s.post(api.base_url + "/v3/mail/send", data=json.dumps(body),
                           headers={"Authorization": f"Bearer {api.key}"}) as r:  # fmt: skip
             assert r.status == 202
