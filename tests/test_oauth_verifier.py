@@ -347,3 +347,19 @@ async def test_two_issuers_route_by_iss(clock: FakeClock) -> None:
         await v.aclose()
         await a.stop()
         await b.stop()
+
+
+async def test_a_closed_verifier_fetches_nothing(issuer: Issuer, clock: FakeClock) -> None:
+    """After SIGHUP replaced it, sessions that still hold it use its cached keys only."""
+    v = await verifier_for(issuer, clock)
+    await v.verify(issuer.token(now=clock.now()))
+    await v.aclose()
+    assert (await v.verify(issuer.token(now=clock.now()))).user == "alice"
+    clock.advance(400)
+    assert (await v.verify(issuer.token(now=clock.now()))).user == "alice"
+    assert issuer.jwks_requests == 1
+    fresh = await verifier_for(issuer, clock)
+    await fresh.aclose()
+    with pytest.raises(TokenUnavailable):
+        await fresh.verify(issuer.token(now=clock.now()))
+    assert issuer.jwks_requests == 1

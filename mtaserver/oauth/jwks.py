@@ -122,6 +122,7 @@ class RemoteJwks:
         self._last_error = ""
         self._inflight: asyncio.Future[KeySet] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False  # replaced on SIGHUP: sessions begun before use cached keys only
         self.fetches = 0  # for tests and metrics
 
     async def keys(self, kid: str | None) -> KeySet:
@@ -131,7 +132,7 @@ class RemoteJwks:
         fresh = have is not None and now < self._fresh_until
         if fresh and have is not None and have.find(kid) is not None:
             return have
-        if not self._may_fetch(now):
+        if self._closed or not self._may_fetch(now):
             if have is not None and now - self._fetched_at <= self._cfg.jwks_max_age:
                 return have  # rate-bounded: the caller judges the kid against what we have
             raise JwksUnavailable(self._last_error or "keys not fetched yet")
@@ -195,6 +196,7 @@ class RemoteJwks:
         return keys
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._inflight is not None:
             self._inflight.cancel()
         if self._session is not None:
