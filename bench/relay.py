@@ -2,9 +2,10 @@
 
 Three MTAs are measured in the same invocation, through the same source and sink:
 
-* ``mtaserver``: the daemon as a real process — plaintext trusted listener, DKIM signing
-  (RSA-2048, relaxed/relaxed), durable SQLite queue, scheduler and delivery agent relaying
-  to the sink (``[delivery] relay_host``);
+* ``mtaserver``: the daemon as a real process, once per ``--workers`` value (``[server]
+  workers``; memory counts the owner and its worker processes) — plaintext trusted
+  listener, DKIM signing (RSA-2048, relaxed/relaxed), durable SQLite queue, scheduler
+  and delivery agent relaying to the sink (``[delivery] relay_host``);
 * ``postfix``: a private Postfix instance (own config_directory and queue_directory under a
   temporary directory, ``relayhost`` = the sink);
 * ``postfix+opendkim``: the same with OpenDKIM signing as a milter, same key.
@@ -16,6 +17,7 @@ daemon; Postfix's master and all its children, plus OpenDKIM — sampled every 1
 
     .venv/bin/python -m bench.relay                      # 20,000 messages of 4 KB over 50 sessions
     .venv/bin/python -m bench.relay -n 2000 --only mtaserver
+    .venv/bin/python -m bench.relay -n 5000 --only mtaserver,postfix --workers 1,2,auto
 
 Needs Debian's postfix (smtp-source, smtp-sink) and opendkim; never touches port 25.
 """
@@ -220,7 +222,7 @@ def measure(name: str, sink: Sink, port: int, args: argparse.Namespace, mem: Pea
 # -- mtaserver -------------------------------------------------------------------------------
 @contextlib.contextmanager
 def mtaserver(
-    tmp: Path, sink_port: int, key: Path, args: argparse.Namespace
+    tmp: Path, sink_port: int, key: Path, args: argparse.Namespace, workers: str = "1"
 ) -> Iterator[tuple[int, int]]:
     port = free_port()
     data = tmp / "mta-data"
@@ -231,6 +233,7 @@ def mtaserver(
 hostname = "bench.example"
 data_dir = "{data}"
 log_level = "{args.log_level}"
+workers = {workers if workers.isdigit() else f'"{workers}"'}
 
 [submission]
 listen_plain = "127.0.0.1:{port}"
@@ -430,8 +433,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="mtaserver,postfix,postfix+opendkim")
     ap.add_argument("--log-level", default="info", help="mtaserver log level")
     ap.add_argument("--dump", help="directory where the sink writes every message it gets")
+    ap.add_argument("--workers", default="1,2,auto",
+                    help="mtaserver [server] workers values, one run each")  # fmt: skip
     args = ap.parse_args(argv)
     which = args.only.split(",")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="mta-relay-") as tmpdir:
         tmp = Path(tmpdir)
@@ -441,11 +447,13 @@ def main(argv: list[str] | None = None) -> int:
         sink = Sink(free_port(), args.dump)
         try:
             if "mtaserver" in which:
-                d = tmp / "mtaserver"
-                d.mkdir()
-                with mtaserver(d, sink.port, key, args) as (port, pid):
-                    mem = PeakMemory([pid])
-                    results.append(measure("mtaserver (DKIM)", sink, port, args, mem))
+                for workers in args.workers.split(","):
+                    d = tmp / f"mtaserver-{workers}"
+                    d.mkdir()
+                    with mtaserver(d, sink.port, key, args, workers) as (port, pid):
+                        mem = PeakMemory([pid])  # the owner and its worker processes
+                        name = f"mtaserver (DKIM, w={workers})"
+                        results.append(measure(name, sink, port, args, mem))
             if "postfix" in which:
                 d = tmp / "postfix"
                 d.mkdir()
@@ -470,18 +478,18 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{args.messages} messages of {args.size} bytes, {args.sessions} sessions "
         f"(smtp-source), relayed to smtp-sink; outbound concurrency {args.concurrency}"
     )
-    print(f"{'MTA':<22} {'msg/s':>8} {'seconds':>8} {'accepted/s':>11} {'peak MiB':>9}")
+    print(f"load average before the runs: {load}; {os.cpu_count()} CPUs")
+    print(f"{'MTA':<28} {'msg/s':>8} {'seconds':>8} {'accepted/s':>11} {'peak MiB':>9}")
     for r in results:
         print(
-            f"{r.name:<22} {r.rate:>8.0f} {r.seconds:>8.1f} "
+            f"{r.name:<28} {r.rate:>8.0f} {r.seconds:>8.1f} "
             f"{r.messages / r.accept_seconds:>11.0f} {r.peak_mib:>9.1f}"
         )
     by = {r.name: r for r in results}
-    mta = by.get("mtaserver (DKIM)")
-    if mta:
+    for mta in (r for r in results if r.name.startswith("mtaserver")):
         for base in ("postfix", "postfix + opendkim"):
             if base in by:
-                print(f"ratio mtaserver (DKIM) / {base}: {mta.rate / by[base].rate:.2f}")
+                print(f"ratio {mta.name} / {base}: {mta.rate / by[base].rate:.2f}")
     return 0
 
 
