@@ -3,11 +3,13 @@
 
 One daemon with ``[submission] user_rate`` and both the AUTH submission listeners and the
 API over HTTPS: a user that has spent its burst over the API is refused over SMTP and the
-other way round; the mail that did go out is traced with the protocol it really used.
+other way round, until a SIGHUP takes the rate away from both; the mail that did go out is
+traced with the protocol it really used.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email
 import ssl
 from pathlib import Path
@@ -72,3 +74,12 @@ async def test_api_and_smtp_share_the_users_rate(tmp_path: Path) -> None:
         assert b"ESMTP" not in head
         assert b"Received: from [127.0.0.1]\r\n\tby mta.test (mtaserver) with HTTPS" in api_mail
         assert b"with ESMTPSA (TLSv1." in by_to["<s@dest.example>"]
+        # SIGHUP without a user_rate: neither way is limited any more
+        assert api.daemon is not None
+        del api.cfg.data["submission"]["user_rate"]
+        api.cfg.write()
+        await asyncio.to_thread(api.daemon.reload)
+        assert await api_send(api, ctx, 3) == 202
+        await smtp_send(api, ctx)
+        assert await api_send(api, ctx, 4) == 202
+        assert api.queued() == 6
