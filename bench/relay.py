@@ -162,6 +162,19 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (/proc/PID/stat utime, stime)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(root: int) -> dict[int, float]:
+    return {p: cpu_seconds(p) for p in descendants(root)}
+
+
 class PeakMemory:
     """Samples the summed PSS of some process trees every 100 ms; keeps the peak."""
 
@@ -203,6 +216,8 @@ class Result:
     seconds: float
     peak_mib: float
     accept_seconds: float  # until smtp-source had every message accepted
+    cpu_main: float = 0.0  # CPU seconds of the root process (mtaserver: the owner)
+    cpu_rest: float = 0.0  # CPU seconds of its descendants (mtaserver: the workers)
 
     @property
     def rate(self) -> float:
@@ -211,12 +226,18 @@ class Result:
 
 def measure(name: str, sink: Sink, port: int, args: argparse.Namespace, mem: PeakMemory) -> Result:
     sink.reset()
+    root = mem.roots[0]
+    before = tree_cpu(root)
     t0 = time.monotonic()
     run_source(port, args.messages, args.sessions, args.size)
     accepted = time.monotonic()
     end = sink.wait(args.messages, timeout=max(600.0, args.messages / 10))
     peak = mem.stop()
-    return Result(name, args.messages, end - t0, peak / 1024, accepted - t0)
+    used = {p: c - before.get(p, 0.0) for p, c in tree_cpu(root).items()}
+    main = used.pop(root, 0.0)
+    return Result(
+        name, args.messages, end - t0, peak / 1024, accepted - t0, main, sum(used.values())
+    )
 
 
 # -- mtaserver -------------------------------------------------------------------------------
@@ -479,11 +500,15 @@ def main(argv: list[str] | None = None) -> int:
         f"(smtp-source), relayed to smtp-sink; outbound concurrency {args.concurrency}"
     )
     print(f"load average before the runs: {load}; {os.cpu_count()} CPUs")
-    print(f"{'MTA':<28} {'msg/s':>8} {'seconds':>8} {'accepted/s':>11} {'peak MiB':>9}")
+    print(
+        f"{'MTA':<28} {'msg/s':>8} {'seconds':>8} {'accepted/s':>11} {'peak MiB':>9} "
+        f"{'CPU ms/msg main+children':>25}"
+    )
     for r in results:
+        cpu = f"{1000 * r.cpu_main / r.messages:.2f}+{1000 * r.cpu_rest / r.messages:.2f}"
         print(
             f"{r.name:<28} {r.rate:>8.0f} {r.seconds:>8.1f} "
-            f"{r.messages / r.accept_seconds:>11.0f} {r.peak_mib:>9.1f}"
+            f"{r.messages / r.accept_seconds:>11.0f} {r.peak_mib:>9.1f} {cpu:>25}"
         )
     by = {r.name: r for r in results}
     for mta in (r for r in results if r.name.startswith("mtaserver")):
