@@ -316,10 +316,10 @@ async def test_jwks_trouble_is_454_and_never_accepts(
         started = time.perf_counter()
         pending = asyncio.create_task(c.cmd("AUTH XOAUTH2 " + xoauth2("alice", issuer.token())))
         await asyncio.sleep(0.2)
-        # meanwhile another session is served at once: the loop is not waiting on the fetch
-        t0 = time.perf_counter()
+        # meanwhile another session is served: the loop is not waiting on the fetch
         assert (await other.cmd("NOOP")).startswith("250")
-        assert time.perf_counter() - t0 < 0.5
+        if mode == "slow":
+            assert not pending.done()  # answered while the fetch was still running
         reply = await pending
         assert reply == "454 4.7.0 Temporary authentication failure, try again later"
         assert time.perf_counter() - started < 5
@@ -337,17 +337,18 @@ async def test_huge_tokens_are_refused_without_stalling(tmp_path: Path, issuer: 
         c = await starttls_client(env)
         other = await starttls_client(env)
         huge = issuer.token(pad="x" * (1024 * 1024))
-        ticks = 0
+        gaps: list[float] = []
 
         async def ticker() -> None:
-            nonlocal ticks
+            last = time.perf_counter()
             while True:
                 await asyncio.sleep(0.005)
-                ticks += 1
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
 
         task = asyncio.create_task(ticker())
         try:
-            started = time.perf_counter()
             reply = await c.cmd("AUTH XOAUTH2 " + xoauth2("alice", huge))
             assert reply.startswith("500"), reply  # the command line is over the limit
             assert (await c.cmd("AUTH OAUTHBEARER")) == "334 "
@@ -359,9 +360,8 @@ async def test_huge_tokens_are_refused_without_stalling(tmp_path: Path, issuer: 
             assert error_json(await c.cmd("AUTH XOAUTH2 " + xoauth2("alice", medium)))[
                 "status"] == "invalid_request"  # fmt: skip
             assert (await c.cmd("")).startswith("535 5.7.8")
-            elapsed = time.perf_counter() - started
             assert (await other.cmd("NOOP")).startswith("250")
-            assert ticks >= elapsed / 0.005 / 4  # the loop kept turning
+            assert gaps and max(gaps) < 1.0, max(gaps)  # the loop kept turning throughout
             # the session still works
             reply = await c.cmd("AUTH XOAUTH2 " + xoauth2("alice", issuer.token()))
             assert reply.startswith("235")
