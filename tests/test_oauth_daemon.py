@@ -124,3 +124,35 @@ def test_check_config_reads_the_jwks_file(tmp_path: Path) -> None:
     proc = Daemon(cfg).cli("check-config")
     assert proc.returncode == 0, proc.stderr
     assert f"oauth issuer   https://idp.example.com aud=a,b user=email keys={keys}" in proc.stdout
+
+
+async def test_oauth_in_worker_processes(tmp_path: Path, issuer: Issuer) -> None:
+    """With [server] workers = 2 the SMTP sessions run in children: OAuth works there too."""
+    cfg = TestConfig(tmp_path)
+    cfg.set("server", workers=2)
+    cfg.set("oauth", issuers=[issuer.issuer_table()])
+    ctx = ssl.create_default_context()
+    cfg.ca.configure_trust(ctx)
+    daemon = Daemon(cfg)
+    await asyncio.to_thread(daemon.start)
+    try:
+        added = await asyncio.to_thread(
+            daemon.cli, "user", "add", "app", "--domain", "example.com", "--password-stdin",
+            input=b"daemon password 123\n",
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        _, port = cfg.address("submission", "listen")
+        for _ in range(4):  # connections spread over the workers
+            client = aiosmtplib.SMTP(hostname="localhost", port=port, tls_context=ctx,
+                                     start_tls=True, timeout=15)  # fmt: skip
+            async with client:
+                await client.ehlo()
+                with pytest.raises(aiosmtplib.SMTPAuthenticationError) as err:
+                    await client.auth_xoauth2("app", issuer.token("app", lifetime=-3600))
+                assert err.value.code == 535
+                await client.auth_xoauth2("app", issuer.token("app"))
+                errors, _ = await client.sendmail("app@example.com", ["x@dest.example"], MSG)
+                assert errors == {}
+    finally:
+        code = await asyncio.to_thread(daemon.stop)
+    assert code == 0, daemon.log()
