@@ -120,17 +120,19 @@ class WorkerPool:
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
-        # A worker's own drain is bounded by drain_timeout; a little more for its exit.
-        done = asyncio.gather(*(p.wait() for p in procs))
+        # Each worker bounds its own drain by drain_timeout; one still running when the
+        # daemon's drain ends (timeout, or cancelled by the lifecycle) is killed: what it
+        # had not acknowledged the client sends again.
         try:
-            await asyncio.wait_for(done, timeout + 5.0)
-        except TimeoutError:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), timeout)
+        finally:
             for proc in procs:
                 if proc.returncode is None:
                     log.warning(kv(event="worker_killed", pid=proc.pid, reason="drain_timeout"))
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
-            await asyncio.gather(*(p.wait() for p in procs))
+        await asyncio.gather(*(p.wait() for p in procs))
         for slot in self._slots:  # answers in flight were sent; the links can go
             if slot.served is not None:
                 slot.served.cancel()
@@ -140,7 +142,13 @@ class WorkerPool:
         if config.server.workers != self.count:
             log.warning(kv(event="reload_needs_restart", key="server.workers"))
         self.cfg = config
-        live = [s for s in self._slots if s.proc is not None and s.proc.returncode is None]
+        # Only workers that are up: one still starting has no SIGHUP handler yet (the
+        # signal would end it) and reads the new file anyway.
+        live = [
+            s
+            for s in self._slots
+            if s.proc is not None and s.proc.returncode is None and s.ready.is_set()
+        ]
         for slot in live:
             slot.ready.clear()
             assert slot.proc is not None
