@@ -88,3 +88,31 @@ async def test_send_and_contacts_with_access_tokens(tmp_path: Path, issuer: Issu
             assert status == 401, (status, body)
         await api.wait_messages(1)
         assert [m.rcpt_tos for m in api.sink.messages] == [["a@x.test"]]
+
+
+async def test_tokens_that_cannot_be_checked_are_503_never_accepted(
+    tmp_path: Path, issuer: Issuer
+) -> None:
+    issuer.mode = "down"  # the issuer's JWKS endpoint fails: no key to check a token with
+    api = ApiDaemon(tmp_path)
+    api.cfg.set("oauth", issuers=[issuer.issuer_table()])
+    async with api, aiohttp.ClientSession() as http:
+        key = await api.new_key("mail.send")
+        token = issuer.token("app", scope="mail.send contacts.read")
+        calls = [
+            ("POST", "/v3/mail/send", mail("app@example.com", "a@x.test")),
+            ("GET", "/v1/lists", None),
+        ]
+        for method, path, body in calls:
+            headers = {"Authorization": f"Bearer {token}"}
+            async with http.request(method, api.base_url + path, json=body, headers=headers) as r:
+                answer = await r.json()
+                assert r.status == 503 and r.headers["Retry-After"] == "30", answer
+                assert "cannot be checked now" in answer["errors"][0]["message"]
+        # API keys do not depend on the issuer
+        headers = {"Authorization": f"Bearer {key}"}
+        payload = mail("app@example.com", "b@x.test")
+        async with http.post(api.base_url + "/v3/mail/send", json=payload, headers=headers) as r:
+            assert r.status == 202
+        await api.wait_messages(1)
+        assert [m.rcpt_tos for m in api.sink.messages] == [["b@x.test"]]

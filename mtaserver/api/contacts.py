@@ -18,8 +18,9 @@ from typing import Final
 
 from aiohttp import web
 
+from mtaserver.api.auth import authenticate
 from mtaserver.api.deps import ApiDeps, KeyInfo
-from mtaserver.api.errors import AUTH_REQUIRED, FORBIDDEN, UNAUTHORIZED, Answer, error
+from mtaserver.api.errors import Answer, error
 from mtaserver.contacts import (
     FORMATS,
     ContactConflict,
@@ -59,11 +60,6 @@ class _TooLarge(Exception):
 
 def _ok(value: object, status: int = 200) -> Answer:
     return Answer(status, json.dumps(value, ensure_ascii=False).encode())
-
-
-def _bearer(request: web.Request) -> str | None:
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
 async def _read_json(request: web.Request) -> object:
@@ -295,16 +291,9 @@ async def remove_member(r: web.Request, key: KeyInfo, store: ContactStore) -> An
 def _handler(deps: ApiDeps, store: ContactStore, scope: str, fn: Fn) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         started = deps.clock.monotonic()
-        key: KeyInfo | None = None
-        text = _bearer(request)
-        if text is None:
-            answer = error(401, AUTH_REQUIRED)
-        elif (key := await deps.keys.verify(text)) is None:
-            log.info(kv(event="api_unauthorized", client_ip=request.remote))
-            answer = error(401, UNAUTHORIZED)
-        elif scope not in key.scopes:
-            answer = error(403, FORBIDDEN)
-        else:
+        key, answer = await authenticate(deps, request, scope)
+        if answer is None:
+            assert key is not None
             answer = await _guarded(request, fn, key, store)
         resp = web.Response(status=answer.status, body=answer.body or None)
         if answer.body:

@@ -45,7 +45,14 @@ class KeyInfo(Protocol):
 
 
 class Keys(Protocol):
-    async def verify(self, key: str) -> KeyInfo | None: ...
+    async def verify(self, key: str) -> KeyInfo | None:
+        """The key's info, None when it is not valid; raises :class:`KeysUnavailable` when
+        it cannot be checked now (an OAuth issuer's keys cannot be fetched)."""
+        ...
+
+
+class KeysUnavailable(Exception):
+    """A credential that cannot be checked right now: answered 503, never accepted."""
 
 
 class Sender(Protocol):

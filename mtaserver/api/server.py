@@ -16,15 +16,12 @@ from typing import Final
 
 from aiohttp import web
 
+from mtaserver.api.auth import authenticate
 from mtaserver.api.batches import BatchApi
 from mtaserver.api.contacts import add_contact_routes
 from mtaserver.api.deps import ApiDeps, KeyInfo
 from mtaserver.api.errors import (
-    AUTH_REQUIRED,
-    FORBIDDEN,
-    UNAUTHORIZED,
     Answer,
-    error,
     errors_body,
 )
 from mtaserver.api.send import MailSend
@@ -38,13 +35,6 @@ log = get_logger("api")
 SMALL_BODY: Final = 64 * 1024  # batch endpoints
 Route = Callable[[web.Request, KeyInfo, bytes], Awaitable[Answer]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _bearer(request: web.Request) -> str | None:
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    return value.strip()
 
 
 def _response(a: Answer) -> web.Response:
@@ -90,16 +80,9 @@ def build_api_app(deps: ApiDeps) -> web.Application:
     ) -> Callable[..., Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
             started = deps.clock.monotonic()
-            key: KeyInfo | None = None
-            text = _bearer(request)
-            if text is None:
-                answer = error(401, AUTH_REQUIRED)
-            elif (key := await deps.keys.verify(text)) is None:
-                log.info(kv(event="api_unauthorized", client_ip=request.remote))
-                answer = error(401, UNAUTHORIZED)
-            elif scope not in key.scopes:
-                answer = error(403, FORBIDDEN)
-            else:
+            key, answer = await authenticate(deps, request, scope)
+            if answer is None:
+                assert key is not None
                 body = await read_body(request, limit())
                 if body is None:
                     answer = Answer(413, _too_large_body(), (("Connection", "close"),))

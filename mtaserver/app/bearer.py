@@ -4,15 +4,15 @@ A bearer that is a JWT is checked against the ``[oauth]`` issuers; its user clai
 mtaserver user (whose domains bind the sender, as for that user's API keys) and its scopes
 are SendGrid's scope names (``mail.send``, ``contacts.write``, …), kept only when the API
 knows them. Anything else is an API key, as before. A token that cannot be checked now
-(issuer keys unavailable) is refused like a bad one: the API never accepts what it could
-not verify.
+(issuer keys unavailable) raises ``KeysUnavailable``: the API answers 503 with
+Retry-After, as the admin API does, and never accepts what it could not verify.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtaserver.api.deps import KeyInfo, Keys
+from mtaserver.api.deps import KeyInfo, Keys, KeysUnavailable
 from mtaserver.log import get_logger, kv
 from mtaserver.oauth import CurrentVerifier, TokenInvalid, TokenUnavailable, looks_like_jwt
 from mtaserver.storage.sqlite.apikeys import SCOPES
@@ -42,7 +42,7 @@ class KeysOrTokens:
             token = await self._oauth.verify(key)
         except TokenUnavailable as exc:
             log.warning(kv(event="api_token_unverifiable", reason=str(exc)))
-            return None
+            raise KeysUnavailable(str(exc)) from None
         except TokenInvalid as exc:
             log.info(kv(event="api_token_refused", reason=exc.reason))
             return None
