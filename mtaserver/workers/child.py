@@ -65,9 +65,15 @@ class OwnerLink:
     Also the sessions' metrics observer, forwarded to the owner's /metrics.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ack_timeout: float = ACK_TIMEOUT,
+    ) -> None:
         self._reader = reader
         self._writer = writer
+        self._ack_timeout = ack_timeout
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Frame]] = {}
         self.closed = asyncio.Event()
@@ -100,9 +106,9 @@ class OwnerLink:
         try:
             self.send(Frame(frames.ENQUEUE, request, frames.encode_message(msg)))
             await self._writer.drain()
-            answer = await asyncio.wait_for(fut, ACK_TIMEOUT)
+            answer = await asyncio.wait_for(fut, self._ack_timeout)
         except TimeoutError:
-            raise StorageError(f"the owner did not commit within {ACK_TIMEOUT:g}s") from None
+            raise StorageError(f"the owner did not commit within {self._ack_timeout:g}s") from None
         except ConnectionError as exc:
             raise StorageError(f"the owner process is unreachable: {exc}") from None
         finally:

@@ -207,8 +207,12 @@ class WorkerPool:
                 delay = self._backoff.initial
             restarts += 1
             self._on_restart(f"worker-{slot.index}")
-            log.error(kv(event="worker_died", worker=slot.index, pid=slot.proc.pid, code=code,
-                         restart_in=delay, restarts=restarts))  # fmt: skip
+            # 0: it drained on a SIGTERM that was not ours (systemd signals the whole
+            # control group at stop; ours follows at once and ends this loop)
+            (log.info if code == 0 else log.error)(
+                kv(event="worker_exited" if code == 0 else "worker_died", worker=slot.index,
+                   pid=slot.proc.pid, code=code, restart_in=delay, restarts=restarts)
+            )  # fmt: skip
             await self._clock.sleep(delay)
             delay = min(self._backoff.maximum, delay * 2)
             if self._stopping:
