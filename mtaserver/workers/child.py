@@ -312,8 +312,8 @@ async def _main(cfg: Config, index: int, fd: int) -> None:
     worker = Worker(cfg, index, link, db, clock)
     try:
         await worker.start()
-        link.send(Frame(frames.READY, 0))
         log.info(kv(event="worker_ready", worker=index, pid=os.getpid()))
+        link.send(Frame(frames.READY, 0))  # after the line: READY=1 follows every worker's
 
         async def reloader() -> None:
             while True:
