@@ -49,8 +49,10 @@ async def test_full_disk_with_workers(tmp_path: Path, tmpfs: Path) -> None:
         sink.data_reply = "451 4.3.0 try later"  # the queue only grows
         cfg = TestConfig(tmp_path, tls=False)
         cfg.set("server", data_dir=str(tmpfs), log_level="info", workers=2)
+        # A delivery whose outcome could not be recorded on the full disk stays leased
+        # until the lease ends: keep it short so the test does not wait 10 minutes.
         cfg.set("delivery", relay_host=f"127.0.0.2:{sinks.port}", tls="none",
-                max_connections=2, nameservers=["127.0.0.1:9"])  # fmt: skip
+                max_connections=2, nameservers=["127.0.0.1:9"], lease="10s")  # fmt: skip
         cfg.set("shaping", poll_interval="50ms", retry_schedule=["1s"], retry_every="1s")
         cfg.set("storage", min_free="1MiB")
         port = cfg.address("submission", "listen_plain")[1]
