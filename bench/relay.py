@@ -18,6 +18,7 @@ daemon; Postfix's master and all its children, plus OpenDKIM — sampled every 1
     .venv/bin/python -m bench.relay                      # 20,000 messages of 4 KB over 50 sessions
     .venv/bin/python -m bench.relay -n 2000 --only mtaserver
     .venv/bin/python -m bench.relay -n 5000 --only mtaserver,postfix --workers 1,2,auto
+    .venv/bin/python -m bench.relay -n 5000 --only mtaserver,postfix --reuse   # connections kept
 
 Needs Debian's postfix (smtp-source, smtp-sink) and opendkim; never touches port 25.
 """
@@ -198,9 +199,13 @@ class PeakMemory:
 
 
 # -- the source ------------------------------------------------------------------------------
-def run_source(port: int, n: int, sessions: int, size: int) -> subprocess.CompletedProcess[bytes]:
+def run_source(
+    port: int, n: int, sessions: int, size: int, reuse: bool = False
+) -> subprocess.CompletedProcess[bytes]:
+    """One connection per message, or with ``reuse`` (smtp-source -d) many per connection."""
     out = subprocess.run(
-        [tool("smtp-source"), "-s", str(sessions), "-m", str(n), "-l", str(size),
+        [tool("smtp-source"), *(["-d"] if reuse else []),
+         "-s", str(sessions), "-m", str(n), "-l", str(size),
          "-f", SENDER, "-t", RCPT, "-M", "source.example", f"127.0.0.1:{port}"],
         capture_output=True, timeout=3600, check=False,
     )  # fmt: skip
@@ -229,7 +234,7 @@ def measure(name: str, sink: Sink, port: int, args: argparse.Namespace, mem: Pea
     root = mem.roots[0]
     before = tree_cpu(root)
     t0 = time.monotonic()
-    run_source(port, args.messages, args.sessions, args.size)
+    run_source(port, args.messages, args.sessions, args.size, args.reuse)
     accepted = time.monotonic()
     end = sink.wait(args.messages, timeout=max(600.0, args.messages / 10))
     peak = mem.stop()
@@ -454,6 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="mtaserver,postfix,postfix+opendkim")
     ap.add_argument("--log-level", default="info", help="mtaserver log level")
     ap.add_argument("--dump", help="directory where the sink writes every message it gets")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="many messages per connection (default: one per connection)",
+    )
     ap.add_argument("--workers", default="1,2,auto",
                     help="mtaserver [server] workers values, one run each")  # fmt: skip
     args = ap.parse_args(argv)
@@ -497,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
             sink.close()
     print(
         f"\n{args.messages} messages of {args.size} bytes, {args.sessions} sessions "
-        f"(smtp-source), relayed to smtp-sink; outbound concurrency {args.concurrency}"
+        f"(smtp-source, {'many messages per' if args.reuse else 'one message per'} "
+        f"connection), relayed to smtp-sink; outbound concurrency {args.concurrency}"
     )
     print(f"load average before the runs: {load}; {os.cpu_count()} CPUs")
     print(
