@@ -13,7 +13,7 @@ import binascii
 import json
 import re
 from email.utils import getaddresses
-from typing import Any, Protocol
+from typing import Any
 
 from aiosmtpd.smtp import AuthResult
 
@@ -25,7 +25,18 @@ from mtaserver.prepare import PrepareError, split_header
 from mtaserver.ratelimit import RateLimiter
 from mtaserver.submission.address import AddressError, parse_mailbox
 from mtaserver.submission.futurerelease import HoldError, ehlo_keyword, parse_hold
+from mtaserver.submission.ports import (
+    AuthUser,
+    BearerChecker,
+    CredentialChecker,
+    FailureThrottle,
+    SmtpObserver,
+    SpaceCheck,
+    Submitter,
+    Suppressions,
+)
 from mtaserver.submission.protocol import STORAGE_FULL, SubmissionSMTP, storage_reply
+from mtaserver.submission.sasl import parse_oauthbearer, parse_xoauth2
 
 log = get_logger("submission")
 
@@ -34,82 +45,6 @@ _LOGNAME = re.compile(r"^[A-Za-z0-9._@+\-]{1,128}$")
 _BEARER_MECHANISMS = ("OAUTHBEARER", "XOAUTH2")
 _TEMPFAIL = "454 4.7.0 Temporary authentication failure, try again later"
 _INVALID = "535 5.7.8 Authentication credentials invalid"
-
-
-class AuthUser(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    def owns(self, domain: str) -> bool: ...
-
-
-class CredentialChecker(Protocol):
-    async def verify(self, login: bytes, password: bytes) -> AuthUser | None: ...
-
-
-class BearerVerdict(Protocol):
-    """One token's verdict (``mtaserver.oauth.BearerVerdict``); never carries the token."""
-
-    @property
-    def user(self) -> AuthUser | None: ...
-    @property
-    def temporary(self) -> bool: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def reason(self) -> str: ...
-    @property
-    def name(self) -> str | None: ...
-    @property
-    def issuer(self) -> str | None: ...
-
-
-class BearerChecker(Protocol):
-    """OAuth access tokens → users (``mtaserver.oauth.BearerAuthenticator``)."""
-
-    @property
-    def max_token_size(self) -> int: ...
-    @property
-    def discovery_url(self) -> str | None: ...
-
-    async def authenticate(self, token: str, claimed: str | None) -> BearerVerdict: ...
-
-
-class FailureThrottle(Protocol):
-    def locked(self, ip: str, user: str | None) -> bool: ...
-
-    def failed(self, ip: str, user: str | None) -> float: ...
-
-    def succeeded(self, user: str) -> None: ...
-
-
-class SmtpObserver(Protocol):
-    """Metrics for what leaves no event: sessions and AUTH failures per listener, and
-    suppressed recipients refused at RCPT (accept-and-drop ones get an event)."""
-
-    def session_started(self, listener: str) -> None: ...
-
-    def auth_failed(self, listener: str) -> None: ...
-
-    def recipient_refused(self, reason: str) -> None: ...
-
-
-class SpaceCheck(Protocol):
-    """Free space where the queue lives (``mtaserver.diskspace.FreeSpace``)."""
-
-    def low(self, need: int = 0) -> bool: ...
-
-
-class Submitter(Protocol):
-    """The pipeline: returns the queue id once the message is durably queued."""
-
-    async def submit(self, submission: Submission) -> str: ...
-
-
-class Suppressions(Protocol):
-    """Returns a reason (or an object with ``reason``) when the address is suppressed."""
-
-    async def check(self, address: str, sender_domain: str) -> object | None: ...
 
 
 class SubmissionHandler:
@@ -379,14 +314,14 @@ class SubmissionHandler:
         blob = await self._initial(server, args)
         if blob is None:
             return AuthResult(success=False, handled=True)
-        parsed = _parse_oauthbearer(blob)
+        parsed = parse_oauthbearer(blob)
         return await self._bearer_auth(server, "OAUTHBEARER", parsed)
 
     async def auth_XOAUTH2(self, server: SubmissionSMTP, args: list[str]) -> AuthResult:
         blob = await self._initial(server, args)
         if blob is None:
             return AuthResult(success=False, handled=True)
-        parsed = _parse_xoauth2(blob)
+        parsed = parse_xoauth2(blob)
         return await self._bearer_auth(server, "XOAUTH2", parsed)
 
     async def _initial(self, server: SubmissionSMTP, args: list[str]) -> bytes | None:
@@ -486,49 +421,6 @@ async def _read_line(server: SubmissionSMTP) -> bytes | None:
                 return None
         await server.push("500 5.5.6 Authentication exchange line is too long")
         return None
-
-
-def _parse_oauthbearer(blob: bytes) -> tuple[str, str | None] | None:
-    """RFC 7628 client response → (token, authzid or None); None if malformed."""
-    try:
-        text = blob.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    gs2, sep, rest = text.partition("\x01")
-    if not sep or not rest.endswith("\x01\x01"):
-        return None
-    fields = gs2.split(",")
-    if len(fields) != 3 or fields[0] not in ("n", "y") or fields[2] != "":
-        return None  # "p=..." (channel binding) is not offered
-    authzid = None
-    if fields[1]:
-        if not fields[1].startswith("a="):
-            return None
-        authzid = fields[1][2:].replace("=2C", ",").replace("=3D", "=")
-    return _bearer_value(rest[:-2].split("\x01")), authzid
-
-
-def _parse_xoauth2(blob: bytes) -> tuple[str, str | None] | None:
-    """``user=...\x01auth=Bearer ...\x01\x01`` → (token, user or None); None if malformed."""
-    try:
-        text = blob.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    if not text.endswith("\x01\x01"):
-        return None
-    pairs = text[:-2].split("\x01")
-    user = next((p[5:] for p in pairs if p.startswith("user=")), None)
-    return _bearer_value(pairs), user or None
-
-
-def _bearer_value(pairs: list[str]) -> str:
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        if key == "auth":
-            scheme, _, token = value.partition(" ")
-            if scheme.lower() == "bearer":
-                return token.strip()
-    return ""
 
 
 def _reason(hit: object) -> str:
