@@ -18,6 +18,7 @@ RESTART_KEYS: tuple[tuple[str, str], ...] = (
     ("server", "hostname"),
     ("server", "data_dir"),
     ("server", "secret_file"),
+    ("server", "workers"),
     ("storage", "database"),
     ("submission", "listen"),
     ("submission", "listen_tls"),
