@@ -14,6 +14,7 @@ import sqlite3
 from mtaserver.classify import category_of, kind_of
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config.inbound import DEFAULT_SUPPRESSION, SuppressionConfig
+from mtaserver.storage.sqlite.contacts import unsubscribe_in
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.suppression import (
     COUNT,
@@ -109,6 +110,23 @@ def _upsert(conn: sqlite3.Connection, s: Suppression) -> None:
     )
 
 
+# -- contacts: consent follows the list ----------------------------------------------------
+def _consent_source(decision: SuppressionDecision) -> str:
+    """Why a policy suppression unsubscribes the contact: a dead address is a bounce, an
+    entry for one sending domain a complaint, unless the person unsubscribed."""
+    if decision.reason == UNSUBSCRIBE:
+        return "unsubscribe"
+    return "bounce" if decision.action == GLOBAL else "complaint"
+
+
+def _with_consent(conn: sqlite3.Connection, s: Suppression, consent: str | None) -> None:
+    """The entry, and with ``consent`` the contacts' unsubscribe, in one transaction: a
+    global entry reaches every owner's contact, a scoped one the sending domain's owners'."""
+    _upsert(conn, s)
+    if consent is not None:
+        unsubscribe_in(conn, s.address, consent, s.created_at, sender_domain=s.scope)
+
+
 class SuppressionStore:
     """Suppression entries in the shared database (written through group commit)."""
 
@@ -133,7 +151,10 @@ class SuppressionStore:
         event_id: int | None = None,
         queue_id: str | None = None,
         reply: str | None = None,
+        consent: str | None = None,
     ) -> Suppression:
+        """``consent`` (bounce | complaint | unsubscribe): also unsubscribe the owners'
+        contacts with this address, in the same transaction (see :func:`_with_consent`)."""
         s = Suppression(
             address=normalize(address),
             scope=_scope_key(scope) or None,
@@ -145,7 +166,7 @@ class SuppressionStore:
             queue_id=queue_id,
             reply=reply[:_REPLY_MAX] if reply else None,
         )
-        await self.db.write(lambda conn: _upsert(conn, s))
+        await self.db.write(lambda conn: _with_consent(conn, s, consent))
         return s
 
     async def remove(
@@ -263,6 +284,7 @@ class SuppressionStore:
                 event_id=event_id,
                 queue_id=queue_id,
                 reply=reply,
+                consent=_consent_source(decision),
             )
 
         def count(conn: sqlite3.Connection) -> None:
