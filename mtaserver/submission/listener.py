@@ -13,6 +13,7 @@ import ssl
 from dataclasses import dataclass
 
 from mtaserver.config.submission import SubmissionConfig
+from mtaserver.errors import ConfigError
 from mtaserver.log import get_logger, kv
 from mtaserver.ratelimit import ConnectionLimiter
 from mtaserver.smtpd import SessionRegistry
@@ -95,8 +96,8 @@ class SubmissionServer:
             sessions=self.sessions,
         )
 
-    async def start(self) -> list[Listener]:
-        install_log_redaction()
+    def plans(self) -> list[tuple[ListenerSpec, tuple[str, int], ssl.SSLContext | None]]:
+        """The configured listeners: STARTTLS (587), implicit TLS (465), plain (trusted)."""
         cfg = self.cfg
         plans: list[tuple[ListenerSpec, tuple[str, int], ssl.SSLContext | None]] = []
         has_tls = self.tls_context is not None
@@ -105,12 +106,19 @@ class SubmissionServer:
             plans.append((spec, cfg.listen, None))
         if cfg.listen_tls is not None:
             if self.tls_context is None:
-                raise ValueError("listen_tls needs a TLS certificate")
+                raise ConfigError("submission.listen_tls needs a TLS certificate ([tls])")
             spec = ListenerSpec("submissions", implicit_tls=True, starttls=False)
             plans.append((spec, cfg.listen_tls, self.tls_context))
         if cfg.listen_plain is not None:
             spec = ListenerSpec("plain", starttls=False, require_tls=False)
             plans.append((spec, cfg.listen_plain, None))
+        return plans
+
+    async def start(self, *, reuse_port: bool = False) -> list[Listener]:
+        """Bind every listener; ``reuse_port`` (SO_REUSEPORT) lets several worker
+        processes bind the same addresses and the kernel spread connections among them."""
+        install_log_redaction()
+        plans = self.plans()
         loop = asyncio.get_running_loop()
         try:
             for spec, (host, port), ctx in plans:
@@ -121,6 +129,7 @@ class SubmissionServer:
                     ssl=ctx,
                     ssl_handshake_timeout=30.0 if ctx else None,
                     reuse_address=True,
+                    reuse_port=reuse_port or None,
                     backlog=1024,
                 )
                 listener = Listener(spec, server)

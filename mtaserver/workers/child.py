@@ -20,7 +20,6 @@ import itertools
 import os
 import signal
 import socket
-import ssl
 import sys
 
 import uvloop
@@ -43,9 +42,7 @@ from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.queue import new_queue_id
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.storage.sqlite.users import UserStore
-from mtaserver.submission import ListenerSpec, SubmissionHandler, SubmissionServer, SubmissionSMTP
-from mtaserver.submission.listener import Listener
-from mtaserver.submission.protocol import install_log_redaction
+from mtaserver.submission import SubmissionHandler, SubmissionServer
 from mtaserver.tracking.tokens import TokenCodec, load_secrets
 from mtaserver.tracking.tracker import Tracker
 from mtaserver.workers import frames
@@ -216,53 +213,11 @@ class Worker:
             bearer=self.bearer,
         )
 
-    def _plans(self) -> list[tuple[ListenerSpec, tuple[str, int], ssl.SSLContext | None]]:
-        """The same three listeners as ``SubmissionServer.start``."""
-        cfg, ctx = self.cfg.submission, self.tls_context
-        plans: list[tuple[ListenerSpec, tuple[str, int], ssl.SSLContext | None]] = []
-        if cfg.listen is not None:
-            spec = ListenerSpec("submission", starttls=ctx is not None, require_tls=cfg.require_tls)
-            plans.append((spec, cfg.listen, None))
-        if cfg.listen_tls is not None:
-            if ctx is None:
-                raise ConfigError("submission.listen_tls needs a TLS certificate ([tls])")
-            plans.append((ListenerSpec("submissions", implicit_tls=True, starttls=False),
-                          cfg.listen_tls, ctx))  # fmt: skip
-        if cfg.listen_plain is not None:
-            plans.append((ListenerSpec("plain", starttls=False, require_tls=False),
-                          cfg.listen_plain, None))  # fmt: skip
-        return plans
-
-    def _session(self, spec: ListenerSpec) -> SubmissionSMTP:
-        s = self.server  # read at each connection: a reload swaps handler and settings
-        return SubmissionSMTP(
-            s.handler,
-            listener=spec,
-            settings=s.settings,
-            connections=s.connections,
-            tls_context=s.tls_context,
-            sessions=s.sessions,
-        )
-
     async def start(self) -> None:
         """Bind every listener with SO_REUSEPORT, beside the other workers' sockets."""
-        install_log_redaction()
-        loop = asyncio.get_running_loop()
-        for spec, (host, port), ctx in self._plans():
-            srv = await loop.create_server(
-                lambda spec=spec: self._session(spec),
-                host=host,
-                port=port,
-                ssl=ctx,
-                ssl_handshake_timeout=30.0 if ctx else None,
-                reuse_address=True,
-                reuse_port=True,
-                backlog=1024,
-            )
-            listener = Listener(spec, srv)
-            self.server.listeners.append(listener)
-            log.info(kv(event="listening", worker=self.index, listener=spec.name,
-                        address=listener.address))  # fmt: skip
+        await self.server.start(reuse_port=True)
+        log.info(kv(event="worker_listening", worker=self.index,
+                    listeners=",".join(x.spec.name for x in self.server.listeners)))  # fmt: skip
 
     async def reload(self) -> None:
         """SIGHUP: re-read the file; a bad one keeps the running config (the owner logs it)."""
