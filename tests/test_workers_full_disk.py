@@ -106,8 +106,12 @@ async def test_full_disk_with_workers(tmp_path: Path, tmpfs: Path) -> None:
             stage, reply = await asyncio.to_thread(_submit, port, 2000)
             assert stage != "ok" and reply.startswith("452 4.3.1"), (stage, reply)
             filler.unlink()
-            await asyncio.sleep(1.2)
-            stage, reply = await asyncio.to_thread(_submit, port, 2001)
+
+            async def after_restart() -> tuple[str, str]:
+                return await asyncio.to_thread(_submit, port, 2001)
+
+            # accepted again once the free-space answer (kept 1 s) sees the room
+            stage, reply = await eventually(after_restart, lambda r: r[0] == "ok", timeout=10)
             assert stage == "ok", reply
         finally:
             code = await asyncio.to_thread(again.stop)
