@@ -50,6 +50,7 @@ from mtaserver.webhooks import sendgrid as sg
 from tests.support.apiserver import ApiDaemon
 from tests.support.daemon import free_port
 from tests.support.mxsink import wait_for
+from tests.test_webhooks import Running, until
 
 SIG = "X-Twilio-Email-Event-Webhook-Signature"
 TS = "X-Twilio-Email-Event-Webhook-Timestamp"
@@ -148,31 +149,6 @@ def sg_hook(url: str, key: Path, **kw: Any) -> WebhookConfig:
         batch_size=100, where="config.toml: webhooks[0]",
     )  # fmt: skip
     return replace(base, **kw)
-
-
-class Running:
-    def __init__(self, db: Database, hooks: list[WebhookConfig]) -> None:
-        self.dispatcher = WebhookDispatcher(db, hooks, SystemClock())
-        self.task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> WebhookDispatcher:
-        await self.dispatcher.start()
-        self.task = asyncio.create_task(self.dispatcher.run())
-        return self.dispatcher
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.dispatcher.drain(1.0)
-        assert self.task is not None
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-
-
-async def until(cond: Callable[[], Any], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def message(qid: str, rcpts: list[str], **kw: Any) -> PreparedMessage:
