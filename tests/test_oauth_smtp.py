@@ -23,6 +23,7 @@ import pytest
 
 from mtaserver.config.oauth import OAuthConfig
 from mtaserver.config.submission import AuthThrottleConfig
+from tests.support.mxsink import wait_for
 from tests.support.oidc_issuer import Issuer
 from tests.support.submission import Env, RawClient, plain_auth, running
 from tests.test_oauth_verifier import claims_of, forge, oauth_config
@@ -314,8 +315,10 @@ async def test_jwks_trouble_is_454_and_never_accepts(
         c = await starttls_client(env)
         other = await starttls_client(env)
         started = time.perf_counter()
+        fetched = issuer.jwks_requests
         pending = asyncio.create_task(c.cmd("AUTH XOAUTH2 " + xoauth2("alice", issuer.token())))
-        await asyncio.sleep(0.2)
+        if mode != "refuse":  # the key fetch has begun (a stopped issuer counts nothing)
+            await wait_for(lambda: issuer.jwks_requests > fetched, 5)
         # meanwhile another session is served: the loop is not waiting on the fetch
         assert (await other.cmd("NOOP")).startswith("250")
         if mode == "slow":
