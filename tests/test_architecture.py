@@ -71,6 +71,7 @@ LAYERS: dict[str, int] = {
             "smtpd",
             "api",
             "oauth",
+            "outreach",
         ],
         3,
     ),
