@@ -72,6 +72,7 @@ LAYERS: dict[str, int] = {
             "api",
             "oauth",
             "outreach",
+            "cluster",
         ],
         3,
     ),

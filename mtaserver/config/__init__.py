@@ -15,6 +15,7 @@ from pathlib import Path
 from mtaserver.config import (
     admin,
     api,
+    cluster,
     delivery,
     dkim,
     inbound,
@@ -30,6 +31,7 @@ from mtaserver.config import (
 )
 from mtaserver.config.admin import AdminConfig
 from mtaserver.config.api import ApiConfig
+from mtaserver.config.cluster import ClusterConfig
 from mtaserver.config.delivery import DeliveryConfig
 from mtaserver.config.dkim import DkimKeyConfig
 from mtaserver.config.inbound import InboundConfig
@@ -65,6 +67,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     oauth: OAuthConfig = field(default_factory=OAuthConfig)
+    cluster: ClusterConfig | None = None  # [cluster]: one of several nodes
 
 
 def load_config(path: str | Path) -> Config:
@@ -104,6 +107,7 @@ def parse_config(text: str, path: Path) -> Config:
         retention=retention.parse(root.table("retention")),
         api=api.parse(root.table("api")),
         oauth=oauth.parse(root.table("oauth")),
+        cluster=cluster.parse(root.table("cluster"), srv.hostname) if root.has("cluster") else None,
     )
     root.finish()
     _cross_check(cfg, root)

@@ -43,7 +43,7 @@ from mtaserver.notices import Notices
 from mtaserver.outcome import Classify
 from mtaserver.scheduler.attempt import attempt, connection_failed
 from mtaserver.scheduler.destinations import Destinations
-from mtaserver.scheduler.ports import Agent, MxLookup, OnBounce, QueueStore
+from mtaserver.scheduler.ports import Agent, MxLookup, OnBounce, QueueStore, SharedLimits
 from mtaserver.scheduler.settle import settle
 from mtaserver.shaper import Shaper
 
@@ -88,8 +88,10 @@ class Scheduler:
         no_dsn_users: Sequence[str] = (),
         mx: MxLookup | None = None,
         on_bounce: OnBounce | None = None,
+        shared: SharedLimits | None = None,
     ) -> None:
         self._on_bounce = on_bounce
+        self._shared = shared  # [cluster]: limits shared with other nodes, asked first
         self._spool = spool
         self._agent = agent
         self._shaper = shaper
@@ -282,7 +284,7 @@ class Scheduler:
                     continue
                 if self._queue.full():
                     return 0.05  # workers busy; a finishing worker wakes us
-                got = self._shaper.acquire(name)
+                got = await self._permit(name)
                 if got is not None:
                     if math.isfinite(got):
                         d.not_before = loop.time() + got
@@ -294,6 +296,22 @@ class Scheduler:
         for name in [n for n in self._ring if not self._dests[n].backlog]:
             self._ring.remove(name)
         return wait
+
+    async def _permit(self, name: str) -> float | None:
+        """The cluster's permit first (when shared), then the local shaper's.
+
+        The local shaper keeps its own accounting (connections, observed rate); when it
+        refuses after the cluster granted, the shared slot is given back at once (its token
+        is spent: the error is on the side of sending less)."""
+        if self._shared is None:
+            return self._shaper.acquire(name)
+        got = await self._shared.acquire(name)
+        if got is not None:
+            return got
+        got = self._shaper.acquire(name)
+        if got is not None:
+            await self._shared.release(name)
+        return got
 
     # -- destinations -----------------------------------------------------------------------
     def _dest(self, name: str) -> _Dest:
@@ -383,6 +401,8 @@ class Scheduler:
             )
         finally:
             self._shaper.release(item.dest)
+            if self._shared is not None:
+                await self._shared.release(item.dest)
 
     async def _apply(self, item: _Item, report: DeliveryReport) -> None:
         job = item.job
@@ -403,6 +423,9 @@ class Scheduler:
                 )
             )
             await self._defer_destination(d, reaction.suspended_until)
+            if self._shared is not None:
+                reason = ",".join(reaction.rules)
+                await self._shared.suspend(item.dest, reaction.suspended_until, reason)
         now = self._clock.now()
         wants_dsn = (
             bool(job.sender)

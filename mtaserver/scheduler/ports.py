@@ -40,6 +40,20 @@ class Agent(Protocol):
     async def deliver(self, job: DeliveryJob, policy: RoutePolicy) -> DeliveryReport: ...
 
 
+class SharedLimits(Protocol):
+    """Limits shared with other nodes ([cluster]), asked before the local shaper.
+
+    ``acquire`` answers like ``Shaper.acquire``: None when a connection may open now (then
+    ``release`` follows), else seconds to wait. ``suspend`` tells the other nodes what the
+    local shaper concluded from a reply."""
+
+    async def acquire(self, destination: str) -> float | None: ...
+
+    async def release(self, destination: str) -> None: ...
+
+    async def suspend(self, destination: str, until: float, reason: str) -> None: ...
+
+
 class MxLookup(Protocol):
     async def mx_hosts(self, domain: str) -> Sequence[str]:
         """MX host names of a domain (empty when unknown); used only to group domains."""

@@ -1,0 +1,134 @@
+"""The Lua scripts that make cluster-wide shaping atomic, and the keys they touch.
+
+Each script runs inside Redis as one step, so nodes racing for the last connection slot or
+the last token cannot both win. redis-py's ``Script`` sends them with EVALSHA and loads the
+source once on NOSCRIPT (a restarted or flushed Redis), so a delivery costs the script's
+hash, not its text.
+
+**Whose time.** Every timestamp in Redis is Redis's own clock (``TIME`` inside the script):
+nodes' clocks may disagree by seconds, and a lease or a bucket refill measured by one clock
+for all nodes cannot be skewed by any of them. Callers pass durations, never instants. A
+script also accepts an explicit ``now_ms`` (tests drive a fake clock through it; 0 means
+"ask Redis").
+
+Keys of one destination share a hash tag (``{gmail.com}``), so the scripts also work on a
+Redis Cluster, where one script may only touch keys of one slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_NOW = """
+local now = tonumber(ARGV[1])
+if now <= 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# KEYS: leases (zset id→expiry), bucket (hash tokens, ts), suspension (hash until, by)
+# ARGV: now_ms, lease_id, max_connections, lease_ms, rate_per_s (0 = unlimited), burst
+# → {0, 0} granted | {1, ms_left, by} suspended | {2, ms_to_first_expiry} no slot |
+#   {3, ms_to_token} rate
+ACQUIRE = (
+    _NOW
+    + """
+local susp = redis.call('HMGET', KEYS[3], 'until', 'by')
+local until = tonumber(susp[1]) or 0
+if until > now then return {1, until - now, susp[2] or ''} end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {2, math.max(1, tonumber(first[2]) - now)}
+end
+local rate = tonumber(ARGV[5])
+if rate > 0 then
+  local burst = tonumber(ARGV[6])
+  local b = redis.call('HMGET', KEYS[2], 'tokens', 'ts')
+  local tokens = tonumber(b[1]) or burst
+  local ts = tonumber(b[2]) or now
+  if now > ts then
+    tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
+    ts = now
+  end
+  tokens = math.min(tokens, burst)
+  if tokens < 1 then return {3, math.max(1, math.ceil((1 - tokens) * 1000 / rate))} end
+  redis.call('HSET', KEYS[2], 'tokens', string.format('%.6f', tokens - 1), 'ts', ts)
+  redis.call('PEXPIRE', KEYS[2], math.ceil(burst * 1000 / rate) + 60000)
+end
+local lease = tonumber(ARGV[4])
+redis.call('ZADD', KEYS[1], now + lease, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], lease * 2)
+return {0, 0}
+"""
+)
+
+# KEYS: leases; ARGV: now_ms, lease_ms, id... → number of leases now held
+# A lease that expired while Redis was unreachable is added again: the connection is open.
+RENEW = (
+    _NOW
+    + """
+local lease = tonumber(ARGV[2])
+for i = 3, #ARGV do redis.call('ZADD', KEYS[1], now + lease, ARGV[i]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('PEXPIRE', KEYS[1], lease * 2)
+return redis.call('ZCARD', KEYS[1])
+"""
+)
+
+# KEYS: suspension; ARGV: now_ms, duration_ms, by → ms left of the suspension in force
+# A shorter suspension never shortens a longer one already set by another node.
+SUSPEND = (
+    _NOW
+    + """
+local until = now + tonumber(ARGV[2])
+local cur = tonumber(redis.call('HGET', KEYS[1], 'until')) or 0
+if until > cur then
+  redis.call('HSET', KEYS[1], 'until', until, 'by', ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + 1000)
+  return tonumber(ARGV[2])
+end
+return cur - now
+"""
+)
+
+# KEYS: nodes (zset id→last_seen), node (hash); ARGV: now_ms, id, version, started_at,
+# counts (JSON), keep_ms → now_ms (Redis time of this heartbeat)
+HEARTBEAT = (
+    _NOW
+    + """
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('HSET', KEYS[2], 'id', ARGV[2], 'version', ARGV[3], 'started_at', ARGV[4],
+           'last_seen', now, 'counts', ARGV[5])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[6]))
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[6]))
+return now
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str
+
+    def leases(self, destination: str) -> str:
+        return f"{self.prefix}{{{destination}}}:conn"
+
+    def bucket(self, destination: str) -> str:
+        return f"{self.prefix}{{{destination}}}:rate"
+
+    def suspension(self, destination: str) -> str:
+        return f"{self.prefix}{{{destination}}}:susp"
+
+    def shaping(self, destination: str) -> list[str]:
+        return [self.leases(destination), self.bucket(destination), self.suspension(destination)]
+
+    @property
+    def nodes(self) -> str:
+        return f"{self.prefix}nodes"
+
+    def node(self, node_id: str) -> str:
+        return f"{self.prefix}node:{node_id}"

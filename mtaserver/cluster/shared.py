@@ -1,0 +1,223 @@
+"""Cluster-wide permits: the scheduler asks here before its local shaper.
+
+With Redis up, a permit for destination D is one atomic script call: D not suspended by any
+node, fewer than ``max_connections`` unexpired connection leases on D across the cluster,
+and a token from D's shared bucket at D's rate. A lease is renewed while the connection is
+open and dropped when it closes; a node that dies stops renewing, so its connections are
+freed after ``[cluster] lease``. A suspension one node saw (a 421 matching a rule) is
+written to Redis and mirrored into every other node's shaper at its next ask.
+
+When Redis cannot be reached the node does not stop and is never unlimited: it shapes
+alone at ``limit / nodes`` (connections and rate), logs the change once, counts it, and
+tries Redis again every ``reconnect``; once it answers, the connections opened meanwhile
+are registered as leases and the shared limits apply again.
+
+The limits themselves (and the rate the reactive rules halved) come from the local
+:class:`~mtaserver.shaper.Shaper`, so every node enforces what its own config says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections import defaultdict
+from collections.abc import Sequence
+
+from mtaserver.clock import Clock
+from mtaserver.cluster.client import GRANTED, NO_SLOT, SUSPENDED, RedisDown, ShapingScripts
+from mtaserver.config.cluster import ClusterConfig
+from mtaserver.log import get_logger, kv
+from mtaserver.ratelimit import TokenBucket
+from mtaserver.shaper import BLOCKED, Shaper, default_burst
+
+log = get_logger("cluster")
+
+NO_SLOT_RETRY = 0.05  # another node's connection may close at any time: ask again soon
+SUSPENDED_RETRY = 0.001  # the scheduler's next round sees the mirrored suspension
+
+
+class SharedShaping:
+    """Implements the scheduler's ``SharedLimits`` port over Redis, local when degraded."""
+
+    def __init__(
+        self,
+        cfg: ClusterConfig,
+        shaper: Shaper,
+        clock: Clock,
+        scripts: ShapingScripts | None,
+    ) -> None:
+        self._cfg = cfg
+        self._shaper = shaper
+        self._clock = clock
+        self._scripts = scripts
+        self._up: bool | None = None  # None until the first answer or failure
+        self._boot = secrets.token_hex(4)  # lease ids of a restarted node never collide
+        self._seq = 0
+        self._held: defaultdict[str, list[str | None]] = defaultdict(list)  # None: local
+        self._buckets: dict[str, TokenBucket] = {}
+        self.degraded_total = 0  # transitions into degraded mode
+        self.calls = 0  # Redis round trips made
+        self.errors = 0
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def redis_up(self) -> bool:
+        return bool(self._up)
+
+    def _down(self, exc: Exception | str) -> None:
+        self.errors += 1
+        if self._up is not False:
+            self.degraded_total += 1
+            log.warning(kv(event="cluster_degraded", node=self._cfg.node_id,
+                           nodes=self._cfg.nodes, reason=str(exc)))  # fmt: skip
+        self._up = False
+
+    async def _recovered(self) -> None:
+        """Redis answers again: register the connections opened meanwhile, then share."""
+        assert self._scripts is not None
+        for dest, held in self._held.items():
+            fresh = [self._lease_id() if x is None else x for x in held]
+            if fresh:
+                self.calls += 1
+                await self._scripts.renew(dest, fresh, self._cfg.lease)
+            held[:] = fresh
+        self._buckets.clear()
+        if self._up is not True:
+            log.info(kv(event="cluster_shared", node=self._cfg.node_id))
+        self._up = True
+
+    async def start(self) -> None:
+        """Find out once whether Redis answers, so the first delivery does not wait."""
+        if self._scripts is None:
+            self._down("no cluster.redis configured")
+            return
+        try:
+            self.calls += 1
+            await self._scripts.ping()
+            await self._recovered()
+        except RedisDown as exc:
+            self._down(exc)
+
+    async def run(self) -> None:
+        """Renew held leases (a third of the lease time) and reconnect when degraded."""
+        next_renew = self._clock.monotonic() + self._cfg.lease / 3
+        while True:
+            await self._clock.sleep(min(self._cfg.reconnect, self._cfg.lease / 3))
+            if self._scripts is None:
+                continue
+            try:
+                if not self._up:
+                    self.calls += 1
+                    await self._scripts.ping()
+                    await self._recovered()
+                elif self._clock.monotonic() >= next_renew:
+                    next_renew = self._clock.monotonic() + self._cfg.lease / 3
+                    for dest, held in list(self._held.items()):
+                        ids = [x for x in held if x is not None]
+                        if ids:
+                            self.calls += 1
+                            await self._scripts.renew(dest, ids, self._cfg.lease)
+            except RedisDown as exc:
+                self._down(exc)
+
+    async def close(self) -> None:
+        """Give back the leases still held (drain) so other nodes need not wait them out."""
+        if self._scripts is None:
+            return
+        if self._up:
+            for dest, held in self._held.items():
+                with contextlib.suppress(RedisDown):
+                    await self._scripts.release(dest, [x for x in held if x is not None])
+        self._held.clear()
+        with contextlib.suppress(Exception):
+            await self._scripts.client.aclose()
+
+    def _lease_id(self) -> str:
+        self._seq += 1
+        return f"{self._cfg.node_id}:{self._boot}:{self._seq}"
+
+    # -- the port ---------------------------------------------------------------------------
+    async def acquire(self, destination: str) -> float | None:
+        """None: a connection to `destination` may open now (``release`` it afterwards);
+        else seconds after which to ask again (``BLOCKED``: after a local release)."""
+        limits = self._shaper.limits(destination)
+        rate = self._shaper.rate(destination)
+        burst = limits.burst if limits.burst is not None else default_burst(rate or 1.0)
+        if self._up and self._scripts is not None:
+            lease_id = self._lease_id()
+            try:
+                self.calls += 1
+                verdict = await self._scripts.acquire(
+                    destination, lease_id, max_connections=limits.max_connections,
+                    lease=self._cfg.lease, rate=rate, burst=burst,
+                )  # fmt: skip
+            except RedisDown as exc:
+                self._down(exc)
+            else:
+                if verdict.status == GRANTED:
+                    self._held[destination].append(lease_id)
+                    return None
+                if verdict.status == SUSPENDED:
+                    until = self._clock.now() + verdict.wait
+                    self._shaper.suspend(destination, until, verdict.by or "cluster")
+                    return SUSPENDED_RETRY
+                if verdict.status == NO_SLOT:
+                    return NO_SLOT_RETRY
+                return verdict.wait
+        return self._acquire_local(destination, limits.max_connections, rate, burst)
+
+    def _acquire_local(
+        self, destination: str, max_connections: int, rate: float | None, burst: float
+    ) -> float | None:
+        """Degraded: this node's share of the limits, ``limit / nodes``."""
+        nodes = self._cfg.nodes
+        held = self._held[destination]
+        if len(held) >= max(1, max_connections // nodes):
+            return BLOCKED
+        if rate is not None:
+            share, depth = rate / nodes, max(1.0, burst / nodes)
+            mono = self._clock.monotonic()
+            bucket = self._buckets.get(destination)
+            if bucket is None:
+                bucket = self._buckets[destination] = TokenBucket(share, depth, mono)
+            elif bucket.rate != share or bucket.burst != depth:
+                bucket.set_rate(share, depth, mono)
+            wait = bucket.wait(mono)
+            if wait > 0:
+                return wait
+            bucket.take(mono)
+        held.append(None)
+        return None
+
+    async def release(self, destination: str) -> None:
+        held = self._held.get(destination)
+        if not held:
+            return
+        lease_id = held.pop()
+        if lease_id is None or not self._up or self._scripts is None:
+            return  # a lease Redis did not hear of, or will forget after its TTL
+        try:
+            self.calls += 1
+            await self._scripts.release(destination, [lease_id])
+        except RedisDown as exc:
+            self._down(exc)
+
+    async def suspend(self, destination: str, until: float, reason: str) -> None:
+        """Tell every node (the local shaper has already suspended `destination`)."""
+        seconds = until - self._clock.now()
+        if seconds <= 0 or not self._up or self._scripts is None:
+            return
+        try:
+            self.calls += 1
+            await self._scripts.suspend(destination, seconds, reason)
+        except RedisDown as exc:
+            self._down(exc)
+
+    # -- views ------------------------------------------------------------------------------
+    def held(self, destination: str | None = None) -> int:
+        if destination is not None:
+            return len(self._held.get(destination, ()))
+        return sum(len(h) for h in self._held.values())
+
+    def destinations(self) -> Sequence[str]:
+        return [d for d, h in self._held.items() if h]
