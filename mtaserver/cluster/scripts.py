@@ -35,8 +35,8 @@ ACQUIRE = (
     _NOW
     + """
 local susp = redis.call('HMGET', KEYS[3], 'until', 'by')
-local until = tonumber(susp[1]) or 0
-if until > now then return {1, until - now, susp[2] or ''} end
+local till = tonumber(susp[1]) or 0
+if till > now then return {1, till - now, susp[2] or ''} end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
   local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -82,10 +82,10 @@ return redis.call('ZCARD', KEYS[1])
 SUSPEND = (
     _NOW
     + """
-local until = now + tonumber(ARGV[2])
+local till = now + tonumber(ARGV[2])
 local cur = tonumber(redis.call('HGET', KEYS[1], 'until')) or 0
-if until > cur then
-  redis.call('HSET', KEYS[1], 'until', until, 'by', ARGV[3])
+if till > cur then
+  redis.call('HSET', KEYS[1], 'until', till, 'by', ARGV[3])
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + 1000)
   return tonumber(ARGV[2])
 end
