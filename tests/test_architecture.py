@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
             "sendapi",
             "keyfiles",
             "contacts",
+            "journeys",
         ],
         2,
     ),
@@ -218,6 +219,9 @@ OWNERS = {
     "contacts": "storage.sqlite.contacts",
     "lists": "storage.sqlite.contacts",
     "list_members": "storage.sqlite.contacts",
+    "triggers": "storage.sqlite.journeys",
+    "contact_events": "storage.sqlite.journeys",
+    "journey_steps": "storage.sqlite.journeys",
     "meta": "storage.sqlite.db",
 }
 # Modules outside the backend that still run SQL on a table (issue 13, item 1).

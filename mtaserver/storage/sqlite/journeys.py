@@ -1,0 +1,405 @@
+"""Triggers, contact events and pending sequence steps: the only writer of ``triggers``,
+``contact_events`` and ``journey_steps``.
+
+:meth:`JourneyStore.record_events` stores a batch of events and evaluates the owner's
+triggers in the same write: a matching event inserts every step of its sequence (each with
+its due time) unless the contact already started that trigger within ``once_per`` (ever,
+without one); a cancel event marks what is pending of the triggers it names. The unique key
+(trigger, contact, step, window start) makes a step impossible to create twice, even when a
+client resends the same event.
+
+:meth:`JourneyStore.due` reads due steps with what their template needs (the contact, the
+starting event, the trigger); :func:`settle_op` is the write that marks them fired (with
+their queue id), skipped or cancelled, for ``OutreachSender.commit`` to run in the
+transaction that queues the messages: a step is marked exactly when its mail is queued.
+
+:func:`export_for` and :func:`erase_for` are for the privacy owner (GDPR export/erase);
+they take the caller's connection so they run inside its transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from mtaserver.clock import Clock, SystemClock
+from mtaserver.errors import MtaError
+from mtaserver.journeys import EventInput, Trigger, plan, trigger_from_json
+from mtaserver.storage.sqlite.contacts import Contact, iso
+from mtaserver.storage.sqlite.db import Database
+
+STATES: Final = ("pending", "fired", "cancelled", "skipped")
+_CONTACT = (
+    "c.id, c.owner, c.address, c.attributes, c.consent_status, c.consent_source, "
+    "c.consent_at, c.consent_ip, c.created_at, c.updated_at"
+)
+
+
+class StepGone(MtaError):
+    """A step to settle is no longer pending (cancelled meanwhile): nothing is stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerInfo:
+    id: int
+    owner: str
+    trigger: Trigger
+    created_at: float
+    updated_at: float
+
+    def as_json(self) -> dict[str, object]:
+        return self.trigger.as_json() | {
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What one batch of events did."""
+
+    stored: int
+    started: int  # sequences started
+    cancelled: int  # pending steps cancelled
+    unknown: tuple[str, ...]  # addresses with no contact of the owner (those not stored)
+
+    def as_json(self) -> dict[str, object]:
+        return {"stored": self.stored, "started": self.started, "cancelled": self.cancelled,
+                "unknown_contacts": list(self.unknown)}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class DueStep:
+    """A pending step whose time has come, with everything its message needs."""
+
+    id: int
+    step: int
+    due_at: float
+    trigger_id: int
+    trigger: Trigger
+    contact: Contact
+    event_name: str | None
+    event_properties: dict[str, object]
+    event_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """How a due step ends: ``fired`` (with its queue id), ``skipped`` or ``cancelled``."""
+
+    step_id: int
+    state: str
+    queue_id: str | None = None
+    reason: str | None = None
+
+
+def _trigger_info(row: Sequence[object]) -> TriggerInfo:
+    rid, owner, definition, created, updated = row
+    t = trigger_from_json(json.loads(str(definition)))
+    return TriggerInfo(int(str(rid)), str(owner), t, float(str(created)), float(str(updated)))
+
+
+def _contact(row: Sequence[object]) -> Contact:
+    return Contact(*row)  # type: ignore[arg-type]
+
+
+def _contact_ids(conn: sqlite3.Connection, owner: str, addresses: set[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    items = sorted(addresses)
+    for i in range(0, len(items), 500):
+        chunk = items[i : i + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT address, id FROM contacts WHERE owner=? AND address IN ({marks})",
+            (owner, *chunk),
+        ).fetchall()
+        out.update((str(a), int(i)) for a, i in rows)
+    return out
+
+
+class _Evaluator:
+    """Applies one batch's trigger plans inside the write (see the module doc)."""
+
+    def __init__(self, conn: sqlite3.Connection, triggers: list[TriggerInfo], now: float):
+        self.conn = conn
+        self.triggers = triggers
+        self.defs = [t.trigger for t in triggers]
+        self.now = now
+        self.started = 0
+        self.cancelled = 0
+        self._last: dict[tuple[int, int], float | None] = {}
+
+    def _last_start(self, trigger_id: int, contact_id: int) -> float | None:
+        key = (trigger_id, contact_id)
+        if key not in self._last:
+            row = self.conn.execute(
+                "SELECT max(window_start) FROM journey_steps "
+                "WHERE trigger_id=? AND contact_id=? AND step=0",
+                key,
+            ).fetchone()
+            self._last[key] = None if row[0] is None else float(row[0])
+        return self._last[key]
+
+    def apply(self, contact_id: int, event_id: int, e: EventInput) -> None:
+        props = json.loads(e.properties)
+        p = plan(self.defs, e.name, props, e.occurred_at)
+        for i in p.cancels:
+            tid = self.triggers[i].id
+            self.cancelled += self.conn.execute(
+                "UPDATE journey_steps SET state='cancelled', reason=?, updated_at=? "
+                "WHERE trigger_id=? AND contact_id=? AND state='pending' AND window_start<=?",
+                (f"event {e.name}", self.now, tid, contact_id, e.occurred_at),
+            ).rowcount
+        for s in p.starts:
+            info = self.triggers[s.index]
+            last = self._last_start(info.id, contact_id)
+            window = info.trigger.once_per
+            if last is not None and (window is None or abs(e.occurred_at - last) < window):
+                continue  # at most once per contact per window
+            rows = [
+                (info.id, contact_id, n, e.occurred_at, event_id, due, self.now)
+                for n, due in enumerate(s.due)
+            ]
+            before = self.conn.total_changes
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO journey_steps (trigger_id, contact_id, step, "
+                "window_start, event_id, due_at, updated_at) VALUES (?,?,?,?,?,?,?)",
+                rows,
+            )
+            if self.conn.total_changes > before:
+                self.started += 1
+            self._last[(info.id, contact_id)] = e.occurred_at
+
+
+def settle_op(settles: Sequence[Settle], now: float) -> Callable[[sqlite3.Connection], None]:
+    """The write that ends ``settles``' steps; raises :class:`StepGone` (rolling back the
+    whole transaction, messages included) if one of them is no longer pending."""
+    for s in settles:
+        if s.state not in STATES[1:]:
+            raise ValueError(f"settle state {s.state!r}")
+
+    def op(conn: sqlite3.Connection) -> None:
+        for s in settles:
+            n = conn.execute(
+                "UPDATE journey_steps SET state=?, queue_id=?, reason=?, updated_at=? "
+                "WHERE id=? AND state='pending'",
+                (s.state, s.queue_id, s.reason, now, s.step_id),
+            ).rowcount
+            if n != 1:
+                raise StepGone(f"journey step {s.step_id} is no longer pending")
+
+    return op
+
+
+def export_for(conn: sqlite3.Connection, owner: str, address: str) -> dict[str, object]:
+    """The contact's events and sequence steps of ``owner`` (GDPR export)."""
+    events = conn.execute(
+        "SELECT e.name, e.properties, e.occurred_at, e.received_at FROM contact_events e "
+        "JOIN contacts c ON c.id = e.contact_id WHERE c.owner=? AND c.address=? "
+        "ORDER BY e.occurred_at, e.id",
+        (owner, address),
+    ).fetchall()
+    steps = conn.execute(
+        "SELECT t.name, s.step, s.state, s.due_at, s.queue_id, s.reason FROM journey_steps s "
+        "JOIN contacts c ON c.id = s.contact_id JOIN triggers t ON t.id = s.trigger_id "
+        "WHERE c.owner=? AND c.address=? ORDER BY s.due_at, s.id",
+        (owner, address),
+    ).fetchall()
+    return {
+        "events": [{"event": n, "properties": json.loads(p), "occurred_at": iso(o),
+                    "received_at": iso(r)} for n, p, o, r in events],
+        "trigger_steps": [{"trigger": t, "step": n, "state": st, "due_at": iso(d),
+                           "queue_id": q, "reason": why} for t, n, st, d, q, why in steps],
+    }  # fmt: skip
+
+
+def erase_for(conn: sqlite3.Connection, address: str) -> int:
+    """Delete every owner's events and steps of ``address`` (GDPR erase); rows deleted."""
+    ids = [r[0] for r in conn.execute("SELECT id FROM contacts WHERE address=?", (address,))]
+    n = 0
+    for cid in ids:
+        n += conn.execute("DELETE FROM journey_steps WHERE contact_id=?", (cid,)).rowcount
+        n += conn.execute("DELETE FROM contact_events WHERE contact_id=?", (cid,)).rowcount
+    return n
+
+
+class JourneyStore:
+    """Triggers, events and steps of each owner, in the shared database."""
+
+    def __init__(self, db: Database, clock: Clock | None = None) -> None:
+        self.db = db
+        self._clock: Clock = clock or SystemClock()
+
+    # -- triggers ----------------------------------------------------------------------------
+    async def put_trigger(self, owner: str, t: Trigger) -> tuple[TriggerInfo, bool]:
+        """Create or replace the trigger named ``t.name``; the stored one and whether new.
+
+        Pending steps keep their due times; each step's template is read when it fires."""
+        now = self._clock.now()
+        doc = json.dumps(t.as_json(), separators=(",", ":"))
+
+        def op(conn: sqlite3.Connection) -> tuple[TriggerInfo, bool]:
+            had = conn.execute(
+                "SELECT 1 FROM triggers WHERE owner=? AND name=?", (owner, t.name)
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO triggers (owner, name, event, definition, enabled, created_at, "
+                "updated_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT (owner, name) DO UPDATE SET "
+                "event=excluded.event, definition=excluded.definition, "
+                "enabled=excluded.enabled, updated_at=excluded.updated_at",
+                (owner, t.name, t.event, doc, int(t.enabled), now, now),
+            )
+            row = conn.execute(
+                "SELECT id, owner, definition, created_at, updated_at FROM triggers "
+                "WHERE owner=? AND name=?",
+                (owner, t.name),
+            ).fetchone()
+            return _trigger_info(row), had is None
+
+        return await self.db.write(op)
+
+    async def get_trigger(self, owner: str, name: str) -> TriggerInfo | None:
+        def fn(conn: sqlite3.Connection) -> TriggerInfo | None:
+            row = conn.execute(
+                "SELECT id, owner, definition, created_at, updated_at FROM triggers "
+                "WHERE owner=? AND name=?",
+                (owner, name),
+            ).fetchone()
+            return None if row is None else _trigger_info(row)
+
+        return await self.db.read(fn)
+
+    async def triggers(self, owner: str) -> list[TriggerInfo]:
+        def fn(conn: sqlite3.Connection) -> list[TriggerInfo]:
+            rows = conn.execute(
+                "SELECT id, owner, definition, created_at, updated_at FROM triggers "
+                "WHERE owner=? ORDER BY name",
+                (owner,),
+            ).fetchall()
+            return [_trigger_info(r) for r in rows]
+
+        return await self.db.read(fn)
+
+    async def delete_trigger(self, owner: str, name: str) -> bool:
+        """Delete the trigger and its steps (pending ones never fire)."""
+        n = await self.db.write(
+            lambda conn: (
+                conn.execute(
+                    "DELETE FROM triggers WHERE owner=? AND name=?", (owner, name)
+                ).rowcount
+            )
+        )
+        return bool(n)
+
+    async def step_counts(self, owner: str, name: str) -> dict[int, dict[str, int]]:
+        """Per step index: how many steps are in each state."""
+
+        def fn(conn: sqlite3.Connection) -> dict[int, dict[str, int]]:
+            rows = conn.execute(
+                "SELECT s.step, s.state, count(*) FROM journey_steps s "
+                "JOIN triggers t ON t.id = s.trigger_id WHERE t.owner=? AND t.name=? "
+                "GROUP BY s.step, s.state",
+                (owner, name),
+            ).fetchall()
+            out: dict[int, dict[str, int]] = {}
+            for step, state, n in rows:
+                out.setdefault(int(step), dict.fromkeys(STATES, 0))[str(state)] = int(n)
+            return out
+
+        return await self.db.read(fn)
+
+    # -- events ------------------------------------------------------------------------------
+    async def record_events(self, owner: str, events: Sequence[EventInput]) -> Recorded:
+        """Store ``events`` and start or cancel sequences, in one transaction (durable when
+        this returns). Events of addresses that are not the owner's contacts are not stored;
+        they are named in the answer."""
+        now = self._clock.now()
+
+        def op(conn: sqlite3.Connection) -> Recorded:
+            ids = _contact_ids(conn, owner, {e.address for e in events})
+            rows = conn.execute(
+                "SELECT id, owner, definition, created_at, updated_at FROM triggers "
+                "WHERE owner=? AND enabled=1 ORDER BY id",
+                (owner,),
+            ).fetchall()
+            ev = _Evaluator(conn, [_trigger_info(r) for r in rows], now)
+            wanted = {t.event for t in ev.defs} | {c for t in ev.defs for c in t.cancel}
+            stored = 0
+            unknown: dict[str, None] = {}
+            plain = []
+            for e in events:
+                cid = ids.get(e.address)
+                if cid is None:
+                    unknown[e.address] = None
+                    continue
+                stored += 1
+                if e.name not in wanted:  # no trigger cares: stored in one executemany
+                    plain.append((cid, e.name, e.properties, e.occurred_at, now))
+                    continue
+                cur = conn.execute(
+                    "INSERT INTO contact_events (contact_id, name, properties, occurred_at, "
+                    "received_at) VALUES (?,?,?,?,?)",
+                    (cid, e.name, e.properties, e.occurred_at, now),
+                )
+                ev.apply(cid, int(cur.lastrowid or 0), e)
+            if plain:
+                conn.executemany(
+                    "INSERT INTO contact_events (contact_id, name, properties, occurred_at, "
+                    "received_at) VALUES (?,?,?,?,?)",
+                    plain,
+                )
+            return Recorded(stored, ev.started, ev.cancelled, tuple(unknown))
+
+        return await self.db.write(op)
+
+    # -- the runner --------------------------------------------------------------------------
+    async def due(self, now: float, limit: int) -> list[DueStep]:
+        """Up to ``limit`` pending steps due at ``now``, earliest first."""
+
+        def fn(conn: sqlite3.Connection) -> list[DueStep]:
+            rows = conn.execute(
+                f"SELECT s.id, s.step, s.due_at, t.id, t.owner, t.definition, t.created_at, "
+                f"t.updated_at, e.name, e.properties, e.occurred_at, {_CONTACT} "
+                "FROM journey_steps s JOIN triggers t ON t.id = s.trigger_id "
+                "JOIN contacts c ON c.id = s.contact_id "
+                "LEFT JOIN contact_events e ON e.id = s.event_id "
+                "WHERE s.state='pending' AND s.due_at <= ? ORDER BY s.due_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            out = []
+            for r in rows:
+                info = _trigger_info((r[3], r[4], r[5], r[6], r[7]))
+                props = json.loads(r[9]) if r[9] is not None else {}
+                out.append(DueStep(
+                    id=int(r[0]), step=int(r[1]), due_at=float(r[2]), trigger_id=info.id,
+                    trigger=info.trigger, contact=_contact(r[11:]),
+                    event_name=r[8], event_properties=props if isinstance(props, dict) else {},
+                    event_at=None if r[10] is None else float(r[10]),
+                ))  # fmt: skip
+            return out
+
+        return await self.db.read(fn)
+
+    async def settle(self, settles: Sequence[Settle]) -> None:
+        """Settle steps without queuing anything (all skipped or cancelled)."""
+        await self.db.write(settle_op(settles, self._clock.now()))
+
+    async def next_due(self) -> float | None:
+        """The earliest pending step's due time (the runner sleeps until then)."""
+
+        def fn(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT min(due_at) FROM journey_steps WHERE state='pending'"
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await self.db.read(fn)
+
+    async def export_for(self, owner: str, address: str) -> dict[str, object]:
+        return await self.db.read(lambda conn: export_for(conn, owner, address))
+
+    async def erase_for(self, address: str) -> int:
+        return await self.db.write(lambda conn: erase_for(conn, address))
