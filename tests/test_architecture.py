@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
             "keyfiles",
             "contacts",
             "journeys",
+            "cron",
         ],
         2,
     ),
