@@ -1,0 +1,362 @@
+"""The shared queue on PostgreSQL: the only writer of ``messages``, ``recipients``, ``batches``.
+
+The same interface as the SQLite spool (``scheduler.ports.QueueStore`` and what submission,
+metrics and the CLI use), for several nodes at once:
+
+- ``claim_due`` leases due recipients with ``SELECT … FOR UPDATE SKIP LOCKED``: two nodes
+  claiming at the same moment skip each other's rows instead of waiting on them, and never
+  get the same recipient. A leased row records the node (``lease_node``) and the lease
+  expiry (``next_attempt``).
+- ``release_expired`` (run by every node's scheduler) puts back leases past their expiry,
+  whichever node held them: a node that died has its work taken over once its leases run
+  out. ``release_leases`` (start-up, graceful stop) puts back only this node's own leases —
+  the other nodes are still delivering theirs.
+- Bodies live in PostgreSQL (``bytea``), so any node can deliver any message and a node
+  lost for good loses nothing it acknowledged (measured in ``bench/pg_queue.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from mtaserver.clock import Clock, SystemClock
+from mtaserver.model import (
+    FINAL_STATES,
+    FINAL_STATES_SQL,
+    DeliveryJob,
+    Event,
+    JobRecipient,
+    PreparedMessage,
+    QueueGauges,
+    RecipientState,
+    RecipientUpdate,
+)
+from mtaserver.storage.postgres.db import Connection, PgDatabase
+from mtaserver.storage.postgres.events import insert_events
+from mtaserver.storage.sqlite.queue.values import (
+    BodyCodec,
+    IdentityCodec,
+    MessageInfo,
+    RecipientInfo,
+    domain_of,
+)
+
+_CLAIM = """
+WITH due AS (
+    SELECT queue_id, idx FROM recipients
+    WHERE state = 'queued' AND next_attempt <= $1
+    ORDER BY next_attempt
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE recipients r SET state = 'leased', next_attempt = $3, lease_node = $4, updated_at = $1
+FROM due WHERE r.queue_id = due.queue_id AND r.idx = due.idx
+RETURNING r.queue_id, r.idx, r.address, r.domain, r.attempts, r.body
+"""
+
+
+def _rows(status: str) -> int:
+    """The row count of an asyncpg command status ("UPDATE 3")."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def _drop_body_if_done(conn: Connection, queue_ids: Sequence[str]) -> None:
+    await conn.execute(
+        "UPDATE messages m SET body = NULL WHERE m.id = ANY($1::text[]) AND m.body IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM recipients r WHERE r.queue_id = m.id "
+        f"AND r.state NOT IN {FINAL_STATES_SQL})",
+        list(queue_ids),
+    )
+
+
+class PgQueue:
+    """``node_id`` names this node on its leases (``[cluster] node_id``)."""
+
+    def __init__(
+        self,
+        db: PgDatabase,
+        node_id: str,
+        codec: BodyCodec | None = None,
+        *,
+        keep_bodies: float = 0.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self.db = db
+        self.node_id = node_id
+        self.codec: BodyCodec = codec or IdentityCodec()
+        self.keep_bodies = keep_bodies
+        self._clock: Clock = clock or SystemClock()
+
+    # -- intake --------------------------------------------------------------------------
+    async def enqueue(self, msg: PreparedMessage, events: Sequence[Event] = ()) -> None:
+        """Store the message durably (committed before this returns)."""
+        await self.enqueue_many((msg,), events)
+
+    async def enqueue_many(
+        self, messages: Sequence[PreparedMessage], events: Sequence[Event] = ()
+    ) -> None:
+        """Every message, its recipients and events in ONE transaction: all or none."""
+        async with self.db.transaction() as conn:
+            recorded: list[Event] = []
+            for msg in messages:
+                recorded.extend(await self._insert(conn, msg))
+            await insert_events(conn, [*recorded, *events])
+
+    async def _insert(self, conn: Connection, msg: PreparedMessage) -> list[Event]:
+        status = None
+        if msg.batch_id:
+            status = await conn.fetchval("SELECT status FROM batches WHERE id=$1", msg.batch_id)
+        codec = self.codec
+        await conn.execute(
+            'INSERT INTO messages(id, sender, "user", client_ip, received_at, size, message_id, '
+            "campaign, dsn, is_dsn, body, batch_id, release_at) "
+            "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
+            msg.queue_id, msg.sender, msg.user, msg.client_ip, msg.received_at, len(msg.data),
+            msg.message_id, msg.campaign, int(msg.dsn), int(msg.is_dsn), codec.encode(msg.data),
+            msg.batch_id, msg.not_before,
+        )  # fmt: skip
+        due = msg.received_at if msg.not_before is None else msg.not_before
+        live = RecipientState.HELD if status == "pause" else RecipientState.QUEUED
+        events: list[Event] = []
+        cols: list[list[Any]] = [[] for _ in range(6)]
+        for i, r in enumerate(msg.recipients):
+            state, reply = live, ""
+            if r.suppressed:
+                state = RecipientState.SUPPRESSED
+                events.append(_event("suppressed", msg, r.address, ("reason", r.suppressed), i))
+            elif status == "cancel":
+                state, reply = (
+                    RecipientState.SUPPRESSED,
+                    f"cancelled: batch {msg.batch_id} was cancelled",
+                )
+                events.append(_event("cancelled", msg, r.address, ("batch_id", msg.batch_id), i))
+            body = None if r.data is None or state in FINAL_STATES else codec.encode(r.data)
+            for col, v in zip(
+                cols, (i, r.address, domain_of(r.address), state.value, body, reply), strict=True
+            ):
+                col.append(v)
+        await conn.execute(
+            "INSERT INTO recipients(queue_id, idx, address, domain, state, next_attempt, "
+            "body, updated_at, last_reply) "
+            "SELECT $1, u.idx, u.address, u.domain, u.state, $2, u.body, $3, u.reply FROM "
+            "unnest($4::bigint[], $5::text[], $6::text[], $7::text[], $8::bytea[], $9::text[]) "
+            "AS u(idx, address, domain, state, body, reply)",
+            msg.queue_id, due, msg.received_at, *cols,
+        )  # fmt: skip
+        if events:
+            await _drop_body_if_done(conn, [msg.queue_id])
+        data: list[tuple[str, str | int | float | bool | None]] = [
+            ("user", msg.user), ("client_ip", msg.client_ip), ("size", len(msg.data)),
+            ("recipients", len(msg.recipients)), ("sender", msg.sender),
+            ("campaign", msg.campaign),
+        ]  # fmt: skip
+        if msg.not_before is not None:
+            data.append(("send_at", msg.not_before))
+        if msg.batch_id is not None:
+            data.append(("batch_id", msg.batch_id))
+        accepted = Event("accepted", msg.received_at, msg.queue_id, data=tuple(data))
+        return [accepted, *events]
+
+    # -- scheduling ----------------------------------------------------------------------
+    async def claim_due(self, now: float, limit: int, lease_seconds: float) -> list[DeliveryJob]:
+        """Lease up to ``limit`` due recipients; one job per (message body, domain)."""
+        lease_until = now + lease_seconds
+        async with self.db.transaction() as conn:
+            rows = await conn.fetch(_CLAIM, now, limit, lease_until, self.node_id)
+            if not rows:
+                return []
+            qids = sorted({r["queue_id"] for r in rows})
+            msgs = {
+                m["id"]: m
+                for m in await conn.fetch(
+                    'SELECT id, sender, received_at, "user", dsn, is_dsn, body, release_at '
+                    "FROM messages WHERE id = ANY($1::text[])",
+                    qids,
+                )
+            }
+        groups: dict[tuple[str, str, int], list[Any]] = {}
+        for r in sorted(rows, key=lambda r: (r["queue_id"], r["idx"])):
+            own = r["body"] is not None
+            key = (r["queue_id"], r["domain"], r["idx"] if own else -1)
+            groups.setdefault(key, []).append(r)
+        jobs = []
+        for (qid, domain, own_idx), members in groups.items():
+            m = msgs[qid]
+            body = members[0]["body"] if own_idx >= 0 else m["body"]
+            jobs.append(
+                DeliveryJob(
+                    queue_id=qid, sender=m["sender"], domain=domain,
+                    recipients=tuple(
+                        JobRecipient(idx=int(x["idx"]), address=x["address"],
+                                     attempts=int(x["attempts"]))
+                        for x in members
+                    ),
+                    data=self.codec.decode(bytes(body)), received_at=m["received_at"],
+                    lease_until=lease_until, user=m["user"], dsn=bool(m["dsn"]),
+                    is_dsn=bool(m["is_dsn"]), release_at=m["release_at"],
+                )
+            )  # fmt: skip
+        return jobs
+
+    async def record(
+        self, updates: Sequence[RecipientUpdate], events: Sequence[Event] = ()
+    ) -> Sequence[int]:
+        """Apply attempt outcomes and their events in one transaction; the events' ids."""
+        now = self._clock.now()
+        drop = self.keep_bodies <= 0
+        async with self.db.transaction() as conn:
+            if updates:
+                await conn.executemany(
+                    "UPDATE recipients SET state=$1, next_attempt=coalesce($2, next_attempt), "
+                    "attempts=attempts+$3, last_reply=$4, updated_at=$5, lease_node=NULL, "
+                    "body=CASE WHEN $7 AND $1 = ANY($8::text[]) THEN NULL ELSE body END "
+                    "WHERE queue_id=$6 AND idx=$9",
+                    [
+                        (u.state.value, u.next_attempt, 1 if u.attempted else 0, u.reply, now,
+                         u.queue_id, drop, [s.value for s in FINAL_STATES], u.idx)
+                        for u in updates
+                    ],
+                )  # fmt: skip
+                if drop:
+                    await _drop_body_if_done(conn, sorted({u.queue_id for u in updates}))
+            return await insert_events(conn, events)
+
+    async def release_leases(self, now: float | None = None) -> int:
+        """Put back THIS node's leases (start-up after a crash, graceful stop)."""
+        t = self._clock.now() if now is None else now
+        async with self.db.transaction() as conn:
+            return _rows(
+                await conn.execute(
+                    "UPDATE recipients SET state='queued', next_attempt=$1, updated_at=$1, "
+                    "lease_node=NULL WHERE state='leased' AND lease_node=$2",
+                    t,
+                    self.node_id,
+                )
+            )
+
+    async def release_expired(self, now: float) -> int:
+        """Put back every node's leases past their expiry: a dead node's work is taken over."""
+        async with self.db.transaction() as conn:
+            return _rows(
+                await conn.execute(
+                    "UPDATE recipients SET state='queued', next_attempt=$1, updated_at=$1, "
+                    "lease_node=NULL WHERE state='leased' AND next_attempt < $1",
+                    now,
+                )
+            )
+
+    async def defer_domain(self, domain: str, until: float) -> int:
+        """Push every queued recipient of a suspended destination to ``until``."""
+        async with self.db.transaction() as conn:
+            return _rows(
+                await conn.execute(
+                    "UPDATE recipients SET next_attempt=$1 WHERE domain=$2 AND state='queued' "
+                    "AND next_attempt < $1",
+                    until,
+                    domain.lower(),
+                )
+            )
+
+    async def dsn_sent(self, queue_id: str, action: str) -> bool:
+        """Whether a DSN with this action ("failed", "delayed") was queued for the message."""
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT data FROM events WHERE queue_id=$1 AND type='dsn_sent'", queue_id
+            )
+        return any(json.loads(r[0]).get("action") == action for r in rows)
+
+    # -- what operators and metrics read ------------------------------------------------
+    async def show(self, queue_id: str) -> MessageInfo | None:
+        async with self.db.connection() as conn:
+            m = await conn.fetchrow(
+                'SELECT id, sender, "user", client_ip, received_at, size, message_id, campaign '
+                "FROM messages WHERE id=$1",
+                queue_id,
+            )
+            if m is None:
+                return None
+            rcpts = await conn.fetch(
+                "SELECT idx, address, state, attempts, next_attempt, last_reply FROM recipients "
+                "WHERE queue_id=$1 ORDER BY idx",
+                queue_id,
+            )
+        return MessageInfo(
+            queue_id=m[0], sender=m[1], user=m[2], client_ip=m[3], received_at=m[4], size=m[5],
+            message_id=m[6], campaign=m[7],
+            recipients=tuple(RecipientInfo(int(r[0]), r[1], r[2], int(r[3]), r[4], r[5])
+                             for r in rcpts),
+        )  # fmt: skip
+
+    async def body(self, queue_id: str) -> bytes | None:
+        async with self.db.connection() as conn:
+            blob = await conn.fetchval("SELECT body FROM messages WHERE id=$1", queue_id)
+        return None if blob is None else self.codec.decode(bytes(blob))
+
+    async def gauges(self, states: Sequence[str], top: int, now: float) -> QueueGauges:
+        """Recipients in ``states`` across the cluster: per state, per destination, oldest."""
+        async with self.db.connection() as conn:
+            by_state = dict.fromkeys(states, 0)
+            for r in await conn.fetch(
+                "SELECT state, count(*) FROM recipients WHERE state = ANY($1::text[]) "
+                "GROUP BY state",
+                list(states),
+            ):
+                by_state[r[0]] = int(r[1])
+            rows = await conn.fetch(
+                "SELECT domain, count(*) AS n FROM recipients WHERE state = ANY($1::text[]) "
+                "GROUP BY domain ORDER BY n DESC, domain",
+                list(states),
+            )
+            oldest = await conn.fetchval(
+                "SELECT min(m.received_at) FROM messages m WHERE m.id IN "
+                "(SELECT queue_id FROM recipients WHERE state = ANY($1::text[]))",
+                list(states),
+            )
+        return QueueGauges(
+            by_state=by_state,
+            by_destination=tuple((r[0], int(r[1])) for r in rows[:top]),
+            other=sum(int(r[1]) for r in rows[top:]),
+            oldest_age=max(0.0, now - oldest) if oldest is not None else 0.0,
+        )
+
+    async def drop_bodies(self, before: float, limit: int) -> int:
+        """Retention: drop kept bodies of messages finished before ``before`` (≤ ``limit``)."""
+        async with self.db.transaction() as conn:
+            ids = [r[0] for r in await conn.fetch(
+                f"SELECT m.id FROM messages m WHERE m.body IS NOT NULL AND m.received_at < $1 "
+                f"AND {_DONE_BEFORE} ORDER BY m.received_at LIMIT $2", before, limit)]  # fmt: skip
+            await conn.execute("UPDATE messages SET body=NULL WHERE id = ANY($1::text[])", ids)
+            await conn.execute(
+                "UPDATE recipients SET body=NULL WHERE queue_id = ANY($1::text[]) "
+                "AND body IS NOT NULL",
+                ids,
+            )
+        return len(ids)
+
+    async def purge_finished(self, before: float, limit: int) -> int:
+        """Retention: delete messages finished before ``before``; ``limit`` counts rows."""
+        async with self.db.transaction() as conn:
+            ids = [r[0] for r in await conn.fetch(
+                f"SELECT m.id FROM messages m WHERE m.received_at < $1 AND {_DONE_BEFORE} "
+                "ORDER BY m.received_at LIMIT $2", before, max(1, limit // 2))]  # fmt: skip
+            n = _rows(await conn.execute(
+                "DELETE FROM recipients WHERE queue_id = ANY($1::text[])", ids))  # fmt: skip
+            n += _rows(await conn.execute("DELETE FROM messages WHERE id = ANY($1::text[])", ids))
+        return n
+
+
+_DONE_BEFORE = (
+    "NOT EXISTS (SELECT 1 FROM recipients r WHERE r.queue_id = m.id "
+    f"AND (r.state NOT IN {FINAL_STATES_SQL} OR r.updated_at >= $1))"
+)
+
+
+def _event(
+    kind: str, msg: PreparedMessage, rcpt: str, item: tuple[str, str | None], idx: int
+) -> Event:
+    return Event(
+        type=kind, at=msg.received_at, queue_id=msg.queue_id, recipient=rcpt,
+        data=(item, ("idx", idx)),
+    )  # fmt: skip
