@@ -38,6 +38,7 @@ from mtaserver.storage.sqlite.contacts import (
     ContactStore,
     ImportAborted,
 )
+from mtaserver.storage.sqlite.optin import OptInSettings
 
 log = get_logger("api")
 
@@ -329,6 +330,78 @@ async def _guarded(request: web.Request, fn: Fn, key: KeyInfo, store: ContactSto
         return error(500, "internal error")
 
 
+def _nudging(deps: ApiDeps, fn: Fn) -> Fn:
+    """After a write that may put contacts on a double opt-in list: wake the mailer."""
+
+    async def wrapped(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+        answer = await fn(r, key, store)
+        if answer.status < 300:
+            deps.optin_nudge()
+        return answer
+
+    return wrapped
+
+
+def _confirm_settings(body: dict[str, object]) -> OptInSettings | None:
+    raw = body.get("confirm")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ContactError("confirm: an object {from, subject, body}", "confirm")
+    _only(raw, ("from", "subject", "body"))
+    for name in ("from", "subject", "body"):
+        if raw.get(name) is not None and not isinstance(raw.get(name), str):
+            raise ContactError(f"confirm.{name}: a string or null", f"confirm.{name}")
+    return OptInSettings(raw.get("from"), raw.get("subject"), raw.get("body"))
+
+
+def _list_routes(deps: ApiDeps) -> tuple[Fn, Fn, Fn]:
+    """POST, GET and PATCH of a list with its confirmation mail settings (``confirm``)."""
+    optin = deps.optin
+
+    async def with_confirm(key: KeyInfo, name: str, answer: Answer,
+                           s: OptInSettings | None) -> Answer:  # fmt: skip
+        if optin is None or answer.status >= 300:
+            return answer
+        if s is not None:
+            await optin.set_settings(key.user, name, s)
+        got = await optin.settings(key.user, name)
+        out = json.loads(answer.body)
+        out["confirm"] = (got or OptInSettings()).as_json()
+        return _ok(out, answer.status)
+
+    async def post(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+        body = _object(await _read_json(r))
+        _only(body, ("name", "double_opt_in", "confirm"))
+        name = check_list_name(body.get("name"), "name")
+        s = _confirm_settings(body)
+        if s is not None:
+            s.check()  # before the list exists: a bad setting creates nothing
+        made = await store.create_list(key.user, name, bool(_bool(body, "double_opt_in")))
+        return await with_confirm(key, name, _ok(made.as_json(), 201), s)
+
+    async def get(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+        return await with_confirm(key, _path_list(r), await get_list(r, key, store), None)
+
+    async def patch(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+        name = _path_list(r)
+        body = _object(await _read_json(r))
+        _only(body, ("name", "double_opt_in", "confirm"))
+        s = _confirm_settings(body)
+        if s is not None:
+            s.check()
+        new = body.get("name")
+        new_name = None if new is None else check_list_name(new, "name")
+        got = await store.update_list(
+            key.user, name, new_name=new_name, double_opt_in=_bool(body, "double_opt_in")
+        )
+        if got is None:
+            return _not_found(f"list {name}")
+        return await with_confirm(key, got.name, _ok(got.as_json()), s)
+
+    return post, get, patch
+
+
 def add_contact_routes(app: web.Application, deps: ApiDeps) -> None:
     """Serve the contact and list endpoints when the daemon wired a contact store."""
     store = deps.contacts
@@ -338,17 +411,19 @@ def add_contact_routes(app: web.Application, deps: ApiDeps) -> None:
     def h(scope: str, fn: Fn) -> Handler:
         return _handler(deps, store, scope, fn)
 
+    post_list, get_list_, patch_list_ = _list_routes(deps)
+
     add = app.router
     add.add_put("/v1/contacts", h(WRITE, put_contacts))
     add.add_get("/v1/contacts", h(READ, search_contacts))
-    add.add_post("/v1/contacts/import", h(WRITE, import_contacts))
+    add.add_post("/v1/contacts/import", h(WRITE, _nudging(deps, import_contacts)))
     add.add_get("/v1/contacts/{address}", h(READ, get_contact))
     add.add_delete("/v1/contacts/{address}", h(WRITE, delete_contact))
     add.add_get("/v1/lists", h(READ, get_lists))
-    add.add_post("/v1/lists", h(WRITE, create_list))
-    add.add_get("/v1/lists/{name}", h(READ, get_list))
-    add.add_patch("/v1/lists/{name}", h(WRITE, patch_list))
+    add.add_post("/v1/lists", h(WRITE, post_list))
+    add.add_get("/v1/lists/{name}", h(READ, get_list_))
+    add.add_patch("/v1/lists/{name}", h(WRITE, patch_list_))
     add.add_delete("/v1/lists/{name}", h(WRITE, delete_list))
     add.add_get("/v1/lists/{name}/members", h(READ, get_members))
-    add.add_post("/v1/lists/{name}/members", h(WRITE, add_members))
+    add.add_post("/v1/lists/{name}/members", h(WRITE, _nudging(deps, add_members)))
     add.add_delete("/v1/lists/{name}/members/{address}", h(WRITE, remove_member))

@@ -10,6 +10,7 @@ rate and the certificate take effect for the next request.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mtaserver.api import ApiDeps, ApiServer, NoTemplates, TemplateSource, build_api_app
@@ -24,6 +25,7 @@ from mtaserver.sendapi import Limits
 from mtaserver.storage.sqlite.apikeys import ApiKeyStore
 from mtaserver.storage.sqlite.contacts import ContactStore
 from mtaserver.storage.sqlite.idempotency import ApiIntake
+from mtaserver.storage.sqlite.optin import OptInStore
 from mtaserver.storage.sqlite.queue import new_queue_id
 
 log = get_logger("app")
@@ -64,8 +66,9 @@ def _pipeline(cfg: Config, parts: MailParts) -> Pipeline:
 
 
 def api_service(
-    cfg: Config, parts: MailParts, templates: TemplateSource | None = None
-) -> Service | None:
+    cfg: Config, parts: MailParts, templates: TemplateSource | None = None,
+    optin_nudge: Callable[[], None] | None = None,
+) -> Service | None:  # fmt: skip
     """The listener on ``[api] listen``; off when unset. ``templates`` defaults to a
     source that knows no template (every ``template_id`` is answered 400)."""
     a = cfg.api
@@ -93,6 +96,8 @@ def api_service(
         user_rate=lambda: rates.limiter,
         render_slots=a.max_concurrent_renders,
         contacts=ContactStore(db, clock),
+        optin_nudge=optin_nudge or (lambda: None),
+        optin=OptInStore(db),
     )
     ssl_context = cfg.tls.server_context() if a.tls else None
     server = ApiServer(build_api_app(deps), ssl_context)

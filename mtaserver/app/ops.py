@@ -37,6 +37,7 @@ from mtaserver.storage.sqlite.tracking import SqlTrackingStore
 from mtaserver.storage.sqlite.users import UserStore
 from mtaserver.tracking.bots import BotDetector, load_rules
 from mtaserver.tracking.mailto import MailUnsubscribe
+from mtaserver.tracking.preferences import ConsentPages
 from mtaserver.tracking.privacy import IpPrivacy
 from mtaserver.tracking.recorder import Recorder
 from mtaserver.tracking.tokens import TokenCodec, load_secrets
@@ -128,7 +129,9 @@ def build_tracking(
     return TrackingParts(codec, tracker, recorder, mailto)
 
 
-def tracking_service(cfg: Config, parts: TrackingParts, clock: Clock) -> Service | None:
+def tracking_service(
+    cfg: Config, parts: TrackingParts, clock: Clock, consent: ConsentPages | None = None
+) -> Service | None:
     """The public endpoint (opens, clicks, one-click unsubscribe) on ``[tracking] listen``."""
     t = cfg.tracking
     recorder = parts.recorder
@@ -137,7 +140,12 @@ def tracking_service(cfg: Config, parts: TrackingParts, clock: Clock) -> Service
     secret_file = t.secret_file  # restart-only, like base_url
     codec = parts.codec
     web = TrackingWeb(
-        codec, recorder, clock, trusted_proxies=t.trusted_proxies, access_log=t.access_log
+        codec,
+        recorder,
+        clock,
+        trusted_proxies=t.trusted_proxies,
+        access_log=t.access_log,
+        consent=consent,
     )
     host, port = t.listen
 

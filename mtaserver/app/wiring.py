@@ -32,6 +32,7 @@ from mtaserver.app.ops import (
     storage_service,
     tracking_service,
 )
+from mtaserver.app.optin import consent_pages, optin_service
 from mtaserver.app.service import Service
 from mtaserver.clock import Clock
 from mtaserver.config import Config
@@ -41,6 +42,7 @@ from mtaserver.dkim import DkimSigner
 from mtaserver.dkim.keys import load_keyset
 from mtaserver.metrics import Metrics, TimedAgent
 from mtaserver.retention import Retention
+from mtaserver.storage.sqlite.contacts import ContactStore
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.events import EventLog
 from mtaserver.storage.sqlite.outbox import WebhookOutbox
@@ -93,6 +95,12 @@ def wire(cfg: Config, base: Base, current: Callable[[], Config]) -> Wiring:
     shaper = build_shaper(cfg, clock)
     tracking = build_tracking(cfg, db, suppressions, clock)
     recorder = tracking.recorder if tracking and cfg.tracking.listen else None
+    # Double opt-in and the preferences page: signed with the tracking secret, served there.
+    consent = (
+        consent_pages(tracking.codec, ContactStore(db, clock), suppressions, users, clock)
+        if recorder is not None and tracking is not None
+        else None
+    )
     # Metrics reads the shaper, the outbox and the recorder; the mail path reports to it.
     metrics = Metrics(
         spool,
@@ -111,7 +119,7 @@ def wire(cfg: Config, base: Base, current: Callable[[], Config]) -> Wiring:
         dkim_service(signer),
         delivery_service(resolver, agent),
         scheduler_service(cfg, spool, timed_agent, shaper, resolver, suppressions, clock),
-        tracking_service(cfg, tracking, clock) if tracking else None,
+        tracking_service(cfg, tracking, clock, consent) if tracking else None,
         inbound_service(
             cfg,
             spool,
@@ -134,7 +142,11 @@ def wire(cfg: Config, base: Base, current: Callable[[], Config]) -> Wiring:
         services.append(
             submission_service(cfg, mail) if cfg.server.workers == 1 else _workers(cfg, mail)
         )
-    services.append(api_service(cfg, mail, TemplateStore(db, clock)))
+    optin = optin_service(cfg, mail, tracking.codec) if consent and tracking else None
+    if optin is not None:
+        services.append(optin[0])
+    services.append(api_service(cfg, mail, TemplateStore(db, clock),
+                                optin_nudge=optin[1].nudge if optin else None))  # fmt: skip
     admin = AdminParts(db, spool, users, suppressions, signer, metrics, clock)
     services.append(admin_service(cfg, admin, current))
     return Wiring(tuple(s for s in services if s is not None), metrics)

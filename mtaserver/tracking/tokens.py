@@ -193,6 +193,11 @@ class TokenCodec:
         """The signing key (also used to hash client IPs when privacy says so)."""
         return self._s.keys[0]
 
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        """Every verifying key, the signing one first (other signed links derive theirs)."""
+        return self._s.keys
+
     def _seal(self, payload: bytes, s: _Secrets | None = None) -> str:
         raw = payload + (s or self._s).macs[0].mac(payload)
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")

@@ -5,6 +5,8 @@
 - ``GET /u/{token}``: a confirmation page whose form POSTs back (GET never changes state:
   link scanners GET everything);
 - ``POST /u/{token}`` with ``List-Unsubscribe=One-Click``: unsubscribe (RFC 8058).
+- ``/s/{token}`` and ``/p/{token}``: the double opt-in confirm page and the preferences
+  page (:mod:`mtaserver.tracking.preferences`), when contacts are wired.
 
 A token that does not verify, or is used on the wrong endpoint, gets 404 without a
 ``Location``. HEAD gets the same answer as GET but is never counted. Handlers never wait on
@@ -37,6 +39,7 @@ from mtaserver.clock import Clock
 from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
 from mtaserver.tracking.bots import Hit
+from mtaserver.tracking.preferences import ConsentPages
 from mtaserver.tracking.recorder import Recorder
 from mtaserver.tracking.tokens import (
     CLICK,
@@ -53,7 +56,7 @@ access_log = get_logger("tracking.access")
 
 GIF = base64.b64decode(b"R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 _NO_STORE = "no-store, max-age=0"
-_TOKEN_IN_PATH = re.compile(r"/([ocu])/([A-Za-z0-9_-]{6})[^/?]*")
+_TOKEN_IN_PATH = re.compile(r"/([ocusp])/([A-Za-z0-9_-]{6})[^/?]*")
 _SAFE = "!#$%&'()*+,-./:;=?@[]_~"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -152,8 +155,10 @@ class TrackingWeb:
         *,
         trusted_proxies: Sequence[Network] = (),
         access_log: bool = False,
+        consent: ConsentPages | None = None,
     ) -> None:
         self.codec = codec
+        self.consent = consent  # /s/ (double opt-in confirm) and /p/ (preferences)
         self.recorder = recorder
         self.clock = clock
         self.trusted_proxies = tuple(trusted_proxies)
@@ -227,6 +232,11 @@ class TrackingWeb:
             token, route, allow = path[3:], self.unsubscribe_page, _GET_POST
             if method == "POST":
                 route = self.unsubscribe
+        elif self.consent is not None and path.startswith(("/s/", "/p/")):
+            if method not in _GET_POST:
+                return web.Response(status=405, text="method not allowed\n",
+                                    headers={"Allow": ", ".join(_GET_POST), **_SERVER})  # fmt: skip
+            return await self.consent.handle(request, path, self.client_ip(request))
         else:
             return _not_found()
         if method not in allow:

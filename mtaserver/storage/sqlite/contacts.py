@@ -700,6 +700,114 @@ class ContactStore:
 
         return await self.db.read(fn)
 
+    # -- consent: who may receive, the preferences page -------------------------------------
+    async def may_receive(self, owner: str, address: str, list_name: str | None = None) -> bool:
+        """Whether mail may go to the contact: its consent is ``subscribed`` and, with
+        ``list_name``, its membership of that list too (an unconfirmed double opt-in member
+        gets nothing but the confirmation mail). An unknown contact may not."""
+        addr = normalize_address(address, "address")
+
+        def fn(conn: sqlite3.Connection) -> bool:
+            if list_name is None:
+                row = conn.execute(
+                    "SELECT 1 FROM contacts WHERE owner=? AND address=? "
+                    "AND consent_status='subscribed'",
+                    (owner, addr),
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    "SELECT 1 FROM contacts c JOIN list_members m ON m.contact_id = c.id "
+                    "JOIN lists l ON l.id = m.list_id WHERE c.owner=? AND c.address=? "
+                    "AND c.consent_status='subscribed' AND l.owner=? AND l.name=? "
+                    "AND m.status='subscribed'",
+                    (owner, addr, owner, list_name),
+                ).fetchone()
+            return row is not None
+
+        return await self.db.read(fn)
+
+    async def set_preferences(
+        self, owner: str, address: str, wanted: Sequence[str], ip: str | None = None
+    ) -> Contact | None:
+        """The preferences page's form: the contact is subscribed to exactly the ``wanted``
+        lists of ``owner`` (others are marked unsubscribed, not deleted: the record of the
+        choice stays). The signed link proves the address, so a list joined here is
+        subscribed at once, double opt-in or not, and an unconfirmed contact's consent becomes
+        subscribed (source ``preferences``). An unsubscribed contact stays unsubscribed: its
+        suppression entry would stop the mail anyway. None: no such contact."""
+        addr = normalize_address(address, "address")
+        now = self._clock.now()
+        want = set(wanted)
+
+        def op(conn: sqlite3.Connection) -> Contact | None:
+            row = conn.execute(
+                "SELECT id, consent_status FROM contacts WHERE owner=? AND address=?",
+                (owner, addr),
+            ).fetchone()
+            if row is None:
+                return None
+            cid = int(row[0])
+            for lid, name in conn.execute(
+                "SELECT id, name FROM lists WHERE owner=?", (owner,)
+            ).fetchall():
+                if name not in want:
+                    conn.execute(
+                        "UPDATE list_members SET status='unsubscribed' WHERE list_id=? "
+                        "AND contact_id=? AND status <> 'unsubscribed'",
+                        (lid, cid),
+                    )
+                    continue
+                conn.execute(
+                    "INSERT INTO list_members (list_id, contact_id, status, added_at, "
+                    "confirmed_at) VALUES (?1, ?2, 'subscribed', ?3, ?3) "
+                    "ON CONFLICT (list_id, contact_id) DO UPDATE SET status='subscribed', "
+                    "confirmed_at=coalesce(list_members.confirmed_at, ?3) "
+                    "WHERE list_members.status <> 'subscribed'",
+                    (lid, cid, now),
+                )
+            if want and row[1] == "unconfirmed":
+                conn.execute(
+                    "UPDATE contacts SET consent_status='subscribed', consent_source="
+                    "'preferences', consent_at=?, consent_ip=?, updated_at=? WHERE id=?",
+                    (now, ip, now, cid),
+                )
+            full = conn.execute(f"SELECT {_COLUMNS} FROM contacts WHERE id=?", (cid,)).fetchone()
+            return _contact(full, _memberships(conn, cid))
+
+        return await self.db.write(op)
+
+    async def leave_all_lists(self, owner: str, address: str) -> int:
+        """After an unsubscribe from everything: every membership marked unsubscribed."""
+        addr = normalize_address(address, "address")
+        return await self.db.write(
+            lambda conn: conn.execute(
+                "UPDATE list_members SET status='unsubscribed' WHERE status <> 'unsubscribed' "
+                "AND contact_id=(SELECT id FROM contacts WHERE owner=? AND address=?)",
+                (owner, addr),
+            ).rowcount
+        )
+
+
+# -- privacy requests (storage.sqlite.privacy calls these inside its transactions) ----------
+def contacts_of(conn: sqlite3.Connection, address: str) -> list[Contact]:
+    """Every owner's contact with ``address`` (an export, or what an erase will remove)."""
+    addr = address.strip().lower()
+    return [
+        _contact(r, _memberships(conn, int(r[0])))
+        for r in conn.execute(
+            f"SELECT {_COLUMNS} FROM contacts WHERE address=? ORDER BY owner", (addr,)
+        ).fetchall()
+    ]
+
+
+def erase_contacts_in(conn: sqlite3.Connection, address: str) -> list[Contact]:
+    """Delete every owner's contact with ``address`` (memberships go with them); the
+    contacts as they were, for the caller's proof records."""
+    found = contacts_of(conn, address)
+    conn.executemany("DELETE FROM contacts WHERE id=?", [(c.id,) for c in found])
+    return found
+
+
 
 def _typed(value: str) -> object:
     """The JSON scalar ``value`` reads as (``30`` → 30, ``true`` → 1), else ``value``."""

@@ -1,0 +1,131 @@
+"""Double opt-in bookkeeping: the only writer of ``optin_settings`` and ``optin_sent``.
+
+The confirmation mailer asks :meth:`OptInStore.pending` for unconfirmed memberships whose
+mail is not queued yet (the partial index on unconfirmed members keeps that scan to them),
+and queues each mail with :func:`mark_sent_in` as the spool's ``also``: the mail and the
+mark commit together, so every membership gets its confirmation exactly once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mtaserver.contacts import ContactError, check_list_name, normalize_address
+from mtaserver.storage.sqlite.db import Database
+
+
+@dataclass(frozen=True, slots=True)
+class OptInSettings:
+    """A list's confirmation mail: None fields take the built-in defaults."""
+
+    from_address: str | None = None
+    subject: str | None = None
+    body: str | None = None
+
+    def as_json(self) -> dict[str, object]:
+        return {"from": self.from_address, "subject": self.subject, "body": self.body}
+
+    def check(self) -> None:
+        """ContactError naming the field (``confirm.from``, ...) when one is unusable."""
+        if self.from_address is not None:
+            normalize_address(self.from_address, "confirm.from")
+        for name, value, cap in (("subject", self.subject, 200), ("body", self.body, 20_000)):
+            if value is not None and (not isinstance(value, str) or len(value) > cap):
+                raise ContactError(f"confirm.{name}: text of at most {cap} characters",
+                                   f"confirm.{name}")  # fmt: skip
+        if self.subject is not None and ("\r" in self.subject or "\n" in self.subject):
+            raise ContactError("confirm.subject: one line", "confirm.subject")
+        if self.body is not None and "{{confirm_url}}" not in self.body:
+            raise ContactError("confirm.body: must contain {{confirm_url}}", "confirm.body")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingConfirm:
+    list_id: int
+    contact_id: int
+    owner: str
+    list_name: str
+    address: str
+    settings: OptInSettings
+
+
+_PENDING = (
+    "SELECT m.list_id, m.contact_id, l.owner, l.name, c.address, s.from_address, s.subject, "
+    "s.body FROM list_members m JOIN lists l ON l.id = m.list_id "
+    "JOIN contacts c ON c.id = m.contact_id "
+    "LEFT JOIN optin_settings s ON s.list_id = m.list_id "
+    "WHERE m.status = 'unconfirmed' AND c.consent_status <> 'unsubscribed' "
+    "AND NOT EXISTS (SELECT 1 FROM optin_sent x WHERE x.list_id = m.list_id "
+    "AND x.contact_id = m.contact_id) AND (m.list_id, m.contact_id) > (?, ?) "
+    "ORDER BY m.list_id, m.contact_id LIMIT ?"
+)
+
+
+def mark_sent_in(
+    conn: sqlite3.Connection, items: Sequence[tuple[int, int, str]], at: float
+) -> None:
+    """Inside the enqueue's transaction: (list_id, contact_id, queue_id) have their mail."""
+    conn.executemany(
+        "INSERT INTO optin_sent (list_id, contact_id, queue_id, sent_at) VALUES (?,?,?,?) "
+        "ON CONFLICT (list_id, contact_id) DO NOTHING",
+        [(lid, cid, qid, at) for lid, cid, qid in items],
+    )
+
+
+class OptInStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def pending(
+        self, limit: int = 200, after: tuple[int, int] = (0, 0)
+    ) -> list[PendingConfirm]:
+        """Unconfirmed memberships (of every owner) whose confirmation is not queued, in
+        (list, contact) order after ``after`` (keyset: one pass moves past what it skips)."""
+
+        def fn(conn: sqlite3.Connection) -> list[PendingConfirm]:
+            return [
+                PendingConfirm(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]),
+                               OptInSettings(r[5], r[6], r[7]))
+                for r in conn.execute(_PENDING, (*after, limit))
+            ]  # fmt: skip
+
+        return await self.db.read(fn)
+
+    async def settings(self, owner: str, list_name: str) -> OptInSettings | None:
+        """The list's settings (defaults when none are stored); None: no such list."""
+
+        def fn(conn: sqlite3.Connection) -> OptInSettings | None:
+            row = conn.execute(
+                "SELECT l.id, s.from_address, s.subject, s.body FROM lists l "
+                "LEFT JOIN optin_settings s ON s.list_id = l.id WHERE l.owner=? AND l.name=?",
+                (owner, list_name),
+            ).fetchone()
+            return None if row is None else OptInSettings(row[1], row[2], row[3])
+
+        return await self.db.read(fn)
+
+    async def set_settings(
+        self, owner: str, list_name: str, s: OptInSettings
+    ) -> OptInSettings | None:
+        """Replace the list's settings; None: no such list."""
+        check_list_name(list_name, "name")
+        s.check()
+
+        def op(conn: sqlite3.Connection) -> OptInSettings | None:
+            row = conn.execute(
+                "SELECT id FROM lists WHERE owner=? AND name=?", (owner, list_name)
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "INSERT INTO optin_settings (list_id, from_address, subject, body) "
+                "VALUES (?,?,?,?) ON CONFLICT (list_id) DO UPDATE SET "
+                "from_address=excluded.from_address, subject=excluded.subject, "
+                "body=excluded.body",
+                (row[0], s.from_address, s.subject, s.body),
+            )
+            return s
+
+        return await self.db.write(op)
