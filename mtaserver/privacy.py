@@ -13,7 +13,13 @@
 - the sender/user columns of messages it sent; its soft-bounce counter;
 - any other table (tracking, future ones) whose text columns mention it;
 - its suppression entries are kept as SHA-256 hashes (``suppression.hash_entries``), so mail
-  to it stays suppressed while the address itself is gone.
+  to it stays suppressed while the address itself is gone;
+- its contacts (every owner's: attributes, consent, list memberships) are deleted; their
+  consent is kept as proof in ``consent_proofs`` — owner, list, status, source and time,
+  with the address and the IP as HMAC-SHA256 under a random per-database key — so an owner
+  can still show that consent was given (or withdrawn) when the person presents the
+  address again, but the rows name nobody; then every other owner of contact data
+  (``storage.sqlite.privacy.contact_data_owners``) erases its rows.
 
 The user account table is left alone (``mtaserver user remove`` deletes an account); the
 result says when one exists. Matching is case-insensitive and bounded: erasing
@@ -50,6 +56,8 @@ class PrivacyStore(Protocol):
     """The storage side of a request (``storage.sqlite.privacy.SqlitePrivacy``)."""
 
     async def leased_with(self, address: str) -> int: ...
+
+    async def erase_contacts(self, address: str, now: float) -> tuple[int, int, int]: ...
 
     async def find(self, red: Redaction, codec: Any) -> ErasePlan: ...
 
@@ -110,6 +118,9 @@ class EraseResult:
     messages: int = 0  # messages whose sender/user fields were anonymized
     events: int = 0
     suppressions_hashed: int = 0
+    contacts: int = 0  # contact rows deleted (one per owner holding the address)
+    consent_proofs: int = 0  # hashed proof rows kept of their consent and memberships
+    contact_data: int = 0  # rows erased by the other contact data owners
     soft_bounces: int = 0
     other: dict[str, int] = field(default_factory=dict)  # table → rows scrubbed
     user_account: bool = False  # a submission user of that name exists (not touched)
@@ -150,6 +161,10 @@ async def erase(
     red = Redaction(addr, token, _pattern(addr))
     result = EraseResult(address_token=token)
     result.in_flight = await _wait_for_leases(store, addr, wait_leased, clock)
+    # First: the contact rows would otherwise be rewritten by the generic scrub below.
+    result.contacts, result.consent_proofs, result.contact_data = await store.erase_contacts(
+        addr, t
+    )
     for _ in range(5):  # a last pass catches rows written while the previous one ran
         found = await store.find(red, reader)
         if found.empty():

@@ -134,7 +134,9 @@ async def test_import_and_cli_get_one_mail_each(
     assert st == 200 and res["created"] == 20, res
     # A plain list sends nothing.
     assert (await c.call("POST", "/v1/lists/plain/members", {"emails": ["q@imp.test"]}))[0] == 200
-    await wait_for(lambda: len([m for m in api.sink.messages if "imp.test" in m.rcpt_tos[0]]) >= 20, 30)
+    await wait_for(
+        lambda: len([m for m in api.sink.messages if "imp.test" in m.rcpt_tos[0]]) >= 20, 30
+    )
     # The CLI writes the database while the daemon runs: the mailer's poll finds it.
     assert api.daemon is not None
     out = await asyncio.to_thread(
@@ -174,5 +176,5 @@ async def test_expired_and_tampered_links(api: OptInDaemon, session: aiohttp.Cli
     pref = tokens.preferences_token("app", "e@x.test")
     async with session.post(f"{prefix}/{pref}", data={"confirm": "yes"}) as r:
         assert r.status == 404
-    st, body = await c.call("GET", "/v1/contacts/e@x.test")
+    _, body = await c.call("GET", "/v1/contacts/e@x.test")
     assert body["consent"]["status"] == "unconfirmed"

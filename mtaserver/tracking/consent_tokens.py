@@ -69,7 +69,8 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 class ConsentTokens:
-    """Issues and verifies consent tokens from the tracking codec (or bare keys)."""
+    """Issues and verifies consent tokens from the tracking codec, or from signing keys as
+    :attr:`TokenCodec.key` gives them (derived from the secret file, not its raw lines)."""
 
     def __init__(self, codec_or_key: TokenCodec | bytes | tuple[bytes, ...]) -> None:
         self._source = codec_or_key

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import re
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from mtaserver.errors import StorageError
 from mtaserver.model import ErasePlan, Event, Redaction
+from mtaserver.storage.sqlite.contacts import Contact, contacts_of, erase_contacts_in
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.events import erase_event, insert_events
 from mtaserver.storage.sqlite.queue.maintenance import (
@@ -35,8 +38,58 @@ _PERSONAL_KEYS = ("user_agent", "client_ip", "proxy", "ip")  # of the erased per
 _SKIP_TABLES = {
     "messages", "recipients", "events", "suppressions", "soft_bounces", "users",
     "user_domains", "meta", "schema_migrations", "webhook_outbox", "webhook_endpoints",
-    "sqlite_sequence",
+    "sqlite_sequence", "contacts", "consent_proofs", "privacy_keys",
 }  # fmt: skip
+
+
+class ContactDataOwner(Protocol):
+    """A table owner holding data about a contact (its events, journeys, ...): the privacy
+    requests export and erase through it. ``export_for`` returns JSON-ready data (every
+    owner's rows for the address); ``erase_for`` deletes them, returning how many rows."""
+
+    async def export_for(self, address: str) -> Any: ...
+
+    async def erase_for(self, address: str) -> int: ...
+
+
+def contact_data_owners(db: Database) -> dict[str, ContactDataOwner]:
+    """THE one place where owners of per-contact data join the privacy requests: add
+    ``"name": TheStore(db)`` here and export/erase cover its tables (exported under
+    ``contact_data.name``, erased after the contacts' consent proofs are written)."""
+    return {}
+
+
+def _proof_key(conn: sqlite3.Connection) -> bytes:
+    row = conn.execute("SELECT key FROM privacy_keys WHERE name='consent_proof'").fetchone()
+    return bytes(row[0])
+
+
+def proof_hash(conn: sqlite3.Connection, value: str) -> str:
+    """HMAC-SHA256 of an address (or IP) under this database's random proof key."""
+    return hmac.new(_proof_key(conn), value.strip().lower().encode(), hashlib.sha256).hexdigest()
+
+
+def _keep_proofs(conn: sqlite3.Connection, contacts: Sequence[Contact], now: float) -> int:
+    """What an erase keeps of each contact: its consent and each list's membership, with
+    the address and the IP as keyed hashes (GDPR art. 17(3)(b),(e) and art. 7(1): the
+    controller must be able to show that consent was given; the person is not
+    identifiable from the row without being presented again)."""
+    rows: list[tuple[object, ...]] = []
+    for c in contacts:
+        addr = proof_hash(conn, c.address)
+        ip = proof_hash(conn, "ip:" + c.consent_ip) if c.consent_ip else None
+        rows.append((addr, c.owner, None, c.consent_status, c.consent_source, c.consent_at,
+                     ip, now))  # fmt: skip
+        for m in c.lists:
+            source = "confirm" if m.confirmed_at is not None else "added"
+            rows.append((addr, c.owner, m.list_name, m.status, source,
+                         m.confirmed_at or m.added_at, None, now))  # fmt: skip
+    conn.executemany(
+        "INSERT INTO consent_proofs (address_hash, owner, list_name, status, source, at, "
+        "ip_hash, erased_at) VALUES (?,?,?,?,?,?,?,?)",
+        rows,
+    )
+    return len(rows)
 
 
 def _text_columns(conn: sqlite3.Connection) -> dict[str, list[str]]:
@@ -141,6 +194,22 @@ class SqlitePrivacy:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.owners = contact_data_owners(db)
+
+    async def erase_contacts(self, address: str, now: float) -> tuple[int, int, int]:
+        """Delete every owner's contact with the address (memberships go with them),
+        keeping its consent as hashed proof in the same transaction; then the contact data
+        of the other owners. (contacts removed, proof rows kept, other rows erased)"""
+
+        def op(conn: sqlite3.Connection) -> tuple[int, int]:
+            gone = erase_contacts_in(conn, address)
+            return len(gone), _keep_proofs(conn, gone, now)
+
+        removed, kept = await self.db.write(op)
+        other = 0
+        for owner in self.owners.values():
+            other += await owner.erase_for(address)
+        return removed, kept, other
 
     async def leased_with(self, address: str) -> int:
         """Recipients leased right now in messages the address is a recipient of."""
@@ -294,9 +363,16 @@ class SqlitePrivacy:
                         {k: (v.hex() if isinstance(v, bytes) else v) for k, v in r.items()}
                         for r in found
                     ]
+            proofs = rows(
+                "SELECT owner, list_name, status, source, at, erased_at FROM consent_proofs "
+                "WHERE address_hash=? ORDER BY id",
+                (proof_hash(conn, addr),),
+            )
             return {
                 "address": addr,
                 "generated_at": generated_at,
+                "contacts": [{"owner": c.owner, **c.as_json()} for c in contacts_of(conn, addr)],
+                "consent_proofs": proofs,
                 "received": received,
                 "sent": sent,
                 "events": events,
@@ -306,7 +382,9 @@ class SqlitePrivacy:
                 "other": other,
             }
 
-        return await self.db.read(fn)
+        out = await self.db.read(fn)
+        out["contact_data"] = {n: await o.export_for(addr) for n, o in self.owners.items()}
+        return out
 
 
 async def _checkpoint(db: Database) -> bool:
