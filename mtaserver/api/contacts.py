@@ -34,6 +34,7 @@ from mtaserver.contacts import (
 )
 from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
+from mtaserver.storage.sqlite.activity import ActivityStore, parse_cursor
 from mtaserver.storage.sqlite.contacts import (
     ContactStore,
     ImportAborted,
@@ -181,6 +182,23 @@ async def delete_contact(r: web.Request, key: KeyInfo, store: ContactStore) -> A
     if not await store.delete(key.user, addr):
         return _not_found(f"contact {addr}")
     return Answer(204)
+
+
+async def get_activity(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+    """The contact's timeline: the key's user's messages to it and their events, oldest
+    first; ``next`` is the cursor of the following page (``after``)."""
+    addr = _path_address(r)
+    raw = r.query.get("after")
+    try:
+        after = (-1.0, 0, "") if raw is None else parse_cursor(raw)
+    except ValueError:
+        raise ContactError("after: the 'next' value of the previous page", "after") from None
+    limit = _limit(r)
+    if await store.get(key.user, addr) is None:
+        return _not_found(f"contact {addr}")
+    found = await ActivityStore(store.db).timeline(key.user, addr, after=after, limit=limit)
+    nxt = found[-1].cursor() if len(found) == limit else None
+    return _ok({"email": addr, "activity": [a.as_json() for a in found], "next": nxt})
 
 
 async def search_contacts(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
@@ -418,6 +436,7 @@ def add_contact_routes(app: web.Application, deps: ApiDeps) -> None:
     add.add_get("/v1/contacts", h(READ, search_contacts))
     add.add_post("/v1/contacts/import", h(WRITE, _nudging(deps, import_contacts)))
     add.add_get("/v1/contacts/{address}", h(READ, get_contact))
+    add.add_get("/v1/contacts/{address}/activity", h(READ, get_activity))
     add.add_delete("/v1/contacts/{address}", h(WRITE, delete_contact))
     add.add_get("/v1/lists", h(READ, get_lists))
     add.add_post("/v1/lists", h(WRITE, post_list))
