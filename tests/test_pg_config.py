@@ -116,3 +116,18 @@ async def test_password_file_logs_in_and_a_wrong_one_is_a_storage_error(
     bad = PostgresConfig(dsn=pg_server.dsn(), password_file=tmp_path / "bad", tls="disable")
     with pytest.raises(StorageError, match=r"storage\.dsn: cannot connect to postgresql://mta@"):
         await PgDatabase(bad).open()
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ('[api]\nlisten = "127.0.0.1:8025"\n', "api.listen"),
+        ('[admin]\nlisten = "127.0.0.1:8026"\n', "admin.listen"),
+        ("[server]\nworkers = 2\n", "server.workers"),
+    ],
+)
+def test_what_is_not_ported_is_refused_naming_the_key(tmp_path: Path, extra: str, key: str) -> None:
+    text = f'[storage]\nbackend = "postgresql"\ndsn = "postgresql://u@h/db"\n{extra}'
+    msg = error_of(text, tmp_path)
+    assert f'{key}: not yet supported with storage.backend = "postgresql"' in msg
+    assert "supported so far: SMTP submission" in msg

@@ -17,9 +17,11 @@ import os
 import signal
 from collections.abc import Awaitable, Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import uvloop
 
+from mtaserver.app.pgwiring import node_id, wire_postgres
 from mtaserver.app.service import Service
 from mtaserver.app.wiring import Base, Wiring, wire
 from mtaserver.clock import Clock, SystemClock
@@ -31,6 +33,8 @@ from mtaserver.errors import ConfigError, MtaError, StorageError
 from mtaserver.keyfiles import load_checked
 from mtaserver.log import get_logger, kv, set_level, setup_logging
 from mtaserver.notify import Notifier
+from mtaserver.storage.postgres.db import PgDatabase
+from mtaserver.storage.postgres.queue import PgQueue
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.queue import Spool
 from mtaserver.supervisor import first_fatal, supervise
@@ -56,8 +60,31 @@ class App:
 
     async def run(self) -> None:
         cfg = self.config
+        if cfg.storage.backend == "postgresql":
+            # Several nodes share the database; one process per node id on this host.
+            with _exclusive(cfg.server.data_dir / f"node-{node_id(cfg)}.lock"):
+                await self._run_with_pg(cfg)
+            return
         with _exclusive(cfg.storage.database.with_suffix(".lock")):
             await self._run_with_db(cfg)
+
+    async def _run_with_pg(self, cfg: Config) -> None:
+        assert cfg.storage.postgres is not None  # config: backend = "postgresql" sets it
+        db = PgDatabase(cfg.storage.postgres)
+        applied = await db.open()
+        log.info(kv(event="postgresql_open", node=node_id(cfg), migrations=len(applied)))
+        try:
+            queue = PgQueue(
+                db, node_id(cfg), codec_for(cfg.storage.encryption_key_file),
+                keep_bodies=cfg.retention.bodies, clock=self.clock,
+            )  # fmt: skip
+            spool = cast(Spool, queue)  # releases only this node's leases (same method)
+            await _release_leases(spool, self.clock, "leases_released_at_start")
+            wiring = wire_postgres(cfg, db, queue, self.clock, lambda: self.config)
+            await self._run_services(wiring, spool)
+        finally:
+            await db.close()
+            log.info(kv(event="stopped"))
 
     async def _run_with_db(self, cfg: Config) -> None:
         db = Database(cfg.storage.database, owner=True)

@@ -9,8 +9,12 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from mtaserver.config import Config
+from mtaserver.errors import MtaError
 from mtaserver.keyfiles import load_checked
+from mtaserver.storage.postgres.db import PgDatabase
+from mtaserver.storage.postgres.users import PgUserStore
 from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.users import UserStore
 
 T = TypeVar("T")
 
@@ -29,13 +33,38 @@ def config_from(args: argparse.Namespace) -> Config:
 
 
 def with_db(config: Config, fn: Callable[[Database], Awaitable[T]]) -> T:
-    """Open the daemon's database (safe while it runs: WAL), run ``fn``, close."""
+    """Open the daemon's database (safe while it runs: WAL), run ``fn``, close.
+
+    With ``backend = "postgresql"`` the SQLite file is not the node's database: refuse
+    rather than show or change the wrong data."""
+    if config.storage.backend == "postgresql":
+        raise MtaError(
+            f"{config.source}: storage.backend: this command is not yet supported with "
+            'backend = "postgresql" (so far: serve, check-config, user)'
+        )
 
     async def runner() -> T:
         db = Database(config.storage.database)
         await db.open()
         try:
             return await fn(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(runner())
+
+
+def with_users(config: Config, fn: Callable[[UserStore | PgUserStore], Awaitable[T]]) -> T:
+    """Run ``fn`` on the user store of the configured backend (PostgreSQL: the cluster's)."""
+    pg = config.storage.postgres
+    if pg is None:
+        return with_db(config, lambda db: fn(UserStore(db)))
+
+    async def runner() -> T:
+        db = PgDatabase(pg)
+        await db.open()
+        try:
+            return await fn(PgUserStore(db))
         finally:
             await db.close()
 

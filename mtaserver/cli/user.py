@@ -13,8 +13,7 @@ import sys
 from datetime import UTC, datetime
 
 from mtaserver.auth import MIN_PASSWORD, UserError, hash_password
-from mtaserver.cli._common import add_config_arg, config_from, with_db
-from mtaserver.storage.sqlite.users import UserStore
+from mtaserver.cli._common import add_config_arg, config_from, with_users
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,14 +60,14 @@ def read_password(from_stdin: bool) -> str:
 def _add(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     password_hash = hash_password(read_password(args.password_stdin))
-    with_db(cfg, lambda db: UserStore(db).add(args.name, password_hash, args.domain))
+    with_users(cfg, lambda users: users.add(args.name, password_hash, args.domain))
     print(f"user {args.name.strip().lower()} added")
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
     cfg = config_from(args)
-    records = with_db(cfg, lambda db: UserStore(db).list())
+    records = with_users(cfg, lambda users: users.list())
     for r in records:
         created = datetime.fromtimestamp(r.created_at, UTC).strftime("%Y-%m-%d")
         print(f"{r.name}\t{','.join(r.domains)}\tcreated {created}")
@@ -80,13 +79,13 @@ def _list(args: argparse.Namespace) -> int:
 def _passwd(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     password_hash = hash_password(read_password(args.password_stdin))
-    with_db(cfg, lambda db: UserStore(db).set_password(args.name, password_hash))
+    with_users(cfg, lambda users: users.set_password(args.name, password_hash))
     print(f"password of {args.name.strip().lower()} changed")
     return 0
 
 
 def _remove(args: argparse.Namespace) -> int:
     cfg = config_from(args)
-    with_db(cfg, lambda db: UserStore(db).remove(args.name))
+    with_users(cfg, lambda users: users.remove(args.name))
     print(f"user {args.name.strip().lower()} removed")
     return 0

@@ -116,6 +116,12 @@ def parse_config(text: str, path: Path) -> Config:
 
 def _cross_check(cfg: Config, root: Reader) -> None:
     """Rules that span sections."""
+    if cfg.storage.backend == "postgresql":
+        storage.check_postgres(root.file, {
+            "server.workers": cfg.server.workers > 1, "tracking.listen": bool(cfg.tracking.listen),
+            "api.listen": bool(cfg.api.listen), "admin.listen": bool(cfg.admin.listen),
+            "inbound.listen": bool(cfg.inbound.listen), "webhooks": bool(cfg.webhooks),
+        })  # fmt: skip
     sub = cfg.submission
     if (sub.listen or sub.listen_tls) and not cfg.tls.enabled:
         key = "listen_tls" if sub.listen_tls else "listen"

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mtaserver.config.reader import Reader
+from mtaserver.errors import ConfigError
 
 BACKENDS = ("sqlite", "postgresql")
 TLS_MODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
@@ -102,6 +103,17 @@ def _postgres(r: Reader) -> PostgresConfig:
     )
 
 
-def unsupported_on_postgresql(features: dict[str, bool]) -> list[str]:
-    """Of the enabled ``features`` (config key → on), those not yet ported to PostgreSQL."""
-    return [key for key, on in features.items() if on]
+SUPPORTED_ON_POSTGRESQL = (
+    "SMTP submission (one process), the queue, delivery, events, suppressions, users, retention"
+)
+
+
+def check_postgres(file: str, enabled: dict[str, bool]) -> None:
+    """Refuse a config that turns on what is not ported to PostgreSQL yet (``enabled``:
+    config key → on), naming the key: such a component must never quietly use SQLite."""
+    off = [key for key, on in enabled.items() if on]
+    if off:
+        raise ConfigError(
+            f'{file}: {off[0]}: not yet supported with storage.backend = "postgresql" '
+            f"(supported so far: {SUPPORTED_ON_POSTGRESQL}); turn it off or use sqlite"
+        )

@@ -1,0 +1,101 @@
+"""Wiring of a node on PostgreSQL (``[storage] backend = "postgresql"``): the core mail path.
+
+SMTP submission → pipeline → the shared queue → scheduler → delivery → events and
+suppressions, every store over the cluster's database; several nodes run this against one
+database. What is not ported yet (tracking, the HTTP API, the admin API, the bounce
+listener, webhooks, worker processes, contacts) is refused at config check
+(``config.storage.check_postgres``), so nothing here falls back to SQLite.
+
+The stage builders of :mod:`mtaserver.app.mail` are typed on the SQLite owners; the
+PostgreSQL owners offer the same methods those stages call, so they are passed through
+``_as`` (one cast, here only) until the builders take the stages' Protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+from mtaserver.app.mail import (
+    MailParts,
+    UserRates,
+    build_agent,
+    build_resolver,
+    build_shaper,
+    delivery_service,
+    dkim_service,
+    inbound_service,
+    scheduler_service,
+    submission_service,
+)
+from mtaserver.app.service import Service
+from mtaserver.app.wiring import Wiring
+from mtaserver.clock import Clock
+from mtaserver.config import Config
+from mtaserver.config.cluster import default_node_id
+from mtaserver.devsetup import read_secret
+from mtaserver.diskspace import FreeSpace
+from mtaserver.dkim import DkimSigner
+from mtaserver.dkim.keys import load_keyset
+from mtaserver.metrics import Metrics, TimedAgent
+from mtaserver.retention import Retention
+from mtaserver.storage.postgres.db import PgDatabase
+from mtaserver.storage.postgres.events import PgEventLog
+from mtaserver.storage.postgres.queue import PgQueue
+from mtaserver.storage.postgres.suppressions import PgSuppressionStore
+from mtaserver.storage.postgres.users import PgUserStore
+from mtaserver.verp import Verp
+
+
+def node_id(cfg: Config) -> str:
+    """``[cluster] node_id``, else the host name's first label (the same default)."""
+    return cfg.cluster.node_id if cfg.cluster is not None else default_node_id(cfg.server.hostname)
+
+
+class _NoOutbox:
+    """Retention's outbox on a node without webhooks (refused on postgresql for now)."""
+
+    async def prune_failed(self, before: float, limit: int) -> int:
+        return 0
+
+
+def _as(value: object) -> Any:
+    return cast(Any, value)
+
+
+def wire_postgres(
+    cfg: Config, db: PgDatabase, queue: PgQueue, clock: Clock, current: Callable[[], Config]
+) -> Wiring:
+    """The core mail path over ``db``; ``queue`` leases as this node."""
+    inbound = cfg.inbound
+    users = PgUserStore(db, clock)
+    suppressions = PgSuppressionStore(db, clock, inbound.suppression)
+    events = PgEventLog(db)
+    verp = (
+        Verp(read_secret(cfg.server.secret_file), inbound.verp_prefix, inbound.bounce_domain)
+        if inbound.bounce_domain
+        else None
+    )
+    signer = DkimSigner(load_keyset(cfg.dkim), clock)
+    resolver = build_resolver(cfg, clock)
+    agent = build_agent(cfg, resolver, verp, clock)
+    shaper = build_shaper(cfg, clock)
+    metrics = Metrics(
+        queue, events, top_destinations=cfg.admin.top_destinations, clock=clock.now, shaper=shaper
+    )
+    timed = TimedAgent(agent, metrics.attempt_finished)
+    # The queue is not on this disk, but the spool's temporary files and logs are.
+    space = FreeSpace(cfg.server.data_dir, cfg.storage.min_free, clock.monotonic)
+    q, s = _as(queue), _as(suppressions)
+    services: list[Service] = [
+        dkim_service(signer),
+        delivery_service(resolver, agent),
+        scheduler_service(cfg, q, timed, shaper, resolver, s, clock),
+        inbound_service(cfg, q, s, verp, None, space, clock),  # the hourly expiry purge
+        Retention(queue, events, _NoOutbox(), cfg.retention, clock),
+    ]
+    sub = cfg.submission
+    mail = MailParts(q, _as(users), s, signer, None, metrics, space, clock, UserRates(sub, clock))
+    if sub.listen or sub.listen_tls or sub.listen_plain:
+        services.append(submission_service(cfg, mail))
+    return Wiring(tuple(services), metrics)
