@@ -211,6 +211,7 @@ CASES: list[Case] = [
 # Leaf commands not run from CASES, and where they are covered instead.
 ELSEWHERE = {
     ("serve",): "test_admin_reads_on_every_state runs the daemon on each state",
+    ("storage", "migrate"): "tests/test_pg_migrate.py copies each state into a private PostgreSQL",
 }
 
 
