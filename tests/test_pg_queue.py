@@ -259,3 +259,21 @@ async def test_release_leases_returns_only_this_nodes_own(pg_dsn: str) -> None: 
         assert [r.address for j in got for r in j.recipients] == ["1@x.example"]
     finally:
         await db.close()
+
+
+async def test_concurrent_enqueues_share_commits_and_fail_alone(backend: tuple[Any, Any]) -> None:
+    """Group commit: 40 sessions at once, one of them re-using an id — that one fails, the
+    other 39 are stored (PostgreSQL: savepoints in one transaction; SQLite: its batches)."""
+    spool, _ = backend
+    first = message(["a@x.example"])
+    await spool.enqueue(first)
+    msgs = [message([f"u{i}@x.example"]) for i in range(39)]
+    results = await asyncio.gather(
+        *(spool.enqueue(m) for m in [*msgs[:20], first, *msgs[20:]]), return_exceptions=True
+    )
+    failed = [r for r in results if isinstance(r, BaseException)]
+    assert len(failed) == 1 and results[20] is failed[0]
+    for m in msgs:
+        assert await spool.show(m.queue_id) is not None
+    jobs = await spool.claim_due(now=1000.0, limit=100, lease_seconds=60)
+    assert sum(len(j.recipients) for j in jobs) == 40
