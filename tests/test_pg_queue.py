@@ -277,3 +277,14 @@ async def test_concurrent_enqueues_share_commits_and_fail_alone(backend: tuple[A
         assert await spool.show(m.queue_id) is not None
     jobs = await spool.claim_due(now=1000.0, limit=100, lease_seconds=60)
     assert sum(len(j.recipients) for j in jobs) == 40
+
+
+async def test_enqueue_many_records_each_event_once(backend: tuple[Any, Any]) -> None:
+    spool, events = backend
+    a = message(["gone@x.example", "ok@x.example"], suppressed="userunknown")
+    b = message(["all@y.example"], suppressed="userunknown")
+    await spool.enqueue_many([a, b], [Event("note", 1000.0, a.queue_id)])
+    kinds = sorted(t for _, t, _ in await events.after(0, 20))
+    assert kinds == ["accepted", "accepted", "note", "suppressed", "suppressed"]
+    assert await spool.body(a.queue_id) == a.data
+    assert await spool.body(b.queue_id) is None  # every recipient final at intake

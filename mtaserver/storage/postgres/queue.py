@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mtaserver.clock import Clock, SystemClock
@@ -55,6 +56,40 @@ UPDATE recipients r SET state = 'leased', next_attempt = $3, lease_node = $4, up
 FROM due WHERE r.queue_id = due.queue_id AND r.idx = due.idx
 RETURNING r.queue_id, r.idx, r.address, r.domain, r.attempts, r.body
 """
+
+
+# One message, its recipients and its events in one statement. The CTEs all run, and the
+# recipients' foreign key is checked at the end of the statement, when the message exists.
+_ENQUEUE_ONE = """
+WITH m AS (
+    INSERT INTO messages(id, sender, "user", client_ip, received_at, size, message_id,
+                         campaign, dsn, is_dsn, body, batch_id, release_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+), r AS (
+    INSERT INTO recipients(queue_id, idx, address, domain, state, next_attempt, body,
+                           updated_at, last_reply)
+    SELECT $1, u.idx, u.address, u.domain, u.state, $14, u.body, $5, u.reply
+    FROM unnest($15::bigint[], $16::text[], $17::text[], $18::text[], $19::bytea[],
+                $20::text[]) AS u(idx, address, domain, state, body, reply)
+)
+INSERT INTO events(at, type, queue_id, recipient, data)
+SELECT * FROM unnest($21::float8[], $22::text[], $23::text[], $24::text[], $25::text[])
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    message: tuple[Any, ...]  # $1..$14
+    recipients: tuple[list[Any], ...]  # $15..$20, one array per column
+    events: tuple[Event, ...]  # accepted first
+
+    def args(self, extra: Sequence[Event]) -> tuple[Any, ...]:
+        ev = [*self.events, *extra]
+        return (
+            *self.message, *self.recipients,
+            [e.at for e in ev], [e.type for e in ev], [e.queue_id for e in ev],
+            [e.recipient for e in ev], [json.dumps(dict(e.data)) for e in ev],
+        )  # fmt: skip
 
 
 def _rows(status: str) -> int:
@@ -97,26 +132,30 @@ class PgQueue:
     async def enqueue_many(
         self, messages: Sequence[PreparedMessage], events: Sequence[Event] = ()
     ) -> None:
-        """Every message, its recipients and events in ONE transaction: all or none."""
-        async with self.db.transaction() as conn:
-            recorded: list[Event] = []
-            for msg in messages:
-                recorded.extend(await self._insert(conn, msg))
-            await insert_events(conn, [*recorded, *events])
+        """Every message, its recipients and events in ONE transaction: all or none.
 
-    async def _insert(self, conn: Connection, msg: PreparedMessage) -> list[Event]:
-        status = None
-        if msg.batch_id:
-            status = await conn.fetchval("SELECT status FROM batches WHERE id=$1", msg.batch_id)
+        The common case — one message, no send batch — is ONE statement (data-modifying
+        CTEs, atomic on its own): one round trip instead of five (BEGIN, three INSERTs,
+        COMMIT); round trips, not the WAL flush, bound the enqueue rate (bench.pg_queue).
+        """
+        if len(messages) == 1 and not messages[0].batch_id:
+            plan = self._plan(messages[0], None)
+            async with self.db.connection() as conn:
+                await conn.execute(_ENQUEUE_ONE, *plan.args(events))
+            return
+        async with self.db.transaction() as conn:
+            for msg in messages:
+                status = None
+                if msg.batch_id:
+                    status = await conn.fetchval(
+                        "SELECT status FROM batches WHERE id=$1", msg.batch_id
+                    )
+                await conn.execute(_ENQUEUE_ONE, *self._plan(msg, status).args(()))
+            await insert_events(conn, events)
+
+    def _plan(self, msg: PreparedMessage, status: str | None) -> _Plan:
+        """The rows of one message as the statement's parameters, and its events."""
         codec = self.codec
-        await conn.execute(
-            'INSERT INTO messages(id, sender, "user", client_ip, received_at, size, message_id, '
-            "campaign, dsn, is_dsn, body, batch_id, release_at) "
-            "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
-            msg.queue_id, msg.sender, msg.user, msg.client_ip, msg.received_at, len(msg.data),
-            msg.message_id, msg.campaign, int(msg.dsn), int(msg.is_dsn), codec.encode(msg.data),
-            msg.batch_id, msg.not_before,
-        )  # fmt: skip
         due = msg.received_at if msg.not_before is None else msg.not_before
         live = RecipientState.HELD if status == "pause" else RecipientState.QUEUED
         events: list[Event] = []
@@ -127,26 +166,20 @@ class PgQueue:
                 state = RecipientState.SUPPRESSED
                 events.append(_event("suppressed", msg, r.address, ("reason", r.suppressed), i))
             elif status == "cancel":
-                state, reply = (
-                    RecipientState.SUPPRESSED,
-                    f"cancelled: batch {msg.batch_id} was cancelled",
-                )
+                state = RecipientState.SUPPRESSED
+                reply = f"cancelled: batch {msg.batch_id} was cancelled"
                 events.append(_event("cancelled", msg, r.address, ("batch_id", msg.batch_id), i))
             body = None if r.data is None or state in FINAL_STATES else codec.encode(r.data)
-            for col, v in zip(
-                cols, (i, r.address, domain_of(r.address), state.value, body, reply), strict=True
-            ):
+            row = (i, r.address, domain_of(r.address), state.value, body, reply)
+            for col, v in zip(cols, row, strict=True):
                 col.append(v)
-        await conn.execute(
-            "INSERT INTO recipients(queue_id, idx, address, domain, state, next_attempt, "
-            "body, updated_at, last_reply) "
-            "SELECT $1, u.idx, u.address, u.domain, u.state, $2, u.body, $3, u.reply FROM "
-            "unnest($4::bigint[], $5::text[], $6::text[], $7::text[], $8::bytea[], $9::text[]) "
-            "AS u(idx, address, domain, state, body, reply)",
-            msg.queue_id, due, msg.received_at, *cols,
+        # every recipient final at intake (all suppressed): no body to keep
+        done = bool(msg.recipients) and all(st != live.value for st in cols[3])
+        message = (
+            msg.queue_id, msg.sender, msg.user, msg.client_ip, msg.received_at, len(msg.data),
+            msg.message_id, msg.campaign, int(msg.dsn), int(msg.is_dsn),
+            None if done else codec.encode(msg.data), msg.batch_id, msg.not_before, due,
         )  # fmt: skip
-        if events:
-            await _drop_body_if_done(conn, [msg.queue_id])
         data: list[tuple[str, str | int | float | bool | None]] = [
             ("user", msg.user), ("client_ip", msg.client_ip), ("size", len(msg.data)),
             ("recipients", len(msg.recipients)), ("sender", msg.sender),
@@ -157,7 +190,7 @@ class PgQueue:
         if msg.batch_id is not None:
             data.append(("batch_id", msg.batch_id))
         accepted = Event("accepted", msg.received_at, msg.queue_id, data=tuple(data))
-        return [accepted, *events]
+        return _Plan(message, tuple(cols), (accepted, *events))
 
     # -- scheduling ----------------------------------------------------------------------
     async def claim_due(self, now: float, limit: int, lease_seconds: float) -> list[DeliveryJob]:
