@@ -185,6 +185,12 @@ async def test_a_hard_bounce_on_one_node_is_refused_at_rcpt_on_another(
                     break
                 await asyncio.sleep(0.05)
             assert await refused(0) and await refused(1)
+            # The sender gets its DSN, queued and delivered through the shared queue too.
+            await wait_for(
+                lambda: any(m.rcpt_tos == ["app@sender.test"] for m in sink.messages), 30
+            )
+            dsn = next(m for m in sink.messages if m.rcpt_tos == ["app@sender.test"])
+            assert b"multipart/report" in dsn.data and b"gone@dest.test" in dsn.data
         finally:
             codes = await asyncio.gather(*(asyncio.to_thread(d.stop) for d in nodes))
         assert codes == [0, 0], [d.log()[-3000:] for d in nodes]
