@@ -6,6 +6,7 @@ paging covers every match once while contacts are added between pages."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -214,3 +215,39 @@ async def test_paging_every_match_once(api: ApiDaemon, session: aiohttp.ClientSe
     assert body["count"] == n - 100 + 2 * (pages - 1)
     assert (await c.call("GET", "/v1/segments/big/contacts", params={"limit": "0"}))[0] == 400
     assert (await c.call("GET", "/v1/segments/big/contacts", params={"limit": "1001"}))[0] == 400
+
+
+async def test_cli_and_api_see_the_same_segments(
+    api: ApiDaemon, session: aiohttp.ClientSession
+) -> None:
+    assert api.daemon is not None
+    c = Client(api, session, api.key)
+    await seed(c)
+
+    async def cli(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+        out = await asyncio.to_thread(api.daemon.cli, "segments", *args, "--user", "app",  # type: ignore[union-attr]
+                                      input=stdin)  # fmt: skip
+        return out.returncode, out.stdout, out.stderr
+
+    doc = '{"attr": "plan", "eq": "pro"}'
+    assert (await cli("save", "pro", "--filter", doc))[:2] == (0, "created segment pro\n")
+    assert (await cli("save", "pro", "--filter", "@-", stdin=doc.encode()))[1].startswith(
+        "replaced")  # fmt: skip
+    assert (await c.call("POST", "/v1/segments/count", {"segment": "pro"}))[1] == {"count": 2}
+    rc, out, _ = await cli("show", "pro")
+    assert (
+        rc == 0 and json.loads(out)["count"] == 2 and json.loads(out)["filter"] == json.loads(doc)
+    )
+    assert (await cli("count", "pro"))[:2] == (0, "2\n")
+    assert (await cli("count", "--filter", '{"attr":"age","lt":20}'))[:2] == (0, "1\n")
+    rc, out, _ = await cli("list")
+    assert rc == 0 and out.startswith("pro\t")
+    rc, _, err = await cli(
+        "save", "x", "--filter", '{"and":[{"consent":"subscribed"},{"attr":"a b","eq":1}]}'
+    )
+    assert rc == 2 and "filter.and[1].attr" in err and len(err.splitlines()) == 1
+    rc, _, err = await cli("count", "pro", "--filter", doc)
+    assert rc == 2
+    assert (await cli("delete", "pro"))[0] == 0
+    assert (await c.call("GET", "/v1/segments/pro"))[0] == 404
+    assert (await cli("delete", "pro"))[0] == 2

@@ -1,0 +1,157 @@
+"""``mtaserver segments list|show|count|save|delete``: a user's saved segments from the shell.
+
+A filter is given as JSON text (``--filter '{"attr": "plan", "eq": "pro"}'``) or read from a
+file (``--filter @file.json``, ``--filter @-`` for stdin); errors name the JSON path of the
+bad node, as the API's do. ``count`` takes a saved segment's name or a ``--filter``.
+``show`` prints the segment and how many contacts it matches now. Safe while the daemon
+runs (WAL, the same group-committed writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mtaserver.auth import normalize_name
+from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.contacts import ContactError
+from mtaserver.segments import MAX_JSON, SegmentError, parse_text
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.segments import SegmentStore, check_segment_name
+from mtaserver.storage.sqlite.users import UserStore
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("segments", help="a user's saved segments (list, show, count, save, delete)")
+    cmds = p.add_subparsers(dest="segments_command", metavar="ACTION")
+    cmds.required = True
+
+    ls = cmds.add_parser("list", help="the user's segments and their filters")
+    ls.set_defaults(func=_list)
+
+    show = cmds.add_parser("show", help="one segment as JSON, with its current count")
+    show.add_argument("name", metavar="NAME")
+    show.set_defaults(func=_show)
+
+    count = cmds.add_parser("count", help="how many contacts a segment or a filter matches")
+    count.add_argument("name", metavar="NAME", nargs="?", help="a saved segment")
+    count.add_argument("--filter", metavar="JSON", help="a filter instead (JSON, or @FILE)")
+    count.set_defaults(func=_count)
+
+    save = cmds.add_parser("save", help="create or replace a segment")
+    save.add_argument("name", metavar="NAME")
+    save.add_argument("--filter", metavar="JSON", required=True, help="JSON, or @FILE, or @-")
+    save.set_defaults(func=_save)
+
+    delete = cmds.add_parser("delete", help="delete a segment (the contacts stay)")
+    delete.add_argument("name", metavar="NAME")
+    delete.set_defaults(func=_delete)
+
+    for parser in (ls, show, count, save, delete):
+        parser.add_argument("--user", required=True, help="the mtaserver user owning them")
+        add_config_arg(parser)
+
+
+def _filter_text(raw: str) -> str:
+    if not raw.startswith("@"):
+        return raw
+    name = raw[1:]
+    try:
+        if name == "-":
+            return sys.stdin.read(MAX_JSON + 1)
+        with Path(name).open(encoding="utf-8") as f:
+            return f.read(MAX_JSON + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SegmentError(f"--filter: {name}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _document(raw: str) -> object:
+    """The filter document, checked (SegmentError naming the bad node's path)."""
+    text = _filter_text(raw)
+    parse_text(text)
+    return json.loads(text)
+
+
+async def _owner(db: Database, name: str) -> str:
+    user = normalize_name(name)
+    if await UserStore(db).lookup(user) is None:
+        raise ContactError(f"--user: no user {user!r} (see `mtaserver user list`)", "user")
+    return user
+
+
+def _list(args: argparse.Namespace) -> int:
+    cfg = config_from(args)
+
+    async def run(db: Database) -> int:
+        found = await SegmentStore(db).list_all(await _owner(db, args.user))
+        for s in found:
+            print(f"{s.name}\t{s.as_json()['updated_at']}\t{s.filter}")
+        return len(found)
+
+    n = with_db(cfg, run)
+    print(f"{n} segments", file=sys.stderr)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    cfg = config_from(args)
+    name = check_segment_name(args.name, "NAME")
+
+    async def run(db: Database) -> dict[str, object]:
+        store = SegmentStore(db)
+        owner = await _owner(db, args.user)
+        seg = await store.get(owner, name)
+        if seg is None:
+            raise SegmentError(f"no segment {name!r} for user {owner}")
+        view = seg.as_json()
+        view["count"] = await store.count(owner, seg.parsed())
+        return view
+
+    print(json.dumps(with_db(cfg, run), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _count(args: argparse.Namespace) -> int:
+    cfg = config_from(args)
+    if (args.name is None) == (args.filter is None):
+        raise SegmentError("give a segment NAME or --filter JSON")
+    text = None if args.filter is None else _filter_text(args.filter)
+    name = None if args.name is None else check_segment_name(args.name, "NAME")
+
+    async def run(db: Database) -> int:
+        store = SegmentStore(db)
+        owner = await _owner(db, args.user)
+        flt = parse_text(text) if text is not None else await store.resolve(owner, str(name))
+        await store.check(owner, flt)
+        return await store.count(owner, flt)
+
+    print(with_db(cfg, run))
+    return 0
+
+
+def _save(args: argparse.Namespace) -> int:
+    cfg = config_from(args)
+    name = check_segment_name(args.name, "NAME")
+    doc = _document(args.filter)
+
+    async def run(db: Database) -> bool:
+        _, created = await SegmentStore(db).save(await _owner(db, args.user), name, doc)
+        return created
+
+    print(f"{'created' if with_db(cfg, run) else 'replaced'} segment {name}")
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    cfg = config_from(args)
+    name = check_segment_name(args.name, "NAME")
+
+    async def run(db: Database) -> bool:
+        return await SegmentStore(db).delete(await _owner(db, args.user), name)
+
+    if not with_db(cfg, run):
+        raise SegmentError(f"no segment {name!r} for user {normalize_name(args.user)}")
+    print(f"deleted segment {name}")
+    return 0
