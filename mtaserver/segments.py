@@ -159,7 +159,12 @@ def parse_text(text: str | bytes, where: str = "filter") -> Filter:
 
 def parse(obj: object, where: str = "filter") -> Filter:
     """A filter from its decoded JSON; SegmentError naming the path of the first bad node."""
-    return _Parser().node(obj, where, 0)
+    try:
+        return _Parser().node(obj, where, 0)
+    except SegmentError:
+        raise
+    except ContactError as exc:  # a list name or status checked by the contacts rules
+        raise SegmentError(str(exc), exc.field) from None
 
 
 def list_names(flt: Filter) -> list[InList]:

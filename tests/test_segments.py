@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from mtaserver.auth import hash_password
-from mtaserver.contacts import ContactConflict, ContactError, ContactInput
+from mtaserver.contacts import ContactConflict, ContactInput
 from mtaserver.model import Event, PreparedMessage, PreparedRecipient
 from mtaserver.segments import (
     MAX_DEPTH,
@@ -45,7 +45,7 @@ EVIL = ["x') OR 1=1 --", "x' OR '1'='1", '"; DROP TABLE contacts; --', "a\x00b",
 
 # -- the language (pure) --------------------------------------------------------------------
 def field_of(obj: Any) -> str | None:
-    with pytest.raises(ContactError) as e:
+    with pytest.raises(SegmentError) as e:
         parse(obj)
     return e.value.field
 
