@@ -19,7 +19,7 @@ import asyncpg
 from mtaserver.config.storage import PostgresConfig
 from mtaserver.storage.postgres.db import PgDatabase
 from tests.pg import PgServer, pg_dsn, pg_server  # noqa: F401
-from tests.support.daemon import Daemon, TestConfig
+from tests.support.daemon import Daemon, TestConfig, free_port
 from tests.support.mxsink import SinkGroup, wait_for
 
 N = 240
@@ -235,6 +235,62 @@ async def test_a_user_added_by_the_cli_logs_in_on_every_node(
 
             assert await asyncio.to_thread(login, 1, "correct horse battery") == 235
             assert await asyncio.to_thread(login, 0, "wrong password here") == 535
+        finally:
+            codes = await asyncio.gather(*(asyncio.to_thread(d.stop) for d in nodes))
+        assert codes == [0, 0], [d.log()[-3000:] for d in nodes]
+
+
+async def test_an_async_bounce_at_one_node_suppresses_on_the_other(
+    tmp_path: Path,
+    pg_server: PgServer,  # noqa: F811
+    pg_dsn: str,  # noqa: F811
+) -> None:
+    """Node 1 accepts and delivers; the remote MTA's later bounce reaches node 0's bounce
+    listener (the nodes share ``secret_file``, so either verifies the VERP return path);
+    node 1 then refuses the address at RCPT."""
+    await migrated(pg_dsn)
+    secret = tmp_path / "verp.key"
+    secret.write_text("ab" * 32 + "\n")
+    inbound_port = free_port()
+    async with SinkGroup(["127.0.0.2"]) as sinks:
+        sink = sinks["127.0.0.2"]
+        cfgs = [node_config(tmp_path, i, pg_server, pg_dsn, sinks.port) for i in range(2)]
+        for c in cfgs:
+            c.set("server", secret_file=str(secret))
+            c.set("inbound", bounce_domain="bounces.test")
+        cfgs[0].set("inbound", listen=f"127.0.0.1:{inbound_port}")
+        nodes = [Daemon(c) for c in cfgs]
+        try:
+            await asyncio.gather(*(asyncio.to_thread(d.start) for d in nodes))
+            await asyncio.to_thread(submit, cfgs[1:], 1, "late")
+            await wait_for(lambda: len(sink.messages) == 1, 30)
+            return_path = sink.messages[0].mail_from
+            assert return_path.endswith("@bounces.test")
+
+            def bounce() -> int:
+                with smtplib.SMTP("127.0.0.1", inbound_port, timeout=10) as s:
+                    s.ehlo("remote.example")
+                    s.mail("<>")
+                    assert s.rcpt(return_path)[0] == 250
+                    return s.data(
+                        b"From: MAILER-DAEMON@dest.test\r\nSubject: failure notice\r\n\r\n"
+                        b"<late0@dest.test>:\r\nSorry, no mailbox here by that name. (#5.1.1)\r\n"
+                    )[0]
+
+            assert await asyncio.to_thread(bounce) == 250
+
+            def rcpt_code() -> int:
+                host, port = cfgs[1].address("submission", "listen_plain")
+                with smtplib.SMTP(host, port, timeout=10) as s:
+                    s.ehlo()
+                    s.mail("app@sender.test")
+                    return s.rcpt("late0@dest.test")[0]
+
+            for _ in range(200):
+                if await asyncio.to_thread(rcpt_code) == 550:
+                    break
+                await asyncio.sleep(0.05)
+            assert await asyncio.to_thread(rcpt_code) == 550
         finally:
             codes = await asyncio.gather(*(asyncio.to_thread(d.stop) for d in nodes))
         assert codes == [0, 0], [d.log()[-3000:] for d in nodes]

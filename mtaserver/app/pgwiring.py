@@ -2,8 +2,8 @@
 
 SMTP submission → pipeline → the shared queue → scheduler → delivery → events and
 suppressions, every store over the cluster's database; several nodes run this against one
-database. What is not ported yet (tracking, the HTTP API, the admin API, the bounce
-listener, webhooks, worker processes, contacts) is refused at config check
+database. What is not ported yet (tracking, the HTTP API, the admin API, webhooks, worker
+processes, contacts, mailto unsubscribes) is refused at config check
 (``config.storage.check_postgres``), so nothing here falls back to SQLite.
 
 The stage builders of :mod:`mtaserver.app.mail` are typed on the SQLite owners; the
@@ -91,7 +91,7 @@ def wire_postgres(
         dkim_service(signer),
         delivery_service(resolver, agent),
         scheduler_service(cfg, q, timed, shaper, resolver, s, clock),
-        inbound_service(cfg, q, s, verp, None, space, clock),  # the hourly expiry purge
+        inbound_service(cfg, q, s, verp, None, space, clock),  # bounces, expiry purge
         Retention(queue, events, _NoOutbox(), cfg.retention, clock),
     ]
     sub = cfg.submission

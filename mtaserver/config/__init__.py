@@ -120,7 +120,8 @@ def _cross_check(cfg: Config, root: Reader) -> None:
         storage.check_postgres(root.file, {
             "server.workers": cfg.server.workers > 1, "tracking.listen": bool(cfg.tracking.listen),
             "api.listen": bool(cfg.api.listen), "admin.listen": bool(cfg.admin.listen),
-            "inbound.listen": bool(cfg.inbound.listen), "webhooks": bool(cfg.webhooks),
+            "tracking.unsubscribe_mailto": bool(cfg.tracking.unsubscribe_mailto),
+            "webhooks": bool(cfg.webhooks),
         })  # fmt: skip
     sub = cfg.submission
     if (sub.listen or sub.listen_tls) and not cfg.tls.enabled:

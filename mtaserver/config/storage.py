@@ -104,7 +104,8 @@ def _postgres(r: Reader) -> PostgresConfig:
 
 
 SUPPORTED_ON_POSTGRESQL = (
-    "SMTP submission (one process), the queue, delivery, events, suppressions, users, retention"
+    "SMTP submission (one process), the queue, delivery, the bounce listener, events, "
+    "suppressions, users, retention"
 )
 
 

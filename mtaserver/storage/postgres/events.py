@@ -14,6 +14,18 @@ from mtaserver.model import Event
 from mtaserver.storage.postgres.db import Connection, PgDatabase
 
 
+def insert_from_arrays(first: int) -> str:
+    """The INSERT of events from five array parameters ``$first``…``$first+4`` (at, type,
+    queue_id, recipient, data JSON): the last statement of the queue's one-statement
+    enqueue, kept here with the table it writes."""
+    p = [f"${first + i}" for i in range(5)]
+    return (
+        "INSERT INTO events(at, type, queue_id, recipient, data) "
+        f"SELECT * FROM unnest({p[0]}::float8[], {p[1]}::text[], {p[2]}::text[], "
+        f"{p[3]}::text[], {p[4]}::text[])"
+    )
+
+
 async def insert_events(conn: Connection, events: Sequence[Event]) -> list[int]:
     """Insert ``events`` inside the caller's transaction; their ids, in order."""
     if not events:

@@ -35,7 +35,7 @@ from mtaserver.model import (
     RecipientUpdate,
 )
 from mtaserver.storage.postgres.db import Connection, PgDatabase
-from mtaserver.storage.postgres.events import insert_events
+from mtaserver.storage.postgres.events import insert_events, insert_from_arrays
 from mtaserver.storage.sqlite.queue.values import (
     BodyCodec,
     IdentityCodec,
@@ -72,9 +72,7 @@ WITH m AS (
     FROM unnest($15::bigint[], $16::text[], $17::text[], $18::text[], $19::bytea[],
                 $20::text[]) AS u(idx, address, domain, state, body, reply)
 )
-INSERT INTO events(at, type, queue_id, recipient, data)
-SELECT * FROM unnest($21::float8[], $22::text[], $23::text[], $24::text[], $25::text[])
-"""
+""" + insert_from_arrays(21)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +319,17 @@ class PgQueue:
             recipients=tuple(RecipientInfo(int(r[0]), r[1], r[2], int(r[3]), r[4], r[5])
                              for r in rcpts),
         )  # fmt: skip
+
+    async def find_by_message_id(self, message_id: str) -> tuple[tuple[str, int], ...]:
+        """(queue_id, idx) of each recipient of the messages with this Message-ID (≤ 1000)."""
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT r.queue_id, r.idx FROM messages m JOIN recipients r ON r.queue_id = m.id "
+                "WHERE m.message_id IN ($1, $2) ORDER BY r.idx LIMIT 1000",
+                message_id,
+                f"<{message_id}>",
+            )
+        return tuple((str(r[0]), int(r[1])) for r in rows)
 
     async def body(self, queue_id: str) -> bytes | None:
         async with self.db.connection() as conn:
