@@ -294,3 +294,44 @@ async def test_an_async_bounce_at_one_node_suppresses_on_the_other(
         finally:
             codes = await asyncio.gather(*(asyncio.to_thread(d.stop) for d in nodes))
         assert codes == [0, 0], [d.log()[-3000:] for d in nodes]
+
+
+async def test_postgresql_down_answers_451_never_250(tmp_path: Path) -> None:
+    """With its database gone, a node answers submissions 451 (nothing acknowledged that is
+    not stored), keeps running, and stops cleanly."""
+    import os
+    import signal
+
+    from tests.pg import running_server
+
+    with running_server() as server:
+        server.psql("CREATE DATABASE solo")
+        dsn = server.dsn_with_password("solo")
+        await migrated(dsn)
+        async with SinkGroup(["127.0.0.2"]) as sinks:
+            cfg = node_config(tmp_path, 0, server, dsn, sinks.port)
+            node = Daemon(cfg)
+            await asyncio.to_thread(node.start)
+            try:
+                await asyncio.to_thread(submit, [cfg], 1, "before")
+                await wait_for(lambda: len(sinks["127.0.0.2"].messages) == 1, 30)
+                os.kill(server.pid, signal.SIGINT)  # fast shutdown: connections dropped
+
+                def attempt() -> int:
+                    host, port = cfg.address("submission", "listen_plain")
+                    with smtplib.SMTP(host, port, timeout=30) as s:
+                        s.ehlo()
+                        s.mail("app@sender.test")
+                        code, _ = s.rcpt("after@dest.test")  # the suppression check
+                        if code != 250:
+                            return code
+                        return s.data(b"Subject: x\r\n\r\nx\r\n")[0]
+
+                codes = [await asyncio.to_thread(attempt) for _ in range(3)]
+                assert all(400 <= c < 500 for c in codes), codes
+            finally:
+                code = await asyncio.to_thread(node.stop)
+            assert code == 0, node.log()[-3000:]
+            # The node reports the outage on its own lines, not through the driver's logger.
+            log = node.log()
+            assert "suppression_check_failed" in log and "Failed to restore" not in log

@@ -105,13 +105,18 @@ class PgDatabase:
                 self.cfg.dsn,
                 password=password,
                 ssl=ssl_for(self.cfg),
-                min_size=1,
+                min_size=0,  # no background reconnects (asyncpg logs each failure)
                 max_size=self.cfg.pool_size,
                 timeout=self.cfg.connect_timeout,
                 command_timeout=60,
                 server_settings={"application_name": "mtaserver"},
             )
+            async with self._pool.acquire() as conn:  # fail here, naming the DSN, if we cannot
+                await conn.fetchval("SELECT 1")
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if self._pool is not None:
+                await self._pool.close()
+                self._pool = None
             raise StorageError(
                 f"storage.dsn: cannot connect to {self.cfg.dsn}: {type(exc).__name__}: {exc}"
             ) from None
