@@ -250,3 +250,12 @@ def _gap_end(naive: datetime, tz: ZoneInfo) -> float:
         else:
             lo = mid + 1
     return float(hi)
+
+
+def local_instant(wall: datetime, tz: ZoneInfo) -> float:
+    """The instant of naive wall-clock time ``wall`` in ``tz`` by the fixed-time rules: a
+    time in the spring gap is the moment the clocks jump, a repeated one its first pass."""
+    return _instants(_FIXED, wall.replace(second=0, microsecond=0), tz)[0]
+
+
+_FIXED: Final = parse("0 0 * * *")  # any fixed-time job: _instants reads only .wildcard

@@ -1,0 +1,241 @@
+"""Campaigns, their runs and audience snapshots: the only writer of ``campaigns``,
+``campaign_runs`` and ``campaign_recipients``.
+
+Starting a run snapshots the audience with ONE ``INSERT … SELECT`` inside the write that
+creates the run (``UNIQUE (campaign_id, fire_at)`` makes a second start of the same fire a
+no-op), so the audience is fixed at that instant and never passes through Python memory.
+A feeder then reads pending rows by keyset (the partial index on pending rows: a fed row
+leaves it) and marks them queued or skipped with :meth:`CampaignStore.fed_op`, a write
+meant to run in the transaction that queues the messages (``OutreachSender.commit``'s
+``also``): the message and its row change together or not at all, across ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from mtaserver.clock import Clock, SystemClock
+from mtaserver.contacts import ContactConflict, ContactError
+from mtaserver.storage.sqlite.contacts import Contact
+from mtaserver.storage.sqlite.db import Database
+
+BATCH: Final = 500
+STATUSES: Final = ("draft", "scheduled", "running", "paused", "done", "cancelled")
+_COLS = (
+    "id, owner, name, template, from_email, from_name, audience_kind, audience, "
+    "schedule, send_at, local_at, cron, tz, status, next_run_at, created_at, updated_at"
+)
+
+
+class RunStopped(ContactError):
+    """The run was paused or cancelled while a batch was being prepared (nothing stored)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    id: int
+    owner: str
+    name: str
+    template: str
+    from_email: str
+    from_name: str | None
+    audience_kind: str  # list | segment
+    audience: str
+    schedule: str  # once | cron | local
+    send_at: float | None
+    local_at: str | None
+    cron: str | None
+    tz: str | None
+    status: str
+    next_run_at: float | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    id: int
+    campaign_id: int
+    fire_at: float
+    status: str
+    audience: int
+    queued: int
+    skipped: int
+
+
+def _campaign(row: Sequence[object]) -> Campaign:
+    return Campaign(*row)  # type: ignore[arg-type]
+
+
+def list_audience_sql(owner: str, list_name: str) -> tuple[str, tuple[object, ...]]:
+    """The subscribed members of ``owner``'s list as ``(contact_id, address)`` rows."""
+    sql = (
+        "SELECT c.id AS contact_id, c.address AS address FROM list_members m "
+        "JOIN contacts c ON c.id = m.contact_id "
+        "WHERE m.list_id = (SELECT id FROM lists WHERE owner = ? AND name = ?) "
+        "AND m.status = 'subscribed' AND c.owner = ?"
+    )
+    return sql, (owner, list_name, owner)
+
+
+class CampaignStore:
+    def __init__(self, db: Database, clock: Clock | None = None) -> None:
+        self.db = db
+        self._clock = clock or SystemClock()
+
+    async def create(
+        self, owner: str, name: str, template: str, from_email: str, *,
+        audience_kind: str, audience: str, schedule: str = "once",
+        send_at: float | None = None, local_at: str | None = None,
+        cron: str | None = None, tz: str | None = None, from_name: str | None = None,
+    ) -> Campaign:  # fmt: skip
+        now = self._clock.now()
+
+        def op(conn: sqlite3.Connection) -> Campaign:
+            try:
+                row = conn.execute(
+                    "INSERT INTO campaigns (owner, name, template, from_email, from_name, "
+                    "audience_kind, audience, schedule, send_at, local_at, cron, tz, "
+                    "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                    f"RETURNING {_COLS}",
+                    (owner, name, template, from_email, from_name, audience_kind, audience,
+                     schedule, send_at, local_at, cron, tz, now, now),
+                ).fetchone()  # fmt: skip
+            except sqlite3.IntegrityError as exc:
+                if "UNIQUE" in str(exc):
+                    raise ContactConflict(f"campaign {name!r} exists already", "name") from None
+                raise ContactError(f"campaign: {exc}") from None
+            return _campaign(row)
+
+        return await self.db.write(op)
+
+    async def get(self, owner: str, name: str) -> Campaign | None:
+        def fn(conn: sqlite3.Connection) -> Campaign | None:
+            row = conn.execute(
+                f"SELECT {_COLS} FROM campaigns WHERE owner = ? AND name = ?", (owner, name)
+            ).fetchone()
+            return None if row is None else _campaign(row)
+
+        return await self.db.read(fn)
+
+    async def list_all(self, owner: str) -> list[Campaign]:
+        def fn(conn: sqlite3.Connection) -> list[Campaign]:
+            rows = conn.execute(
+                f"SELECT {_COLS} FROM campaigns WHERE owner = ? ORDER BY name", (owner,)
+            )
+            return [_campaign(r) for r in rows]
+
+        return await self.db.read(fn)
+
+    async def set_status(
+        self, campaign_id: int, status: str, next_run_at: float | None = None
+    ) -> None:
+        """Campaign status (and the active run's, for pause/resume/cancel)."""
+        now = self._clock.now()
+        run_status = {"paused": "paused", "running": "running", "cancelled": "cancelled"}
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE campaigns SET status = ?, next_run_at = ?, updated_at = ? WHERE id = ?",
+                (status, next_run_at, now, campaign_id),
+            )
+            if status in run_status:
+                conn.execute(
+                    "UPDATE campaign_runs SET status = ? WHERE campaign_id = ? "
+                    "AND status IN ('running', 'paused')",
+                    (run_status[status], campaign_id),
+                )
+
+        await self.db.write(op)
+
+    async def begin_run(
+        self, campaign: Campaign, fire_at: float, audience: tuple[str, tuple[object, ...]],
+        next_run_at: float | None,
+    ) -> Run | None:  # fmt: skip
+        """Create the run for ``fire_at`` and snapshot its audience in one statement; None
+        when that fire already has a run."""
+        sql, params = audience
+        now = self._clock.now()
+
+        def op(conn: sqlite3.Connection) -> Run | None:
+            cur = conn.execute(
+                "INSERT INTO campaign_runs (campaign_id, fire_at, started_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (campaign_id, fire_at) DO NOTHING RETURNING id",
+                (campaign.id, fire_at, now),
+            ).fetchone()
+            if cur is None:
+                return None
+            run_id = int(cur[0])
+            n = conn.execute(
+                "INSERT OR IGNORE INTO campaign_recipients (run_id, contact_id, address) "
+                f"SELECT ?, a.contact_id, a.address FROM ({sql}) AS a",
+                (run_id, *params),
+            ).rowcount
+            conn.execute("UPDATE campaign_runs SET audience = ? WHERE id = ?", (n, run_id))
+            conn.execute(
+                "UPDATE campaigns SET status = 'running', next_run_at = ?, updated_at = ? "
+                "WHERE id = ?",
+                (next_run_at, now, campaign.id),
+            )
+            return Run(run_id, campaign.id, fire_at, "running", n, 0, 0)
+
+        return await self.db.write(op)
+
+    async def pending(self, run_id: int, limit: int = BATCH) -> list[Contact]:
+        """The next ``limit`` pending, due rows of a run as the contacts they name now."""
+        now = self._clock.now()
+
+        def fn(conn: sqlite3.Connection) -> list[Contact]:
+            rows = conn.execute(
+                "SELECT c.id, c.owner, c.address, c.attributes, c.consent_status, "
+                "c.consent_source, c.consent_at, c.consent_ip, c.created_at, c.updated_at "
+                "FROM campaign_recipients r JOIN contacts c ON c.id = r.contact_id "
+                "WHERE r.run_id = ? AND r.state = 'pending' AND r.due_at <= ? "
+                "ORDER BY r.due_at, r.contact_id LIMIT ?",
+                (run_id, now, limit),
+            )
+            return [Contact(*r) for r in rows]
+
+        return await self.db.read(fn)
+
+    def fed_op(
+        self, run_id: int, queued: Sequence[tuple[int, str]], skipped: Sequence[tuple[int, str]]
+    ) -> Callable[[sqlite3.Connection], None]:
+        """Mark rows queued ``(contact_id, queue_id)`` / skipped ``(contact_id, reason)``;
+        raises (rolling back the messages too) if the run stopped or a row was fed already."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT status FROM campaign_runs WHERE id = ?", (run_id,))
+            status = row.fetchone()
+            if status is None or status[0] != "running":
+                raise RunStopped(f"run {run_id} is not running")
+            for rows, state in ((queued, "queued"), (skipped, "skipped")):
+                if not rows:
+                    continue
+                col = "queue_id" if state == "queued" else "reason"
+                n = conn.executemany(
+                    f"UPDATE campaign_recipients SET state = '{state}', {col} = ? "
+                    "WHERE run_id = ? AND contact_id = ? AND state = 'pending'",
+                    [(v, run_id, cid) for cid, v in rows],
+                ).rowcount
+                if n != len(rows):
+                    raise RunStopped(f"run {run_id}: a row was fed already")
+            conn.execute(
+                "UPDATE campaign_runs SET queued = queued + ?, skipped = skipped + ? WHERE id = ?",
+                (len(queued), len(skipped), run_id),
+            )
+
+        return op
+
+    async def counts(self, run_id: int) -> dict[str, int]:
+        def fn(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT state, count(*) FROM campaign_recipients WHERE run_id = ? GROUP BY state",
+                (run_id,),
+            )
+            return {str(s): int(n) for s, n in rows}
+
+        return await self.db.read(fn)
