@@ -239,3 +239,60 @@ class CampaignStore:
             return {str(s): int(n) for s, n in rows}
 
         return await self.db.read(fn)
+
+    async def due(self, now: float) -> list[Campaign]:
+        """Scheduled campaigns whose next run should start by ``now``."""
+
+        def fn(conn: sqlite3.Connection) -> list[Campaign]:
+            rows = conn.execute(
+                f"SELECT {_COLS} FROM campaigns WHERE status = 'scheduled' "
+                "AND next_run_at <= ? ORDER BY next_run_at LIMIT 100",
+                (now,),
+            )
+            return [_campaign(r) for r in rows]
+
+        return await self.db.read(fn)
+
+    async def running(self) -> list[tuple[Run, Campaign]]:
+        """Every run being fed, with its campaign."""
+
+        def fn(conn: sqlite3.Connection) -> list[tuple[Run, Campaign]]:
+            cols = ", ".join(f"c.{x.strip()}" for x in _COLS.split(","))
+            rows = conn.execute(
+                "SELECT r.id, r.campaign_id, r.fire_at, r.status, r.audience, r.queued, "
+                f"r.skipped, {cols} FROM campaign_runs r JOIN campaigns c ON c.id = r.campaign_id "
+                "WHERE r.status = 'running' ORDER BY r.id"
+            )
+            return [(Run(*r[:7]), _campaign(r[7:])) for r in rows]
+
+        return await self.db.read(fn)
+
+    async def finish_run(self, run_id: int) -> None:
+        """The run fed every row: done; its campaign waits for its next fire, or is done."""
+        now = self._clock.now()
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE campaign_runs SET status = 'done', finished_at = ? WHERE id = ? "
+                "AND status = 'running'",
+                (now, run_id),
+            )
+            conn.execute(
+                "UPDATE campaigns SET status = CASE WHEN next_run_at IS NULL THEN 'done' "
+                "ELSE 'scheduled' END, updated_at = ? WHERE status = 'running' AND id = "
+                "(SELECT campaign_id FROM campaign_runs WHERE id = ?)",
+                (now, run_id),
+            )
+
+        await self.db.write(op)
+
+    async def runs(self, campaign_id: int) -> list[Run]:
+        def fn(conn: sqlite3.Connection) -> list[Run]:
+            rows = conn.execute(
+                "SELECT id, campaign_id, fire_at, status, audience, queued, skipped "
+                "FROM campaign_runs WHERE campaign_id = ? ORDER BY fire_at",
+                (campaign_id,),
+            )
+            return [Run(*r) for r in rows]
+
+        return await self.db.read(fn)
