@@ -15,7 +15,7 @@ from typing import Protocol
 
 from mtaserver.log import get_logger, kv
 from mtaserver.model import PreparedMessage, PreparedRecipient, Submission
-from mtaserver.prepare import PrepareError, cleanup
+from mtaserver.prepare import Header, PrepareError, cleanup
 
 log = get_logger("pipeline")
 
@@ -28,7 +28,9 @@ class Tracker(Protocol):
 
 
 class DkimSigner(Protocol):
-    async def sign(self, data: bytes) -> bytes: ...
+    async def sign(
+        self, data: bytes, fields: tuple[bytes, ...] | None = None, body: bytes | None = None
+    ) -> bytes: ...
 
 
 class Spool(Protocol):
@@ -96,15 +98,18 @@ class Pipeline:
         self._signer = signer
         self._tracking_defaults = tracking_defaults or (lambda user: TrackingOptions())
 
-    async def submit(self, sub: Submission) -> str:
+    async def submit(self, sub: Submission, header: Header | None = None) -> str:
         """Queue the message durably; return its queue id.
+
+        ``header``: ``sub.data`` already split by ``split_header`` (the handler's From:
+        check), so cleanup does not split it again.
 
         Raises PrepareError (content refused: its ``reply`` says why) or whatever storage
         raised (logged here once, with the queue id).
         """
         queue_id = self._new_queue_id(sub.received_at)
         try:
-            msg = await self.prepare(sub, queue_id)
+            msg = await self.prepare(sub, queue_id, header)
             await self._spool.enqueue(msg)
         except PrepareError as exc:
             log.info(kv(queue_id=queue_id, event="rejected", reply=exc.reply, user=sub.user,
@@ -126,13 +131,16 @@ class Pipeline:
             )  # fmt: skip
         return queue_id
 
-    async def prepare(self, sub: Submission, queue_id: str) -> PreparedMessage:
+    async def prepare(
+        self, sub: Submission, queue_id: str, header: Header | None = None
+    ) -> PreparedMessage:
         cleaned = cleanup(
             sub,
             queue_id=queue_id,
             hostname=self._hostname,
             max_header_size=self._max_header_size,
             max_mime_depth=self._max_mime_depth,
+            header=header,
         )
         data = cleaned.data
         recipients = tuple(PreparedRecipient(address=a) for a in sub.recipients)
@@ -143,7 +151,7 @@ class Pipeline:
                 options.unsubscribe, sender=sub.sender,
             )  # fmt: skip
         if self._signer is not None:
-            data = await self._signer.sign(data)
+            data = await self._signer.sign(data, cleaned.fields, cleaned.body)
             signed = []
             for r in recipients:
                 if r.data is not None:

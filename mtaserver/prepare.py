@@ -53,6 +53,9 @@ class Cleaned:
     message_id: str  # without angle brackets
     track: str | None  # X-Mtaserver-Track value, if the message had one
     campaign: str | None  # X-Mtaserver-Campaign value
+    # ``data`` already split: its header fields and its body, so DKIM need not parse again.
+    fields: tuple[bytes, ...] = ()
+    body: bytes = b""
 
 
 def field_name(field: bytes) -> bytes:
@@ -203,9 +206,15 @@ def cleanup(
     hostname: str,
     max_header_size: int | None = None,
     max_mime_depth: int = 50,
+    header: Header | None = None,
 ) -> Cleaned:
-    """Return the message as it will be queued (before tracking and DKIM)."""
-    header = split_header(sub.data, max_header_size)
+    """Return the message as it will be queued (before tracking and DKIM).
+
+    ``header`` is ``split_header(sub.data, max_header_size)`` when the caller already has
+    it (the submission handler splits it for its From: check): one split per message.
+    """
+    if header is None:
+        header = split_header(sub.data, max_header_size)
     if mime_depth(header, max_mime_depth) > max_mime_depth:
         raise PrepareError("554 5.6.0 MIME nesting too deep")
     track = campaign = None
@@ -233,8 +242,16 @@ def cleanup(
     if not has_date:
         date = format_datetime(datetime.fromtimestamp(sub.received_at, UTC))
         added.append(f"Date: {date}\r\n".encode())
-    parts = [received_field(sub, queue_id, hostname), *kept, *added]
+    fields = (received_field(sub, queue_id, hostname), *kept, *added)
+    parts = [*fields]
     if header.separated or header.body:
         parts.append(b"\r\n")
     parts.append(header.body)
-    return Cleaned(data=b"".join(parts), message_id=message_id, track=track, campaign=campaign)
+    return Cleaned(
+        data=b"".join(parts),
+        message_id=message_id,
+        track=track,
+        campaign=campaign,
+        fields=fields,
+        body=header.body,
+    )

@@ -98,7 +98,7 @@ async def test_unexpected_exception_answers_generic_451(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     class ExplodingSigner:
-        async def sign(self, data: bytes) -> bytes:
+        async def sign(self, data: bytes, *_split: object) -> bytes:
             raise RuntimeError("secret internals at /var/lib/key.pem")
 
     caplog.set_level(logging.INFO)

@@ -55,6 +55,7 @@ _CANON = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 _WSP_RUN = re.compile(rb"\t[\t ]*| [\t ]+")
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 _FOLD_AT = 76
+_DKIM_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")  # dkimpy's field-name pattern, sans colon
 
 
 def normalize_crlf(data: bytes) -> bytes:
@@ -98,6 +99,21 @@ def split_message(data: bytes) -> tuple[list[list[bytes]], bytes]:
     except dkim.MessageFormatError as exc:
         raise DkimMessageError(f"malformed header: {exc}") from None
     return headers, body
+
+
+def fields_to_headers(fields: tuple[bytes, ...]) -> list[list[bytes]] | None:
+    """Already-split raw fields (``Name: value\\r\\n``) as dkimpy's ``[name, value]`` pairs.
+
+    None when a name is one dkimpy's parser would refuse or read differently (white space
+    before the colon, a leading continuation): the caller then parses the bytes itself.
+    """
+    headers: list[list[bytes]] = []
+    for f in fields:
+        colon = f.find(b":")
+        if colon <= 0 or not _DKIM_NAME.fullmatch(f[:colon]):
+            return None
+        headers.append([f[:colon], f[colon + 1 :]])
+    return headers
 
 
 def from_domain(headers: list[list[bytes]]) -> str | None:
@@ -148,16 +164,30 @@ def _fold_b64(sig: bytes, first: int) -> bytes:
     return b"\r\n ".join(p for p in parts if p)
 
 
-def sign_message(data: bytes, keyset: KeySet, now: int) -> bytes:
+def sign_message(
+    data: bytes,
+    keyset: KeySet,
+    now: int,
+    fields: tuple[bytes, ...] | None = None,
+    body: bytes | None = None,
+) -> bytes:
     """Return ``data`` (CRLF-normalized) with one DKIM-Signature per active key prepended.
 
+    ``fields`` and ``body``, when given, are ``data`` already split (cleanup's output): used
+    as they are if ``data`` needs no line-end repair, so the header is not parsed again.
     Unchanged (but normalized) when there is no From domain or no key for it. Raises
     ``DkimMessageError`` for a message whose header cannot be parsed.
     """
-    data = normalize_crlf(data)
+    normalized = normalize_crlf(data)
     if not keyset.signing:
-        return data
-    headers, body = split_message(data)
+        return normalized
+    headers = None
+    if fields is not None and body is not None and normalized is data:
+        headers = fields_to_headers(fields)
+    if headers is None:
+        headers, body = split_message(normalized)
+    assert body is not None
+    data = normalized
     domain = from_domain(headers)
     if domain is None:
         return data
@@ -216,10 +246,20 @@ class DkimSigner:
     the old set or entirely with the new one, never left unsigned in between.
     """
 
-    def __init__(self, keyset: KeySet, clock: Clock, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        keyset: KeySet,
+        clock: Clock,
+        executor: Executor | None = None,
+        *,
+        inline: bool = False,
+    ) -> None:
         self._keyset = keyset
         self._clock = clock
         self._executor = executor
+        # A submission worker signs on its own loop: it has a core of its own, and the
+        # thread hop (~0.1 ms and GIL hand-offs per message) buys no parallelism there.
+        self._inline = inline
 
     @property
     def keyset(self) -> KeySet:
@@ -228,14 +268,21 @@ class DkimSigner:
     def reload(self, keyset: KeySet) -> None:
         self._keyset = keyset
 
-    async def sign(self, data: bytes) -> bytes:
+    async def sign(
+        self, data: bytes, fields: tuple[bytes, ...] | None = None, body: bytes | None = None
+    ) -> bytes:
+        """``data`` signed; ``fields``/``body``: ``data`` already split (see sign_message)."""
         keyset = self._keyset
         now = int(self._clock.now())
         if not keyset.signing:
             return normalize_crlf(data)
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, sign_message, data, keyset, now)
+            if self._inline:
+                return sign_message(data, keyset, now, fields, body)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._executor, sign_message, data, keyset, now, fields, body
+            )
         except DkimError:
             raise
         except Exception as exc:  # a crypto or parser failure we did not foresee

@@ -21,7 +21,7 @@ from mtaserver.clock import Clock
 from mtaserver.diskspace import declared_size
 from mtaserver.log import get_logger, kv
 from mtaserver.model import Submission
-from mtaserver.prepare import PrepareError, split_header
+from mtaserver.prepare import Header, PrepareError, split_header
 from mtaserver.ratelimit import RateLimiter
 from mtaserver.submission.address import AddressError, parse_mailbox
 from mtaserver.submission.futurerelease import HoldError, ehlo_keyword, parse_hold
@@ -174,8 +174,13 @@ class SubmissionHandler:
     async def handle_DATA(self, server: SubmissionSMTP, session: Any, envelope: Any) -> str:
         data: bytes = envelope.original_content
         user = server.user
+        header: Header | None = None
         if user is not None:
-            problem = self._check_from(data, user)
+            try:
+                header = split_header(data, self._max_header_size)
+            except PrepareError as exc:
+                return exc.reply
+            problem = self._check_from(header, user)
             if problem is not None:
                 log.info(kv(event="from_rejected", user=user.name, client_ip=server.client_ip))
                 return problem
@@ -195,7 +200,7 @@ class SubmissionHandler:
             not_before=hold.release_at(received_at) if hold is not None else None,
         )
         try:
-            queue_id = await self._submitter.submit(submission)
+            queue_id = await self._submitter.submit(submission, header)
         except PrepareError as exc:
             return exc.reply
         except Exception as exc:  # the pipeline logged it with the queue id
@@ -205,12 +210,8 @@ class SubmissionHandler:
                         release_at=round(submission.not_before, 3)))  # fmt: skip
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
-    def _check_from(self, data: bytes, user: AuthUser) -> str | None:
+    def _check_from(self, header: Header, user: AuthUser) -> str | None:
         """Sender binding on the header: exactly one From:, every address in it owned."""
-        try:
-            header = split_header(data, self._max_header_size)
-        except PrepareError as exc:
-            return exc.reply
         froms = header.values(b"from")
         if len(froms) != 1:
             return "550 5.6.0 Message must have exactly one From: header"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from mtaserver.model import Submission
+from mtaserver.prepare import Header
 
 
 class AuthUser(Protocol):
@@ -74,7 +75,7 @@ class SpaceCheck(Protocol):
 class Submitter(Protocol):
     """The pipeline: returns the queue id once the message is durably queued."""
 
-    async def submit(self, submission: Submission) -> str: ...
+    async def submit(self, submission: Submission, header: Header | None = None) -> str: ...
 
 
 class Suppressions(Protocol):

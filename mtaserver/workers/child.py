@@ -53,6 +53,8 @@ log = get_logger("worker")
 # How long a session waits for the owner's commit before it answers 451. The owner's
 # group commit answers in milliseconds; this is for an owner that is stuck, not slow.
 ACK_TIMEOUT = 30.0
+# How long a metric observation may wait for a frame to ride with (then it is sent alone).
+OBSERVE_DELAY = 0.05
 
 
 class OwnerLink:
@@ -74,6 +76,10 @@ class OwnerLink:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Frame]] = {}
         self.closed = asyncio.Event()
+        # Metric observations wait here (≤ OBSERVE_DELAY) and ride along with the next frame:
+        # a session's "started" costs no write of its own.
+        self._observed: list[bytes] = []
+        self._flush: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         """Read the owner's answers until the link closes; then fail what is waiting."""
@@ -94,7 +100,17 @@ class OwnerLink:
     def send(self, frame: Frame) -> None:
         if self.closed.is_set() or self._writer.is_closing():
             raise StorageError("the owner process is unreachable")
-        self._writer.write(frames.pack(frame))
+        if self._observed:
+            self._writer.write(b"".join([*self._observed, frames.pack(frame)]))
+            self._observed.clear()
+        else:
+            self._writer.write(frames.pack(frame))
+
+    def _flush_observed(self) -> None:
+        self._flush = None
+        if self._observed and not self.closed.is_set() and not self._writer.is_closing():
+            self._writer.write(b"".join(self._observed))
+        self._observed.clear()
 
     async def enqueue(self, msg: PreparedMessage) -> None:
         request = next(self._ids)
@@ -119,8 +135,13 @@ class OwnerLink:
         raise StorageError(f"the owner refused: {reply}", full=err.get("kind") == "full")
 
     def _observe(self, method: str, arg: str) -> None:
-        with contextlib.suppress(StorageError):
-            self.send(Frame(frames.OBSERVE, 0, frames.encode_json([method, arg])))
+        if self.closed.is_set():
+            return
+        self._observed.append(
+            frames.pack(Frame(frames.OBSERVE, 0, frames.encode_json([method, arg])))
+        )
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(OBSERVE_DELAY, self._flush_observed)
 
     # SmtpObserver: counted in the owner, so /metrics is one set of numbers for the daemon.
     def session_started(self, listener: str) -> None:
@@ -133,6 +154,9 @@ class OwnerLink:
         self._observe("recipient_refused", reason)
 
     async def aclose(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush_observed()
         self._writer.close()
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()
@@ -165,7 +189,7 @@ class Worker:
         self.clock = clock
         self.users = UserStore(db, clock)
         self.suppressions = SuppressionStore(db, clock, cfg.inbound.suppression)
-        self.signer = DkimSigner(load_keyset(cfg.dkim), clock)
+        self.signer = DkimSigner(load_keyset(cfg.dkim), clock, inline=True)
         self.tracker = _tracker(cfg)
         self.space = FreeSpace(cfg.storage.database.parent, cfg.storage.min_free, clock.monotonic)
         self.authenticator = Authenticator(self.users, clock=clock)
