@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import asyncio
 
+from mtaserver.app.journeys import outreach_sender
+from mtaserver.app.mail import MailParts
+from mtaserver.app.service import Service, SimpleService
 from mtaserver.clock import Clock
+from mtaserver.config import Config
 from mtaserver.cron import next_fire, parse, zone
 from mtaserver.log import get_logger, kv
 from mtaserver.outreach import MergeInput, Outgoing, OutreachSender
@@ -97,3 +101,16 @@ class Feeder:
         except RunStopped:
             return False
         return True
+
+
+def campaigns_service(cfg: Config, parts: MailParts) -> Service:
+    """The feeder in the main process (one feeder per database); after SIGHUP the next
+    batch goes through the new config's pipeline."""
+    db, clock = parts.spool.db, parts.clock
+    feeder = Feeder(CampaignStore(db, clock), SegmentStore(db, clock),
+                    outreach_sender(cfg, parts), clock)  # fmt: skip
+
+    async def reload(new: Config) -> None:
+        feeder.sender = outreach_sender(new, parts)
+
+    return SimpleService("campaigns", on_run=feeder.run, on_reload=reload)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mtaserver.app.api import api_service
+from mtaserver.app.campaigns import campaigns_service
 from mtaserver.app.mail import (
     MailParts,
     UserRates,
@@ -138,6 +139,7 @@ def wire(cfg: Config, base: Base, current: Callable[[], Config]) -> Wiring:
         spool, users, suppressions, signer, tracking.tracker if tracking else None,
         metrics, base.space, clock, UserRates(sub, clock),
     )  # fmt: skip
+    services.append(campaigns_service(cfg, mail))  # campaign runs, fed into the queue
     if sub.listen or sub.listen_tls or sub.listen_plain:
         services.append(
             submission_service(cfg, mail) if cfg.server.workers == 1 else _workers(cfg, mail)
