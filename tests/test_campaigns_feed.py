@@ -121,3 +121,21 @@ async def test_weekly_nine_oclock_across_the_spring_change(db: Database) -> None
     ]
     assert all(r.queued == 3 for r in runs)
     assert len(await queued(db, "digest")) == 12
+
+
+async def test_campaign_messages_are_the_stats_cohort(db: Database) -> None:
+    """``mtaserver stats --campaign NAME --user OWNER`` counts a campaign's messages: each
+    carries the campaign's name as its X-Mtaserver-Campaign tag."""
+    from mtaserver.storage.sqlite.reports import Reports
+
+    clock = FakeClock()
+    feeder, store, _ = await setup(db, clock, 30)
+    c = await store.create(
+        "alice", "promo", "digest", "news@example.com", audience_kind="list", audience="news"
+    )
+    await store.set_status(c.id, "scheduled", clock.now())
+    while await feeder.tick():
+        pass
+    stats = await Reports(db).cohort(0.0, "promo", "alice", float("inf"))
+    assert (stats.messages, stats.accepted) == (30, 30)
+    assert (await Reports(db).cohort(0.0, "promo", "bob", float("inf"))).messages == 0
