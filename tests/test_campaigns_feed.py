@@ -139,3 +139,20 @@ async def test_campaign_messages_are_the_stats_cohort(db: Database) -> None:
     stats = await Reports(db).cohort(0.0, "promo", "alice", float("inf"))
     assert (stats.messages, stats.accepted) == (30, 30)
     assert (await Reports(db).cohort(0.0, "promo", "bob", float("inf"))).messages == 0
+
+
+async def test_feeder_waits_while_the_queue_holds_its_in_flight_bound(db: Database) -> None:
+    clock = FakeClock()
+    feeder, store, _ = await setup(db, clock, 120)
+    feeder.max_in_flight = 50  # nothing delivers here: the queue keeps what was fed
+    c = await store.create(
+        "alice", "capped", "digest", "news@example.com", audience_kind="list", audience="news"
+    )
+    await store.set_status(c.id, "scheduled", clock.now())
+    assert await feeder.tick()
+    assert not await feeder.tick()  # 50 due recipients queued: hold back
+    assert len(await queued(db, "capped")) == 50
+    feeder.max_in_flight = 1000
+    while await feeder.tick():
+        pass
+    assert len(await queued(db, "capped")) == 120

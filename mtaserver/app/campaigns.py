@@ -37,7 +37,7 @@ log = get_logger("campaigns")
 class Feeder:
     def __init__(
         self, store: CampaignStore, segments: SegmentStore, sender: OutreachSender,
-        clock: Clock, *, batch: int = BATCH, poll: float = 1.0,
+        clock: Clock, *, batch: int = BATCH, poll: float = 1.0, max_in_flight: int = 20_000,
     ) -> None:  # fmt: skip
         self.store = store
         self.segments = segments
@@ -45,6 +45,7 @@ class Feeder:
         self.clock = clock
         self.batch = batch
         self.poll = poll
+        self.max_in_flight = max_in_flight  # due recipients in the queue before we wait
 
     async def run(self) -> None:
         while True:
@@ -77,6 +78,9 @@ class Feeder:
         return run is not None
 
     async def _feed(self, run: Run, c: Campaign) -> bool:
+        cap = self.max_in_flight
+        if await self.store.due_backlog(self.clock.now(), cap) >= cap:
+            return False  # delivery catches up first; shaping applies there
         batch = await self.store.pending(run.id, self.batch)
         if not batch:
             await self.store.finish_run(run.id)

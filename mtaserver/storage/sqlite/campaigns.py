@@ -296,3 +296,17 @@ class CampaignStore:
             return [Run(*r) for r in rows]
 
         return await self.db.read(fn)
+
+    async def due_backlog(self, now: float, cap: int) -> int:
+        """Recipients waiting for delivery now (due or leased), counted up to ``cap``: the
+        feeder holds back while the queue has that many, so a campaign does not flood it."""
+
+        def fn(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM recipients WHERE state = 'leased' "
+                "OR (state = 'queued' AND next_attempt <= ?) LIMIT ?)",
+                (now, cap),
+            ).fetchone()
+            return int(row[0])
+
+        return await self.db.read(fn)
