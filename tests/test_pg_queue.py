@@ -288,3 +288,23 @@ async def test_enqueue_many_records_each_event_once(backend: tuple[Any, Any]) ->
     assert kinds == ["accepted", "accepted", "note", "suppressed", "suppressed"]
     assert await spool.body(a.queue_id) == a.data
     assert await spool.body(b.queue_id) is None  # every recipient final at intake
+
+
+async def test_operator_ops(backend: tuple[Any, Any]) -> None:
+    spool, events = backend
+    msg = message(["a@x.example", "b@y.example"])
+    await spool.enqueue(msg)
+    assert await spool.hold(msg.queue_id) == 2
+    assert await spool.claim_due(now=5000.0, limit=10, lease_seconds=60) == []
+    assert {e.state for e in await spool.list()} == {"held"}
+    assert await spool.release(msg.queue_id, now=1000.0) == 2
+    summary = await spool.summary(now=1000.0 + 700)
+    assert {row[0]: row[1] for row in summary.rows} == {"x.example": 1, "y.example": 1}
+    assert summary.rows[0][2][summary.buckets.index("30m")] == 1
+    assert [e.address for e in await spool.list(domain="y.example")] == ["b@y.example"]
+    first = await spool.list(limit=1)
+    assert [e.idx for e in await spool.list(after=(first[0].queue_id, first[0].idx))] == [1]
+    assert await spool.retry(None, now=900.0) == 2
+    assert await spool.delete(msg.queue_id) == 2
+    assert await spool.show(msg.queue_id) is None
+    assert [t for _, t, _ in await events.after(0, 10)][-1] == "deleted"

@@ -40,7 +40,7 @@ def with_db(config: Config, fn: Callable[[Database], Awaitable[T]]) -> T:
     if config.storage.backend == "postgresql":
         raise MtaError(
             f"{config.source}: storage.backend: this command is not yet supported with "
-            'backend = "postgresql" (so far: serve, check-config, user)'
+            'backend = "postgresql" (so far: serve, check-config, user, queue, storage migrate)'
         )
 
     async def runner() -> T:
@@ -54,18 +54,25 @@ def with_db(config: Config, fn: Callable[[Database], Awaitable[T]]) -> T:
     return asyncio.run(runner())
 
 
-def with_users(config: Config, fn: Callable[[UserStore | PgUserStore], Awaitable[T]]) -> T:
-    """Run ``fn`` on the user store of the configured backend (PostgreSQL: the cluster's)."""
+def with_pg(config: Config, fn: Callable[[PgDatabase], Awaitable[T]]) -> T:
+    """Open the cluster's PostgreSQL database (backend = "postgresql"), run ``fn``, close."""
     pg = config.storage.postgres
     if pg is None:
-        return with_db(config, lambda db: fn(UserStore(db)))
+        raise MtaError(f'{config.source}: storage.backend: not "postgresql"')
 
     async def runner() -> T:
         db = PgDatabase(pg)
         await db.open()
         try:
-            return await fn(PgUserStore(db))
+            return await fn(db)
         finally:
             await db.close()
 
     return asyncio.run(runner())
+
+
+def with_users(config: Config, fn: Callable[[UserStore | PgUserStore], Awaitable[T]]) -> T:
+    """Run ``fn`` on the user store of the configured backend (PostgreSQL: the cluster's)."""
+    if config.storage.postgres is None:
+        return with_db(config, lambda db: fn(UserStore(db)))
+    return with_pg(config, lambda db: fn(PgUserStore(db)))

@@ -8,12 +8,13 @@ import argparse
 import datetime
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
-from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.cli._common import add_config_arg, config_from, with_db, with_pg
 from mtaserver.clock import SystemClock
 from mtaserver.errors import MtaError
 from mtaserver.model import FINAL_STATES, RecipientState
+from mtaserver.storage.postgres.queue import PgQueue
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.queue import Spool
 
@@ -67,6 +68,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _with_spool(args: argparse.Namespace, fn: Callable[[Spool], Awaitable[T]]) -> T:
     config = config_from(args)
+    if config.storage.backend == "postgresql":  # the cluster's queue (same operations)
+        return with_pg(config, lambda db: fn(cast(Spool, PgQueue(db, "cli"))))
 
     async def body(db: Database) -> T:
         return await fn(Spool(db))

@@ -36,6 +36,7 @@ from mtaserver.model import (
 )
 from mtaserver.storage.postgres.db import Connection, PgDatabase
 from mtaserver.storage.postgres.events import insert_events, insert_from_arrays
+from mtaserver.storage.postgres.queue.operator import PgOperatorOps
 from mtaserver.storage.sqlite.queue.values import (
     BodyCodec,
     IdentityCodec,
@@ -104,7 +105,7 @@ async def _drop_body_if_done(conn: Connection, queue_ids: Sequence[str]) -> None
     )
 
 
-class PgQueue:
+class PgQueue(PgOperatorOps):
     """``node_id`` names this node on its leases (``[cluster] node_id``)."""
 
     def __init__(
