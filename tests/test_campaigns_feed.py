@@ -156,3 +156,23 @@ async def test_feeder_waits_while_the_queue_holds_its_in_flight_bound(db: Databa
     while await feeder.tick():
         pass
     assert len(await queued(db, "capped")) == 120
+
+
+async def test_feeder_spends_the_users_rate(db: Database) -> None:
+    from mtaserver.ratelimit import RateLimiter
+
+    clock = FakeClock()
+    feeder, store, _ = await setup(db, clock, 40)
+    limiter = RateLimiter(10.0, 10.0, clock)  # 10 messages/s, burst 10
+    feeder.user_rate = lambda: limiter
+    c = await store.create(
+        "alice", "rated", "digest", "news@example.com", audience_kind="list", audience="news"
+    )
+    await store.set_status(c.id, "scheduled", clock.now())
+    await feeder.tick()
+    assert len(await queued(db, "rated")) == 10
+    assert not await feeder.tick()  # no token left at this instant
+    for _ in range(3):  # at most a burst of 10 is saved up per second waited
+        clock.advance(1.0)
+        await feeder.tick()
+    assert len(await queued(db, "rated")) == 40

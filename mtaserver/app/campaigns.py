@@ -11,6 +11,7 @@ loop yields; only one batch per run is in memory.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from mtaserver.app.journeys import outreach_sender
 from mtaserver.app.mail import MailParts
@@ -21,6 +22,7 @@ from mtaserver.cron import next_fire, parse, zone
 from mtaserver.log import get_logger, kv
 from mtaserver.outreach import MergeInput, Outgoing, OutreachSender
 from mtaserver.outreach.send import Sender
+from mtaserver.ratelimit import RateLimiter
 from mtaserver.storage.sqlite.campaigns import (
     BATCH,
     Campaign,
@@ -38,6 +40,7 @@ class Feeder:
     def __init__(
         self, store: CampaignStore, segments: SegmentStore, sender: OutreachSender,
         clock: Clock, *, batch: int = BATCH, poll: float = 1.0, max_in_flight: int = 20_000,
+        user_rate: Callable[[], RateLimiter | None] = lambda: None,
     ) -> None:  # fmt: skip
         self.store = store
         self.segments = segments
@@ -46,6 +49,7 @@ class Feeder:
         self.batch = batch
         self.poll = poll
         self.max_in_flight = max_in_flight  # due recipients in the queue before we wait
+        self.user_rate = user_rate  # [submission] user_rate, shared with SMTP and the API
 
     async def run(self) -> None:
         while True:
@@ -90,7 +94,10 @@ class Feeder:
         queued: list[tuple[int, str]] = []
         skipped: list[tuple[int, str]] = []
         data = MergeInput(campaign={"name": c.name, "id": c.id})
+        rate = self.user_rate()
         for contact in batch:
+            if rate is not None and not rate.take(c.owner):
+                break  # the rest stays pending for a later tick
             out = await self.sender.compose_and_prepare(
                 c.owner, c.template, contact, data, from_=Sender(c.from_email, c.from_name),
                 tags={"campaign": c.id, "run": run.id}, campaign=c.name,
@@ -100,6 +107,8 @@ class Feeder:
                 queued.append((contact.id, out.message.queue_id))
             else:
                 skipped.append((contact.id, out.reason))
+        if not (queued or skipped):
+            return False
         try:
             await self.sender.commit(outgoing, also=self.store.fed_op(run.id, queued, skipped))
         except RunStopped:
@@ -112,7 +121,8 @@ def campaigns_service(cfg: Config, parts: MailParts) -> Service:
     batch goes through the new config's pipeline."""
     db, clock = parts.spool.db, parts.clock
     feeder = Feeder(CampaignStore(db, clock), SegmentStore(db, clock),
-                    outreach_sender(cfg, parts), clock)  # fmt: skip
+                    outreach_sender(cfg, parts), clock,
+                    user_rate=lambda: parts.user_rates.limiter)  # fmt: skip
 
     async def reload(new: Config) -> None:
         feeder.sender = outreach_sender(new, parts)
