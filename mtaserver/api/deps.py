@@ -17,6 +17,7 @@ from mtaserver.ratelimit import RateLimiter
 from mtaserver.sendapi import Limits, StoredTemplate
 from mtaserver.storage.sqlite.contacts import ContactStore
 from mtaserver.storage.sqlite.idempotency import IdemAnswer
+from mtaserver.storage.sqlite.journeys import JourneyStore
 from mtaserver.storage.sqlite.optin import OptInStore
 from mtaserver.storage.sqlite.queue import BatchChange, BatchInfo
 
@@ -125,6 +126,7 @@ class ApiDeps:
     # with DKIM (64: 20-50 ms) for ~20% more time to the 202.
     prepare_concurrency: int = 8
     contacts: ContactStore | None = None  # /v1/contacts and /v1/lists (api.contacts)
+    journeys: JourneyStore | None = None  # /v1/events and /v1/triggers (api.events)
     # Something joined a list: the double opt-in mailer looks for confirmations to send.
     optin_nudge: Callable[[], None] = lambda: None
     optin: OptInStore | None = None  # a list's confirmation mail settings

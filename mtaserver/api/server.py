@@ -25,6 +25,7 @@ from mtaserver.api.errors import (
     errors_body,
 )
 from mtaserver.api.segments import add_segment_routes
+from mtaserver.api.events import add_event_routes
 from mtaserver.api.send import MailSend
 from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
@@ -144,6 +145,7 @@ def build_api_app(deps: ApiDeps) -> web.Application:
         "/v3/user/scheduled_sends/{batch_id}", route(s + "delete", small, sched_delete)
     )
     add_contact_routes(app, deps)
+    add_event_routes(app, deps)
     add_segment_routes(app, deps)
     return app
 

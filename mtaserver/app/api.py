@@ -25,6 +25,7 @@ from mtaserver.sendapi import Limits
 from mtaserver.storage.sqlite.apikeys import ApiKeyStore
 from mtaserver.storage.sqlite.contacts import ContactStore
 from mtaserver.storage.sqlite.idempotency import ApiIntake
+from mtaserver.storage.sqlite.journeys import JourneyStore
 from mtaserver.storage.sqlite.optin import OptInStore
 from mtaserver.storage.sqlite.queue import new_queue_id
 
@@ -96,6 +97,7 @@ def api_service(
         user_rate=lambda: rates.limiter,
         render_slots=a.max_concurrent_renders,
         contacts=ContactStore(db, clock),
+        journeys=JourneyStore(db, clock),
         optin_nudge=optin_nudge or (lambda: None),
         optin=OptInStore(db),
     )

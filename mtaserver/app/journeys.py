@@ -11,11 +11,17 @@ from __future__ import annotations
 
 from mtaserver.app.api import _pipeline
 from mtaserver.app.mail import MailParts
+from mtaserver.app.service import Service, SimpleService
 from mtaserver.config import Config
+from mtaserver.log import get_logger, kv
 from mtaserver.outreach import LinkBuilder, Links, OutreachSender, no_links
+from mtaserver.outreach.runner import StepRunner
+from mtaserver.storage.sqlite.journeys import JourneyStore
 from mtaserver.storage.sqlite.queue import new_queue_id
 from mtaserver.storage.sqlite.templates import TemplateStore
 from mtaserver.tracking.tracker import Tracker
+
+log = get_logger("journeys")
 
 
 def link_builder(tracker: Tracker | None) -> LinkBuilder:
@@ -54,3 +60,23 @@ def outreach_sender(cfg: Config, parts: MailParts) -> OutreachSender:
         hostname=cfg.server.hostname,
         links=link_builder(parts.tracker),
     )
+
+
+def journeys_service(cfg: Config, parts: MailParts) -> Service:
+    """The trigger step runner: fires due steps through the pipeline in force.
+
+    Runs in the main process only (workers never see it), so each step has one runner; on
+    SIGHUP the next batch uses the new config's pipeline.
+    """
+    store = JourneyStore(parts.spool.db, parts.clock)
+    runner = StepRunner(store, outreach_sender(cfg, parts), parts.clock)
+
+    async def run() -> None:
+        pending = await store.next_due()
+        log.info(kv(event="journeys_started", next_due=pending))
+        await runner.run()
+
+    async def reload(new: Config) -> None:
+        runner.sender = outreach_sender(new, parts)
+
+    return SimpleService("journeys", on_run=run, on_reload=reload)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from mtaserver.app.api import api_service
 from mtaserver.app.campaigns import campaigns_service
+from mtaserver.app.journeys import journeys_service
 from mtaserver.app.mail import (
     MailParts,
     UserRates,
@@ -139,6 +140,7 @@ def wire(cfg: Config, base: Base, current: Callable[[], Config]) -> Wiring:
         spool, users, suppressions, signer, tracking.tracker if tracking else None,
         metrics, base.space, clock, UserRates(sub, clock),
     )  # fmt: skip
+    services.append(journeys_service(cfg, mail))  # trigger steps, before any listener
     services.append(campaigns_service(cfg, mail))  # campaign runs, fed into the queue
     if sub.listen or sub.listen_tls or sub.listen_plain:
         services.append(
