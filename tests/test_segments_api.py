@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -251,3 +252,65 @@ async def test_cli_and_api_see_the_same_segments(
     assert (await cli("delete", "pro"))[0] == 0
     assert (await c.call("GET", "/v1/segments/pro"))[0] == 404
     assert (await cli("delete", "pro"))[0] == 2
+
+
+def _mail(sender: str, to: str) -> dict[str, object]:
+    return {
+        "personalizations": [{"to": [{"email": to}]}],
+        "from": {"email": sender}, "subject": f"for {to}",
+        "content": [{"type": "text/html", "value": "<p>hello</p>"}],
+        "tracking_settings": {"open_tracking": {"enable": True}},
+    }  # fmt: skip
+
+
+async def test_engagement_through_the_daemon(tmp_path: Path) -> None:
+    """Real mail: the sink rejects one recipient (a hard bounce), a browser loads one
+    pixel; the other user's open of the same address is theirs alone."""
+    from tests.test_optin import OptInDaemon
+
+    async with OptInDaemon(tmp_path) as api, aiohttp.ClientSession() as session:
+        api.sink.rcpt_replies["gone@x.test"] = "550 5.1.1 no such user"
+        mine = Client(api, session, api.key)
+        theirs = Client(api, session, await other_key(api))
+        people = [{"email": a} for a in ("ann@x.test", "ben@x.test", "gone@x.test")]
+        await seed(mine, people)
+        await seed(theirs, people)
+        for to in ("ann@x.test", "ben@x.test", "gone@x.test"):
+            st, body = await mine.call("POST", "/v3/mail/send", _mail("shop@example.com", to))
+            assert st == 202, body
+        st, body = await theirs.call(
+            "POST", "/v3/mail/send", _mail("news@example.net", "ben@x.test")
+        )
+        assert st == 202, body
+        await api.wait_messages(3)
+        headers = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0"}
+        for m in api.sink.messages:
+            if b"Subject: for ann@x.test" in m.data or b"example.net" in m.data:
+                body_text = m.data.decode("utf-8", "replace").replace("=\r\n", "")
+                pixel = re.search(r"(http://127\.0\.0\.1:\d+/o/[A-Za-z0-9_-]+\.gif)",
+                                  body_text.replace("=3D", "="))  # fmt: skip
+                assert pixel, body_text
+                async with session.get(pixel.group(1), headers=headers) as r:
+                    assert r.status == 200
+
+        async def count(c: Client, flt: Any) -> int:
+            st, body = await c.call("POST", "/v1/segments/count", {"filter": flt})
+            assert st == 200, body
+            return int(body["count"])
+
+        deadline = asyncio.get_running_loop().time() + 40
+        while (await count(mine, {"opened": True}), await count(mine, {"bounced": True}),
+               await count(theirs, {"opened": True})) != (1, 1, 1):  # fmt: skip
+            assert asyncio.get_running_loop().time() < deadline, "events never arrived"
+            await asyncio.sleep(0.2)
+        assert (await mine.call("PUT", "/v1/segments/e", {"filter": {"opened": {"days": 1}}}))[
+            0
+        ] == 201
+        st, body = await mine.call("GET", "/v1/segments/e/contacts")
+        assert [x["email"] for x in body["contacts"]] == ["ann@x.test"]
+        assert await count(mine, {"opened": False}) == 2  # ben, gone
+        st, body = await theirs.call("PUT", "/v1/segments/e", {"filter": {"opened": {"days": 1}}})
+        st, body = await theirs.call("GET", "/v1/segments/e/contacts")
+        assert [x["email"] for x in body["contacts"]] == ["ben@x.test"]
+        assert await count(theirs, {"bounced": {"kind": "any"}}) == 0  # gone bounced for me only
+        assert await count(mine, {"and": [{"bounced": True}, {"consent": "unsubscribed"}]}) == 1
