@@ -104,4 +104,5 @@ async def test_every_operation_answers_as_documented(db: Database) -> None:
         assert (await call("PATCH", "/v3/user/scheduled_sends/nope", {"status": "pause"}))[0] == 404
         assert (await call("DELETE", path))[0] == 204
         assert (await call("DELETE", path))[0] == 404
-        assert call.covered == operations()
+        # /v1/contacts and /v1/lists: tests/test_optin_openapi.py
+        assert call.covered == {o for o in operations() if o[1].startswith("/v3/")}
