@@ -31,8 +31,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--scopes",
         default="mail.send",
         help="comma-separated: mail.send, mail.batch.create, mail.batch.read, "
-        "user.scheduled_sends.{create,read,update,delete}; shorthands mail.batch, "
-        "user.scheduled_sends, all (default: mail.send)",
+        "user.scheduled_sends.{create,read,update,delete}, contacts.read (GET /v1/contacts, "
+        "/v1/lists, activity), contacts.write (create, import, delete, list members); "
+        "shorthands mail.batch, user.scheduled_sends, all (default: mail.send)",
     )
     create.add_argument("--name", default="", help="a label for the key")
     create.set_defaults(func=_create)
