@@ -563,6 +563,9 @@ def test_every_documented_endpoint_answers_and_validates(
     api.ok("GET", "/api/v1/stats")
     api.ok("GET", "/api/v1/dkim/keys")
     api.ok("GET", "/api/v1/dns/records")
+    assert api.ok("GET", "/api/v1/cluster") == {
+        "enabled": False, "node_id": None, "shared_shaping": False, "nodes": []
+    }  # fmt: skip
     api.ok("POST", "/api/v1/suppressions", 201, body={"address": "x@y.test"})
     api.ok("GET", "/api/v1/suppressions")
     api.ok("GET", "/api/v1/suppressions/check", query={"address": "x@y.test"})

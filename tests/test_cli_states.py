@@ -220,6 +220,7 @@ CASES: list[Case] = [
     C("dsn parse", str(BOUNCE), states=ONCE),
     C("dsn parse", "{tmp}/missing.eml", expect=2, states=ONCE),
     C("storage keygen", "{tmp}/keys", states=ONCE),
+    C("cluster status", expect=2, states=ONCE),  # no [cluster]: tests/test_cluster_daemons.py
 ]  # fmt: skip
 
 # Leaf commands not run from CASES, and where they are covered instead.

@@ -20,6 +20,8 @@ from mtaserver.admin.deps import AdminDeps
 from mtaserver.admin.people import PeopleApi
 from mtaserver.admin.server import ApiError, int_param, json_response
 from mtaserver.admin.templates import TemplatesApi
+from mtaserver.cluster.client import RedisDown
+from mtaserver.cluster.registry import read_status
 from mtaserver.dkim.records import quote_txt
 from mtaserver.tracking.stats import compute as compute_stats
 from mtaserver.tracking.stats import parse_since
@@ -50,6 +52,7 @@ class AdminApi:
         r.add_get(f"{p}/stats", self.stats, allow_head=False)
         r.add_get(f"{p}/dkim/keys", self.dkim_keys, allow_head=False)
         r.add_get(f"{p}/dns/records", self.dns_records, allow_head=False)
+        r.add_get(f"{p}/cluster", self.cluster, allow_head=False)
         PeopleApi(self.d).register(app, p)
         if self.d.templates is not None:
             TemplatesApi(self.d.templates).register(app, p)
@@ -202,3 +205,19 @@ class AdminApi:
                 ]
             }
         )
+
+    # -- cluster ---------------------------------------------------------------------------
+    async def cluster(self, request: web.Request) -> web.Response:
+        c = self.d.config().cluster
+        out: dict[str, Any] = {
+            "enabled": c is not None,
+            "node_id": c.node_id if c else None,
+            "shared_shaping": bool(c and c.redis),
+            "nodes": [],
+        }
+        if c is not None and c.redis is not None:
+            try:
+                out["nodes"] = [n.as_dict() for n in await read_status(c)]
+            except RedisDown:
+                raise ApiError(503, "cluster.redis does not answer") from None
+        return json_response(out)

@@ -30,6 +30,7 @@ from mtaserver.mx import DnsResolver
 from mtaserver.oauth import BearerAuthenticator, TokenVerifier
 from mtaserver.pipeline import Pipeline, TrackingOptions
 from mtaserver.scheduler import Scheduler, SyncBounce
+from mtaserver.scheduler.ports import SharedLimits
 from mtaserver.shaper import Shaper
 from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
@@ -262,8 +263,10 @@ def scheduler_service(
     resolver: DnsResolver,
     suppressions: SuppressionStore,
     clock: Clock,
+    shared: SharedLimits | None = None,
 ) -> Service:
-    """Claims due work and runs it through the shaper into the delivery agent."""
+    """Claims due work and runs it through the shaper into the delivery agent
+    (and, with ``[cluster]``, through the limits shared with the other nodes)."""
     workers = cfg.delivery.max_connections
 
     async def on_bounce(b: SyncBounce) -> None:
@@ -289,6 +292,7 @@ def scheduler_service(
         no_dsn_users=cfg.shaping.no_dsn_users,
         mx=None if cfg.delivery.relay_host else _MxHosts(resolver),
         on_bounce=on_bounce,
+        shared=shared,
     )
 
     async def reload(config: Config) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mtaserver.app.api import api_service
+from mtaserver.app.cluster import build_cluster
 from mtaserver.app.campaigns import campaigns_service
 from mtaserver.app.journeys import journeys_service
 from mtaserver.app.mail import (
@@ -114,13 +115,16 @@ def wire(cfg: Config, base: Base, current: Callable[[], Config]) -> Wiring:
         tracking_dropped=(lambda: recorder.dropped) if recorder is not None else None,
     )
     db.on_commit.append(metrics.db_committed)
+    cluster = build_cluster(cfg, shaper, spool, clock, metrics)  # None without [cluster]
+    shared = cluster.shared if cluster else None
     timed_agent = TimedAgent(agent, metrics.attempt_finished)
     # One service per stage, in start order: signing and delivery before anything that
     # submits; listeners last, once everything they hand mail to runs.
     services: list[Service | None] = [
         dkim_service(signer),
         delivery_service(resolver, agent),
-        scheduler_service(cfg, spool, timed_agent, shaper, resolver, suppressions, clock),
+        cluster.service if cluster else None,
+        scheduler_service(cfg, spool, timed_agent, shaper, resolver, suppressions, clock, shared),
         tracking_service(cfg, tracking, clock, consent) if tracking else None,
         inbound_service(
             cfg,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from mtaserver.clock import Clock
-from mtaserver.cluster.client import RedisDown, ShapingScripts, guarded
+from mtaserver.cluster.client import RedisDown, ShapingScripts, connect, guarded
 from mtaserver.config.cluster import ClusterConfig
 from mtaserver.log import get_logger, kv
 
@@ -123,3 +123,12 @@ async def status(scripts: ShapingScripts, heartbeat: float) -> list[NodeStatus]:
             )
         )
     return out
+
+
+async def read_status(cfg: ClusterConfig) -> list[NodeStatus]:
+    """Connect, list the registry, close: what ``cluster status`` and ``/cluster`` show."""
+    scripts = ShapingScripts(connect(cfg), cfg.prefix)
+    try:
+        return await status(scripts, cfg.heartbeat)
+    finally:
+        await scripts.client.aclose()
