@@ -265,9 +265,7 @@ def _inside(module: str, package: str) -> bool:
 
 
 def test_sql_on_tables_only_in_the_backend() -> None:
-    found = {
-        (t, m) for t, m in sql_users() if not (_inside(m, BACKEND) or _inside(m, PG_BACKEND))
-    }
+    found = {(t, m) for t, m in sql_users() if not (_inside(m, BACKEND) or _inside(m, PG_BACKEND))}
     new = found - KNOWN_SQL
     stale = KNOWN_SQL - found
     assert not new, f"SQL outside the storage backend: {sorted(new)}"

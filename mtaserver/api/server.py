@@ -24,8 +24,8 @@ from mtaserver.api.errors import (
     Answer,
     errors_body,
 )
-from mtaserver.api.segments import add_segment_routes
 from mtaserver.api.events import add_event_routes
+from mtaserver.api.segments import add_segment_routes
 from mtaserver.api.send import MailSend
 from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv

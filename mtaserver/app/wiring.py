@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mtaserver.app.api import api_service
-from mtaserver.app.cluster import build_cluster
 from mtaserver.app.campaigns import campaigns_service
+from mtaserver.app.cluster import build_cluster
 from mtaserver.app.journeys import journeys_service
 from mtaserver.app.mail import (
     MailParts,

@@ -780,11 +780,13 @@ class ContactStore:
         """After an unsubscribe from everything: every membership marked unsubscribed."""
         addr = normalize_address(address, "address")
         return await self.db.write(
-            lambda conn: conn.execute(
-                "UPDATE list_members SET status='unsubscribed' WHERE status <> 'unsubscribed' "
-                "AND contact_id=(SELECT id FROM contacts WHERE owner=? AND address=?)",
-                (owner, addr),
-            ).rowcount
+            lambda conn: (
+                conn.execute(
+                    "UPDATE list_members SET status='unsubscribed' WHERE status <> 'unsubscribed' "
+                    "AND contact_id=(SELECT id FROM contacts WHERE owner=? AND address=?)",
+                    (owner, addr),
+                ).rowcount
+            )
         )
 
 
@@ -806,7 +808,6 @@ def erase_contacts_in(conn: sqlite3.Connection, address: str) -> list[Contact]:
     found = contacts_of(conn, address)
     conn.executemany("DELETE FROM contacts WHERE id=?", [(c.id,) for c in found])
     return found
-
 
 
 def _typed(value: str) -> object:
