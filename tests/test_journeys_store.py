@@ -6,6 +6,7 @@ leaves the step pending, and the privacy hooks export and erase a contact's rows
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from email import message_from_bytes
 
@@ -20,7 +21,9 @@ from mtaserver.pipeline import Pipeline
 from mtaserver.storage.sqlite.contacts import ContactStore
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.journeys import JourneyStore, erase_for, export_for
+from mtaserver.storage.sqlite.privacy import SqlitePrivacy
 from mtaserver.storage.sqlite.queue import Spool, new_queue_id
+from mtaserver.storage.sqlite.queue.values import IdentityCodec
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.storage.sqlite.templates import TemplateStore
 from mtaserver.storage.sqlite.users import UserStore
@@ -198,3 +201,26 @@ async def test_export_and_erase(env: Env) -> None:
     got = await env.journeys.export_for("alice", "ann@example.org")
     assert json.dumps(got) == '{"events": [], "trigger_steps": []}'
     assert callable(export_for) and callable(erase_for)
+
+
+async def test_privacy_export_and_erase_cover_events(env: Env) -> None:
+    """The privacy requests reach the journeys' rows through contact_data_owners."""
+    await env.journeys.put_trigger("alice", trigger_from_json(SEQUENCE, "welcome"))
+    await env.event("ann@example.org", "signup", props='{"plan":"pro"}')
+    privacy = SqlitePrivacy(env.db)
+    got = await privacy.export(
+        "Ann@Example.org", re.compile(re.escape("ann@example.org"), re.I), IdentityCodec(),
+        bodies=False, generated_at=env.clock.now(),
+    )  # fmt: skip
+    journeys = got["contact_data"]["journeys"]
+    assert list(journeys) == ["alice"]
+    assert journeys["alice"]["events"][0]["properties"] == {"plan": "pro"}
+    await privacy.erase_contacts("ann@example.org", env.clock.now())
+    assert await env.journeys.export_address("ann@example.org") == {}
+    conn = sqlite3.connect(env.db.path)
+    try:
+        left = conn.execute("SELECT count(*) FROM contact_events").fetchone()[0]
+        left += conn.execute("SELECT count(*) FROM journey_steps").fetchone()[0]
+    finally:
+        conn.close()
+    assert left == 0

@@ -47,7 +47,7 @@ class FakeClock:
         self.t += seconds
 
 
-def links(queue_id: str, address: str, sender_domain: str) -> Links:
+def links(queue_id: str, owner: str, address: str, sender_domain: str) -> Links:
     return Links(f"https://t.example/u/{queue_id}/{address}", f"https://t.example/p/{queue_id}")
 
 

@@ -19,6 +19,7 @@ from mtaserver.outreach.runner import StepRunner
 from mtaserver.storage.sqlite.journeys import JourneyStore
 from mtaserver.storage.sqlite.queue import new_queue_id
 from mtaserver.storage.sqlite.templates import TemplateStore
+from mtaserver.tracking.preferences import preferences_url
 from mtaserver.tracking.tracker import Tracker
 
 log = get_logger("journeys")
@@ -27,17 +28,19 @@ log = get_logger("journeys")
 def link_builder(tracker: Tracker | None) -> LinkBuilder:
     """Per-recipient links from the tracking host; empty strings without one.
 
-    The recipient's index is 0: marketing mail has one recipient per message. Until the
-    preferences page exists, ``preferences_url`` is the unsubscribe page (which lets the
-    person unsubscribe, the one preference there is).
+    The recipient's index is 0: marketing mail has one recipient per message. The
+    preferences page (lists and unsubscribe-from-all) is signed for the owner and address,
+    so one link works for every mail that owner sends the person.
     """
     if tracker is None:
         return no_links
     t = tracker
 
-    def build(queue_id: str, address: str, sender_domain: str) -> Links:
-        url = t.unsubscribe_url(queue_id, 0, address, sender_domain)
-        return Links(unsubscribe_url=url, preferences_url=url)
+    def build(queue_id: str, owner: str, address: str, sender_domain: str) -> Links:
+        return Links(
+            unsubscribe_url=t.unsubscribe_url(queue_id, 0, address, sender_domain),
+            preferences_url=preferences_url(t.codec, t.base_url, owner, address),
+        )
 
     return build
 

@@ -39,14 +39,14 @@ class Links:
 class LinkBuilder(Protocol):
     """Builds :class:`Links` for one recipient of one queued message.
 
-    The composition root supplies it (from the tracking host's token codec); swapping the
-    preferences page in is a change to that one function.
+    The composition root supplies it (from the tracking host's token codec): the
+    unsubscribe link names the message, the preferences page the owner and address.
     """
 
-    def __call__(self, queue_id: str, address: str, sender_domain: str) -> Links: ...
+    def __call__(self, queue_id: str, owner: str, address: str, sender_domain: str) -> Links: ...
 
 
-def no_links(queue_id: str, address: str, sender_domain: str) -> Links:
+def no_links(queue_id: str, owner: str, address: str, sender_domain: str) -> Links:
     """The builder without a tracking host: the keys exist and render empty."""
     return Links()
 

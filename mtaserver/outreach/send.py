@@ -156,7 +156,7 @@ class OutreachSender:
             return Skipped(addr, "template", f"no stored template {template!r}")
         now = self._clock.now()
         queue_id = self._new_queue_id(now)
-        merged = merge_data(contact, data, self._links(queue_id, addr, domain))
+        merged = merge_data(contact, data, self._links(queue_id, owner, addr, domain))
         payload = {
             "from": {"email": from_.email} | ({"name": from_.name} if from_.name else {}),
             "personalizations": [{"to": [{"email": addr}], "dynamic_template_data": merged}],

@@ -216,6 +216,14 @@ def export_for(conn: sqlite3.Connection, owner: str, address: str) -> dict[str, 
     }  # fmt: skip
 
 
+def export_address(conn: sqlite3.Connection, address: str) -> dict[str, object]:
+    """Every owner's events and steps of ``address``, by owner (the privacy export)."""
+    owners = conn.execute(
+        "SELECT DISTINCT c.owner FROM contacts c WHERE c.address=? ORDER BY c.owner", (address,)
+    ).fetchall()
+    return {o: export_for(conn, o, address) for (o,) in owners}
+
+
 def erase_for(conn: sqlite3.Connection, address: str) -> int:
     """Delete every owner's events and steps of ``address`` (GDPR erase); rows deleted."""
     ids = [r[0] for r in conn.execute("SELECT id FROM contacts WHERE address=?", (address,))]
@@ -403,3 +411,6 @@ class JourneyStore:
 
     async def erase_for(self, address: str) -> int:
         return await self.db.write(lambda conn: erase_for(conn, address))
+
+    async def export_address(self, address: str) -> dict[str, object]:
+        return await self.db.read(lambda conn: export_address(conn, address))

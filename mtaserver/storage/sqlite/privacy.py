@@ -24,6 +24,7 @@ from mtaserver.model import ErasePlan, Event, Redaction
 from mtaserver.storage.sqlite.contacts import Contact, contacts_of, erase_contacts_in
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.events import erase_event, insert_events
+from mtaserver.storage.sqlite.journeys import JourneyStore
 from mtaserver.storage.sqlite.queue.maintenance import (
     erase_cancel_message,
     erase_message_fields,
@@ -56,7 +57,21 @@ def contact_data_owners(db: Database) -> dict[str, ContactDataOwner]:
     """THE one place where owners of per-contact data join the privacy requests: add
     ``"name": TheStore(db)`` here and export/erase cover its tables (exported under
     ``contact_data.name``, erased after the contacts' consent proofs are written)."""
-    return {}
+    return {"journeys": _JourneyData(JourneyStore(db))}
+
+
+class _JourneyData:
+    """A contact's events and trigger steps, every owner's (their rows also go with the
+    contact's own delete: the foreign keys cascade)."""
+
+    def __init__(self, store: JourneyStore) -> None:
+        self._store = store
+
+    async def export_for(self, address: str) -> Any:
+        return await self._store.export_address(address.strip().lower())
+
+    async def erase_for(self, address: str) -> int:
+        return await self._store.erase_for(address.strip().lower())
 
 
 def _proof_key(conn: sqlite3.Connection) -> bytes:
