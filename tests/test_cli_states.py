@@ -119,6 +119,19 @@ CASES: list[Case] = [
     C("contacts show", "not-an-address", "--user", "{user}", expect=2, states=ONCE),
     C("contacts delete", "{contact}", "--user", "{user}", if_absent=2),
     C("contacts delete", "nobody@nowhere.test", "--user", "{user}", expect=2, states=BUSY),
+    # -- triggers and events ({contact} is {user}'s)
+    C("triggers list", "--user", "{user}", if_absent=2),
+    C("triggers put", "signup", '{"event":"signup","steps":[{"wait":"1h","template":"{template}"}]'
+      ',"from":"hello@example.com"}', "--user", "{user}", if_absent=2),
+    C("triggers put", "bad", '{"event":"signup","steps":[{"wait":"soon","template":"x"}],'
+      '"from":"a@b.test"}', "--user", "{user}", expect=2, states=ONCE),
+    C("triggers put", "bad", "@{tmp}/missing.json", "--user", "{user}", expect=2, states=ONCE),
+    C("triggers show", "nosuch", "--user", "{user}", expect=2, states=BUSY),
+    C("triggers delete", "nosuch", "--user", "{user}", expect=2, states=BUSY),
+    C("events send", "--contact", "{contact}", "--event", "signup", "--properties",
+      '{"plan":"pro"}', "--user", "{user}", if_absent=2),
+    C("events send", "--contact", "nobody@nowhere.test", "--event", "signup", "--user", "{user}",
+      expect=2, states=BUSY),
     # -- segments
     C("segments list", "--user", "{user}", if_absent=2),
     C("segments save", "subs", "--filter", '{"and":[{"in_list":"news"},{"consent":"subscribed"}]}',

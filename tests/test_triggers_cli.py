@@ -1,0 +1,171 @@
+"""``mtaserver triggers`` and ``mtaserver events send`` as the operator runs them (a
+subprocess on a real database): a trigger put through the CLI is listed and shown, an event
+sent through the CLI starts its sequence (the pending steps read back through
+JourneyStore), a cancel event stops it, delete removes it; bad input is exit 2 with one
+line naming the field."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mtaserver.auth import hash_password
+from mtaserver.contacts import ContactInput
+from mtaserver.storage.sqlite.contacts import ContactStore
+from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.journeys import JourneyStore
+from mtaserver.storage.sqlite.templates import TemplateStore
+from mtaserver.storage.sqlite.users import UserStore
+from tests.support.daemon import ROOT, TestConfig
+
+USER = "alice@example.com"
+HASH = hash_password("correct horse battery", n=2**10)
+TRIGGER = {
+    "event": "cart",
+    "steps": [{"wait": "1h", "template": "reminder"}, {"wait": "1d", "template": "reminder"}],
+    "cancel": ["purchase"],
+    "from": {"email": "shop@example.com", "name": "Shop"},
+}
+
+
+def run(config: Path, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MTASERVER_CONFIG"}
+    return subprocess.run(
+        [sys.executable, "-m", "mtaserver", *argv, "--user", USER, "-c", str(config)],
+        input=stdin, capture_output=True, text=True, timeout=60, cwd=ROOT, env=env,
+    )  # fmt: skip
+
+
+def fails(r: subprocess.CompletedProcess[str], *words: str) -> None:
+    """Exit 2, one line on stderr naming ``words``, no traceback."""
+    report = f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    assert r.returncode == 2, report
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mtaserver: "), report
+    for w in words:
+        assert w in lines[0], report
+
+
+def ok(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    return r.stdout
+
+
+async def _seed(path: Path) -> None:
+    db = Database(path)
+    await db.open()
+    try:
+        await UserStore(db).add(USER, HASH, ["example.com"])
+        await ContactStore(db).upsert(USER, ContactInput("ann@example.org", '{"name":"Ann"}'))
+        await TemplateStore(db).put("reminder", "Your cart", None, "Still there?")
+    finally:
+        await db.close()
+
+
+def _steps(path: Path) -> dict[int, dict[str, int]]:
+    async def read() -> dict[int, dict[str, int]]:
+        db = Database(path)
+        await db.open()
+        try:
+            return await JourneyStore(db).step_counts(USER, "cart")
+        finally:
+            await db.close()
+
+    return asyncio.run(read())
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> tuple[Path, Path]:
+    cfg = TestConfig(tmp_path, tls=False)
+    cfg.write()
+    cfg.database.parent.mkdir(parents=True, exist_ok=True)
+    asyncio.run(_seed(cfg.database))
+    return cfg.path, cfg.database
+
+
+def test_put_list_show_send_delete(config: tuple[Path, Path], tmp_path: Path) -> None:
+    path, db = config
+    doc = tmp_path / "cart.json"
+    doc.write_text(json.dumps(TRIGGER))
+    assert ok(run(path, "triggers", "put", "cart", f"@{doc}")).strip() == "created trigger cart"
+    again = run(path, "triggers", "put", "cart", "@-", stdin=json.dumps(TRIGGER))
+    assert ok(again).strip() == "replaced trigger cart"
+
+    lines = ok(run(path, "triggers", "list")).splitlines()
+    assert len(lines) == 1 and lines[0].split("\t")[:4] == ["cart", "cart", "enabled", "2 steps"]
+    shown = json.loads(ok(run(path, "triggers", "show", "cart")))
+    assert shown["steps"] == TRIGGER["steps"] and shown["cancel"] == ["purchase"]
+    assert shown["step_counts"] == {}
+
+    sent = run(path, "events", "send", "--contact", "Ann@Example.org", "--event", "cart",
+               "--properties", '{"items": 2}')  # fmt: skip
+    assert json.loads(ok(sent)) == {"stored": 1, "started": 1, "cancelled": 0,
+                                    "unknown_contacts": []}  # fmt: skip
+    pending = {"pending": 1, "fired": 0, "cancelled": 0, "skipped": 0}
+    assert _steps(db) == {0: pending, 1: pending}
+    shown = json.loads(ok(run(path, "triggers", "show", "cart")))
+    assert shown["step_counts"] == {"0": pending, "1": pending}
+
+    # a resent event starts nothing twice (no once_per: once per contact, ever)
+    ok(run(path, "events", "send", "--contact", "ann@example.org", "--event", "cart"))
+    assert _steps(db) == {0: pending, 1: pending}
+
+    bought = run(path, "events", "send", "--contact", "ann@example.org", "--event", "purchase")
+    assert json.loads(ok(bought))["cancelled"] == 2
+    gone = {"pending": 0, "fired": 0, "cancelled": 1, "skipped": 0}
+    assert _steps(db) == {0: gone, 1: gone}
+
+    assert ok(run(path, "triggers", "delete", "cart")).strip() == "deleted trigger cart"
+    assert _steps(db) == {}
+    assert ok(run(path, "triggers", "list")) == ""
+    fails(run(path, "triggers", "show", "cart"), "no trigger 'cart'")
+    fails(run(path, "triggers", "delete", "cart"), "no trigger 'cart'")
+
+
+@pytest.mark.parametrize(
+    ("definition", "field"),
+    [
+        ({**TRIGGER, "steps": [{"wait": "soon", "template": "reminder"}]}, "steps[0].wait"),
+        ({**TRIGGER, "steps": []}, "steps:"),
+        ({**TRIGGER, "colour": "red"}, "colour: unknown field"),
+        ({**TRIGGER, "from": "nobody"}, "from.email"),
+        ({**TRIGGER, "cancel": ["cart"]}, "cancel:"),
+        ({**TRIGGER, "steps": [{"template": "nosuch"}]}, "steps[0].template: no stored template"),
+        ("{not json", "JSON: not JSON"),
+        ("[]", "trigger: expected a JSON object"),
+    ],
+)
+def test_bad_trigger_names_the_field(
+    config: tuple[Path, Path], definition: object, field: str
+) -> None:
+    path, _ = config
+    text = definition if isinstance(definition, str) else json.dumps(definition)
+    fails(run(path, "triggers", "put", "cart", text), field)
+    assert ok(run(path, "triggers", "list")) == ""
+
+
+def test_bad_input_is_one_line(config: tuple[Path, Path], tmp_path: Path) -> None:
+    path, db = config
+    fails(run(path, "triggers", "put", "bad name!", json.dumps(TRIGGER)), "NAME:")
+    fails(run(path, "triggers", "put", "cart", f"@{tmp_path}/missing.json"), "missing.json")
+    ok(run(path, "triggers", "put", "cart", json.dumps(TRIGGER)))
+    send = ("events", "send", "--event", "cart")
+    fails(run(path, *send, "--contact", "nobody@example.org"), "--contact: nobody@example.org",
+          "not a contact")  # fmt: skip
+    fails(run(path, *send, "--contact", "not-an-address"), "--contact")
+    fails(run(path, *send, "--contact", "ann@example.org", "--properties", "[1]"),
+          "--properties: a JSON object")  # fmt: skip
+    fails(run(path, "events", "send", "--contact", "ann@example.org", "--event", "no good"),
+          "--event:")  # fmt: skip
+    assert _steps(db) == {}
+    r = subprocess.run(
+        [sys.executable, "-m", "mtaserver", "triggers", "list", "--user", "nobody", "-c",
+         str(path)], capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    fails(r, "--user: no user 'nobody'")
