@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
             "segments",
             "journeys",
             "cron",
+            "campaigns",
         ],
         2,
     ),
