@@ -471,6 +471,7 @@ CALLS: list[Call] = [
     R(f"{API}/templates"),
     R(f"{API}/templates/{{template}}", if_absent=404),
     R(f"{API}/templates/no-such-template", expect=404),
+    R(f"{API}/cluster"),  # no [cluster]: this node alone, nothing to ask Redis
     # writes that name nothing: 404, not 500
     Call("POST", f"{API}/queue/{MISSING_QID}/retry", expect=404),
     Call("POST", f"{API}/queue/{MISSING_QID}/hold", expect=404),

@@ -55,8 +55,9 @@ def node_config(
     return cfg
 
 
-def submit(cfgs: list[TestConfig], n: int, tag: str) -> None:
-    """n messages, one recipient each, round-robin over the nodes' plain listeners."""
+def submit(cfgs: list[TestConfig], n: int, tag: str, start: int = 0) -> None:
+    """n messages (numbered from ``start``), one recipient each, round-robin over the
+    nodes' plain listeners."""
     conns = []
     for cfg in cfgs:
         host, port = cfg.address("submission", "listen_plain")
@@ -64,9 +65,11 @@ def submit(cfgs: list[TestConfig], n: int, tag: str) -> None:
         s.ehlo()
         conns.append(s)
     try:
-        for i in range(n):
+        for i in range(start, start + n):
             body = f"Subject: {tag} {i}\r\nFrom: app@sender.test\r\n\r\nbody {i}\r\n"
-            conns[i % len(conns)].sendmail("app@sender.test", [f"{tag}{i}@dest.test"], body)
+            conns[(i - start) % len(conns)].sendmail(
+                "app@sender.test", [f"{tag}{i}@dest.test"], body
+            )
     finally:
         for s in conns:
             s.quit()
@@ -126,10 +129,14 @@ async def test_kill_9_of_one_node_loses_nothing(
         nodes = [Daemon(c) for c in cfgs]
         try:
             await asyncio.gather(*(asyncio.to_thread(d.start) for d in nodes))
-            await asyncio.to_thread(submit, cfgs, N, "k")
+            # Half over every node; the rest over the two that live, still being submitted
+            # when node 0 dies, so the kill always lands mid-run.
+            await asyncio.to_thread(submit, cfgs, N // 2, "k")
+            rest = asyncio.create_task(asyncio.to_thread(submit, cfgs[1:], N - N // 2, "k", N // 2))
             await wait_for(lambda: len(sink.messages) >= N // 4, 60)
             await asyncio.to_thread(nodes[0].kill)
             at_kill = len(sink.messages)
+            await rest
             assert at_kill < N, "everything was delivered before the kill; nothing was tested"
             want = {f"k{i}@dest.test" for i in range(N)}
             await wait_for(lambda: {r for m in sink.messages for r in m.rcpt_tos} >= want, 60)
