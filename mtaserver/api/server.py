@@ -18,6 +18,7 @@ from aiohttp import web
 
 from mtaserver.api.auth import authenticate
 from mtaserver.api.batches import BatchApi
+from mtaserver.api.campaigns import add_campaign_routes
 from mtaserver.api.contacts import add_contact_routes
 from mtaserver.api.deps import ApiDeps, KeyInfo
 from mtaserver.api.errors import (
@@ -147,6 +148,7 @@ def build_api_app(deps: ApiDeps) -> web.Application:
     add_contact_routes(app, deps)
     add_event_routes(app, deps)
     add_segment_routes(app, deps)
+    add_campaign_routes(app, deps)
     return app
 
 
