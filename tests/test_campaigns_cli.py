@@ -1,7 +1,7 @@
 """``mtaserver campaigns`` as the operator runs it (a subprocess on a real database): a
 campaign to a list is created as a draft, listed, started (scheduled at ``--at``), paused,
 resumed and cancelled, each status read back through the CLI and through CampaignStore; an
-action that does not apply, an unknown list and a bad cron field are exit 2 with one line
+action that does not apply, an unknown list, segment or template and a bad cron field are exit 2 with one line
 naming the thing to fix."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from mtaserver.contacts import ContactInput
 from mtaserver.storage.sqlite.campaigns import Campaign, CampaignStore
 from mtaserver.storage.sqlite.contacts import ContactStore
 from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.sqlite.templates import TemplateStore
 from mtaserver.storage.sqlite.users import UserStore
 from tests.support.daemon import ROOT, TestConfig
 
@@ -60,6 +61,8 @@ async def _seed(path: Path) -> None:
         await contacts.upsert(USER, ContactInput("ann@example.org", "{}"))
         await contacts.create_list(USER, "news")
         await contacts.add_members(USER, "news", ["ann@example.org"])
+        for name in ("promo", "digest"):
+            await TemplateStore(db).put(name, "Hello", None, "Hello there")
     finally:
         await db.close()
 
@@ -127,6 +130,8 @@ def test_cron_and_bad_input(config: tuple[Path, Path]) -> None:
 
     base = ("--template", "promo", "--from", "news@example.com")
     fails(run(path, "create", "x", *base, "--list", "nope"), "nope")
+    fails(run(path, "create", "x", "--template", "nope", "--from", "a@example.com", "--list",
+              "news"), "--template", "nope")  # fmt: skip
     fails(run(path, "create", "x", *base, "--segment", "nope"), "nope")
     fails(run(path, "create", "x", *base, "--list", "news", "--cron", "61 * * * *"), "minute")
     fails(run(path, "create", "x", *base, "--list", "news", "--cron", "@daily", "--tz", "Mars/X"),

@@ -148,9 +148,9 @@ CASES: list[Case] = [
     C("segments delete", "nosuch", "--user", "{user}", expect=2, states=BUSY),
     # -- campaigns ("news" is the busy state's list)
     C("campaigns list", "--user", "{user}", if_absent=2),
-    C("campaigns create", "spring-cli", "--template", "promo", "--from", "news@example.com",
+    C("campaigns create", "spring-cli", "--template", "{template}", "--from", "news@example.com",
       "--list", "news", "--user", "{user}", states=BUSY),
-    C("campaigns create", "c1", "--template", "promo", "--from", "news@example.com",
+    C("campaigns create", "c1", "--template", "{template}", "--from", "news@example.com",
       "--list", "nope", "--user", "{user}", expect=2, states=BUSY),
     C("campaigns create", "c1", "--template", "promo", "--from", "news@example.com",
       "--list", "news", "--cron", "61 * * * *", "--user", "{user}", expect=2, states=ONCE),

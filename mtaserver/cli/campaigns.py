@@ -22,6 +22,7 @@ from mtaserver.segments import parse
 from mtaserver.storage.sqlite.campaigns import Campaign, CampaignStore
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.segments import SegmentStore
+from mtaserver.storage.sqlite.templates import TemplateStore
 from mtaserver.storage.sqlite.users import UserStore
 
 
@@ -143,6 +144,8 @@ def _create(args: argparse.Namespace) -> int:
 
     async def run(db: Database) -> None:
         owner = await _owner(db, args.user)
+        if await TemplateStore(db).get(d.template) is None:
+            raise ContactError(f"--template: no template {d.template!r} (see `template list`)")
         segments = SegmentStore(db)
         if d.audience_kind == "list":
             await segments.check(owner, parse({"in_list": d.audience}))
