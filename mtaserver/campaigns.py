@@ -130,5 +130,8 @@ def transition(
     if action == "pause":
         return "paused", next_run_at
     if action == "resume":
-        return ("running" if paused_run else "scheduled"), next_run_at
+        if paused_run:
+            return "running", next_run_at
+        # no run to continue and no fire left: the run finished as it was being paused
+        return ("scheduled" if next_run_at is not None else "done"), next_run_at
     return "cancelled", None
