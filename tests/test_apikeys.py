@@ -14,6 +14,7 @@ from mtaserver.storage.sqlite.apikeys import (
     TOUCH_EVERY,
     ApiKeyError,
     ApiKeyStore,
+    new_key_id,
     parse_scopes,
 )
 from mtaserver.storage.sqlite.db import Database
@@ -97,3 +98,9 @@ def test_apikey_commands(tmp_path: Path) -> None:
     assert "revoked" in _cli(cfg, "apikey", "list", "--user", "app").stdout
     missing = _cli(cfg, "apikey", "revoke", "nope")
     assert missing.returncode == 2 and "no API key with id 'nope'" in missing.stderr
+
+
+def test_key_ids_never_start_with_a_dash() -> None:
+    """``mtaserver apikey revoke ID`` must take every id (a leading '-' reads as an option);
+    1 in 64 of plain token_urlsafe ids starts with one."""
+    assert not any(new_key_id().startswith("-") for _ in range(3000))

@@ -94,6 +94,15 @@ def _info(row: tuple[object, ...]) -> ApiKeyInfo:
     )  # fmt: skip
 
 
+def new_key_id() -> str:
+    """A random key id that never starts with ``-``: the operator passes it to
+    ``mtaserver apikey revoke ID``, where a leading dash reads as an option."""
+    while True:
+        key_id = secrets.token_urlsafe(16)
+        if not key_id.startswith("-"):
+            return key_id
+
+
 class ApiKeyStore:
     def __init__(self, db: Database, clock: Clock | None = None) -> None:
         self.db = db
@@ -106,7 +115,7 @@ class ApiKeyStore:
         unknown = scopes - set(SCOPES)
         if unknown or not scopes:
             raise ApiKeyError(f"unknown scopes {sorted(unknown)}" if unknown else "no scopes")
-        key_id = secrets.token_urlsafe(16)
+        key_id = new_key_id()
         key = f"{PREFIX}{key_id}.{secrets.token_urlsafe(32)}"
         t = self._clock.now() if now is None else now
         info = ApiKeyInfo(key_id, user, name, scopes, t, None, None)
