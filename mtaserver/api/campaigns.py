@@ -11,18 +11,15 @@ is a 409 naming the status. The daemon's feeder does the sending.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
 
-from mtaserver.api.auth import authenticate
 from mtaserver.api.deps import ApiDeps, KeyInfo
 from mtaserver.api.errors import Answer, error
+from mtaserver.api.v1 import READ, WRITE, endpoint, ok, only, read_object
 from mtaserver.campaigns import ACTIONS, check_name, definition, transition
-from mtaserver.contacts import ContactConflict, ContactError
-from mtaserver.cron import CronError
-from mtaserver.errors import StorageError
+from mtaserver.contacts import ContactError
 from mtaserver.log import get_logger, kv
 from mtaserver.segments import SegmentNotFound, parse
 from mtaserver.storage.sqlite.campaigns import Campaign, CampaignStore
@@ -30,15 +27,8 @@ from mtaserver.storage.sqlite.segments import SegmentStore
 
 log = get_logger("api")
 
-READ: Final = "contacts.read"
-WRITE: Final = "contacts.write"
 BODY: Final = 64 * 1024  # a definition with a segment filter inline
 FIELDS: Final = ("name", "template", "from", "list", "segment", "send_at", "cron", "tz")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class Campaigns:
@@ -48,7 +38,7 @@ class Campaigns:
         self.segments = segments
 
     async def list(self, r: web.Request, key: KeyInfo) -> Answer:
-        return _ok({"campaigns": [_view(c) for c in await self.store.list_all(key.user)]})
+        return ok({"campaigns": [_view(c) for c in await self.store.list_all(key.user)]})
 
     async def get(self, r: web.Request, key: KeyInfo) -> Answer:
         c = await self._find(r, key)
@@ -58,14 +48,11 @@ class Campaigns:
              "queued": x.queued, "skipped": x.skipped}
             for x in await self.store.runs(c.id)
         ]  # fmt: skip
-        return _ok(view)
+        return ok(view)
 
     async def create(self, r: web.Request, key: KeyInfo) -> Answer:
-        body = await _body(r)
-        extra = sorted(set(body) - set(FIELDS))
-        if extra:
-            name = str(extra[0])[:64]
-            raise ContactError(f"{name}: unknown field (known: {', '.join(FIELDS)})", name)
+        body = await read_object(r, BODY)
+        only(body, FIELDS)
         sender = body.get("from")
         if isinstance(sender, str):
             sender = {"email": sender}
@@ -90,7 +77,7 @@ class Campaigns:
             audience=d.audience, schedule=d.schedule, send_at=d.send_at, cron=d.cron,
             tz=d.tz, from_name=d.from_name,
         )  # fmt: skip
-        return _ok(_view(c), 201)
+        return ok(_view(c), 201)
 
     async def act(self, r: web.Request, key: KeyInfo) -> Answer:
         action = r.match_info["action"]
@@ -105,7 +92,7 @@ class Campaigns:
         await self.store.set_status(c.id, status, nxt)
         log.info(kv(event="campaign_" + action, campaign=c.name, owner=key.user, status=status))
         found = await self.store.get(key.user, c.name)
-        return _ok(_view(found or c))
+        return ok(_view(found or c))
 
     async def _find(self, r: web.Request, key: KeyInfo) -> Campaign:
         name = check_name(r.match_info["name"])
@@ -125,69 +112,6 @@ def _view(c: Campaign) -> dict[str, object]:
     }  # fmt: skip
 
 
-def _ok(value: object, status: int = 200) -> Answer:
-    return Answer(status, json.dumps(value, ensure_ascii=False).encode())
-
-
-async def _body(request: web.Request) -> dict[str, object]:
-    data = bytearray()
-    while chunk := await request.content.readany():
-        data += chunk
-        if len(data) > BODY:
-            raise _TooLarge
-    try:
-        value = json.loads(bytes(data) or b"null")
-    except (ValueError, RecursionError):
-        raise ContactError("body: not JSON", "body") from None
-    if not isinstance(value, dict):
-        raise ContactError("body: expected a JSON object", "body")
-    return value
-
-
-Fn = Callable[[web.Request, KeyInfo], Awaitable[Answer]]
-
-
-def _handler(deps: ApiDeps, scope: str, fn: Fn) -> Handler:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        key, answer = await authenticate(deps, request, scope)
-        if answer is None:
-            assert key is not None
-            answer = await _guarded(request, fn, key)
-        resp = web.Response(status=answer.status, body=answer.body or None)
-        if answer.body:
-            resp.content_type = "application/json"
-        for name, value in answer.headers:
-            resp.headers[name] = value
-        if answer.status == 401:
-            resp.headers["WWW-Authenticate"] = 'Bearer realm="mtaserver"'
-        return resp
-
-    return handler
-
-
-async def _guarded(request: web.Request, fn: Fn, key: KeyInfo) -> Answer:
-    try:
-        return await fn(request, key)
-    except SegmentNotFound as exc:
-        return error(404, str(exc), exc.field)
-    except ContactConflict as exc:
-        return error(409, str(exc), exc.field)
-    except ContactError as exc:
-        return error(400, str(exc), exc.field)
-    except CronError as exc:
-        return error(400, str(exc), "cron")
-    except _TooLarge:
-        return Answer(413, error(413, f"body: larger than {BODY} bytes").body,
-                      (("Connection", "close"),))  # fmt: skip
-    except StorageError as exc:
-        log.error(kv(event="api_storage_error", path=request.path, error=str(exc)))
-        return Answer(503, error(503, "the database is unavailable; try again").body,
-                      (("Retry-After", "5"),))  # fmt: skip
-    except Exception:
-        log.exception(kv(event="api_handler_failed", path=request.path, key=key.key_id))
-        return error(500, "internal error")
-
-
 def add_campaign_routes(app: web.Application, deps: ApiDeps) -> None:
     """Serve the campaign endpoints on the contact store's database, when wired."""
     if deps.contacts is None:
@@ -198,7 +122,7 @@ def add_campaign_routes(app: web.Application, deps: ApiDeps) -> None:
         SegmentStore(deps.contacts.db, deps.clock),
     )
     add = app.router
-    add.add_get("/v1/campaigns", _handler(deps, READ, api.list))
-    add.add_post("/v1/campaigns", _handler(deps, WRITE, api.create))
-    add.add_get("/v1/campaigns/{name}", _handler(deps, READ, api.get))
-    add.add_post("/v1/campaigns/{name}/{action}", _handler(deps, WRITE, api.act))
+    add.add_get("/v1/campaigns", endpoint(deps, READ, api.list))
+    add.add_post("/v1/campaigns", endpoint(deps, WRITE, api.create))
+    add.add_get("/v1/campaigns/{name}", endpoint(deps, READ, api.get))
+    add.add_post("/v1/campaigns/{name}/{action}", endpoint(deps, WRITE, api.act))

@@ -18,12 +18,20 @@ from typing import Final
 
 from aiohttp import web
 
-from mtaserver.api.auth import authenticate
 from mtaserver.api.deps import ApiDeps, KeyInfo
 from mtaserver.api.errors import Answer, error
+from mtaserver.api.v1 import (
+    READ,
+    WRITE,
+    Handler,
+    TooLarge,
+    endpoint,
+    ok,
+    only,
+    read_object,
+)
 from mtaserver.contacts import (
     FORMATS,
-    ContactConflict,
     ContactError,
     Format,
     ImportParser,
@@ -32,7 +40,6 @@ from mtaserver.contacts import (
     contact_input,
     normalize_address,
 )
-from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
 from mtaserver.storage.sqlite.activity import ActivityStore, parse_cursor
 from mtaserver.storage.sqlite.contacts import (
@@ -43,8 +50,6 @@ from mtaserver.storage.sqlite.optin import OptInSettings
 
 log = get_logger("api")
 
-READ: Final = "contacts.read"
-WRITE: Final = "contacts.write"
 JSON_BODY: Final = 4 << 20  # bytes of a PUT /v1/contacts body
 MAX_IMPORT: Final = 1 << 30  # bytes of one import request
 MAX_PER_REQUEST: Final = 1000  # contacts in one PUT, addresses in one members POST
@@ -53,38 +58,6 @@ MAX_LIMIT: Final = 1000
 _JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines",
                 "application/json-lines")  # fmt: skip
 Fn = Callable[[web.Request, KeyInfo, ContactStore], Awaitable[Answer]]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class _TooLarge(Exception):
-    pass
-
-
-def _ok(value: object, status: int = 200) -> Answer:
-    return Answer(status, json.dumps(value, ensure_ascii=False).encode())
-
-
-async def _read_json(request: web.Request) -> object:
-    """The JSON body (at most JSON_BODY bytes; ``_TooLarge`` beyond)."""
-    if request.content_length is not None and request.content_length > JSON_BODY:
-        raise _TooLarge
-    chunks: list[bytes] = []
-    total = 0
-    while chunk := await request.content.readany():
-        total += len(chunk)
-        if total > JSON_BODY:
-            raise _TooLarge
-        chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks) or b"null")
-    except (ValueError, RecursionError):
-        raise ContactError("body: not JSON", "body") from None
-
-
-def _object(value: object) -> dict[str, object]:
-    if not isinstance(value, dict):
-        raise ContactError("body: expected a JSON object", "body")
-    return value
 
 
 def _limit(request: web.Request) -> int:
@@ -108,10 +81,10 @@ def _not_found(what: str) -> Answer:
 
 # -- contacts -------------------------------------------------------------------------------
 async def put_contacts(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
-    body = _object(await _read_json(r))
+    body = await read_object(r, JSON_BODY)
     if "contacts" not in body:
         c, created = await store.upsert(key.user, contact_input(body))
-        return _ok(c.as_json(), 201 if created else 200)
+        return ok(c.as_json(), 201 if created else 200)
     items = body["contacts"]
     if set(body) != {"contacts"}:
         extra = sorted(set(body) - {"contacts"})[0]
@@ -120,7 +93,7 @@ async def put_contacts(r: web.Request, key: KeyInfo, store: ContactStore) -> Ans
         raise ContactError(f"contacts: a list of 1 to {MAX_PER_REQUEST} contacts", "contacts")
     rows = [contact_input(obj, f"contacts[{i}].") for i, obj in enumerate(items)]
     got = await store.upsert_many(key.user, rows)
-    return _ok({"created": got.created, "updated": got.updated})
+    return ok({"created": got.created, "updated": got.updated})
 
 
 def _import_format(r: web.Request) -> Format:
@@ -148,7 +121,7 @@ async def import_contacts(r: web.Request, key: KeyInfo, store: ContactStore) -> 
         async for chunk in r.content.iter_any():
             total += len(chunk)
             if total > MAX_IMPORT:
-                raise _TooLarge  # not an end of file: the cut-off last line is not read
+                raise TooLarge(MAX_IMPORT)  # not an end of file: the cut-off last line is not read
             yield chunk
 
     try:
@@ -159,7 +132,7 @@ async def import_contacts(r: web.Request, key: KeyInfo, store: ContactStore) -> 
         log.info(kv(event="contacts_import_aborted", user=key.user, key=key.key_id,
                     created=res.created, updated=res.updated,
                     error=type(exc.__cause__).__name__))  # fmt: skip
-        if not isinstance(exc.__cause__, _TooLarge):
+        if not isinstance(exc.__cause__, TooLarge):
             return error(400, str(exc), "body")
         answer = res.as_json()
         answer["errors"] = [{"message": f"the body is larger than {MAX_IMPORT} bytes; the "
@@ -168,13 +141,13 @@ async def import_contacts(r: web.Request, key: KeyInfo, store: ContactStore) -> 
         return Answer(413, json.dumps(answer).encode(), (("Connection", "close"),))
     log.info(kv(event="contacts_imported", user=key.user, key=key.key_id, rows=result.rows,
                 created=result.created, updated=result.updated, failed=result.failed))  # fmt: skip
-    return _ok(result.as_json())
+    return ok(result.as_json())
 
 
 async def get_contact(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
     addr = _path_address(r)
     c = await store.get(key.user, addr)
-    return _not_found(f"contact {addr}") if c is None else _ok(c.as_json())
+    return _not_found(f"contact {addr}") if c is None else ok(c.as_json())
 
 
 async def delete_contact(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
@@ -198,7 +171,7 @@ async def get_activity(r: web.Request, key: KeyInfo, store: ContactStore) -> Ans
         return _not_found(f"contact {addr}")
     found = await ActivityStore(store.db).timeline(key.user, addr, after=after, limit=limit)
     nxt = found[-1].cursor() if len(found) == limit else None
-    return _ok({"email": addr, "activity": [a.as_json() for a in found], "next": nxt})
+    return ok({"email": addr, "activity": [a.as_json() for a in found], "next": nxt})
 
 
 async def search_contacts(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
@@ -219,7 +192,7 @@ async def search_contacts(r: web.Request, key: KeyInfo, store: ContactStore) -> 
     found = await store.search(key.user, equals, status=status, list_name=r.query.get("list"),
                                after=after, limit=limit)  # fmt: skip
     nxt = found[-1].address if len(found) == limit else None
-    return _ok({"contacts": [c.as_json() for c in found], "next": nxt})
+    return ok({"contacts": [c.as_json() for c in found], "next": nxt})
 
 
 # -- lists ----------------------------------------------------------------------------------
@@ -230,40 +203,34 @@ def _bool(body: dict[str, object], name: str) -> bool | None:
     return value
 
 
-def _only(body: dict[str, object], known: tuple[str, ...]) -> None:
-    extra = sorted(set(body) - set(known))
-    if extra:
-        raise ContactError(f"{extra[0]}: unknown field (known: {', '.join(known)})", extra[0])
-
-
 async def get_lists(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
-    return _ok({"lists": [x.as_json() for x in await store.lists(key.user)]})
+    return ok({"lists": [x.as_json() for x in await store.lists(key.user)]})
 
 
 async def create_list(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
-    body = _object(await _read_json(r))
-    _only(body, ("name", "double_opt_in"))
+    body = await read_object(r, JSON_BODY)
+    only(body, ("name", "double_opt_in"))
     name = check_list_name(body.get("name"), "name")
     made = await store.create_list(key.user, name, bool(_bool(body, "double_opt_in")))
-    return _ok(made.as_json(), 201)
+    return ok(made.as_json(), 201)
 
 
 async def get_list(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
     name = _path_list(r)
     found = await store.get_list(key.user, name)
-    return _not_found(f"list {name}") if found is None else _ok(found.as_json())
+    return _not_found(f"list {name}") if found is None else ok(found.as_json())
 
 
 async def patch_list(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
     name = _path_list(r)
-    body = _object(await _read_json(r))
-    _only(body, ("name", "double_opt_in"))
+    body = await read_object(r, JSON_BODY)
+    only(body, ("name", "double_opt_in"))
     new = body.get("name")
     new_name = None if new is None else check_list_name(new, "name")
     got = await store.update_list(
         key.user, name, new_name=new_name, double_opt_in=_bool(body, "double_opt_in")
     )
-    return _not_found(f"list {name}") if got is None else _ok(got.as_json())
+    return _not_found(f"list {name}") if got is None else ok(got.as_json())
 
 
 async def delete_list(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
@@ -281,13 +248,13 @@ async def get_members(r: web.Request, key: KeyInfo, store: ContactStore) -> Answ
     if found is None:
         return _not_found(f"list {name}")
     nxt = str(found[-1].contact.id) if len(found) == limit else None
-    return _ok({"members": [m.as_json() for m in found], "next": nxt})
+    return ok({"members": [m.as_json() for m in found], "next": nxt})
 
 
 async def add_members(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
     name = _path_list(r)
-    body = _object(await _read_json(r))
-    _only(body, ("emails", "status"))
+    body = await read_object(r, JSON_BODY)
+    only(body, ("emails", "status"))
     emails = body.get("emails")
     if not isinstance(emails, list) or not 1 <= len(emails) <= MAX_PER_REQUEST:
         raise ContactError(f"emails: a list of 1 to {MAX_PER_REQUEST} addresses", "emails")
@@ -295,7 +262,7 @@ async def add_members(r: web.Request, key: KeyInfo, store: ContactStore) -> Answ
     status = body.get("status")
     st = None if status is None else check_status(status, "status")
     added = await store.add_members(key.user, name, addrs, st)
-    return _not_found(f"list {name}") if added is None else _ok({"added": added})
+    return _not_found(f"list {name}") if added is None else ok({"added": added})
 
 
 async def remove_member(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
@@ -304,48 +271,6 @@ async def remove_member(r: web.Request, key: KeyInfo, store: ContactStore) -> An
     if gone is None:
         return _not_found(f"list {name}")
     return Answer(204) if gone else _not_found(f"member {addr} of list {name}")
-
-
-# -- wiring ---------------------------------------------------------------------------------
-def _handler(deps: ApiDeps, store: ContactStore, scope: str, fn: Fn) -> Handler:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        started = deps.clock.monotonic()
-        key, answer = await authenticate(deps, request, scope)
-        if answer is None:
-            assert key is not None
-            answer = await _guarded(request, fn, key, store)
-        resp = web.Response(status=answer.status, body=answer.body or None)
-        if answer.body:
-            resp.content_type = "application/json"
-        for name, value in answer.headers:
-            resp.headers[name] = value
-        if answer.status == 401:
-            resp.headers["WWW-Authenticate"] = 'Bearer realm="mtaserver"'
-        log.debug(kv(event="api_request", method=request.method, path=request.path,
-                     status=answer.status, key=key.key_id if key else None,
-                     ms=round((deps.clock.monotonic() - started) * 1000, 1)))  # fmt: skip
-        return resp
-
-    return handler
-
-
-async def _guarded(request: web.Request, fn: Fn, key: KeyInfo, store: ContactStore) -> Answer:
-    try:
-        return await fn(request, key, store)
-    except ContactConflict as exc:
-        return error(409, str(exc), exc.field)
-    except ContactError as exc:
-        return error(400, str(exc), exc.field)
-    except _TooLarge:
-        return Answer(413, error(413, f"body: larger than {JSON_BODY} bytes").body,
-                      (("Connection", "close"),))  # fmt: skip
-    except StorageError as exc:
-        log.error(kv(event="api_storage_error", path=request.path, error=str(exc)))
-        return Answer(503, error(503, "the database is unavailable; try again").body,
-                      (("Retry-After", "5"),))  # fmt: skip
-    except Exception:
-        log.exception(kv(event="api_handler_failed", path=request.path, key=key.key_id))
-        return error(500, "internal error")
 
 
 def _nudging(deps: ApiDeps, fn: Fn) -> Fn:
@@ -366,7 +291,7 @@ def _confirm_settings(body: dict[str, object]) -> OptInSettings | None:
         return None
     if not isinstance(raw, dict):
         raise ContactError("confirm: an object {from, subject, body}", "confirm")
-    _only(raw, ("from", "subject", "body"))
+    only(raw, ("from", "subject", "body"))
     for name in ("from", "subject", "body"):
         if raw.get(name) is not None and not isinstance(raw.get(name), str):
             raise ContactError(f"confirm.{name}: a string or null", f"confirm.{name}")
@@ -386,25 +311,25 @@ def _list_routes(deps: ApiDeps) -> tuple[Fn, Fn, Fn]:
         got = await optin.settings(key.user, name)
         out = json.loads(answer.body)
         out["confirm"] = (got or OptInSettings()).as_json()
-        return _ok(out, answer.status)
+        return ok(out, answer.status)
 
     async def post(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
-        body = _object(await _read_json(r))
-        _only(body, ("name", "double_opt_in", "confirm"))
+        body = await read_object(r, JSON_BODY)
+        only(body, ("name", "double_opt_in", "confirm"))
         name = check_list_name(body.get("name"), "name")
         s = _confirm_settings(body)
         if s is not None:
             s.check()  # before the list exists: a bad setting creates nothing
         made = await store.create_list(key.user, name, bool(_bool(body, "double_opt_in")))
-        return await with_confirm(key, name, _ok(made.as_json(), 201), s)
+        return await with_confirm(key, name, ok(made.as_json(), 201), s)
 
     async def get(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
         return await with_confirm(key, _path_list(r), await get_list(r, key, store), None)
 
     async def patch(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
         name = _path_list(r)
-        body = _object(await _read_json(r))
-        _only(body, ("name", "double_opt_in", "confirm"))
+        body = await read_object(r, JSON_BODY)
+        only(body, ("name", "double_opt_in", "confirm"))
         s = _confirm_settings(body)
         if s is not None:
             s.check()
@@ -415,7 +340,7 @@ def _list_routes(deps: ApiDeps) -> tuple[Fn, Fn, Fn]:
         )
         if got is None:
             return _not_found(f"list {name}")
-        return await with_confirm(key, got.name, _ok(got.as_json()), s)
+        return await with_confirm(key, got.name, ok(got.as_json()), s)
 
     return post, get, patch
 
@@ -427,7 +352,10 @@ def add_contact_routes(app: web.Application, deps: ApiDeps) -> None:
         return
 
     def h(scope: str, fn: Fn) -> Handler:
-        return _handler(deps, store, scope, fn)
+        async def call(r: web.Request, key: KeyInfo) -> Answer:
+            return await fn(r, key, store)
+
+        return endpoint(deps, scope, call)
 
     post_list, get_list_, patch_list_ = _list_routes(deps)
 

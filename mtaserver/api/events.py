@@ -12,57 +12,24 @@ triggers, ``contacts.read`` to read triggers. Everything is scoped to the key's 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
 
-from mtaserver.api.auth import authenticate
 from mtaserver.api.deps import ApiDeps, KeyInfo, TemplateSource
 from mtaserver.api.errors import Answer, error
+from mtaserver.api.v1 import READ, WRITE, Handler, endpoint, ok, parse_json, read_body
 from mtaserver.clock import Clock
-from mtaserver.errors import StorageError
 from mtaserver.journeys import TriggerError, check_name, events_input, trigger_from_json
 from mtaserver.log import get_logger, kv
 from mtaserver.storage.sqlite.journeys import JourneyStore
 
 log = get_logger("api")
 
-READ: Final = "contacts.read"
-WRITE: Final = "contacts.write"
 EVENTS_BODY: Final = 16 << 20  # bytes of one POST /v1/events (1,000 events with properties)
 TRIGGER_BODY: Final = 256 << 10
 Fn = Callable[[web.Request, KeyInfo, bytes], Awaitable[Answer]]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class _TooLarge(Exception):
-    pass
-
-
-def _ok(value: object, status: int = 200) -> Answer:
-    return Answer(status, json.dumps(value, ensure_ascii=False).encode())
-
-
-def _json(body: bytes) -> object:
-    try:
-        return json.loads(body or b"null")
-    except (ValueError, RecursionError):
-        raise TriggerError("body: not JSON", "body") from None
-
-
-async def _read(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise _TooLarge
-    chunks: list[bytes] = []
-    total = 0
-    while chunk := await request.content.readany():
-        total += len(chunk)
-        if total > limit:
-            raise _TooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class EventsApi:
@@ -72,16 +39,16 @@ class EventsApi:
         self.clock = clock
 
     async def post_events(self, r: web.Request, key: KeyInfo, body: bytes) -> Answer:
-        events = events_input(_json(body), self.clock.now())
+        events = events_input(parse_json(body), self.clock.now())
         got = await self.store.record_events(key.user, events)
         log.info(kv(event="events_recorded", user=key.user, key=key.key_id, stored=got.stored,
                     started=got.started, cancelled=got.cancelled,
                     unknown=len(got.unknown)))  # fmt: skip
-        return _ok(got.as_json(), 202)
+        return ok(got.as_json(), 202)
 
     async def put_trigger(self, r: web.Request, key: KeyInfo, body: bytes) -> Answer:
         name = check_name(r.match_info["name"], "name")
-        t = trigger_from_json(_json(body), name)
+        t = trigger_from_json(parse_json(body), name)
         for i, s in enumerate(t.steps):
             if await self.templates.get(s.template) is None:
                 raise TriggerError(
@@ -92,7 +59,7 @@ class EventsApi:
         info, created = await self.store.put_trigger(key.user, t)
         log.info(kv(event="trigger_put", user=key.user, key=key.key_id, trigger=name,
                     created=created))  # fmt: skip
-        return _ok(info.as_json(), 201 if created else 200)
+        return ok(info.as_json(), 201 if created else 200)
 
     async def get_trigger(self, r: web.Request, key: KeyInfo, body: bytes) -> Answer:
         name = check_name(r.match_info["name"], "name")
@@ -101,10 +68,10 @@ class EventsApi:
             return error(404, f"no trigger {name}")
         counts = await self.store.step_counts(key.user, name)
         steps = {str(i): c for i, c in sorted(counts.items())}
-        return _ok(info.as_json() | {"step_counts": steps})
+        return ok(info.as_json() | {"step_counts": steps})
 
     async def list_triggers(self, r: web.Request, key: KeyInfo, body: bytes) -> Answer:
-        return _ok({"triggers": [t.as_json() for t in await self.store.triggers(key.user)]})
+        return ok({"triggers": [t.as_json() for t in await self.store.triggers(key.user)]})
 
     async def delete_trigger(self, r: web.Request, key: KeyInfo, body: bytes) -> Answer:
         name = check_name(r.match_info["name"], "name")
@@ -114,43 +81,13 @@ class EventsApi:
         return Answer(204)
 
 
-def _handler(deps: ApiDeps, scope: str, limit: int, fn: Fn) -> Handler:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        started = deps.clock.monotonic()
-        key, answer = await authenticate(deps, request, scope)
-        if answer is None:
-            assert key is not None
-            answer = await _guarded(request, fn, key, limit)
-        resp = web.Response(status=answer.status, body=answer.body or None)
-        if answer.body:
-            resp.content_type = "application/json"
-        for name, value in answer.headers:
-            resp.headers[name] = value
-        if answer.status == 401:
-            resp.headers["WWW-Authenticate"] = 'Bearer realm="mtaserver"'
-        log.debug(kv(event="api_request", method=request.method, path=request.path,
-                     status=answer.status, key=key.key_id if key else None,
-                     ms=round((deps.clock.monotonic() - started) * 1000, 1)))  # fmt: skip
-        return resp
+def _reading(deps: ApiDeps, scope: str, limit: int, fn: Fn) -> Handler:
+    """``fn`` with the body read first (at most ``limit`` bytes: 0 for GET and DELETE)."""
 
-    return handler
+    async def call(r: web.Request, key: KeyInfo) -> Answer:
+        return await fn(r, key, await read_body(r, limit))
 
-
-async def _guarded(request: web.Request, fn: Fn, key: KeyInfo, limit: int) -> Answer:
-    try:
-        return await fn(request, key, await _read(request, limit))
-    except TriggerError as exc:
-        return error(400, str(exc), exc.field)
-    except _TooLarge:
-        return Answer(413, error(413, f"body: larger than {limit} bytes").body,
-                      (("Connection", "close"),))  # fmt: skip
-    except StorageError as exc:
-        log.error(kv(event="api_storage_error", path=request.path, error=str(exc)))
-        return Answer(503, error(503, "the database is unavailable; nothing was stored, try "
-                                 "again").body, (("Retry-After", "5"),))  # fmt: skip
-    except Exception:
-        log.exception(kv(event="api_handler_failed", path=request.path, key=key.key_id))
-        return error(500, "internal error; nothing was stored")
+    return endpoint(deps, scope, call)
 
 
 def add_event_routes(app: web.Application, deps: ApiDeps) -> None:
@@ -160,8 +97,8 @@ def add_event_routes(app: web.Application, deps: ApiDeps) -> None:
         return
     api = EventsApi(store, deps.templates, deps.clock)
     add = app.router
-    add.add_post("/v1/events", _handler(deps, WRITE, EVENTS_BODY, api.post_events))
-    add.add_get("/v1/triggers", _handler(deps, READ, 0, api.list_triggers))
-    add.add_get("/v1/triggers/{name}", _handler(deps, READ, 0, api.get_trigger))
-    add.add_put("/v1/triggers/{name}", _handler(deps, WRITE, TRIGGER_BODY, api.put_trigger))
-    add.add_delete("/v1/triggers/{name}", _handler(deps, WRITE, 0, api.delete_trigger))
+    add.add_post("/v1/events", _reading(deps, WRITE, EVENTS_BODY, api.post_events))
+    add.add_get("/v1/triggers", _reading(deps, READ, 0, api.list_triggers))
+    add.add_get("/v1/triggers/{name}", _reading(deps, READ, 0, api.get_trigger))
+    add.add_put("/v1/triggers/{name}", _reading(deps, WRITE, TRIGGER_BODY, api.put_trigger))
+    add.add_delete("/v1/triggers/{name}", _reading(deps, WRITE, 0, api.delete_trigger))

@@ -14,62 +14,22 @@ the node when a segment is saved or counted), and another user's segment is a 40
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
 
-from mtaserver.api.auth import authenticate
 from mtaserver.api.deps import ApiDeps, KeyInfo
 from mtaserver.api.errors import Answer, error
-from mtaserver.contacts import MAX_ADDRESS, ContactConflict, ContactError
-from mtaserver.errors import StorageError
-from mtaserver.log import get_logger, kv
-from mtaserver.segments import MAX_JSON, SegmentNotFound, parse
+from mtaserver.api.v1 import READ, WRITE, Handler, endpoint, ok, only, read_object
+from mtaserver.contacts import MAX_ADDRESS, ContactError
+from mtaserver.segments import MAX_JSON, parse
 from mtaserver.storage.sqlite.segments import SegmentStore, check_segment_name
 
-log = get_logger("api")
-
-READ: Final = "contacts.read"
-WRITE: Final = "contacts.write"
 BODY: Final = MAX_JSON + 1024  # a filter document and its envelope
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 Fn = Callable[[web.Request, KeyInfo, SegmentStore], Awaitable[Answer]]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class _TooLarge(Exception):
-    pass
-
-
-def _ok(value: object, status: int = 200) -> Answer:
-    return Answer(status, json.dumps(value, ensure_ascii=False).encode())
-
-
-async def _body(request: web.Request) -> dict[str, object]:
-    if request.content_length is not None and request.content_length > BODY:
-        raise _TooLarge
-    data = bytearray()
-    while chunk := await request.content.readany():
-        data += chunk
-        if len(data) > BODY:
-            raise _TooLarge
-    try:
-        value = json.loads(bytes(data) or b"null")
-    except (ValueError, RecursionError):
-        raise ContactError("body: not JSON", "body") from None
-    if not isinstance(value, dict):
-        raise ContactError("body: expected a JSON object", "body")
-    return value
-
-
-def _only(body: dict[str, object], known: tuple[str, ...]) -> None:
-    extra = sorted(set(body) - set(known))
-    if extra:
-        name = str(extra[0])[:64]
-        raise ContactError(f"{name}: unknown field (known: {', '.join(known)})", name)
 
 
 def _name(r: web.Request) -> str:
@@ -81,29 +41,29 @@ def _missing(name: str) -> Answer:
 
 
 async def list_segments(r: web.Request, key: KeyInfo, store: SegmentStore) -> Answer:
-    return _ok({"segments": [s.as_json() for s in await store.list_all(key.user)]})
+    return ok({"segments": [s.as_json() for s in await store.list_all(key.user)]})
 
 
 async def create_segment(r: web.Request, key: KeyInfo, store: SegmentStore) -> Answer:
-    body = await _body(r)
-    _only(body, ("name", "filter"))
+    body = await read_object(r, BODY)
+    only(body, ("name", "filter"))
     name = check_segment_name(body.get("name"), "name")
     seg, _ = await store.save(key.user, name, body.get("filter"), create=True)
-    return _ok(seg.as_json(), 201)
+    return ok(seg.as_json(), 201)
 
 
 async def get_segment(r: web.Request, key: KeyInfo, store: SegmentStore) -> Answer:
     name = _name(r)
     seg = await store.get(key.user, name)
-    return _missing(name) if seg is None else _ok(seg.as_json())
+    return _missing(name) if seg is None else ok(seg.as_json())
 
 
 async def put_segment(r: web.Request, key: KeyInfo, store: SegmentStore) -> Answer:
     name = _name(r)
-    body = await _body(r)
-    _only(body, ("filter",))
+    body = await read_object(r, BODY)
+    only(body, ("filter",))
     seg, created = await store.save(key.user, name, body.get("filter"))
-    return _ok(seg.as_json(), 201 if created else 200)
+    return ok(seg.as_json(), 201 if created else 200)
 
 
 async def delete_segment(r: web.Request, key: KeyInfo, store: SegmentStore) -> Answer:
@@ -113,8 +73,8 @@ async def delete_segment(r: web.Request, key: KeyInfo, store: SegmentStore) -> A
 
 async def count(r: web.Request, key: KeyInfo, store: SegmentStore) -> Answer:
     """``{"filter": {...}}`` or ``{"segment": "name"}`` → ``{"count": n}``."""
-    body = await _body(r)
-    _only(body, ("filter", "segment"))
+    body = await read_object(r, BODY)
+    only(body, ("filter", "segment"))
     if ("filter" in body) == ("segment" in body):
         raise ContactError("body: give either 'filter' or 'segment'", "body")
     if "segment" in body:
@@ -122,7 +82,7 @@ async def count(r: web.Request, key: KeyInfo, store: SegmentStore) -> Answer:
     else:
         flt = parse(body["filter"])
     await store.check(key.user, flt)
-    return _ok({"count": await store.count(key.user, flt)})
+    return ok({"count": await store.count(key.user, flt)})
 
 
 async def contacts(r: web.Request, key: KeyInfo, store: SegmentStore) -> Answer:
@@ -137,50 +97,7 @@ async def contacts(r: web.Request, key: KeyInfo, store: SegmentStore) -> Answer:
     flt = await store.resolve(key.user, name)
     rows = await store.page(key.user, flt, after, limit)
     nxt = rows[-1][1] if len(rows) == limit else None
-    return _ok({"contacts": [{"id": i, "email": a} for i, a in rows], "next": nxt})
-
-
-def _handler(deps: ApiDeps, store: SegmentStore, scope: str, fn: Fn) -> Handler:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        started = deps.clock.monotonic()
-        key, answer = await authenticate(deps, request, scope)
-        if answer is None:
-            assert key is not None
-            answer = await _guarded(request, fn, key, store)
-        resp = web.Response(status=answer.status, body=answer.body or None)
-        if answer.body:
-            resp.content_type = "application/json"
-        for name, value in answer.headers:
-            resp.headers[name] = value
-        if answer.status == 401:
-            resp.headers["WWW-Authenticate"] = 'Bearer realm="mtaserver"'
-        log.debug(kv(event="api_request", method=request.method, path=request.path,
-                     status=answer.status, key=key.key_id if key else None,
-                     ms=round((deps.clock.monotonic() - started) * 1000, 1)))  # fmt: skip
-        return resp
-
-    return handler
-
-
-async def _guarded(request: web.Request, fn: Fn, key: KeyInfo, store: SegmentStore) -> Answer:
-    try:
-        return await fn(request, key, store)
-    except SegmentNotFound as exc:
-        return error(404, str(exc), exc.field)
-    except ContactConflict as exc:
-        return error(409, str(exc), exc.field)
-    except ContactError as exc:
-        return error(400, str(exc), exc.field)
-    except _TooLarge:
-        return Answer(413, error(413, f"body: larger than {BODY} bytes").body,
-                      (("Connection", "close"),))  # fmt: skip
-    except StorageError as exc:
-        log.error(kv(event="api_storage_error", path=request.path, error=str(exc)))
-        return Answer(503, error(503, "the database is unavailable; try again").body,
-                      (("Retry-After", "5"),))  # fmt: skip
-    except Exception:
-        log.exception(kv(event="api_handler_failed", path=request.path, key=key.key_id))
-        return error(500, "internal error")
+    return ok({"contacts": [{"id": i, "email": a} for i, a in rows], "next": nxt})
 
 
 def add_segment_routes(app: web.Application, deps: ApiDeps) -> None:
@@ -191,7 +108,10 @@ def add_segment_routes(app: web.Application, deps: ApiDeps) -> None:
     store = SegmentStore(deps.contacts.db, deps.clock)
 
     def h(scope: str, fn: Fn) -> Handler:
-        return _handler(deps, store, scope, fn)
+        async def call(r: web.Request, key: KeyInfo) -> Answer:
+            return await fn(r, key, store)
+
+        return endpoint(deps, scope, call)
 
     add = app.router
     add.add_get("/v1/segments", h(READ, list_segments))

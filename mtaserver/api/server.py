@@ -28,6 +28,7 @@ from mtaserver.api.errors import (
 from mtaserver.api.events import add_event_routes
 from mtaserver.api.segments import add_segment_routes
 from mtaserver.api.send import MailSend
+from mtaserver.api.v1 import respond
 from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
 from mtaserver.sendapi import too_large
@@ -38,15 +39,6 @@ log = get_logger("api")
 SMALL_BODY: Final = 64 * 1024  # batch endpoints
 Route = Callable[[web.Request, KeyInfo, bytes], Awaitable[Answer]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _response(a: Answer) -> web.Response:
-    resp = web.Response(status=a.status, body=a.body or None)
-    if a.body:
-        resp.content_type = "application/json"
-    for name, value in a.headers:
-        resp.headers[name] = value
-    return resp
 
 
 async def read_body(request: web.Request, limit: int) -> bytes | None:
@@ -91,9 +83,7 @@ def build_api_app(deps: ApiDeps) -> web.Application:
                     answer = Answer(413, _too_large_body(), (("Connection", "close"),))
                 else:
                     answer = await _guarded(request, fn, key, body)
-            resp = _response(answer)
-            if answer.status == 401:
-                resp.headers["WWW-Authenticate"] = 'Bearer realm="mtaserver"'
+            resp = respond(answer)
             log.debug(kv(event="api_request", method=request.method,
                          route=request.match_info.route.resource.canonical
                          if request.match_info.route.resource else request.path,
