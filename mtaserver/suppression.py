@@ -21,7 +21,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from mtaserver.classify import REASONS, default_classifier, kind_of
+from mtaserver.classify import REASONS, category_of, default_classifier, kind_of
+from mtaserver.config.inbound import SuppressionConfig
 from mtaserver.errors import ConfigError
 
 GLOBAL = "suppress"  # every sender
@@ -71,6 +72,24 @@ def decide(reason: str, kind: str, sender_domain: str | None) -> SuppressionDeci
         if scope:
             return SuppressionDecision(SENDER, reason, scope)
     return SuppressionDecision(COUNT, reason)
+
+
+def narrowed(
+    label: str, kind: str | None, sender_domain: str | None, policy: SuppressionConfig
+) -> SuppressionDecision | None:
+    """:func:`decide` for a stored or reported reason ``label`` (read through
+    :func:`reason_from_label`; ``kind`` defaults to the reason's own), then narrowed by
+    the operator's ``[inbound.suppression.policy]``, which may only weaken it: None when
+    the policy ignores the category, a count where it says count. What every store's
+    ``apply`` does, whatever the backend."""
+    reason = reason_from_label(label) or "undefined"
+    decision = decide(reason, kind or kind_of(reason), sender_domain)
+    action = policy.action(UNSUBSCRIBE if reason == UNSUBSCRIBE else category_of(reason))
+    if action == "ignore":
+        return None
+    if action == COUNT and decision.suppresses:
+        return SuppressionDecision(COUNT, reason)
+    return decision
 
 
 def reason_from_label(label: str) -> str | None:

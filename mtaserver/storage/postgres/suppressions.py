@@ -11,21 +11,18 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
-from mtaserver.classify import category_of, kind_of
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config.inbound import DEFAULT_SUPPRESSION, SuppressionConfig
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.suppression import (
     COUNT,
     GLOBAL,
-    UNSUBSCRIBE,
     Suppression,
     SuppressionDecision,
     _scope_key,
     address_hash,
-    decide,
+    narrowed,
     normalize,
-    reason_from_label,
 )
 
 _REPLY_MAX = 1000
@@ -147,13 +144,9 @@ class PgSuppressionStore:
         event_id: int | None = None,
     ) -> Suppression | None:
         """Act on one bounce, complaint or unsubscribe (same policy as the SQLite store)."""
-        reason = reason_from_label(reason) or "undefined"
-        decision = decide(reason, kind or kind_of(reason), sender_domain)
-        narrowed = self.policy.action(UNSUBSCRIBE if reason == UNSUBSCRIBE else category_of(reason))
-        if narrowed == "ignore":
+        decision = narrowed(reason, kind, sender_domain, self.policy)
+        if decision is None:
             return None
-        if narrowed == COUNT and decision.suppresses:
-            decision = SuppressionDecision(COUNT, reason)
         return await self.record(
             address, decision, source=source, reply=reply, queue_id=queue_id, event_id=event_id
         )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import builtins
 import sqlite3
 
-from mtaserver.classify import category_of, kind_of
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config.inbound import DEFAULT_SUPPRESSION, SuppressionConfig
 from mtaserver.storage.sqlite.contacts import unsubscribe_in
@@ -25,9 +24,8 @@ from mtaserver.suppression import (
     SuppressionDecision,
     _scope_key,
     address_hash,
-    decide,
+    narrowed,
     normalize,
-    reason_from_label,
 )
 
 _REPLY_MAX = 1000  # a reply longer than this adds nothing to judging it again
@@ -247,13 +245,9 @@ class SuppressionStore:
         made, if any. ``reason`` is a taxonomy reason (a category name is read as its
         reason); ``kind`` defaults to the reason's kind in the classify table. The
         operator's ``[inbound.suppression.policy]`` may only narrow the decision."""
-        reason = reason_from_label(reason) or "undefined"
-        decision = decide(reason, kind or kind_of(reason), sender_domain)
-        narrowed = self.policy.action(UNSUBSCRIBE if reason == UNSUBSCRIBE else category_of(reason))
-        if narrowed == "ignore":
+        decision = narrowed(reason, kind, sender_domain, self.policy)
+        if decision is None:
             return None
-        if narrowed == COUNT and decision.suppresses:
-            decision = SuppressionDecision(COUNT, reason)
         return await self.record(
             address, decision, source=source, reply=reply, queue_id=queue_id, event_id=event_id
         )
