@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
+from mtaserver.auth import normalize_name
 from mtaserver.config import Config
 from mtaserver.errors import MtaError
 from mtaserver.keyfiles import load_checked
@@ -76,3 +79,30 @@ def with_users(config: Config, fn: Callable[[UserStore | PgUserStore], Awaitable
     if config.storage.postgres is None:
         return with_db(config, lambda db: fn(UserStore(db)))
     return with_pg(config, lambda db: fn(PgUserStore(db)))
+
+
+class ArgError(MtaError, ValueError):
+    """A command-line argument that cannot be used; the message names the option."""
+
+
+async def known_user(db: Database, name: str) -> str:
+    """The ``--user`` a marketing command acts for, normalized; refused when unknown."""
+    user = normalize_name(name)
+    if await UserStore(db).lookup(user) is None:
+        raise ArgError(f"--user: no user {user!r} (see `mtaserver user list`)")
+    return user
+
+
+def text_arg(raw: str, option: str, limit: int) -> str:
+    """A document given on the command line as text, ``@FILE`` or ``@-`` (stdin), read up
+    to ``limit + 1`` characters (so the caller can tell it is too large)."""
+    if not raw.startswith("@"):
+        return raw
+    name = raw[1:]
+    try:
+        if name == "-":
+            return sys.stdin.read(limit + 1)
+        with Path(name).open(encoding="utf-8") as f:
+            return f.read(limit + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArgError(f"{option}: {name}: {getattr(exc, 'strerror', None) or exc}") from None

@@ -13,9 +13,8 @@ import argparse
 import json
 import sys
 
-from mtaserver.auth import normalize_name
 from mtaserver.campaigns import definition, transition
-from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.cli._common import add_config_arg, config_from, known_user, with_db
 from mtaserver.clock import SystemClock
 from mtaserver.contacts import ContactError
 from mtaserver.segments import parse
@@ -23,7 +22,6 @@ from mtaserver.storage.sqlite.campaigns import Campaign, CampaignStore
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.segments import SegmentStore
 from mtaserver.storage.sqlite.templates import TemplateStore
-from mtaserver.storage.sqlite.users import UserStore
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -88,15 +86,8 @@ def _view(c: Campaign) -> dict[str, object]:
     }  # fmt: skip
 
 
-async def _owner(db: Database, name: str) -> str:
-    user = normalize_name(name)
-    if await UserStore(db).lookup(user) is None:
-        raise ContactError(f"--user: no user {user!r} (see `mtaserver user list`)", "user")
-    return user
-
-
 async def _campaign(db: Database, user: str, name: str) -> tuple[str, Campaign]:
-    owner = await _owner(db, user)
+    owner = await known_user(db, user)
     c = await CampaignStore(db).get(owner, name)
     if c is None:
         raise ContactError(f"no campaign {name!r} for user {owner} (see `campaigns list`)")
@@ -107,7 +98,7 @@ def _list(args: argparse.Namespace) -> int:
     cfg = config_from(args)
 
     async def run(db: Database) -> int:
-        found = await CampaignStore(db).list_all(await _owner(db, args.user))
+        found = await CampaignStore(db).list_all(await known_user(db, args.user))
         for c in found:
             print(f"{c.name}\t{c.status}\t{c.audience_kind}:{c.audience}\t{_when(c.next_run_at)}")
         return len(found)
@@ -143,7 +134,7 @@ def _create(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
     async def run(db: Database) -> None:
-        owner = await _owner(db, args.user)
+        owner = await known_user(db, args.user)
         if await TemplateStore(db).get(d.template) is None:
             raise ContactError(f"--template: no template {d.template!r} (see `template list`)")
         segments = SegmentStore(db)

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import IO
 
 from mtaserver.auth import normalize_name
-from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.cli._common import add_config_arg, config_from, known_user, with_db
 from mtaserver.contacts import FORMATS, ContactError, Format, ImportParser, normalize_address
 from mtaserver.storage.sqlite.contacts import Contact, ContactStore, ImportResult
 from mtaserver.storage.sqlite.db import Database
-from mtaserver.storage.sqlite.users import UserStore
 
 READ_SIZE = 64 * 1024
 SHOWN_ERRORS = 20  # line errors printed; the rest are counted
@@ -58,13 +57,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         add_config_arg(parser)
 
 
-async def _owner(db: Database, name: str) -> str:
-    user = normalize_name(name)
-    if await UserStore(db).lookup(user) is None:
-        raise ContactError(f"--user: no user {user!r} (see `mtaserver user list`)", "user")
-    return user
-
-
 def _format_of(args: argparse.Namespace) -> Format:
     fmt = args.format or ("jsonl" if Path(args.file).suffix in (".jsonl", ".ndjson") else "csv")
     return "jsonl" if fmt == "jsonl" else "csv"
@@ -88,7 +80,7 @@ def _import(args: argparse.Namespace) -> int:
 
     async def run(db: Database) -> ImportResult:
         store = ContactStore(db)
-        owner = await _owner(db, args.user)
+        owner = await known_user(db, args.user)
         if args.list is not None and await store.get_list(owner, args.list) is None:
             await store.create_list(owner, args.list)
         return await store.import_stream(owner, chunks(), parser, source="cli", list_name=args.list)
@@ -116,7 +108,7 @@ def _export(args: argparse.Namespace) -> int:
 
     async def run(db: Database) -> int:
         store = ContactStore(db)
-        owner = await _owner(db, args.user)
+        owner = await known_user(db, args.user)
         n = 0
         if args.format == "jsonl":
             async for c in store.export(owner):
@@ -156,7 +148,7 @@ def _show(args: argparse.Namespace) -> int:
     addr = normalize_address(args.address, "ADDRESS")
 
     async def run(db: Database) -> Contact | None:
-        return await ContactStore(db).get(await _owner(db, args.user), addr)
+        return await ContactStore(db).get(await known_user(db, args.user), addr)
 
     c = with_db(cfg, run)
     if c is None:
@@ -170,7 +162,7 @@ def _delete(args: argparse.Namespace) -> int:
     addr = normalize_address(args.address, "ADDRESS")
 
     async def run(db: Database) -> bool:
-        return await ContactStore(db).delete(await _owner(db, args.user), addr)
+        return await ContactStore(db).delete(await known_user(db, args.user), addr)
 
     if not with_db(cfg, run):
         raise ContactError(f"no contact {addr} for user {normalize_name(args.user)}")

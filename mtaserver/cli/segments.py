@@ -12,15 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from mtaserver.auth import normalize_name
-from mtaserver.cli._common import add_config_arg, config_from, with_db
-from mtaserver.contacts import ContactError
+from mtaserver.cli._common import add_config_arg, config_from, known_user, text_arg, with_db
 from mtaserver.segments import MAX_JSON, SegmentError, parse_text
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.segments import SegmentStore, check_segment_name
-from mtaserver.storage.sqlite.users import UserStore
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,38 +51,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         add_config_arg(parser)
 
 
-def _filter_text(raw: str) -> str:
-    if not raw.startswith("@"):
-        return raw
-    name = raw[1:]
-    try:
-        if name == "-":
-            return sys.stdin.read(MAX_JSON + 1)
-        with Path(name).open(encoding="utf-8") as f:
-            return f.read(MAX_JSON + 1)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SegmentError(f"--filter: {name}: {getattr(exc, 'strerror', None) or exc}") from None
-
-
 def _document(raw: str) -> object:
     """The filter document, checked (SegmentError naming the bad node's path)."""
-    text = _filter_text(raw)
+    text = text_arg(raw, "--filter", MAX_JSON)
     parse_text(text)
     return json.loads(text)
-
-
-async def _owner(db: Database, name: str) -> str:
-    user = normalize_name(name)
-    if await UserStore(db).lookup(user) is None:
-        raise ContactError(f"--user: no user {user!r} (see `mtaserver user list`)", "user")
-    return user
 
 
 def _list(args: argparse.Namespace) -> int:
     cfg = config_from(args)
 
     async def run(db: Database) -> int:
-        found = await SegmentStore(db).list_all(await _owner(db, args.user))
+        found = await SegmentStore(db).list_all(await known_user(db, args.user))
         for s in found:
             print(f"{s.name}\t{s.as_json()['updated_at']}\t{s.filter}")
         return len(found)
@@ -101,7 +78,7 @@ def _show(args: argparse.Namespace) -> int:
 
     async def run(db: Database) -> dict[str, object]:
         store = SegmentStore(db)
-        owner = await _owner(db, args.user)
+        owner = await known_user(db, args.user)
         seg = await store.get(owner, name)
         if seg is None:
             raise SegmentError(f"no segment {name!r} for user {owner}")
@@ -117,12 +94,12 @@ def _count(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     if (args.name is None) == (args.filter is None):
         raise SegmentError("give a segment NAME or --filter JSON")
-    text = None if args.filter is None else _filter_text(args.filter)
+    text = None if args.filter is None else text_arg(args.filter, "--filter", MAX_JSON)
     name = None if args.name is None else check_segment_name(args.name, "NAME")
 
     async def run(db: Database) -> int:
         store = SegmentStore(db)
-        owner = await _owner(db, args.user)
+        owner = await known_user(db, args.user)
         flt = parse_text(text) if text is not None else await store.resolve(owner, str(name))
         await store.check(owner, flt)
         return await store.count(owner, flt)
@@ -137,7 +114,7 @@ def _save(args: argparse.Namespace) -> int:
     doc = _document(args.filter)
 
     async def run(db: Database) -> bool:
-        _, created = await SegmentStore(db).save(await _owner(db, args.user), name, doc)
+        _, created = await SegmentStore(db).save(await known_user(db, args.user), name, doc)
         return created
 
     print(f"{'created' if with_db(cfg, run) else 'replaced'} segment {name}")
@@ -149,7 +126,7 @@ def _delete(args: argparse.Namespace) -> int:
     name = check_segment_name(args.name, "NAME")
 
     async def run(db: Database) -> bool:
-        return await SegmentStore(db).delete(await _owner(db, args.user), name)
+        return await SegmentStore(db).delete(await known_user(db, args.user), name)
 
     if not with_db(cfg, run):
         raise SegmentError(f"no segment {name!r} for user {normalize_name(args.user)}")

@@ -14,17 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Final
 
 from mtaserver.auth import normalize_name
-from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.cli._common import add_config_arg, config_from, known_user, text_arg, with_db
 from mtaserver.clock import SystemClock
 from mtaserver.journeys import TriggerError, check_name, events_input, trigger_from_json
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.journeys import JourneyStore
 from mtaserver.storage.sqlite.templates import TemplateStore
-from mtaserver.storage.sqlite.users import UserStore
 
 MAX_JSON: Final = 256 << 10  # as the API's trigger body
 
@@ -66,18 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _json_arg(raw: str, option: str) -> object:
     """The JSON document in ``raw`` (text, ``@FILE`` or ``@-``); errors name ``option``."""
-    text = raw
-    if raw.startswith("@"):
-        name = raw[1:]
-        try:
-            if name == "-":
-                text = sys.stdin.read(MAX_JSON + 1)
-            else:
-                with Path(name).open(encoding="utf-8") as f:
-                    text = f.read(MAX_JSON + 1)
-        except (OSError, UnicodeDecodeError) as exc:
-            why = getattr(exc, "strerror", None) or exc
-            raise TriggerError(f"{option}: {name}: {why}", option) from None
+    text = text_arg(raw, option, MAX_JSON)
     if len(text) > MAX_JSON:
         raise TriggerError(f"{option}: larger than {MAX_JSON} bytes", option)
     try:
@@ -86,18 +73,11 @@ def _json_arg(raw: str, option: str) -> object:
         raise TriggerError(f"{option}: not JSON: {exc}", option) from None
 
 
-async def _owner(db: Database, name: str) -> str:
-    user = normalize_name(name)
-    if await UserStore(db).lookup(user) is None:
-        raise TriggerError(f"--user: no user {user!r} (see `mtaserver user list`)", "user")
-    return user
-
-
 def _list(args: argparse.Namespace) -> int:
     cfg = config_from(args)
 
     async def run(db: Database) -> int:
-        found = await JourneyStore(db).triggers(await _owner(db, args.user))
+        found = await JourneyStore(db).triggers(await known_user(db, args.user))
         for info in found:
             t = info.trigger
             state = "enabled" if t.enabled else "disabled"
@@ -116,7 +96,7 @@ def _show(args: argparse.Namespace) -> int:
 
     async def run(db: Database) -> dict[str, object]:
         store = JourneyStore(db)
-        owner = await _owner(db, args.user)
+        owner = await known_user(db, args.user)
         info = await store.get_trigger(owner, name)
         if info is None:
             raise TriggerError(f"no trigger {name!r} for user {owner}", "NAME")
@@ -132,7 +112,7 @@ def _put(args: argparse.Namespace) -> int:
     t = trigger_from_json(_json_arg(args.definition, "JSON"), check_name(args.name, "NAME"))
 
     async def run(db: Database) -> bool:
-        owner = await _owner(db, args.user)
+        owner = await known_user(db, args.user)
         templates = TemplateStore(db)
         for i, s in enumerate(t.steps):
             if await templates.get(s.template) is None:
@@ -153,7 +133,7 @@ def _delete(args: argparse.Namespace) -> int:
     name = check_name(args.name, "NAME")
 
     async def run(db: Database) -> bool:
-        return await JourneyStore(db).delete_trigger(await _owner(db, args.user), name)
+        return await JourneyStore(db).delete_trigger(await known_user(db, args.user), name)
 
     if not with_db(cfg, run):
         raise TriggerError(f"no trigger {name!r} for user {normalize_name(args.user)}", "NAME")
@@ -167,7 +147,7 @@ def _send(args: argparse.Namespace) -> int:
     body = {"contact": args.contact, "event": args.event, "properties": props}
 
     async def run(db: Database) -> dict[str, object]:
-        owner = await _owner(db, args.user)
+        owner = await known_user(db, args.user)
         store = JourneyStore(db)
         try:
             events = events_input(body, SystemClock().now())
