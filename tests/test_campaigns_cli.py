@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,8 @@ from mtaserver.storage.sqlite.contacts import ContactStore
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.templates import TemplateStore
 from mtaserver.storage.sqlite.users import UserStore
-from tests.support.daemon import ROOT, TestConfig
+from tests.support.cli import fails, ok, run_as
+from tests.support.daemon import TestConfig
 
 USER = "alice@example.com"
 HASH = hash_password("correct horse battery", n=2**10)
@@ -31,25 +30,7 @@ AT_UNIX = 1894003200.0
 
 
 def run(config: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MTASERVER_CONFIG"}
-    return subprocess.run(
-        [sys.executable, "-m", "mtaserver", "campaigns", *argv, "--user", USER, "-c", str(config)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, env=env,
-    )  # fmt: skip
-
-
-def fails(r: subprocess.CompletedProcess[str], *words: str) -> None:
-    report = f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    assert r.returncode == 2, report
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mtaserver: "), report
-    for w in words:
-        assert w in lines[0], report
-
-
-def ok(r: subprocess.CompletedProcess[str]) -> str:
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    return r.stdout
+    return run_as(USER, config, "campaigns", *argv)
 
 
 async def _seed(path: Path) -> None:

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,8 @@ from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.journeys import JourneyStore
 from mtaserver.storage.sqlite.templates import TemplateStore
 from mtaserver.storage.sqlite.users import UserStore
-from tests.support.daemon import ROOT, TestConfig
+from tests.support.cli import fails, ok, run_as
+from tests.support.daemon import TestConfig
 
 USER = "alice@example.com"
 HASH = hash_password("correct horse battery", n=2**10)
@@ -35,26 +34,7 @@ TRIGGER = {
 
 
 def run(config: Path, *argv: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MTASERVER_CONFIG"}
-    return subprocess.run(
-        [sys.executable, "-m", "mtaserver", *argv, "--user", USER, "-c", str(config)],
-        input=stdin, capture_output=True, text=True, timeout=60, cwd=ROOT, env=env,
-    )  # fmt: skip
-
-
-def fails(r: subprocess.CompletedProcess[str], *words: str) -> None:
-    """Exit 2, one line on stderr naming ``words``, no traceback."""
-    report = f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    assert r.returncode == 2, report
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mtaserver: "), report
-    for w in words:
-        assert w in lines[0], report
-
-
-def ok(r: subprocess.CompletedProcess[str]) -> str:
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    return r.stdout
+    return run_as(USER, config, *argv, stdin=stdin)
 
 
 async def _seed(path: Path) -> None:
@@ -164,8 +144,4 @@ def test_bad_input_is_one_line(config: tuple[Path, Path], tmp_path: Path) -> Non
     fails(run(path, "events", "send", "--contact", "ann@example.org", "--event", "no good"),
           "--event:")  # fmt: skip
     assert _steps(db) == {}
-    r = subprocess.run(
-        [sys.executable, "-m", "mtaserver", "triggers", "list", "--user", "nobody", "-c",
-         str(path)], capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
-    fails(r, "--user: no user 'nobody'")
+    fails(run_as("nobody", path, "triggers", "list"), "--user: no user 'nobody'")
