@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests.support.apiserver import ApiDaemon
+from tests.support.mxsink import eventually
 from tests.test_contacts_api import Client, other_key
 
 LATER = "2031-01-01T09:00:00+00:00"
@@ -75,15 +76,10 @@ async def test_start_sends_the_list_through_the_feeder(
     assert all(m["Subject"] == "Spring sale" for m in got.values())
     assert all(api.dkim_ok(m.data) for m in api.sink.messages)
 
-    async def done() -> bool:
-        st, body = await c.call("GET", "/v1/campaigns/spring")
-        return bool(st == 200 and body["status"] == "done")
+    async def current() -> dict[str, object]:
+        return (await c.call("GET", "/v1/campaigns/spring"))[1]
 
-    for _ in range(100):
-        if await done():
-            break
-        await asyncio.sleep(0.1)
-    st, body = await c.call("GET", "/v1/campaigns/spring")
+    body = await eventually(current, lambda b: b.get("status") == "done", 10)
     assert body["status"] == "done", body
     assert [(r["audience"], r["queued"], r["status"]) for r in body["runs"]] == [(2, 2, "done")]
     st, body = await c.call("POST", "/v1/campaigns/spring/pause")

@@ -21,6 +21,7 @@ from mtaserver.config.cluster import ClusterConfig, RedisTarget
 from mtaserver.config.shaping import DestinationConfig, LimitOverrides, ShapingConfig
 from mtaserver.shaper import BLOCKED, Shaper
 from tests.redis_server import RedisServer
+from tests.support.mxsink import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_900_000_000_000  # a fake Redis-side "now" in ms
@@ -198,11 +199,7 @@ async def test_degraded_is_limit_over_nodes_then_shared_again(server: RedisServe
     server.start()
     runner = asyncio.create_task(shared.run())
     try:
-        for _ in range(100):
-            if shared.redis_up:
-                break
-            await asyncio.sleep(0.05)
-        assert shared.redis_up
+        await wait_for(lambda: shared.redis_up, 5)
         # the connection opened while degraded is a lease in Redis now
         assert await ShapingScripts(connect(cfg), "d:").active("example.com") == 1
     finally:

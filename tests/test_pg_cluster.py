@@ -20,7 +20,7 @@ from mtaserver.config.storage import PostgresConfig
 from mtaserver.storage.postgres.db import PgDatabase
 from tests.pg import PgServer, pg_dsn, pg_server  # noqa: F401
 from tests.support.daemon import Daemon, TestConfig, free_port
-from tests.support.mxsink import SinkGroup, wait_for
+from tests.support.mxsink import SinkGroup, eventually, wait_for
 
 N = 240
 WORKERS = 4  # delivery connections per node
@@ -140,12 +140,7 @@ async def test_kill_9_of_one_node_loses_nothing(
             assert at_kill < N, "everything was delivered before the kill; nothing was tested"
             want = {f"k{i}@dest.test" for i in range(N)}
             await wait_for(lambda: {r for m in sink.messages for r in m.rcpt_tos} >= want, 60)
-            left = await states(pg_dsn)
-            for _ in range(100):
-                if left == {"delivered": N}:
-                    break
-                await asyncio.sleep(0.05)
-                left = await states(pg_dsn)
+            left = await eventually(lambda: states(pg_dsn), lambda s: s == {"delivered": N})
             assert left == {"delivered": N}
         finally:
             codes = await asyncio.gather(*(asyncio.to_thread(d.stop) for d in nodes[1:]))
@@ -187,11 +182,10 @@ async def test_a_hard_bounce_on_one_node_is_refused_at_rcpt_on_another(
 
                 return await asyncio.to_thread(probe) == 550
 
-            for _ in range(300):
-                if await refused(0) and await refused(1):
-                    break
-                await asyncio.sleep(0.05)
-            assert await refused(0) and await refused(1)
+            async def both_refuse() -> bool:
+                return await refused(0) and await refused(1)
+
+            assert await eventually(both_refuse, bool, 15)
             # The sender gets its DSN, queued and delivered through the shared queue too.
             await wait_for(
                 lambda: any(m.rcpt_tos == ["app@sender.test"] for m in sink.messages), 30
@@ -294,11 +288,8 @@ async def test_an_async_bounce_at_one_node_suppresses_on_the_other(
                     s.mail("app@sender.test")
                     return s.rcpt("late0@dest.test")[0]
 
-            for _ in range(200):
-                if await asyncio.to_thread(rcpt_code) == 550:
-                    break
-                await asyncio.sleep(0.05)
-            assert await asyncio.to_thread(rcpt_code) == 550
+            code = await eventually(lambda: asyncio.to_thread(rcpt_code), lambda c: c == 550, 10)
+            assert code == 550
         finally:
             codes = await asyncio.gather(*(asyncio.to_thread(d.stop) for d in nodes))
         assert codes == [0, 0], [d.log()[-3000:] for d in nodes]

@@ -5,15 +5,14 @@ address."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from tests.support.mxsink import eventually
 from tests.test_contacts_api import Client, other_key
 from tests.test_optin import OptInDaemon
 
@@ -67,14 +66,10 @@ async def test_timeline_in_order_paged_and_owner_scoped(api: OptInDaemon) -> Non
             assert st == 200, page
             return [a["type"] for a in page["activity"]]
 
-        got: list[str] = []
-
-        async def settled() -> bool:
-            nonlocal got
-            got = await types()
-            return got.count("delivered") == 2 and "opened" in got and "clicked" in got
-
-        await wait_for_async(settled, 40)
+        got = await eventually(
+            types, lambda g: g.count("delivered") == 2 and "opened" in g and "clicked" in g, 40
+        )
+        assert got.count("delivered") == 2 and "opened" in got and "clicked" in got, got
         assert got.count("queued") == 2 and got[0] == "queued"
         st, page = await c.call("GET", f"/v1/contacts/{ADDR}/activity")
         items = page["activity"]
@@ -100,11 +95,3 @@ async def test_timeline_in_order_paged_and_owner_scoped(api: OptInDaemon) -> Non
         assert seen == items
         assert (await c.call("GET", f"/v1/contacts/{ADDR}/activity?after=zzz"))[0] == 400
         assert (await c.call("GET", "/v1/contacts/nobody@x.test/activity"))[0] == 404
-
-
-async def wait_for_async(check: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.2)
