@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import smtplib
+import socket
 import ssl
 from pathlib import Path
 
@@ -315,6 +316,16 @@ async def test_postgresql_down_answers_451_never_250(tmp_path: Path) -> None:
                 await asyncio.to_thread(submit, [cfg], 1, "before")
                 await wait_for(lambda: len(sinks["127.0.0.2"].messages) == 1, 30)
                 os.kill(server.pid, signal.SIGINT)  # fast shutdown: connections dropped
+
+                def refused() -> bool:
+                    try:
+                        socket.create_connection((server.host, server.port), 0.5).close()
+                    except OSError:
+                        return True
+                    return False
+
+                # SIGINT only starts the shutdown: a submission racing it may still be stored.
+                await wait_for(refused, 30)
 
                 def attempt() -> int:
                     host, port = cfg.address("submission", "listen_plain")
