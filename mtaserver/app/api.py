@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from mtaserver.api import ApiDeps, ApiServer, NoTemplates, TemplateSource, build_api_app
+from mtaserver.api.deps import Batches, Intake, Keys
 from mtaserver.app.bearer import KeysOrTokens
 from mtaserver.app.mail import MailParts, _track_defaults
 from mtaserver.app.service import Service, SimpleService
@@ -43,6 +45,29 @@ def api_limits(cfg: Config) -> Limits:
     )
 
 
+class PurgingIntake(Intake, Protocol):
+    async def purge(self, before: float, limit: int = 10_000) -> int: ...
+
+
+@dataclass(frozen=True)
+class ApiStores:
+    """The API's own stores on the node's backend (SQLite's unless given: a PostgreSQL node
+    passes its owners, and no contacts, which are not on PostgreSQL yet)."""
+
+    keys: Keys
+    intake: PurgingIntake
+    batches: Batches
+    contacts: ContactStore | None = None
+    journeys: JourneyStore | None = None
+    optin: OptInStore | None = None
+
+
+def _sqlite_stores(parts: MailParts) -> ApiStores:
+    db, clock = parts.spool.db, parts.clock
+    return ApiStores(ApiKeyStore(db, clock), ApiIntake(db, parts.spool), parts.spool,
+                     ContactStore(db, clock), JourneyStore(db, clock), OptInStore(db))  # fmt: skip
+
+
 @dataclass
 class _Current:
     """The config in force for the API (replaced whole on SIGHUP)."""
@@ -68,7 +93,7 @@ def _pipeline(cfg: Config, parts: MailParts) -> Pipeline:
 
 def api_service(
     cfg: Config, parts: MailParts, templates: TemplateSource | None = None,
-    optin_nudge: Callable[[], None] | None = None,
+    optin_nudge: Callable[[], None] | None = None, stores: ApiStores | None = None,
 ) -> Service | None:  # fmt: skip
     """The listener on ``[api] listen``; off when unset. ``templates`` defaults to a
     source that knows no template (every ``template_id`` is answered 400)."""
@@ -76,18 +101,18 @@ def api_service(
     if a.listen is None:
         return None
     clock = parts.clock
-    db = parts.spool.db
+    st = stores or _sqlite_stores(parts)
     current = _Current(cfg, _pipeline(cfg, parts), api_limits(cfg))
     rates = parts.user_rates
-    intake = ApiIntake(db, parts.spool)
+    intake = st.intake
     oauth = CurrentVerifier(cfg.oauth, clock)  # JWT bearers beside the API keys
     deps = ApiDeps(
-        keys=KeysOrTokens(ApiKeyStore(db, clock), oauth),
+        keys=KeysOrTokens(st.keys, oauth),
         users=parts.users,
         suppressions=parts.suppressions,
         preparer=lambda: current.pipeline,
         intake=intake,
-        batches=parts.spool,
+        batches=st.batches,
         templates=templates or NoTemplates(),
         clock=clock,
         new_queue_id=new_queue_id,
@@ -96,10 +121,10 @@ def api_service(
         hostname=cfg.server.hostname,
         user_rate=lambda: rates.limiter,
         render_slots=a.max_concurrent_renders,
-        contacts=ContactStore(db, clock),
-        journeys=JourneyStore(db, clock),
+        contacts=st.contacts,
+        journeys=st.journeys,
         optin_nudge=optin_nudge or (lambda: None),
-        optin=OptInStore(db),
+        optin=st.optin,
     )
     ssl_context = cfg.tls.server_context() if a.tls else None
     server = ApiServer(build_api_app(deps), ssl_context)

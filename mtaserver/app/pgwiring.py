@@ -2,8 +2,8 @@
 
 SMTP submission → pipeline → the shared queue → scheduler → delivery → events and
 suppressions, every store over the cluster's database; several nodes run this against one
-database. What is not ported yet (tracking, the HTTP API, the admin API, webhooks, worker
-processes, contacts, mailto unsubscribes) is refused at config check
+database, and the HTTP send API. What is not ported yet (tracking, the admin API, webhooks,
+worker processes, contacts, mailto unsubscribes) is refused at config check
 (``config.storage.check_postgres``), so nothing here falls back to SQLite.
 
 The stage builders of :mod:`mtaserver.app.mail` are typed on the SQLite owners; the
@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+from mtaserver.app.api import ApiStores, api_service
+from mtaserver.app.cluster import build_cluster
 from mtaserver.app.mail import (
     MailParts,
     UserRates,
@@ -39,10 +41,13 @@ from mtaserver.dkim import DkimSigner
 from mtaserver.dkim.keys import load_keyset
 from mtaserver.metrics import Metrics, TimedAgent
 from mtaserver.retention import Retention
+from mtaserver.storage.postgres.apikeys import PgApiKeyStore
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.events import PgEventLog
+from mtaserver.storage.postgres.idempotency import PgApiIntake
 from mtaserver.storage.postgres.queue import PgQueue
 from mtaserver.storage.postgres.suppressions import PgSuppressionStore
+from mtaserver.storage.postgres.templates import PgTemplateStore
 from mtaserver.storage.postgres.users import PgUserStore
 from mtaserver.verp import Verp
 
@@ -83,6 +88,9 @@ def wire_postgres(
     metrics = Metrics(
         queue, events, top_destinations=cfg.admin.top_destinations, clock=clock.now, shaper=shaper
     )
+    # [cluster] redis: limits shared with the other nodes (else this node's own shaper).
+    cluster = build_cluster(cfg, shaper, queue, clock, metrics)
+    shared = cluster.shared if cluster else None
     timed = TimedAgent(agent, metrics.attempt_finished)
     # The queue is not on this disk, but the spool's temporary files and logs are.
     space = FreeSpace(cfg.server.data_dir, cfg.storage.min_free, clock.monotonic)
@@ -90,7 +98,8 @@ def wire_postgres(
     services: list[Service] = [
         dkim_service(signer),
         delivery_service(resolver, agent),
-        scheduler_service(cfg, q, timed, shaper, resolver, s, clock),
+        *([cluster.service] if cluster else []),  # before the scheduler asks it
+        scheduler_service(cfg, q, timed, shaper, resolver, s, clock, shared),
         inbound_service(cfg, q, s, verp, None, space, clock),  # bounces, expiry purge
         Retention(queue, events, _NoOutbox(), cfg.retention, clock),
     ]
@@ -98,4 +107,14 @@ def wire_postgres(
     mail = MailParts(q, _as(users), s, signer, None, metrics, space, clock, UserRates(sub, clock))
     if sub.listen or sub.listen_tls or sub.listen_plain:
         services.append(submission_service(cfg, mail))
+    # The HTTP send API: keys, idempotent answers, batches and templates in the cluster's
+    # database, so a key made on one node sends through any; no contacts routes yet.
+    api = api_service(
+        cfg,
+        mail,
+        PgTemplateStore(db, clock),
+        stores=ApiStores(PgApiKeyStore(db, clock), PgApiIntake(db, queue), queue),
+    )
+    if api is not None:
+        services.append(api)
     return Wiring(tuple(services), metrics)

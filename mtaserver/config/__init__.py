@@ -8,6 +8,7 @@ at ``check-config`` rather than at the first STARTTLS.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,11 @@ def parse_config(text: str, path: Path) -> Config:
     )
     root.finish()
     _cross_check(cfg, root)
+    if cfg.cluster is not None and cfg.cluster.redis is not None:  # shared leases: no idle pool
+        d = cfg.delivery
+        explicit = "idle_timeout" in data.get("delivery", {})
+        idle = cluster.without_idle_pool(d.idle_timeout, explicit, name)
+        cfg = dataclasses.replace(cfg, delivery=dataclasses.replace(d, idle_timeout=idle))
     return cfg
 
 
@@ -119,7 +125,7 @@ def _cross_check(cfg: Config, root: Reader) -> None:
     if cfg.storage.backend == "postgresql":
         storage.check_postgres(root.file, {
             "server.workers": cfg.server.workers > 1, "tracking.listen": bool(cfg.tracking.listen),
-            "api.listen": bool(cfg.api.listen), "admin.listen": bool(cfg.admin.listen),
+            "admin.listen": bool(cfg.admin.listen),
             "tracking.unsubscribe_mailto": bool(cfg.tracking.unsubscribe_mailto),
             "webhooks": bool(cfg.webhooks),
         })  # fmt: skip

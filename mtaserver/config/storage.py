@@ -105,7 +105,8 @@ def _postgres(r: Reader) -> PostgresConfig:
 
 SUPPORTED_ON_POSTGRESQL = (
     "SMTP submission (one process), the queue, delivery, the bounce listener, events, "
-    "suppressions, users, retention"
+    "suppressions, users, retention, the HTTP send API (api.listen: keys, idempotency, "
+    "send batches, templates; no /v1 contacts routes)"
 )
 
 

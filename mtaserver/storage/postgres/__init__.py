@@ -1,5 +1,6 @@
 """The PostgreSQL backend: the same table owners as :mod:`mtaserver.storage.sqlite`, for
 several nodes sharing one database (``[storage] backend = "postgresql"``).
 
-Ported so far: the queue (``queue``), events, suppressions and users — the core mail path.
+Ported so far: the queue (``queue``, with send batches), events, suppressions and users —
+the core mail path — and the HTTP send API's owners: API keys, idempotent answers, templates.
 """

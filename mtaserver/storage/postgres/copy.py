@@ -28,8 +28,10 @@ from mtaserver.storage.postgres.db import Connection, PgDatabase
 # Child tables after their parents (foreign keys).
 TABLES = (
     "messages", "recipients", "batches", "events", "suppressions", "soft_bounces",
-    "users", "user_domains",
+    "users", "user_domains", "api_keys", "idempotency", "templates", "template_versions",
 )  # fmt: skip
+# Tables whose id comes from a sequence on PostgreSQL: moved past the copied ids.
+SERIAL = ("events",)
 _CHUNK = 5000
 _MOD = 1 << 256
 
@@ -110,10 +112,11 @@ async def copy_sqlite(source: Path, target: PgDatabase) -> list[TableCopy]:
         async with target.transaction() as conn:
             for table in TABLES:
                 done.append(await _copy_table(src, conn, table))
-            await conn.execute(
-                "SELECT setval(pg_get_serial_sequence('events', 'id'), "
-                "coalesce((SELECT max(id) FROM events), 0) + 1, false)"
-            )
+            for table in SERIAL:
+                await conn.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                    f"coalesce((SELECT max(id) FROM {table}), 0) + 1, false)"
+                )
         return done
     finally:
         src.close()

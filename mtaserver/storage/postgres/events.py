@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
-from mtaserver.model import Event
+from mtaserver.model import Event, HitRow, StoredEvent
 from mtaserver.storage.postgres.db import Connection, PgDatabase
 
 
@@ -43,6 +44,31 @@ async def insert_events(conn: Connection, events: Sequence[Event]) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
+# A batch of opens and clicks as ONE statement over one JSON array (the SQLite owner's
+# INSERT_HITS): the recipient's address, campaign and user joined in; keys whose value is
+# null are left out of ``data``, as SQLite's json_patch does.
+INSERT_HITS = """
+INSERT INTO events(at, type, queue_id, recipient, data)
+SELECT (h.v ->> 0)::float8, h.v ->> 1, h.v ->> 2, r.address,
+       jsonb_strip_nulls(jsonb_build_object(
+           'idx', (h.v ->> 3)::bigint, 'campaign', m.campaign, 'user', m."user",
+           'user_agent', h.v ->> 4, 'client_ip', h.v ->> 5, 'machine', h.v -> 6,
+           'reason', h.v ->> 7, 'proxy', h.v ->> 8, 'url', h.v ->> 9))::text
+FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS h(v, n)
+LEFT JOIN recipients r ON r.queue_id = h.v ->> 2 AND r.idx = (h.v ->> 3)::bigint
+LEFT JOIN messages m ON m.id = r.queue_id
+ORDER BY h.n
+"""
+
+
+def _data(raw: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 class PgEventLog:
     """The cluster's one event log (what metrics and the CLI read)."""
 
@@ -56,6 +82,31 @@ class PgEventLog:
         if events:
             async with self.db.transaction() as conn:
                 await insert_events(conn, events)
+
+    async def page(
+        self,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        types: Sequence[str] = (),
+        queue_id: str | None = None,
+    ) -> list[StoredEvent]:
+        """The feed: events after the cursor ``after``, in id order (ids only grow)."""
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT id, at, type, queue_id, recipient, data FROM events WHERE id > $1 "
+                "AND (cardinality($2::text[]) = 0 OR type = ANY($2::text[])) "
+                "AND ($3::text IS NULL OR queue_id = $3) ORDER BY id LIMIT $4",
+                after, list(types), queue_id or None, limit,
+            )  # fmt: skip
+        return [StoredEvent(int(r[0]), r[1], r[2], r[3], r[4], _data(r[5])) for r in rows]
+
+    async def insert_hits(self, rows: Sequence[HitRow]) -> None:
+        """One batch of opens and clicks: one statement, one commit."""
+        if rows:
+            payload = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+            async with self.db.connection() as conn:
+                await conn.execute(INSERT_HITS, payload)
 
     async def last_id(self) -> int:
         async with self.db.connection() as conn:

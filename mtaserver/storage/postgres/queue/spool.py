@@ -18,7 +18,7 @@ metrics and the CLI use), for several nodes at once:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from mtaserver.model import (
 )
 from mtaserver.storage.postgres.db import Connection, PgDatabase
 from mtaserver.storage.postgres.events import insert_events, insert_from_arrays
+from mtaserver.storage.postgres.queue.batches import PgBatchOps
 from mtaserver.storage.postgres.queue.operator import PgOperatorOps
 from mtaserver.storage.sqlite.queue.values import (
     BodyCodec,
@@ -105,7 +106,7 @@ async def _drop_body_if_done(conn: Connection, queue_ids: Sequence[str]) -> None
     )
 
 
-class PgQueue(PgOperatorOps):
+class PgQueue(PgOperatorOps, PgBatchOps):
     """``node_id`` names this node on its leases (``[cluster] node_id``)."""
 
     def __init__(
@@ -129,20 +130,28 @@ class PgQueue(PgOperatorOps):
         await self.enqueue_many((msg,), events)
 
     async def enqueue_many(
-        self, messages: Sequence[PreparedMessage], events: Sequence[Event] = ()
+        self,
+        messages: Sequence[PreparedMessage],
+        events: Sequence[Event] = (),
+        *,
+        also: Callable[[Connection], Awaitable[None]] | None = None,
     ) -> None:
-        """Every message, its recipients and events in ONE transaction: all or none.
+        """Every message, its recipients and events in ONE transaction: all or none, with
+        ``also`` (another table owner's write, e.g. the send API's idempotent answer) run in
+        that transaction first; whatever it raises rolls everything back.
 
         The common case — one message, no send batch — is ONE statement (data-modifying
         CTEs, atomic on its own): one round trip instead of five (BEGIN, three INSERTs,
         COMMIT); round trips, not the WAL flush, bound the enqueue rate (bench.pg_queue).
         """
-        if len(messages) == 1 and not messages[0].batch_id:
+        if len(messages) == 1 and not messages[0].batch_id and also is None:
             plan = self._plan(messages[0], None)
             async with self.db.connection() as conn:
                 await conn.execute(_ENQUEUE_ONE, *plan.args(events))
             return
         async with self.db.transaction() as conn:
+            if also is not None:
+                await also(conn)
             for msg in messages:
                 status = None
                 if msg.batch_id:
