@@ -5,28 +5,45 @@ it runs the lease renewals, the reconnect loop and the heartbeats; when the daem
 gives back the leases it still holds and leaves the registry, so the other nodes need not
 wait out a lease TTL. A node killed with -9 does neither: its leases expire after
 ``[cluster] lease`` and its registry entry goes stale.
+
+Both backends wire it the same way: the queue counts in the heartbeat come from the node's
+queue (on PostgreSQL, the cluster's). At start, with Redis up, the node joins the registry
+and refuses to run when an alive node's ``[server] secret_file`` fingerprint differs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from mtaserver import __version__
 from mtaserver.app.service import SimpleService
 from mtaserver.clock import Clock
 from mtaserver.cluster.client import RedisDown, ShapingScripts, connect
 from mtaserver.cluster.metrics import ClusterCollector
-from mtaserver.cluster.registry import NodeRegistry
+from mtaserver.cluster.registry import NodeRegistry, fingerprint
 from mtaserver.cluster.shared import SharedShaping
 from mtaserver.config import Config
+from mtaserver.devsetup import read_secret
+from mtaserver.errors import MtaError
+from mtaserver.log import get_logger, kv
 from mtaserver.metrics import Metrics
+from mtaserver.model import QueueGauges
 from mtaserver.shaper import Shaper
-from mtaserver.storage.sqlite.queue import Spool
+
+log = get_logger("cluster")
 
 CLOSE_TIMEOUT = 2.0
 _STATES = ("queued", "leased", "held")
+
+
+class QueueCounts(Protocol):
+    """What the heartbeat reads of the queue (SQLite ``Spool`` and ``PgQueue`` alike)."""
+
+    async def gauges(self, states: Sequence[str], top: int, now: float) -> QueueGauges: ...
 
 
 @dataclass(frozen=True)
@@ -36,11 +53,11 @@ class ClusterParts:
 
 
 def build_cluster(
-    cfg: Config, shaper: Shaper, spool: Spool, clock: Clock, metrics: Metrics
+    cfg: Config, shaper: Shaper, spool: QueueCounts, clock: Clock, metrics: Metrics
 ) -> ClusterParts | None:
     c = cfg.cluster
-    if c is None:
-        return None
+    if c is None or (c.redis is None and c.nodes == 1):
+        return None  # this node's own shaper: nothing to share, nothing to split
     scripts = ShapingScripts(connect(c), c.prefix) if c.redis is not None else None
     shared = SharedShaping(c, shaper, clock, scripts)
     metrics.registry.register(ClusterCollector(shared))
@@ -48,10 +65,29 @@ def build_cluster(
     if scripts is not None:
 
         async def counts() -> dict[str, int]:
-            g = await spool.gauges(_STATES, 0, clock.now())
+            try:
+                g = await spool.gauges(_STATES, 0, clock.now())
+            except (MtaError, OSError):  # the database is down: the beat still goes out
+                return {}
             return dict(g.by_state)
 
-        registry = NodeRegistry(c, scripts, clock, version=__version__, counts=counts)
+        def shaping() -> dict[str, int]:
+            return {"degraded_total": shared.degraded_total, "errors": shared.errors,
+                    "held": shared.held()}  # fmt: skip
+
+        registry = NodeRegistry(
+            c, scripts, clock, version=__version__, counts=counts, shaping=shaping,
+            fingerprint=fingerprint(read_secret(cfg.server.secret_file)),
+            source=cfg.source.name,
+        )  # fmt: skip
+
+    async def start() -> None:
+        await shared.start()
+        if registry is not None and shared.redis_up:
+            try:
+                await registry.join()  # ConfigError: another secret than the cluster's
+            except RedisDown as exc:
+                log.warning(kv(event="heartbeat_failed", node=c.node_id, error=str(exc)))
 
     async def run() -> None:
         try:
@@ -66,4 +102,4 @@ def build_cluster(
                         await registry.forget()
                     await shared.close()
 
-    return ClusterParts(shared, SimpleService("cluster", on_start=shared.start, on_run=run))
+    return ClusterParts(shared, SimpleService("cluster", on_start=start, on_run=run))

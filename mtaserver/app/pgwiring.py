@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from mtaserver.app.api import ApiStores, api_service
+from mtaserver.app.cluster import build_cluster
 from mtaserver.app.mail import (
     MailParts,
     UserRates,
@@ -87,6 +88,9 @@ def wire_postgres(
     metrics = Metrics(
         queue, events, top_destinations=cfg.admin.top_destinations, clock=clock.now, shaper=shaper
     )
+    # [cluster] redis: limits shared with the other nodes (else this node's own shaper).
+    cluster = build_cluster(cfg, shaper, queue, clock, metrics)
+    shared = cluster.shared if cluster else None
     timed = TimedAgent(agent, metrics.attempt_finished)
     # The queue is not on this disk, but the spool's temporary files and logs are.
     space = FreeSpace(cfg.server.data_dir, cfg.storage.min_free, clock.monotonic)
@@ -94,7 +98,8 @@ def wire_postgres(
     services: list[Service] = [
         dkim_service(signer),
         delivery_service(resolver, agent),
-        scheduler_service(cfg, q, timed, shaper, resolver, s, clock),
+        *([cluster.service] if cluster else []),  # before the scheduler asks it
+        scheduler_service(cfg, q, timed, shaper, resolver, s, clock, shared),
         inbound_service(cfg, q, s, verp, None, space, clock),  # bounces, expiry purge
         Retention(queue, events, _NoOutbox(), cfg.retention, clock),
     ]

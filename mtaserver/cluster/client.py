@@ -90,6 +90,15 @@ async def guarded(call: Awaitable[Any]) -> Any:
         raise RedisDown(f"redis: {type(exc).__name__}: {exc}") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """A heartbeat's answer: Redis's time, and an alive node whose fingerprint differs."""
+
+    now_ms: int
+    conflict: str = ""  # that node's id, or ""
+    theirs: str = ""  # its fingerprint
+
+
 class ShapingScripts:
     """The scripts registered on one client; each call is one round trip."""
 
@@ -137,11 +146,27 @@ class ShapingScripts:
         return int(left) / 1000.0
 
     async def heartbeat(
-        self, node_id: str, version: str, started_at: float, counts: str, keep: float
-    ) -> int:
-        keys = [self.keys.nodes, self.keys.node(node_id)]
-        args: list[Arg] = [0, node_id, version, f"{started_at:.3f}", counts, int(keep * 1000)]
-        return int(await guarded(self._heartbeat(keys=keys, args=args)))
+        self,
+        node_id: str,
+        version: str,
+        started_at: float,
+        counts: str,
+        keep: float,
+        *,
+        fingerprint: str = "",
+        alive: float = 15.0,
+        strict: bool = False,
+        shaping: str = "{}",
+    ) -> Beat:
+        """Write this node's entry (unless ``strict`` and another alive node's fingerprint
+        differs); the answer names such a node either way."""
+        keys = [self.keys.nodes, self.keys.node(node_id), self.keys.fingerprints]
+        args: list[Arg] = [
+            0, node_id, version, f"{started_at:.3f}", counts, int(keep * 1000),
+            fingerprint, int(alive * 1000), 1 if strict else 0, shaping,
+        ]  # fmt: skip
+        out = await guarded(self._heartbeat(keys=keys, args=args))
+        return Beat(int(out[0]), str(out[1]), str(out[2]))
 
     async def active(self, destination: str) -> int:
         """Unexpired leases of a destination across the cluster (for status and tests)."""

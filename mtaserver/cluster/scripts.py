@@ -93,17 +93,38 @@ return cur - now
 """
 )
 
-# KEYS: nodes (zset id→last_seen), node (hash); ARGV: now_ms, id, version, started_at,
-# counts (JSON), keep_ms → now_ms (Redis time of this heartbeat)
+# KEYS: nodes (zset id→last_seen), node (hash), fingerprints (hash id→fingerprint)
+# ARGV: now_ms, id, version, started_at, counts (JSON), keep_ms, fingerprint, alive_ms,
+#       strict (1: write nothing on a conflict), shaping (JSON)
+# → {now_ms, id of an alive node whose fingerprint differs or '', its fingerprint}
+# The check and the write are one step, so two nodes starting at once with different
+# secrets cannot both find an empty registry: the second sees the first.
 HEARTBEAT = (
     _NOW
     + """
+local keep = tonumber(ARGV[6])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - keep)
+for _, id in ipairs(stale) do redis.call('HDEL', KEYS[3], id) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - keep)
+local other, theirs = '', ''
+if ARGV[7] ~= '' then
+  local alive = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[8]), '+inf')
+  for _, id in ipairs(alive) do
+    local fp = redis.call('HGET', KEYS[3], id)
+    if id ~= ARGV[2] and fp and fp ~= '' and fp ~= ARGV[7] then
+      other, theirs = id, fp
+      break
+    end
+  end
+end
+if other ~= '' and ARGV[9] == '1' then return {now, other, theirs} end
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('HSET', KEYS[2], 'id', ARGV[2], 'version', ARGV[3], 'started_at', ARGV[4],
-           'last_seen', now, 'counts', ARGV[5])
-redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[6]))
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[6]))
-return now
+           'last_seen', now, 'counts', ARGV[5], 'fingerprint', ARGV[7], 'shaping', ARGV[10])
+redis.call('PEXPIRE', KEYS[2], keep)
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[7])
+redis.call('PEXPIRE', KEYS[3], keep)
+return {now, other, theirs}
 """
 )
 
@@ -126,9 +147,14 @@ class Keys:
     def shaping(self, destination: str) -> list[str]:
         return [self.leases(destination), self.bucket(destination), self.suspension(destination)]
 
+    # The registry's keys share the hash tag {nodes}: one heartbeat script touches them all.
     @property
     def nodes(self) -> str:
-        return f"{self.prefix}nodes"
+        return f"{self.prefix}{{nodes}}"
 
     def node(self, node_id: str) -> str:
-        return f"{self.prefix}node:{node_id}"
+        return f"{self.prefix}{{nodes}}:node:{node_id}"
+
+    @property
+    def fingerprints(self) -> str:
+        return f"{self.prefix}{{nodes}}:fingerprints"
