@@ -43,7 +43,8 @@ class Issuer:
         app = web.Application()
         app.router.add_get(f"/realms/{self.realm}/.well-known/openid-configuration", self._disco)
         app.router.add_get(f"/realms/{self.realm}/protocol/openid-connect/certs", self._jwks)
-        self._runner = web.AppRunner(app, access_log=None)
+        # A short shutdown: stop() cancels a "slow" JWKS answer instead of waiting it out.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
