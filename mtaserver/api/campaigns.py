@@ -18,7 +18,7 @@ from aiohttp import web
 from mtaserver.api.deps import ApiDeps, KeyInfo
 from mtaserver.api.errors import Answer, error
 from mtaserver.api.v1 import READ, WRITE, endpoint, ok, only, read_object
-from mtaserver.campaigns import ACTIONS, check_name, definition, transition
+from mtaserver.campaigns import ACTIONS, check_name, definition
 from mtaserver.contacts import ContactError
 from mtaserver.log import get_logger, kv
 from mtaserver.segments import SegmentNotFound, parse
@@ -28,7 +28,8 @@ from mtaserver.storage.sqlite.segments import SegmentStore
 log = get_logger("api")
 
 BODY: Final = 64 * 1024  # a definition with a segment filter inline
-FIELDS: Final = ("name", "template", "from", "list", "segment", "send_at", "cron", "tz")
+FIELDS: Final = ("name", "template", "from", "list", "segment", "send_at", "cron", "tz",
+                  "local_time", "date", "local")  # fmt: skip
 
 
 class Campaigns:
@@ -64,7 +65,8 @@ class Campaigns:
             list_name=body.get("list"),
             segment=json.dumps(seg) if isinstance(seg, dict) else seg,
             send_at=body.get("send_at"), cron=body.get("cron"), tz=body.get("tz"),
-            from_name=sender.get("name"),
+            from_name=sender.get("name"), local_time=body.get("local_time"),
+            date=body.get("date"), local=body.get("local", False),
         )  # fmt: skip
         if await self.deps.templates.get(d.template) is None:
             raise ContactError(f"template: no template {d.template!r}", "template")
@@ -75,7 +77,7 @@ class Campaigns:
         c = await self.store.create(
             key.user, d.name, d.template, d.from_email, audience_kind=d.audience_kind,
             audience=d.audience, schedule=d.schedule, send_at=d.send_at, cron=d.cron,
-            tz=d.tz, from_name=d.from_name,
+            tz=d.tz, from_name=d.from_name, local_at=d.local_at,
         )  # fmt: skip
         return ok(_view(c), 201)
 
@@ -83,16 +85,9 @@ class Campaigns:
         action = r.match_info["action"]
         if action not in ACTIONS:
             return error(404, f"no such action {action[:32]!r} (one of {', '.join(ACTIONS)})")
-        c = await self._find(r, key)
-        paused = any(x.status == "paused" for x in await self.store.runs(c.id))
-        status, nxt = transition(
-            action, c.name, c.status, schedule=c.schedule, send_at=c.send_at, cron=c.cron,
-            tz=c.tz, next_run_at=c.next_run_at, paused_run=paused, now=self.deps.clock.now(),
-        )  # fmt: skip
-        await self.store.set_status(c.id, status, nxt)
-        log.info(kv(event="campaign_" + action, campaign=c.name, owner=key.user, status=status))
-        found = await self.store.get(key.user, c.name)
-        return ok(_view(found or c))
+        c = await self.store.act(await self._find(r, key), action)
+        log.info(kv(event="campaign_" + action, campaign=c.name, owner=key.user, status=c.status))
+        return ok(_view(c))
 
     async def _find(self, r: web.Request, key: KeyInfo) -> Campaign:
         name = check_name(r.match_info["name"])
@@ -107,8 +102,8 @@ def _view(c: Campaign) -> dict[str, object]:
         "name": c.name, "status": c.status, "template": c.template,
         "from": {"email": c.from_email, "name": c.from_name},
         c.audience_kind: c.audience, "schedule": c.schedule, "send_at": c.send_at,
-        "cron": c.cron, "tz": c.tz, "next_run_at": c.next_run_at,
-        "created_at": c.created_at, "updated_at": c.updated_at,
+        "local_time": c.local_at, "cron": c.cron, "tz": c.tz, "next_run_at": c.next_run_at,
+        "created_at": c.created_at, "updated_at": c.updated_at, "failure": c.failure,
     }  # fmt: skip
 
 

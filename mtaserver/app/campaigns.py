@@ -6,6 +6,11 @@ of each running run: the pending rows are read by keyset, composed and prepared 
 outreach primitive, and committed together with their rows' new state in one transaction,
 so a ``kill -9`` between batches neither loses nor doubles a message. Between batches the
 loop yields; only one batch per run is in memory.
+
+A local-time run's rows are due at their contact's own wall time; the feeder reads only the
+due ones (by the pending index) and the run is done once none is pending. A campaign whose
+run cannot start (its segment was deleted or no longer compiles) is marked ``failed`` with
+the reason, logged once, and the others keep feeding.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from collections.abc import Callable
 from mtaserver.app.journeys import outreach_sender
 from mtaserver.app.mail import MailParts
 from mtaserver.app.service import Service, SimpleService
+from mtaserver.campaigns import EARLIEST, LocalDue, wall_of
 from mtaserver.clock import Clock
 from mtaserver.config import Config
 from mtaserver.cron import next_fire, parse, zone
 from mtaserver.log import get_logger, kv
-from mtaserver.outreach import MergeInput, Outgoing, OutreachSender
-from mtaserver.outreach.send import Sender
+from mtaserver.outreach import MergeInput, Outgoing, OutreachSender, Sender
+from mtaserver.prepare import PrepareError
 from mtaserver.ratelimit import RateLimiter
+from mtaserver.segments import SegmentError
 from mtaserver.storage.sqlite.campaigns import (
     BATCH,
     Campaign,
@@ -64,19 +71,33 @@ class Feeder:
         for run, c in await self.store.running():
             busy = await self._feed(run, c) or busy
             await asyncio.sleep(0)
+        # what an interrupted cancel (a killed CLI) left pending, in bounded transactions
+        await self.store.cancel_rows()
         return busy
 
     async def _start(self, c: Campaign) -> bool:
-        fire_at = c.next_run_at if c.next_run_at is not None else self.clock.now()
-        nxt = None
-        if c.schedule == "cron" and c.cron:
-            nxt = next_fire(parse(c.cron), max(fire_at, self.clock.now()), zone(c.tz or "UTC"))
-        if c.audience_kind == "segment":
-            flt = await self.segments.resolve(c.owner, c.audience)
-            audience = select_sql(c.owner, flt, now=self.clock.now())
-        else:
-            audience = list_audience_sql(c.owner, c.audience)
-        run = await self.store.begin_run(c, fire_at, audience, nxt)
+        now = self.clock.now()
+        fire_at = c.next_run_at if c.next_run_at is not None else now
+        nxt, due_for = None, None
+        if c.schedule == "local":
+            due_for = LocalDue(wall_of(fire_at), zone(c.tz or "UTC"))
+            if c.cron:
+                nxt = next_fire(parse(c.cron), max(fire_at, now), EARLIEST)
+        elif c.schedule == "cron" and c.cron:
+            nxt = next_fire(parse(c.cron), max(fire_at, now), zone(c.tz or "UTC"))
+        try:
+            if c.audience_kind == "segment":
+                flt = await self.segments.resolve(c.owner, c.audience)
+                audience = select_sql(c.owner, flt, now=now)
+            else:
+                audience = list_audience_sql(c.owner, c.audience)
+        except SegmentError as exc:
+            reason = f"cannot start the run for {fire_at:.0f}: {exc}"
+            if await self.store.fail(c.id, reason):
+                log.warning(kv(event="campaign_failed", campaign=c.name, owner=c.owner,
+                               reason=reason))  # fmt: skip
+            return True
+        run = await self.store.begin_run(c, fire_at, audience, nxt, due_for)
         log.info(kv(event="campaign_run_started", campaign=c.name, owner=c.owner,
                     fire_at=fire_at, audience=run.audience if run else None))  # fmt: skip
         return run is not None
@@ -87,21 +108,27 @@ class Feeder:
             return False  # delivery catches up first; shaping applies there
         batch = await self.store.pending(run.id, self.batch)
         if not batch:
-            await self.store.finish_run(run.id)
-            log.info(kv(event="campaign_run_done", campaign=c.name, run=run.id))
+            # done only when no row is pending; a local-time run's may be due later
+            if await self.store.finish_run(run.id):
+                log.info(kv(event="campaign_run_done", campaign=c.name, run=run.id))
             return False
         outgoing: list[Outgoing] = []
         queued: list[tuple[int, str]] = []
         skipped: list[tuple[int, str]] = []
         data = MergeInput(campaign={"name": c.name, "id": c.id})
         rate = self.user_rate()
+        resolved = await self.sender.resolve(c.owner, c.template, Sender(c.from_email, c.from_name))
         for contact in batch:
             if rate is not None and not rate.take(c.owner):
                 break  # the rest stays pending for a later tick
-            out = await self.sender.compose_and_prepare(
-                c.owner, c.template, contact, data, from_=Sender(c.from_email, c.from_name),
-                tags={"campaign": c.id, "run": run.id}, campaign=c.name,
-            )  # fmt: skip
+            try:
+                out = await self.sender.compose(
+                    resolved, contact, data, tags={"campaign": c.id, "run": run.id},
+                    campaign=c.name,
+                )  # fmt: skip
+            except PrepareError as exc:  # the pipeline refuses this message, now and later
+                skipped.append((contact.id, f"refused: {exc.reply}"[:200]))
+                continue
             if isinstance(out, Outgoing):
                 outgoing.append(out)
                 queued.append((contact.id, out.message.queue_id))

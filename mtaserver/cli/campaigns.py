@@ -1,7 +1,9 @@
 """``mtaserver campaigns list|show|create|start|pause|resume|cancel``: a user's campaigns.
 
 A campaign is created as a draft and sent once ``start``\\ ed: at ``--at`` (ISO 8601 with an
-offset, or unix seconds), now, or on ``--cron`` in ``--tz``. The running daemon's feeder
+offset, or unix seconds), now, or on ``--cron`` in ``--tz``; or at each contact's own local
+time (``--local-time 09:00 --date 2026-12-08``, or ``--cron … --local``; contacts without a
+valid ``timezone`` attribute use ``--tz``). The running daemon's feeder
 does the sending; these commands only change the stored status (safe while it runs: WAL,
 the same group-committed writes). The rules of which action applies when live in
 :mod:`mtaserver.campaigns`, shared with ``/v1/campaigns``.
@@ -13,7 +15,7 @@ import argparse
 import json
 import sys
 
-from mtaserver.campaigns import definition, transition
+from mtaserver.campaigns import definition
 from mtaserver.cli._common import add_config_arg, config_from, known_user, with_db
 from mtaserver.clock import SystemClock
 from mtaserver.contacts import ContactError
@@ -51,7 +53,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     who.add_argument("--segment", help="send to a saved segment (or a filter's JSON)")
     create.add_argument("--at", help="send once at this time (ISO 8601 with offset)")
     create.add_argument("--cron", help="send on this schedule ('0 9 * * MON')")
-    create.add_argument("--tz", help="the cron schedule's IANA zone (default UTC)")
+    create.add_argument(
+        "--tz", help="the cron schedule's IANA zone, or the local-time fallback zone (default UTC)"
+    )
+    create.add_argument(
+        "--local-time",
+        help="send at this wall time in each contact's zone "
+        "(HH:MM with --date, or YYYY-MM-DDTHH:MM)",
+    )
+    create.add_argument("--date", help="the day of --local-time HH:MM (YYYY-MM-DD)")
+    create.add_argument(
+        "--local",
+        action="store_true",
+        help="evaluate --cron in each contact's zone (attribute 'timezone')",
+    )
     create.set_defaults(func=_create)
     parsers.append(create)
 
@@ -81,8 +96,8 @@ def _view(c: Campaign) -> dict[str, object]:
         "name": c.name, "status": c.status, "template": c.template,
         "from_email": c.from_email, "from_name": c.from_name,
         c.audience_kind: c.audience, "schedule": c.schedule, "send_at": c.send_at,
-        "cron": c.cron, "tz": c.tz, "next_run_at": c.next_run_at,
-        "created_at": c.created_at, "updated_at": c.updated_at,
+        "local_at": c.local_at, "cron": c.cron, "tz": c.tz, "next_run_at": c.next_run_at,
+        "created_at": c.created_at, "updated_at": c.updated_at, "failure": c.failure,
     }  # fmt: skip
 
 
@@ -130,7 +145,8 @@ def _create(args: argparse.Namespace) -> int:
     d = definition(
         args.name, args.template, args.from_email, list_name=args.list_name,
         segment=args.segment, send_at=args.at, cron=args.cron, tz=args.tz,
-        from_name=args.from_name,
+        from_name=args.from_name, local_time=args.local_time, date=args.date,
+        local=args.local,
     )  # fmt: skip
 
     async def run(db: Database) -> None:
@@ -145,7 +161,7 @@ def _create(args: argparse.Namespace) -> int:
         await CampaignStore(db).create(
             owner, d.name, d.template, d.from_email, audience_kind=d.audience_kind,
             audience=d.audience, schedule=d.schedule, send_at=d.send_at, cron=d.cron,
-            tz=d.tz, from_name=d.from_name,
+            tz=d.tz, from_name=d.from_name, local_at=d.local_at,
         )  # fmt: skip
 
     with_db(cfg, run)
@@ -158,15 +174,8 @@ def _action(args: argparse.Namespace) -> int:
 
     async def run(db: Database) -> tuple[str, float | None]:
         _, c = await _campaign(db, args.user, args.name)
-        store = CampaignStore(db)
-        paused = any(r.status == "paused" for r in await store.runs(c.id))
-        status, nxt = transition(
-            args.action, c.name, c.status, schedule=c.schedule, send_at=c.send_at,
-            cron=c.cron, tz=c.tz, next_run_at=c.next_run_at, paused_run=paused,
-            now=SystemClock().now(),
-        )  # fmt: skip
-        await store.set_status(c.id, status, nxt)
-        return status, nxt
+        done = await CampaignStore(db, SystemClock()).act(c, args.action)
+        return done.status, done.next_run_at
 
     status, nxt = with_db(cfg, run)
     print(f"campaign {args.name}: {status} (next run {_when(nxt)})")

@@ -13,7 +13,7 @@ from mtaserver.outreach.merge import (
     merge_data,
     no_links,
 )
-from mtaserver.outreach.send import Outgoing, OutreachSender, Skipped
+from mtaserver.outreach.send import Outgoing, OutreachSender, Resolved, Sender, Skipped
 
 __all__ = [
     "LinkBuilder",
@@ -21,6 +21,8 @@ __all__ = [
     "MergeInput",
     "Outgoing",
     "OutreachSender",
+    "Resolved",
+    "Sender",
     "Skipped",
     "merge_data",
     "no_links",

@@ -19,7 +19,7 @@ from typing import Final
 from mtaserver.clock import Clock
 from mtaserver.log import get_logger, kv
 from mtaserver.outreach.merge import EventData, MergeInput
-from mtaserver.outreach.send import Outgoing, OutreachSender, Sender
+from mtaserver.outreach.send import Outgoing, OutreachSender, Resolved, Sender
 from mtaserver.prepare import PrepareError
 from mtaserver.storage.sqlite.journeys import DueStep, JourneyStore, Settle, StepGone, settle_op
 
@@ -67,8 +67,9 @@ class StepRunner:
             return RunStats()
         outgoing: list[Outgoing] = []
         settles: list[Settle] = []
+        resolved: dict[tuple[str, str, Sender], Resolved] = {}  # once per batch each
         for step in due:
-            result = await self._compose(step)
+            result = await self._compose(step, resolved)
             if isinstance(result, Outgoing):
                 outgoing.append(result)
                 settles.append(Settle(step.id, "fired", queue_id=result.message.queue_id))
@@ -86,7 +87,9 @@ class StepRunner:
                         state=s.state, queue_id=s.queue_id, reason=s.reason))  # fmt: skip
         return RunStats(len(outgoing), skipped)
 
-    async def _compose(self, step: DueStep) -> Outgoing | str:
+    async def _compose(
+        self, step: DueStep, resolved: dict[tuple[str, str, Sender], Resolved]
+    ) -> Outgoing | str:
         t = step.trigger
         if not t.enabled:
             return "trigger disabled"
@@ -96,11 +99,12 @@ class StepRunner:
         if step.event_name is not None:
             event = EventData(step.event_name, step.event_properties, step.event_at)
         campaign = {"name": t.name, "trigger": t.name, "step": step.step}
+        key = (step.contact.owner, t.steps[step.step].template, Sender(t.from_email, t.from_name))
         try:
-            out = await self.sender.compose_and_prepare(
-                step.contact.owner, t.steps[step.step].template, step.contact,
-                MergeInput(event=event, campaign=campaign),
-                from_=Sender(t.from_email, t.from_name),
+            if key not in resolved:
+                resolved[key] = await self.sender.resolve(*key)
+            out = await self.sender.compose(
+                resolved[key], step.contact, MergeInput(event=event, campaign=campaign),
                 tags={"trigger": t.name, "trigger_id": step.trigger_id, "step": step.step},
                 campaign=f"trigger:{t.name}",
             )  # fmt: skip

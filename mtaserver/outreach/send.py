@@ -97,6 +97,29 @@ class Sender:
     name: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The per-batch part of composing (:meth:`OutreachSender.resolve`): who sends, from
+    which domain (the DKIM ``d=``), with which stored template version — or the
+    ``(reason, detail)`` every message of the batch is skipped for."""
+
+    owner: str
+    from_: Sender
+    domain: str
+    template_id: str | None
+    stored: StoredTemplate | None
+    problem: tuple[str, str] | None = None
+
+
+def _refused(owner: str, contact: Contact) -> Skipped | None:
+    """The per-contact refusals that come before anything is looked up."""
+    if contact.owner != owner:
+        return Skipped(contact.address, "owner", "the contact belongs to another user")
+    if contact.consent_status != "subscribed":
+        return Skipped(contact.address, contact.consent_status)
+    return None
+
+
 class OutreachSender:
     """Composes and prepares marketing mail for one owner's contacts; see module doc."""
 
@@ -126,6 +149,23 @@ class OutreachSender:
         self._budget = budget or RenderBudget()
         self._cache = TemplateCache()  # used on the event loop's thread only
 
+    async def resolve(self, owner: str, template: str, from_: Sender) -> Resolved:
+        """What every message of a batch from ``owner`` shares, looked up once: the user and
+        whether it owns the ``from`` domain (the DKIM signing domain), and the stored
+        template's current version. A batch composes from one version even if the template
+        is edited meanwhile."""
+        domain = from_.email.rpartition("@")[2].lower()
+        found = await self._users.lookup(owner)
+        if found is None or not found[0].owns(domain):
+            detail = f"user {owner!r} does not own domain {domain!r}"
+            return Resolved(owner, from_, domain, None, None, ("sender", detail))
+        info = await self._templates.info(template)
+        stored = None if info is None else await self._templates.get(info.template_id)
+        if info is None or stored is None:
+            problem = ("template", f"no stored template {template!r}")
+            return Resolved(owner, from_, domain, None, None, problem)
+        return Resolved(owner, from_, domain, info.template_id, stored)
+
     async def compose_and_prepare(
         self,
         owner: str,
@@ -139,34 +179,49 @@ class OutreachSender:
         not_before: float | None = None,
     ) -> Outgoing | Skipped:
         """The prepared message for ``contact`` from stored template ``template`` (id or
-        name), or why there is none. ``tags`` go into the queue event (trigger, step,
-        campaign ids for stats); ``campaign`` is the message's campaign tag."""
+        name), or why there is none: :meth:`resolve` then :meth:`compose` for one message.
+        ``tags`` go into the queue event (trigger, step, campaign ids for stats);
+        ``campaign`` is the message's campaign tag."""
+        early = _refused(owner, contact)
+        if early is not None:  # checked before any lookup, as always
+            return early
+        resolved = await self.resolve(owner, template, from_)
+        return await self.compose(resolved, contact, data, tags=tags, campaign=campaign,
+                                  not_before=not_before)  # fmt: skip
+
+    async def compose(
+        self,
+        resolved: Resolved,
+        contact: Contact,
+        data: MergeInput,
+        *,
+        tags: Mapping[str, str | int | None] | None = None,
+        campaign: str | None = None,
+        not_before: float | None = None,
+    ) -> Outgoing | Skipped:
+        """One contact's message from what :meth:`resolve` found (see
+        :meth:`compose_and_prepare`); the checks run in the same order."""
+        owner, from_, domain = resolved.owner, resolved.from_, resolved.domain
         addr = contact.address
-        if contact.owner != owner:
-            return Skipped(addr, "owner", "the contact belongs to another user")
-        if contact.consent_status != "subscribed":
-            return Skipped(addr, contact.consent_status)
-        domain = from_.email.rpartition("@")[2].lower()
-        found = await self._users.lookup(owner)
-        if found is None or not found[0].owns(domain):
-            return Skipped(addr, "sender", f"user {owner!r} does not own domain {domain!r}")
-        info = await self._templates.info(template)
-        stored = None if info is None else await self._templates.get(info.template_id)
-        if info is None or stored is None:
-            return Skipped(addr, "template", f"no stored template {template!r}")
+        early = _refused(owner, contact)
+        if early is not None:
+            return early
+        if resolved.problem is not None or resolved.stored is None:
+            why, detail = resolved.problem or ("template", "no stored template")
+            return Skipped(addr, why, detail)
         now = self._clock.now()
         queue_id = self._new_queue_id(now)
         merged = merge_data(contact, data, self._links(queue_id, owner, addr, domain))
         payload = {
             "from": {"email": from_.email} | ({"name": from_.name} if from_.name else {}),
             "personalizations": [{"to": [{"email": addr}], "dynamic_template_data": merged}],
-            "template_id": info.template_id,
+            "template_id": resolved.template_id,
         }
         parsed = parse_mail_send(payload, now=int(now))
         if not parsed.ok or parsed.request is None:
             return Skipped(addr, "compose", "; ".join(e.message for e in parsed.errors))
         out = compose(parsed.request, domain=self._hostname, cache=self._cache,
-                      template=stored, budget=self._budget, now=now)  # fmt: skip
+                      template=resolved.stored, budget=self._budget, now=now)  # fmt: skip
         if not out.ok:
             return Skipped(addr, "render", "; ".join(e.message for e in out.errors))
         m = out.messages[0]

@@ -8,6 +8,13 @@ A feeder then reads pending rows by keyset (the partial index on pending rows: a
 leaves it) and marks them queued or skipped with :meth:`CampaignStore.fed_op`, a write
 meant to run in the transaction that queues the messages (``OutreachSender.commit``'s
 ``also``): the message and its row change together or not at all, across ``kill -9``.
+
+Status changes are conditional updates (``… WHERE status IN (…)``, reporting whether they
+applied), so an operator's pause and the feeder's finish racing each other cannot both win.
+A local-time run's rows get their own ``due_at`` in the snapshot statement (a Python SQL
+function computes it per distinct zone); a run is done only when no row is pending.
+Cancelling or failing a campaign moves its pending rows to ``cancelled`` in bounded batches
+(:meth:`CampaignStore.cancel_rows`); the feeder sweeps what an interrupted cancel left.
 """
 
 from __future__ import annotations
@@ -17,16 +24,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from mtaserver.campaigns import PRIOR, TZ_ATTRIBUTE, CampaignStateError, transition
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.contacts import ContactConflict, ContactError
 from mtaserver.storage.sqlite.contacts import Contact
 from mtaserver.storage.sqlite.db import Database
 
 BATCH: Final = 500
-STATUSES: Final = ("draft", "scheduled", "running", "paused", "done", "cancelled")
+CANCEL_BATCH: Final = 10_000  # pending rows cancelled per transaction (the writer is shared)
+STATUSES: Final = ("draft", "scheduled", "running", "paused", "done", "cancelled", "failed")
 _COLS = (
     "id, owner, name, template, from_email, from_name, audience_kind, audience, "
-    "schedule, send_at, local_at, cron, tz, status, next_run_at, created_at, updated_at"
+    "schedule, send_at, local_at, cron, tz, status, next_run_at, created_at, updated_at, "
+    "failure"
+)
+_ACTIVE_RUNS = (
+    "SELECT id FROM campaign_runs WHERE campaign_id = ? AND status IN ('running', 'paused')"
 )
 
 
@@ -53,6 +66,7 @@ class Campaign:
     next_run_at: float | None
     created_at: float
     updated_at: float
+    failure: str | None = None  # failed: why
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,36 +145,121 @@ class CampaignStore:
         return await self.db.read(fn)
 
     async def set_status(
-        self, campaign_id: int, status: str, next_run_at: float | None = None
-    ) -> None:
-        """Campaign status (and the active run's, for pause/resume/cancel)."""
+        self, campaign_id: int, status: str, next_run_at: float | None = None, *,
+        expect: Sequence[str] | None = None,
+    ) -> bool:  # fmt: skip
+        """Move the campaign to ``status`` only if it is in ``expect`` now (default: the
+        statuses an action may enter ``status`` from, :data:`mtaserver.campaigns.PRIOR`),
+        with its active runs for pause/resume/cancel; False (nothing written) if not."""
         now = self._clock.now()
+        allowed = tuple(expect if expect is not None else PRIOR[status])
+        marks = ",".join("?" * len(allowed))
         run_status = {"paused": "paused", "running": "running", "cancelled": "cancelled"}
 
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE campaigns SET status = ?, next_run_at = ?, updated_at = ? WHERE id = ?",
-                (status, next_run_at, now, campaign_id),
-            )
-            if status in run_status:
+        def op(conn: sqlite3.Connection) -> bool:
+            n = conn.execute(
+                "UPDATE campaigns SET status = ?, next_run_at = ?, updated_at = ? "
+                f"WHERE id = ? AND status IN ({marks})",
+                (status, next_run_at, now, campaign_id, *allowed),
+            ).rowcount
+            if n and status in run_status:
                 conn.execute(
-                    "UPDATE campaign_runs SET status = ? WHERE campaign_id = ? "
-                    "AND status IN ('running', 'paused')",
-                    (run_status[status], campaign_id),
+                    "UPDATE campaign_runs SET status = ?, finished_at = "
+                    "CASE WHEN ? = 'cancelled' THEN ? END "
+                    f"WHERE id IN ({_ACTIVE_RUNS})",
+                    (run_status[status], status, now, campaign_id),
                 )
+            return n == 1
 
-        await self.db.write(op)
+        return bool(await self.db.write(op))
+
+    async def act(self, campaign: Campaign, action: str) -> Campaign:
+        """An operator's ``action`` (start, pause, resume, cancel) as the CLI and the API do
+        it: the rules of :func:`mtaserver.campaigns.transition` on the status read, written
+        only if the status is still that one (else CampaignStateError naming the new one);
+        a cancel then moves the pending rows to ``cancelled``."""
+        c = campaign
+        paused = any(x.status == "paused" for x in await self.runs(c.id))
+        status, nxt = transition(
+            action, c.name, c.status, schedule=c.schedule, send_at=c.send_at, cron=c.cron,
+            tz=c.tz, next_run_at=c.next_run_at, paused_run=paused, now=self._clock.now(),
+            local_at=c.local_at,
+        )  # fmt: skip
+        if not await self.set_status(c.id, status, nxt, expect=(c.status,)):
+            now = await self.get(c.owner, c.name)
+            raise CampaignStateError(
+                f"campaign {c.name!r} changed from {c.status} to "
+                f"{now.status if now else 'deleted'} meanwhile; {action} it again if it applies",
+                "status",
+            )
+        if status == "cancelled":
+            await self.cancel_rows(c.id)
+        found = await self.get(c.owner, c.name)
+        return found or c
+
+    async def fail(self, campaign_id: int, reason: str) -> bool:
+        """The feeder cannot start a run (its segment is gone, ...): failed with ``reason``,
+        its active runs cancelled; False if an operator's action got there first."""
+        now = self._clock.now()
+
+        def op(conn: sqlite3.Connection) -> bool:
+            allowed = PRIOR["failed"]
+            n = conn.execute(
+                "UPDATE campaigns SET status = 'failed', failure = ?, next_run_at = NULL, "
+                f"updated_at = ? WHERE id = ? AND status IN ({','.join('?' * len(allowed))})",
+                (reason[:500], now, campaign_id, *allowed),
+            ).rowcount
+            if n:
+                conn.execute(
+                    "UPDATE campaign_runs SET status = 'cancelled', finished_at = ? "
+                    f"WHERE id IN ({_ACTIVE_RUNS})",
+                    (now, campaign_id),
+                )
+            return n == 1
+
+        done = bool(await self.db.write(op))
+        if done:
+            await self.cancel_rows(campaign_id)
+        return done
+
+    async def cancel_rows(self, campaign_id: int | None = None, limit: int = CANCEL_BATCH) -> int:
+        """Move the pending rows of cancelled runs (of one campaign, or all) to
+        ``cancelled``, ``limit`` rows per transaction until none is left; how many."""
+        total = 0
+        while await self.db.read(lambda conn: bool(_cancelled_runs(conn, campaign_id, 1))):
+            total += await self.db.write(lambda conn: _cancel_batch(conn, campaign_id, limit))
+        return total
 
     async def begin_run(
         self, campaign: Campaign, fire_at: float, audience: tuple[str, tuple[object, ...]],
-        next_run_at: float | None,
+        next_run_at: float | None, due_for: Callable[[object], float] | None = None,
     ) -> Run | None:  # fmt: skip
         """Create the run for ``fire_at`` and snapshot its audience in one statement; None
-        when that fire already has a run."""
+        when that fire already has a run or the campaign's status or next run changed
+        since it was read (paused or cancelled meanwhile). ``due_for`` gives a local-time
+        run's rows their due time from the contact's ``timezone`` attribute."""
         sql, params = audience
         now = self._clock.now()
+        snapshot = (
+            "INSERT OR IGNORE INTO campaign_recipients (run_id, contact_id, address) "
+            f"SELECT ?, a.contact_id, a.address FROM ({sql}) AS a"
+        )
+        if due_for is not None:
+            snapshot = (
+                "INSERT OR IGNORE INTO campaign_recipients (run_id, contact_id, address, "
+                f"due_at) SELECT ?, a.contact_id, a.address, campaign_due(json_extract("
+                f"c.attributes, '$.{TZ_ATTRIBUTE}')) FROM ({sql}) AS a "
+                "JOIN contacts c ON c.id = a.contact_id"
+            )
 
         def op(conn: sqlite3.Connection) -> Run | None:
+            claimed = conn.execute(
+                "UPDATE campaigns SET status = 'running', next_run_at = ?, updated_at = ? "
+                "WHERE id = ? AND status = ? AND next_run_at IS ?",
+                (next_run_at, now, campaign.id, campaign.status, campaign.next_run_at),
+            ).rowcount
+            if not claimed:
+                return None
             cur = conn.execute(
                 "INSERT INTO campaign_runs (campaign_id, fire_at, started_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (campaign_id, fire_at) DO NOTHING RETURNING id",
@@ -169,17 +268,14 @@ class CampaignStore:
             if cur is None:
                 return None
             run_id = int(cur[0])
-            n = conn.execute(
-                "INSERT OR IGNORE INTO campaign_recipients (run_id, contact_id, address) "
-                f"SELECT ?, a.contact_id, a.address FROM ({sql}) AS a",
-                (run_id, *params),
-            ).rowcount
+            if due_for is not None:
+                conn.create_function("campaign_due", 1, due_for, deterministic=True)
+            try:
+                n = conn.execute(snapshot, (run_id, *params)).rowcount
+            finally:
+                if due_for is not None:
+                    conn.create_function("campaign_due", 1, None)
             conn.execute("UPDATE campaign_runs SET audience = ? WHERE id = ?", (n, run_id))
-            conn.execute(
-                "UPDATE campaigns SET status = 'running', next_run_at = ?, updated_at = ? "
-                "WHERE id = ?",
-                (next_run_at, now, campaign.id),
-            )
             return Run(run_id, campaign.id, fire_at, "running", n, 0, 0)
 
         return await self.db.write(op)
@@ -241,13 +337,15 @@ class CampaignStore:
         return await self.db.read(fn)
 
     async def due(self, now: float) -> list[Campaign]:
-        """Scheduled campaigns whose next run should start by ``now``."""
+        """Campaigns whose next run should start by ``now``: scheduled ones, and running
+        local-time ones (a run spans a day of zones, so the next may start before it ends)."""
 
         def fn(conn: sqlite3.Connection) -> list[Campaign]:
             rows = conn.execute(
-                f"SELECT {_COLS} FROM campaigns WHERE status = 'scheduled' "
-                "AND next_run_at <= ? ORDER BY next_run_at LIMIT 100",
-                (now,),
+                f"SELECT {_COLS} FROM campaigns WHERE (status = 'scheduled' "
+                "AND next_run_at <= ?) OR (status = 'running' AND next_run_at <= ? "
+                "AND schedule = 'local') ORDER BY next_run_at LIMIT 100",
+                (now, now),
             )
             return [_campaign(r) for r in rows]
 
@@ -267,24 +365,32 @@ class CampaignStore:
 
         return await self.db.read(fn)
 
-    async def finish_run(self, run_id: int) -> None:
-        """The run fed every row: done; its campaign waits for its next fire, or is done."""
+    async def finish_run(self, run_id: int) -> bool:
+        """Done if the run has no pending row left (rows of a local-time run may still wait
+        for their zone); its campaign then waits for its next fire, or is done. False if
+        rows are pending or the run was paused or cancelled first."""
         now = self._clock.now()
 
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
+        def op(conn: sqlite3.Connection) -> bool:
+            n = conn.execute(
                 "UPDATE campaign_runs SET status = 'done', finished_at = ? WHERE id = ? "
-                "AND status = 'running'",
-                (now, run_id),
-            )
+                "AND status = 'running' AND NOT EXISTS (SELECT 1 FROM campaign_recipients "
+                "WHERE run_id = ? AND state = 'pending')",
+                (now, run_id, run_id),
+            ).rowcount
+            if not n:
+                return False
             conn.execute(
                 "UPDATE campaigns SET status = CASE WHEN next_run_at IS NULL THEN 'done' "
                 "ELSE 'scheduled' END, updated_at = ? WHERE status = 'running' AND id = "
-                "(SELECT campaign_id FROM campaign_runs WHERE id = ?)",
+                "(SELECT campaign_id FROM campaign_runs WHERE id = ?) AND NOT EXISTS "
+                "(SELECT 1 FROM campaign_runs WHERE campaign_id = campaigns.id "
+                "AND status = 'running')",
                 (now, run_id),
             )
+            return True
 
-        await self.db.write(op)
+        return bool(await self.db.write(op))
 
     async def runs(self, campaign_id: int) -> list[Run]:
         def fn(conn: sqlite3.Connection) -> list[Run]:
@@ -310,3 +416,30 @@ class CampaignStore:
             return int(row[0])
 
         return await self.db.read(fn)
+
+
+def _cancelled_runs(conn: sqlite3.Connection, campaign_id: int | None, limit: int) -> list[int]:
+    """Cancelled runs (of one campaign, or all) that still have pending rows."""
+    where = "" if campaign_id is None else "AND campaign_id = ?"
+    rows = conn.execute(
+        f"SELECT id FROM campaign_runs WHERE status = 'cancelled' {where} AND EXISTS "
+        "(SELECT 1 FROM campaign_recipients WHERE run_id = campaign_runs.id "
+        "AND state = 'pending') LIMIT ?",
+        ((campaign_id, limit) if campaign_id is not None else (limit,)),
+    )
+    return [int(r[0]) for r in rows]
+
+
+def _cancel_batch(conn: sqlite3.Connection, campaign_id: int | None, limit: int) -> int:
+    """Up to ``limit`` pending rows of cancelled runs → cancelled (by the pending index)."""
+    left = limit
+    for run_id in _cancelled_runs(conn, campaign_id, limit):
+        left -= conn.execute(
+            "UPDATE campaign_recipients SET state = 'cancelled' WHERE run_id = ? AND "
+            "contact_id IN (SELECT contact_id FROM campaign_recipients WHERE run_id = ? "
+            "AND state = 'pending' LIMIT ?)",
+            (run_id, run_id, left),
+        ).rowcount
+        if left <= 0:
+            break
+    return limit - left
