@@ -20,8 +20,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "status",
         help="list the nodes: id, version, last heartbeat, alive, queue counts",
         description="Reads the node registry in [cluster] redis. A node is alive while its "
-        "last heartbeat is younger than 3 x [cluster] heartbeat. Exit 1 when Redis does not "
-        "answer or a listed node is not alive.",
+        "last heartbeat is younger than 3 x [cluster] heartbeat. SECRET is the fingerprint "
+        "of the node's [server] secret_file (DIFFERS: not the one the cluster shares); "
+        "DEGRADED counts its fallbacks to limit/nodes. Exit 1 when Redis does not answer, "
+        "a listed node is not alive or its secret differs.",
     )
     add_config_arg(st)
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -31,12 +33,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def render(nodes: list[NodeStatus], now: float) -> str:
     if not nodes:
         return "no nodes in the registry"
-    rows = [("NODE", "VERSION", "UP", "LAST SEEN", "STATE", "QUEUE")]
+    rows = [("NODE", "VERSION", "UP", "LAST SEEN", "STATE", "SECRET", "DEGRADED", "QUEUE")]
     for n in nodes:
         counts = " ".join(f"{k}={v}" for k, v in sorted(n.counts.items()))
         up = f"{max(0.0, now - n.started_at):.0f}s" if n.started_at else "-"
+        secret = "DIFFERS" if n.secret_differs else (n.fingerprint or "-")
+        degraded = str(n.shaping.get("degraded_total", "-"))
         rows.append((n.node_id, n.version, up, f"{n.age:.1f}s ago",
-                     "alive" if n.alive else "STALE", counts))  # fmt: skip
+                     "alive" if n.alive else "STALE", secret, degraded, counts))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
@@ -58,4 +62,4 @@ def run_status(args: argparse.Namespace) -> int:
         print(json.dumps({"nodes": [n.as_dict() for n in nodes]}, indent=2, sort_keys=True))
     else:
         print(render(nodes, SystemClock().now()))
-    return 0 if all(n.alive for n in nodes) else 1
+    return 0 if all(n.alive and not n.secret_differs for n in nodes) else 1

@@ -55,6 +55,8 @@ class SharedShaping:
         self._seq = 0
         self._held: defaultdict[str, list[str | None]] = defaultdict(list)  # None: local
         self._buckets: dict[str, TokenBucket] = {}
+        self._local_until = 0.0  # monotonic: still shaping alone until then (see _recovered)
+        self._unregistered = False  # connections opened alone, not yet leases in Redis
         self.degraded_total = 0  # transitions into degraded mode
         self.calls = 0  # Redis round trips made
         self.errors = 0
@@ -73,7 +75,22 @@ class SharedShaping:
         self._up = False
 
     async def _recovered(self) -> None:
-        """Redis answers again: register the connections opened meanwhile, then share."""
+        """Redis answers again: register the connections opened meanwhile, then share.
+
+        Coming back from degraded, the node keeps its ``limit / nodes`` share for one more
+        ``reconnect + timeout``: the other nodes find Redis within that time and register
+        the connections they opened alone; granting the whole limit before they have would
+        put their connections on top of it (measured: 7 sessions for a limit of 5)."""
+        await self._register_held()
+        self._buckets.clear()
+        if self._up is not True:
+            log.info(kv(event="cluster_shared", node=self._cfg.node_id))
+        if self._up is False:
+            self._local_until = self._clock.monotonic() + self._cfg.reconnect + self._cfg.timeout
+        self._up = True
+
+    async def _register_held(self) -> None:
+        """Give the connections opened without Redis a lease id and a lease in Redis."""
         assert self._scripts is not None
         for dest, held in self._held.items():
             fresh = [self._lease_id() if x is None else x for x in held]
@@ -81,10 +98,7 @@ class SharedShaping:
                 self.calls += 1
                 await self._scripts.renew(dest, fresh, self._cfg.lease)
             held[:] = fresh
-        self._buckets.clear()
-        if self._up is not True:
-            log.info(kv(event="cluster_shared", node=self._cfg.node_id))
-        self._up = True
+        self._unregistered = False
 
     async def start(self) -> None:
         """Find out once whether Redis answers, so the first delivery does not wait."""
@@ -110,6 +124,8 @@ class SharedShaping:
                     self.calls += 1
                     await self._scripts.ping()
                     await self._recovered()
+                elif self._unregistered and self._clock.monotonic() >= self._local_until:
+                    await self._register_held()
                 elif self._clock.monotonic() >= next_renew:
                     next_renew = self._clock.monotonic() + self._cfg.lease / 3
                     for dest, held in list(self._held.items()):
@@ -143,9 +159,11 @@ class SharedShaping:
         limits = self._shaper.limits(destination)
         rate = self._shaper.rate(destination)
         burst = limits.burst if limits.burst is not None else default_burst(rate or 1.0)
-        if self._up and self._scripts is not None:
+        if self._up and self._scripts is not None and self._clock.monotonic() >= self._local_until:
             lease_id = self._lease_id()
             try:
+                if self._unregistered:
+                    await self._register_held()
                 self.calls += 1
                 verdict = await self._scripts.acquire(
                     destination, lease_id, max_connections=limits.max_connections,
@@ -187,6 +205,7 @@ class SharedShaping:
                 return wait
             bucket.take(mono)
         held.append(None)
+        self._unregistered = True
         return None
 
     async def release(self, destination: str) -> None:
