@@ -1,6 +1,7 @@
-"""A node on PostgreSQL with the HTTP send API on: a key made in the cluster's database sends
-through the node (``POST /v3/mail/send``, a stored template, an Idempotency-Key retry, a
-send batch) to the test MX; a real daemon per case."""
+"""A node on PostgreSQL with the HTTP send API and the admin API on: a key made in the
+cluster's database sends through the node (``POST /v3/mail/send``, a stored template, an
+Idempotency-Key retry, a send batch) to the test MX, and the admin API answers with an admin
+token made in the database (events, stats, queue, users, templates); a real daemon per case."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -17,10 +19,11 @@ from mtaserver.config.storage import PostgresConfig
 from mtaserver.storage.postgres.apikeys import PgApiKeyStore
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.templates import PgTemplateStore
+from mtaserver.storage.postgres.tokens import PgTokenStore
 from mtaserver.storage.postgres.users import PgUserStore
 from tests.pg import PgServer, pg_dsn, pg_server  # noqa: F401
 from tests.support.daemon import Daemon, TestConfig, free_port
-from tests.support.mxsink import SinkGroup, SinkState, wait_for
+from tests.support.mxsink import SinkGroup, SinkState, eventually, wait_for
 
 
 @dataclass
@@ -30,6 +33,8 @@ class Node:
     db: PgDatabase
     api: str  # base URL of the send API
     key: str
+    admin: str  # base URL of the admin API
+    token: str  # an admin token
 
 
 @pytest.fixture
@@ -39,6 +44,7 @@ async def node(pg_server: PgServer, pg_dsn: str, tmp_path: Path) -> AsyncIterato
     await db.open()
     await PgUserStore(db).add("app", "scrypt$unused", ["sender.test"])
     _, key = await PgApiKeyStore(db).create("app", frozenset({"mail.send", "mail.batch.create"}))
+    _, token = await PgTokenStore(db).create("ops")
     (tmp_path / "pgpass").write_text(pg_server.password + "\n")
     async with SinkGroup(["127.0.0.2"]) as sinks:
         cfg = TestConfig(tmp_path, tls=False)
@@ -47,11 +53,14 @@ async def node(pg_server: PgServer, pg_dsn: str, tmp_path: Path) -> AsyncIterato
         cfg.set("delivery", relay_host=f"127.0.0.2:{sinks.port}", tls="none")
         cfg.set("shaping", poll_interval="20ms")
         cfg.set("api", listen=f"127.0.0.1:{free_port()}")
+        cfg.set("admin", listen=f"127.0.0.1:{free_port()}")
         daemon = Daemon(cfg)
         await asyncio.to_thread(daemon.start)
         host, port = cfg.address("api", "listen")
+        ahost, aport = cfg.address("admin", "listen")
+        admin = f"http://{ahost}:{aport}"
         try:
-            yield Node(daemon, sinks["127.0.0.2"], db, f"http://{host}:{port}", key)
+            yield Node(daemon, sinks["127.0.0.2"], db, f"http://{host}:{port}", key, admin, token)
         finally:
             code = await asyncio.to_thread(daemon.stop)
             await db.close()
@@ -74,6 +83,13 @@ async def post(n: Node, path: str, body: object, **headers: str) -> tuple[int, s
         return r.status, await r.text(), r.headers.get("X-Message-Id", "")
 
 
+async def admin_get(n: Node, path: str, token: str | None = None) -> Any:
+    """The JSON answer, or the status when it is not 200."""
+    h = {"Authorization": f"Bearer {n.token if token is None else token}"}
+    async with aiohttp.ClientSession() as http, http.get(n.admin + path, headers=h) as r:
+        return await r.json() if r.status == 200 else r.status
+
+
 def received(n: Node, rcpt: str) -> list[bytes]:
     return [m.data for m in n.sink.messages if rcpt in m.rcpt_tos]
 
@@ -83,12 +99,28 @@ async def test_send_api_delivers_through_a_postgresql_node(node: Node) -> None:
     assert status == 202, text
     await wait_for(lambda: bool(received(node, "one@dest.test")), 20)
     assert b"hello from the cluster" in received(node, "one@dest.test")[0]
-    async with node.db.connection() as conn:  # the queue it went through is the cluster's
-        state = await conn.fetchval("SELECT state FROM recipients WHERE address = 'one@dest.test'")
-    assert state == "delivered" and msg_id
+
+    async def state() -> str:  # the queue it went through is the cluster's
+        async with node.db.connection() as conn:
+            return str(
+                await conn.fetchval("SELECT state FROM recipients WHERE address='one@dest.test'")
+            )
+
+    assert await eventually(state, lambda v: v == "delivered", 20) == "delivered" and msg_id
     # A key nobody made is refused.
-    bad = Node(node.daemon, node.sink, node.db, node.api, "SG.nope.nope")
+    bad = Node(node.daemon, node.sink, node.db, node.api, "SG.nope.nope", node.admin, "")
     assert (await post(bad, "/v3/mail/send", mail("x@dest.test")))[0] == 401
+    # The admin API on the same node answers from the cluster's database.
+    events = await admin_get(node, "/api/v1/events?type=delivered")
+    assert [e["recipient"] for e in events["events"]] == ["one@dest.test"]
+    stats = await admin_get(node, "/api/v1/stats?since=1h")
+    assert stats["delivered"] == 1 and stats["messages"] == 1, stats
+    summary = await admin_get(node, "/api/v1/queue/summary")
+    assert summary["by_state"].get("delivered") == 1, summary
+    users = await admin_get(node, "/api/v1/users")
+    assert [u["name"] for u in users["users"]] == ["app"]
+    assert await admin_get(node, "/api/v1/events", token="mta_wrong") == 401
+    assert await admin_get(node, "/api/v1/privacy/export?address=a@b.example") == 404
 
 
 async def test_templates_idempotency_and_batches_are_the_clusters(node: Node) -> None:
@@ -111,3 +143,5 @@ async def test_templates_idempotency_and_batches_are_the_clusters(node: Node) ->
         # The retry queued nothing: one message for the address in the cluster's queue.
         n = await conn.fetchval("SELECT count(*) FROM recipients WHERE address='tpl@dest.test'")
     assert n == 1
+    templates = await admin_get(node, "/api/v1/templates")
+    assert [t["name"] for t in templates["templates"]] == ["hello"], templates

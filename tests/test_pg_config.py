@@ -121,7 +121,6 @@ async def test_password_file_logs_in_and_a_wrong_one_is_a_storage_error(
 @pytest.mark.parametrize(
     ("extra", "key"),
     [
-        ('[admin]\nlisten = "127.0.0.1:8026"\n', "admin.listen"),
         ("[server]\nworkers = 2\n", "server.workers"),
     ],
 )

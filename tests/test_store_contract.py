@@ -17,22 +17,26 @@ import pytest
 
 from mtaserver.auth import UserError
 from mtaserver.config.storage import PostgresConfig
-from mtaserver.model import Event, PreparedMessage, PreparedRecipient
+from mtaserver.model import Event, PreparedMessage, PreparedRecipient, Stats
 from mtaserver.storage.postgres.apikeys import PgApiKeyStore
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.events import PgEventLog
 from mtaserver.storage.postgres.idempotency import PgApiIntake
 from mtaserver.storage.postgres.queue import PgQueue
+from mtaserver.storage.postgres.reports import PgReports
 from mtaserver.storage.postgres.suppressions import PgSuppressionStore
 from mtaserver.storage.postgres.templates import PgTemplateStore
+from mtaserver.storage.postgres.tokens import PgTokenStore
 from mtaserver.storage.postgres.users import PgUserStore
 from mtaserver.storage.sqlite.apikeys import TOUCH_EVERY, ApiKeyError, ApiKeyStore
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.events import EventLog
 from mtaserver.storage.sqlite.idempotency import ApiIntake, IdemAnswer
 from mtaserver.storage.sqlite.queue import Spool, new_queue_id
+from mtaserver.storage.sqlite.reports import Reports
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.storage.sqlite.templates import TemplateStore, TemplateStoreError
+from mtaserver.storage.sqlite.tokens import TokenError, TokenStore
 from mtaserver.storage.sqlite.users import UserStore
 from tests.pg import pg_dsn, pg_server  # noqa: F401
 from tests.support.clock import FakeClock
@@ -53,6 +57,8 @@ class Stores:
     apikeys: Any
     intake: Any
     templates: Any
+    tokens: Any
+    reports: Any
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -66,7 +72,7 @@ async def s(request: Any, tmp_path: Path) -> AsyncIterator[Stores]:
             yield Stores(
                 "sqlite", clock, spool, EventLog(db), UserStore(db, clock),
                 SuppressionStore(db, clock), ApiKeyStore(db, clock), ApiIntake(db, spool),
-                TemplateStore(db, clock),
+                TemplateStore(db, clock), TokenStore(db, clock), Reports(db),
             )  # fmt: skip
         finally:
             await db.close()
@@ -79,7 +85,7 @@ async def s(request: Any, tmp_path: Path) -> AsyncIterator[Stores]:
         yield Stores(
             "postgresql", clock, queue, PgEventLog(pg), PgUserStore(pg, clock),
             PgSuppressionStore(pg, clock), PgApiKeyStore(pg, clock), PgApiIntake(pg, queue),
-            PgTemplateStore(pg, clock),
+            PgTemplateStore(pg, clock), PgTokenStore(pg, clock), PgReports(pg),
         )  # fmt: skip
     finally:
         await pg.close()
@@ -263,3 +269,59 @@ async def test_templates(s: Stores) -> None:
     assert await t.get("welcome") is None and await t.info(v1.template_id) is None
     with pytest.raises(TemplateStoreError, match="no template"):
         await t.delete("welcome")
+
+
+# -- the admin API's owners -------------------------------------------------------------------
+async def test_admin_tokens(s: Stores) -> None:
+    info, token = await s.tokens.create("ops")
+    assert token.startswith("mta_") and info.active and info.name == "ops"
+    with pytest.raises(TokenError, match="live token named 'ops' exists"):
+        await s.tokens.create("ops")
+    with pytest.raises(TokenError, match="not all digits"):
+        await s.tokens.create("123")
+    assert (await s.tokens.verify(token)).id == info.id
+    assert await s.tokens.verify("mta_wrong") is None and await s.tokens.verify("x") is None
+    assert (await s.tokens.list())[0].last_used_at == T0
+    revoked = await s.tokens.revoke("ops")
+    assert revoked.revoked_at == T0 and await s.tokens.verify(token) is None
+    again, _ = await s.tokens.create("ops")  # a revoked token frees its name
+    assert again.id > info.id
+    assert (await s.tokens.revoke(str(info.id))).revoked_at == T0  # by id: already revoked
+    assert [t.name for t in await s.tokens.list(include_revoked=False)] == ["ops"]
+    assert len(await s.tokens.list()) == 2
+    with pytest.raises(TokenError, match="no token with id 99"):
+        await s.tokens.revoke("99")
+    with pytest.raises(TokenError, match="no live token named 'gone'"):
+        await s.tokens.revoke("gone")
+
+
+async def test_cohort_stats(s: Stores) -> None:
+    a = message(["a@x.example", "b@x.example", "c@x.example"])
+    old = message(["z@x.example"], at=T0 - 1000)  # outside the cohort
+    await s.queue.enqueue_many([a, old])
+    q = a.queue_id
+
+    def ev(type_: str, rcpt: str | None, **data: object) -> Event:
+        return Event(type_, T0 + 1, q, rcpt, data=tuple(data.items()))  # type: ignore[arg-type]
+
+    await s.events.emit_many([
+        ev("delivered", "a@x.example", idx=0), ev("delivered", "b@x.example", idx=1),
+        ev("deferred", "c@x.example", idx=2), ev("bounced", "c@x.example", idx=2, kind="hard"),
+        ev("complaint", "b@x.example"), ev("unsubscribe", "b@x.example"),
+        Event("delivered", T0, old.queue_id, "z@x.example"),
+    ])  # fmt: skip
+    # Hits go through the tracking batch insert: the address is joined in from the queue.
+    await s.events.insert_hits([
+        (T0 + 2, "open", q, 0, "UA", "1.2.3.4", False, None, None, None),
+        (T0 + 3, "open", q, 0, "UA", "1.2.3.4", False, None, None, None),
+        (T0 + 3, "open", q, 1, "Scanner", "5.6.7.8", True, "scanner", None, None),
+        (T0 + 4, "click", q, 0, "UA", "1.2.3.4", False, None, None, "https://x.example/"),
+    ])  # fmt: skip
+    got = await s.reports.cohort(T0 - 1, None, None, float("inf"))
+    assert got == Stats(1, 3, 2, 1, 1, 0, 1, 1, 1, 1, 2, 1, 1, 0)
+    assert (await s.reports.cohort(T0 - 1, None, "someone-else", float("inf"))).messages == 0
+    assert (await s.reports.cohort(T0 - 2000, None, "app", T0 - 1)).delivered == 1
+    (click,) = await s.events.page(types=["click"])
+    assert click.recipient == "a@x.example"
+    assert click.data == {"idx": 0, "user": "app", "user_agent": "UA", "client_ip": "1.2.3.4",
+                          "machine": False, "url": "https://x.example/"}  # fmt: skip

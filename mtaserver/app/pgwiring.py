@@ -2,8 +2,9 @@
 
 SMTP submission → pipeline → the shared queue → scheduler → delivery → events and
 suppressions, every store over the cluster's database; several nodes run this against one
-database, and the HTTP send API. What is not ported yet (tracking, the admin API, webhooks,
-worker processes, contacts, mailto unsubscribes) is refused at config check
+database, the HTTP send API and the admin API (``app.pgops``). What is not ported yet
+(tracking, webhooks, worker processes, contacts, privacy requests, mailto unsubscribes)
+is refused at config check
 (``config.storage.check_postgres``), so nothing here falls back to SQLite.
 
 The stage builders of :mod:`mtaserver.app.mail` are typed on the SQLite owners; the
@@ -30,6 +31,7 @@ from mtaserver.app.mail import (
     scheduler_service,
     submission_service,
 )
+from mtaserver.app.pgops import pg_admin_service
 from mtaserver.app.service import Service
 from mtaserver.app.wiring import Wiring
 from mtaserver.clock import Clock
@@ -117,4 +119,7 @@ def wire_postgres(
     )
     if api is not None:
         services.append(api)
+    admin = pg_admin_service(cfg, db, queue, signer, metrics, clock, current)
+    if admin is not None:
+        services.append(admin)
     return Wiring(tuple(services), metrics)

@@ -125,7 +125,6 @@ def _cross_check(cfg: Config, root: Reader) -> None:
     if cfg.storage.backend == "postgresql":
         storage.check_postgres(root.file, {
             "server.workers": cfg.server.workers > 1, "tracking.listen": bool(cfg.tracking.listen),
-            "admin.listen": bool(cfg.admin.listen),
             "tracking.unsubscribe_mailto": bool(cfg.tracking.unsubscribe_mailto),
             "webhooks": bool(cfg.webhooks),
         })  # fmt: skip

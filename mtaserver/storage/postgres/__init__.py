@@ -2,5 +2,6 @@
 several nodes sharing one database (``[storage] backend = "postgresql"``).
 
 Ported so far: the queue (``queue``, with send batches), events, suppressions and users —
-the core mail path — and the HTTP send API's owners: API keys, idempotent answers, templates.
+the core mail path — the HTTP send API's owners (API keys, idempotent answers, templates)
+and the admin API's (admin tokens, the cohort reports).
 """

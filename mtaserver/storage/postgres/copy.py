@@ -29,9 +29,10 @@ from mtaserver.storage.postgres.db import Connection, PgDatabase
 TABLES = (
     "messages", "recipients", "batches", "events", "suppressions", "soft_bounces",
     "users", "user_domains", "api_keys", "idempotency", "templates", "template_versions",
+    "admin_tokens",
 )  # fmt: skip
 # Tables whose id comes from a sequence on PostgreSQL: moved past the copied ids.
-SERIAL = ("events",)
+SERIAL = ("events", "admin_tokens")
 _CHUNK = 5000
 _MOD = 1 << 256
 

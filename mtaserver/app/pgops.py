@@ -1,0 +1,92 @@
+"""The admin API on a PostgreSQL node (``[admin] listen`` with backend = "postgresql").
+
+The same endpoints as :func:`mtaserver.app.ops.admin_service`, over the cluster's database:
+the queue, events, stats, users, suppressions and templates any node answers for are the
+cluster's, and an admin token made on one node opens every node's API. Privacy export and
+erase are not ported yet (they also walk contacts): without a body codec in the deps the
+admin app registers no privacy routes, so they answer 404 rather than read a SQLite file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+from mtaserver.admin.deps import AdminDeps
+from mtaserver.admin.routes import AdminApi
+from mtaserver.admin.server import AdminServer, build_web_app
+from mtaserver.app.service import Service, SimpleService
+from mtaserver.auth import hash_password
+from mtaserver.clock import Clock
+from mtaserver.config import Config
+from mtaserver.dkim import DkimSigner
+from mtaserver.metrics import Metrics
+from mtaserver.oauth import CurrentVerifier
+from mtaserver.storage.postgres.db import PgDatabase
+from mtaserver.storage.postgres.events import PgEventLog
+from mtaserver.storage.postgres.queue import PgQueue
+from mtaserver.storage.postgres.reports import PgReports
+from mtaserver.storage.postgres.suppressions import PgSuppressionStore
+from mtaserver.storage.postgres.templates import PgTemplateStore
+from mtaserver.storage.postgres.tokens import PgTokenStore
+from mtaserver.storage.postgres.users import PgUserStore
+
+METRICS_TAIL_EVERY = 10.0  # seconds between event-log tails for metrics, as on SQLite
+
+
+def _as(value: object) -> Any:
+    """AdminDeps is typed on the SQLite owners; these offer the same methods."""
+    return cast(Any, value)
+
+
+def pg_admin_service(
+    cfg: Config, db: PgDatabase, queue: PgQueue, signer: DkimSigner, metrics: Metrics,
+    clock: Clock, current: Callable[[], Config],
+) -> Service | None:  # fmt: skip
+    """The admin API and /metrics on ``[admin] listen`` (off when unset)."""
+    a = cfg.admin
+    if a.listen is None:
+        return None
+    deps = AdminDeps(
+        privacy=_as(None),  # no routes without ``codec`` (see the module docstring)
+        spool=_as(queue),
+        config=current,
+        keys=lambda: signer.keyset,
+        metrics=metrics,
+        clock=clock,
+        events=PgEventLog(db),
+        reports=PgReports(db),
+        users=PgUserStore(db, clock),
+        hash_password=hash_password,
+        suppressions=_as(PgSuppressionStore(db, clock, cfg.inbound.suppression)),
+        codec=None,
+        templates=_as(PgTemplateStore(db, clock)),
+    )
+    open_paths = frozenset({"/metrics"}) if a.metrics_auth == "none" else frozenset()
+    oauth = CurrentVerifier(cfg.oauth, clock)  # JWT bearers with admin.* scopes
+    web_app = build_web_app(AdminApi(deps).register, PgTokenStore(db, clock).verify,
+                            open_paths=open_paths, monotonic=clock.monotonic,
+                            jwt=oauth.verify)  # fmt: skip
+    ssl_context = cfg.tls.server_context() if a.tls else None
+    server = AdminServer(web_app, ssl_context)
+    host, port = a.listen
+
+    async def start() -> None:
+        await metrics.start()
+        await server.start(host, port)
+
+    async def run() -> None:
+        while True:  # keep the event tail short between scrapes
+            await clock.sleep(METRICS_TAIL_EVERY)
+            await metrics.tail()
+
+    async def drain(timeout: float) -> None:
+        await server.stop()
+        await oauth.aclose()
+
+    async def reload(new: Config) -> None:
+        if ssl_context is not None and new.tls.cert and new.tls.key:
+            ssl_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
+        await oauth.apply(new.oauth)
+
+    return SimpleService("admin", start, run, drain, reload)
