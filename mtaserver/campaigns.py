@@ -108,19 +108,17 @@ def parse_local(value: object, day: object = None) -> str:
     if not isinstance(value, str):
         raise bad
     text = value.strip()
+    if "T" in text and day is not None:
+        raise ContactError("date: not with a local_time that has a date", "date")
+    if "T" not in text and not isinstance(day, str):
+        raise ContactError("date: 'YYYY-MM-DD' for local_time 'HH:MM'", "date")
     try:
-        if "T" in text:
-            if day is not None:
-                raise ContactError("date: not with a local_time that has a date", "date")
-            wall = datetime.fromisoformat(text)
-        else:
-            if not isinstance(day, str):
-                raise ContactError("date: 'YYYY-MM-DD' for local_time 'HH:MM'", "date")
-            try:
-                d = date.fromisoformat(day.strip())
-            except ValueError:
-                raise ContactError(f"date: expected YYYY-MM-DD, got {day!r}", "date") from None
-            wall = datetime.combine(d, time.fromisoformat(text))
+        d = date.fromisoformat(day.strip()) if isinstance(day, str) else None
+    except ValueError:
+        raise ContactError(f"date: expected YYYY-MM-DD, got {day!r}", "date") from None
+    try:
+        wall = datetime.fromisoformat(text) if d is None else datetime.combine(
+            d, time.fromisoformat(text))  # fmt: skip
     except ValueError:
         raise bad from None
     if wall.tzinfo is not None or wall.second or wall.microsecond:
@@ -203,18 +201,17 @@ class LocalDue:
 
     wall: datetime
     fallback: ZoneInfo
-    _cache: dict[object, float] = field(default_factory=dict)
+    _cache: dict[str | None, float] = field(default_factory=dict)
 
     def __call__(self, tz_name: object) -> float:
-        if tz_name in self._cache:
-            return self._cache[tz_name]
+        key = tz_name if isinstance(tz_name, str) and 0 < len(tz_name) <= 64 else None
+        if key in self._cache:
+            return self._cache[key]
         tz = self.fallback
-        if isinstance(tz_name, str) and 0 < len(tz_name) <= 64:
+        if key is not None:
             with contextlib.suppress(ValueError, OSError):  # unknown: the fallback
-                tz = zone(tz_name)
-        due = local_instant(self.wall, tz)
-        if isinstance(tz_name, str | int | float | None):  # hashable JSON scalars only
-            self._cache[tz_name] = due
+                tz = zone(key)
+        due = self._cache[key] = local_instant(self.wall, tz)
         return due
 
 
