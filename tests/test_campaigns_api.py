@@ -1,8 +1,9 @@
 """``/v1/campaigns`` against a real daemon over its API socket: a campaign to a list is
 created, started and sent by the daemon's feeder to the MX sink (once, to the list's
 members only), its run read back; a scheduled one is paused, resumed and cancelled; an
-action that does not apply is a 409 naming the status; unknown lists, templates, segments
-and bad cron fields are 400s naming the field; keys need contacts.read / contacts.write and
+action that does not apply is a 409 naming the status; unknown lists, templates, segments,
+bad cron fields and local times are 400s naming the field; a local-time campaign starts when
+UTC+14 reaches its wall time; keys need contacts.read / contacts.write and
 see only their user's campaigns."""
 
 from __future__ import annotations
@@ -103,11 +104,19 @@ async def test_life_cycle_errors_scopes_and_owners(
         (spring(name="x", cron="61 * * * *"), "cron"),
         (spring(name="x", send_at="tomorrow"), "send_at"), (spring(name="bad name"), "name"),
         (spring(name="x", colour="red"), "colour"), (spring(name="x", segment="s"), "audience"),
+        (spring(name="x", local_time="9am", date="2031-01-01"), "local_time"),
+        (spring(name="x", local=True), "local"),
     ]:  # fmt: skip
         bad = {k: v for k, v in bad.items() if v is not None}
         st, body = await c.call("POST", "/v1/campaigns", bad)
         assert st in (400, 404) and field in str(body["errors"][0]), (bad, body)
     assert (await c.call("GET", "/v1/campaigns/x"))[0] == 404
+    st, body = await c.call("POST", "/v1/campaigns", spring(name="nine", local_time="09:00",
+                            date="2031-01-01", tz="Europe/Berlin"))  # fmt: skip
+    assert st == 201 and (body["schedule"], body["local_time"], body["failure"]) == (
+        "local", "2031-01-01T09:00", None), body  # fmt: skip
+    st, body = await c.call("POST", "/v1/campaigns/nine/start")  # when UTC+14 reaches 09:00
+    assert (st, body["next_run_at"]) == (200, 1925024400.0 - 14 * 3600), body
 
     st, body = await c.call("POST", "/v1/campaigns/spring/pause")
     assert st == 409 and "draft" in body["errors"][0]["message"], body

@@ -1,8 +1,9 @@
 """``mtaserver campaigns`` as the operator runs it (a subprocess on a real database): a
 campaign to a list is created as a draft, listed, started (scheduled at ``--at``), paused,
 resumed and cancelled, each status read back through the CLI and through CampaignStore; an
-action that does not apply, an unknown list, segment or template and a bad cron field are exit 2 with one line
-naming the thing to fix."""
+action that does not apply, an unknown list, segment or template, a bad cron field or local
+time are exit 2 with one line naming the thing to fix; a local-time campaign and a failed
+one's reason are shown."""
 
 from __future__ import annotations
 
@@ -119,4 +120,28 @@ def test_cron_and_bad_input(config: tuple[Path, Path]) -> None:
           "Mars/X")  # fmt: skip
     fails(run(path, "create", "x", *base, "--list", "news", "--at", "tomorrow"), "send_at")
     fails(run(path, "create", "bad name", *base, "--list", "news"), "name")
+    fails(run(path, "create", "x", *base, "--list", "news", "--local-time", "9am", "--date",
+              "2030-01-07"), "local_time")  # fmt: skip
+    fails(run(path, "create", "x", *base, "--list", "news", "--local"), "local", "cron")
     assert _stored(db, "x") is None
+
+    ok(run(path, "create", "nine", *base, "--list", "news", "--local-time", "09:00", "--date",
+           "2030-01-07", "--tz", "Europe/Berlin"))  # fmt: skip
+    asyncio.run(_fail(db, "weekly", "segment: no segment 'fans'"))
+    shown = json.loads(ok(run(path, "show", "nine")))
+    assert (shown["schedule"], shown["local_at"], shown["tz"], shown["failure"]) == (
+        "local", "2030-01-07T09:00", "Europe/Berlin", None)  # fmt: skip
+    shown = json.loads(ok(run(path, "show", "weekly")))  # a failed campaign says why
+    assert (shown["status"], shown["failure"]) == ("failed", "segment: no segment 'fans'")
+
+
+async def _fail(path: Path, name: str, reason: str) -> None:
+    """What the daemon's feeder does when a run cannot start."""
+    db = Database(path)
+    await db.open()
+    try:
+        store = CampaignStore(db)
+        c = await store.get(USER, name)
+        assert c is not None and await store.fail(c.id, reason)
+    finally:
+        await db.close()

@@ -370,6 +370,9 @@ class CampaignStore:
         for their zone); its campaign then waits for its next fire, or is done. False if
         rows are pending or the run was paused or cancelled first."""
         now = self._clock.now()
+        waiting = "SELECT 1 FROM campaign_recipients WHERE run_id = ? AND state = 'pending'"
+        if await self.db.read(lambda conn: conn.execute(waiting, (run_id,)).fetchone()):
+            return False  # a read, not a write, for each poll of a run waiting for a zone
 
         def op(conn: sqlite3.Connection) -> bool:
             n = conn.execute(
