@@ -177,3 +177,37 @@ async def test_commit_stores_messages_with_the_callers_write_or_nothing(env: Env
     assert await env.spool.show(a.message.queue_id) is not None
     assert await env.spool.show(b.message.queue_id) is None
     assert await env.spool.body(a.message.queue_id) is not None
+
+
+class CountingUsers(UserStore):
+    """The real user store, counting lookups."""
+
+    calls = 0
+
+    async def lookup(self, name: str):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return await super().lookup(name)
+
+
+async def test_resolve_once_then_compose_each_as_compose_and_prepare(env: Env) -> None:
+    """A batch looks the user and template up once; every message is what
+    compose_and_prepare makes, and a template edited mid-batch does not mix versions."""
+    users = CountingUsers(env.db)
+    env.sender._users = users  # the same sender, its user store counted
+    people = [await contact(env, f"p{i}@example.org", f'{{"first_name":"P{i}"}}') for i in range(5)]
+    resolved = await env.sender.resolve("alice", "welcome", FROM)
+    await env.templates.put("welcome", "Changed", "<p>changed</p>", None)
+    outs = [await env.sender.compose(resolved, p, MergeInput()) for p in people]
+    assert users.calls == 1
+    assert all(isinstance(o, Outgoing) for o in outs)
+    subjects = [parsed(o)["Subject"] for o in outs if isinstance(o, Outgoing)]
+    assert subjects == [f"Welcome, P{i}" for i in range(5)]  # the version resolved
+    one = await env.sender.compose_and_prepare("alice", "welcome", people[0], MergeInput(),
+                                               from_=FROM)  # fmt: skip
+    assert isinstance(one, Outgoing) and parsed(one)["Subject"] == "Changed"
+    unsub = await contact(env, "u@example.org", consent="unsubscribed")
+    bad = await env.sender.resolve("alice", "nope", FROM)
+    assert await env.sender.compose(bad, unsub, MergeInput()) == Skipped("u@example.org",
+                                                                          "unsubscribed")  # fmt: skip
+    got = await env.sender.compose(bad, people[0], MergeInput())
+    assert isinstance(got, Skipped) and got.reason == "template"
