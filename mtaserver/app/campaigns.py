@@ -24,7 +24,7 @@ from mtaserver.app.service import Service, SimpleService
 from mtaserver.campaigns import EARLIEST, LocalDue, wall_of
 from mtaserver.clock import Clock
 from mtaserver.config import Config
-from mtaserver.cron import next_fire, parse, zone
+from mtaserver.cron import CronError, next_fire, parse, zone
 from mtaserver.log import get_logger, kv
 from mtaserver.outreach import MergeInput, Outgoing, OutreachSender, Sender
 from mtaserver.prepare import PrepareError
@@ -79,19 +79,19 @@ class Feeder:
         now = self.clock.now()
         fire_at = c.next_run_at if c.next_run_at is not None else now
         nxt, due_for = None, None
-        if c.schedule == "local":
-            due_for = LocalDue(wall_of(fire_at), zone(c.tz or "UTC"))
-            if c.cron:
-                nxt = next_fire(parse(c.cron), max(fire_at, now), EARLIEST)
-        elif c.schedule == "cron" and c.cron:
-            nxt = next_fire(parse(c.cron), max(fire_at, now), zone(c.tz or "UTC"))
-        try:
+        try:  # anything checked at create that no longer holds fails this campaign only
+            if c.schedule == "local":
+                due_for = LocalDue(wall_of(fire_at), zone(c.tz or "UTC"))
+                if c.cron:
+                    nxt = next_fire(parse(c.cron), max(fire_at, now), EARLIEST)
+            elif c.schedule == "cron" and c.cron:
+                nxt = next_fire(parse(c.cron), max(fire_at, now), zone(c.tz or "UTC"))
             if c.audience_kind == "segment":
                 flt = await self.segments.resolve(c.owner, c.audience)
                 audience = select_sql(c.owner, flt, now=now)
             else:
                 audience = list_audience_sql(c.owner, c.audience)
-        except SegmentError as exc:
+        except (SegmentError, CronError) as exc:
             reason = f"cannot start the run for {fire_at:.0f}: {exc}"
             if await self.store.fail(c.id, reason):
                 log.warning(kv(event="campaign_failed", campaign=c.name, owner=c.owner,
