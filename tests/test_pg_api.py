@@ -24,6 +24,7 @@ from mtaserver.storage.postgres.users import PgUserStore
 from tests.pg import PgServer, pg_dsn, pg_server  # noqa: F401
 from tests.support.daemon import Daemon, TestConfig, free_port
 from tests.support.mxsink import SinkGroup, SinkState, eventually, wait_for
+from tests.support.webhook_receiver import Receiver
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Node:
     key: str
     admin: str  # base URL of the admin API
     token: str  # an admin token
+    rx: Receiver  # the [[webhooks]] endpoint
 
 
 @pytest.fixture
@@ -46,8 +48,12 @@ async def node(pg_server: PgServer, pg_dsn: str, tmp_path: Path) -> AsyncIterato
     _, key = await PgApiKeyStore(db).create("app", frozenset({"mail.send", "mail.batch.create"}))
     _, token = await PgTokenStore(db).create("ops")
     (tmp_path / "pgpass").write_text(pg_server.password + "\n")
+    rx = Receiver(b"a webhook secret of the test")
+    await rx.start()
     async with SinkGroup(["127.0.0.2"]) as sinks:
         cfg = TestConfig(tmp_path, tls=False)
+        cfg.data["webhooks"] = [{"url": f"http://127.0.0.1:{rx.port}/hook",
+                                 "secret": "a webhook secret of the test", "events": ["delivered"]}]  # fmt: skip
         cfg.set("storage", backend="postgresql", dsn=pg_dsn.replace(f":{pg_server.password}@", "@"),
                 password_file=str(tmp_path / "pgpass"), tls="disable", pool_size=4)  # fmt: skip
         cfg.set("delivery", relay_host=f"127.0.0.2:{sinks.port}", tls="none")
@@ -60,10 +66,12 @@ async def node(pg_server: PgServer, pg_dsn: str, tmp_path: Path) -> AsyncIterato
         ahost, aport = cfg.address("admin", "listen")
         admin = f"http://{ahost}:{aport}"
         try:
-            yield Node(daemon, sinks["127.0.0.2"], db, f"http://{host}:{port}", key, admin, token)
+            yield Node(daemon, sinks["127.0.0.2"], db, f"http://{host}:{port}", key, admin, token,
+                       rx)  # fmt: skip
         finally:
             code = await asyncio.to_thread(daemon.stop)
             await db.close()
+            await rx.stop()
         assert code == 0, daemon.log()[-3000:]
 
 
@@ -108,7 +116,7 @@ async def test_send_api_delivers_through_a_postgresql_node(node: Node) -> None:
 
     assert await eventually(state, lambda v: v == "delivered", 20) == "delivered" and msg_id
     # A key nobody made is refused.
-    bad = Node(node.daemon, node.sink, node.db, node.api, "SG.nope.nope", node.admin, "")
+    bad = Node(node.daemon, node.sink, node.db, node.api, "SG.nope.nope", node.admin, "", node.rx)
     assert (await post(bad, "/v3/mail/send", mail("x@dest.test")))[0] == 401
     # The admin API on the same node answers from the cluster's database.
     events = await admin_get(node, "/api/v1/events?type=delivered")
@@ -121,6 +129,9 @@ async def test_send_api_delivers_through_a_postgresql_node(node: Node) -> None:
     assert [u["name"] for u in users["users"]] == ["app"]
     assert await admin_get(node, "/api/v1/events", token="mta_wrong") == 401
     assert await admin_get(node, "/api/v1/privacy/export?address=a@b.example") == 404
+    # The delivery reached the webhook, from the cluster's outbox, and left it.
+    await wait_for(lambda: any(e["recipient"] == "one@dest.test" for e in node.rx.received), 20)
+    assert [e["type"] for e in node.rx.received] == ["delivered"]
 
 
 async def test_templates_idempotency_and_batches_are_the_clusters(node: Node) -> None:

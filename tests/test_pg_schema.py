@@ -19,7 +19,7 @@ PG_ONLY = {("recipients", "lease_node")}  # which node holds a lease (several no
 PORTED = {
     "meta", "schema_migrations", "messages", "recipients", "batches", "events",
     "suppressions", "soft_bounces", "users", "user_domains", "api_keys", "idempotency",
-    "templates", "template_versions", "admin_tokens",
+    "templates", "template_versions", "admin_tokens", "webhook_endpoints", "webhook_outbox",
 }  # fmt: skip
 ALL = [name for name, _ in migration_files()]
 

@@ -7,6 +7,7 @@ cases here, and a difference between the two implementations fails one parameter
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,11 +18,13 @@ import pytest
 
 from mtaserver.auth import UserError
 from mtaserver.config.storage import PostgresConfig
+from mtaserver.config.webhooks import WebhookConfig
 from mtaserver.model import Event, PreparedMessage, PreparedRecipient, Stats
 from mtaserver.storage.postgres.apikeys import PgApiKeyStore
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.events import PgEventLog
 from mtaserver.storage.postgres.idempotency import PgApiIntake
+from mtaserver.storage.postgres.outbox import PgWebhookOutbox
 from mtaserver.storage.postgres.queue import PgQueue
 from mtaserver.storage.postgres.reports import PgReports
 from mtaserver.storage.postgres.suppressions import PgSuppressionStore
@@ -32,6 +35,7 @@ from mtaserver.storage.sqlite.apikeys import TOUCH_EVERY, ApiKeyError, ApiKeySto
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.events import EventLog
 from mtaserver.storage.sqlite.idempotency import ApiIntake, IdemAnswer
+from mtaserver.storage.sqlite.outbox import Settlement, WebhookOutbox
 from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from mtaserver.storage.sqlite.reports import Reports
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
@@ -59,6 +63,7 @@ class Stores:
     templates: Any
     tokens: Any
     reports: Any
+    outbox: Any
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -73,6 +78,7 @@ async def s(request: Any, tmp_path: Path) -> AsyncIterator[Stores]:
                 "sqlite", clock, spool, EventLog(db), UserStore(db, clock),
                 SuppressionStore(db, clock), ApiKeyStore(db, clock), ApiIntake(db, spool),
                 TemplateStore(db, clock), TokenStore(db, clock), Reports(db),
+                WebhookOutbox(db),
             )  # fmt: skip
         finally:
             await db.close()
@@ -86,6 +92,7 @@ async def s(request: Any, tmp_path: Path) -> AsyncIterator[Stores]:
             "postgresql", clock, queue, PgEventLog(pg), PgUserStore(pg, clock),
             PgSuppressionStore(pg, clock), PgApiKeyStore(pg, clock), PgApiIntake(pg, queue),
             PgTemplateStore(pg, clock), PgTokenStore(pg, clock), PgReports(pg),
+            PgWebhookOutbox(pg),
         )  # fmt: skip
     finally:
         await pg.close()
@@ -325,3 +332,105 @@ async def test_cohort_stats(s: Stores) -> None:
     assert click.recipient == "a@x.example"
     assert click.data == {"idx": 0, "user": "app", "user_agent": "UA", "client_ip": "1.2.3.4",
                           "machine": False, "url": "https://x.example/"}  # fmt: skip
+
+
+# -- the webhook outbox ----------------------------------------------------------------------
+def hook(name: str, *events: str) -> WebhookConfig:
+    return WebhookConfig(name, f"http://127.0.0.1:9/{name}", events, b"secret")
+
+
+async def due(s: Stores, webhook: str, *, context: bool = False) -> list[Any]:
+    """What the dispatcher would send now (it asks again only after settling)."""
+    return await s.outbox.due(webhook, s.clock.now(), 100, context=context)
+
+
+async def test_outbox_order_per_message_and_settling(s: Stores) -> None:
+    assert await s.outbox.sync([hook("all"), hook("bounces", "bounced")]) == 0
+    m = message(["a@x.example"])
+    await s.queue.enqueue_many([m])  # its 'accepted' event: one row for "all"
+    q = m.queue_id
+    await s.events.emit_many([Event("delivered", T0 + 1, q, "a@x.example", data=(("idx", 0),)),
+                              Event("bounced", T0 + 2, q, "a@x.example"),
+                              Event("open", T0 + 3, None, "b@x.example")])  # fmt: skip
+    assert [(b.webhook, b.pending, b.waiting) for b in await s.outbox.backlog()] == [
+        ("all", 2, 2), ("bounces", 1, 0)]  # fmt: skip
+    first = await due(s, "all")
+    assert [(i.queue_id, i.event.type) for i in first] == [(q, "accepted"), (None, "open")]
+    assert json.loads(first[0].body)["webhook"] == "all"
+    (bounce,) = await due(s, "bounces")
+    assert bounce.event.type == "bounced"
+    busy = [bounce.id, *(i.id for i in first)]
+    assert await s.outbox.next_due(busy) is None  # the rest of the message waits behind
+    # Delivered: the next row of the message becomes pending; retry: due again later.
+    await s.outbox.settle([Settlement(first[0], "delivered", s.clock.now()),
+                           Settlement(first[1], "retry", s.clock.now() + 60, "503")])  # fmt: skip
+    (second,) = await due(s, "all")
+    assert second.event.type == "delivered" and second.event.data == {"idx": 0}
+    assert await s.outbox.next_due([bounce.id, second.id]) == s.clock.now() + 60
+    await s.outbox.settle([Settlement(second, "failed", s.clock.now(), "gave up")])
+    (third,) = await due(s, "all")  # a given-up row lets the next one go
+    assert third.event.type == "bounced"
+    await s.outbox.settle([Settlement(third, "delivered", s.clock.now())])
+    assert [(b.webhook, b.pending, b.waiting, b.failed) for b in await s.outbox.backlog()] == [
+        ("all", 1, 0, 1), ("bounces", 1, 0, 0)]  # fmt: skip
+    # The operator retries the given-up row; retention prunes given-up rows by age.
+    assert await s.outbox.retry_failed("all", s.clock.now()) == 1
+    (again,) = await due(s, "all")
+    assert again.id == second.id and again.attempts == 0
+    await s.outbox.settle([Settlement(again, "failed", s.clock.now(), "x")])
+    assert await s.outbox.prune_failed(s.clock.now() + 1, 10) == 1
+    # A webhook taken out of the config loses its rows; with none left, events add none.
+    assert await s.outbox.sync([hook("all")]) == 1
+    assert await s.outbox.sync([]) == 1
+    await s.events.emit(Event("delivered", T0, q, "a@x.example"))
+    assert await s.outbox.backlog() == []
+
+
+async def test_outbox_context_for_sendgrid_events(s: Stores) -> None:
+    await s.outbox.sync([hook("sg")])
+    m = message(["a@x.example", "b@x.example"])
+    api = (("x_message_id", "XM1"), ("categories", '["welcome"]'),
+           ("custom_args", '{"k": "v"}'), ("asm_group_id", 7))  # fmt: skip
+    await s.queue.enqueue_many([m], [Event("api_message", T0, m.queue_id, data=api)])
+    await s.events.emit(Event("delivered", T0 + 1, m.queue_id, "b@x.example", data=(("idx", 1),)))
+    items = await due(s, "sg", context=True)
+    assert [i.event.type for i in items] == ["accepted"]
+    ctx = items[0].context
+    assert ctx.x_message_id == "XM1" and ctx.categories == ("welcome",)
+    assert ctx.custom_args == (("k", "v"),) and ctx.asm_group_id == 7 and not ctx.is_dsn
+    assert ctx.recipients == ((0, "a@x.example"), (1, "b@x.example"))
+    await s.outbox.settle([Settlement(i, "delivered", T0) for i in items])
+    items = await due(s, "sg", context=True)
+    assert [i.event.type for i in items] == ["api_message"]
+    assert items[0].context.recipients == ()
+    await s.outbox.settle([Settlement(i, "delivered", T0) for i in items])
+    (delivered,) = await due(s, "sg", context=True)
+    assert delivered.context.recipients == ((1, "b@x.example"),)
+
+
+# -- PostgreSQL only: several nodes dispatch from one outbox -----------------------------------
+async def test_two_nodes_never_post_the_same_outbox_row(pg_dsn: str) -> None:  # noqa: F811
+    dbs = [PgDatabase(PostgresConfig(dsn=pg_dsn, tls="disable", pool_size=2)) for _ in range(2)]
+    for d in dbs:
+        await d.open()
+    try:
+        a, b = PgWebhookOutbox(dbs[0], lease=60), PgWebhookOutbox(dbs[1], lease=60)
+        await a.sync([hook("all")])
+        await PgEventLog(dbs[0]).emit_many(
+            [Event("open", T0, None, f"r{i}@x.example") for i in range(10)]
+        )
+        got_a = await a.due("all", T0, 4)
+        got_b = await b.due("all", T0, 100)
+        assert len(got_a) == 4 and len(got_b) == 6
+        assert not {i.id for i in got_a} & {i.id for i in got_b}
+        # The dispatcher's limit counts what it holds: nothing more until it settles.
+        assert await a.due("all", T0, 4) == []
+        await a.settle([Settlement(got_a[0], "delivered", T0)])
+        assert await a.due("all", T0, 4) == []  # every other row is leased to b
+        # b dies holding six rows: once its lease runs out, a sends them (and its own three
+        # again: the dispatcher skips those, it still has them in flight).
+        taken = await a.due("all", T0 + 61, 100)
+        assert sorted(i.id for i in taken) == sorted(i.id for i in [*got_a[1:], *got_b])
+    finally:
+        for d in dbs:
+            await d.close()

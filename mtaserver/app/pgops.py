@@ -1,4 +1,4 @@
-"""The admin API on a PostgreSQL node (``[admin] listen`` with backend = "postgresql").
+"""The admin API and the webhook dispatcher on a PostgreSQL node (backend = "postgresql").
 
 The same endpoints as :func:`mtaserver.app.ops.admin_service`, over the cluster's database:
 the queue, events, stats, users, suppressions and templates any node answers for are the
@@ -24,12 +24,14 @@ from mtaserver.metrics import Metrics
 from mtaserver.oauth import CurrentVerifier
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.events import PgEventLog
+from mtaserver.storage.postgres.outbox import PgWebhookOutbox
 from mtaserver.storage.postgres.queue import PgQueue
 from mtaserver.storage.postgres.reports import PgReports
 from mtaserver.storage.postgres.suppressions import PgSuppressionStore
 from mtaserver.storage.postgres.templates import PgTemplateStore
 from mtaserver.storage.postgres.tokens import PgTokenStore
 from mtaserver.storage.postgres.users import PgUserStore
+from mtaserver.webhooks import WebhookDispatcher
 
 METRICS_TAIL_EVERY = 10.0  # seconds between event-log tails for metrics, as on SQLite
 
@@ -90,3 +92,21 @@ def pg_admin_service(
         await oauth.apply(new.oauth)
 
     return SimpleService("admin", start, run, drain, reload)
+
+
+class _Polled:
+    """The dispatcher's ``db``: on SQLite it wakes at each commit of the node's one
+    database; here the events come from every node, so it looks every second (its poll)."""
+
+    def __init__(self) -> None:
+        self.on_commit: list[Callable[[float, int], None]] = []
+
+
+def pg_webhooks_service(cfg: Config, outbox: PgWebhookOutbox, clock: Clock) -> Service | None:
+    """The ``[[webhooks]]`` POSTs from the cluster's outbox; None on a node without webhooks
+    (it must not sync the cluster's endpoints to an empty list)."""
+    if not cfg.webhooks:
+        return None
+    dispatcher = WebhookDispatcher(_as(_Polled()), cfg.webhooks, clock)
+    dispatcher.outbox = _as(outbox)  # its rows leased to this node (storage.postgres.outbox)
+    return dispatcher

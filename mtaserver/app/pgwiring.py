@@ -2,8 +2,8 @@
 
 SMTP submission → pipeline → the shared queue → scheduler → delivery → events and
 suppressions, every store over the cluster's database; several nodes run this against one
-database, the HTTP send API and the admin API (``app.pgops``). What is not ported yet
-(tracking, webhooks, worker processes, contacts, privacy requests, mailto unsubscribes)
+database, the HTTP send API, the admin API and webhooks (``app.pgops``). What is not
+ported yet (tracking, worker processes, contacts, privacy requests, mailto unsubscribes)
 is refused at config check
 (``config.storage.check_postgres``), so nothing here falls back to SQLite.
 
@@ -31,7 +31,7 @@ from mtaserver.app.mail import (
     scheduler_service,
     submission_service,
 )
-from mtaserver.app.pgops import pg_admin_service
+from mtaserver.app.pgops import pg_admin_service, pg_webhooks_service
 from mtaserver.app.service import Service
 from mtaserver.app.wiring import Wiring
 from mtaserver.clock import Clock
@@ -47,6 +47,7 @@ from mtaserver.storage.postgres.apikeys import PgApiKeyStore
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.events import PgEventLog
 from mtaserver.storage.postgres.idempotency import PgApiIntake
+from mtaserver.storage.postgres.outbox import PgWebhookOutbox
 from mtaserver.storage.postgres.queue import PgQueue
 from mtaserver.storage.postgres.suppressions import PgSuppressionStore
 from mtaserver.storage.postgres.templates import PgTemplateStore
@@ -57,13 +58,6 @@ from mtaserver.verp import Verp
 def node_id(cfg: Config) -> str:
     """``[cluster] node_id``, else the host name's first label (the same default)."""
     return cfg.cluster.node_id if cfg.cluster is not None else default_node_id(cfg.server.hostname)
-
-
-class _NoOutbox:
-    """Retention's outbox on a node without webhooks (refused on postgresql for now)."""
-
-    async def prune_failed(self, before: float, limit: int) -> int:
-        return 0
 
 
 def _as(value: object) -> Any:
@@ -87,9 +81,11 @@ def wire_postgres(
     resolver = build_resolver(cfg, clock)
     agent = build_agent(cfg, resolver, verp, clock)
     shaper = build_shaper(cfg, clock)
+    outbox = PgWebhookOutbox(db)  # the cluster's: every node's events, any node POSTs
     metrics = Metrics(
-        queue, events, top_destinations=cfg.admin.top_destinations, clock=clock.now, shaper=shaper
-    )
+        queue, events, top_destinations=cfg.admin.top_destinations, clock=clock.now,
+        shaper=shaper, webhooks=outbox,
+    )  # fmt: skip
     # [cluster] redis: limits shared with the other nodes (else this node's own shaper).
     cluster = build_cluster(cfg, shaper, queue, clock, metrics)
     shared = cluster.shared if cluster else None
@@ -103,8 +99,11 @@ def wire_postgres(
         *([cluster.service] if cluster else []),  # before the scheduler asks it
         scheduler_service(cfg, q, timed, shaper, resolver, s, clock, shared),
         inbound_service(cfg, q, s, verp, None, space, clock),  # bounces, expiry purge
-        Retention(queue, events, _NoOutbox(), cfg.retention, clock),
+        Retention(queue, events, outbox, cfg.retention, clock),
     ]
+    hooks = pg_webhooks_service(cfg, outbox, clock)
+    if hooks is not None:
+        services.append(hooks)
     sub = cfg.submission
     mail = MailParts(q, _as(users), s, signer, None, metrics, space, clock, UserRates(sub, clock))
     if sub.listen or sub.listen_tls or sub.listen_plain:

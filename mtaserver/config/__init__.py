@@ -126,7 +126,6 @@ def _cross_check(cfg: Config, root: Reader) -> None:
         storage.check_postgres(root.file, {
             "server.workers": cfg.server.workers > 1, "tracking.listen": bool(cfg.tracking.listen),
             "tracking.unsubscribe_mailto": bool(cfg.tracking.unsubscribe_mailto),
-            "webhooks": bool(cfg.webhooks),
         })  # fmt: skip
     sub = cfg.submission
     if (sub.listen or sub.listen_tls) and not cfg.tls.enabled:

@@ -3,5 +3,5 @@ several nodes sharing one database (``[storage] backend = "postgresql"``).
 
 Ported so far: the queue (``queue``, with send batches), events, suppressions and users —
 the core mail path — the HTTP send API's owners (API keys, idempotent answers, templates)
-and the admin API's (admin tokens, the cohort reports).
+the admin API's (admin tokens, the cohort reports) and the webhook outbox.
 """

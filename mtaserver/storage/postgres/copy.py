@@ -29,10 +29,10 @@ from mtaserver.storage.postgres.db import Connection, PgDatabase
 TABLES = (
     "messages", "recipients", "batches", "events", "suppressions", "soft_bounces",
     "users", "user_domains", "api_keys", "idempotency", "templates", "template_versions",
-    "admin_tokens",
+    "admin_tokens", "webhook_endpoints", "webhook_outbox",
 )  # fmt: skip
 # Tables whose id comes from a sequence on PostgreSQL: moved past the copied ids.
-SERIAL = ("events", "admin_tokens")
+SERIAL = ("events", "admin_tokens", "webhook_outbox")
 _CHUNK = 5000
 _MOD = 1 << 256
 
