@@ -197,6 +197,9 @@ CASES: list[Case] = [
     C("stats", "--json", "--since", "24h", "--campaign", "spring", "--user", "alice@example.com"),
     C("stats", "--since", "2020-01-01", states=BUSY),
     C("stats", "--since", "last tuesday", expect=2, states=ONCE),
+    C("stats", "--campaign", "nosuch", "--user", "{user}"),  # no stored campaign: the tag
+    C("stats", "--json", "--trigger", "nosuch", "--user", "{user}", expect=2),
+    C("stats", "--trigger", "welcome", expect=2, states=ONCE),  # whose? --user is needed
     # -- suppressions (check exits 1 when the address is suppressed)
     C("suppression list"),
     C("suppression list", "--all", "--limit", "1", states=NO_EMPTY),
