@@ -38,6 +38,9 @@ _COLS = (
     "schedule, send_at, local_at, cron, tz, status, next_run_at, created_at, updated_at, "
     "failure"
 )
+# "Is anything pending?" by the partial index: without statistics the planner would walk the
+# primary key through every fed row of a million-row run, on every poll.
+_PENDING = "campaign_recipients INDEXED BY campaign_recipients_pending"
 _ACTIVE_RUNS = (
     "SELECT id FROM campaign_runs WHERE campaign_id = ? AND status IN ('running', 'paused')"
 )
@@ -370,14 +373,14 @@ class CampaignStore:
         for their zone); its campaign then waits for its next fire, or is done. False if
         rows are pending or the run was paused or cancelled first."""
         now = self._clock.now()
-        waiting = "SELECT 1 FROM campaign_recipients WHERE run_id = ? AND state = 'pending'"
+        waiting = f"SELECT 1 FROM {_PENDING} WHERE run_id = ? AND state = 'pending'"
         if await self.db.read(lambda conn: conn.execute(waiting, (run_id,)).fetchone()):
             return False  # a read, not a write, for each poll of a run waiting for a zone
 
         def op(conn: sqlite3.Connection) -> bool:
             n = conn.execute(
                 "UPDATE campaign_runs SET status = 'done', finished_at = ? WHERE id = ? "
-                "AND status = 'running' AND NOT EXISTS (SELECT 1 FROM campaign_recipients "
+                f"AND status = 'running' AND NOT EXISTS (SELECT 1 FROM {_PENDING} "
                 "WHERE run_id = ? AND state = 'pending')",
                 (now, run_id, run_id),
             ).rowcount
@@ -426,7 +429,7 @@ def _cancelled_runs(conn: sqlite3.Connection, campaign_id: int | None, limit: in
     where = "" if campaign_id is None else "AND campaign_id = ?"
     rows = conn.execute(
         f"SELECT id FROM campaign_runs WHERE status = 'cancelled' {where} AND EXISTS "
-        "(SELECT 1 FROM campaign_recipients WHERE run_id = campaign_runs.id "
+        f"(SELECT 1 FROM {_PENDING} WHERE run_id = campaign_runs.id "
         "AND state = 'pending') LIMIT ?",
         ((campaign_id, limit) if campaign_id is not None else (limit,)),
     )
@@ -439,7 +442,7 @@ def _cancel_batch(conn: sqlite3.Connection, campaign_id: int | None, limit: int)
     for run_id in _cancelled_runs(conn, campaign_id, limit):
         left -= conn.execute(
             "UPDATE campaign_recipients SET state = 'cancelled' WHERE run_id = ? AND "
-            "contact_id IN (SELECT contact_id FROM campaign_recipients WHERE run_id = ? "
+            f"contact_id IN (SELECT contact_id FROM {_PENDING} WHERE run_id = ? "
             "AND state = 'pending' LIMIT ?)",
             (run_id, run_id, left),
         ).rowcount
