@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import smtplib
+import subprocess
+import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+import yaml
 
 from mtaserver.cli.cluster import render
 from mtaserver.clock import SystemClock
@@ -258,3 +263,50 @@ async def test_a_secret_mismatch_met_later_is_logged_and_shown(tmp_path: Path) -
             assert b"one".hex() not in json.dumps([n.as_dict() for n in listed])
         finally:
             await client.aclose()
+
+
+def test_the_compose_try_out_is_one_cluster_and_its_configs_pass_check_config(
+    tmp_path: Path,
+) -> None:
+    """config/cluster/compose.yaml: every node service runs ``serve`` on its own node file,
+    mounted where the command says; the node files pass ``mtaserver check-config`` as the
+    operator runs it in the directory the recipe fills (secret.key, pg.password), and they
+    form one cluster: distinct node ids, one secret file, one database, one Redis, and
+    ``nodes`` = the number of node services."""
+    root = Path(__file__).resolve().parents[1]
+    here = root / "config" / "cluster"
+    compose = yaml.safe_load((here / "compose.yaml").read_text())
+    services = compose["services"]
+    nodes = {n: s for n, s in services.items() if s.get("command", [None])[0] == "serve"}
+    assert len(nodes) == NODES and {"postgres", "redis"} <= set(services)
+    for name, svc in nodes.items():
+        assert set(svc["depends_on"]) >= {"postgres", "redis"}, name
+        assert "./:/etc/mtaserver:ro" in svc["volumes"], name
+    for f in ("node1.toml", "node2.toml", "node3.toml", "Dockerfile"):
+        shutil.copy(here / f, tmp_path / f)
+    (tmp_path / "secret.key").write_text("ab" * 32 + "\n")  # the recipe's openssl rand
+    (tmp_path / "pg.password").write_text("try-out\n")
+    runs = []
+    for name, svc in sorted(nodes.items()):
+        path = svc["command"][svc["command"].index("-c") + 1]
+        assert path.startswith("/etc/mtaserver/"), path
+        local = tmp_path / Path(path).name
+        cmd = [sys.executable, "-m", "mtaserver", "check-config", "-c", str(local)]
+        runs.append((name, local, subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                                   stderr=subprocess.PIPE, text=True,
+                                                   cwd=tmp_path)))  # fmt: skip
+    seen: list[dict[str, dict[str, object]]] = []
+    for name, local, proc in runs:  # all three at once, as three operators would
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (name, out, err)
+        assert out.startswith("config ok:"), out
+        seen.append(tomllib.loads(local.read_text()))
+    clusters = [c["cluster"] for c in seen]
+    assert len({c["node_id"] for c in clusters}) == NODES
+    assert {c["nodes"] for c in clusters} == {NODES}
+    assert len({c["redis"] for c in clusters}) == 1
+    assert len({c["storage"]["dsn"] for c in seen}) == 1  # type: ignore[index]
+    assert {c["server"]["secret_file"] for c in seen} == {"secret.key"}  # type: ignore[index]
+    redis_host = str(clusters[0]["redis"]).split("//")[1].split(":")[0]
+    pg_host = str(seen[0]["storage"]["dsn"]).split("@")[1].split(":")[0]  # type: ignore[index]
+    assert {redis_host, pg_host} <= set(services)

@@ -77,16 +77,18 @@ class SharedShaping:
     async def _recovered(self) -> None:
         """Redis answers again: register the connections opened meanwhile, then share.
 
-        Coming back from degraded, the node keeps its ``limit / nodes`` share for one more
-        ``reconnect + timeout``: the other nodes find Redis within that time and register
-        the connections they opened alone; granting the whole limit before they have would
-        put their connections on top of it (measured: 7 sessions for a limit of 5)."""
+        Coming back from degraded, the node keeps its ``limit / nodes`` share for a grace of
+        ``2 * reconnect + timeout`` (the connections it opens meanwhile are leases in Redis
+        at once): the other nodes find Redis within that time and register the connections
+        they opened alone; granting the whole limit before they have would put theirs on top
+        of it (measured at the sink: 7 sessions for a limit of 5)."""
         await self._register_held()
         self._buckets.clear()
         if self._up is not True:
             log.info(kv(event="cluster_shared", node=self._cfg.node_id))
         if self._up is False:
-            self._local_until = self._clock.monotonic() + self._cfg.reconnect + self._cfg.timeout
+            grace = 2 * self._cfg.reconnect + self._cfg.timeout
+            self._local_until = self._clock.monotonic() + grace
         self._up = True
 
     async def _register_held(self) -> None:
@@ -159,7 +161,15 @@ class SharedShaping:
         limits = self._shaper.limits(destination)
         rate = self._shaper.rate(destination)
         burst = limits.burst if limits.burst is not None else default_burst(rate or 1.0)
-        if self._up and self._scripts is not None and self._clock.monotonic() >= self._local_until:
+        if self._up and self._scripts is not None and self._clock.monotonic() < self._local_until:
+            got = self._acquire_local(destination, limits.max_connections, rate, burst)
+            if got is None:  # the grace after an outage: alone, but counted in Redis
+                try:
+                    await self._register_held()
+                except RedisDown as exc:
+                    self._down(exc)
+            return got
+        if self._up and self._scripts is not None:
             lease_id = self._lease_id()
             try:
                 if self._unregistered:
