@@ -561,6 +561,8 @@ def test_every_documented_endpoint_answers_and_validates(
     api.ok("DELETE", f"/api/v1/queue/{qid}")
     api.ok("GET", "/api/v1/events")
     api.ok("GET", "/api/v1/stats")
+    for kind in ("campaigns", "triggers"):  # the 200s: tests/test_outreach_stats.py
+        api.ok("GET", f"/api/v1/{kind}/none/stats", 404, query={"user": "a@example.com"})
     api.ok("GET", "/api/v1/dkim/keys")
     api.ok("GET", "/api/v1/dns/records")
     assert api.ok("GET", "/api/v1/cluster") == {

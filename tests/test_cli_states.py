@@ -460,6 +460,10 @@ CALLS: list[Call] = [
     R(f"{API}/events", ("after", "1000000")),
     R(f"{API}/stats"),
     R(f"{API}/stats", ("since", "24h"), ("campaign", "spring"), ("user", "alice@example.com")),
+    R(f"{API}/campaigns/nosuch/stats", ("user", "{user}"), expect=404),
+    R(f"{API}/campaigns/nosuch/stats", expect=400),  # whose? names are per user
+    R(f"{API}/triggers/nosuch/stats", ("user", "{user}"), ("since", "7d"), expect=404),
+    R(f"{API}/triggers/nosuch/stats", ("user", "{user}"), ("since", "soon"), expect=400),
     R(f"{API}/dkim/keys"),
     R(f"{API}/dns/records"),
     R(f"{API}/dns/records", ("domain", "example.com")),

@@ -13,6 +13,7 @@ from mtaserver.dkim.keys import KeySet
 from mtaserver.metrics import Metrics
 from mtaserver.model import StoredEvent
 from mtaserver.privacy import PrivacyStore
+from mtaserver.storage.sqlite.outreach_stats import CampaignReport, TriggerReport
 from mtaserver.storage.sqlite.queue import BodyCodec, Spool
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.storage.sqlite.templates import TemplateStore
@@ -45,6 +46,15 @@ class EventFeed(Protocol):
     ) -> Sequence[StoredEvent]: ...  # fmt: skip
 
 
+class OutreachReports(Protocol):
+    """Per-campaign and per-trigger-step numbers (``storage.sqlite.outreach_stats``)."""
+
+    async def campaign(
+        self, owner: str, name: str, since: float = 0.0
+    ) -> CampaignReport | None: ...
+    async def trigger(self, owner: str, name: str, since: float = 0.0) -> TriggerReport | None: ...
+
+
 @dataclass
 class AdminDeps:
     """What the endpoints are wired to (built in ``app``)."""
@@ -63,3 +73,4 @@ class AdminDeps:
     hash_password: Callable[[str], str] | None = None
     min_password: int = MIN_PASSWORD  # the same rule as `mtaserver user add`
     templates: TemplateStore | None = None  # stored templates for the send API
+    outreach: OutreachReports | None = None  # campaign and trigger stats

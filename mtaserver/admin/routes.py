@@ -50,6 +50,8 @@ class AdminApi:
         r.add_post(f"{p}/queue/{{queue_id}}/release", self.queue_release)
         r.add_get(f"{p}/events", self.events, allow_head=False)
         r.add_get(f"{p}/stats", self.stats, allow_head=False)
+        r.add_get(f"{p}/campaigns/{{name}}/stats", self.campaign_stats, allow_head=False)
+        r.add_get(f"{p}/triggers/{{name}}/stats", self.trigger_stats, allow_head=False)
         r.add_get(f"{p}/dkim/keys", self.dkim_keys, allow_head=False)
         r.add_get(f"{p}/dns/records", self.dns_records, allow_head=False)
         r.add_get(f"{p}/cluster", self.cluster, allow_head=False)
@@ -156,6 +158,29 @@ class AdminApi:
         out = s.as_dict()
         out["filter"] = {"since": since, "campaign": campaign, "user": user}
         return json_response(out)
+
+    def _outreach_args(self, request: web.Request) -> tuple[str, str, float]:
+        user = (request.query.get("user") or "").strip()
+        if not user:
+            raise ApiError(400, "user: name the owner (campaign and trigger names are per user)")
+        since = parse_since(request.query.get("since") or None, self.d.clock.now())
+        return user, request.match_info["name"], since
+
+    async def campaign_stats(self, request: web.Request) -> web.Response:
+        """The same numbers as ``mtaserver stats --campaign NAME --user U --json``."""
+        user, name, since = self._outreach_args(request)
+        rep = await self.d.outreach.campaign(user, name, since) if self.d.outreach else None
+        if rep is None:
+            raise ApiError(404, f"user {user!r} has no campaign {name!r}")
+        return json_response(rep.as_json() | {"filter": {"since": since, "user": user}})
+
+    async def trigger_stats(self, request: web.Request) -> web.Response:
+        """The same numbers as ``mtaserver stats --trigger NAME --user U --json``."""
+        user, name, since = self._outreach_args(request)
+        rep = await self.d.outreach.trigger(user, name, since) if self.d.outreach else None
+        if rep is None:
+            raise ApiError(404, f"user {user!r} has no trigger {name!r}")
+        return json_response(rep.as_json() | {"filter": {"since": since, "user": user}})
 
     # -- DKIM and DNS ----------------------------------------------------------------------
     def _inputs(self) -> dnsrecords.Inputs:

@@ -27,6 +27,7 @@ from mtaserver.metrics import Metrics
 from mtaserver.oauth import CurrentVerifier
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.events import EventLog
+from mtaserver.storage.sqlite.outreach_stats import OutreachStats
 from mtaserver.storage.sqlite.privacy import SqlitePrivacy
 from mtaserver.storage.sqlite.queue import Spool
 from mtaserver.storage.sqlite.reports import Reports
@@ -206,6 +207,7 @@ def admin_service(cfg: Config, parts: AdminParts, current: Callable[[], Config])
         suppressions=parts.suppressions,
         codec=lambda: parts.spool.codec,
         templates=TemplateStore(db, parts.clock),
+        outreach=OutreachStats(db),
     )
     open_paths = frozenset({"/metrics"}) if a.metrics_auth == "none" else frozenset()
     oauth = CurrentVerifier(cfg.oauth, parts.clock)  # JWT bearers with admin.* scopes
