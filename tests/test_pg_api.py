@@ -1,12 +1,14 @@
 """A node on PostgreSQL with the HTTP send API and the admin API on: a key made in the
 cluster's database sends through the node (``POST /v3/mail/send``, a stored template, an
 Idempotency-Key retry, a send batch) to the test MX, and the admin API answers with an admin
-token made in the database (events, stats, queue, users, templates); a real daemon per case."""
+token made in the database (events, stats, queue, users, templates); the delivery reaches
+a webhook and a tracked click is recorded, all from the cluster's database."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ class Node:
     admin: str  # base URL of the admin API
     token: str  # an admin token
     rx: Receiver  # the [[webhooks]] endpoint
+    track: str  # the tracking endpoint's base URL
 
 
 @pytest.fixture
@@ -60,6 +63,8 @@ async def node(pg_server: PgServer, pg_dsn: str, tmp_path: Path) -> AsyncIterato
         cfg.set("shaping", poll_interval="20ms")
         cfg.set("api", listen=f"127.0.0.1:{free_port()}")
         cfg.set("admin", listen=f"127.0.0.1:{free_port()}")
+        track = f"127.0.0.1:{free_port()}"
+        cfg.set("tracking", listen=track, base_url=f"http://{track}", clicks=True)
         daemon = Daemon(cfg)
         await asyncio.to_thread(daemon.start)
         host, port = cfg.address("api", "listen")
@@ -67,7 +72,7 @@ async def node(pg_server: PgServer, pg_dsn: str, tmp_path: Path) -> AsyncIterato
         admin = f"http://{ahost}:{aport}"
         try:
             yield Node(daemon, sinks["127.0.0.2"], db, f"http://{host}:{port}", key, admin, token,
-                       rx)  # fmt: skip
+                       rx, f"http://{track}")  # fmt: skip
         finally:
             code = await asyncio.to_thread(daemon.stop)
             await db.close()
@@ -102,8 +107,18 @@ def received(n: Node, rcpt: str) -> list[bytes]:
     return [m.data for m in n.sink.messages if rcpt in m.rcpt_tos]
 
 
-async def test_send_api_delivers_through_a_postgresql_node(node: Node) -> None:
-    status, text, msg_id = await post(node, "/v3/mail/send", mail("one@dest.test"))
+async def test_a_postgresql_node_serves_the_send_and_admin_apis(node: Node) -> None:
+    """One daemon for both parts (a daemon start is most of the time)."""
+    await send_admin_webhooks_tracking(node)
+    await templates_idempotency_and_batches(node)
+
+
+async def send_admin_webhooks_tracking(node: Node) -> None:
+    html = '<p>hello <a href="https://shop.example/spring">spring</a></p>'
+    content = [{"type": "text/plain", "value": "hello from the cluster"},
+               {"type": "text/html", "value": html}]  # fmt: skip
+    status, text, msg_id = await post(node, "/v3/mail/send", mail("one@dest.test",
+                                                                   content=content))  # fmt: skip
     assert status == 202, text
     await wait_for(lambda: bool(received(node, "one@dest.test")), 20)
     assert b"hello from the cluster" in received(node, "one@dest.test")[0]
@@ -116,7 +131,17 @@ async def test_send_api_delivers_through_a_postgresql_node(node: Node) -> None:
 
     assert await eventually(state, lambda v: v == "delivered", 20) == "delivered" and msg_id
     # A key nobody made is refused.
-    bad = Node(node.daemon, node.sink, node.db, node.api, "SG.nope.nope", node.admin, "", node.rx)
+    bad = Node(
+        node.daemon,
+        node.sink,
+        node.db,
+        node.api,
+        "SG.nope.nope",
+        node.admin,
+        "",
+        node.rx,
+        node.track,
+    )
     assert (await post(bad, "/v3/mail/send", mail("x@dest.test")))[0] == 401
     # The admin API on the same node answers from the cluster's database.
     events = await admin_get(node, "/api/v1/events?type=delivered")
@@ -132,9 +157,25 @@ async def test_send_api_delivers_through_a_postgresql_node(node: Node) -> None:
     # The delivery reached the webhook, from the cluster's outbox, and left it.
     await wait_for(lambda: any(e["recipient"] == "one@dest.test" for e in node.rx.received), 20)
     assert [e["type"] for e in node.rx.received] == ["delivered"]
+    # The link was signed for tracking; a click on it is recorded in the cluster's log.
+    raw = received(node, "one@dest.test")[0].replace(b"=\r\n", b"").replace(b"=3D", b"=")
+    found = re.search(rb'href="(' + re.escape(node.track.encode()) + rb'/[^"]+)"', raw)
+    assert found, raw.decode(errors="replace")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(found.group(1).decode(), allow_redirects=False) as r,
+    ):
+        assert r.status == 302 and r.headers["Location"] == "https://shop.example/spring"
+
+    async def clicks() -> Any:
+        return await admin_get(node, "/api/v1/events?type=click")
+
+    seen = await eventually(clicks, lambda v: bool(v["events"]), 20)
+    assert [(e["recipient"], e["data"]["url"]) for e in seen["events"]] == [
+        ("one@dest.test", "https://shop.example/spring")]  # fmt: skip
 
 
-async def test_templates_idempotency_and_batches_are_the_clusters(node: Node) -> None:
+async def templates_idempotency_and_batches(node: Node) -> None:
     info = await PgTemplateStore(node.db).put("hello", "Hi {{name}}", None, "Dear {{name}}")
     body = mail("tpl@dest.test", template_id=info.template_id)
     body.pop("content")

@@ -19,7 +19,7 @@ import pytest
 from mtaserver.auth import UserError
 from mtaserver.config.storage import PostgresConfig
 from mtaserver.config.webhooks import WebhookConfig
-from mtaserver.model import Event, PreparedMessage, PreparedRecipient, Stats
+from mtaserver.model import Event, PreparedMessage, PreparedRecipient, Stats, TrackedRecipient
 from mtaserver.storage.postgres.apikeys import PgApiKeyStore
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.events import PgEventLog
@@ -30,6 +30,7 @@ from mtaserver.storage.postgres.reports import PgReports
 from mtaserver.storage.postgres.suppressions import PgSuppressionStore
 from mtaserver.storage.postgres.templates import PgTemplateStore
 from mtaserver.storage.postgres.tokens import PgTokenStore
+from mtaserver.storage.postgres.tracking import PgTrackingStore
 from mtaserver.storage.postgres.users import PgUserStore
 from mtaserver.storage.sqlite.apikeys import TOUCH_EVERY, ApiKeyError, ApiKeyStore
 from mtaserver.storage.sqlite.db import Database
@@ -41,6 +42,7 @@ from mtaserver.storage.sqlite.reports import Reports
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.storage.sqlite.templates import TemplateStore, TemplateStoreError
 from mtaserver.storage.sqlite.tokens import TokenError, TokenStore
+from mtaserver.storage.sqlite.tracking import SqlTrackingStore
 from mtaserver.storage.sqlite.users import UserStore
 from tests.pg import pg_dsn, pg_server  # noqa: F401
 from tests.support.clock import FakeClock
@@ -64,6 +66,7 @@ class Stores:
     tokens: Any
     reports: Any
     outbox: Any
+    tracking: Any
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -78,7 +81,7 @@ async def s(request: Any, tmp_path: Path) -> AsyncIterator[Stores]:
                 "sqlite", clock, spool, EventLog(db), UserStore(db, clock),
                 SuppressionStore(db, clock), ApiKeyStore(db, clock), ApiIntake(db, spool),
                 TemplateStore(db, clock), TokenStore(db, clock), Reports(db),
-                WebhookOutbox(db),
+                WebhookOutbox(db), SqlTrackingStore(db),
             )  # fmt: skip
         finally:
             await db.close()
@@ -92,7 +95,7 @@ async def s(request: Any, tmp_path: Path) -> AsyncIterator[Stores]:
             "postgresql", clock, queue, PgEventLog(pg), PgUserStore(pg, clock),
             PgSuppressionStore(pg, clock), PgApiKeyStore(pg, clock), PgApiIntake(pg, queue),
             PgTemplateStore(pg, clock), PgTokenStore(pg, clock), PgReports(pg),
-            PgWebhookOutbox(pg),
+            PgWebhookOutbox(pg), PgTrackingStore(pg),
         )  # fmt: skip
     finally:
         await pg.close()
@@ -406,6 +409,35 @@ async def test_outbox_context_for_sendgrid_events(s: Stores) -> None:
     await s.outbox.settle([Settlement(i, "delivered", T0) for i in items])
     (delivered,) = await due(s, "sg", context=True)
     assert delivered.context.recipients == ((1, "b@x.example"),)
+
+
+# -- tracking --------------------------------------------------------------------------------
+async def test_tracking_lookup_and_hits(s: Stores) -> None:
+    m = PreparedMessage(
+        queue_id=new_queue_id(time.time()), sender="news@shop.example",
+        recipients=(PreparedRecipient("a@x.example"), PreparedRecipient("b@x.example")),
+        data=b"Subject: hi\r\n\r\nbody\r\n", user="app", client_ip="127.0.0.1",
+        received_at=T0, campaign="spring",
+    )  # fmt: skip
+    await s.queue.enqueue_many([m])
+    q = m.queue_id
+    await s.events.emit(Event("delivered", T0 + 5, q, "b@x.example", data=(("idx", 1),)))
+    found = await s.tracking.lookup([(q, 1), (q, 0), (q, 1), (q, 7), ("nope", 0)])
+    assert found == {
+        (q, 0): TrackedRecipient("a@x.example", "news@shop.example", "spring", "app", "queued",
+                                 None),
+        (q, 1): TrackedRecipient("b@x.example", "news@shop.example", "spring", "app", "queued",
+                                 T0 + 5),
+    }  # fmt: skip
+    assert await s.tracking.lookup([]) == {}
+    await s.tracking.write_rows([(T0 + 6, "open", q, 1, "UA", "1.2.3.4", False, None, None, None),
+                                 (T0 + 7, "open", "gone", 0, "UA", "", True, "bot", None, None)])  # fmt: skip
+    opens = await s.events.page(types=["open"])
+    assert [(e.queue_id, e.recipient) for e in opens] == [(q, "b@x.example"), ("gone", None)]
+    assert opens[0].data["campaign"] == "spring" and opens[1].data == {
+        "idx": 0, "user_agent": "UA", "client_ip": "", "machine": True, "reason": "bot"}  # fmt: skip
+    await s.tracking.emit(Event("unsubscribe", T0 + 8, q, "a@x.example"))
+    assert (await types(s, q))[-1] == "unsubscribe"
 
 
 # -- PostgreSQL only: several nodes dispatch from one outbox -----------------------------------

@@ -1,4 +1,4 @@
-"""The admin API and the webhook dispatcher on a PostgreSQL node (backend = "postgresql").
+"""The admin API, the webhook dispatcher and tracking on a PostgreSQL node.
 
 The same endpoints as :func:`mtaserver.app.ops.admin_service`, over the cluster's database:
 the queue, events, stats, users, suppressions and templates any node answers for are the
@@ -9,17 +9,21 @@ admin app registers no privacy routes, so they answer 404 rather than read a SQL
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any, cast
 
 from mtaserver.admin.deps import AdminDeps
 from mtaserver.admin.routes import AdminApi
 from mtaserver.admin.server import AdminServer, build_web_app
+from mtaserver.app.ops import TrackingParts
 from mtaserver.app.service import Service, SimpleService
 from mtaserver.auth import hash_password
 from mtaserver.clock import Clock
 from mtaserver.config import Config
+from mtaserver.devsetup import write_private
 from mtaserver.dkim import DkimSigner
+from mtaserver.errors import ConfigError
 from mtaserver.metrics import Metrics
 from mtaserver.oauth import CurrentVerifier
 from mtaserver.storage.postgres.db import PgDatabase
@@ -30,7 +34,13 @@ from mtaserver.storage.postgres.reports import PgReports
 from mtaserver.storage.postgres.suppressions import PgSuppressionStore
 from mtaserver.storage.postgres.templates import PgTemplateStore
 from mtaserver.storage.postgres.tokens import PgTokenStore
+from mtaserver.storage.postgres.tracking import PgTrackingStore
 from mtaserver.storage.postgres.users import PgUserStore
+from mtaserver.tracking.bots import BotDetector, load_rules
+from mtaserver.tracking.privacy import IpPrivacy
+from mtaserver.tracking.recorder import Recorder
+from mtaserver.tracking.tokens import TokenCodec, load_secrets
+from mtaserver.tracking.tracker import Tracker
 from mtaserver.webhooks import WebhookDispatcher
 
 METRICS_TAIL_EVERY = 10.0  # seconds between event-log tails for metrics, as on SQLite
@@ -110,3 +120,48 @@ def pg_webhooks_service(cfg: Config, outbox: PgWebhookOutbox, clock: Clock) -> S
     dispatcher = WebhookDispatcher(_as(_Polled()), cfg.webhooks, clock)
     dispatcher.outbox = _as(outbox)  # its rows leased to this node (storage.postgres.outbox)
     return dispatcher
+
+
+class _SuppressUnsubscribes:
+    """Tracking's unsubscribes suppress in the cluster's list, through the policy table
+    ([inbound.suppression.policy] unsubscribe; default: this sending domain only)."""
+
+    def __init__(self, store: PgSuppressionStore) -> None:
+        self.store = store
+
+    async def unsubscribe(
+        self, sender_domain: str | None, address: str, queue_id: str, at: float
+    ) -> None:
+        await self.store.apply(
+            address, "unsubscribe", sender_domain=sender_domain, source="tracking",
+            queue_id=queue_id,
+        )  # fmt: skip
+
+
+def pg_build_tracking(
+    cfg: Config, db: PgDatabase, suppressions: PgSuppressionStore, clock: Clock
+) -> TrackingParts | None:
+    """``app.ops.build_tracking`` over the cluster's queue and event log. Every node must
+    hold the same ``[tracking] secret_file``: a link signed by one node is opened on any
+    (a node that finds none writes a new one, which the other nodes' links fail)."""
+    t = cfg.tracking
+    if t.base_url is None or t.secret_file is None:
+        return None
+    if not t.secret_file.exists():
+        write_private(t.secret_file, secrets.token_bytes(32).hex().encode() + b"\n")
+    try:
+        codec = TokenCodec(load_secrets(t.secret_file))
+        rules = load_rules(t.bot_rules_file)
+    except ValueError as exc:
+        raise ConfigError(f"tracking: {exc}") from None
+    tracker = Tracker(codec, t.base_url, t.unsubscribe_mailto)
+    if t.listen is None:
+        return TrackingParts(codec, tracker, None, None)
+    recorder = Recorder(
+        PgTrackingStore(db),
+        BotDetector(rules, t.scanner_window, t.burst_window, t.burst_links),
+        IpPrivacy(t.ip_privacy, codec.key),
+        clock,
+        unsubscribes=_SuppressUnsubscribes(suppressions),
+    )
+    return TrackingParts(codec, tracker, recorder, None)  # mailto unsubscribes: not yet

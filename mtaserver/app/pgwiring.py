@@ -2,9 +2,9 @@
 
 SMTP submission → pipeline → the shared queue → scheduler → delivery → events and
 suppressions, every store over the cluster's database; several nodes run this against one
-database, the HTTP send API, the admin API and webhooks (``app.pgops``). What is not
-ported yet (tracking, worker processes, contacts, privacy requests, mailto unsubscribes)
-is refused at config check
+database, the HTTP send API, the admin API, webhooks and tracking (``app.pgops``). What
+is not ported yet (worker processes, contacts and their consent pages, privacy requests,
+mailto unsubscribes) is refused at config check
 (``config.storage.check_postgres``), so nothing here falls back to SQLite.
 
 The stage builders of :mod:`mtaserver.app.mail` are typed on the SQLite owners; the
@@ -31,7 +31,8 @@ from mtaserver.app.mail import (
     scheduler_service,
     submission_service,
 )
-from mtaserver.app.pgops import pg_admin_service, pg_webhooks_service
+from mtaserver.app.ops import tracking_service
+from mtaserver.app.pgops import pg_admin_service, pg_build_tracking, pg_webhooks_service
 from mtaserver.app.service import Service
 from mtaserver.app.wiring import Wiring
 from mtaserver.clock import Clock
@@ -81,10 +82,15 @@ def wire_postgres(
     resolver = build_resolver(cfg, clock)
     agent = build_agent(cfg, resolver, verp, clock)
     shaper = build_shaper(cfg, clock)
+    # Links in mail rewritten with the tracking secret ([tracking] base_url); hits on any
+    # node's endpoint recorded in the cluster's event log.
+    tracking = pg_build_tracking(cfg, db, suppressions, clock)
+    recorder = tracking.recorder if tracking is not None else None
     outbox = PgWebhookOutbox(db)  # the cluster's: every node's events, any node POSTs
     metrics = Metrics(
         queue, events, top_destinations=cfg.admin.top_destinations, clock=clock.now,
         shaper=shaper, webhooks=outbox,
+        tracking_dropped=(lambda: recorder.dropped) if recorder is not None else None,
     )  # fmt: skip
     # [cluster] redis: limits shared with the other nodes (else this node's own shaper).
     cluster = build_cluster(cfg, shaper, queue, clock, metrics)
@@ -101,11 +107,17 @@ def wire_postgres(
         inbound_service(cfg, q, s, verp, None, space, clock),  # bounces, expiry purge
         Retention(queue, events, outbox, cfg.retention, clock),
     ]
+    track = tracking_service(cfg, tracking, clock) if tracking is not None else None
+    if track is not None:
+        services.append(track)
     hooks = pg_webhooks_service(cfg, outbox, clock)
     if hooks is not None:
         services.append(hooks)
     sub = cfg.submission
-    mail = MailParts(q, _as(users), s, signer, None, metrics, space, clock, UserRates(sub, clock))
+    tracker = tracking.tracker if tracking is not None else None
+    mail = MailParts(
+        q, _as(users), s, signer, tracker, metrics, space, clock, UserRates(sub, clock)
+    )
     if sub.listen or sub.listen_tls or sub.listen_plain:
         services.append(submission_service(cfg, mail))
     # The HTTP send API: keys, idempotent answers, batches and templates in the cluster's

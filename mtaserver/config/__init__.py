@@ -124,7 +124,7 @@ def _cross_check(cfg: Config, root: Reader) -> None:
     """Rules that span sections."""
     if cfg.storage.backend == "postgresql":
         storage.check_postgres(root.file, {
-            "server.workers": cfg.server.workers > 1, "tracking.listen": bool(cfg.tracking.listen),
+            "server.workers": cfg.server.workers > 1,
             "tracking.unsubscribe_mailto": bool(cfg.tracking.unsubscribe_mailto),
         })  # fmt: skip
     sub = cfg.submission
