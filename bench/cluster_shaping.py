@@ -6,8 +6,9 @@
    from ``--concurrency`` tasks at once (throughput of one node's event loop), against a
    private redis-server on loopback; the ratio is shared / local.
 2. **Three nodes.** Real daemons on one PostgreSQL, ``--n`` messages submitted round-robin
-   over SMTP, delivered to one aiosmtpd sink, limits far above the load (so this measures
-   the cost, not the limit): without ``[cluster] redis`` (idle connections pooled), with it
+   over SMTP, delivered to one aiosmtpd sink, the same connections in every run (10 per
+   node; 30 shared when shared) and no rate that binds, so this measures the cost, not the
+   limit: without ``[cluster] redis`` (idle connections pooled), with it
    (no idle pool: a pooled idle connection holds no shared lease), and without it but with
    the pool off too, which splits the cost between Redis and the lost connection reuse.
 
@@ -26,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench.pg_cluster import config, submit
+from bench.pg_cluster import WORKERS, config, submit
 from mtaserver.clock import SystemClock
 from mtaserver.cluster.client import ShapingScripts, connect
 from mtaserver.cluster.shared import SharedShaping
@@ -110,6 +111,8 @@ async def relay(
             c.set("server", secret_file=str(root / "secret.key"))
             if redis_url:  # (nodes without redis would split the limits: not this cost)
                 c.set("cluster", redis=redis_url, nodes=NODES)
+                # The same connections in all: WORKERS per node, NODES * WORKERS shared.
+                c.set("shaping.default", max_connections=NODES * WORKERS)
             if not pool:
                 c.set("delivery", idle_timeout="0s")
         daemons = [Daemon(c) for c in cfgs]
