@@ -310,3 +310,17 @@ def test_the_compose_try_out_is_one_cluster_and_its_configs_pass_check_config(
     redis_host = str(clusters[0]["redis"]).split("//")[1].split(":")[0]
     pg_host = str(seen[0]["storage"]["dsn"]).split("@")[1].split(":")[0]  # type: ignore[index]
     assert {redis_host, pg_host} <= set(services)
+
+
+def test_the_permit_benchmark_runs() -> None:
+    """bench.cluster_shaping's permit part on a few permits (smoke, not a figure)."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.cluster_shaping", "--permits", "200", "--concurrency", "4",
+         "--n", "0"],
+        capture_output=True, text=True, timeout=120, cwd=root, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = [line.rsplit(None, 4) for line in out.stdout.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["local shaper", "shared (Redis)"] * 2
+    assert all(float(r[2]) > 0 for r in rows)
