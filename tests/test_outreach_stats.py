@@ -5,10 +5,22 @@ and step by step. A trigger and another user's campaign of the same name never m
 
 from __future__ import annotations
 
+import asyncio
+import email
+import email.policy
+import json
+import re
 import sqlite3
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
 
 from mtaserver.app.campaigns import Feeder
 from mtaserver.auth import hash_password
+from mtaserver.cli import main
 from mtaserver.contacts import ContactInput
 from mtaserver.journeys import EventInput, trigger_from_json
 from mtaserver.model import Event
@@ -25,8 +37,15 @@ from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from mtaserver.storage.sqlite.segments import SegmentStore
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.storage.sqlite.templates import TemplateStore
+from mtaserver.storage.sqlite.tokens import TokenStore
 from mtaserver.storage.sqlite.users import UserStore
+from tests.support.admin import AdminClient
 from tests.support.clock import FakeClock
+from tests.support.daemon import free_port
+from tests.support.mxsink import wait_for
+from tests.test_journeys_e2e import acall, contacts
+from tests.test_optin import OptInDaemon
+from tests.tracking.conftest import BROWSER
 
 Value = str | int | float | bool | None
 HASH = hash_password("correct horse battery", n=2**10)
@@ -177,3 +196,121 @@ async def test_campaign_and_trigger_numbers_per_run_and_step(db: Database) -> No
     assert await stats.trigger("bob", "promo") is None
     later = await stats.trigger("alice", "promo", since=env.clock.now() + 1)
     assert later is not None and later.total.queued == 0 and later.steps[1].cancelled == 0
+
+
+# -- end to end ---------------------------------------------------------------------------------
+PROMO_HTML = '<p>Hi {{contact.email}}</p><p><a href="https://shop.example.com/spring">Shop</a></p>'
+
+
+def _links(raw: bytes) -> tuple[list[str], list[str], str]:
+    """(pixels, tracked links, one-click unsubscribe URL) of a delivered message."""
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    html = next(p for p in msg.walk() if p.get_content_type() == "text/html").get_content()
+    pixels = re.findall(r'<img src="([^"]+\.gif)"', html)
+    links = re.findall(r'href="(http://127\.0\.0\.1:\d+/c/[^"]+)"', html)
+    (unsub,) = (u for u in re.findall(r"<([^>]+)>", str(msg["List-Unsubscribe"]))
+                if u.startswith("http"))  # fmt: skip
+    return pixels, links, unsub
+
+
+async def test_campaign_numbers_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A daemon sends a campaign to five contacts through the test MX: one address is
+    refused (550 5.1.1), one person opens, one clicks, one unsubscribes (one-click), one
+    does nothing. The admin API (validated against its openapi.json) and
+    ``mtaserver stats --campaign`` count exactly that; a one-step trigger's step apart."""
+    api = OptInDaemon(tmp_path)
+    api.cfg.data["tracking"].update(opens=True, clicks=True, unsubscribe=True,
+                                    scanner_window="1ms", burst_window="1ms")  # fmt: skip
+    api.cfg.set("admin", listen=f"127.0.0.1:{free_port()}")
+    api.sink.rcpt_replies["bad@dest.test"] = "550 5.1.1 no such user"
+    people = [f"{p}@dest.test" for p in ("bad", "opener", "clicker", "leaver", "quiet")]
+    async with api, aiohttp.ClientSession(headers={"User-Agent": BROWSER}) as http:
+        assert api.daemon is not None
+        db = Database(api.cfg.database)
+        await db.open()
+        try:
+            token = (await TokenStore(db).create("stats"))[1]
+        finally:
+            await db.close()
+        host, port = api.cfg.address("admin", "listen")
+        admin = AdminClient(f"http://{host}:{port}", token)
+
+        def get(path: str, **query: str) -> Any:
+            return admin.ok("GET", path, query=query)
+
+        await asyncio.to_thread(admin.ok, "POST", "/api/v1/templates", 201,
+                                body={"name": "promo", "subject": "Spring", "html": PROMO_HTML})  # fmt: skip
+        await contacts(api, *({"email": a} for a in people))
+        assert (await acall(api, "POST", "/v1/lists", {"name": "news"}))[0] == 201
+        assert (await acall(api, "POST", "/v1/lists/news/members", {"emails": people}))[0] == 200
+        st, body = await acall(api, "POST", "/v1/campaigns", {"name": "spring",
+                               "template": "promo", "from": "news@example.com", "list": "news"})  # fmt: skip
+        assert st == 201, body
+        assert (await acall(api, "POST", "/v1/campaigns/spring/start"))[0] == 200
+        st, _ = await acall(api, "PUT", "/v1/triggers/welcome", {
+            "event": "signup", "steps": [{"wait": "0s", "template": "promo"}],
+            "from": "hello@example.com"})  # fmt: skip
+        assert st == 201
+        assert (await acall(api, "POST", "/v1/events",
+                            {"contact": "quiet@dest.test", "event": "signup"}))[0] == 202  # fmt: skip
+
+        def final() -> int:
+            return int(api.query("SELECT count(*) FROM recipients WHERE state IN "
+                                 "('delivered', 'bounced')")[0][0])  # fmt: skip
+
+        await wait_for(lambda: final() == 6, 30)
+        by_rcpt = {r.rcpt_tos[0]: r.data for r in api.sink.messages}
+        pixels, _, _ = _links(by_rcpt["opener@dest.test"])
+        _, links, _ = _links(by_rcpt["clicker@dest.test"])
+        _, _, unsub = _links(by_rcpt["leaver@dest.test"])
+        async with http.get(pixels[0]) as r:
+            assert r.status == 200
+        async with http.get(links[0], allow_redirects=False) as r:
+            assert r.status == 302 and r.headers["Location"] == "https://shop.example.com/spring"
+        async with http.post(unsub, data={"List-Unsubscribe": "One-Click"}) as r:
+            assert r.status == 200
+
+        path = "/api/v1/campaigns/spring/stats"
+
+        def counted() -> bool:
+            t = get(path, user="app")["total"]
+            return bool(t["opened"]["human"] + t["clicked"]["human"] >= 2 and t["unsubscribed"])
+
+        await wait_for(counted, 30)
+        report = await asyncio.to_thread(get, path, user="app")
+        total = report["total"]
+        assert report["campaign"] == {"user": "app", "name": "spring", "status": "done"}
+        assert {k: total[k] for k in ("audience", "queued", "sent", "delivered",
+                                      "unsubscribed", "complained")} == {
+            "audience": 5, "queued": 5, "sent": 5, "delivered": 4, "unsubscribed": 1,
+            "complained": 0,
+        }  # fmt: skip
+        assert total["bounced"] == {"total": 1, "hard": 1, "soft": 0,
+                                    "by_category": {"unknown-recipient": 1},
+                                    "by_reason": {"userunknown": 1}}  # fmt: skip
+        assert total["opened"] == {"unique_human": 1, "unique_machine": 0, "human": 1,
+                                   "machine": 0}  # fmt: skip
+        assert total["clicked"] == {"unique_human": 1, "unique_machine": 0, "human": 1,
+                                    "machine": 0}  # fmt: skip
+        assert total["rates"]["open_rate"] == 0.25 and total["rates"]["bounce_rate"] == 0.2
+        assert [r["queued"] for r in report["runs"]] == [5]
+        trig = await asyncio.to_thread(get, "/api/v1/triggers/welcome/stats", user="app",
+                                       since="1h")  # fmt: skip
+        (step,) = trig["steps"]
+        assert (step["template"], step["queued"], step["delivered"]) == ("promo", 1, 1)
+        assert trig["total"]["opened"]["human"] == 0  # the campaign's hits are not its
+
+        out = await asyncio.to_thread(api.daemon.cli, "stats", "--json", "--campaign", "spring",
+                                      "--user", "app")  # fmt: skip
+        assert out.returncode == 0 and json.loads(out.stdout) == report, out.stderr
+        cfg = str(api.cfg.path)
+        args = ["stats", "-c", cfg, "--user", "app"]
+        assert await asyncio.to_thread(main, [*args, "--trigger", "welcome"]) == 0
+        text = capsys.readouterr().out
+        assert "step 0 (promo): pending 0, cancelled 0, skipped 0" in text, text
+        assert await asyncio.to_thread(main, [*args, "--campaign", "spring"]) == 0
+        text = capsys.readouterr().out
+        assert "bounced       1  (hard 1, soft 0; 20.0%)  [unknown-recipient 1]" in text, text
