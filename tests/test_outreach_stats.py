@@ -164,10 +164,10 @@ async def test_campaign_and_trigger_numbers_per_run_and_step(db: Database) -> No
     rep = await stats.campaign("alice", "promo")
     assert rep is not None and len(rep.runs) == 1
     got = rep.as_json()["total"]
-    assert {k: got[k] for k in ("audience", "pending", "skipped", "queued", "suppressed",
+    assert {k: got[k] for k in ("audience", "pending", "cancelled", "skipped", "queued", "suppressed",
                                 "sent", "delivered", "deferred", "unsubscribed",
                                 "complained")} == {
-        "audience": 6, "pending": 0, "skipped": {"unsubscribed": 1}, "queued": 5,
+        "audience": 6, "pending": 0, "cancelled": 0, "skipped": {"unsubscribed": 1}, "queued": 5,
         "suppressed": 0, "sent": 5, "delivered": 4, "deferred": 1, "unsubscribed": 1,
         "complained": 1,
     }  # fmt: skip

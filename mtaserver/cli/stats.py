@@ -121,7 +121,7 @@ def render_report(rep: CampaignReport | TriggerReport) -> str:
         lines = [f"campaign {rep.name} (user {rep.owner}, {rep.status}): {len(rep.runs)} run(s)"]
         for run in rep.runs:
             lines.append(f"run {run.run} at {run.fire_at:.0f} ({run.status}): audience "
-                         f"{run.audience}, pending {run.pending}, "
+                         f"{run.audience}, pending {run.pending}, cancelled {run.cancelled}, "
                          f"skipped {_skipped(dict(run.skipped))}")  # fmt: skip
             lines.append(render_sends(run.stats, "  "))
     else:

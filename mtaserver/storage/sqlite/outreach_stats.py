@@ -230,12 +230,14 @@ class RunStats:
     status: str
     audience: int
     pending: int
+    cancelled: int  # rows the run's cancel (or failure) took before they were fed
     skipped: Counts
     stats: SendStats
 
     def as_json(self) -> dict[str, Any]:
         return {"run": self.run, "fire_at": self.fire_at, "status": self.status,
                 "audience": self.audience, "pending": self.pending,
+                "cancelled": self.cancelled,
                 "skipped": dict(self.skipped)} | self.stats.as_json()  # fmt: skip
 
 
@@ -273,7 +275,9 @@ class CampaignReport:
     def as_json(self) -> dict[str, Any]:
         skipped = _merge(*(r.skipped for r in self.runs))
         head = {"audience": sum(r.audience for r in self.runs),
-                "pending": sum(r.pending for r in self.runs), "skipped": dict(skipped)}  # fmt: skip
+                "pending": sum(r.pending for r in self.runs),
+                "cancelled": sum(r.cancelled for r in self.runs),
+                "skipped": dict(skipped)}  # fmt: skip
         return {"campaign": {"user": self.owner, "name": self.name, "status": self.status},
                 "total": head | self.total.as_json(),
                 "runs": [r.as_json() for r in self.runs]}  # fmt: skip
@@ -341,16 +345,16 @@ def campaign_report(
     params = {"id": found[0], "since": since}
     sends = _send_stats(conn, CAMPAIGN_COUNTS, CAMPAIGN_BOUNCES, params)
     runs: dict[int, tuple[float, str, int]] = {}
-    pending: dict[int, int] = {}
+    by_state: dict[tuple[int, str], int] = {}
     skipped: dict[int, list[tuple[str, int]]] = {}
     for run, fire_at, status, audience, state, reason, n in conn.execute(CAMPAIGN_ROWS, params):
         runs[run] = (fire_at, status, audience)
-        if state == "pending":
-            pending[run] = pending.get(run, 0) + n
-        elif state == "skipped":
+        by_state[(run, state)] = by_state.get((run, state), 0) + n
+        if state == "skipped":
             skipped.setdefault(run, []).append((reason or "", n))
     out = tuple(
-        RunStats(run, f, st, aud, pending.get(run, 0), _merge(skipped.get(run, ())),
+        RunStats(run, f, st, aud, by_state.get((run, "pending"), 0),
+                 by_state.get((run, "cancelled"), 0), _merge(skipped.get(run, ())),
                  sends.get(run, SendStats()))
         for run, (f, st, aud) in runs.items()
     )  # fmt: skip
