@@ -18,10 +18,8 @@ import aiohttp
 import pytest
 
 from mtaserver.config.storage import PostgresConfig
-from mtaserver.storage.postgres.apikeys import PgApiKeyStore
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.templates import PgTemplateStore
-from mtaserver.storage.postgres.tokens import PgTokenStore
 from mtaserver.storage.postgres.users import PgUserStore
 from tests.pg import PgServer, pg_dsn, pg_server  # noqa: F401
 from tests.support.daemon import Daemon, TestConfig, free_port
@@ -48,8 +46,6 @@ async def node(pg_server: PgServer, pg_dsn: str, tmp_path: Path) -> AsyncIterato
     db = PgDatabase(PostgresConfig(dsn=pg_dsn, tls="disable", pool_size=2))
     await db.open()
     await PgUserStore(db).add("app", "scrypt$unused", ["sender.test"])
-    _, key = await PgApiKeyStore(db).create("app", frozenset({"mail.send", "mail.batch.create"}))
-    _, token = await PgTokenStore(db).create("ops")
     (tmp_path / "pgpass").write_text(pg_server.password + "\n")
     rx = Receiver(b"a webhook secret of the test")
     await rx.start()
@@ -67,6 +63,11 @@ async def node(pg_server: PgServer, pg_dsn: str, tmp_path: Path) -> AsyncIterato
         cfg.set("tracking", listen=track, base_url=f"http://{track}", clicks=True)
         daemon = Daemon(cfg)
         await asyncio.to_thread(daemon.start)
+        # The operator's commands work on the cluster's database.
+        key = await cli(
+            daemon, "apikey", "create", "--user", "app", "--scopes", "mail.send,mail.batch"
+        )
+        token = await cli(daemon, "admin", "token", "create", "--name", "ops")
         host, port = cfg.address("api", "listen")
         ahost, aport = cfg.address("admin", "listen")
         admin = f"http://{ahost}:{aport}"
@@ -78,6 +79,12 @@ async def node(pg_server: PgServer, pg_dsn: str, tmp_path: Path) -> AsyncIterato
             await db.close()
             await rx.stop()
         assert code == 0, daemon.log()[-3000:]
+
+
+async def cli(daemon: Daemon, *args: str) -> str:
+    out = await asyncio.to_thread(daemon.cli, *args)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
 
 
 def mail(to: str, **extra: object) -> dict[str, object]:
@@ -176,7 +183,11 @@ async def send_admin_webhooks_tracking(node: Node) -> None:
 
 
 async def templates_idempotency_and_batches(node: Node) -> None:
-    info = await PgTemplateStore(node.db).put("hello", "Hi {{name}}", None, "Dear {{name}}")
+    (node.daemon.config.dir / "hello.txt").write_text("Dear {{name}}")
+    await cli(node.daemon, "template", "put", "hello", "--subject", "Hi {{name}}",
+              "--text", str(node.daemon.config.dir / "hello.txt"))  # fmt: skip
+    info = await PgTemplateStore(node.db).info("hello")
+    assert info is not None and info.versions == (1,)
     body = mail("tpl@dest.test", template_id=info.template_id)
     body.pop("content")
     body.pop("subject")

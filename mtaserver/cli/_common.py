@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from mtaserver.auth import normalize_name
 from mtaserver.config import Config
@@ -20,6 +20,7 @@ from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.users import UserStore
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +44,8 @@ def with_db(config: Config, fn: Callable[[Database], Awaitable[T]]) -> T:
     if config.storage.backend == "postgresql":
         raise MtaError(
             f"{config.source}: storage.backend: this command is not yet supported with "
-            'backend = "postgresql" (so far: serve, check-config, user, queue, storage migrate)'
+            'backend = "postgresql" (so far: serve, check-config, user, queue, apikey, admin '
+            "token, template, storage migrate)"
         )
 
     async def runner() -> T:
@@ -79,6 +81,19 @@ def with_users(config: Config, fn: Callable[[UserStore | PgUserStore], Awaitable
     if config.storage.postgres is None:
         return with_db(config, lambda db: fn(UserStore(db)))
     return with_pg(config, lambda db: fn(PgUserStore(db)))
+
+
+def with_store(
+    config: Config,
+    lite: Callable[[Database], S],
+    pg: Callable[[PgDatabase], Any],
+    fn: Callable[[S], Awaitable[T]],
+) -> T:
+    """Run ``fn`` on the store(s) ``lite`` builds over the SQLite file, or ``pg`` over the
+    cluster's database with backend = "postgresql" (owners with the same methods)."""
+    if config.storage.postgres is None:
+        return with_db(config, lambda db: fn(lite(db)))
+    return with_pg(config, lambda db: fn(cast(S, pg(db))))
 
 
 class ArgError(MtaError, ValueError):

@@ -12,8 +12,9 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.cli._common import add_config_arg, config_from, with_store
 from mtaserver.clock import SystemClock
+from mtaserver.storage.postgres.tokens import PgTokenStore
 from mtaserver.storage.sqlite.tokens import TokenInfo, TokenStore
 
 
@@ -51,7 +52,9 @@ def _create(args: argparse.Namespace) -> int:
     name = args.name or datetime.fromtimestamp(SystemClock().now(), UTC).strftime(
         "token-%Y%m%d-%H%M%S"
     )
-    info, token = with_db(cfg, lambda db: TokenStore(db).create(name, SystemClock().now()))
+    info, token = with_store(
+        cfg, TokenStore, PgTokenStore, lambda st: st.create(name, SystemClock().now())
+    )
     print(token)
     print(
         f"created admin token {info.name} (id {info.id}); it is shown only now. Use it as "
@@ -68,7 +71,7 @@ def _line(t: TokenInfo) -> str:
 
 def _list(args: argparse.Namespace) -> int:
     cfg = config_from(args)
-    tokens = with_db(cfg, lambda db: TokenStore(db).list())
+    tokens = with_store(cfg, TokenStore, PgTokenStore, lambda st: st.list())
     for t in tokens:
         print(_line(t))
     if not tokens:
@@ -78,6 +81,8 @@ def _list(args: argparse.Namespace) -> int:
 
 def _revoke(args: argparse.Namespace) -> int:
     cfg = config_from(args)
-    info = with_db(cfg, lambda db: TokenStore(db).revoke(args.token, SystemClock().now()))
+    info = with_store(
+        cfg, TokenStore, PgTokenStore, lambda st: st.revoke(args.token, SystemClock().now())
+    )
     print(f"revoked admin token {info.name} (id {info.id})")
     return 0

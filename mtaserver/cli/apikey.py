@@ -13,10 +13,11 @@ import sys
 from datetime import UTC, datetime
 
 from mtaserver.auth import UserError, normalize_name
-from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.cli._common import add_config_arg, config_from, with_store
 from mtaserver.clock import SystemClock
+from mtaserver.storage.postgres.apikeys import PgApiKeyStore
+from mtaserver.storage.postgres.users import PgUserStore
 from mtaserver.storage.sqlite.apikeys import ApiKeyInfo, ApiKeyStore, parse_scopes
-from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.users import UserStore
 
 
@@ -61,12 +62,16 @@ def _create(args: argparse.Namespace) -> int:
     user = normalize_name(args.user)
     scopes = parse_scopes([args.scopes])
 
-    async def run(db: Database) -> tuple[ApiKeyInfo, str]:
-        if await UserStore(db).lookup(user) is None:
+    async def run(stores: tuple[UserStore, ApiKeyStore]) -> tuple[ApiKeyInfo, str]:
+        users, keys = stores
+        if await users.lookup(user) is None:
             raise UserError(f"--user: no user {user!r} (create it with `mtaserver user add`)")
-        return await ApiKeyStore(db).create(user, scopes, args.name, SystemClock().now())
+        return await keys.create(user, scopes, args.name, SystemClock().now())
 
-    info, key = with_db(cfg, run)
+    info, key = with_store(
+        cfg, lambda db: (UserStore(db), ApiKeyStore(db)),
+        lambda db: (PgUserStore(db), PgApiKeyStore(db)), run,
+    )  # fmt: skip
     print(key)
     print(
         f"created API key {info.key_id} for user {info.user} (scopes: "
@@ -88,7 +93,7 @@ def _line(k: ApiKeyInfo) -> str:
 def _list(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     user = normalize_name(args.user) if args.user else None
-    keys = with_db(cfg, lambda db: ApiKeyStore(db).list(user))
+    keys = with_store(cfg, ApiKeyStore, PgApiKeyStore, lambda st: st.list(user))
     for k in keys:
         print(_line(k))
     if not keys:
@@ -98,6 +103,8 @@ def _list(args: argparse.Namespace) -> int:
 
 def _revoke(args: argparse.Namespace) -> int:
     cfg = config_from(args)
-    info = with_db(cfg, lambda db: ApiKeyStore(db).revoke(args.key_id, SystemClock().now()))
+    info = with_store(
+        cfg, ApiKeyStore, PgApiKeyStore, lambda st: st.revoke(args.key_id, SystemClock().now())
+    )
     print(f"revoked API key {info.key_id} of user {info.user}")
     return 0

@@ -12,8 +12,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mtaserver.cli._common import add_config_arg, config_from, with_db
-from mtaserver.storage.sqlite.db import Database
+from mtaserver.cli._common import add_config_arg, config_from, with_store
+from mtaserver.storage.postgres.templates import PgTemplateStore
 from mtaserver.storage.sqlite.templates import (
     TemplateInfo,
     TemplateStore,
@@ -71,7 +71,9 @@ def _when(t: float) -> str:
 def _put(args: argparse.Namespace) -> int:
     html, text = _read("--html", args.html), _read("--text", args.text)
     cfg = config_from(args)
-    info = with_db(cfg, lambda db: TemplateStore(db).put(args.name, args.subject, html, text))
+    info = with_store(
+        cfg, TemplateStore, PgTemplateStore, lambda st: st.put(args.name, args.subject, html, text)
+    )
     print(info.template_id)
     print(f"template {info.name}: version {info.active_version} is active", file=sys.stderr)
     return 0
@@ -85,7 +87,7 @@ def _line(t: TemplateInfo) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    found = with_db(config_from(args), lambda db: TemplateStore(db).list())
+    found = with_store(config_from(args), TemplateStore, PgTemplateStore, lambda st: st.list())
     for t in found:
         print(_line(t))
     if not found:
@@ -94,11 +96,10 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    async def run(db: Database) -> tuple[TemplateInfo | None, TemplateVersion | None]:
-        store = TemplateStore(db)
+    async def run(store: TemplateStore) -> tuple[TemplateInfo | None, TemplateVersion | None]:
         return await store.info(args.name), await store.version(args.name, args.version)
 
-    info, v = with_db(config_from(args), run)
+    info, v = with_store(config_from(args), TemplateStore, PgTemplateStore, run)
     if info is None:
         raise TemplateStoreError(f"no template {args.name!r} (see `mtaserver template list`)")
     if v is None:
@@ -117,14 +118,17 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _activate(args: argparse.Namespace) -> int:
-    info = with_db(
-        config_from(args), lambda db: TemplateStore(db).activate(args.name, args.version)
-    )
+    info = with_store(
+        config_from(args), TemplateStore, PgTemplateStore,
+        lambda st: st.activate(args.name, args.version),
+    )  # fmt: skip
     print(f"template {info.name}: version {info.active_version} is active")
     return 0
 
 
 def _delete(args: argparse.Namespace) -> int:
-    info = with_db(config_from(args), lambda db: TemplateStore(db).delete(args.name))
+    info = with_store(
+        config_from(args), TemplateStore, PgTemplateStore, lambda st: st.delete(args.name)
+    )
     print(f"deleted template {info.name} ({info.template_id}, {len(info.versions)} versions)")
     return 0
