@@ -61,19 +61,23 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 def _submit(port: int, n: int) -> tuple[str, str]:
     """(stage, reply): stage is "mail", "data" or "ok"; reply the server's text."""
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
-        smtp.ehlo("client.test")
-        code, msg = smtp.mail("app@sender.test")
-        if code != 250:
-            return "mail", f"{code} {msg.decode()}"
-        code, msg = smtp.rcpt(f"u{n}@dest.test")
-        assert code == 250, msg
-        code, msg = smtp.data(
-            b"From: app@sender.test\r\nTo: u%d@dest.test\r\nSubject: fill %d\r\n\r\n" % (n, n)
-            + BODY
-        )
-        if code != 250:
-            return "data", f"{code} {msg.decode()}"
-        return "ok", f"{code} {msg.decode()}"
+        return _transaction(smtp, n)
+
+
+def _transaction(smtp: smtplib.SMTP, n: int) -> tuple[str, str]:
+    """One message on an open session: as :func:`_submit`."""
+    smtp.ehlo("client.test")
+    code, msg = smtp.mail("app@sender.test")
+    if code != 250:
+        return "mail", f"{code} {msg.decode()}"
+    code, msg = smtp.rcpt(f"u{n}@dest.test")
+    assert code == 250, msg
+    code, msg = smtp.data(
+        b"From: app@sender.test\r\nTo: u%d@dest.test\r\nSubject: fill %d\r\n\r\n" % (n, n) + BODY
+    )
+    if code != 250:
+        return "data", f"{code} {msg.decode()}"
+    return "ok", f"{code} {msg.decode()}"
 
 
 def _queue_id(reply: str) -> str:

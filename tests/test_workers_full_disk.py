@@ -3,8 +3,9 @@
 The same real 8 MiB tmpfs as test_full_disk.py (mounted when the test runs as root, as CI
 does). The workers see the low space themselves (452 at MAIL) and the owner's failed
 commit comes back to them as 452 at DATA — never a 250 for a message that was not stored.
-Space comes back and, without a restart, they accept again; a restart on a full disk
-starts its workers, says READY and answers 452.
+Each worker is asked (which one serves a connection is read from /proc). Space comes back
+and, without a restart, they accept again; a restart on a full disk starts its workers,
+says READY and answers 452 from each.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import pytest
 
 from tests.support.daemon import Daemon, TestConfig
 from tests.support.mxsink import SinkGroup, eventually, wait_for
-from tests.test_full_disk import _fill_rest, _mount, _queue_id, _submit
+from tests.test_full_disk import _fill_rest, _mount, _queue_id, _submit, _transaction
+from tests.test_workers import _worker_pids
+from tests.test_workers_reliability import connect_to_each
 
 
 @pytest.fixture
@@ -32,6 +35,16 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=30, check=False)
+
+
+def _on_each_worker(port: int, pids: set[int], n: int) -> list[tuple[str, str]]:
+    """One message through every worker (:func:`_transaction`'s stage and reply)."""
+    clients, _ = connect_to_each(port, pids)
+    try:
+        return [_transaction(c, n + i) for i, c in enumerate(clients.values())]
+    finally:
+        for client in clients.values():
+            client.close()
 
 
 def _delivered(messages: list[bytes]) -> set[str]:
@@ -75,8 +88,8 @@ async def test_full_disk_with_workers(tmp_path: Path, tmpfs: Path) -> None:
             assert acked
             filler = await asyncio.to_thread(_fill_rest, tmpfs)
             await asyncio.sleep(1.2)  # each worker's free-space answer is kept for 1 s
-            for n in range(400, 410):  # new connections: both workers answer
-                stage, reply = await asyncio.to_thread(_submit, port, n)
+            pids = set(_worker_pids(daemon).values())
+            for stage, reply in await asyncio.to_thread(_on_each_worker, port, pids, 400):
                 assert stage != "ok" and reply.startswith("452 4.3.1"), (stage, reply)
             assert daemon.proc is not None and daemon.proc.poll() is None
             assert "worker_died" not in daemon.log()
@@ -103,8 +116,9 @@ async def test_full_disk_with_workers(tmp_path: Path, tmpfs: Path) -> None:
         again = Daemon(cfg)
         await asyncio.to_thread(again.start)
         try:
-            stage, reply = await asyncio.to_thread(_submit, port, 2000)
-            assert stage != "ok" and reply.startswith("452 4.3.1"), (stage, reply)
+            pids = set(_worker_pids(again).values())
+            for stage, reply in await asyncio.to_thread(_on_each_worker, port, pids, 2000):
+                assert stage != "ok" and reply.startswith("452 4.3.1"), (stage, reply)
             filler.unlink()
 
             async def after_restart() -> tuple[str, str]:
