@@ -8,12 +8,19 @@ each a public name here, and nothing else in ``mtaserver`` uses an underscore na
 aiosmtpd. ``tests/test_smtpd_compat.py`` checks every name in :data:`PRIVATE_MEMBERS` on the
 installed version (and drives each through a real socket), so an upgrade that renames or
 reshapes one fails there, loudly.
+
+:class:`ProtocolMembers` is the other accommodation: aiosmtpd's constructor walks every
+member of the session and of the handler (``inspect.getmembers``, ``dir``) to find their
+``auth_*``, ``smtp_*`` and ``handle_*`` methods, and reads ``handle_EHLO``'s signature —
+once per connection, ~60 % of a session's construction. Both classes list those names
+once per class instead (``tests/test_smtpd_members.py`` checks the tables come out the same).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import inspect
+from typing import Any, ClassVar
 
 from aiosmtpd.smtp import SMTP
 
@@ -28,7 +35,33 @@ PRIVATE_MEMBERS: dict[str, str] = {
 }
 
 
-class CompatSMTP(SMTP):
+_PROTOCOL_PREFIXES = ("auth_", "smtp_", "handle_")
+
+
+class ProtocolMembers:
+    """``dir()`` lists only the protocol methods aiosmtpd's ``SMTP.__init__`` looks for.
+
+    That constructor builds its method tables from ``dir`` and ``inspect.getmembers`` of
+    the session and the handler on every connection; computing the names once per class
+    (at class creation) makes that walk a few lookups instead of hundreds of ``getattr``.
+    ``handle_EHLO``'s signature, which it inspects each time, is attached once as well.
+    Names set on an instance (not the class) are not listed: ours define none.
+    """
+
+    _protocol_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._protocol_names = tuple(n for n in dir(cls) if n.startswith(_PROTOCOL_PREFIXES))
+        ehlo = cls.__dict__.get("handle_EHLO")
+        if inspect.isfunction(ehlo) and not hasattr(ehlo, "__signature__"):
+            ehlo.__signature__ = inspect.signature(ehlo)  # type: ignore[attr-defined]
+
+    def __dir__(self) -> list[str]:
+        return list(self._protocol_names)
+
+
+class CompatSMTP(ProtocolMembers, SMTP):
     """aiosmtpd's ``SMTP`` with public names for the private members a hardened session uses."""
 
     @property

@@ -23,6 +23,7 @@ from mtaserver.log import get_logger, kv
 from mtaserver.model import Submission
 from mtaserver.prepare import Header, PrepareError, split_header
 from mtaserver.ratelimit import RateLimiter
+from mtaserver.smtpd.aiosmtpd_compat import ProtocolMembers
 from mtaserver.submission.address import AddressError, parse_mailbox
 from mtaserver.submission.futurerelease import HoldError, ehlo_keyword, parse_hold
 from mtaserver.submission.ports import (
@@ -47,7 +48,9 @@ _TEMPFAIL = "454 4.7.0 Temporary authentication failure, try again later"
 _INVALID = "535 5.7.8 Authentication credentials invalid"
 
 
-class SubmissionHandler:
+class SubmissionHandler(ProtocolMembers):
+    """The hooks aiosmtpd calls (``ProtocolMembers``: found once per class, not per session)."""
+
     def __init__(
         self,
         *,

@@ -145,6 +145,7 @@ class Database:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=queue_size)
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._quick: sqlite3.Connection | None = None  # read_quick's, on the loop's thread
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.unclean_start = False
@@ -209,6 +210,9 @@ class Database:
         await self._close_connections()
 
     async def _close_connections(self) -> None:
+        if self._quick is not None:
+            self._quick.close()
+            self._quick = None
         for conn in (self._reader, self._writer):
             if conn is not None:
                 with contextlib.suppress(Exception):
@@ -289,6 +293,34 @@ class Database:
         except sqlite3.Error as exc:
             raise translate(exc) from exc
         return result
+
+    async def read_quick(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``read`` for a point lookup: run ``fn`` right here, without the thread hop.
+
+        A hop to aiosqlite's thread and back costs more than an indexed lookup (a worker
+        profile: ~10 % of its samples on the RCPT suppression check). The connection is
+        this thread's own, read-only, in WAL mode, so it sees every committed write and
+        never waits for the writer; if SQLite is busy anyway (WAL recovery, a checkpoint
+        that must reset the log) the lookup goes through ``read`` rather than block the loop.
+        """
+        if self._reader is None:
+            raise StorageError("database is not open")
+        try:
+            if self._quick is None:
+                conn = sqlite3.connect(self.path, isolation_level=None)
+                conn.execute("PRAGMA busy_timeout=0")
+                conn.execute("PRAGMA query_only=1")
+                self._quick = conn
+            return fn(self._quick)
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in (
+                sqlite3.SQLITE_BUSY,
+                sqlite3.SQLITE_LOCKED,
+            ):
+                raise translate(exc) from exc
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+        return await self.read(fn)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -204,7 +204,7 @@ class SuppressionStore:
             ).fetchone()
             return _row(row) if row else None
 
-        return await self.db.read(fn)
+        return await self.db.read_quick(fn)  # at RCPT, per recipient: no thread hop
 
     async def list(
         self, address: str | None = None, *, limit: int = 1000, include_expired: bool = False
