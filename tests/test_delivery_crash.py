@@ -3,7 +3,8 @@
 The queue is filled before the daemon starts; the daemon delivers to an aiosmtpd sink at a
 shaped pace; SIGKILL lands while connections are busy; a fresh daemon on the same database
 finishes the job. Every recipient must reach the sink, and only messages that were in
-flight at the kill (at most one per worker) may arrive twice.
+flight at the kill (at most one per worker) may arrive twice. Also with ``[server]
+workers = 2``: the owner (which delivers) is killed with its submission workers beside it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import asyncio
 import collections
 import time
 from pathlib import Path
+
+import pytest
 
 from mtaserver.model import PreparedMessage, PreparedRecipient
 from mtaserver.storage.sqlite.db import Database
@@ -61,10 +64,12 @@ async def _states(db_path: Path) -> collections.Counter[str]:
         await db.close()
 
 
-async def test_kill_9_during_delivery_loses_no_recipient(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_kill_9_during_delivery_loses_no_recipient(tmp_path: Path, workers: int) -> None:
     async with SinkGroup(["127.0.0.2"]) as sinks:
         sink = sinks["127.0.0.2"]
         cfg = TestConfig(tmp_path, tls=False)
+        cfg.set("server", workers=workers)
         cfg.set(
             "delivery",
             relay_host=f"127.0.0.2:{sinks.port}",
