@@ -92,15 +92,20 @@ class SharedShaping:
         self._up = True
 
     async def _register_held(self) -> None:
-        """Give the connections opened without Redis a lease id and a lease in Redis."""
+        """Give the connections opened without Redis a lease id and a lease in Redis.
+
+        The ids are set in place before any await: a delivery ending (or starting) during
+        the round trip changes the same list, and must not be undone by this one."""
         assert self._scripts is not None
-        for dest, held in self._held.items():
-            fresh = [self._lease_id() if x is None else x for x in held]
-            if fresh:
-                self.calls += 1
-                await self._scripts.renew(dest, fresh, self._cfg.lease)
-            held[:] = fresh
         self._unregistered = False
+        for dest, held in list(self._held.items()):
+            for i, x in enumerate(held):
+                if x is None:
+                    held[i] = self._lease_id()
+            ids = [x for x in held if x is not None]
+            if ids:
+                self.calls += 1
+                await self._scripts.renew(dest, ids, self._cfg.lease)
 
     async def start(self) -> None:
         """Find out once whether Redis answers, so the first delivery does not wait."""
