@@ -29,7 +29,8 @@ from tests.test_api_openapi import SPEC_PATH, spec, template_of
 
 def v1_operations() -> set[tuple[str, str]]:
     doc = json.loads(SPEC_PATH.read_text())
-    return {(m.upper(), p) for p, item in doc["paths"].items() if p.startswith("/v1/")
+    return {(m.upper(), p) for p, item in doc["paths"].items()
+            if p.startswith(("/v1/contacts", "/v1/lists"))  # the rest: test_marketing_openapi
             for m in ("get", "put", "post", "patch", "delete") if m in item}  # fmt: skip
 
 
