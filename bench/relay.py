@@ -19,6 +19,11 @@ daemon; Postfix's master and all its children, plus OpenDKIM — sampled every 1
     .venv/bin/python -m bench.relay -n 2000 --only mtaserver
     .venv/bin/python -m bench.relay -n 5000 --only mtaserver,postfix --workers 1,2,auto
     .venv/bin/python -m bench.relay -n 5000 --only mtaserver,postfix --reuse   # connections kept
+    .venv/bin/python -m bench.relay -n 4000 --runs 3      # both modes, median of 3, all listed
+
+By default both modes run, alternated: "many" messages per connection (smtp-source -d)
+and "one" message per connection; ``--runs N`` repeats the whole set and reports each
+MTA's median msg/s and peak PSS with every run listed, and the ratios of the medians.
 
 Needs Debian's postfix (smtp-source, smtp-sink) and opendkim; never touches port 25.
 """
@@ -32,6 +37,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -449,6 +455,69 @@ def make_key(path: Path) -> None:
     path.chmod(0o600)
 
 
+def run_all(
+    tmp: Path, key: Path, sink: Sink, args: argparse.Namespace, reuse: bool
+) -> list[Result]:
+    """One pass: every MTA of ``--only`` (mtaserver once per ``--workers`` value), one mode."""
+    which = args.only.split(",")
+    args.reuse = reuse
+    tag = "many" if reuse else "one"
+    results: list[Result] = []
+    if "mtaserver" in which:
+        for workers in args.workers.split(","):
+            d = Path(tempfile.mkdtemp(prefix=f"mtaserver-{workers}-{tag}-", dir=tmp))
+            with mtaserver(d, sink.port, key, args, workers) as (port, pid):
+                mem = PeakMemory([pid])  # the owner and its worker processes
+                results.append(measure(f"mtaserver (DKIM, w={workers})", sink, port, args, mem))
+    if "postfix" in which:
+        d = Path(tempfile.mkdtemp(prefix=f"postfix-{tag}-", dir=tmp))
+        os.chmod(d, 0o755)
+        with postfix(d, sink.port, None, args) as (port, pid):
+            results.append(measure("postfix", sink, port, args, PeakMemory([pid])))
+    if "postfix+opendkim" in which:
+        d = Path(tempfile.mkdtemp(prefix=f"postfix-dkim-{tag}-", dir=tmp))
+        os.chmod(d, 0o755)
+        with opendkim(d, key) as (mport, dpid), postfix(d, sink.port, mport, args) as (port, pid):
+            mem = PeakMemory([pid, dpid])
+            results.append(measure("postfix + opendkim", sink, port, args, mem))
+    return results
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def report(mode: str, runs: list[list[Result]], args: argparse.Namespace) -> None:
+    """Per MTA: the median msg/s and peak PSS of the runs, every run listed; ratios of medians."""
+    names = [r.name for r in runs[0]]
+    by: dict[str, list[Result]] = {
+        n: [r for run in runs for r in run if r.name == n] for n in names
+    }
+    what = "many messages" if mode == "many" else "one message"
+    print(f"\n== {what} per connection ({args.messages} x {args.size} B, "
+          f"{args.sessions} sessions, {len(runs)} run(s)) ==")  # fmt: skip
+    print(f"{'MTA':<26} {'msg/s':>7} {'accepted/s':>10} {'peak MiB':>9} {'CPU ms/msg':>11}  "
+          "runs: msg/s (peak MiB)")  # fmt: skip
+    medians: dict[str, float] = {}
+    for name, rs in by.items():
+        medians[name] = median([r.rate for r in rs])
+        acc = median([r.messages / r.accept_seconds for r in rs])
+        peak = median([r.peak_mib for r in rs])
+        main_ms = median([1000 * r.cpu_main / r.messages for r in rs])
+        rest_ms = median([1000 * r.cpu_rest / r.messages for r in rs])
+        each = ", ".join(f"{r.rate:.0f} ({r.peak_mib:.0f})" for r in rs)
+        print(f"{name:<26} {medians[name]:>7.0f} {acc:>10.0f} {peak:>9.1f} "
+              f"{main_ms:>5.2f}+{rest_ms:<5.2f}  {each}")  # fmt: skip
+    for name in (n for n in names if n.startswith("mtaserver")):
+        for base in ("postfix", "postfix + opendkim"):
+            if base in medians:
+                per_run = ", ".join(
+                    f"{a.rate / b.rate:.2f}" for a, b in zip(by[name], by[base], strict=True)
+                )
+                print(f"ratio {name} / {base}: {medians[name] / medians[base]:.2f} "
+                      f"(median of medians; per run {per_run})")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("-n", "--messages", type=int, default=20000)
@@ -466,10 +535,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--workers", default="1,2,auto",
                     help="mtaserver [server] workers values, one run each")  # fmt: skip
+    ap.add_argument("--modes", default="many,one",
+                    help="many (smtp-source -d), one (per connection), or both")  # fmt: skip
+    ap.add_argument("--runs", type=int, default=1,
+                    help="passes over everything; medians reported, every run listed")  # fmt: skip
     args = ap.parse_args(argv)
-    which = args.only.split(",")
+    modes = ["many"] if args.reuse else args.modes.split(",")
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    results: list[Result] = []
+    passes: dict[str, list[list[Result]]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="mta-relay-") as tmpdir:
         tmp = Path(tmpdir)
         os.chmod(tmp, 0o755)
@@ -477,55 +550,17 @@ def main(argv: list[str] | None = None) -> int:
         make_key(key)
         sink = Sink(free_port(), args.dump)
         try:
-            if "mtaserver" in which:
-                for workers in args.workers.split(","):
-                    d = tmp / f"mtaserver-{workers}"
-                    d.mkdir()
-                    with mtaserver(d, sink.port, key, args, workers) as (port, pid):
-                        mem = PeakMemory([pid])  # the owner and its worker processes
-                        name = f"mtaserver (DKIM, w={workers})"
-                        results.append(measure(name, sink, port, args, mem))
-            if "postfix" in which:
-                d = tmp / "postfix"
-                d.mkdir()
-                with postfix(d, sink.port, None, args) as (port, pid):
-                    results.append(measure("postfix", sink, port, args, PeakMemory([pid])))
-            if "postfix+opendkim" in which:
-                d = tmp / "postfix-dkim"
-                d.mkdir()
-                with (
-                    opendkim(d, key) as (mport, dpid),
-                    postfix(d, sink.port, mport, args) as (
-                        port,
-                        pid,
-                    ),
-                ):
-                    results.append(
-                        measure("postfix + opendkim", sink, port, args, PeakMemory([pid, dpid]))
-                    )
+            for i in range(args.runs):
+                for mode in modes:  # alternated, so a change in the machine's load hits both
+                    passes[mode].append(run_all(tmp, key, sink, args, mode == "many"))
+                    print(f"run {i + 1}/{args.runs} ({mode} per connection) done", flush=True)
         finally:
             sink.close()
-    print(
-        f"\n{args.messages} messages of {args.size} bytes, {args.sessions} sessions "
-        f"(smtp-source, {'many messages per' if args.reuse else 'one message per'} "
-        f"connection), relayed to smtp-sink; outbound concurrency {args.concurrency}"
-    )
-    print(f"load average before the runs: {load}; {os.cpu_count()} CPUs")
-    print(
-        f"{'MTA':<28} {'msg/s':>8} {'seconds':>8} {'accepted/s':>11} {'peak MiB':>9} "
-        f"{'CPU ms/msg main+children':>25}"
-    )
-    for r in results:
-        cpu = f"{1000 * r.cpu_main / r.messages:.2f}+{1000 * r.cpu_rest / r.messages:.2f}"
-        print(
-            f"{r.name:<28} {r.rate:>8.0f} {r.seconds:>8.1f} "
-            f"{r.messages / r.accept_seconds:>11.0f} {r.peak_mib:>9.1f} {cpu:>25}"
-        )
-    by = {r.name: r for r in results}
-    for mta in (r for r in results if r.name.startswith("mtaserver")):
-        for base in ("postfix", "postfix + opendkim"):
-            if base in by:
-                print(f"ratio {mta.name} / {base}: {mta.rate / by[base].rate:.2f}")
+    print(f"\nsmtp-source → MTA → smtp-sink on loopback; outbound concurrency {args.concurrency}")
+    print(f"load average before the runs: {load}; after: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} CPUs")  # fmt: skip
+    for mode in modes:
+        report(mode, passes[mode], args)
     return 0
 
 
