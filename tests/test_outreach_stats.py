@@ -314,3 +314,25 @@ async def test_campaign_numbers_end_to_end(
         assert await asyncio.to_thread(main, [*args, "--campaign", "spring"]) == 0
         text = capsys.readouterr().out
         assert "bounced       1  (hard 1, soft 0; 20.0%)  [unknown-recipient 1]" in text, text
+
+
+def test_stats_benchmark_agrees_with_the_cohort(tmp_path: Path) -> None:
+    """bench.outreach_stats on a small campaign (smoke test, not a figure): the campaign
+    report and the tag cohort count the same messages, deliveries and opens."""
+    from bench.outreach_stats import NAME, OWNER, build
+    from mtaserver.storage.sqlite.outreach_stats import campaign_report
+    from mtaserver.storage.sqlite.reports import cohort_stats
+
+    build(tmp_path / "b.db", 600)
+    conn = sqlite3.connect(tmp_path / "b.db")
+    try:
+        rep, cohort = campaign_report(conn, OWNER, NAME), cohort_stats(conn, 0.0, NAME, OWNER)
+    finally:
+        conn.close()
+    assert rep is not None
+    t = rep.total
+    assert (t.queued, t.delivered, t.bounced) == (cohort.messages, cohort.delivered, 12)
+    assert (t.opens.unique_human, t.clicks.unique_human, t.unsubscribed, t.complained) == (
+        cohort.unique_human_opens, cohort.unique_human_clicks, cohort.unsubscribes,
+        cohort.complaints)  # fmt: skip
+    assert dict(t.bounce_kinds) == {"hard": 6, "soft": 6} and t.opens.unique_machine == 16
