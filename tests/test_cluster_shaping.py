@@ -33,6 +33,7 @@ from mtaserver.clock import SystemClock
 from mtaserver.cluster.client import ShapingScripts, connect
 from mtaserver.cluster.registry import NodeRegistry, fingerprint, status
 from mtaserver.cluster.shared import NO_SLOT_RETRY, SharedShaping
+from mtaserver.config import parse_config
 from mtaserver.config.cluster import ClusterConfig, RedisTarget
 from mtaserver.config.shaping import DestinationConfig, LimitOverrides, ShapingConfig
 from mtaserver.config.storage import PostgresConfig
@@ -378,3 +379,17 @@ async def test_after_an_outage_a_node_waits_for_the_others_connections(tmp_path:
             await a.close()
             await b.close()
             await probe.client.aclose()
+
+
+def test_shared_limits_turn_the_idle_pool_off_and_refuse_it_named(tmp_path: Path) -> None:
+    """An idle pooled connection holds no shared lease: with cluster.redis the pool is off
+    by default, an explicit idle_timeout > 0 is an error naming the key; without Redis the
+    pool stays."""
+    base = '[cluster]\nnode_id = "n1"\n'
+    shared = base + 'redis = "redis://127.0.0.1:6379/0"\n'
+    assert parse_config(shared, tmp_path / "a.toml").delivery.idle_timeout == 0
+    assert parse_config(base, tmp_path / "a.toml").delivery.idle_timeout == 10.0
+    ok = parse_config(shared + '[delivery]\nidle_timeout = "0s"\n', tmp_path / "a.toml")
+    assert ok.delivery.idle_timeout == 0
+    with pytest.raises(ConfigError, match=r"a\.toml: delivery\.idle_timeout: must be 0 with"):
+        parse_config(shared + '[delivery]\nidle_timeout = "10s"\n', tmp_path / "a.toml")
