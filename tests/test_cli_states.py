@@ -249,7 +249,7 @@ CASES: list[Case] = [
     C("dsn parse", str(BOUNCE), states=ONCE),
     C("dsn parse", "{tmp}/missing.eml", expect=2, states=ONCE),
     C("storage keygen", "{tmp}/keys", states=ONCE),
-    C("cluster status", expect=2, states=ONCE),  # no [cluster]: tests/test_cluster_daemons.py
+    C("cluster status", expect=2, states=ONCE),  # no [cluster]: tests/test_cluster_shaping.py runs it on nodes
 ]  # fmt: skip
 
 # Leaf commands not run from CASES, and where they are covered instead.
