@@ -160,6 +160,11 @@ async def send_admin_webhooks_tracking(node: Node) -> None:
     users = await admin_get(node, "/api/v1/users")
     assert [u["name"] for u in users["users"]] == ["app"]
     assert await admin_get(node, "/api/v1/events", token="mta_wrong") == 401
+    h = {"Authorization": f"Bearer {node.token}"}
+    async with aiohttp.ClientSession() as http, http.get(node.admin + "/metrics", headers=h) as r:
+        metrics = await r.text()
+    assert r.status == 200 and "mtaserver_webhook_backlog{" in metrics, metrics[:2000]
+    assert "# TYPE mtaserver_queue_recipients gauge" in metrics
     assert await admin_get(node, "/api/v1/privacy/export?address=a@b.example") == 404
     # The delivery reached the webhook, from the cluster's outbox, and left it.
     await wait_for(lambda: any(e["recipient"] == "one@dest.test" for e in node.rx.received), 20)
