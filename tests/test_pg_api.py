@@ -2,17 +2,23 @@
 cluster's database sends through the node (``POST /v3/mail/send``, a stored template, an
 Idempotency-Key retry, a send batch) to the test MX, and the admin API answers with an admin
 token made in the database (events, stats, queue, users, templates); the delivery reaches
-a webhook and a tracked click is recorded, all from the cluster's database."""
+a webhook, a tracked click is recorded and mail to the List-Unsubscribe mailto: suppresses,
+all in the cluster's database."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import email
+import email.policy
 import json
 import re
+import smtplib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiohttp
 import pytest
@@ -38,6 +44,7 @@ class Node:
     token: str  # an admin token
     rx: Receiver  # the [[webhooks]] endpoint
     track: str  # the tracking endpoint's base URL
+    inbound: tuple[str, int]  # the bounce (and unsubscribe mail) listener
 
 
 @pytest.fixture
@@ -60,7 +67,10 @@ async def node(pg_server: PgServer, pg_dsn: str, tmp_path: Path) -> AsyncIterato
         cfg.set("api", listen=f"127.0.0.1:{free_port()}")
         cfg.set("admin", listen=f"127.0.0.1:{free_port()}")
         track = f"127.0.0.1:{free_port()}"
-        cfg.set("tracking", listen=track, base_url=f"http://{track}", clicks=True)
+        inbound = f"127.0.0.1:{free_port()}"
+        cfg.set("inbound", listen=inbound, bounce_domain="bounces.test")
+        cfg.set("tracking", listen=track, base_url=f"http://{track}", clicks=True,
+                unsubscribe=True, unsubscribe_mailto="unsubscribe@bounces.test")  # fmt: skip
         daemon = Daemon(cfg)
         await asyncio.to_thread(daemon.start)
         # The operator's commands work on the cluster's database.
@@ -73,7 +83,7 @@ async def node(pg_server: PgServer, pg_dsn: str, tmp_path: Path) -> AsyncIterato
         admin = f"http://{ahost}:{aport}"
         try:
             yield Node(daemon, sinks["127.0.0.2"], db, f"http://{host}:{port}", key, admin, token,
-                       rx, f"http://{track}")  # fmt: skip
+                       rx, f"http://{track}", cfg.address("inbound", "listen"))  # fmt: skip
         finally:
             code = await asyncio.to_thread(daemon.stop)
             await db.close()
@@ -138,17 +148,7 @@ async def send_admin_webhooks_tracking(node: Node) -> None:
 
     assert await eventually(state, lambda v: v == "delivered", 20) == "delivered" and msg_id
     # A key nobody made is refused.
-    bad = Node(
-        node.daemon,
-        node.sink,
-        node.db,
-        node.api,
-        "SG.nope.nope",
-        node.admin,
-        "",
-        node.rx,
-        node.track,
-    )
+    bad = dataclasses.replace(node, key="SG.nope.nope")
     assert (await post(bad, "/v3/mail/send", mail("x@dest.test")))[0] == 401
     # The admin API on the same node answers from the cluster's database.
     events = await admin_get(node, "/api/v1/events?type=delivered")
@@ -185,6 +185,23 @@ async def send_admin_webhooks_tracking(node: Node) -> None:
     seen = await eventually(clicks, lambda v: bool(v["events"]), 20)
     assert [(e["recipient"], e["data"]["url"]) for e in seen["events"]] == [
         ("one@dest.test", "https://shop.example/spring")]  # fmt: skip
+    # Mail to the List-Unsubscribe mailto: at the bounce listener suppresses the address.
+    msg = email.message_from_bytes(received(node, "one@dest.test")[0], policy=email.policy.default)
+    (mailto,) = [u for u in re.findall(r"<([^>]+)>", str(msg["List-Unsubscribe"]))
+                 if u.startswith("mailto:")]  # fmt: skip
+    to, subject = unquote(urlsplit(mailto).path), parse_qs(urlsplit(mailto).query)["subject"][0]
+
+    def unsubscribe() -> tuple[int, bytes]:
+        with smtplib.SMTP(*node.inbound, timeout=30) as client:
+            client.ehlo("mail.dest.test")
+            client.mail("one@dest.test")
+            client.rcpt(to)
+            return client.data(f"From: one@dest.test\r\nTo: {to}\r\nSubject: {subject}\r\n\r\n")
+
+    assert await asyncio.to_thread(unsubscribe) == (250, b"2.0.0 Unsubscribed")
+    listed = await admin_get(node, "/api/v1/suppressions")
+    assert [(x["address"], x["scope"], x["reason"]) for x in listed["suppressions"]] == [
+        ("one@dest.test", "sender.test", "unsubscribe")], listed  # fmt: skip
 
 
 async def templates_idempotency_and_batches(node: Node) -> None:

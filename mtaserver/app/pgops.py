@@ -37,6 +37,7 @@ from mtaserver.storage.postgres.tokens import PgTokenStore
 from mtaserver.storage.postgres.tracking import PgTrackingStore
 from mtaserver.storage.postgres.users import PgUserStore
 from mtaserver.tracking.bots import BotDetector, load_rules
+from mtaserver.tracking.mailto import MailUnsubscribe
 from mtaserver.tracking.privacy import IpPrivacy
 from mtaserver.tracking.recorder import Recorder
 from mtaserver.tracking.tokens import TokenCodec, load_secrets
@@ -155,7 +156,7 @@ def pg_build_tracking(
     except ValueError as exc:
         raise ConfigError(f"tracking: {exc}") from None
     tracker = Tracker(codec, t.base_url, t.unsubscribe_mailto)
-    if t.listen is None:
+    if t.listen is None and t.unsubscribe_mailto is None:
         return TrackingParts(codec, tracker, None, None)
     recorder = Recorder(
         PgTrackingStore(db),
@@ -164,4 +165,7 @@ def pg_build_tracking(
         clock,
         unsubscribes=_SuppressUnsubscribes(suppressions),
     )
-    return TrackingParts(codec, tracker, recorder, None)  # mailto unsubscribes: not yet
+    mailto = None
+    if t.unsubscribe_mailto is not None:  # the inbound listener hands such mail over
+        mailto = MailUnsubscribe(t.unsubscribe_mailto, codec, recorder)
+    return TrackingParts(codec, tracker, recorder, mailto)

@@ -3,8 +3,8 @@
 SMTP submission → pipeline → the shared queue → scheduler → delivery → events and
 suppressions, every store over the cluster's database; several nodes run this against one
 database, the HTTP send API, the admin API, webhooks and tracking (``app.pgops``). What
-is not ported yet (worker processes, contacts and their consent pages, privacy requests,
-mailto unsubscribes) is refused at config check
+is not ported yet (worker processes, contacts and their consent pages, privacy requests)
+is refused at config check
 (``config.storage.check_postgres``), so nothing here falls back to SQLite.
 
 The stage builders of :mod:`mtaserver.app.mail` are typed on the SQLite owners; the
@@ -99,12 +99,14 @@ def wire_postgres(
     # The queue is not on this disk, but the spool's temporary files and logs are.
     space = FreeSpace(cfg.server.data_dir, cfg.storage.min_free, clock.monotonic)
     q, s = _as(queue), _as(suppressions)
+    unsubscribe_mail = tracking.mail_unsubscribe if tracking is not None else None
     services: list[Service] = [
         dkim_service(signer),
         delivery_service(resolver, agent),
         *([cluster.service] if cluster else []),  # before the scheduler asks it
         scheduler_service(cfg, q, timed, shaper, resolver, s, clock, shared),
-        inbound_service(cfg, q, s, verp, None, space, clock),  # bounces, expiry purge
+        # bounces, mail to the unsubscribe mailto:, the suppressions' expiry purge
+        inbound_service(cfg, q, s, verp, unsubscribe_mail, space, clock),
         Retention(queue, events, outbox, cfg.retention, clock),
     ]
     track = tracking_service(cfg, tracking, clock) if tracking is not None else None

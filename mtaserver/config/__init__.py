@@ -125,7 +125,6 @@ def _cross_check(cfg: Config, root: Reader) -> None:
     if cfg.storage.backend == "postgresql":
         storage.check_postgres(root.file, {
             "server.workers": cfg.server.workers > 1,
-            "tracking.unsubscribe_mailto": bool(cfg.tracking.unsubscribe_mailto),
         })  # fmt: skip
     sub = cfg.submission
     if (sub.listen or sub.listen_tls) and not cfg.tls.enabled:
