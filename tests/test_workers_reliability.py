@@ -7,12 +7,12 @@ in ``/proc``, the worker process holding the server's end of a client's TCP conn
 
 One daemon goes through a whole life: sessions on both workers; a bad reload (kept by all);
 a good one (a new DKIM selector and recipient limit, taken by each worker before the one
-READY=1); /metrics as one sum over both; SIGTERM with a transaction in progress on each
-worker, sent to every process at once as systemd does (both finish, exit 0). A second
-daemon's owner is killed (kill -9) while sessions are sending: everything it acknowledged
-is delivered after the restart. The kill -9 of a worker under load, a second daemon on the
-database and the owner's kill after the load are in test_workers.py; the full disk in
-test_workers_full_disk.py; lifecycle and delivery crash tests run at workers = 1 and 2.
+READY=1); /metrics as one sum over both; kill -9 of the owner while sessions send (the
+workers exit; everything acknowledged is delivered after the restart); then SIGTERM with a
+transaction in progress on each worker, sent to every process at once as systemd does
+(both finish, exit 0). The kill -9 of a worker under load and a second daemon on the
+database are in test_workers.py; the full disk in test_workers_full_disk.py; the lifecycle
+and delivery crash tests run at workers = 1 and 2.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def _send(client: smtplib.SMTP, rcpts: int) -> tuple[int, str]:
     return code, found.group(1).decode()
 
 
-async def test_every_worker_reloads_counts_and_drains(tmp_path: Path) -> None:
+async def test_a_daemon_life_at_workers_2(tmp_path: Path) -> None:
     keys = [make_key(tmp_path, "example.com", s, K.Algorithm.RSA) for s in ("s1", "s2")]
     async with SinkGroup(["127.0.0.2"]) as sinks:
         sink = sinks["127.0.0.2"]
@@ -186,27 +186,48 @@ async def test_every_worker_reloads_counts_and_drains(tmp_path: Path) -> None:
             assert _metric(metrics, "mtaserver_messages_accepted_total") == 4
             assert _metric(metrics, "mtaserver_recipients_accepted_total") == 3 * 2 + 2 * 2
 
-            # 5. SIGTERM with a transaction in progress on each worker: both finish. As
+            # 5. kill -9 of the owner while sessions send (and it delivers): the workers see
+            # the link close and exit; what it acknowledged is delivered after the restart.
+            sender = Sender(port)
+            threads = sender.run(8, 20, per_session=4)  # they retry until a daemon takes them
+            await wait_for(lambda: len(sender.queued) >= 40, 60)
+        finally:
+            await asyncio.to_thread(daemon.kill)
+        at_kill = len(sender.queued)
+        for pid in pids:
+            await wait_for(lambda pid=pid: not _alive(pid), 30)  # type: ignore[misc]
+        assert at_kill < 160, "the load was over before the kill; nothing was tested"
+        assert daemon.log().count("event=owner_gone") == 2
+        states = [x for n in daemon.notifications for x in n.split("\n") if x in STATES]
+        assert states == ["READY=1", "RELOADING=1", "READY=1", "RELOADING=1", "READY=1"]
+
+        again = Daemon(cfg)
+        await asyncio.to_thread(again.start)
+        try:
+            await _join(threads)
+            queued = set(sender.queued)
+            assert len(queued) == len(sender.queued) == 160 and sender.failures > 0
+            await wait_for(lambda: queued <= set(_sink_ids(sink)), 60)
+
+            # 6. SIGTERM with a transaction in progress on each worker: both finish. As
             # `systemctl stop` sends it (KillMode=control-group): to every process at once.
             # (The owner alone forwarding it: test_lifecycle.py and test_workers.py.)
+            pids = set(_worker_pids(again).values())
             busy, _ = await asyncio.to_thread(connect_to_each, port, pids)
             for client in busy.values():
                 await asyncio.to_thread(_half_sent, client)
-            assert daemon.proc is not None
-            for pid in (daemon.proc.pid, *pids):
+            assert again.proc is not None
+            for pid in (again.proc.pid, *pids):
                 os.kill(pid, signal.SIGTERM)
-            await asyncio.to_thread(daemon.wait_for, "STOPPING=1")
+            await asyncio.to_thread(again.wait_for, "STOPPING=1")
             drained = await asyncio.gather(*(asyncio.to_thread(_finish, c) for c in busy.values()))
-            await asyncio.to_thread(daemon.proc.wait, 30)
+            await asyncio.to_thread(again.proc.wait, 30)
         finally:
-            code = await asyncio.to_thread(daemon.stop)
-        log = daemon.log()
+            code = await asyncio.to_thread(again.stop)
+        log = again.log()
         assert code == 0, log
         assert all(not _alive(pid) for pid in pids)
         assert log.count("event=worker_stopped") == 2 and "worker_died" not in log
-        states = [x for n in daemon.notifications for x in n.split("\n") if x in STATES]
-        assert states == ["READY=1", "RELOADING=1", "READY=1", "RELOADING=1", "READY=1",
-                          "STOPPING=1"]  # fmt: skip
         conn = sqlite3.connect(cfg.database)
         try:
             for queue_id in drained:
@@ -234,33 +255,3 @@ def _finish(client: smtplib.SMTP) -> str:
     with contextlib.suppress(smtplib.SMTPException, OSError):
         client.close()
     return found.group(1).decode()
-
-
-async def test_kill_9_of_the_owner_under_load_loses_nothing_acknowledged(
-    tmp_path: Path,
-) -> None:
-    async with SinkGroup(["127.0.0.2"]) as sinks:
-        sink = sinks["127.0.0.2"]
-        cfg = _config(tmp_path, sinks.port)
-        port = cfg.address("submission", "listen_plain")[1]
-        daemon = Daemon(cfg)
-        await asyncio.to_thread(daemon.start)
-        pids = _worker_pids(daemon)
-        sender = Sender(port)
-        threads = sender.run(8, 20, per_session=4)  # they retry until a daemon takes them
-        try:
-            await wait_for(lambda: len(sender.queued) >= 40, 60)
-            await asyncio.to_thread(daemon.kill)
-            at_kill = len(sender.queued)
-            for pid in pids.values():  # the workers see the link close and exit
-                await wait_for(lambda pid=pid: not _alive(pid), 30)  # type: ignore[misc]
-            assert at_kill < 160, "the load was over before the kill; nothing was tested"
-        finally:
-            if daemon.proc is not None and daemon.proc.returncode is None:
-                await asyncio.to_thread(daemon.kill)
-        with Daemon(cfg) as again:
-            await _join(threads)
-            queued = set(sender.queued)
-            assert len(queued) == len(sender.queued) == 160 and sender.failures > 0
-            await wait_for(lambda: queued <= set(_sink_ids(sink)), 60)
-            assert len(_worker_pids(again)) == 2
