@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> tuple[float, CampaignResult]:
           f"{first / base:>6.2f}x")  # fmt: skip
     print(f"{'campaign start -> all queued':<50} {res.rate:>8.0f} {ratio:>6.2f}x  "
           f"{res.load:.1f}  {verdict} (goal >= 0.5x the best baseline run)")  # fmt: skip
+    after, load = runs[-1]
+    print(f"  vs the baseline run right after it (load {load:.1f}): {res.rate / after:.2f}x")
     peak = max(res.rss_peak_sampled, res.hwm)
     print(f"daemon RSS: {res.rss_before / MB:.0f} MB before the start, peak "
           f"{res.rss_peak_sampled / MB:.0f} MB sampled / {res.hwm / MB:.0f} MB VmHWM "
