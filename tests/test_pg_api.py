@@ -169,6 +169,14 @@ async def send_admin_webhooks_tracking(node: Node) -> None:
     # The delivery reached the webhook, from the cluster's outbox, and left it.
     await wait_for(lambda: any(e["recipient"] == "one@dest.test" for e in node.rx.received), 20)
     assert [e["type"] for e in node.rx.received] == ["delivered"]
+
+    async def outbox_rows() -> int:
+        async with node.db.connection() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM webhook_outbox"))
+
+    assert await eventually(outbox_rows, lambda n: n == 0, 10) == 0  # settled: delivered
+    status = (await cli(node.daemon, "webhooks", "status")).splitlines()
+    assert status[1].split()[1:] == ["0", "0", "0"], status  # pending, waiting, failed
     # The link was signed for tracking; a click on it is recorded in the cluster's log.
     raw = received(node, "one@dest.test")[0].replace(b"=\r\n", b"").replace(b"=3D", b"=")
     found = re.search(rb'href="(' + re.escape(node.track.encode()) + rb'/[^"]+)"', raw)

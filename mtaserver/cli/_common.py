@@ -45,7 +45,7 @@ def with_db(config: Config, fn: Callable[[Database], Awaitable[T]]) -> T:
         raise MtaError(
             f"{config.source}: storage.backend: this command is not yet supported with "
             'backend = "postgresql" (so far: serve, check-config, user, queue, apikey, admin '
-            "token, template, storage migrate)"
+            "token, template, webhooks, storage migrate)"
         )
 
     async def runner() -> T:

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.cli._common import add_config_arg, config_from, with_store
 from mtaserver.clock import SystemClock
 
 
@@ -45,9 +45,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    from mtaserver.storage.postgres.outbox import PgWebhookOutbox
     from mtaserver.storage.sqlite.outbox import WebhookOutbox
 
-    rows = with_db(config_from(args), lambda db: WebhookOutbox(db).backlog())
+    rows = with_store(config_from(args), WebhookOutbox, PgWebhookOutbox, lambda o: o.backlog())
     print(f"{'webhook':40} {'pending':>8} {'waiting':>8} {'failed':>8}")
     for b in rows:
         print(f"{b.webhook:40} {b.pending:>8} {b.waiting:>8} {b.failed:>8}")
@@ -55,12 +56,13 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_retry(args: argparse.Namespace) -> int:
+    from mtaserver.storage.postgres.outbox import PgWebhookOutbox
     from mtaserver.storage.sqlite.outbox import WebhookOutbox
 
-    n = with_db(
-        config_from(args),
-        lambda db: WebhookOutbox(db).retry_failed(args.name, now=SystemClock().now()),
-    )
+    n = with_store(
+        config_from(args), WebhookOutbox, PgWebhookOutbox,
+        lambda o: o.retry_failed(args.name, now=SystemClock().now()),
+    )  # fmt: skip
     print(f"{n} event(s) queued again; the daemon sends them within a second")
     return 0
 
