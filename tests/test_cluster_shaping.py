@@ -143,7 +143,7 @@ async def test_shared_limits_across_three_nodes_then_degraded_then_shared_again(
             node_config(tmp_path, i, pg_server, pg_dsn, redis.url, sink.port, secret)
             for i in range(NODES)
         ]
-        nodes = [Daemon(c) for c in cfgs]
+        nodes = [Daemon(c, ready_timeout=60) for c in cfgs]  # a loaded CI machine
         try:
             await asyncio.gather(*(asyncio.to_thread(d.start) for d in nodes))
             feeding = asyncio.create_task(asyncio.to_thread(submit, cfgs, 260))
@@ -205,7 +205,7 @@ async def test_shared_limits_across_three_nodes_then_degraded_then_shared_again(
             other.write_text("cd" * 32 + "\n")
             bad = node_config(tmp_path, 7, pg_server, pg_dsn, redis.url, sink.port, other)
             try:
-                await asyncio.to_thread(Daemon(bad).start)
+                await asyncio.to_thread(Daemon(bad, ready_timeout=60).start)
                 refused = ""
             except RuntimeError as exc:
                 refused = str(exc)
