@@ -7,6 +7,6 @@ Each listener subclasses it with its own policy. aiosmtpd's private members are 
 only through :mod:`mtaserver.smtpd.aiosmtpd_compat`.
 """
 
-from mtaserver.smtpd.session import Guard, GuardedSMTP, SessionRegistry
+from mtaserver.smtpd.session import Admission, Guard, GuardedSMTP, SessionRegistry
 
-__all__ = ["Guard", "GuardedSMTP", "SessionRegistry"]
+__all__ = ["Admission", "Guard", "GuardedSMTP", "SessionRegistry"]

@@ -23,10 +23,10 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, AnyStr, Generic, TypeVar
+from typing import Any, AnyStr, Generic, Protocol, TypeVar
 
 from mtaserver.log import get_logger, kv
-from mtaserver.ratelimit import ConnectionLimiter, Refusal
+from mtaserver.ratelimit import Refusal
 from mtaserver.smtpd.aiosmtpd_compat import CompatSMTP
 from mtaserver.smtpd.hygiene import (
     SIZE_EXCEEDED,
@@ -46,6 +46,17 @@ from mtaserver.smtpd.replies import (
 T = TypeVar("T")
 
 TOO_MANY = "421 4.7.0 Too many connections from your address, try later"
+
+
+class Admission(Protocol):
+    """Counts open connections per client IP: ``mtaserver.ratelimit.ConnectionLimiter`` in
+    one process, ``mtaserver.workers.conncap.SharedConnectionCap`` across worker processes."""
+
+    max_per_ip: int
+
+    def admit(self, ip: str) -> Refusal | None: ...
+
+    def release(self, ip: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +121,7 @@ class GuardedSMTP(CompatSMTP):
         handler: Any,
         *,
         guard: Guard,
-        connections: ConnectionLimiter,
+        connections: Admission,
         listener_name: str,
         sessions: SessionRegistry[Any] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import inspect
 import json
 import re
+from collections.abc import Awaitable
 from email.utils import getaddresses
-from typing import Any
+from typing import Any, TypeVar
 
 from aiosmtpd.smtp import AuthResult
 
@@ -40,6 +42,7 @@ from mtaserver.submission.protocol import STORAGE_FULL, SubmissionSMTP, storage_
 from mtaserver.submission.sasl import parse_oauthbearer, parse_xoauth2
 
 log = get_logger("submission")
+T = TypeVar("T")
 
 _FROM_DOMAIN = re.compile(r"@([^\s<>,;:\"()\[\]\\]+)")
 _LOGNAME = re.compile(r"^[A-Za-z0-9._@+\-]{1,128}$")
@@ -282,7 +285,7 @@ class SubmissionHandler(ProtocolMembers):
         ip = server.client_ip
         name = login.decode("utf-8", "replace").strip().lower()
         logname = name if _LOGNAME.match(name) else "<invalid>"
-        if self._throttle.locked(ip, name):
+        if await _settle(self._throttle.locked(ip, name)):
             log.warning(kv(event="auth_locked", user=logname, client_ip=ip))
             await self._lockout(server)
             return AuthResult(success=False, handled=True)
@@ -296,11 +299,11 @@ class SubmissionHandler(ProtocolMembers):
             server.user = user
             log.info(kv(event="auth_ok", user=user.name, client_ip=ip, tls=server.tls_version))
             return AuthResult(success=True, auth_data=user.name)
-        delay = self._throttle.failed(ip, name)
+        delay = await _settle(self._throttle.failed(ip, name))
         log.warning(kv(event="auth_failed", user=logname, client_ip=ip))
         if self.observer is not None:
             self.observer.auth_failed(server.listener.name)
-        if self._throttle.locked(ip, name):
+        if await _settle(self._throttle.locked(ip, name)):
             await self._lockout(server)
             return AuthResult(success=False, handled=True)
         if delay > 0:
@@ -346,7 +349,7 @@ class SubmissionHandler(ProtocolMembers):
         claimed_name = claimed.strip().lower() if claimed else None
         if claimed_name is not None and not _LOGNAME.match(claimed_name):
             claimed_name = None
-        if self._throttle.locked(ip, claimed_name):
+        if await _settle(self._throttle.locked(ip, claimed_name)):
             log.warning(kv(event="auth_locked", mech=mech, user=claimed_name or "-",
                            client_ip=ip))  # fmt: skip
             await self._lockout(server)
@@ -373,12 +376,12 @@ class SubmissionHandler(ProtocolMembers):
                 return AuthResult(success=False, handled=True)
             status, reason, issuer = verdict.status, verdict.reason, verdict.issuer
             name = verdict.name if verdict.name and _LOGNAME.match(verdict.name) else None
-        delay = self._throttle.failed(ip, name)
+        delay = await _settle(self._throttle.failed(ip, name))
         log.warning(kv(event="auth_failed", mech=mech, user=name or "-", client_ip=ip,
                        issuer=issuer or "-", reason=reason))  # fmt: skip
         if self.observer is not None:
             self.observer.auth_failed(server.listener.name)
-        if self._throttle.locked(ip, name):
+        if await _settle(self._throttle.locked(ip, name)):
             await self._lockout(server)
             return AuthResult(success=False, handled=True)
         error: dict[str, str] = {"status": status, "schemes": "bearer"}
@@ -425,6 +428,13 @@ async def _read_line(server: SubmissionSMTP) -> bytes | None:
                 return None
         await server.push("500 5.5.6 Authentication exchange line is too long")
         return None
+
+
+async def _settle(value: T | Awaitable[T]) -> T:
+    """A throttle's answer, awaited when it comes from the owner process."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
 
 
 def _reason(hit: object) -> str:

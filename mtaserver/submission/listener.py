@@ -16,7 +16,7 @@ from mtaserver.config.submission import SubmissionConfig
 from mtaserver.errors import ConfigError
 from mtaserver.log import get_logger, kv
 from mtaserver.ratelimit import ConnectionLimiter
-from mtaserver.smtpd import SessionRegistry
+from mtaserver.smtpd import Admission, SessionRegistry
 from mtaserver.submission.handler import SubmissionHandler
 from mtaserver.submission.protocol import (
     ListenerSpec,
@@ -65,12 +65,14 @@ class SubmissionServer:
         hostname: str,
         handler: SubmissionHandler,
         tls_context: ssl.SSLContext | None,
+        connections: Admission | None = None,
     ) -> None:
+        """``connections`` counts the per-IP cap (default: this process's own counts)."""
         self.cfg = cfg
         self.handler = handler
         self.tls_context = tls_context
         self.settings = session_settings(cfg, hostname)
-        self.connections = ConnectionLimiter(cfg.max_connections_per_ip)
+        self.connections: Admission = connections or ConnectionLimiter(cfg.max_connections_per_ip)
         self.listeners: list[Listener] = []
         self.sessions: SessionRegistry[SubmissionSMTP] = SessionRegistry()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Protocol
 
 from mtaserver.model import Submission
@@ -48,9 +49,12 @@ class BearerChecker(Protocol):
 
 
 class FailureThrottle(Protocol):
-    def locked(self, ip: str, user: str | None) -> bool: ...
+    """AUTH failures per IP and user (``mtaserver.auth.AuthThrottle``); awaitable where the
+    count lives in another process (the workers' owner, so it is one for the daemon)."""
 
-    def failed(self, ip: str, user: str | None) -> float: ...
+    def locked(self, ip: str, user: str | None) -> bool | Awaitable[bool]: ...
+
+    def failed(self, ip: str, user: str | None) -> float | Awaitable[float]: ...
 
     def succeeded(self, user: str) -> None: ...
 

@@ -23,8 +23,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP
 
 from mtaserver.log import get_logger
-from mtaserver.ratelimit import ConnectionLimiter
-from mtaserver.smtpd import Guard, GuardedSMTP, SessionRegistry
+from mtaserver.smtpd import Admission, Guard, GuardedSMTP, SessionRegistry
 from mtaserver.smtpd.hygiene import clean_data
 from mtaserver.smtpd.replies import INTERNAL_ERROR, STORAGE_ERROR, STORAGE_FULL, storage_reply
 from mtaserver.submission.futurerelease import split_hold_params
@@ -101,7 +100,7 @@ class SubmissionSMTP(GuardedSMTP):
         *,
         listener: ListenerSpec,
         settings: SessionSettings,
-        connections: ConnectionLimiter,
+        connections: Admission,
         tls_context: ssl.SSLContext | None,
         sessions: SessionRegistry[SubmissionSMTP] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,

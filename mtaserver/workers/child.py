@@ -9,7 +9,9 @@ commit and acks, and only then does the session answer 250. No ack (owner gone, 
 refused) → the handler's 451/452, never 250.
 
 The worker reads users and suppressions from the database (WAL: it sees every committed
-write) and never writes it. It exits when the owner's end of the link closes.
+write) and never writes it. It exits when the owner's end of the link closes. Limits on
+clients are the daemon's, not the worker's: AUTH failures are counted by the owner (over
+the link), open connections per IP in the shared table of :mod:`mtaserver.workers.conncap`.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from mtaserver.storage.sqlite.users import UserStore
 from mtaserver.submission import SubmissionHandler, SubmissionServer
 from mtaserver.tracking.tokens import TokenCodec, load_secrets
 from mtaserver.tracking.tracker import Tracker
-from mtaserver.workers import frames
+from mtaserver.workers import conncap, frames
 from mtaserver.workers.frames import Frame, FrameError
 
 log = get_logger("worker")
@@ -55,6 +57,9 @@ log = get_logger("worker")
 ACK_TIMEOUT = 30.0
 # How long a metric observation may wait for a frame to ride with (then it is sent alone).
 OBSERVE_DELAY = 0.05
+# How long an AUTH failure-count question to the owner may take before the worker's own
+# count answers instead.
+THROTTLE_TIMEOUT = 5.0
 
 
 class OwnerLink:
@@ -112,20 +117,25 @@ class OwnerLink:
             self._writer.write(b"".join(self._observed))
         self._observed.clear()
 
-    async def enqueue(self, msg: PreparedMessage) -> None:
+    async def request(self, kind: int, body: bytes, timeout: float, doing: str = "answer") -> Frame:
+        """Send a frame and wait for the owner's answer to it (``doing``: for the error)."""
         request = next(self._ids)
         fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self._pending[request] = fut
         try:
-            self.send(Frame(frames.ENQUEUE, request, frames.encode_message(msg)))
+            self.send(Frame(kind, request, body))
             await self._writer.drain()
-            answer = await asyncio.wait_for(fut, self._ack_timeout)
+            return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
-            raise StorageError(f"the owner did not commit within {self._ack_timeout:g}s") from None
+            raise StorageError(f"the owner did not {doing} within {timeout:g}s") from None
         except ConnectionError as exc:
             raise StorageError(f"the owner process is unreachable: {exc}") from None
         finally:
             self._pending.pop(request, None)
+
+    async def enqueue(self, msg: PreparedMessage) -> None:
+        body = frames.encode_message(msg)
+        answer = await self.request(frames.ENQUEUE, body, self._ack_timeout, "commit")
         if answer.kind == frames.OK:
             return
         err = frames.decode_json(answer.body) if answer.kind == frames.ERR else {}
@@ -162,6 +172,59 @@ class OwnerLink:
             await self._writer.wait_closed()
 
 
+class OwnerThrottle:
+    """The AUTH failure throttle, counted in the owner: one count for the whole daemon.
+
+    A client's failures land on whichever worker the kernel picked for each connection;
+    counted per worker, ``lockout_after`` would allow N times as many guesses. The worker
+    keeps its own :class:`AuthThrottle` as well, which answers only when the owner does not
+    (then the limit is per worker for that moment, never absent).
+    """
+
+    def __init__(self, link: OwnerLink, local: AuthThrottle) -> None:
+        self._link = link
+        self.local = local
+
+    async def _ask(self, op: str, ip: str, user: str | None) -> object:
+        body = frames.encode_json([op, ip, user])
+        answer = await self._link.request(frames.THROTTLE, body, THROTTLE_TIMEOUT)
+        if answer.kind != frames.OK:
+            raise StorageError("the owner refused the question")
+        return frames.decode_json(answer.body)
+
+    async def locked(self, ip: str, user: str | None) -> bool:
+        try:
+            return bool(await self._ask("locked", ip, user))
+        except (StorageError, FrameError) as exc:
+            log.warning(kv(event="auth_throttle_local", error=str(exc)))
+            return self.local.locked(ip, user)
+
+    async def failed(self, ip: str, user: str | None) -> float:
+        delay = self.local.failed(ip, user)
+        try:
+            answer = await self._ask("failed", ip, user)
+            return float(answer) if isinstance(answer, int | float) else delay
+        except (StorageError, FrameError) as exc:
+            log.warning(kv(event="auth_throttle_local", error=str(exc)))
+            return delay
+
+    def succeeded(self, user: str) -> None:
+        self.local.succeeded(user)
+        with contextlib.suppress(StorageError):
+            self._link.send(Frame(frames.THROTTLE, 0, frames.encode_json(["succeeded", "", user])))
+
+
+def _connection_cap(cfg: Config, index: int) -> conncap.SharedConnectionCap | None:
+    """The daemon-wide per-IP table the owner created, if it passed one."""
+    fd = os.environ.get(conncap.FD_ENV)
+    if fd is None or not fd.isdigit():
+        return None
+    workers = cfg.server.workers
+    return conncap.SharedConnectionCap(
+        int(fd), index, workers, cfg.submission.max_connections_per_ip
+    )
+
+
 def _tracker(cfg: Config) -> Tracker | None:
     """The tracking rewrite needs only the token secret (the owner created the file)."""
     t = cfg.tracking
@@ -193,7 +256,8 @@ class Worker:
         self.tracker = _tracker(cfg)
         self.space = FreeSpace(cfg.storage.database.parent, cfg.storage.min_free, clock.monotonic)
         self.authenticator = Authenticator(self.users, clock=clock)
-        self.throttle = AuthThrottle(cfg.submission.auth, clock)  # per worker (README)
+        self.throttle = OwnerThrottle(link, AuthThrottle(cfg.submission.auth, clock))
+        self.connections = _connection_cap(cfg, index)
         self.bearer = _bearer(cfg, self.users, clock)
         self.tls_context = cfg.tls.server_context() if cfg.tls.enabled else None
         self.server = SubmissionServer(
@@ -201,6 +265,7 @@ class Worker:
             hostname=cfg.server.hostname,
             handler=self.handler_for(cfg),
             tls_context=self.tls_context,
+            connections=self.connections,
         )
 
     def handler_for(self, cfg: Config) -> SubmissionHandler:
@@ -262,13 +327,15 @@ class Worker:
                     await old.aclose()
         except (MtaError, OSError, ValueError) as exc:
             log.error(kv(event="reload_failed", worker=self.index, error=str(exc)))
-        self.throttle.settings = new.submission.auth
+        self.throttle.local.settings = new.submission.auth
         self.server.reconfigure(new.submission, self.handler_for(new))
         self.cfg = new
         log.info(kv(event="worker_reloaded", worker=self.index))
 
     async def close(self) -> None:
         await self.server.close(self.cfg.server.drain_timeout)
+        if self.connections is not None:
+            self.connections.close()
         self.authenticator.close()
         if self.bearer is not None:
             await self.bearer.aclose()

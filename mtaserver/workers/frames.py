@@ -20,6 +20,9 @@ from mtaserver.model import PreparedMessage, PreparedRecipient
 ENQUEUE = 1  # body: an encoded PreparedMessage; answered OK or ERR with the same id
 READY = 2  # the worker's listeners are bound (after start and after each SIGHUP)
 OBSERVE = 3  # body: JSON [method, argument] for the owner's metrics; not answered
+# body: JSON ["locked" | "failed" | "succeeded", ip, user]: the daemon's one AUTH failure
+# count; answered OK with the JSON result (request id 0: not answered)
+THROTTLE = 4
 # Owner → worker
 OK = 10
 ERR = 11  # body: JSON {"kind": "prepare" | "full" | "storage", "reply": "451 ..."}

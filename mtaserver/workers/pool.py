@@ -12,6 +12,9 @@ interpreter each: no fork of a running loop), each with one end of a socketpair,
 * each ENQUEUE frame is checked against the per-user rate (the owner's buckets, shared
   with the HTTP API) and committed with ``Spool.enqueue`` — concurrent frames from all
   workers share one group commit — then acked; the worker answers 250 after the ack;
+* THROTTLE frames ask the daemon's one AUTH failure count (``AuthThrottle``), and the
+  per-IP connection counts live in a shared table (:mod:`mtaserver.workers.conncap`) the
+  owner creates and clears for a worker that died — so both limits hold for the daemon;
 * ``reload`` forwards SIGHUP and waits until each worker has re-read the config;
 * ``drain`` sends SIGTERM and waits for the workers to finish their transactions (the
   database stays open until every drain is done).
@@ -28,6 +31,7 @@ import sys
 from collections.abc import Callable
 from typing import Protocol
 
+from mtaserver.auth import AuthThrottle
 from mtaserver.clock import Clock
 from mtaserver.config import Config
 from mtaserver.errors import MtaError, StorageError
@@ -35,7 +39,7 @@ from mtaserver.log import get_logger, kv
 from mtaserver.model import PreparedMessage
 from mtaserver.prepare import PrepareError
 from mtaserver.supervisor import Backoff
-from mtaserver.workers import frames
+from mtaserver.workers import conncap, frames
 from mtaserver.workers.frames import Frame, FrameError
 
 log = get_logger("workers")
@@ -95,9 +99,13 @@ class WorkerPool:
         self._backoff = backoff or Backoff()
         self._slots = [_Slot(i) for i in range(self.count)]
         self._stopping = False
+        self._throttle = AuthThrottle(cfg.submission.auth, clock)  # AUTH failures, all workers
+        self._conncap_fd = -1  # the shared per-IP connection table (created at start)
 
     # -- Service -------------------------------------------------------------------------
     async def start(self) -> None:
+        if self._conncap_fd < 0:
+            self._conncap_fd = conncap.create(self.count)
         for slot in self._slots:
             await self._spawn(slot)
         try:
@@ -137,11 +145,15 @@ class WorkerPool:
             if slot.served is not None:
                 slot.served.cancel()
         log.info(kv(event="workers_stopped", workers=len(procs)))
+        if self._conncap_fd >= 0:
+            os.close(self._conncap_fd)
+            self._conncap_fd = -1
 
     async def reload(self, config: Config) -> None:
         if config.server.workers != self.count:
             log.warning(kv(event="reload_needs_restart", key="server.workers"))
         self.cfg = config
+        self._throttle.settings = config.submission.auth
         # Only workers that are up: one still starting has no SIGHUP handler yet (the
         # signal would end it) and reads the new file anyway.
         live = [
@@ -164,11 +176,12 @@ class WorkerPool:
     async def _spawn(self, slot: _Slot) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # one READY=1
+        env[conncap.FD_ENV] = str(self._conncap_fd)
         try:
             slot.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "mtaserver", "serve", "-c", str(self.cfg.source),
                 "--worker", str(slot.index), "--link-fd", str(theirs.fileno()),
-                pass_fds=(theirs.fileno(),), env=env,
+                pass_fds=(theirs.fileno(), self._conncap_fd), env=env,
             )  # fmt: skip
         finally:
             theirs.close()
@@ -203,6 +216,7 @@ class WorkerPool:
             code = await slot.proc.wait()
             if self._stopping:
                 return
+            conncap.clear(self._conncap_fd, slot.index)  # its connections are gone with it
             if self._clock.monotonic() - slot.started >= self._backoff.reset_after:
                 delay = self._backoff.initial
             restarts += 1
@@ -242,6 +256,10 @@ class WorkerPool:
                     slot.ready.set()
                 elif frame.kind == frames.OBSERVE:
                     self._observe(frame.body)
+                elif frame.kind == frames.THROTTLE:
+                    answer = self._throttle_answer(frame)
+                    if answer is not None and not writer.is_closing():
+                        writer.write(frames.pack(answer))
         except (FrameError, OSError) as exc:
             log.error(kv(event="worker_link_failed", worker=slot.index, error=str(exc)))
         finally:
@@ -270,6 +288,24 @@ class WorkerPool:
             writer.write(frames.pack(answer))
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
+
+    def _throttle_answer(self, frame: Frame) -> Frame | None:
+        """The daemon-wide AUTH failure count: locked? / a failure (its delay) / a success."""
+        try:
+            op, ip, user = frames.decode_json(frame.body)
+            ip, user = str(ip), None if user is None else str(user)
+        except (FrameError, ValueError, TypeError):
+            return _error(frame, "storage", "") if frame.request else None
+        result: bool | float | None = None
+        if op == "locked":
+            result = self._throttle.locked(ip, user)
+        elif op == "failed":
+            result = self._throttle.failed(ip, user)
+        elif op == "succeeded" and user is not None:
+            self._throttle.succeeded(user)
+        if not frame.request:
+            return None
+        return Frame(frames.OK, frame.request, frames.encode_json(result))
 
     def _observe(self, body: bytes) -> None:
         if self._observer is None:
