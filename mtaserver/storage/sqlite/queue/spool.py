@@ -216,9 +216,12 @@ class Spool(OperatorOps, Maintenance, BatchOps):
         """Push every queued recipient of a suspended destination to ``until``."""
 
         def op(conn: sqlite3.Connection) -> int:
+            # ``+next_attempt`` keeps the planner on recipients_domain: by recipients_due
+            # (state, next_attempt) each suspension walked every queued recipient of every
+            # destination, and a busy queue's writer spent its time there.
             cur = conn.execute(
                 "UPDATE recipients SET next_attempt=? WHERE domain=? AND state='queued' "
-                "AND next_attempt < ?",
+                "AND +next_attempt < ?",
                 (until, domain.lower(), until),
             )
             return cur.rowcount
