@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 import uvloop
 
@@ -37,7 +38,6 @@ from mtaserver.errors import ConfigError, MtaError, StorageError
 from mtaserver.keyfiles import load_checked
 from mtaserver.log import get_logger, kv, set_level, setup_logging
 from mtaserver.model import PreparedMessage
-from mtaserver.oauth import BearerAuthenticator, TokenVerifier
 from mtaserver.pipeline import Pipeline, TrackingOptions
 from mtaserver.prepare import PrepareError
 from mtaserver.storage.sqlite.db import Database
@@ -49,6 +49,9 @@ from mtaserver.tracking.tokens import TokenCodec, load_secrets
 from mtaserver.tracking.tracker import Tracker
 from mtaserver.workers import conncap, frames
 from mtaserver.workers.frames import Frame, FrameError
+
+if TYPE_CHECKING:
+    from mtaserver.oauth import BearerAuthenticator
 
 log = get_logger("worker")
 
@@ -239,6 +242,9 @@ def _tracker(cfg: Config) -> Tracker | None:
 def _bearer(cfg: Config, users: UserStore, clock: Clock) -> BearerAuthenticator | None:
     if not cfg.oauth.enabled:
         return None
+    # Imported only when [oauth] is on: aiohttp and PyJWT are ~10 MiB of every worker.
+    from mtaserver.oauth import BearerAuthenticator, TokenVerifier
+
     return BearerAuthenticator(TokenVerifier(cfg.oauth, clock), users)
 
 
