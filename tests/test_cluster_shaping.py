@@ -21,6 +21,7 @@ import smtplib
 import subprocess
 import sys
 import tomllib
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from mtaserver.storage.postgres.db import PgDatabase
 from tests.pg import PgServer, pg_dsn, pg_server  # noqa: F401
 from tests.redis_server import RedisServer
 from tests.support.clock import TimerClock
-from tests.support.daemon import Daemon, TestConfig
+from tests.support.daemon import Daemon, TestConfig, free_port
 from tests.support.meteredsink import MeteredSink
 from tests.support.mxsink import wait_for
 
@@ -75,6 +76,7 @@ def node_config(
         "delivery", relay_host=f"127.0.0.2:{sink_port}", tls="none", max_connections=4 * CONN,
         lease="5s", nameservers=["127.0.0.1:9"],
     )  # fmt: skip
+    cfg.set("admin", listen=f"127.0.0.1:{free_port()}", metrics_auth="none")  # /metrics
     cfg.set("shaping", poll_interval="20ms")
     cfg.set("shaping.conn", domains=["conn.test"], max_connections=CONN, max_rate="unlimited")
     cfg.set("shaping.rate", domains=["rate.test"], max_connections=CONN, max_rate=f"{RATE}/min")
@@ -96,6 +98,16 @@ def submit(cfgs: list[TestConfig], n: int) -> None:
     finally:
         for s in conns:
             s.quit()
+
+
+def metric(cfg: TestConfig, name: str) -> float:
+    """One sample of the node's /metrics, as Prometheus would scrape it."""
+    host, port = cfg.address("admin", "listen")
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    values = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(values) == 1, (name, text[:3000])
+    return float(values[0])
 
 
 async def migrated(dsn: str) -> None:
@@ -123,7 +135,7 @@ def rate_bound() -> float:
     return RATE / 60 * (WINDOW + 0.3) + NODES + 1
 
 
-async def wait_logged(nodes: list[Daemon], event: str, times: int = 1, timeout: float = 10) -> None:
+async def wait_logged(nodes: list[Daemon], event: str, times: int = 1, timeout: float = 30) -> None:
     await wait_for(lambda: all(d.log().count(f"event={event}") >= times for d in nodes), timeout)
 
 
@@ -147,7 +159,7 @@ async def test_shared_limits_across_three_nodes_then_degraded_then_shared_again(
         try:
             await asyncio.gather(*(asyncio.to_thread(d.start) for d in nodes))
             feeding = asyncio.create_task(asyncio.to_thread(submit, cfgs, 260))
-            await wait_for(lambda: len(sink.delivered("conn.test")) >= 2 * CONN, 20)
+            await wait_for(lambda: len(sink.delivered("conn.test")) >= 2 * CONN, 60)
 
             # 1. Shared: at most CONN sessions across the nodes, and reached (the limit
             #    binds); rate.test at RATE across the nodes (unshared it would be 3x).
@@ -159,6 +171,8 @@ async def test_shared_limits_across_three_nodes_then_degraded_then_shared_again(
             # 2. Redis killed by PID: each node alone at CONN // NODES and RATE / NODES.
             redis.stop(kill=True)
             await wait_logged(nodes, "cluster_degraded")
+            assert await asyncio.to_thread(metric, cfgs[1], "mtaserver_cluster_redis_up") == 0
+            assert await asyncio.to_thread(metric, cfgs[1], "mtaserver_cluster_degraded_total") == 1
             await asyncio.sleep(SLOW + 0.2)  # sessions granted before the outage finish
             conn, rconn, sent = await window(sink)
             share = max(1, CONN // NODES) * NODES
@@ -169,6 +183,7 @@ async def test_shared_limits_across_three_nodes_then_degraded_then_shared_again(
             # 3. Redis back (empty, same port): the shared limits again.
             redis.start()
             await wait_logged(nodes, "cluster_shared", times=2)
+            assert await asyncio.to_thread(metric, cfgs[1], "mtaserver_cluster_redis_up") == 1
             conn, rconn, sent = await window(sink)
             assert conn == CONN, f"shared again: peak {conn} conn.test sessions"
             assert sent <= rate_bound(), f"shared again: {sent} sent"
@@ -191,7 +206,7 @@ async def test_shared_limits_across_three_nodes_then_degraded_then_shared_again(
                 got = await client.zrange(key, 0, -1, withscores=True)
                 return [(m, s) for m, s in got if m.startswith("node-0:")]
 
-            await wait_for_async(node0_leases, 10)
+            await wait_for_async(node0_leases, 30)
             await asyncio.to_thread(nodes[0].kill)
             expiry = max(s for _, s in await node0_leases())  # ms, Redis time
             await wait_for_async(lambda: redis_ms(client, expiry + 300), LEASE + 5)
