@@ -29,6 +29,10 @@ def test_unit_has_notify_sandbox_and_capabilities() -> None:
     assert svc["Type"] == ["notify"]
     assert "serve" in svc["ExecStart"][0]
     assert svc["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # workers > 1: only the owner may notify (one READY=1), and stop signals every process
+    # at once (test_workers_reliability.py drains exactly that way)
+    assert svc["NotifyAccess"] == ["main"]
+    assert svc.get("KillMode", ["control-group"]) == ["control-group"]
     assert svc["AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE"]
     for key in ("StateDirectory", "User", "Group"):
         assert svc[key] == ["mtaserver"]
