@@ -23,7 +23,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiohttp
 import pytest
 
+from mtaserver.api.deps import KeysUnavailable
+from mtaserver.app.pgops import ApiKeysOrUnavailable
 from mtaserver.config.storage import PostgresConfig
+from mtaserver.storage.postgres.apikeys import PgApiKeyStore
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.templates import PgTemplateStore
 from mtaserver.storage.postgres.users import PgUserStore
@@ -238,3 +241,17 @@ async def templates_idempotency_and_batches(node: Node) -> None:
     assert n == 1
     templates = await admin_get(node, "/api/v1/templates")
     assert [t["name"] for t in templates["templates"]] == ["hello"], templates
+
+
+async def test_keys_that_cannot_be_checked_are_unavailable_not_errors(pg_dsn: str) -> None:  # noqa: F811
+    """PostgreSQL unreachable: the send API's key check raises KeysUnavailable (answered 503
+    with Retry-After), so a caller is never accepted unchecked nor answered 500."""
+    db = PgDatabase(PostgresConfig(dsn=pg_dsn, tls="disable", pool_size=1))
+    await db.open()
+    keys = ApiKeysOrUnavailable(PgApiKeyStore(db))
+    await PgUserStore(db).add("app", "scrypt$unused", ["sender.test"])
+    _, key = await keys.store.create("app", frozenset({"mail.send"}))
+    assert (await keys.verify(key)) is not None and await keys.verify(key + "x") is None
+    await db.close()  # as if the server were gone: every call fails
+    with pytest.raises(KeysUnavailable, match="postgresql"):
+        await keys.verify(key)

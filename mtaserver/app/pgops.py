@@ -16,6 +16,7 @@ from typing import Any, cast
 from mtaserver.admin.deps import AdminDeps
 from mtaserver.admin.routes import AdminApi
 from mtaserver.admin.server import AdminServer, build_web_app
+from mtaserver.api.deps import KeyInfo, KeysUnavailable
 from mtaserver.app.ops import TrackingParts
 from mtaserver.app.service import Service, SimpleService
 from mtaserver.auth import hash_password
@@ -23,9 +24,10 @@ from mtaserver.clock import Clock
 from mtaserver.config import Config
 from mtaserver.devsetup import write_private
 from mtaserver.dkim import DkimSigner
-from mtaserver.errors import ConfigError
+from mtaserver.errors import ConfigError, StorageError
 from mtaserver.metrics import Metrics
 from mtaserver.oauth import CurrentVerifier
+from mtaserver.storage.postgres.apikeys import PgApiKeyStore
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.events import PgEventLog
 from mtaserver.storage.postgres.outbox import PgWebhookOutbox
@@ -169,3 +171,18 @@ def pg_build_tracking(
     if t.unsubscribe_mailto is not None:  # the inbound listener hands such mail over
         mailto = MailUnsubscribe(t.unsubscribe_mailto, codec, recorder)
     return TrackingParts(codec, tracker, recorder, mailto)
+
+
+class ApiKeysOrUnavailable:
+    """The send API's key check over the cluster's database: with PostgreSQL unreachable a
+    key cannot be checked, which the API answers 503 with Retry-After (as for an OAuth
+    issuer that cannot be reached), never 500 and never accepted."""
+
+    def __init__(self, store: PgApiKeyStore) -> None:
+        self.store = store
+
+    async def verify(self, key: str) -> KeyInfo | None:
+        try:
+            return await self.store.verify(key)
+        except StorageError as exc:
+            raise KeysUnavailable(str(exc)) from None

@@ -32,7 +32,12 @@ from mtaserver.app.mail import (
     submission_service,
 )
 from mtaserver.app.ops import tracking_service
-from mtaserver.app.pgops import pg_admin_service, pg_build_tracking, pg_webhooks_service
+from mtaserver.app.pgops import (
+    ApiKeysOrUnavailable,
+    pg_admin_service,
+    pg_build_tracking,
+    pg_webhooks_service,
+)
 from mtaserver.app.service import Service
 from mtaserver.app.wiring import Wiring
 from mtaserver.clock import Clock
@@ -68,7 +73,7 @@ def _as(value: object) -> Any:
 def wire_postgres(
     cfg: Config, db: PgDatabase, queue: PgQueue, clock: Clock, current: Callable[[], Config]
 ) -> Wiring:
-    """The core mail path over ``db``; ``queue`` leases as this node."""
+    """Every ported component over ``db``; ``queue`` leases as this node."""
     inbound = cfg.inbound
     users = PgUserStore(db, clock)
     suppressions = PgSuppressionStore(db, clock, inbound.suppression)
@@ -128,7 +133,9 @@ def wire_postgres(
         cfg,
         mail,
         PgTemplateStore(db, clock),
-        stores=ApiStores(PgApiKeyStore(db, clock), PgApiIntake(db, queue), queue),
+        stores=ApiStores(
+            ApiKeysOrUnavailable(PgApiKeyStore(db, clock)), PgApiIntake(db, queue), queue
+        ),
     )
     if api is not None:
         services.append(api)
