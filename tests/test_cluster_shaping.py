@@ -32,7 +32,7 @@ import yaml
 from mtaserver.cli.cluster import render
 from mtaserver.clock import SystemClock
 from mtaserver.cluster.client import ShapingScripts, connect
-from mtaserver.cluster.registry import NodeRegistry, fingerprint, status
+from mtaserver.cluster.registry import NodeRegistry, fingerprint, fingerprints, status
 from mtaserver.cluster.shared import NO_SLOT_RETRY, SharedShaping
 from mtaserver.config import parse_config
 from mtaserver.config.cluster import ClusterConfig, RedisTarget
@@ -65,7 +65,7 @@ def node_config(
     cfg = TestConfig(tmp_path / f"node{i}", tls=False)
     cfg.set("server", hostname=f"mta{i}.test", secret_file=str(secret), log_level="info")
     cfg.set(
-        "cluster", node_id=f"node-{i}", redis=redis_url, nodes=NODES, timeout="200ms",
+        "cluster", node_id=f"node-{i}", redis=redis_url, nodes=NODES, timeout="500ms",
         lease=f"{LEASE}s", heartbeat="500ms", reconnect="200ms",
     )  # fmt: skip
     cfg.set(
@@ -172,7 +172,8 @@ async def test_shared_limits_across_three_nodes_then_degraded_then_shared_again(
             redis.stop(kill=True)
             await wait_logged(nodes, "cluster_degraded")
             assert await asyncio.to_thread(metric, cfgs[1], "mtaserver_cluster_redis_up") == 0
-            assert await asyncio.to_thread(metric, cfgs[1], "mtaserver_cluster_degraded_total") == 1
+            # >= 1: on a loaded machine a call slower than [cluster] timeout counts too.
+            assert await asyncio.to_thread(metric, cfgs[1], "mtaserver_cluster_degraded_total") >= 1
             await asyncio.sleep(SLOW + 0.2)  # sessions granted before the outage finish
             conn, rconn, sent = await window(sink)
             share = max(1, CONN // NODES) * NODES
@@ -194,7 +195,7 @@ async def test_shared_limits_across_three_nodes_then_degraded_then_shared_again(
             assert st.returncode == 0, st.stdout + st.stderr
             listed = json.loads(st.stdout)["nodes"]
             assert [n["node_id"] for n in listed] == ["node-0", "node-1", "node-2"]
-            assert all(n["alive"] and n["shaping"]["degraded_total"] == 1 for n in listed)
+            assert all(n["alive"] and n["shaping"]["degraded_total"] >= 1 for n in listed)
             assert len({n["fingerprint"] for n in listed}) == 1
             assert all(not n["secret_differs"] for n in listed)
 
@@ -281,6 +282,28 @@ async def test_a_secret_mismatch_met_later_is_logged_and_shown(tmp_path: Path) -
             assert "DIFFERS" in render(listed, clock.now())
             assert len(fingerprint(b"one")) == 16 and fingerprint(b"one") != fingerprint(b"two")
             assert b"one".hex() not in json.dumps([n.as_dict() for n in listed])
+            # Per secret: only the ones both nodes use count (d signs no links).
+            v, t1, t2 = b"verp-key", b"links-1", b"links-2"
+            d = NodeRegistry(
+                ClusterConfig(node_id="d"), scripts, clock, version="t",
+                fingerprint=fingerprints({"server.secret_file": v}),
+            )  # fmt: skip
+            e = NodeRegistry(
+                ClusterConfig(node_id="e"), scripts, clock, version="t",
+                fingerprint=lambda: fingerprints({"server.secret_file": v,
+                                                  "tracking.secret_file": t1}),
+                source="e.toml",
+            )  # fmt: skip
+            f = NodeRegistry(
+                ClusterConfig(node_id="f"), scripts, clock, version="t",
+                fingerprint=fingerprints({"server.secret_file": v, "tracking.secret_file": t2}),
+                source="f.toml",
+            )  # fmt: skip
+            await client.delete(scripts.keys.nodes, scripts.keys.fingerprints)
+            await d.join()
+            await e.join()  # the same VERP key; tracking only on e
+            with pytest.raises(ConfigError, match=r"^f\.toml: tracking\.secret_file: "):
+                await f.join()
         finally:
             await client.aclose()
 

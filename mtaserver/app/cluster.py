@@ -8,7 +8,8 @@ wait out a lease TTL. A node killed with -9 does neither: its leases expire afte
 
 Both backends wire it the same way: the queue counts in the heartbeat come from the node's
 queue (on PostgreSQL, the cluster's). At start, with Redis up, the node joins the registry
-and refuses to run when an alive node's ``[server] secret_file`` fingerprint differs.
+and refuses to run when an alive node's ``[server] secret_file`` (or ``[tracking]
+secret_file``) fingerprint differs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from mtaserver.app.service import SimpleService
 from mtaserver.clock import Clock
 from mtaserver.cluster.client import RedisDown, ShapingScripts, connect
 from mtaserver.cluster.metrics import ClusterCollector
-from mtaserver.cluster.registry import NodeRegistry, fingerprint
+from mtaserver.cluster.registry import NodeRegistry, fingerprints
 from mtaserver.cluster.shared import SharedShaping
 from mtaserver.config import Config
 from mtaserver.devsetup import read_secret
@@ -33,6 +34,7 @@ from mtaserver.log import get_logger, kv
 from mtaserver.metrics import Metrics
 from mtaserver.model import QueueGauges
 from mtaserver.shaper import Shaper
+from mtaserver.tracking.tokens import load_secrets
 
 log = get_logger("cluster")
 
@@ -50,6 +52,18 @@ class QueueCounts(Protocol):
 class ClusterParts:
     shared: SharedShaping
     service: SimpleService
+
+
+def shared_secrets(cfg: Config) -> str:
+    """The fingerprints of the secrets every node must share: ``[server] secret_file``
+    (VERP), and ``[tracking] secret_file`` where this node signs links. Read at the first
+    heartbeat, once the stages that create a missing file have run."""
+    secrets = {"server.secret_file": read_secret(cfg.server.secret_file)}
+    t = cfg.tracking
+    if t.base_url is not None and t.secret_file is not None and t.secret_file.exists():
+        with contextlib.suppress(ValueError):  # tracking refuses to start on it, named
+            secrets["tracking.secret_file"] = b"\n".join(load_secrets(t.secret_file))
+    return fingerprints(secrets)
 
 
 def build_cluster(
@@ -77,7 +91,7 @@ def build_cluster(
 
         registry = NodeRegistry(
             c, scripts, clock, version=__version__, counts=counts, shaping=shaping,
-            fingerprint=fingerprint(read_secret(cfg.server.secret_file)),
+            fingerprint=lambda: shared_secrets(cfg),
             source=cfg.source.name,
         )  # fmt: skip
 

@@ -48,6 +48,26 @@ def fingerprint(secret: bytes) -> str:
     return hmac.new(secret, FINGERPRINT_LABEL, hashlib.sha256).hexdigest()[:16]
 
 
+def fingerprints(secrets: Mapping[str, bytes]) -> str:
+    """``key=fp,key=fp``: one fingerprint per secret the nodes must share, by config key
+    (``server.secret_file``, and ``tracking.secret_file`` where links are signed)."""
+    return ",".join(f"{key}={fingerprint(value)}" for key, value in secrets.items())
+
+
+def _parts(value: str) -> dict[str, str]:
+    return dict(p.split("=", 1) for p in value.split(",") if "=" in p)
+
+
+def differing(ours: str, theirs: str) -> list[str]:
+    """The config keys whose fingerprints differ, compared as the heartbeat script does:
+    only the secrets both use (a node without tracking signs no links); a fingerprint
+    without keys whole."""
+    a, b = _parts(ours), _parts(theirs)
+    if not a or not b:
+        return ["server.secret_file"] if ours != theirs else []
+    return sorted(k for k in a.keys() & b.keys() if a[k] != b[k])
+
+
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
     node_id: str
@@ -83,7 +103,7 @@ class NodeRegistry:
         *,
         version: str,
         counts: Counts | None = None,
-        fingerprint: str = "",
+        fingerprint: str | Callable[[], str] = "",  # a callable: read at the first beat
         shaping: Shaping | None = None,
         source: str = "config",
     ) -> None:
@@ -92,7 +112,8 @@ class NodeRegistry:
         self._clock = clock
         self._version = version
         self._counts = counts
-        self._fingerprint = fingerprint
+        self._secrets = fingerprint
+        self._fingerprint = fingerprint if isinstance(fingerprint, str) else ""
         self._shaping = shaping
         self._source = source  # the config file's name, for the operator's error
         self._started = clock.now()
@@ -101,6 +122,8 @@ class NodeRegistry:
 
     async def beat(self, *, strict: bool = False) -> str:
         """Write the heartbeat; returns the id of an alive node with another secret, or ""."""
+        if not isinstance(self._secrets, str) and not self._fingerprint:
+            self._fingerprint = self._secrets()
         counts: Mapping[str, int] = {}
         if self._counts is not None:
             counts = await self._counts()
@@ -111,11 +134,12 @@ class NodeRegistry:
             shaping=json.dumps(shaping),
         )  # fmt: skip
         if got.conflict and strict:
+            keys = ", ".join(differing(self._fingerprint, got.theirs) or ["server.secret_file"])
             raise ConfigError(
-                f"{self._source}: server.secret_file: fingerprint {self._fingerprint} differs "
-                f"from {got.theirs} of node {got.conflict!r}: every node of the cluster must "
-                "use the same secret (a VERP return path signed by one node is checked by "
-                "another); copy that node's secret_file here"
+                f"{self._source}: {keys}: fingerprint {self._fingerprint} differs from "
+                f"{got.theirs} of node {got.conflict!r}: every node of the cluster must use "
+                "the same secret (a VERP return path or a link signed by one node is checked "
+                "by another); copy that node's file here"
             )
         if got.conflict != self._conflict:
             if got.conflict:
@@ -200,7 +224,9 @@ def _flag_secrets(nodes: list[NodeStatus]) -> list[NodeStatus]:
     top = max(votes.values())
     cluster = first if votes[first] == top else votes.most_common(1)[0][0]
     return [
-        replace(n, secret_differs=True) if n.fingerprint and n.fingerprint != cluster else n
+        replace(n, secret_differs=True)
+        if n.fingerprint and differing(n.fingerprint, cluster)
+        else n
         for n in nodes
     ]
 

@@ -107,11 +107,27 @@ local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - keep)
 for _, id in ipairs(stale) do redis.call('HDEL', KEYS[3], id) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - keep)
 local other, theirs = '', ''
+local function parts(s)
+  local t, n = {}, 0
+  for k, v in string.gmatch(s, '([^,=]+)=([^,]+)') do t[k] = v; n = n + 1 end
+  return t, n
+end
+-- "key=fp,key=fp": only the secrets both nodes use are compared (a node without tracking
+-- signs no links); a fingerprint without keys is compared whole.
+local function clash(a, b)
+  local pa, na = parts(a)
+  local pb, nb = parts(b)
+  if na == 0 or nb == 0 then return a ~= b end
+  for k, v in pairs(pa) do
+    if pb[k] ~= nil and pb[k] ~= v then return true end
+  end
+  return false
+end
 if ARGV[7] ~= '' then
   local alive = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[8]), '+inf')
   for _, id in ipairs(alive) do
     local fp = redis.call('HGET', KEYS[3], id)
-    if id ~= ARGV[2] and fp and fp ~= '' and fp ~= ARGV[7] then
+    if id ~= ARGV[2] and fp and fp ~= '' and clash(ARGV[7], fp) then
       other, theirs = id, fp
       break
     end
