@@ -37,7 +37,8 @@ def render(nodes: list[NodeStatus], now: float) -> str:
     for n in nodes:
         counts = " ".join(f"{k}={v}" for k, v in sorted(n.counts.items()))
         up = f"{max(0.0, now - n.started_at):.0f}s" if n.started_at else "-"
-        secret = "DIFFERS" if n.secret_differs else (n.fingerprint or "-")
+        short = "/".join(x.rpartition("=")[2] for x in n.fingerprint.split(",")) or "-"
+        secret = "DIFFERS" if n.secret_differs else short  # server[/tracking] fingerprints
         degraded = str(n.shaping.get("degraded_total", "-"))
         rows.append((n.node_id, n.version, up, f"{n.age:.1f}s ago",
                      "alive" if n.alive else "STALE", secret, degraded, counts))  # fmt: skip
