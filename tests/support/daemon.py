@@ -142,7 +142,7 @@ class TestConfig:
 
 
 class Daemon:
-    def __init__(self, config: TestConfig, *, ready_timeout: float = 20.0) -> None:
+    def __init__(self, config: TestConfig, *, ready_timeout: float = 60.0) -> None:
         self.config = config
         self.ready_timeout = ready_timeout
         self.proc: subprocess.Popen[bytes] | None = None
