@@ -300,29 +300,3 @@ async def test_a_second_daemon_on_the_database_is_refused(tmp_path: Path) -> Non
             assert out.returncode == 1
             assert "another mtaserver is already running" in out.stderr
             assert len(_worker_pids(daemon)) == 2
-
-
-async def test_kill_9_of_the_owner_ends_the_workers_and_a_restart_delivers(
-    tmp_path: Path,
-) -> None:
-    async with SinkGroup(["127.0.0.2"]) as sinks:
-        sink = sinks["127.0.0.2"]
-        cfg = _config(tmp_path, sinks.port)
-        cfg.set("shaping.default", max_rate="20/s")  # most of the queue is still there at the kill
-        port = cfg.address("submission", "listen_plain")[1]
-        daemon = Daemon(cfg)
-        await asyncio.to_thread(daemon.start)
-        pids = _worker_pids(daemon)
-        sender = Sender(port)
-        await _join(sender.run(4, 10))
-        await asyncio.to_thread(daemon.kill)
-        # a worker whose owner is gone stops listening and exits (no 451 forever)
-        for pid in pids.values():
-            await wait_for(lambda pid=pid: not _alive(pid), 30)  # type: ignore[misc]
-        assert "event=owner_gone" in daemon.log()
-        cfg.set("shaping.default", max_rate="1000/s")
-        with Daemon(cfg) as again:
-            assert len(_worker_pids(again)) == 2
-            queued = set(sender.queued)
-            assert len(queued) == 40
-            await wait_for(lambda: queued <= set(_sink_ids(sink)), 60)
