@@ -107,8 +107,10 @@ class TestConfig:
                 "trusted_networks": ["127.0.0.0/8"],
             },
             # Never the system resolver: a loopback port nobody answers on, unless a test
-            # points this at its own DnsServer.
-            "delivery": {"nameservers": [f"127.0.0.1:{free_port()}"]},
+            # points this at its own DnsServer. A lookup nobody answers gives up in 3 s, not
+            # the default 10 s: a stop drains in-flight deliveries, and those are mostly such
+            # lookups here.
+            "delivery": {"nameservers": [f"127.0.0.1:{free_port()}"], "dns_timeout": "3s"},
         }
         if tls:
             cert = self.ca.issue_cert("localhost", "127.0.0.1", "mta.test")
