@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from typing import TYPE_CHECKING
 
 from mtaserver.cli._common import add_config_arg, config_from
 from mtaserver.clock import SystemClock
-from mtaserver.cluster.client import RedisDown
-from mtaserver.cluster.registry import NodeStatus, read_status
 from mtaserver.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mtaserver.cluster.registry import NodeStatus
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,6 +56,10 @@ def run_status(args: argparse.Namespace) -> int:
     c = cfg.cluster
     if c is None or c.redis is None:
         raise ConfigError(f"{cfg.source.name}: cluster.redis: not set (no node registry)")
+    # Here, not at the top: the redis client costs every CLI call ~0.1 s of imports.
+    from mtaserver.cluster.client import RedisDown
+    from mtaserver.cluster.registry import read_status
+
     try:
         nodes = asyncio.run(read_status(c))
     except RedisDown as exc:
