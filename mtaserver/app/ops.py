@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from mtaserver.admin.deps import AdminDeps
 from mtaserver.admin.routes import AdminApi
@@ -33,14 +34,13 @@ from mtaserver.storage.sqlite.queue import Spool
 from mtaserver.storage.sqlite.reports import Reports
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.storage.sqlite.templates import TemplateStore
-from mtaserver.storage.sqlite.tokens import TokenStore
-from mtaserver.storage.sqlite.tracking import SqlTrackingStore
+from mtaserver.storage.sqlite.tokens import TokenInfo, TokenStore
 from mtaserver.storage.sqlite.users import UserStore
 from mtaserver.tracking.bots import BotDetector, load_rules
 from mtaserver.tracking.mailto import MailUnsubscribe
 from mtaserver.tracking.preferences import ConsentPages
 from mtaserver.tracking.privacy import IpPrivacy
-from mtaserver.tracking.recorder import Recorder
+from mtaserver.tracking.recorder import Recorder, TrackingStore
 from mtaserver.tracking.tokens import TokenCodec, load_secrets
 from mtaserver.tracking.tracker import Tracker
 from mtaserver.tracking.web import TrackingWeb
@@ -73,10 +73,19 @@ def storage_service(db: Database, spool: Spool, space: FreeSpace, reserve: Reser
     return SimpleService("storage", on_run=run, on_reload=reload)
 
 
+class Suppresses(Protocol):
+    """What tracking's unsubscribes need of a suppression store (either backend's)."""
+
+    async def apply(
+        self, address: str, reason: str, *, sender_domain: str | None, source: str,
+        queue_id: str | None = None,
+    ) -> object: ...  # fmt: skip
+
+
 class _SuppressUnsubscribes:
     """Tracking's UnsubscribeSink: suppress the address for the sender's domain."""
 
-    def __init__(self, store: SuppressionStore) -> None:
+    def __init__(self, store: Suppresses) -> None:
         self.store = store
 
     async def unsubscribe(
@@ -102,8 +111,11 @@ class TrackingParts:
 
 
 def build_tracking(
-    cfg: Config, db: Database, suppressions: SuppressionStore, clock: Clock
+    cfg: Config, store: TrackingStore, suppressions: Suppresses, clock: Clock
 ) -> TrackingParts | None:
+    """``store`` is the backend's tracked-recipient lookup and hit writer. On several nodes
+    every node must hold the same ``[tracking] secret_file``: a link signed by one node is
+    opened on any (a node that finds none writes a new one, which the others' links fail)."""
     t = cfg.tracking
     if t.base_url is None or t.secret_file is None:
         return None
@@ -118,7 +130,7 @@ def build_tracking(
     if t.listen is None and t.unsubscribe_mailto is None:
         return TrackingParts(codec, tracker, None, None)
     recorder = Recorder(
-        SqlTrackingStore(db),
+        store,
         BotDetector(rules, t.scanner_window, t.burst_window, t.burst_links),
         IpPrivacy(t.ip_privacy, codec.key),
         clock,
@@ -209,11 +221,20 @@ def admin_service(cfg: Config, parts: AdminParts, current: Callable[[], Config])
         templates=TemplateStore(db, parts.clock),
         outreach=OutreachStats(db),
     )
+    return serve_admin(cfg, deps, TokenStore(db, parts.clock).verify)
+
+
+def serve_admin(
+    cfg: Config, deps: AdminDeps, verify_token: Callable[[str], Awaitable[TokenInfo | None]]
+) -> Service:
+    """The admin API and /metrics over ``deps`` on ``[admin] listen`` (either backend)."""
+    a = cfg.admin
+    assert a.listen is not None
+    metrics, clock = deps.metrics, deps.clock
     open_paths = frozenset({"/metrics"}) if a.metrics_auth == "none" else frozenset()
-    oauth = CurrentVerifier(cfg.oauth, parts.clock)  # JWT bearers with admin.* scopes
-    web_app = build_web_app(AdminApi(deps).register, TokenStore(db, parts.clock).verify,
-                            open_paths=open_paths, monotonic=parts.clock.monotonic,
-                            jwt=oauth.verify)  # fmt: skip
+    oauth = CurrentVerifier(cfg.oauth, clock)  # JWT bearers with admin.* scopes
+    web_app = build_web_app(AdminApi(deps).register, verify_token, open_paths=open_paths,
+                            monotonic=clock.monotonic, jwt=oauth.verify)  # fmt: skip
     ssl_context = cfg.tls.server_context() if a.tls else None
     server = AdminServer(web_app, ssl_context)
     host, port = a.listen
@@ -224,7 +245,7 @@ def admin_service(cfg: Config, parts: AdminParts, current: Callable[[], Config])
 
     async def run() -> None:
         while True:  # keep the event tail short between scrapes
-            await parts.clock.sleep(METRICS_TAIL_EVERY)
+            await clock.sleep(METRICS_TAIL_EVERY)
             await metrics.tail()
 
     async def drain(timeout: float) -> None:

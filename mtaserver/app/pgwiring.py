@@ -31,11 +31,10 @@ from mtaserver.app.mail import (
     scheduler_service,
     submission_service,
 )
-from mtaserver.app.ops import tracking_service
+from mtaserver.app.ops import build_tracking, tracking_service
 from mtaserver.app.pgops import (
     ApiKeysOrUnavailable,
     pg_admin_service,
-    pg_build_tracking,
     pg_webhooks_service,
 )
 from mtaserver.app.service import Service
@@ -57,6 +56,7 @@ from mtaserver.storage.postgres.outbox import PgWebhookOutbox
 from mtaserver.storage.postgres.queue import PgQueue
 from mtaserver.storage.postgres.suppressions import PgSuppressionStore
 from mtaserver.storage.postgres.templates import PgTemplateStore
+from mtaserver.storage.postgres.tracking import PgTrackingStore
 from mtaserver.storage.postgres.users import PgUserStore
 from mtaserver.verp import Verp
 
@@ -89,7 +89,7 @@ def wire_postgres(
     shaper = build_shaper(cfg, clock)
     # Links in mail rewritten with the tracking secret ([tracking] base_url); hits on any
     # node's endpoint recorded in the cluster's event log.
-    tracking = pg_build_tracking(cfg, db, suppressions, clock)
+    tracking = build_tracking(cfg, PgTrackingStore(db), suppressions, clock)
     recorder = tracking.recorder if tracking is not None else None
     outbox = PgWebhookOutbox(db)  # the cluster's: every node's events, any node POSTs
     metrics = Metrics(

@@ -52,6 +52,7 @@ from mtaserver.storage.sqlite.outbox import WebhookOutbox
 from mtaserver.storage.sqlite.queue import Spool
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.storage.sqlite.templates import TemplateStore
+from mtaserver.storage.sqlite.tracking import SqlTrackingStore
 from mtaserver.storage.sqlite.users import UserStore
 from mtaserver.verp import Verp
 from mtaserver.webhooks import WebhookDispatcher
@@ -96,7 +97,7 @@ def wire(cfg: Config, base: Base, current: Callable[[], Config]) -> Wiring:
     resolver = build_resolver(cfg, clock)
     agent = build_agent(cfg, resolver, verp, clock)
     shaper = build_shaper(cfg, clock)
-    tracking = build_tracking(cfg, db, suppressions, clock)
+    tracking = build_tracking(cfg, SqlTrackingStore(db), suppressions, clock)
     recorder = tracking.recorder if tracking and cfg.tracking.listen else None
     # Double opt-in and the preferences page: signed with the tracking secret, served there.
     consent = (
