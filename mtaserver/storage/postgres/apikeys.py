@@ -7,7 +7,6 @@ through any, and a revoked key stops working on all of them at the next request.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from mtaserver.clock import Clock, SystemClock
@@ -15,12 +14,11 @@ from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.sqlite.apikeys import (
     MAX_KEY_CHARS,
     PREFIX,
-    SCOPES,
     TOUCH_EVERY,
     ApiKeyError,
     ApiKeyInfo,
     key_hash,
-    new_key_id,
+    new_key,
 )
 
 _COLUMNS = 'id, "user", name, scopes, created_at, last_used_at, revoked_at'
@@ -40,11 +38,7 @@ class PgApiKeyStore:
         self, user: str, scopes: frozenset[str], name: str = "", now: float | None = None
     ) -> tuple[ApiKeyInfo, str]:
         """A new key for ``user``; returns its info and the key text (shown once)."""
-        unknown = scopes - set(SCOPES)
-        if unknown or not scopes:
-            raise ApiKeyError(f"unknown scopes {sorted(unknown)}" if unknown else "no scopes")
-        key_id = new_key_id()
-        key = f"{PREFIX}{key_id}.{secrets.token_urlsafe(32)}"
+        key_id, key = new_key(scopes)
         t = self._clock.now() if now is None else now
         async with self.db.transaction() as conn:
             await conn.execute(

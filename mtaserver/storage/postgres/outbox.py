@@ -17,12 +17,10 @@ them alone.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from mtaserver.config.webhooks import WebhookConfig
-from mtaserver.model import StoredEvent
 from mtaserver.storage.postgres.db import Connection, PgDatabase
 from mtaserver.storage.sqlite.outbox import (
     Backlog,
@@ -30,6 +28,8 @@ from mtaserver.storage.sqlite.outbox import (
     OutboxItem,
     Settlement,
     event_body,
+    json_field,
+    stored_event,
 )
 
 LEASE = 300.0  # seconds a node holds the rows it POSTs (far above a POST's timeout)
@@ -53,20 +53,6 @@ RETURNING o.id, o.event_id, o.queue_id, o.attempts, o.created_at
 
 def _rows(status: str) -> int:
     return int(status.split()[-1])
-
-
-def _json(raw: object) -> Any:
-    try:
-        return json.loads(raw) if isinstance(raw, str) and raw else None
-    except ValueError:
-        return None
-
-
-def _stored(row: Sequence[Any]) -> StoredEvent:
-    event_id, at, type_, queue_id, recipient, data = row
-    payload = _json(data)
-    return StoredEvent(event_id, at, type_, queue_id, recipient,
-                       payload if isinstance(payload, dict) else {})  # fmt: skip
 
 
 class PgWebhookOutbox:
@@ -136,7 +122,7 @@ class PgWebhookOutbox:
                     id=int(r[0]), webhook=webhook, event_id=int(r[1]), queue_id=r[2],
                     attempts=int(r[3]), created_at=float(r[4]),
                     body=None if ev is None else event_body(ev, webhook),
-                    event=None if ev is None else _stored(ev), context=ctx,
+                    event=None if ev is None else stored_event(ev), context=ctx,
                 ))  # fmt: skip
         held.update(i.id for i in out)
         return out
@@ -231,10 +217,10 @@ async def _context(conn: Connection, row: Sequence[Any]) -> MessageContext | Non
         "AND type='api_message' ORDER BY id LIMIT 1",
         queue_id,
     )
-    api = _json(api_raw)
+    api = json_field(api_raw)
     api = api if isinstance(api, dict) else {}
-    categories = _json(api.get("categories"))
-    custom = _json(api.get("custom_args"))
+    categories = json_field(api.get("categories"))
+    custom = json_field(api.get("custom_args"))
     group = api.get("asm_group_id")
     if type_ == "accepted":
         rcpts = await conn.fetch(
@@ -243,7 +229,7 @@ async def _context(conn: Connection, row: Sequence[Any]) -> MessageContext | Non
     elif recipient is None:
         rcpts = []
     else:
-        own = _json(data)
+        own = json_field(data)
         idx = own.get("idx") if isinstance(own, dict) else None
         if isinstance(idx, int):
             rcpts = [(idx, recipient)]

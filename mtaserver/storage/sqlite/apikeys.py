@@ -103,6 +103,15 @@ def new_key_id() -> str:
             return key_id
 
 
+def new_key(scopes: frozenset[str]) -> tuple[str, str]:
+    """A new key's id and text for ``scopes`` (both backends); refuses unknown or no scopes."""
+    unknown = scopes - set(SCOPES)
+    if unknown or not scopes:
+        raise ApiKeyError(f"unknown scopes {sorted(unknown)}" if unknown else "no scopes")
+    key_id = new_key_id()
+    return key_id, f"{PREFIX}{key_id}.{secrets.token_urlsafe(32)}"
+
+
 class ApiKeyStore:
     def __init__(self, db: Database, clock: Clock | None = None) -> None:
         self.db = db
@@ -112,11 +121,7 @@ class ApiKeyStore:
         self, user: str, scopes: frozenset[str], name: str = "", now: float | None = None
     ) -> tuple[ApiKeyInfo, str]:
         """A new key for ``user``; returns its info and the key text (shown once)."""
-        unknown = scopes - set(SCOPES)
-        if unknown or not scopes:
-            raise ApiKeyError(f"unknown scopes {sorted(unknown)}" if unknown else "no scopes")
-        key_id = new_key_id()
-        key = f"{PREFIX}{key_id}.{secrets.token_urlsafe(32)}"
+        key_id, key = new_key(scopes)
         t = self._clock.now() if now is None else now
         info = ApiKeyInfo(key_id, user, name, scopes, t, None, None)
 

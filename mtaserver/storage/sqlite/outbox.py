@@ -180,7 +180,7 @@ class WebhookOutbox:
                     attempts=r[3],
                     created_at=r[4],
                     body=None if r[5] is None else event_body(r[5:], webhook),
-                    event=None if r[5] is None else _stored(r[5:]),
+                    event=None if r[5] is None else stored_event(r[5:]),
                     context=_context(conn, r[5:]) if context and r[5] is not None else None,
                 )
                 for r in rows
@@ -280,16 +280,17 @@ class WebhookOutbox:
         return await self.db.write(op)
 
 
-def _json(raw: object) -> Any:
+def json_field(raw: object) -> Any:
+    """A JSON text column, or None when empty or not JSON (both backends read it)."""
     try:
         return json.loads(raw) if isinstance(raw, str) and raw else None
     except ValueError:
         return None
 
 
-def _stored(row: Sequence[Any]) -> StoredEvent:
+def stored_event(row: Sequence[Any]) -> StoredEvent:
     event_id, at, type_, queue_id, recipient, data = row
-    payload = _json(data)
+    payload = json_field(data)
     return StoredEvent(event_id, at, type_, queue_id, recipient,
                        payload if isinstance(payload, dict) else {})  # fmt: skip
 
@@ -307,10 +308,10 @@ def _context(conn: sqlite3.Connection, row: Sequence[Any]) -> MessageContext | N
         "ORDER BY id LIMIT 1",
         (queue_id,),
     ).fetchone()
-    api = _json(api_row[0]) if api_row else None
+    api = json_field(api_row[0]) if api_row else None
     api = api if isinstance(api, dict) else {}
-    categories = _json(api.get("categories"))
-    custom = _json(api.get("custom_args"))
+    categories = json_field(api.get("categories"))
+    custom = json_field(api.get("custom_args"))
     group = api.get("asm_group_id")
     if type_ == "accepted":
         rcpts = conn.execute(
@@ -319,7 +320,7 @@ def _context(conn: sqlite3.Connection, row: Sequence[Any]) -> MessageContext | N
     elif recipient is None:
         rcpts = []
     else:
-        own = _json(data)
+        own = json_field(data)
         idx = own.get("idx") if isinstance(own, dict) else None
         if isinstance(idx, int):
             rcpts = [(idx, recipient)]
