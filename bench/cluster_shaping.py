@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench.pg_cluster import WORKERS, config, submit
+from bench.pg_cluster import WORKERS, run
 from mtaserver.clock import SystemClock
 from mtaserver.cluster.client import ShapingScripts, connect
 from mtaserver.cluster.shared import SharedShaping
@@ -38,8 +36,7 @@ from mtaserver.shaper import Shaper
 from mtaserver.storage.postgres.db import PgDatabase
 from tests.pg import PgServer, running_server
 from tests.redis_server import RedisServer
-from tests.support.daemon import Daemon
-from tests.support.mxsink import SinkGroup, wait_for
+from tests.support.daemon import TestConfig
 
 DEST = "bench.test"
 NODES = 3
@@ -103,37 +100,19 @@ async def relay(
     root: Path, n: int, pg: tuple[PgServer, str], redis_url: str | None, pool: bool
 ) -> float:
     """Messages per second through three nodes, first submission to last delivery."""
-    async with SinkGroup(["127.0.0.2"]) as sinks:
-        sink = sinks["127.0.0.2"]
-        cfgs = [config(root, i, sinks.port, pg) for i in range(NODES)]
-        (root / "secret.key").write_text("ab" * 32 + "\n")  # one secret for the cluster
-        for c in cfgs:
-            c.set("server", secret_file=str(root / "secret.key"))
-            if redis_url:  # (nodes without redis would split the limits: not this cost)
-                c.set("cluster", redis=redis_url, nodes=NODES)
-                # The same connections in all: WORKERS per node, NODES * WORKERS shared.
-                c.set("shaping.default", max_connections=NODES * WORKERS)
-            if not pool:
-                c.set("delivery", idle_timeout="0s")
-        daemons = [Daemon(c) for c in cfgs]
-        await asyncio.gather(*(asyncio.to_thread(d.start) for d in daemons))
-        try:
-            t0 = time.perf_counter()
-            threads = [
-                threading.Thread(target=submit, args=(c, list(range(k, n, NODES))))
-                for k, c in enumerate(cfgs)
-            ]
-            for t in threads:
-                t.start()
-            await wait_for(lambda: len(sink.messages) >= n, timeout=600)
-            elapsed = time.perf_counter() - t0
-            for t in threads:
-                t.join()
-        finally:
-            await asyncio.gather(*(asyncio.to_thread(d.stop) for d in daemons))
-        counts = collections.Counter(r for m in sink.messages for r in m.rcpt_tos)
-        assert len(counts) == n and set(counts.values()) == {1}, "not exactly once"
-        return n / elapsed
+    (root / "secret.key").parent.mkdir(parents=True, exist_ok=True)
+    (root / "secret.key").write_text("ab" * 32 + "\n")  # one secret for the cluster
+
+    def adjust(c: TestConfig) -> None:
+        c.set("server", secret_file=str(root / "secret.key"))
+        if redis_url:  # (nodes without redis would split the limits: not this cost)
+            c.set("cluster", redis=redis_url, nodes=NODES)
+            # The same connections in all: WORKERS per node, NODES * WORKERS shared.
+            c.set("shaping.default", max_connections=NODES * WORKERS)
+        if not pool:
+            c.set("delivery", idle_timeout="0s")
+
+    return await run(root, NODES, n, pg, adjust)
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -20,6 +20,7 @@ import smtplib
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mtaserver.config.storage import PostgresConfig
@@ -56,10 +57,17 @@ def submit(cfg: TestConfig, indexes: range | list[int]) -> None:
             s.sendmail("app@sender.test", [f"u{i}@dest.test"], f"Subject: {i}\r\n\r\nb {i}\r\n")
 
 
-async def run(root: Path, nodes: int, n: int, pg: tuple[PgServer, str] | None) -> float:
+async def run(
+    root: Path, nodes: int, n: int, pg: tuple[PgServer, str] | None,
+    adjust: Callable[[TestConfig], None] = lambda cfg: None,
+) -> float:  # fmt: skip
+    """Messages per second through ``nodes`` daemons (each config passed through
+    ``adjust``), first submission to last delivery, each delivered exactly once."""
     async with SinkGroup(["127.0.0.2"]) as sinks:
         sink = sinks["127.0.0.2"]
         cfgs = [config(root, i, sinks.port, pg) for i in range(nodes)]
+        for c in cfgs:
+            adjust(c)
         daemons = [Daemon(c) for c in cfgs]
         await asyncio.gather(*(asyncio.to_thread(d.start) for d in daemons))
         try:
