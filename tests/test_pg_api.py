@@ -17,18 +17,21 @@ import smtplib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from mtaserver.api.deps import KeysUnavailable
-from mtaserver.app.pgops import ApiKeysOrUnavailable
+from mtaserver.admin.server import build_web_app
+from mtaserver.api.auth import authenticate
 from mtaserver.config.storage import PostgresConfig
 from mtaserver.storage.postgres.apikeys import PgApiKeyStore
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.templates import PgTemplateStore
+from mtaserver.storage.postgres.tokens import PgTokenStore
 from mtaserver.storage.postgres.users import PgUserStore
 from tests.pg import PgServer, pg_dsn, pg_server  # noqa: F401
 from tests.support.daemon import Daemon, TestConfig, free_port
@@ -244,14 +247,53 @@ async def templates_idempotency_and_batches(node: Node) -> None:
 
 
 async def test_keys_that_cannot_be_checked_are_unavailable_not_errors(pg_dsn: str) -> None:  # noqa: F811
-    """PostgreSQL unreachable: the send API's key check raises KeysUnavailable (answered 503
-    with Retry-After), so a caller is never accepted unchecked nor answered 500."""
+    """PostgreSQL unreachable: an API key or an admin token that cannot be checked is
+    answered 503 with Retry-After by the API's and the admin API's own auth, over HTTP,
+    so a caller is never accepted unchecked nor answered 500."""
     db = PgDatabase(PostgresConfig(dsn=pg_dsn, tls="disable", pool_size=1))
     await db.open()
-    keys = ApiKeysOrUnavailable(PgApiKeyStore(db))
+    keys, tokens = PgApiKeyStore(db), PgTokenStore(db)
     await PgUserStore(db).add("app", "scrypt$unused", ["sender.test"])
-    _, key = await keys.store.create("app", frozenset({"mail.send"}))
-    assert (await keys.verify(key)) is not None and await keys.verify(key + "x") is None
-    await db.close()  # as if the server were gone: every call fails
-    with pytest.raises(KeysUnavailable, match="postgresql"):
-        await keys.verify(key)
+    _, key = await keys.create("app", frozenset({"mail.send"}))
+    _, token = await tokens.create("ops")
+
+    async def send(request: web.Request) -> web.Response:
+        _, refused = await authenticate(SimpleNamespace(keys=keys), request, "mail.send")  # type: ignore[arg-type]
+        if refused is None:
+            return web.Response(status=202)
+        return web.Response(status=refused.status, body=refused.body, headers=refused.headers)
+
+    api = web.Application()
+    api.router.add_post("/v3/mail/send", send)
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    admin = build_web_app(lambda app: app.router.add_get("/x", ok), tokens.verify,
+                          monotonic=asyncio.get_running_loop().time)  # fmt: skip
+    runners = [web.AppRunner(app, access_log=None) for app in (api, admin)]
+    ports = []
+    for r in runners:
+        await r.setup()
+        site = web.TCPSite(r, "127.0.0.1", 0)
+        await site.start()
+        ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def both(k: str, t: str) -> list[tuple[int, str | None]]:
+                out = []
+                for url, bearer in ((f"http://127.0.0.1:{ports[0]}/v3/mail/send", k),
+                                    (f"http://127.0.0.1:{ports[1]}/x", t)):  # fmt: skip
+                    method = http.post if url.endswith("send") else http.get
+                    async with method(url, headers={"Authorization": f"Bearer {bearer}"}) as r:
+                        out.append((r.status, r.headers.get("Retry-After")))
+                return out
+
+            assert await both(key, token) == [(202, None), (200, None)]
+            assert await both(key + "x", token + "x") == [(401, None), (401, None)]
+            await db.close()  # as if the server were gone: every check fails
+            assert await both(key, token) == [(503, "30"), (503, "30")]
+    finally:
+        for r in runners:
+            await r.cleanup()

@@ -92,6 +92,12 @@ async def jwt_principal(
                      revoked_at=None)  # fmt: skip
 
 
+def _unavailable() -> web.Response:
+    resp = json_response({"error": "storage unavailable, try again"}, 503)
+    resp.headers["Retry-After"] = "30"
+    return resp
+
+
 def build_web_app(
     routes: Callable[[web.Application], None],
     verify: Callable[[str], Awaitable[TokenInfo | None]],
@@ -119,7 +125,11 @@ def build_web_app(
                     return principal
                 token = principal
             else:
-                token = await verify(text) if text else None
+                try:
+                    token = await verify(text) if text else None
+                except StorageError as exc:  # the database unreachable: the token unchecked
+                    log.error(kv(event="admin_storage_error", path=request.path, error=str(exc)))
+                    return _unavailable()
             if token is None:
                 log.info(kv(event="admin_unauthorized", method=request.method,
                             client_ip=request.remote))  # fmt: skip
@@ -138,7 +148,7 @@ def build_web_app(
                 resp.headers["Allow"] = exc.headers.get("Allow", "")
         except StorageError as exc:
             log.error(kv(event="admin_storage_error", path=request.path, error=str(exc)))
-            resp = json_response({"error": "storage unavailable, try again"}, 503)
+            resp = _unavailable()
         except MtaError as exc:
             resp = json_response({"error": str(exc)}, 400)
         except Exception:

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from mtaserver.api.deps import ApiDeps, KeyInfo, KeysUnavailable
 from mtaserver.api.errors import AUTH_REQUIRED, FORBIDDEN, UNAUTHORIZED, Answer, error, errors
+from mtaserver.errors import StorageError
 from mtaserver.log import get_logger, kv
 from mtaserver.sendapi.model import ApiError
 
@@ -35,7 +36,7 @@ async def authenticate(
         return None, error(401, AUTH_REQUIRED)
     try:
         key = await deps.keys.verify(text)
-    except KeysUnavailable:
+    except (KeysUnavailable, StorageError):  # an issuer, or the database, unreachable
         refused = errors(503, [ApiError(UNAVAILABLE, None, None)])
         return None, Answer(refused.status, refused.body, (("Retry-After", "30"),))
     if key is None:

@@ -1,4 +1,4 @@
-"""The admin API, the webhook dispatcher and the API key check on a PostgreSQL node.
+"""The admin API and the webhook dispatcher on a PostgreSQL node.
 
 The same endpoints as :func:`mtaserver.app.ops.admin_service` (served by the same
 ``serve_admin``), over the cluster's database:
@@ -14,16 +14,13 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from mtaserver.admin.deps import AdminDeps
-from mtaserver.api.deps import KeyInfo, KeysUnavailable
 from mtaserver.app.ops import serve_admin
 from mtaserver.app.service import Service
 from mtaserver.auth import hash_password
 from mtaserver.clock import Clock
 from mtaserver.config import Config
 from mtaserver.dkim import DkimSigner
-from mtaserver.errors import StorageError
 from mtaserver.metrics import Metrics
-from mtaserver.storage.postgres.apikeys import PgApiKeyStore
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.events import PgEventLog
 from mtaserver.storage.postgres.outbox import PgWebhookOutbox
@@ -83,18 +80,3 @@ def pg_webhooks_service(cfg: Config, outbox: PgWebhookOutbox, clock: Clock) -> S
     dispatcher = WebhookDispatcher(_as(_Polled()), cfg.webhooks, clock)
     dispatcher.outbox = _as(outbox)  # its rows leased to this node (storage.postgres.outbox)
     return dispatcher
-
-
-class ApiKeysOrUnavailable:
-    """The send API's key check over the cluster's database: with PostgreSQL unreachable a
-    key cannot be checked, which the API answers 503 with Retry-After (as for an OAuth
-    issuer that cannot be reached), never 500 and never accepted."""
-
-    def __init__(self, store: PgApiKeyStore) -> None:
-        self.store = store
-
-    async def verify(self, key: str) -> KeyInfo | None:
-        try:
-            return await self.store.verify(key)
-        except StorageError as exc:
-            raise KeysUnavailable(str(exc)) from None

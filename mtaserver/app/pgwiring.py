@@ -33,7 +33,6 @@ from mtaserver.app.mail import (
 )
 from mtaserver.app.ops import build_tracking, tracking_service
 from mtaserver.app.pgops import (
-    ApiKeysOrUnavailable,
     pg_admin_service,
     pg_webhooks_service,
 )
@@ -133,9 +132,7 @@ def wire_postgres(
         cfg,
         mail,
         PgTemplateStore(db, clock),
-        stores=ApiStores(
-            ApiKeysOrUnavailable(PgApiKeyStore(db, clock)), PgApiIntake(db, queue), queue
-        ),
+        stores=ApiStores(PgApiKeyStore(db, clock), PgApiIntake(db, queue), queue),
     )
     if api is not None:
         services.append(api)
