@@ -31,10 +31,8 @@ from mtaserver.cluster.client import ShapingScripts, connect
 from mtaserver.cluster.shared import SharedShaping
 from mtaserver.config.cluster import ClusterConfig, RedisTarget
 from mtaserver.config.shaping import DestinationConfig, LimitOverrides, ShapingConfig
-from mtaserver.config.storage import PostgresConfig
 from mtaserver.shaper import Shaper
-from mtaserver.storage.postgres.db import PgDatabase
-from tests.pg import PgServer, running_server
+from tests.pg import PgServer, migrated, running_server
 from tests.redis_server import RedisServer
 from tests.support.daemon import TestConfig
 
@@ -131,9 +129,7 @@ async def main(args: argparse.Namespace) -> None:
             for k, (label, url, pool) in enumerate(runs):
                 name = f"r{k}"
                 server.psql(f"CREATE DATABASE {name}")
-                db = PgDatabase(PostgresConfig(dsn=server.dsn_with_password(name), tls="disable"))
-                await db.open()  # the schema, before the nodes race for it
-                await db.close()
+                await migrated(server.dsn_with_password(name))
                 rate = await relay(Path(tmp) / name, args.n, (server, name), url, pool)
                 base = base or rate
                 print(f"{label:<34} {args.n:>6} {rate:>7.0f} {rate / base:>8.2f}", flush=True)

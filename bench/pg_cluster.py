@@ -23,9 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mtaserver.config.storage import PostgresConfig
-from mtaserver.storage.postgres.db import PgDatabase
-from tests.pg import PgServer, running_server
+from tests.pg import PgServer, migrated, running_server
 from tests.support.daemon import Daemon, TestConfig
 from tests.support.mxsink import SinkGroup, wait_for
 
@@ -97,9 +95,7 @@ async def main(n: int) -> None:
         for nodes in (1, 3):
             name = f"c{nodes}"
             server.psql(f"CREATE DATABASE {name}")
-            db = PgDatabase(PostgresConfig(dsn=server.dsn_with_password(name), tls="disable"))
-            await db.open()  # the schema, before the nodes race for it
-            await db.close()
+            await migrated(server.dsn_with_password(name))
             rate = await run(Path(tmp) / name, nodes, n, (server, name))
             label = f"{nodes} node{'s' if nodes > 1 else ''}, PostgreSQL"
             print(f"{label:>18} {n:>6} {rate:>7.0f} {rate / base:>8.2f}", flush=True)

@@ -28,6 +28,9 @@ from pathlib import Path
 
 import pytest
 
+from mtaserver.config.storage import PostgresConfig
+from mtaserver.storage.postgres.db import PgDatabase
+
 
 def _bin_dir() -> Path:
     """$MTASERVER_PG_BIN, else 15 (Debian 12's), else the newest Debian-installed major."""
@@ -171,3 +174,10 @@ def pg_dsn(pg_server: PgServer) -> Iterator[str]:
         yield pg_server.dsn_with_password(name)
     finally:
         pg_server.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def migrated(dsn: str) -> None:
+    """Create the schema before the nodes start (they would race for it, harmlessly)."""
+    db = PgDatabase(PostgresConfig(dsn=dsn, tls="disable"))
+    await db.open()
+    await db.close()

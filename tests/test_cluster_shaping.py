@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tomllib
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,16 +36,14 @@ from mtaserver.cluster.shared import NO_SLOT_RETRY, SharedShaping
 from mtaserver.config import parse_config
 from mtaserver.config.cluster import ClusterConfig, RedisTarget
 from mtaserver.config.shaping import DestinationConfig, LimitOverrides, ShapingConfig
-from mtaserver.config.storage import PostgresConfig
 from mtaserver.errors import ConfigError
 from mtaserver.shaper import BLOCKED, Shaper
-from mtaserver.storage.postgres.db import PgDatabase
-from tests.pg import PgServer, pg_dsn, pg_server  # noqa: F401
+from tests.pg import PgServer, migrated, pg_dsn, pg_server  # noqa: F401
 from tests.redis_server import RedisServer
 from tests.support.clock import TimerClock
 from tests.support.daemon import Daemon, TestConfig, free_port
 from tests.support.meteredsink import MeteredSink
-from tests.support.mxsink import wait_for
+from tests.support.mxsink import eventually, wait_for
 
 CONN = 5  # connections per destination, cluster-wide
 RATE = 600  # rate.test messages per minute, cluster-wide (the 100/min works too)
@@ -108,12 +105,6 @@ def metric(cfg: TestConfig, name: str) -> float:
     values = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
     assert len(values) == 1, (name, text[:3000])
     return float(values[0])
-
-
-async def migrated(dsn: str) -> None:
-    db = PgDatabase(PostgresConfig(dsn=dsn, tls="disable"))
-    await db.open()
-    await db.close()
 
 
 def loop_time() -> float:
@@ -207,10 +198,10 @@ async def test_shared_limits_across_three_nodes_then_degraded_then_shared_again(
                 got = await client.zrange(key, 0, -1, withscores=True)
                 return [(m, s) for m, s in got if m.startswith("node-0:")]
 
-            await wait_for_async(node0_leases, 30)
+            assert await eventually(node0_leases, bool, 30), "node 0 holds no lease"
             await asyncio.to_thread(nodes[0].kill)
             expiry = max(s for _, s in await node0_leases())  # ms, Redis time
-            await wait_for_async(lambda: redis_ms(client, expiry + 300), LEASE + 5)
+            assert await eventually(lambda: redis_ms(client, expiry + 300), bool, LEASE + 5)
             live = await client.zrangebyscore(key, f"({await redis_now(client)}", "+inf")
             assert not [m for m in live if m.startswith("node-0:")], live
             conn, _, _ = await window(sink)
@@ -234,15 +225,6 @@ async def test_shared_limits_across_three_nodes_then_degraded_then_shared_again(
     # At least once: only what node 0 had in flight at its kill may have arrived twice.
     got = sink.delivered()
     assert len(got) - len(set(got)) <= 2 * CONN
-
-
-async def wait_for_async(fetch: Callable[[], object], timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await fetch():  # type: ignore[misc]
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 async def redis_now(client: aioredis.Redis) -> int:

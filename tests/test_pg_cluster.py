@@ -17,9 +17,7 @@ from pathlib import Path
 
 import asyncpg
 
-from mtaserver.config.storage import PostgresConfig
-from mtaserver.storage.postgres.db import PgDatabase
-from tests.pg import PgServer, pg_dsn, pg_server  # noqa: F401
+from tests.pg import PgServer, migrated, pg_dsn, pg_server  # noqa: F401
 from tests.support.daemon import Daemon, TestConfig, free_port
 from tests.support.mxsink import SinkGroup, eventually, wait_for
 
@@ -83,13 +81,6 @@ async def states(dsn: str) -> dict[str, int]:
         return {r[0]: int(r[1]) for r in rows}
     finally:
         await conn.close()
-
-
-async def migrated(dsn: str) -> None:
-    """Create the schema before the nodes start (they would race for it, harmlessly)."""
-    db = PgDatabase(PostgresConfig(dsn=dsn, tls="disable"))
-    await db.open()
-    await db.close()
 
 
 async def test_three_nodes_deliver_each_message_exactly_once(
