@@ -33,14 +33,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
-    if command is not None and command.replace("-", "_") in names:
-        names = [command.replace("-", "_")]
+    own = command.replace("-", "_") if command is not None else None
+    if own in names:
+        _register(sub, [own])
+    if command not in sub.choices:  # no command, a typo, or registered by another module
+        _register(sub, [n for n in names if n != own])
+    return parser
+
+
+def _register(sub: argparse._SubParsersAction[argparse.ArgumentParser], names: list[str]) -> None:
     for name in names:
-        module = importlib.import_module(f"{__name__}.{name}")
-        register = getattr(module, "register", None)
+        register = getattr(importlib.import_module(f"{__name__}.{name}"), "register", None)
         if register is not None:
             register(sub)
-    return parser
 
 
 def _command_word(argv: Sequence[str]) -> str | None:
@@ -50,10 +55,7 @@ def _command_word(argv: Sequence[str]) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     command = _command_word(words)
-    parser = build_parser(command)
-    if command is not None and command not in _commands(parser):
-        parser = build_parser()  # registered by another module, or a typo: ask them all
-    args = parser.parse_args(words)
+    args = build_parser(command).parse_args(words)
     try:
         result: int = args.func(args)
     except MtaError as exc:
@@ -64,10 +66,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     return result
-
-
-def _commands(parser: argparse.ArgumentParser) -> set[str]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return set(action.choices)
-    return set()
