@@ -33,8 +33,10 @@ from mtaserver.storage.postgres.users import PgUserStore
 from mtaserver.webhooks import WebhookDispatcher
 
 
-def _as(value: object) -> Any:
-    """AdminDeps is typed on the SQLite owners; these offer the same methods."""
+def as_sqlite_owner(value: object) -> Any:
+    """The stage builders and AdminDeps are typed on the SQLite owners; the PostgreSQL
+    owners offer the same methods, so they pass through this one cast until those take
+    Protocols."""
     return cast(Any, value)
 
 
@@ -47,8 +49,8 @@ def pg_admin_service(
     if a.listen is None:
         return None
     deps = AdminDeps(
-        privacy=_as(None),  # no routes without ``codec`` (see the module docstring)
-        spool=_as(queue),
+        privacy=as_sqlite_owner(None),  # no routes without ``codec`` (see the module docstring)
+        spool=as_sqlite_owner(queue),
         config=current,
         keys=lambda: signer.keyset,
         metrics=metrics,
@@ -57,9 +59,9 @@ def pg_admin_service(
         reports=PgReports(db),
         users=PgUserStore(db, clock),
         hash_password=hash_password,
-        suppressions=_as(PgSuppressionStore(db, clock, cfg.inbound.suppression)),
+        suppressions=as_sqlite_owner(PgSuppressionStore(db, clock, cfg.inbound.suppression)),
         codec=None,
-        templates=_as(PgTemplateStore(db, clock)),
+        templates=as_sqlite_owner(PgTemplateStore(db, clock)),
     )
     return serve_admin(cfg, deps, PgTokenStore(db, clock).verify)
 
@@ -77,6 +79,7 @@ def pg_webhooks_service(cfg: Config, outbox: PgWebhookOutbox, clock: Clock) -> S
     (it must not sync the cluster's endpoints to an empty list)."""
     if not cfg.webhooks:
         return None
-    dispatcher = WebhookDispatcher(_as(_Polled()), cfg.webhooks, clock)
-    dispatcher.outbox = _as(outbox)  # its rows leased to this node (storage.postgres.outbox)
+    dispatcher = WebhookDispatcher(as_sqlite_owner(_Polled()), cfg.webhooks, clock)
+    # its rows leased to this node (storage.postgres.outbox)
+    dispatcher.outbox = as_sqlite_owner(outbox)
     return dispatcher

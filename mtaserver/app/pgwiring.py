@@ -9,13 +9,12 @@ is refused at config check
 
 The stage builders of :mod:`mtaserver.app.mail` are typed on the SQLite owners; the
 PostgreSQL owners offer the same methods those stages call, so they are passed through
-``_as`` (one cast, here only) until the builders take the stages' Protocols.
+``pgops.as_sqlite_owner`` (the one cast) until the builders take the stages' Protocols.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
 
 from mtaserver.app.api import ApiStores, api_service
 from mtaserver.app.cluster import build_cluster
@@ -32,6 +31,9 @@ from mtaserver.app.mail import (
     submission_service,
 )
 from mtaserver.app.ops import build_tracking, tracking_service
+from mtaserver.app.pgops import (
+    as_sqlite_owner as _as,
+)
 from mtaserver.app.pgops import (
     pg_admin_service,
     pg_webhooks_service,
@@ -63,10 +65,6 @@ from mtaserver.verp import Verp
 def node_id(cfg: Config) -> str:
     """``[cluster] node_id``, else the host name's first label (the same default)."""
     return cfg.cluster.node_id if cfg.cluster is not None else default_node_id(cfg.server.hostname)
-
-
-def _as(value: object) -> Any:
-    return cast(Any, value)
 
 
 def wire_postgres(
