@@ -18,7 +18,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,6 +29,7 @@ import pytest
 
 from mtaserver.config.storage import PostgresConfig
 from mtaserver.storage.postgres.db import PgDatabase
+from tests.support.ports import free_port
 
 
 def _bin_dir() -> Path:
@@ -85,12 +85,6 @@ def _as_owner() -> tuple[list[str], int | None, int | None]:
     return prefix, pw.pw_uid, pw.pw_gid
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -130,7 +124,7 @@ def running_server() -> Iterator[PgServer]:
         )  # fmt: skip
         log = top / "postgres.log"
         for _attempt in range(5):
-            port = _free_port()
+            port = free_port()
             with log.open("ab") as out:
                 proc = subprocess.Popen(
                     [*prefix, str(BIN / "postgres"), "-D", str(data), "-h", "127.0.0.1",

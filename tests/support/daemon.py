@@ -24,6 +24,8 @@ from typing import Any
 
 import trustme
 
+from tests.support.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -34,12 +36,6 @@ def database_bytes(path: Path) -> bytes:
         if p.exists():
             out += p.read_bytes()
     return out
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _toml_value(v: Any) -> str:
