@@ -14,6 +14,8 @@ from mtaserver.storage.sqlite.db import Database
 from tests.pg import pg_dsn, pg_server  # noqa: F401
 
 PG_ONLY = {("recipients", "lease_node")}  # which node holds a lease (several nodes)
+# a campaign row claimed by a node for its next batch, and until when
+PG_ONLY |= {("campaign_recipients", "lease_node"), ("campaign_recipients", "lease_until")}
 # The tables on PostgreSQL so far (README: what runs on postgresql); every other SQLite
 # table is not ported yet and its owner's component is refused at config check.
 PORTED = {
@@ -21,6 +23,7 @@ PORTED = {
     "suppressions", "soft_bounces", "users", "user_domains", "api_keys", "idempotency",
     "templates", "template_versions", "admin_tokens", "webhook_endpoints", "webhook_outbox",
 }  # fmt: skip
+PORTED |= {"campaigns", "campaign_runs", "campaign_recipients"}
 ALL = [name for name, _ in migration_files()]
 
 

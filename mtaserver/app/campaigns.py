@@ -41,6 +41,7 @@ from mtaserver.storage.sqlite.campaigns import (
 from mtaserver.storage.sqlite.segments import SegmentStore, select_sql
 
 log = get_logger("campaigns")
+Audience = tuple[str, tuple[object, ...]]  # SQL of (contact_id, address) rows, its parameters
 
 
 class Feeder:
@@ -48,6 +49,8 @@ class Feeder:
         self, store: CampaignStore, segments: SegmentStore, sender: OutreachSender,
         clock: Clock, *, batch: int = BATCH, poll: float = 1.0, max_in_flight: int = 20_000,
         user_rate: Callable[[], RateLimiter | None] = lambda: None,
+        select: Callable[..., Audience] = select_sql,
+        list_sql: Callable[[str, str], Audience] = list_audience_sql,
     ) -> None:  # fmt: skip
         self.store = store
         self.segments = segments
@@ -57,6 +60,8 @@ class Feeder:
         self.poll = poll
         self.max_in_flight = max_in_flight  # due recipients in the queue before we wait
         self.user_rate = user_rate  # [submission] user_rate, shared with SMTP and the API
+        # the backend's audience SQL (segment filter, list members) for the run's snapshot
+        self.select, self.list_sql = select, list_sql
 
     async def run(self) -> None:
         while True:
@@ -88,9 +93,9 @@ class Feeder:
                 nxt = next_fire(parse(c.cron), max(fire_at, now), zone(c.tz or "UTC"))
             if c.audience_kind == "segment":
                 flt = await self.segments.resolve(c.owner, c.audience)
-                audience = select_sql(c.owner, flt, now=now)
+                audience = self.select(c.owner, flt, now=now)
             else:
-                audience = list_audience_sql(c.owner, c.audience)
+                audience = self.list_sql(c.owner, c.audience)
         except (SegmentError, CronError) as exc:
             reason = f"cannot start the run for {fire_at:.0f}: {exc}"
             if await self.store.fail(c.id, reason):
