@@ -108,14 +108,15 @@ def _view(c: Campaign) -> dict[str, object]:
 
 
 def add_campaign_routes(app: web.Application, deps: ApiDeps) -> None:
-    """Serve the campaign endpoints on the contact store's database, when wired."""
-    if deps.contacts is None:
+    """Serve the campaign endpoints on the stores given (PostgreSQL), else on the contact
+    store's database, when wired."""
+    if deps.campaigns is not None:
+        api = Campaigns(deps, deps.campaigns.campaigns, deps.campaigns.segments)
+    elif deps.contacts is not None:
+        db = deps.contacts.db
+        api = Campaigns(deps, CampaignStore(db, deps.clock), SegmentStore(db, deps.clock))
+    else:
         return
-    api = Campaigns(
-        deps,
-        CampaignStore(deps.contacts.db, deps.clock),
-        SegmentStore(deps.contacts.db, deps.clock),
-    )
     add = app.router
     add.add_get("/v1/campaigns", endpoint(deps, READ, api.list))
     add.add_post("/v1/campaigns", endpoint(deps, WRITE, api.create))

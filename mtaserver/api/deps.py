@@ -15,11 +15,13 @@ from mtaserver.clock import Clock
 from mtaserver.model import Event, PreparedMessage, Submission
 from mtaserver.ratelimit import RateLimiter
 from mtaserver.sendapi import Limits, StoredTemplate
+from mtaserver.storage.sqlite.campaigns import CampaignStore
 from mtaserver.storage.sqlite.contacts import ContactStore
 from mtaserver.storage.sqlite.idempotency import IdemAnswer
 from mtaserver.storage.sqlite.journeys import JourneyStore
 from mtaserver.storage.sqlite.optin import OptInStore
 from mtaserver.storage.sqlite.queue import BatchChange, BatchInfo
+from mtaserver.storage.sqlite.segments import SegmentStore
 
 
 class TemplateSource(Protocol):
@@ -106,6 +108,15 @@ class Batches(Protocol):
 
 
 @dataclass(frozen=True)
+class CampaignStores:
+    """The owners behind ``/v1/campaigns`` when they are not on the contact store's SQLite
+    file (a PostgreSQL node passes its own, which have the same methods)."""
+
+    campaigns: CampaignStore
+    segments: SegmentStore
+
+
+@dataclass(frozen=True)
 class ApiDeps:
     keys: Keys
     users: Users
@@ -130,3 +141,4 @@ class ApiDeps:
     # Something joined a list: the double opt-in mailer looks for confirmations to send.
     optin_nudge: Callable[[], None] = lambda: None
     optin: OptInStore | None = None  # a list's confirmation mail settings
+    campaigns: CampaignStores | None = None  # /v1/campaigns (default: on the contacts' db)

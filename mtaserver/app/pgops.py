@@ -24,6 +24,7 @@ from mtaserver.metrics import Metrics
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.events import PgEventLog
 from mtaserver.storage.postgres.outbox import PgWebhookOutbox
+from mtaserver.storage.postgres.outreach_stats import PgOutreachStats
 from mtaserver.storage.postgres.queue import PgQueue
 from mtaserver.storage.postgres.reports import PgReports
 from mtaserver.storage.postgres.suppressions import PgSuppressionStore
@@ -62,6 +63,7 @@ def pg_admin_service(
         suppressions=as_sqlite_owner(PgSuppressionStore(db, clock, cfg.inbound.suppression)),
         codec=None,
         templates=as_sqlite_owner(PgTemplateStore(db, clock)),
+        outreach=PgOutreachStats(db),  # /api/v1/campaigns|triggers/{name}/stats
     )
     return serve_admin(cfg, deps, PgTokenStore(db, clock).verify)
 

@@ -31,6 +31,7 @@ from mtaserver.app.mail import (
     submission_service,
 )
 from mtaserver.app.ops import build_tracking, tracking_service
+from mtaserver.app.pgcampaigns import pg_campaigns_service
 from mtaserver.app.pgops import (
     as_sqlite_owner as _as,
 )
@@ -122,6 +123,8 @@ def wire_postgres(
     mail = MailParts(
         q, _as(users), s, signer, tracker, metrics, space, clock, UserRates(sub, clock)
     )
+    # campaign runs fed into the queue; every node's feeder claims its own rows of a run
+    services.append(pg_campaigns_service(cfg, mail, db, node_id(cfg)))
     if sub.listen or sub.listen_tls or sub.listen_plain:
         services.append(submission_service(cfg, mail))
     # The HTTP send API: keys, idempotent answers, batches and templates in the cluster's

@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.cli._common import add_config_arg, config_from, with_store
 from mtaserver.clock import SystemClock
 from mtaserver.errors import MtaError
 from mtaserver.model import Stats
-from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.postgres.outreach_stats import PgOutreachStats
+from mtaserver.storage.postgres.reports import PgReports
 from mtaserver.storage.sqlite.outreach_stats import (
     CampaignReport,
     OutreachStats,
@@ -137,9 +138,8 @@ def render_report(rep: CampaignReport | TriggerReport) -> str:
 
 
 async def _report(
-    db: Database, args: argparse.Namespace, since: float
+    store: OutreachStats, args: argparse.Namespace, since: float
 ) -> CampaignReport | TriggerReport | None:
-    store = OutreachStats(db)
     if args.trigger:
         return await store.trigger(args.user, args.trigger, since)
     return await store.campaign(args.user, args.campaign, since)
@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     if args.trigger and not args.user:
         raise MtaError("stats --trigger: name the trigger's owner with --user")
     if args.user and (args.trigger or args.campaign):
-        rep = with_db(cfg, lambda db: _report(db, args, since))
+        # the SQLite file's, or with backend = "postgresql" the cluster's (same reports)
+        rep = with_store(cfg, OutreachStats, PgOutreachStats, lambda s: _report(s, args, since))
         if rep is None and args.trigger:
             raise MtaError(f"stats --trigger: user {args.user!r} has no trigger {args.trigger!r}")
         if rep is not None:
@@ -161,7 +162,9 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(render_report(rep))
             return 0
-    stats = with_db(cfg, lambda db: compute(Reports(db), since, args.campaign, args.user))
+    stats = with_store(
+        cfg, Reports, PgReports, lambda r: compute(r, since, args.campaign, args.user)
+    )
     if args.json:
         out = stats.as_dict()
         out["filter"] = {"since": since, "campaign": args.campaign, "user": args.user}

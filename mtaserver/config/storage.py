@@ -109,7 +109,9 @@ SUPPORTED_ON_POSTGRESQL = (
     "send batches, templates; no /v1 contacts routes), the admin API (admin.listen: admin "
     "tokens, queue, events, stats, users, suppressions, templates; no privacy requests), "
     "webhooks (the same [[webhooks]] on every node), tracking (tracking.listen: opens, "
-    "clicks, one-click and mailto: unsubscribes; the same tracking secret_file on every node)"
+    "clicks, one-click and mailto: unsubscribes; the same tracking secret_file on every node), "
+    "campaigns (every node's feeder claims its own rows of a run: each recipient queued "
+    "once) and their stats (stats --campaign/--trigger, the admin API's stats routes)"
 )
 
 

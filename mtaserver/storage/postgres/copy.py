@@ -26,13 +26,17 @@ from mtaserver.errors import MtaError
 from mtaserver.storage.postgres.db import Connection, PgDatabase
 
 # Child tables after their parents (foreign keys).
-TABLES = (
+TABLES: tuple[str, ...] = (
     "messages", "recipients", "batches", "events", "suppressions", "soft_bounces",
     "users", "user_domains", "api_keys", "idempotency", "templates", "template_versions",
     "admin_tokens", "webhook_endpoints", "webhook_outbox",
 )  # fmt: skip
 # Tables whose id comes from a sequence on PostgreSQL: moved past the copied ids.
-SERIAL = ("events", "admin_tokens", "webhook_outbox")
+SERIAL: tuple[str, ...] = ("events", "admin_tokens", "webhook_outbox")
+# Campaigns after everything above (campaign_recipients names contacts); pending rows
+# arrive unclaimed (lease_node and lease_until are PostgreSQL's own: NULL).
+TABLES += ("campaigns", "campaign_runs", "campaign_recipients")
+SERIAL += ("campaigns", "campaign_runs")
 _CHUNK = 5000
 _MOD = 1 << 256
 
