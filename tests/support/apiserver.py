@@ -13,7 +13,6 @@ The daemon is a real process (``Daemon``); the user ``app`` owns ``example.com``
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -105,12 +104,8 @@ class ApiDaemon:
         return dkimpy_verify(data, self.keys) == [True]
 
     def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
-        """Read the daemon's database (WAL: safe while it runs)."""
-        conn = sqlite3.connect(self.cfg.database)
-        try:
-            return conn.execute(sql, args).fetchall()
-        finally:
-            conn.close()
+        """Read the daemon's database, SQLite or PostgreSQL (``TestConfig.query``)."""
+        return self.cfg.query(sql, *args)
 
     def queued(self) -> int:
         return int(self.query("SELECT count(*) FROM messages")[0][0])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from typing import Any
 
 import trustme
 
+from tests.support import pgsuite
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +86,12 @@ def _is_aot(v: Any) -> bool:
 
 
 class TestConfig:
-    """A config file under tmp_path with free ports and a trustme certificate."""
+    """A config file under tmp_path with free ports and a trustme certificate.
+
+    With ``MTASERVER_TEST_BACKEND=postgresql`` its ``[storage]`` is a fresh database of its
+    own on the worker's private PostgreSQL (``tests.support.pgsuite``); otherwise nothing
+    about storage is written and the daemon uses its SQLite file under ``data_dir``.
+    """
 
     __test__ = False  # not a pytest test class
 
@@ -116,6 +123,9 @@ class TestConfig:
             self.data["tls"] = {"cert": str(cert_path), "key": str(key_path)}
             self.data["submission"]["listen"] = f"127.0.0.1:{free_port()}"
             self.data["submission"]["listen_tls"] = f"127.0.0.1:{free_port()}"
+        self.backend = pgsuite.backend()
+        if self.backend == "postgresql":
+            self.data["storage"] = pgsuite.current().storage(tmp_path)
         self.path = tmp_path / "mtaserver.toml"
 
     def set(self, section: str, **values: Any) -> TestConfig:
@@ -136,7 +146,25 @@ class TestConfig:
 
     @property
     def database(self) -> Path:
+        if self.backend != "sqlite" and self.data["storage"].get("backend") == "postgresql":
+            raise RuntimeError(
+                "TestConfig.database is the SQLite file, and this daemon stores in PostgreSQL "
+                f"({pgsuite.ENV}={self.backend}): mark the test "
+                '@pytest.mark.sqlite_only("reads the SQLite file")'
+            )
         return Path(self.data["server"]["data_dir"]) / "mtaserver.db"
+
+    def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        """Read the daemon's database, either backend (SQLite-style ``?`` placeholders)."""
+        storage = self.data.get("storage", {})
+        if storage.get("backend") == "postgresql":
+            password = Path(storage["password_file"]).read_text().strip()
+            return pgsuite.query(storage["dsn"], password, sql, args)
+        conn = sqlite3.connect(self.database)  # WAL: safe while the daemon runs
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
 
 
 class Daemon:
