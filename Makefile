@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test test-pg lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,11 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -n auto -p no:cacheprovider
 
 test: lint typecheck unit
+
+# The same suite with every test daemon on a private PostgreSQL (tests/support/pgsuite.py);
+# tests marked sqlite_only / pg_pending are skipped there with their reason (-rs lists them).
+test-pg: $(STAMP)
+	MTASERVER_TEST_BACKEND=postgresql $(BIN)/python -m pytest -n auto -p no:cacheprovider -rs
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
