@@ -24,6 +24,10 @@ PORTED = {
     "templates", "template_versions", "admin_tokens", "webhook_endpoints", "webhook_outbox",
 }  # fmt: skip
 PORTED |= {"campaigns", "campaign_runs", "campaign_recipients"}
+# a due trigger step claimed by a node's runner, and until when
+PG_ONLY |= {("journey_steps", "lease_node"), ("journey_steps", "lease_until")}
+PORTED |= {"triggers", "contact_events", "journey_steps", "optin_settings", "optin_sent",
+           "privacy_keys", "consent_proofs"}  # fmt: skip
 ALL = [name for name, _ in migration_files()]
 
 

@@ -2,7 +2,7 @@
 
 Clock-driven: the runner asks the store for steps due at ``clock.now()``, at most
 ``batch`` at a time, composes each through :class:`OutreachSender` and commits the batch's
-messages with :func:`settle_op` in ONE transaction. A crash (even ``kill -9``) before the
+messages with the store's ``settle_op`` in ONE transaction. A crash (even ``kill -9``) before the
 commit leaves every step pending, so it fires after the restart; after the commit the
 steps are fired and their mail is queued — never both lost, never twice. Steps of one
 process only: the daemon runs one runner.
@@ -21,7 +21,7 @@ from mtaserver.log import get_logger, kv
 from mtaserver.outreach.merge import EventData, MergeInput
 from mtaserver.outreach.send import Outgoing, OutreachSender, Resolved, Sender
 from mtaserver.prepare import PrepareError
-from mtaserver.storage.sqlite.journeys import DueStep, JourneyStore, Settle, StepGone, settle_op
+from mtaserver.storage.sqlite.journeys import DueStep, JourneyStore, Settle, StepGone
 
 log = get_logger("journeys")
 
@@ -76,7 +76,7 @@ class StepRunner:
             else:
                 settles.append(Settle(step.id, "skipped", reason=result))
         try:
-            await self.sender.commit(outgoing, settle_op(settles, self.clock.now()))
+            await self.sender.commit(outgoing, self.store.settle_op(settles, self.clock.now()))
         except StepGone as exc:  # cancelled between the read and now: redo without it
             log.info(kv(event="journey_step_raced", error=str(exc)))
             return RunStats()

@@ -25,7 +25,7 @@ from typing import Protocol
 from mtaserver.clock import Clock
 from mtaserver.log import get_logger, kv
 from mtaserver.model import Event, PreparedMessage, Submission
-from mtaserver.storage.sqlite.optin import OptInStore, PendingConfirm, mark_sent_in
+from mtaserver.storage.sqlite.optin import OptInStore, PendingConfirm
 from mtaserver.tracking.confirm import confirm_message
 from mtaserver.tracking.consent_tokens import ConsentTokens, confirm_url
 
@@ -109,7 +109,7 @@ class OptInMailer:
                          for b in built]  # fmt: skip
                 await self.spool.enqueue_many(
                     [b.message for b in built],
-                    also=lambda conn, marks=marks, now=now: mark_sent_in(conn, marks, now),
+                    also=self.store.mark_sent_op(marks, now),
                 )
                 done += len(built)
                 self.sent += len(built)

@@ -391,6 +391,12 @@ class JourneyStore:
 
         return await self.db.read(fn)
 
+    def settle_op(
+        self, settles: Sequence[Settle], now: float
+    ) -> Callable[[sqlite3.Connection], None]:
+        """:func:`settle_op`: the runner asks the store, so each backend gives its own."""
+        return settle_op(settles, now)
+
     async def settle(self, settles: Sequence[Settle]) -> None:
         """Settle steps without queuing anything (all skipped or cancelled)."""
         await self.db.write(settle_op(settles, self._clock.now()))

@@ -9,7 +9,7 @@ mark commit together, so every membership gets its confirmation exactly once.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mtaserver.contacts import ContactError, check_list_name, normalize_address
@@ -77,6 +77,12 @@ def mark_sent_in(
 class OptInStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    def mark_sent_op(
+        self, items: Sequence[tuple[int, int, str]], at: float
+    ) -> Callable[[sqlite3.Connection], None]:
+        """:func:`mark_sent_in` as the spool's ``also`` (each backend gives its own)."""
+        return lambda conn: mark_sent_in(conn, items, at)
 
     async def pending(
         self, limit: int = 200, after: tuple[int, int] = (0, 0)
