@@ -16,6 +16,8 @@ from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.queue import Spool
 from tests.support.daemon import Daemon, TestConfig
 
+pytestmark = pytest.mark.sqlite_only("SQLite online backup and restore of the SQLite file")
+
 
 def message(i: int) -> PreparedMessage:
     return PreparedMessage(

@@ -24,6 +24,8 @@ from mtaserver.storage.sqlite.users import UserStore
 from tests.support.cli import fails, ok, run_as
 from tests.support.daemon import TestConfig
 
+pytestmark = pytest.mark.pg_pending("campaigns")
+
 USER = "alice@example.com"
 HASH = hash_password("correct horse battery", n=2**10)
 AT = "2030-01-07T09:00:00+01:00"  # 08:00 UTC

@@ -10,7 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.daemon import ROOT, TestConfig
+
+pytestmark = pytest.mark.pg_pending("contacts")
 
 CSV = (
     "email,name,plan\n"

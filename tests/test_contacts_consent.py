@@ -23,6 +23,8 @@ from mtaserver.storage.sqlite.users import UserStore
 from tests.support.apiserver import ApiDaemon
 from tests.support.mxsink import wait_for
 
+pytestmark = pytest.mark.pg_pending("contacts")
+
 HASH = hash_password("correct horse battery", n=2**10)
 
 

@@ -8,9 +8,13 @@ import smtplib
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from mtaserver.crypto import generate_key, key_id_of
 from tests.support.daemon import Daemon, TestConfig, database_bytes
 from tests.support.dnsserver import DnsServer
+
+pytestmark = pytest.mark.sqlite_only("reads the SQLite file for encrypted bodies")
 
 
 def mail(marker: str) -> bytes:

@@ -23,6 +23,8 @@ from tests.support.daemon import free_port
 from tests.support.mxsink import wait_for
 from tests.test_contacts_api import Client
 
+pytestmark = pytest.mark.pg_pending("optin")
+
 SECRET = b"0123456789abcdef0123456789abcdef"
 LINK = re.compile(r"(http://127\.0\.0\.1:\d+/s/[A-Za-z0-9_-]+)")
 

@@ -20,6 +20,10 @@ from tests.pg import PgServer, pg_dsn, pg_server  # noqa: F401
 from tests.support.daemon import ROOT, TestConfig
 from tests.support.dbstates import STATES, build
 
+pytestmark = pytest.mark.sqlite_only(
+    "copies a SQLite node into PostgreSQL (runs in the sqlite entry)"
+)
+
 
 def cli(cfg: TestConfig, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

@@ -18,6 +18,8 @@ from mtaserver.tracking.tokens import TokenCodec
 from tests.test_contacts_api import Client
 from tests.test_optin import SECRET, OptInDaemon
 
+pytestmark = pytest.mark.pg_pending("optin")
+
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[OptInDaemon]:

@@ -28,6 +28,8 @@ from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.suppression import address_hash
 from tests.support.daemon import Daemon, TestConfig, database_bytes
 
+pytestmark = pytest.mark.pg_pending("privacy")
+
 BOB = "bob@example.com"
 # Whole-word, case-insensitive: jimbob@example.com is somebody else.
 BOB_RE = re.compile(rb"(?<![a-z0-9._%+\-])bob@example\.com", re.IGNORECASE)

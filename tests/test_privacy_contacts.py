@@ -19,6 +19,8 @@ from tests.support.daemon import database_bytes
 from tests.test_contacts_api import Client
 from tests.test_optin import LINK, OptInDaemon, body_of, mail_to
 
+pytestmark = pytest.mark.pg_pending("privacy", "contacts")
+
 ADDR = "gdpr.person@x.test"
 
 

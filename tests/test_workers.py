@@ -19,10 +19,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from mtaserver.dkim import keys as K
 from tests.support.daemon import Daemon, TestConfig, free_port
 from tests.support.dkimtools import dkim_entries, dkimpy_verify, make_key
 from tests.support.mxsink import SinkGroup, SinkState, wait_for
+
+pytestmark = pytest.mark.pg_pending("workers")
 
 _QUEUED = re.compile(rb"queued as ([0-9A-Z]{16})")
 _MSGID = re.compile(rb"(?im)^message-id:\s*<([0-9A-Z]{16})@")

@@ -25,6 +25,8 @@ from tests.test_full_disk import _fill_rest, _mount, _queue_id, _submit, _transa
 from tests.test_workers import _worker_pids
 from tests.test_workers_reliability import connect_to_each
 
+pytestmark = pytest.mark.pg_pending("workers")
+
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:

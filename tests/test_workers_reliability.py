@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
+
 from mtaserver.dkim import keys as K
 from tests.support.daemon import Daemon, free_port
 from tests.support.dkimtools import dkim_entries, dkimpy_verify, make_key
@@ -47,6 +49,8 @@ from tests.test_workers import (
     _sink_ids,
     _worker_pids,
 )
+
+pytestmark = pytest.mark.pg_pending("workers")
 
 _T = TypeVar("_T")
 _SELECTOR = re.compile(rb"(?i)DKIM-Signature:[^:]*?\bs=([a-z0-9]+)")

@@ -17,11 +17,14 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.support.daemon import Daemon, TestConfig, free_port
 from tests.support.mxsink import SinkGroup, wait_for
 from tests.tracking.conftest import BROWSER
 from tests.tracking.test_e2e import _message
+
+pytestmark = pytest.mark.pg_pending("workers")
 
 
 async def test_tokens_minted_in_a_worker_open_in_the_owner(tmp_path: Path) -> None:
