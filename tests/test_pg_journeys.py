@@ -40,8 +40,10 @@ from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.storage.sqlite.templates import TemplateStore
 from mtaserver.storage.sqlite.users import UserStore
-from tests.pg import pg_dsn, pg_server  # noqa: F401
+from tests.pg import PgServer, pg_dsn, pg_server  # noqa: F401
+from tests.support.apiserver import ApiDaemon
 from tests.support.clock import FakeClock
+from tests.test_journeys_e2e import acall
 
 HASH = hash_password("correct horse battery", n=2**10)
 T0 = 1_800_000_000.0
@@ -334,3 +336,49 @@ async def test_two_nodes_fire_each_due_step_once(pg_dsn: str) -> None:  # noqa: 
     finally:
         for d in dbs:
             await d.close()
+
+
+async def test_a_postgresql_node_sends_triggered_mail_to_the_mx(
+    pg_server: PgServer,  # noqa: F811
+    pg_dsn: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A daemon on PostgreSQL: a trigger put over /v1/triggers, an event posted to
+    /v1/events, the mail at the test MX once, DKIM-signed, the step fired in the database."""
+    (tmp_path / "pgpass").write_text(pg_server.password + "\n")
+    api = ApiDaemon(tmp_path)
+    api.cfg.set("storage", backend="postgresql", tls="disable", pool_size=4,
+                dsn=pg_dsn.replace(f":{pg_server.password}@", "@"),
+                password_file=str(tmp_path / "pgpass"))  # fmt: skip
+    async with api:
+        (tmp_path / "welcome.txt").write_text("hi {{contact.first_name}}")
+        out = await asyncio.to_thread(
+            api.daemon.cli, "template", "put", "welcome", "--subject",  # type: ignore[union-attr]
+            'Welcome, {{insert contact.first_name "default=friend"}}',
+            "--text", str(tmp_path / "welcome.txt"),
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        await asyncio.to_thread(
+            api.query,
+            "INSERT INTO contacts (owner, address, attributes, created_at, updated_at) "
+            "VALUES ('app', 'ann@dest.test', '{\"first_name\": \"Ann\"}', 1, 1)",
+        )
+        status, body = await acall(api, "PUT", "/v1/triggers/welcome", {
+            "event": "signup", "steps": [{"wait": "0s", "template": "welcome"}],
+            "from": {"email": "hello@example.com", "name": "Example"}})  # fmt: skip
+        assert status == 201, body
+        status, body = await acall(api, "POST", "/v1/events", {"events": [
+            {"contact": "ann@dest.test", "event": "signup"},
+            {"contact": "ann@dest.test", "event": "signup"},  # once per contact, ever
+            {"contact": "nobody@dest.test", "event": "signup"}]})  # fmt: skip
+        assert status == 202, body
+        assert body == {"stored": 2, "started": 1, "cancelled": 0,
+                        "unknown_contacts": ["nobody@dest.test"]}  # fmt: skip
+        await api.wait_messages(1)
+        (msg,) = api.sink.messages
+        assert msg.rcpt_tos == ["ann@dest.test"] and api.dkim_ok(msg.data)
+        assert message_from_bytes(msg.data)["Subject"] == "Welcome, Ann"
+        status, body = await acall(api, "GET", "/v1/triggers/welcome")
+        assert status == 200 and body["step_counts"]["0"]["fired"] == 1, body
+        rows = await asyncio.to_thread(api.query, "SELECT state, lease_node FROM journey_steps")
+        assert rows == [("fired", None)]

@@ -32,6 +32,7 @@ from mtaserver.app.mail import (
 )
 from mtaserver.app.ops import build_tracking, tracking_service
 from mtaserver.app.pgcampaigns import pg_campaigns_service
+from mtaserver.app.pgjourneys import pg_journeys_service
 from mtaserver.app.pgops import (
     as_sqlite_owner as _as,
 )
@@ -54,6 +55,8 @@ from mtaserver.storage.postgres.apikeys import PgApiKeyStore
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.events import PgEventLog
 from mtaserver.storage.postgres.idempotency import PgApiIntake
+from mtaserver.storage.postgres.journeys import PgJourneyStore
+from mtaserver.storage.postgres.optin import PgOptInStore
 from mtaserver.storage.postgres.outbox import PgWebhookOutbox
 from mtaserver.storage.postgres.queue import PgQueue
 from mtaserver.storage.postgres.suppressions import PgSuppressionStore
@@ -125,6 +128,9 @@ def wire_postgres(
     )
     # campaign runs fed into the queue; every node's feeder claims its own rows of a run
     services.append(pg_campaigns_service(cfg, mail, db, node_id(cfg)))
+    # trigger steps: every node's runner claims the due steps it fires (each sent once)
+    journeys = PgJourneyStore(db, clock, node=node_id(cfg))
+    services.append(pg_journeys_service(cfg, mail, journeys))
     if sub.listen or sub.listen_tls or sub.listen_plain:
         services.append(submission_service(cfg, mail))
     # The HTTP send API: keys, idempotent answers, batches and templates in the cluster's
@@ -133,7 +139,13 @@ def wire_postgres(
         cfg,
         mail,
         PgTemplateStore(db, clock),
-        stores=ApiStores(PgApiKeyStore(db, clock), PgApiIntake(db, queue), queue),
+        stores=ApiStores(
+            PgApiKeyStore(db, clock),
+            PgApiIntake(db, queue),
+            queue,
+            journeys=_as(journeys),
+            optin=_as(PgOptInStore(db)),
+        ),
     )
     if api is not None:
         services.append(api)

@@ -111,7 +111,9 @@ SUPPORTED_ON_POSTGRESQL = (
     "webhooks (the same [[webhooks]] on every node), tracking (tracking.listen: opens, "
     "clicks, one-click and mailto: unsubscribes; the same tracking secret_file on every node), "
     "campaigns (every node's feeder claims its own rows of a run: each recipient queued "
-    "once) and their stats (stats --campaign/--trigger, the admin API's stats routes)"
+    "once) and their stats (stats --campaign/--trigger, the admin API's stats routes), "
+    "triggers (/v1/events, /v1/triggers; every node's step runner claims the due steps it "
+    "fires: each sent once)"
 )
 
 
