@@ -37,6 +37,13 @@ SERIAL: tuple[str, ...] = ("events", "admin_tokens", "webhook_outbox")
 # arrive unclaimed (lease_node and lease_until are PostgreSQL's own: NULL).
 TABLES += ("campaigns", "campaign_runs", "campaign_recipients")
 SERIAL += ("campaigns", "campaign_runs")
+# Triggers, events and steps (they name contacts), opt-in, consent proofs; due steps arrive
+# unclaimed. privacy_keys is seeded by its migration: SQLite's key replaces that one, so
+# the proofs kept there are found again from an address.
+TABLES += ("triggers", "contact_events", "journey_steps", "optin_settings", "optin_sent",
+           "privacy_keys", "consent_proofs")  # fmt: skip
+SERIAL += ("triggers", "contact_events", "journey_steps", "consent_proofs")
+SEEDED: tuple[str, ...] = ("privacy_keys",)  # migration-written rows the copy replaces
 _CHUNK = 5000
 _MOD = 1 << 256
 
@@ -128,6 +135,8 @@ async def copy_sqlite(source: Path, target: PgDatabase) -> list[TableCopy]:
 
 
 async def _copy_table(src: sqlite3.Connection, conn: Connection, table: str) -> TableCopy:
+    if table in SEEDED and src.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone()[0]:
+        await conn.execute(f"DELETE FROM {table}")
     if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})"):
         raise MtaError(
             f"postgresql: table {table} is not empty; migrate copies into a new database"
