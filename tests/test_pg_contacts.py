@@ -349,3 +349,42 @@ async def test_segments_lists_engagement_and_saved(s: Stores) -> None:
     with pytest.raises(SegmentNotFound):
         await seg.resolve("bob", "pros")
     assert await seg.delete("alice", "pros") and await seg.get("alice", "pros") is None
+
+
+async def test_migrate_copies_contacts_lists_and_segments(tmp_path: Path, pg_dsn: str) -> None:  # noqa: F811
+    """``storage migrate --to postgresql``: the SQLite node's contacts, lists, memberships
+    and segments arrive verified (jsonb attributes hashed by value), and answer the same."""
+    clock = FakeClock(T0)
+    db = Database(tmp_path / "mta.db")
+    await db.open()
+    for name in ("alice", "bob"):
+        await UserStore(db, clock).add(name, "x", [f"{name}.example"])
+    lite = Stores("sqlite", clock, ContactStore(db, clock), SegmentStore(db, clock),
+                  ActivityStore(db), Spool(db, clock=clock), EventLog(db))  # fmt: skip
+    await _fill(lite)
+    await lite.contacts.upsert("alice", ci("e@x.test", '{"n":1e3,"f":1.0,"s":"x\\u00e9"}'))
+    await lite.contacts.create_list("alice", "vip", double_opt_in=True)
+    await lite.contacts.add_members("alice", "vip", ["ann@x.test", "cat@y.test"])
+    await lite.segments.save("alice", "pros", {"attr": "plan", "eq": "pro"})
+    before = [(obj, await who(lite, obj)) for obj, _ in LANGUAGE[:12]]
+    await db.close()
+    pg = PgDatabase(PostgresConfig(dsn=pg_dsn, tls="disable", pool_size=2))
+    await pg.open()
+    try:
+        from mtaserver.storage.postgres.copy import copy_sqlite
+
+        done = {t.table: t.rows for t in await copy_sqlite(tmp_path / "mta.db", pg)}
+        assert (done["contacts"], done["lists"], done["list_members"], done["segments"]) == (
+            9, 1, 2, 1)  # fmt: skip
+        pgs = Stores("postgresql", clock, PgContactStore(pg, clock), PgSegmentStore(pg, clock),
+                     PgActivityStore(pg), PgQueue(pg, "n", clock=clock), PgEventLog(pg))  # fmt: skip
+        assert [(obj, await who(pgs, obj)) for obj, _ in LANGUAGE[:12]] == before
+        assert await who(pgs, {"in_list": "vip"}) == "ann cat"
+        assert (await pgs.segments.get("alice", "pros")).filter == '{"attr":"plan","eq":"pro"}'
+        e = await pgs.contacts.get("alice", "e@x.test")
+        assert e.attrs() == {"n": 1000, "f": 1.0, "s": "xé"}
+        # New rows take ids after the copied ones.
+        made = await pgs.contacts.create_list("alice", "new")
+        assert made.id == 2
+    finally:
+        await pg.close()

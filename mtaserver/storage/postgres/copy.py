@@ -15,7 +15,9 @@ passed the owners' rules in SQLite, and the migrated schema has the same columns
 
 from __future__ import annotations
 
+import decimal
 import hashlib
+import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +35,9 @@ TABLES: tuple[str, ...] = (
 )  # fmt: skip
 # Tables whose id comes from a sequence on PostgreSQL: moved past the copied ids.
 SERIAL: tuple[str, ...] = ("events", "admin_tokens", "webhook_outbox")
+# Contacts, lists, memberships and segments: before every table that names a contact.
+TABLES += ("contacts", "lists", "list_members", "segments")
+SERIAL += ("contacts", "lists", "segments")
 # Campaigns after everything above (campaign_recipients names contacts); pending rows
 # arrive unclaimed (lease_node and lease_until are PostgreSQL's own: NULL).
 TABLES += ("campaigns", "campaign_runs", "campaign_recipients")
@@ -64,7 +69,20 @@ def _canonical(value: Any, kind: str) -> bytes:
         return str(int(value)).encode()
     if kind == "bytea":
         return bytes(value)
+    if kind == "jsonb":  # PostgreSQL re-spells it (key order, spaces, 1e3 → 1000)
+        return _json_canonical(str(value))
     return str(value).encode()
+
+
+def _json_canonical(text: str) -> bytes:
+    """The JSON value of ``text`` in one spelling: sorted keys, numbers as normalized
+    decimals (so SQLite's text and PostgreSQL's jsonb of one value hash the same)."""
+
+    def number(d: decimal.Decimal) -> dict[str, str]:
+        return {"$n": str(d.normalize())}
+
+    value = json.loads(text, parse_float=decimal.Decimal, parse_int=decimal.Decimal)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=number).encode()
 
 
 class Checksum:
