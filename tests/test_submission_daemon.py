@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import sqlite3
 import ssl
 from pathlib import Path
 
@@ -59,11 +58,7 @@ async def test_daemon_submission_with_cli_user(tmp_path: Path) -> None:
         code = await asyncio.to_thread(daemon.stop)
     log = daemon.log()
     assert code == 0, log
-    conn = sqlite3.connect(cfg.database)
-    try:
-        stored = {r[0] for r in conn.execute("SELECT id FROM messages WHERE user='app'")}
-    finally:
-        conn.close()
+    stored = {r[0] for r in cfg.query("""SELECT id FROM messages WHERE "user"='app'""")}
     assert stored == set(ids)
     for queue_id in ids:
         assert f"queue_id={queue_id}" in log
