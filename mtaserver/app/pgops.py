@@ -4,8 +4,7 @@ The same endpoints as :func:`mtaserver.app.ops.admin_service` (served by the sam
 ``serve_admin``), over the cluster's database:
 the queue, events, stats, users, suppressions and templates any node answers for are the
 cluster's, and an admin token made on one node opens every node's API. Privacy export and
-erase are not ported yet (they also walk contacts): without a body codec in the deps the
-admin app registers no privacy routes, so they answer 404 rather than read a SQLite file.
+erase (``storage.postgres.privacy``) find and rewrite the address in every node's mail.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.events import PgEventLog
 from mtaserver.storage.postgres.outbox import PgWebhookOutbox
 from mtaserver.storage.postgres.outreach_stats import PgOutreachStats
+from mtaserver.storage.postgres.privacy import PgPrivacy
 from mtaserver.storage.postgres.queue import PgQueue
 from mtaserver.storage.postgres.reports import PgReports
 from mtaserver.storage.postgres.suppressions import PgSuppressionStore
@@ -50,7 +50,7 @@ def pg_admin_service(
     if a.listen is None:
         return None
     deps = AdminDeps(
-        privacy=as_sqlite_owner(None),  # no routes without ``codec`` (see the module docstring)
+        privacy=PgPrivacy(db),  # export and erase across the cluster's database
         spool=as_sqlite_owner(queue),
         config=current,
         keys=lambda: signer.keyset,
@@ -61,7 +61,7 @@ def pg_admin_service(
         users=PgUserStore(db, clock),
         hash_password=hash_password,
         suppressions=as_sqlite_owner(PgSuppressionStore(db, clock, cfg.inbound.suppression)),
-        codec=None,
+        codec=lambda: queue.codec,  # the privacy routes read queued bodies with it
         templates=as_sqlite_owner(PgTemplateStore(db, clock)),
         outreach=PgOutreachStats(db),  # /api/v1/campaigns|triggers/{name}/stats
     )

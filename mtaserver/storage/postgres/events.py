@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from mtaserver.model import Event, HitRow, StoredEvent
+from mtaserver.model import Event, HitRow, Redaction, StoredEvent
 from mtaserver.storage.postgres.db import Connection, PgDatabase
 
 
@@ -59,6 +59,34 @@ LEFT JOIN recipients r ON r.queue_id = h.v ->> 2 AND r.idx = (h.v ->> 3)::bigint
 LEFT JOIN messages m ON m.id = r.queue_id
 ORDER BY h.n
 """
+
+
+async def erase_event(
+    conn: Connection, event_id: int, red: Redaction, personal: Sequence[str]
+) -> int:
+    """Rewrite one event for a privacy erase (as the SQLite owner's ``erase_event``); the
+    ``personal`` data keys of the erased person's own events go. 1 if the event exists."""
+    row = await conn.fetchrow("SELECT recipient, data FROM events WHERE id=$1", event_id)
+    if row is None:
+        return 0
+    recipient, data = row
+    own = (recipient or "").lower() == red.address
+    try:
+        payload = json.loads(data) if data else {}
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        if own:
+            for key in personal:
+                payload.pop(key, None)
+        new_data = json.dumps(red.scrub(payload))
+    else:
+        new_data = red.sub(data) or "{}"
+    await conn.execute(
+        "UPDATE events SET recipient=$1, data=$2 WHERE id=$3",
+        red.token if own else red.sub(recipient), new_data, event_id,
+    )  # fmt: skip
+    return 1
 
 
 def _data(raw: str | None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config.inbound import DEFAULT_SUPPRESSION, SuppressionConfig
-from mtaserver.storage.postgres.db import PgDatabase
+from mtaserver.storage.postgres.db import Connection, PgDatabase
 from mtaserver.suppression import (
     COUNT,
     GLOBAL,
@@ -34,6 +34,40 @@ def _row(r: Any) -> Suppression:
         address=r[0], scope=r[1] or None, reason=r[2], source=r[3], created_at=r[4],
         expires_at=r[5], event_id=r[6], queue_id=r[7], reply=r[8],
     )  # fmt: skip
+
+
+# -- the privacy erase (storage.postgres.privacy runs these inside its transaction) ---------
+async def hash_entries(conn: Connection, address: str) -> int:
+    """Replace the address's entries by hashed ones (same scope, reason, expiry); count."""
+    addr = normalize(address)
+    rows = await conn.fetch(
+        "INSERT INTO suppressions (address, scope, reason, source, created_at, expires_at) "
+        "SELECT $1, scope, reason, source, created_at, expires_at FROM suppressions "
+        "WHERE address=$2 ON CONFLICT (address, scope) DO UPDATE SET expires_at = CASE WHEN "
+        "suppressions.expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL "
+        "ELSE greatest(suppressions.expires_at, excluded.expires_at) END RETURNING scope",
+        address_hash(addr), addr,
+    )  # fmt: skip
+    await conn.execute("DELETE FROM suppressions WHERE address=$1", addr)
+    return len(rows)
+
+
+async def add_hashed(conn: Connection, address: str, reason: str, now: float) -> None:
+    """A permanent global entry for an erased address, unless one exists."""
+    await conn.execute(
+        "INSERT INTO suppressions (address, scope, reason, source, created_at, expires_at) "
+        "VALUES ($1, '', $2, 'privacy', $3, NULL) ON CONFLICT (address, scope) DO UPDATE SET "
+        "expires_at=NULL",
+        address_hash(address), reason, now,
+    )  # fmt: skip
+
+
+async def forget_soft_bounces(conn: Connection, address: str) -> int:
+    """Delete the address's soft-bounce counter rows (privacy erase); how many."""
+    status = await conn.execute(
+        "DELETE FROM soft_bounces WHERE lower(address)=$1", normalize(address)
+    )
+    return int(status.split()[-1])
 
 
 class PgSuppressionStore:
