@@ -11,6 +11,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from mtaserver.config.storage import PostgresConfig
+from mtaserver.storage.postgres.contacts import PgContactStore
+from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.sqlite.contacts import ContactStore
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.tracking.preferences import preferences_url
@@ -43,6 +46,16 @@ def memberships(api: OptInDaemon, address: str) -> dict[str, str]:
 
 
 async def may_receive(api: OptInDaemon, address: str, list_name: str | None) -> bool:
+    """The daemon's contact store says so (either backend's)."""
+    storage = api.cfg.data.get("storage", {})
+    if storage.get("backend") == "postgresql":
+        password = Path(storage["password_file"]).read_text().strip()
+        pg = PgDatabase(PostgresConfig(dsn=storage["dsn"], tls="disable"), password=password)
+        await pg.open(migrate=False)
+        try:
+            return await PgContactStore(pg).may_receive("app", address, list_name)
+        finally:
+            await pg.close()
     db = Database(api.cfg.database)
     await db.open()
     try:

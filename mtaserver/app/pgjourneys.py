@@ -1,19 +1,24 @@
-"""Triggered mail and double opt-in on a PostgreSQL node.
+"""Triggered mail, double opt-in and the preferences page on a PostgreSQL node.
 
-The same :class:`~mtaserver.outreach.runner.StepRunner` and
-:class:`~mtaserver.tracking.optin.OptInMailer` as on SQLite, over the cluster's owners.
-Every node runs both: a node's runner claims the due steps it fires
+The same :class:`~mtaserver.outreach.runner.StepRunner`,
+:class:`~mtaserver.tracking.optin.OptInMailer` and consent pages as on SQLite, over the
+cluster's owners. Every node runs them: a node's runner claims the due steps it fires
 (``storage.postgres.journeys``), so the nodes share the due work and each step is sent
-once; a confirmation queued by two nodes at once is kept once (``storage.postgres.optin``).
+once; a confirmation queued by two nodes at once is kept once (``storage.postgres.optin``);
+a confirm or preferences link signed by any node opens on every node (the same tracking
+secret_file on each, as for the tracking links).
 """
 
 from __future__ import annotations
 
 from mtaserver.app.api import _pipeline
 from mtaserver.app.mail import MailParts
+from mtaserver.app.ops import TrackingParts
+from mtaserver.app.optin import consent_pages
 from mtaserver.app.pgcampaigns import pg_outreach_sender
 from mtaserver.app.pgops import as_sqlite_owner
 from mtaserver.app.service import Service, SimpleService
+from mtaserver.clock import Clock
 from mtaserver.config import Config
 from mtaserver.log import get_logger, kv
 from mtaserver.outreach.runner import StepRunner
@@ -23,6 +28,7 @@ from mtaserver.storage.postgres.optin import PgOptInStore
 from mtaserver.storage.sqlite.queue import new_queue_id
 from mtaserver.tracking.consent_tokens import ConsentTokens
 from mtaserver.tracking.optin import OptInMailer
+from mtaserver.tracking.preferences import ConsentPages
 from mtaserver.tracking.tokens import TokenCodec
 
 log = get_logger("journeys")
@@ -58,3 +64,16 @@ def pg_optin_service(
         current[0] = _pipeline(new, parts)
 
     return SimpleService("optin", on_run=mailer.run, on_reload=reload), mailer
+
+
+def pg_consent_pages(
+    cfg: Config, tracking: TrackingParts | None, contacts: object, suppressions: object,
+    users: object, clock: Clock,
+) -> ConsentPages | None:  # fmt: skip
+    """The confirm and preferences pages on ``[tracking] listen`` (None without it)."""
+    if tracking is None or cfg.tracking.listen is None:
+        return None
+    return consent_pages(
+        tracking.codec, as_sqlite_owner(contacts), as_sqlite_owner(suppressions),
+        as_sqlite_owner(users), clock,
+    )  # fmt: skip

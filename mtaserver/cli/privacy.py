@@ -1,4 +1,7 @@
-"""``mtaserver privacy export|erase ADDRESS``: data subject requests (GDPR art. 15 and 17)."""
+"""``mtaserver privacy export|erase ADDRESS``: data subject requests (GDPR art. 15 and 17).
+
+On either backend: with ``backend = "postgresql"`` they run on the cluster's database (the
+address in every node's mail), safe while the nodes run."""
 
 from __future__ import annotations
 
@@ -7,8 +10,9 @@ import json
 import sys
 
 from mtaserver import privacy
-from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.cli._common import add_config_arg, config_from, with_store
 from mtaserver.crypto import codec_for
+from mtaserver.storage.postgres.privacy import PgPrivacy
 from mtaserver.storage.sqlite.privacy import SqlitePrivacy
 
 
@@ -38,11 +42,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run_export(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     codec = codec_for(cfg.storage.encryption_key_file)
-    data = with_db(
+    data = with_store(
         cfg,
-        lambda db: privacy.export(
-            SqlitePrivacy(db), args.address, codec=codec, bodies=not args.no_bodies
-        ),
+        SqlitePrivacy,
+        PgPrivacy,
+        lambda store: privacy.export(store, args.address, codec=codec, bodies=not args.no_bodies),
     )
     json.dump(data, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
@@ -52,11 +56,11 @@ def run_export(args: argparse.Namespace) -> int:
 def run_erase(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     codec = codec_for(cfg.storage.encryption_key_file)
-    result = with_db(
+    result = with_store(
         cfg,
-        lambda db: privacy.erase(
-            SqlitePrivacy(db), args.address, codec=codec, suppress=args.suppress
-        ),
+        SqlitePrivacy,
+        PgPrivacy,
+        lambda store: privacy.erase(store, args.address, codec=codec, suppress=args.suppress),
     )
     json.dump(result.as_dict(), sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
