@@ -187,3 +187,15 @@ async def test_export_then_erase_the_same_on_both_backends(b: B) -> None:
     }  # fmt: skip
     again = (await privacy.erase(b.privacy, ADDR, wait_leased=0, clock=b.clock)).as_dict()
     assert (again["recipients"], again["contacts"], again["events"]) == (0, 0, 0)  # idempotent
+
+
+async def test_a_suppression_with_consent_unsubscribes_the_contact(b: B) -> None:
+    """The preferences page's unsubscribe-all and bounces: the entry and the contact's
+    consent change commit together, on both backends."""
+    await b.suppressions.add("other@x.test", "unsubscribe", scope="example.com",
+                             source="preferences", consent="unsubscribe")  # fmt: skip
+    got = await b.contacts.get("app", "other@x.test")
+    assert (got.consent_status, got.consent_source) == ("unsubscribed", "unsubscribe")
+    await b.suppressions.add("other@x.test", "x", scope="elsewhere.test", consent="complaint")
+    assert (await b.contacts.get("app", "other@x.test")).consent_source == "unsubscribe"
+    assert (await b.contacts.get("app", ADDR)).consent_status == "subscribed"

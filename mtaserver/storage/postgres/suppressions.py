@@ -3,7 +3,8 @@
 The same store as :mod:`mtaserver.storage.sqlite.suppressions` (what the entries mean is
 :mod:`mtaserver.suppression`'s), shared by every node: a hard bounce node A records is in
 the table B checks at its next RCPT or claim — no cache, no propagation delay. Contacts'
-consent is not on PostgreSQL yet, so entries do not unsubscribe contacts here.
+consent follows as on SQLite: an entry given ``consent`` unsubscribes the owners' contacts
+with the address in the same transaction (``storage.postgres.contacts.unsubscribe_in``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any
 
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.config.inbound import DEFAULT_SUPPRESSION, SuppressionConfig
+from mtaserver.storage.postgres.contacts.rows import unsubscribe_in
 from mtaserver.storage.postgres.db import Connection, PgDatabase
+from mtaserver.storage.sqlite.suppressions import _consent_source
 from mtaserver.suppression import (
     COUNT,
     GLOBAL,
@@ -96,7 +99,10 @@ class PgSuppressionStore:
         reply: str | None = None,
         consent: str | None = None,
     ) -> Suppression:
-        """Upsert an entry; a permanent entry is never shortened by a temporary one."""
+        """Upsert an entry; a permanent entry is never shortened by a temporary one.
+        ``consent`` (bounce | complaint | unsubscribe): also unsubscribe the owners' contacts
+        with this address, in the same transaction (a global entry every owner's, a scoped
+        one the sending domain's owners')."""
         s = Suppression(
             address=normalize(address), scope=_scope_key(scope) or None, reason=reason,
             source=source, created_at=self.clock.now(), expires_at=expires_at,
@@ -113,6 +119,8 @@ class PgSuppressionStore:
                 s.address, _scope_key(s.scope), s.reason, s.source, s.created_at, s.expires_at,
                 s.event_id, s.queue_id, s.reply,
             )  # fmt: skip
+            if consent is not None:
+                await unsubscribe_in(conn, s.address, consent, s.created_at, sender_domain=s.scope)
         return s
 
     async def remove(
@@ -204,6 +212,7 @@ class PgSuppressionStore:
                 scope=None if decision.action == GLOBAL else decision.scope, source=source,
                 expires_at=now + p.hard_suppress_for if p.hard_suppress_for else None,
                 event_id=event_id, queue_id=queue_id, reply=reply,
+                consent=_consent_source(decision),
             )  # fmt: skip
         async with self.db.transaction() as conn:
             await conn.execute(
