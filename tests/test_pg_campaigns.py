@@ -20,12 +20,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from mtaserver.app.campaigns import Feeder
 from mtaserver.app.pgops import as_sqlite_owner
 from mtaserver.auth import hash_password
 from mtaserver.campaigns import CampaignStateError, definition
+from mtaserver.clock import SystemClock
 from mtaserver.config.storage import PostgresConfig
 from mtaserver.contacts import ContactConflict, ContactInput
 from mtaserver.model import Event
@@ -50,8 +52,11 @@ from mtaserver.storage.sqlite.segments import SegmentStore
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.storage.sqlite.templates import TemplateStore
 from mtaserver.storage.sqlite.users import UserStore
-from tests.pg import pg_dsn, pg_server  # noqa: F401
+from tests.pg import PgServer, pg_dsn, pg_server  # noqa: F401
 from tests.support.clock import FakeClock
+from tests.support.daemon import Daemon, TestConfig
+from tests.support.mxsink import SinkGroup, eventually, wait_for
+from tests.support.ports import free_port
 
 HOUR = 3600.0
 HASH = hash_password("pw-pw-pw-pw", n=2**10)
@@ -367,3 +372,72 @@ async def test_rows_a_dead_node_claimed_are_fed_after_its_lease(pg_dsn: str) -> 
     finally:
         for db in dbs:
             await db.close()
+
+
+async def test_a_postgresql_node_delivers_a_campaign_with_exact_stats(
+    pg_server: PgServer,  # noqa: F811
+    pg_dsn: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A daemon on PostgreSQL feeds a segment campaign to the test MX; the admin API and
+    ``mtaserver stats`` report what became of each message, from the cluster's database."""
+    clock = FakeClock(SystemClock().now())  # the daemon runs on real time: start from it
+    pg = PgDatabase(PostgresConfig(dsn=pg_dsn, tls="disable", pool_size=2))
+    await pg.open()
+    try:
+        await pg_setup(pg, clock)
+        setup = await pg_backend(pg, clock)
+        await setup.people({f"p{i:02d}@dest.test": None for i in range(19)}
+                           | {"off@dest.test": "unsub"})  # fmt: skip
+        await setup.segments.save("alice", "all", {"in_list": "news"}, create=True)
+        (tmp_path / "pgpass").write_text(pg_server.password + "\n")
+        async with SinkGroup(["127.0.0.2"]) as sinks:
+            sinks["127.0.0.2"].rcpt_replies["p00@dest.test"] = "550 5.1.1 no such user"
+            cfg = TestConfig(tmp_path, tls=False)
+            cfg.set("storage", backend="postgresql", dsn=pg_dsn.replace(f":{pg_server.password}@", "@"),
+                    password_file=str(tmp_path / "pgpass"), tls="disable", pool_size=4)  # fmt: skip
+            cfg.set("delivery", relay_host=f"127.0.0.2:{sinks.port}", tls="none")
+            cfg.set("shaping", poll_interval="20ms")
+            cfg.set("admin", listen=f"127.0.0.1:{free_port()}")
+            daemon = Daemon(cfg)
+            await asyncio.to_thread(daemon.start)
+            try:
+                c = await setup.create("launch", list_name=None, segment="all")
+                c = await setup.store.act(c, "start")  # the daemon's feeder picks it up
+                sink = sinks["127.0.0.2"]
+                await wait_for(lambda: len(sink.messages) >= 18, 30)
+
+                async def report() -> Any:
+                    return (await setup.stats.campaign("alice", "launch")).as_json()["total"]
+
+                total = await eventually(
+                    report, lambda t: t["delivered"] == 18 and t["bounced"]["total"] == 1, 30
+                )
+                token = (await asyncio.to_thread(
+                    daemon.cli, "admin", "token", "create", "--name", "ops")).stdout.strip()  # fmt: skip
+                host, port = cfg.address("admin", "listen")
+                h = {"Authorization": f"Bearer {token}"}
+                url = f"http://{host}:{port}/api/v1/campaigns/launch/stats?user=alice"
+                async with aiohttp.ClientSession() as http, http.get(url, headers=h) as r:
+                    assert r.status == 200, await r.text()
+                    api = (await r.json())["total"]
+                out = await asyncio.to_thread(
+                    daemon.cli, "stats", "--campaign", "launch", "--user", "alice", "--json")  # fmt: skip
+                assert out.returncode == 0, out.stderr
+                cli_total = json.loads(out.stdout)["total"]
+            finally:
+                code = await asyncio.to_thread(daemon.stop)
+            assert code == 0, daemon.log()[-3000:]
+        # (the sink also gets the bounce notice for p00@ sent to the campaign's from)
+        got = sorted(a for m in sink.messages for a in m.rcpt_tos if a.endswith("@dest.test"))
+        assert got == [f"p{i:02d}@dest.test" for i in range(1, 19)]  # each once, none to off@
+        assert total == api == cli_total
+        assert (total["audience"], total["queued"], total["skipped"]) == (
+            20,
+            19,
+            {"unsubscribed": 1},
+        )
+        assert (total["delivered"], total["bounced"]["hard"], total["pending"]) == (18, 1, 0)
+        assert (await setup.store.get("alice", "launch")).status == "done"
+    finally:
+        await pg.close()
