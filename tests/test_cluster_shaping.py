@@ -30,17 +30,13 @@ import yaml
 
 from mtaserver.cli.cluster import render
 from mtaserver.clock import SystemClock
-from mtaserver.cluster.client import ShapingScripts, connect
+from mtaserver.cluster.client import ShapingScripts
 from mtaserver.cluster.registry import NodeRegistry, fingerprint, fingerprints, status
-from mtaserver.cluster.shared import NO_SLOT_RETRY, SharedShaping
 from mtaserver.config import parse_config
 from mtaserver.config.cluster import ClusterConfig, RedisTarget
-from mtaserver.config.shaping import DestinationConfig, LimitOverrides, ShapingConfig
 from mtaserver.errors import ConfigError
-from mtaserver.shaper import BLOCKED, Shaper
 from tests.pg import PgServer, migrated, pg_dsn, pg_server  # noqa: F401
 from tests.redis_server import RedisServer
-from tests.support.clock import TimerClock
 from tests.support.daemon import Daemon, TestConfig, free_port
 from tests.support.meteredsink import MeteredSink
 from tests.support.mxsink import eventually, wait_for
@@ -349,56 +345,6 @@ def test_the_permit_benchmark_runs() -> None:
     rows = [line.rsplit(None, 4) for line in out.stdout.splitlines()[1:]]
     assert [r[0] for r in rows] == ["local shaper", "shared (Redis)"] * 2
     assert all(float(r[2]) > 0 for r in rows)
-
-
-async def test_after_an_outage_a_node_waits_for_the_others_connections(tmp_path: Path) -> None:
-    """Two nodes degraded at limit / 2 each; node A finds Redis first. Until the grace
-    ends A stays at its share (Redis alone would grant it the whole limit: B's connections
-    are not leases yet); once B is back too, Redis counts both and A gets no more."""
-    clock = TimerClock()
-    dest = DestinationConfig("d.test", LimitOverrides(max_connections=4))
-    with RedisServer(tmp_path) as r:
-
-        def node(name: str) -> SharedShaping:
-            cfg = ClusterConfig(
-                node_id=name, nodes=2, redis=RedisTarget("127.0.0.1", r.port, 0, False),
-                timeout=0.2, lease=30.0, reconnect=0.2,
-            )  # fmt: skip
-            shaper = Shaper(ShapingConfig(destinations=(dest,), builtin=False), clock)
-            return SharedShaping(cfg, shaper, clock, ShapingScripts(connect(cfg), PREFIX))
-
-        a, b = node("a"), node("b")
-        await a.start()
-        await b.start()
-        r.stop()
-        for n in (a, b):  # degraded: 4 // 2 = 2 each, unknown to Redis
-            assert [await n.acquire("d.test") for _ in range(3)] == [None, None, BLOCKED]
-        r.start()
-        probe = ShapingScripts(aioredis.Redis(port=r.port, decode_responses=True), PREFIX)
-        runs = [asyncio.create_task(a.run())]
-        try:
-            await asyncio.sleep(0.01)  # the run loops reach their sleep
-            clock.advance(0.2)
-            await wait_for(lambda: a.redis_up, 5)
-            assert await probe.active("d.test") == 2  # A's connections, registered
-            assert await a.acquire("d.test") == BLOCKED  # the grace: still its share
-            await a.release("d.test")
-            assert await a.acquire("d.test") is None  # within its share, a lease at once
-            assert await probe.active("d.test") == 2
-            runs.append(asyncio.create_task(b.run()))
-            await asyncio.sleep(0.01)  # the run loops reach their sleep
-            clock.advance(0.2)
-            await wait_for(lambda: b.redis_up, 5)
-            assert await probe.active("d.test") == 4
-            clock.advance(0.5)  # A's grace is over, B's not yet
-            assert await a.acquire("d.test") == NO_SLOT_RETRY  # 4 of 4, cluster-wide
-        finally:
-            for t in runs:
-                t.cancel()
-            await asyncio.gather(*runs, return_exceptions=True)
-            await a.close()
-            await b.close()
-            await probe.client.aclose()
 
 
 def test_shared_limits_turn_the_idle_pool_off_and_refuse_it_named(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +99,14 @@ class Beat:
     theirs: str = ""  # its fingerprint
 
 
+@dataclass(frozen=True, slots=True)
+class Marks:
+    """A sync's answer: Redis's time and each node's last mark (ms, Redis's clock)."""
+
+    now_ms: int
+    marks: Mapping[str, int]
+
+
 class ShapingScripts:
     """The scripts registered on one client; each call is one round trip."""
 
@@ -109,6 +117,7 @@ class ShapingScripts:
         self._renew = client.register_script(scripts.RENEW)
         self._suspend = client.register_script(scripts.SUSPEND)
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
+        self._sync = client.register_script(scripts.SYNC)
 
     async def ping(self) -> None:
         await guarded(self.client.ping())
@@ -167,6 +176,19 @@ class ShapingScripts:
         ]  # fmt: skip
         out = await guarded(self._heartbeat(keys=keys, args=args))
         return Beat(int(out[0]), str(out[1]), str(out[2]))
+
+    async def sync(self, node_id: str, window: float, now_ms: int = 0) -> Marks:
+        """Mark this node as having every connection leased; every node's mark of the
+        last ``window`` seconds comes back (this one's included)."""
+        args: list[Arg] = [now_ms, node_id, max(1, int(window * 1000))]
+        out = await guarded(self._sync(keys=[self.keys.synced], args=args))
+        flat = [str(x) for x in out[1:]]
+        marks = {flat[i]: int(float(flat[i + 1])) for i in range(0, len(flat) - 1, 2)}
+        return Marks(int(out[0]), marks)
+
+    async def unsync(self, node_id: str) -> None:
+        """Drop this node's mark (a clean stop): no other node waits for it after an outage."""
+        await guarded(self.client.zrem(self.keys.synced, node_id))
 
     async def active(self, destination: str) -> int:
         """Unexpired leases of a destination across the cluster (for status and tests)."""

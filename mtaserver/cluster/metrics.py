@@ -28,6 +28,12 @@ class ClusterCollector:
             value=s.degraded_total,
         )
         yield CounterMetricFamily(
+            "mtaserver_cluster_grace_timeouts",
+            "Returns from degraded whose grace ended at its limit ([cluster] lease), "
+            "a node known before the outage not heard from",
+            value=s.grace_timeouts,
+        )
+        yield CounterMetricFamily(
             "mtaserver_cluster_redis_calls", "Round trips to Redis for shaping", value=s.calls
         )
         yield CounterMetricFamily(

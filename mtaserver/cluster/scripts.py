@@ -145,6 +145,24 @@ return {now, other, theirs}
 )
 
 
+# KEYS: synced (zset id→ms); ARGV: now_ms, id, window_ms → {now_ms, id, ms, id, ms, ...}
+# A node's mark says "every connection I hold is a lease in Redis" (written only then);
+# the answer is every mark of the last window_ms, so one round trip both marks this node
+# and tells it which nodes have marked since it came back (see cluster.recovery).
+SYNC = (
+    _NOW
+    + """
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+local out = {now}
+local got = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #got do out[#out + 1] = got[i] end
+return out
+"""
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     """Key names under one prefix."""
@@ -174,3 +192,7 @@ class Keys:
     @property
     def fingerprints(self) -> str:
         return f"{self.prefix}{{nodes}}:fingerprints"
+
+    @property
+    def synced(self) -> str:
+        return f"{self.prefix}{{nodes}}:synced"

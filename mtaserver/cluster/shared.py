@@ -10,7 +10,8 @@ written to Redis and mirrored into every other node's shaper at its next ask.
 When Redis cannot be reached the node does not stop and is never unlimited: it shapes
 alone at ``limit / nodes`` (connections and rate), logs the change once, counts it, and
 tries Redis again every ``reconnect``; once it answers, the connections opened meanwhile
-are registered as leases and the shared limits apply again.
+are registered as leases, and the shared limits apply again once the other nodes have
+registered theirs too (:mod:`mtaserver.cluster.recovery`).
 
 The limits themselves (and the rate the reactive rules halved) come from the local
 :class:`~mtaserver.shaper.Shaper`, so every node enforces what its own config says.
@@ -24,7 +25,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from mtaserver.clock import Clock
-from mtaserver.cluster.client import GRANTED, NO_SLOT, SUSPENDED, RedisDown, ShapingScripts
+from mtaserver.cluster.client import (
+    GRANTED,
+    NO_SLOT,
+    SUSPENDED,
+    Marks,
+    RedisDown,
+    ShapingScripts,
+)
+from mtaserver.cluster.recovery import Grace
 from mtaserver.config.cluster import ClusterConfig
 from mtaserver.log import get_logger, kv
 from mtaserver.ratelimit import TokenBucket
@@ -55,7 +64,8 @@ class SharedShaping:
         self._seq = 0
         self._held: defaultdict[str, list[str | None]] = defaultdict(list)  # None: local
         self._buckets: dict[str, TokenBucket] = {}
-        self._local_until = 0.0  # monotonic: still shaping alone until then (see _recovered)
+        self._grace = Grace(cfg.node_id, cfg.nodes, cfg.lease, clock)  # see _recovered
+        self._known = False  # this node has read the other nodes' marks at least once
         self._unregistered = False  # connections opened alone, not yet leases in Redis
         self.degraded_total = 0  # transitions into degraded mode
         self.calls = 0  # Redis round trips made
@@ -77,19 +87,26 @@ class SharedShaping:
     async def _recovered(self) -> None:
         """Redis answers again: register the connections opened meanwhile, then share.
 
-        Coming back from degraded, the node keeps its ``limit / nodes`` share for a grace of
-        ``2 * reconnect + timeout`` (the connections it opens meanwhile are leases in Redis
-        at once): the other nodes find Redis within that time and register the connections
-        they opened alone; granting the whole limit before they have would put theirs on top
-        of it (measured at the sink: 7 sessions for a limit of 5)."""
+        Coming back from degraded, the node keeps its ``limit / nodes`` share (the
+        connections it opens meanwhile are leases in Redis at once) until the other nodes
+        have registered the connections they opened alone (:class:`Grace`); granting the
+        whole limit before they have would put theirs on top of it."""
         await self._register_held()
         self._buckets.clear()
+        marks = await self._sync()
         if self._up is not True:
             log.info(kv(event="cluster_shared", node=self._cfg.node_id))
         if self._up is False:
-            grace = 2 * self._cfg.reconnect + self._cfg.timeout
-            self._local_until = self._clock.monotonic() + grace
+            self._grace.begin(marks.now_ms, known=self._known)
+        self._known = True
+        self._grace.observe(marks.marks)
         self._up = True
+
+    async def _sync(self) -> Marks:
+        """Mark this node (every connection it holds is a lease) and read the others'."""
+        assert self._scripts is not None
+        self.calls += 1
+        return await self._scripts.sync(self._cfg.node_id, self._cfg.lease)
 
     async def _register_held(self) -> None:
         """Give the connections opened without Redis a lease id and a lease in Redis.
@@ -126,12 +143,14 @@ class SharedShaping:
             await self._clock.sleep(min(self._cfg.reconnect, self._cfg.lease / 3))
             if self._scripts is None:
                 continue
+            self._grace.tick()
             try:
                 if not self._up:
                     self.calls += 1
                     await self._scripts.ping()
                     await self._recovered()
-                elif self._unregistered and self._clock.monotonic() >= self._local_until:
+                    continue
+                if self._unregistered and not self._grace.active:
                     await self._register_held()
                 elif self._clock.monotonic() >= next_renew:
                     next_renew = self._clock.monotonic() + self._cfg.lease / 3
@@ -140,6 +159,8 @@ class SharedShaping:
                         if ids:
                             self.calls += 1
                             await self._scripts.renew(dest, ids, self._cfg.lease)
+                if not self._unregistered:  # the mark says so: only when it is true
+                    self._grace.observe((await self._sync()).marks)
             except RedisDown as exc:
                 self._down(exc)
 
@@ -151,6 +172,8 @@ class SharedShaping:
             for dest, held in self._held.items():
                 with contextlib.suppress(RedisDown):
                     await self._scripts.release(dest, [x for x in held if x is not None])
+            with contextlib.suppress(RedisDown):
+                await self._scripts.unsync(self._cfg.node_id)
         self._held.clear()
         with contextlib.suppress(Exception):
             await self._scripts.client.aclose()
@@ -166,7 +189,7 @@ class SharedShaping:
         limits = self._shaper.limits(destination)
         rate = self._shaper.rate(destination)
         burst = limits.burst if limits.burst is not None else default_burst(rate or 1.0)
-        if self._up and self._scripts is not None and self._clock.monotonic() < self._local_until:
+        if self._up and self._scripts is not None and self._grace.active:
             got = self._acquire_local(destination, limits.max_connections, rate, burst)
             if got is None:  # the grace after an outage: alone, but counted in Redis
                 try:
@@ -248,6 +271,19 @@ class SharedShaping:
             self._down(exc)
 
     # -- views ------------------------------------------------------------------------------
+    @property
+    def in_grace(self) -> bool:
+        """Back from degraded, still at ``limit / nodes`` until the others registered."""
+        return self._grace.active
+
+    @property
+    def grace_timeouts(self) -> int:
+        return self._grace.timeouts
+
+    def peers(self) -> list[str]:
+        """The other nodes whose marks this node has read."""
+        return self._grace.peers()
+
     def held(self, destination: str | None = None) -> int:
         if destination is not None:
             return len(self._held.get(destination, ()))
