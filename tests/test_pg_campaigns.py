@@ -35,6 +35,8 @@ from mtaserver.outreach import OutreachSender
 from mtaserver.pipeline import Pipeline
 from mtaserver.storage.postgres import campaigns as pgc
 from mtaserver.storage.postgres import segments as pgs
+from mtaserver.storage.postgres.contacts import PgContactStore
+from mtaserver.storage.postgres.copy import copy_sqlite
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.events import PgEventLog
 from mtaserver.storage.postgres.outreach_stats import PgOutreachStats
@@ -84,36 +86,20 @@ class B:
     raw: Any  # SQLite Database | PgDatabase, for the test's own reads
 
     async def people(self, members: Mapping[str, object], lst: str = "news") -> None:
-        """Contacts (address → ``timezone`` attribute, ``"unsub"``: unsubscribed) on ``lst``."""
-        if isinstance(self.raw, Database):
-            contacts = ContactStore(self.raw, self.clock)
-            if await contacts.get_list("alice", lst) is None:
-                await contacts.create_list("alice", lst)
-            for addr, tz in members.items():
-                attrs = json.dumps({"timezone": tz}) if tz not in (None, "unsub") else "{}"
-                consent = "unsubscribed" if tz == "unsub" else None
-                await contacts.upsert("alice", ContactInput(addr, attrs, consent))
-            await contacts.add_members("alice", lst, list(members))
-            return
-        now = self.clock.now()
-        async with self.raw.transaction() as conn:
-            lid = await conn.fetchval(
-                "INSERT INTO lists (owner, name, created_at) VALUES ('alice', $1, $2) ON "
-                "CONFLICT (owner, name) DO UPDATE SET name = excluded.name RETURNING id",
-                lst, now,
-            )  # fmt: skip
-            for addr, tz in members.items():
-                attrs = json.dumps({"timezone": tz}) if tz not in (None, "unsub") else "{}"
-                cid = await conn.fetchval(
-                    "INSERT INTO contacts (owner, address, attributes, consent_status, "
-                    "consent_source, consent_at, created_at, updated_at) VALUES ('alice', $1, "
-                    "$2::jsonb, $3, 'api', $4, $4, $4) RETURNING id",
-                    addr, attrs, "unsubscribed" if tz == "unsub" else "subscribed", now,
-                )  # fmt: skip
-                await conn.execute(
-                    "INSERT INTO list_members (list_id, contact_id, added_at) VALUES ($1, $2, $3)",
-                    lid, cid, now,
-                )  # fmt: skip
+        """Contacts (address → ``timezone`` attribute, ``"unsub"``: unsubscribed) on ``lst``,
+        through the backend's contact store."""
+        contacts: Any = (
+            ContactStore(self.raw, self.clock)
+            if isinstance(self.raw, Database)
+            else PgContactStore(self.raw, self.clock)
+        )
+        if await contacts.get_list("alice", lst) is None:
+            await contacts.create_list("alice", lst)
+        for addr, tz in members.items():
+            attrs = json.dumps({"timezone": tz}) if tz not in (None, "unsub") else "{}"
+            consent = "unsubscribed" if tz == "unsub" else None
+            await contacts.upsert("alice", ContactInput(addr, attrs, consent))
+        await contacts.add_members("alice", lst, list(members))
 
     async def queued(self, campaign: str) -> list[tuple[str, float, str]]:
         """(address, queued at, queue id) of every recipient ``campaign`` queued."""
@@ -163,21 +149,25 @@ async def pg_setup(pg: PgDatabase, clock: FakeClock) -> None:
     await PgTemplateStore(pg, clock).put("digest", "Digest {{contact.email}}", "<p>Hi</p>", None)
 
 
+async def sqlite_backend(db: Database, clock: FakeClock) -> B:
+    spool = Spool(db, clock=clock)
+    await UserStore(db).add("alice", HASH, ["example.com"])
+    templates = TemplateStore(db, clock)
+    await templates.put("digest", "Digest {{contact.email}}", "<p>Hi</p>", None)
+    sender = _sender(clock, spool, templates, UserStore(db), SuppressionStore(db))
+    store, segments = CampaignStore(db, clock), SegmentStore(db, clock)
+    feeder = Feeder(store, segments, sender, clock, batch=50)
+    return B("sqlite", clock, store, segments, feeder, OutreachStats(db), EventLog(db), db)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def b(request: Any, tmp_path: Path) -> AsyncIterator[B]:
     clock = FakeClock(at("2026-03-28T12:00:00+00:00"))
     if request.param == "sqlite":
         db = Database(tmp_path / "mta.db")
         await db.open()
-        spool = Spool(db, clock=clock)
-        await UserStore(db).add("alice", HASH, ["example.com"])
-        templates = TemplateStore(db, clock)
-        await templates.put("digest", "Digest {{contact.email}}", "<p>Hi</p>", None)
-        sender = _sender(clock, spool, templates, UserStore(db), SuppressionStore(db))
-        store, segments = CampaignStore(db, clock), SegmentStore(db, clock)
-        feeder = Feeder(store, segments, sender, clock, batch=50)
         try:
-            yield B("sqlite", clock, store, segments, feeder, OutreachStats(db), EventLog(db), db)
+            yield await sqlite_backend(db, clock)
         finally:
             await db.close()
         return
@@ -439,5 +429,41 @@ async def test_a_postgresql_node_delivers_a_campaign_with_exact_stats(
         )
         assert (total["delivered"], total["bounced"]["hard"], total["pending"]) == (18, 1, 0)
         assert (await setup.store.get("alice", "launch")).status == "done"
+    finally:
+        await pg.close()
+
+
+async def test_migrate_copies_a_run_midway_and_a_postgresql_node_finishes_it(
+    tmp_path: Path,
+    pg_dsn: str,  # noqa: F811
+) -> None:
+    """``storage migrate``: campaigns, runs and snapshot rows copied and verified; the run
+    the SQLite daemon had half fed is finished by a node, nothing sent twice."""
+    clock = FakeClock()
+    db = Database(tmp_path / "mta.db")
+    await db.open()
+    try:
+        lite = await sqlite_backend(db, clock)
+        await lite.people({f"u{i:03d}@example.org": None for i in range(120)})
+        c = await lite.store.act(await lite.create("half"), "start")
+        assert await lite.feeder.tick()
+    finally:
+        await db.close()
+    pg = PgDatabase(PostgresConfig(dsn=pg_dsn, tls="disable", pool_size=4))
+    await pg.open()
+    try:
+        copied = {t.table: t.rows for t in await copy_sqlite(tmp_path / "mta.db", pg)}
+        assert (copied["campaigns"], copied["campaign_runs"]) == (1, 1)
+        assert copied["campaign_recipients"] == 120
+        node = await pg_backend(pg, clock)
+        [run] = await node.store.runs(c.id)
+        assert (run.audience, run.queued, run.status) == (120, 50, "running")
+        assert await node.store.counts(run.id) == {"queued": 50, "pending": 70}
+        await node.drain()
+        addrs = [a for a, _, _ in await node.queued("half")]
+        assert len(addrs) == len(set(addrs)) == 120
+        assert (await node.store.get("alice", "half")).status == "done"
+        second = await node.store.act(await node.create("after"), "start")  # ids continue
+        assert second.id == c.id + 1
     finally:
         await pg.close()
