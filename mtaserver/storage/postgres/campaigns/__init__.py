@@ -17,21 +17,26 @@ for several nodes feeding from one database:
 - Row locks are taken campaign → run → rows in every write, so an operator's pause and a
   node's finish cannot deadlock.
 
-A local-time run's rows get their own ``due_at`` from :class:`mtaserver.campaigns.LocalDue`
-(Python's zoneinfo, the rules the SQLite side applies), computed once per distinct zone
-name and joined into the snapshot statement.
+The snapshot and the cancel sweep (bulk statements) are in :mod:`.rows`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Final
 
 import asyncpg
 
-from mtaserver.campaigns import PRIOR, TZ_ATTRIBUTE, CampaignStateError, transition
+from mtaserver.campaigns import PRIOR, CampaignStateError, transition
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.contacts import ContactConflict, ContactError
+from mtaserver.storage.postgres.campaigns.rows import (
+    Audience,
+    cancel_batch,
+    list_audience_sql,
+    rows_of,
+    snapshot,
+)
 from mtaserver.storage.postgres.db import Connection, PgDatabase
 from mtaserver.storage.sqlite.campaigns import BATCH, CANCEL_BATCH, Campaign, Run, RunStopped
 from mtaserver.storage.sqlite.contacts import Contact
@@ -48,7 +53,6 @@ _ACTIVE_RUNS = (
     "SELECT id FROM campaign_runs WHERE campaign_id = $4 AND status IN ('running', 'paused')"
 )
 # The contact's zone name for LocalDue ('' when it is not a JSON string: the fallback).
-_TZ = f"coalesce(CASE WHEN jsonb_typeof(c.attributes::jsonb -> '{TZ_ATTRIBUTE}') = 'string' THEN c.attributes::jsonb ->> '{TZ_ATTRIBUTE}' END, '')"  # noqa: E501
 _CLAIM = """
 WITH claim AS (
     SELECT run_id, contact_id FROM campaign_recipients
@@ -65,27 +69,10 @@ SELECT c.id, c.owner, c.address, c.attributes::text, c.consent_status, c.consent
        c.consent_at, c.consent_ip, c.created_at, c.updated_at
 FROM leased l JOIN contacts c ON c.id = l.contact_id ORDER BY l.due_at, l.contact_id
 """
-Audience = tuple[str, tuple[object, ...]]
 
 
 def _campaign(row: Sequence[object]) -> Campaign:
     return Campaign(*row)  # type: ignore[arg-type]
-
-
-def _rows(status: str) -> int:
-    """The row count of an asyncpg command status ("UPDATE 3")."""
-    return int(status.rsplit(" ", 1)[-1])
-
-
-def list_audience_sql(owner: str, list_name: str) -> Audience:
-    """The subscribed members of ``owner``'s list as ``(contact_id, address)`` rows."""
-    sql = (
-        "SELECT c.id AS contact_id, c.address AS address FROM list_members m "
-        "JOIN contacts c ON c.id = m.contact_id "
-        "WHERE m.list_id = (SELECT id FROM lists WHERE owner = $1 AND name = $2) "
-        "AND m.status = 'subscribed' AND c.owner = $1"
-    )
-    return sql, (owner, list_name)
 
 
 class PgCampaignStore:
@@ -148,7 +135,7 @@ class PgCampaignStore:
         allowed = list(expect if expect is not None else PRIOR[status])
         run_status = {"paused": "paused", "running": "running", "cancelled": "cancelled"}
         async with self.db.transaction() as conn:
-            n = _rows(await conn.execute(
+            n = rows_of(await conn.execute(
                 "UPDATE campaigns SET status = $1, next_run_at = $2, updated_at = $3 "
                 "WHERE id = $4 AND status = ANY($5::text[])",
                 status, next_run_at, now, campaign_id, allowed,
@@ -188,7 +175,7 @@ class PgCampaignStore:
         False if an operator's action (or another node) got there first."""
         now = self._clock.now()
         async with self.db.transaction() as conn:
-            n = _rows(await conn.execute(
+            n = rows_of(await conn.execute(
                 "UPDATE campaigns SET status = 'failed', failure = $1, next_run_at = NULL, "
                 "updated_at = $2 WHERE id = $3 AND status = ANY($4::text[])",
                 reason[:500], now, campaign_id, list(PRIOR["failed"]),
@@ -207,23 +194,13 @@ class PgCampaignStore:
         """Move the pending rows of cancelled runs (of one campaign, or all) to
         ``cancelled``, ``limit`` rows per transaction until none is left; how many."""
         total = 0
-        while True:
-            async with self.db.transaction() as conn:
-                runs = await _cancelled_runs(conn, campaign_id, limit)
-                left = limit
-                for run_id in runs:
-                    left -= _rows(await conn.execute(
-                        "UPDATE campaign_recipients SET state = 'cancelled' WHERE run_id = $1 "
-                        "AND state = 'pending' AND contact_id IN (SELECT contact_id FROM "
-                        "campaign_recipients WHERE run_id = $1 AND state = 'pending' LIMIT $2 "
-                        "FOR UPDATE SKIP LOCKED)",
-                        run_id, left,
-                    ))  # fmt: skip
-                    if left <= 0:
-                        break
-            if not runs or left == limit:
-                return total
-            total += limit - left
+        while n := await self._cancel_batch(campaign_id, limit):
+            total += n
+        return total
+
+    async def _cancel_batch(self, campaign_id: int | None, limit: int) -> int:
+        async with self.db.transaction() as conn:
+            return await cancel_batch(conn, campaign_id, limit)
 
     async def begin_run(
         self, campaign: Campaign, fire_at: float, audience: Audience,
@@ -233,11 +210,9 @@ class PgCampaignStore:
         transaction; None when that fire already has a run or the campaign's status or
         next run changed since it was read (paused, cancelled, or started by another node).
         ``due_for`` gives a local-time run's rows their due time from the contact's zone."""
-        sql, params = audience
         now = self._clock.now()
-        n_par = len(params)
         async with self.db.transaction() as conn:
-            claimed = _rows(await conn.execute(
+            claimed = rows_of(await conn.execute(
                 "UPDATE campaigns SET status = 'running', next_run_at = $1, updated_at = $2 "
                 "WHERE id = $3 AND status = $4 AND next_run_at IS NOT DISTINCT FROM $5::float8",
                 next_run_at, now, campaign.id, campaign.status, campaign.next_run_at,
@@ -251,15 +226,7 @@ class PgCampaignStore:
             )  # fmt: skip
             if run_id is None:
                 return None
-            if due_for is None:
-                n = _rows(await conn.execute(
-                    "INSERT INTO campaign_recipients (run_id, contact_id, address) "
-                    f"SELECT ${n_par + 1}::bigint, a.contact_id, a.address FROM ({sql}) AS a "
-                    "ON CONFLICT DO NOTHING",
-                    *params, run_id,
-                ))  # fmt: skip
-            else:
-                n = await _local_snapshot(conn, run_id, audience, due_for)
+            n = await snapshot(conn, int(run_id), audience, due_for)
             await conn.execute("UPDATE campaign_runs SET audience = $1 WHERE id = $2", n, run_id)
         return Run(int(run_id), campaign.id, fire_at, "running", n, 0, 0)
 
@@ -290,7 +257,7 @@ class PgCampaignStore:
             for rows, state, col in ((queued, "queued", "queue_id"), (skipped, "skipped", "reason")):  # fmt: skip # noqa: E501
                 if not rows:
                     continue
-                n = _rows(await conn.execute(
+                n = rows_of(await conn.execute(
                     f"UPDATE campaign_recipients r SET state = '{state}', {col} = u.v "
                     "FROM unnest($2::bigint[], $3::text[]) AS u(cid, v) "
                     "WHERE r.run_id = $1 AND r.contact_id = u.cid AND r.state = 'pending'",
@@ -346,7 +313,7 @@ class PgCampaignStore:
                 "WHERE id = $1) FOR UPDATE",
                 run_id,
             )
-            n = _rows(await conn.execute(
+            n = rows_of(await conn.execute(
                 "UPDATE campaign_runs SET status = 'done', finished_at = $1 WHERE id = $2 "
                 f"AND status = 'running' AND NOT EXISTS ({waiting.replace('$1', '$2')})",
                 now, run_id,
@@ -381,52 +348,3 @@ class PgCampaignStore:
                 "OR (state = 'queued' AND next_attempt <= $1) LIMIT $2) AS d",
                 now, cap,
             ))  # fmt: skip
-
-
-async def _cancelled_runs(conn: Connection, campaign_id: int | None, limit: int) -> list[int]:
-    """Cancelled runs (of one campaign, or all) that still have pending rows."""
-    rows = await conn.fetch(
-        "SELECT id FROM campaign_runs WHERE status = 'cancelled' "
-        "AND ($1::bigint IS NULL OR campaign_id = $1) AND EXISTS (SELECT 1 FROM "
-        "campaign_recipients WHERE run_id = campaign_runs.id AND state = 'pending') LIMIT $2",
-        campaign_id, limit,
-    )  # fmt: skip
-    return [int(r[0]) for r in rows]
-
-
-async def _local_snapshot(
-    conn: Connection, run_id: int, audience: Audience, due_for: Callable[[object], float]
-) -> int:
-    """The snapshot of a local-time run: each row due at its contact's zone's instant,
-    computed in Python once per distinct zone name and joined in. A contact whose zone
-    changed between the two statements gets -1 first, then its own due time."""
-    sql, params = audience
-    n_par = len(params)
-    names = [
-        str(r[0])
-        for r in await conn.fetch(
-            f"SELECT DISTINCT {_TZ} FROM ({sql}) AS a JOIN contacts c ON c.id = a.contact_id",
-            *params,
-        )
-    ]
-    dues = [due_for(name or None) for name in names]
-    n = _rows(await conn.execute(
-        "INSERT INTO campaign_recipients (run_id, contact_id, address, due_at) "
-        f"SELECT ${n_par + 1}::bigint, a.contact_id, a.address, coalesce(z.due, -1) "
-        f"FROM ({sql}) AS a JOIN contacts c ON c.id = a.contact_id "
-        f"LEFT JOIN unnest(${n_par + 2}::text[], ${n_par + 3}::float8[]) AS z(name, due) "
-        f"ON z.name = {_TZ} ON CONFLICT DO NOTHING",
-        *params, run_id, names, dues,
-    ))  # fmt: skip
-    late: list[Any] = await conn.fetch(
-        f"SELECT r.contact_id, {_TZ} FROM campaign_recipients r JOIN contacts c "
-        "ON c.id = r.contact_id WHERE r.run_id = $1 AND r.due_at = -1",
-        run_id,
-    )
-    if late:
-        await conn.execute(
-            "UPDATE campaign_recipients r SET due_at = u.due FROM unnest($2::bigint[], "
-            "$3::float8[]) AS u(cid, due) WHERE r.run_id = $1 AND r.contact_id = u.cid",
-            run_id, [int(r[0]) for r in late], [due_for(str(r[1]) or None) for r in late],
-        )  # fmt: skip
-    return n
