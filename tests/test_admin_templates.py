@@ -8,7 +8,6 @@ from __future__ import annotations
 import email
 import json
 import re
-import sqlite3
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from tests.test_admin_api import base_url, make_config, stored_token
 
 def test_templates_over_the_admin_api(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
-    token = stored_token(cfg.database, "tests")
+    token = stored_token(cfg, "tests")
     with Daemon(cfg) as d:
         api = AdminClient(base_url(cfg), token)
         assert api.ok("GET", "/api/v1/templates") == {"templates": []}
@@ -64,14 +63,13 @@ def test_templates_over_the_admin_api(tmp_path: Path) -> None:
         gone = api.ok("DELETE", f"/api/v1/templates/{tid}")
         assert gone == {"id": tid, "name": "welcome", "deleted": True}
         assert api.delete(f"/api/v1/templates/{tid}").status == 404
-    with sqlite3.connect(cfg.database) as c:
-        assert c.execute("SELECT COUNT(*) FROM template_versions").fetchone() == (0,)
+    assert cfg.query("SELECT COUNT(*) FROM template_versions") == [(0,)]
 
 
 def test_send_api_renders_the_active_stored_version(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
     cfg.set("api", listen=f"127.0.0.1:{free_port()}")
-    token = stored_token(cfg.database, "tests")
+    token = stored_token(cfg, "tests")
     with Daemon(cfg) as d:
         assert d.cli("user", "add", "app", "--domain", "example.com", "--password-stdin",
                      input=b"correct horse battery\n").returncode == 0  # fmt: skip
@@ -91,8 +89,7 @@ def test_send_api_renders_the_active_stored_version(tmp_path: Path) -> None:
         )  # fmt: skip
         with urllib.request.urlopen(req, timeout=15) as r:
             assert r.status == 202
-    with sqlite3.connect(cfg.database) as c:
-        (raw,) = c.execute("SELECT body FROM messages").fetchone()
+    [(raw,)] = cfg.query("SELECT body FROM messages")
     msg = email.message_from_bytes(raw)
     assert msg["Subject"] == "S2 Ann"
     assert "T2 Ann" in msg.get_payload(decode=True).decode()

@@ -8,6 +8,7 @@ import smtplib
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mtaserver.config.reader import Reader
@@ -209,6 +210,7 @@ def _expose(metrics: Metrics) -> str:
 
 
 # -- against the daemon ---------------------------------------------------------------------------
+@pytest.mark.pg_pending("db-commit-metric")
 def test_metrics_endpoint_moves_with_a_scenario(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
     with Daemon(cfg) as d:
@@ -229,7 +231,7 @@ def test_metrics_endpoint_moves_with_a_scenario(tmp_path: Path) -> None:
                           b"From: app@example.com\r\nSubject: m\r\n\r\nbody\r\n")  # fmt: skip
         # ... and two held back (received "later"), queued through the spool directly.
         ids = enqueue(
-            cfg.database,
+            cfg,
             ("a@example.com", ["r1@one.test", "r2@one.test"]),
             ("a@example.com", ["r3@two.test"]),
         )
@@ -245,7 +247,7 @@ def test_metrics_endpoint_moves_with_a_scenario(tmp_path: Path) -> None:
 
         api.ok("POST", f"/api/v1/queue/{ids[0]}/hold")
         now = time.time()
-        emit(cfg.database,
+        emit(cfg,
              Event("delivered", now, ids[1], "r3@two.test", (("delay", 0.5),)),
              Event("open", now, ids[1], "r3@two.test"))  # fmt: skip
         later = scrape()
@@ -286,6 +288,7 @@ def test_metrics_without_token_when_configured(tmp_path: Path) -> None:
         assert api.get("/api/v1/queue", token=create_token(d, "t")).status == 200
 
 
+@pytest.mark.pg_pending("suppression-cli")
 def test_suppressed_recipients_count_rejected_and_dropped_apart(tmp_path: Path) -> None:
     """A suppressed RCPT refused with 550 counts as action="rejected"; after a SIGHUP to
     accept-and-drop, the same address accepted and dropped counts as action="dropped"."""

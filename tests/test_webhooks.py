@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -237,23 +236,18 @@ def test_no_loss_across_a_daemon_restart(tmp_path: Path) -> None:
     ]  # fmt: skip
     with Daemon(cfg) as d:
         # Another process writes events (as the CLI would); the trigger queues them.
-        conn = sqlite3.connect(cfg.database, isolation_level=None)
-        conn.execute("PRAGMA synchronous=FULL")
         for i in range(30):
-            conn.execute(
+            cfg.query(
                 "INSERT INTO events(at, type, queue_id, recipient, data) VALUES (?,?,?,?,?)",
-                (1000.0 + i, "delivered", f"Q{i % 3}", f"r{i}@x.example", f'{{"n": {i}}}'),
-            )
+                1000.0 + i, "delivered", f"Q{i % 3}", f"r{i}@x.example", f'{{"n": {i}}}',
+            )  # fmt: skip
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            tried = conn.execute(
-                "SELECT count(*) FROM webhook_outbox WHERE attempts > 0"
-            ).fetchone()[0]
+            tried = cfg.query("SELECT count(*) FROM webhook_outbox WHERE attempts > 0")[0][0]
             if tried >= 3:  # each message's head was refused at least once
                 break
             time.sleep(0.05)
         assert tried >= 3, d.log()
-        conn.close()
     assert "event=webhook_deferred" in d.log()
     status = d.cli("webhooks", "status")  # the operator's view while it is down
     assert status.returncode == 0, status.stderr
@@ -270,8 +264,7 @@ def test_no_loss_across_a_daemon_restart(tmp_path: Path) -> None:
     for q in ("Q0", "Q1", "Q2"):
         ns = [e["data"]["n"] for e in received if e["queue_id"] == q]
         assert ns == sorted(ns)
-    conn = sqlite3.connect(cfg.database)
-    assert conn.execute("SELECT count(*) FROM webhook_outbox").fetchone()[0] == 0
+    assert cfg.query("SELECT count(*) FROM webhook_outbox") == [(0,)]
 
 
 def test_webhook_config(tmp_path: Path) -> None:

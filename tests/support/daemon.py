@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -19,6 +20,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -154,17 +157,73 @@ class TestConfig:
             )
         return Path(self.data["server"]["data_dir"]) / "mtaserver.db"
 
+    def stored_bytes(self) -> bytes:
+        """Everything the daemon stored, as bytes to scan for what must never be stored:
+        the SQLite file and its WAL, or a data-only ``pg_dump`` of its database."""
+        storage = self.data.get("storage", {})
+        if storage.get("backend") == "postgresql":
+            password = Path(storage["password_file"]).read_text().strip()
+            return pgsuite.dump(storage["dsn"], password)
+        return database_bytes(self.database)
+
     def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
-        """Read the daemon's database, either backend (SQLite-style ``?`` placeholders)."""
+        """Read (or write, as another process would) the daemon's database, either backend;
+        SQLite-style ``?`` placeholders."""
         storage = self.data.get("storage", {})
         if storage.get("backend") == "postgresql":
             password = Path(storage["password_file"]).read_text().strip()
             return pgsuite.query(storage["dsn"], password, sql, args)
-        conn = sqlite3.connect(self.database)  # WAL: safe while the daemon runs
+        # WAL: safe while the daemon runs; autocommit, so a test's INSERT is there at once
+        conn = sqlite3.connect(self.database, isolation_level=None)
         try:
             return conn.execute(sql, args).fetchall()
         finally:
             conn.close()
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The owners a daemon of ``config`` uses, opened in the test's process (either backend):
+    for tests that seed or inspect what the daemon stores through the real owners."""
+
+    spool: Any  # Spool | PgQueue
+    events: Any  # EventLog | PgEventLog
+    tokens: Any  # TokenStore | PgTokenStore
+
+
+@contextlib.asynccontextmanager
+async def open_stores(config: TestConfig) -> AsyncIterator[Stores]:
+    storage = config.data.get("storage", {})
+    if storage.get("backend") == "postgresql":
+        from mtaserver.config.storage import PostgresConfig
+        from mtaserver.storage.postgres.db import PgDatabase
+        from mtaserver.storage.postgres.events import PgEventLog
+        from mtaserver.storage.postgres.queue import PgQueue
+        from mtaserver.storage.postgres.tokens import PgTokenStore
+
+        pg = PgDatabase(
+            PostgresConfig(
+                dsn=storage["dsn"], password_file=Path(storage["password_file"]), tls="disable",
+                pool_size=2,
+            )
+        )  # fmt: skip
+        await pg.open()
+        try:
+            yield Stores(PgQueue(pg, "test"), PgEventLog(pg), PgTokenStore(pg))
+        finally:
+            await pg.close()
+        return
+    from mtaserver.storage.sqlite.db import Database
+    from mtaserver.storage.sqlite.events import EventLog
+    from mtaserver.storage.sqlite.queue import Spool
+    from mtaserver.storage.sqlite.tokens import TokenStore
+
+    db = Database(config.database)
+    await db.open()
+    try:
+        yield Stores(Spool(db), EventLog(db), TokenStore(db))
+    finally:
+        await db.close()
 
 
 class Daemon:

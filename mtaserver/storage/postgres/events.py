@@ -159,11 +159,14 @@ class PgEventLog:
         return [(str(r[0]), r[1], str(r[2])) for r in rows]
 
     async def prune_events(self, before: float, limit: int) -> int:
-        """Retention: delete up to ``limit`` events older than ``before``."""
+        """Retention: delete up to ``limit`` events older than ``before``, except those a
+        webhook has yet to deliver (at least once wins, as on SQLite: a row whose event is
+        gone could never be sent)."""
         async with self.db.transaction() as conn:
             status = await conn.execute(
-                "DELETE FROM events WHERE id IN "
-                "(SELECT id FROM events WHERE at < $1 ORDER BY id LIMIT $2)",
+                "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.at < $1 "
+                "AND NOT EXISTS (SELECT 1 FROM webhook_outbox o WHERE o.event_id = e.id "
+                "AND o.state IN ('pending', 'waiting')) ORDER BY e.id LIMIT $2)",
                 before,
                 limit,
             )
