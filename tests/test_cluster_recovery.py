@@ -42,10 +42,10 @@ class Nodes:
         self.made: list[SharedShaping] = []
         self.probe = ShapingScripts(aioredis.Redis(port=redis.port, decode_responses=True), PREFIX)
 
-    def node(self, name: str) -> SharedShaping:
+    def node(self, name: str, lease: float = LEASE) -> SharedShaping:
         cfg = ClusterConfig(
             node_id=name, nodes=2, redis=RedisTarget("127.0.0.1", self.redis.port, 0, False),
-            timeout=0.2, lease=LEASE, reconnect=TICK,
+            timeout=0.2, lease=lease, reconnect=TICK,
         )  # fmt: skip
         dest = DestinationConfig(D, LimitOverrides(max_connections=LIMIT))
         shaper = Shaper(ShapingConfig(destinations=(dest,), builtin=False), self.clock)
@@ -99,32 +99,35 @@ async def nodes(redis: RedisServer) -> AsyncIterator[Nodes]:
         await ns.close()
 
 
-async def degrade(ns: Nodes, *names: SharedShaping) -> None:
-    """Redis killed; each node opens its share alone; Redis back, empty."""
+async def degrade(ns: Nodes, *names: SharedShaping, outage: float = 0.0) -> None:
+    """Redis killed; each node opens its share alone; ``outage`` s later Redis is back,
+    empty."""
     ns.redis.stop(kill=True)
     for n in names:
         assert [await n.acquire(D) for _ in range(3)] == [None, None, BLOCKED]
         assert not n.redis_up
+    await asyncio.sleep(outage)  # Redis's own clock moves on: the marks' age is real
     ns.redis.start()
 
 
 async def test_a_late_peer_keeps_the_other_at_its_share_until_it_registered(
     nodes: Nodes,
 ) -> None:
-    a, b = nodes.node("a"), nodes.node("b")
+    lease = 1.5  # shorter than the outage below, in Redis's (real) time
+    a, b = nodes.node("a", lease), nodes.node("b", lease)
     await a.start()
     await b.start()
     nodes.run("a", a)
     nodes.run("b", b)
     await nodes.until(lambda: a.peers() == ["b"] and b.peers() == ["a"])
     nodes.pause("b")  # B's reconnect is late: its loop does not run
-    await degrade(nodes, a, b)
+    await degrade(nodes, a, b, outage=lease + 0.3)
     await nodes.until(lambda: a.redis_up)
     assert a.in_grace
     assert await nodes.probe.active(D) == 2  # A's, registered; B's 2 unknown to Redis
     # Long past the old fixed grace (2 * reconnect + timeout = 0.6 s): still A's share,
     # where Redis alone would grant A two more and the MX would see 6 for a limit of 4.
-    await nodes.elapse(5.0)
+    await nodes.elapse(0.8)
     assert a.in_grace
     assert await a.acquire(D) == BLOCKED
     await a.release(D)

@@ -10,10 +10,10 @@ a limit of 5, after a fixed grace had run out before the slowest node reconnecte
 So the grace is not a timer but a condition. Each node, while up, writes a *mark* into
 Redis ("every connection I hold is a lease") at each tick, only after registering what it
 opened alone. Back from degraded at Redis time T, a node keeps its ``limit / nodes`` share
-until every peer it knew before the outage (a mark within the last ``lease``) has marked
-after T, or, when it knew none (Redis was down at its start), until ``nodes - 1`` other
-nodes have; at the latest after ``lease`` seconds, the time after which the cluster already
-treats a silent node's connections as gone.
+until every peer it knew before the outage (a mark within ``lease`` of its last read
+before it) has marked after T, or, when it knew none (Redis was down at its start),
+until ``nodes - 1`` other nodes have; at the latest after ``lease`` seconds, the time
+after which the cluster already treats a silent node's connections as gone.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class Grace:
         self._lease = lease
         self._clock = clock
         self._peers: dict[str, int] = {}  # other nodes' last marks, Redis ms
+        self._read_ms = 0  # Redis ms of the last answer (before an outage: its last)
         self._since = 0  # Redis ms this node came back; 0: no grace running
         self._expect: frozenset[str] | None = None  # None: peers unknown, count them
         self._deadline = 0.0  # monotonic
@@ -48,7 +49,7 @@ class Grace:
     def begin(self, now_ms: int, *, known: bool) -> None:
         """Redis answers again at ``now_ms``: wait for the peers known before the outage
         (``known``: this node had read the marks at least once), else for ``nodes - 1``."""
-        recent = now_ms - int(self._lease * 1000)
+        recent = self._read_ms - int(self._lease * 1000)  # alive when Redis went away
         peers = frozenset(p for p, ms in self._peers.items() if ms >= recent)
         self._expect = peers if known else None
         self._since = max(1, now_ms)
@@ -56,8 +57,9 @@ class Grace:
         self._deadline = self._started + self._lease
         self._check()
 
-    def observe(self, marks: Mapping[str, int]) -> None:
+    def observe(self, now_ms: int, marks: Mapping[str, int]) -> None:
         """A sync's answer: remember the peers' marks; end the grace once they suffice."""
+        self._read_ms = max(self._read_ms, now_ms)
         for node, ms in marks.items():
             if node != self._node_id:
                 self._peers[node] = ms

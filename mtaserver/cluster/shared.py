@@ -99,7 +99,7 @@ class SharedShaping:
         if self._up is False:
             self._grace.begin(marks.now_ms, known=self._known)
         self._known = True
-        self._grace.observe(marks.marks)
+        self._grace.observe(marks.now_ms, marks.marks)
         self._up = True
 
     async def _sync(self) -> Marks:
@@ -160,7 +160,8 @@ class SharedShaping:
                             self.calls += 1
                             await self._scripts.renew(dest, ids, self._cfg.lease)
                 if not self._unregistered:  # the mark says so: only when it is true
-                    self._grace.observe((await self._sync()).marks)
+                    marks = await self._sync()
+                    self._grace.observe(marks.now_ms, marks.marks)
             except RedisDown as exc:
                 self._down(exc)
 
