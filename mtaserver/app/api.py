@@ -12,30 +12,36 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from mtaserver.api import ApiDeps, ApiServer, NoTemplates, TemplateSource, build_api_app
-from mtaserver.api.deps import Batches, Intake, Keys
-from mtaserver.app.bearer import KeysOrTokens
 from mtaserver.app.mail import MailParts, _track_defaults
 from mtaserver.app.service import Service, SimpleService
 from mtaserver.config import Config
 from mtaserver.log import get_logger, kv
-from mtaserver.oauth import CurrentVerifier
 from mtaserver.pipeline import Pipeline
-from mtaserver.sendapi import Limits
-from mtaserver.storage.sqlite.apikeys import ApiKeyStore
-from mtaserver.storage.sqlite.contacts import ContactStore
-from mtaserver.storage.sqlite.idempotency import ApiIntake
-from mtaserver.storage.sqlite.journeys import JourneyStore
-from mtaserver.storage.sqlite.optin import OptInStore
 from mtaserver.storage.sqlite.queue import new_queue_id
+
+if TYPE_CHECKING:  # the API's own modules load in api_service, when [api] listen is set
+    from mtaserver.api import TemplateSource
+    from mtaserver.api.deps import Batches, CampaignStores, Intake, Keys
+    from mtaserver.sendapi import Limits
+    from mtaserver.storage.sqlite.activity import ActivityStore
+    from mtaserver.storage.sqlite.contacts import ContactStore
+    from mtaserver.storage.sqlite.journeys import JourneyStore
+    from mtaserver.storage.sqlite.optin import OptInStore
+    from mtaserver.storage.sqlite.segments import SegmentStore
+
+    class PurgingIntake(Intake, Protocol):
+        async def purge(self, before: float, limit: int = 10_000) -> int: ...
+
 
 log = get_logger("app")
 PURGE_EVERY = 3600.0  # seconds between deletes of expired idempotent answers
 
 
 def api_limits(cfg: Config) -> Limits:
+    from mtaserver.sendapi import Limits  # the send API's modules: [api] only
+
     a = cfg.api
     return Limits(
         max_personalizations=a.max_personalizations,
@@ -45,14 +51,10 @@ def api_limits(cfg: Config) -> Limits:
     )
 
 
-class PurgingIntake(Intake, Protocol):
-    async def purge(self, before: float, limit: int = 10_000) -> int: ...
-
-
 @dataclass(frozen=True)
 class ApiStores:
     """The API's own stores on the node's backend (SQLite's unless given: a PostgreSQL node
-    passes its owners, and no contacts, which are not on PostgreSQL yet)."""
+    passes its owners, cast to the SQLite types they mirror)."""
 
     keys: Keys
     intake: PurgingIntake
@@ -60,9 +62,20 @@ class ApiStores:
     contacts: ContactStore | None = None
     journeys: JourneyStore | None = None
     optin: OptInStore | None = None
+    # A PostgreSQL node's segments, timelines and campaigns (SQLite's: on the contacts' db).
+    segments: SegmentStore | None = None
+    activity: ActivityStore | None = None
+    campaigns: CampaignStores | None = None
 
 
 def _sqlite_stores(parts: MailParts) -> ApiStores:
+    # The API's own stores (contacts, journeys, opt-in): built only for [api] listen.
+    from mtaserver.storage.sqlite.apikeys import ApiKeyStore
+    from mtaserver.storage.sqlite.contacts import ContactStore
+    from mtaserver.storage.sqlite.idempotency import ApiIntake
+    from mtaserver.storage.sqlite.journeys import JourneyStore
+    from mtaserver.storage.sqlite.optin import OptInStore
+
     db, clock = parts.spool.db, parts.clock
     return ApiStores(ApiKeyStore(db, clock), ApiIntake(db, parts.spool), parts.spool,
                      ContactStore(db, clock), JourneyStore(db, clock), OptInStore(db))  # fmt: skip
@@ -100,6 +113,11 @@ def api_service(
     a = cfg.api
     if a.listen is None:
         return None
+    # aiohttp, PyJWT and the API's modules: loaded only by a daemon that serves the API.
+    from mtaserver.api import ApiDeps, ApiServer, NoTemplates, build_api_app
+    from mtaserver.app.bearer import KeysOrTokens
+    from mtaserver.oauth import CurrentVerifier
+
     clock = parts.clock
     st = stores or _sqlite_stores(parts)
     current = _Current(cfg, _pipeline(cfg, parts), api_limits(cfg))
@@ -125,6 +143,9 @@ def api_service(
         journeys=st.journeys,
         optin_nudge=optin_nudge or (lambda: None),
         optin=st.optin,
+        segments=st.segments,
+        activity=st.activity,
+        campaigns=st.campaigns,
     )
     ssl_context = cfg.tls.server_context() if a.tls else None
     server = ApiServer(build_api_app(deps), ssl_context)

@@ -21,7 +21,6 @@ from typing import cast
 
 import uvloop
 
-from mtaserver.app.pgwiring import node_id, wire_postgres
 from mtaserver.app.service import Service
 from mtaserver.app.wiring import Base, Wiring, wire
 from mtaserver.clock import Clock, SystemClock
@@ -33,8 +32,6 @@ from mtaserver.errors import ConfigError, MtaError, StorageError
 from mtaserver.keyfiles import load_checked
 from mtaserver.log import get_logger, kv, set_level, setup_logging
 from mtaserver.notify import Notifier
-from mtaserver.storage.postgres.db import PgDatabase
-from mtaserver.storage.postgres.queue import PgQueue
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.queue import Spool
 from mtaserver.supervisor import first_fatal, supervise
@@ -61,6 +58,8 @@ class App:
     async def run(self) -> None:
         cfg = self.config
         if cfg.storage.backend == "postgresql":
+            from mtaserver.app.pgwiring import node_id  # asyncpg and co.: PostgreSQL nodes only
+
             # Several nodes share the database; one process per node id on this host.
             with _exclusive(cfg.server.data_dir / f"node-{node_id(cfg)}.lock"):
                 await self._run_with_pg(cfg)
@@ -69,6 +68,10 @@ class App:
             await self._run_with_db(cfg)
 
     async def _run_with_pg(self, cfg: Config) -> None:
+        from mtaserver.app.pgwiring import node_id, wire_postgres  # not loaded on SQLite
+        from mtaserver.storage.postgres.db import PgDatabase
+        from mtaserver.storage.postgres.queue import PgQueue
+
         assert cfg.storage.postgres is not None  # config: backend = "postgresql" sets it
         db = PgDatabase(cfg.storage.postgres)
         applied = await db.open()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mtaserver.app.service import Service, SimpleService
 from mtaserver.auth import Authenticator, AuthThrottle
@@ -22,12 +23,10 @@ from mtaserver.diskspace import FreeSpace
 from mtaserver.dkim import DkimSigner, KeySet
 from mtaserver.dkim.keys import load_keyset
 from mtaserver.errors import MtaError
-from mtaserver.inbound import BounceProcessor, InboundHandler, InboundServer
 from mtaserver.log import get_logger, kv
 from mtaserver.metrics import Agent, Metrics
 from mtaserver.model import Route
 from mtaserver.mx import DnsResolver
-from mtaserver.oauth import BearerAuthenticator, TokenVerifier
 from mtaserver.pipeline import Pipeline, TrackingOptions
 from mtaserver.scheduler import Scheduler, SyncBounce
 from mtaserver.scheduler.ports import SharedLimits
@@ -36,9 +35,12 @@ from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.storage.sqlite.users import UserStore
 from mtaserver.submission import RateLimiter, SubmissionHandler, SubmissionServer
-from mtaserver.tracking.mailto import MailUnsubscribe
-from mtaserver.tracking.tracker import Tracker
 from mtaserver.verp import Verp
+
+if TYPE_CHECKING:  # built by wiring only when [oauth] / [tracking] are on
+    from mtaserver.oauth import BearerAuthenticator
+    from mtaserver.tracking.mailto import MailUnsubscribe
+    from mtaserver.tracking.tracker import Tracker
 
 log = get_logger("app")
 
@@ -167,6 +169,8 @@ def _bearer(cfg: Config, parts: MailParts) -> BearerAuthenticator | None:
     """SMTP AUTH OAUTHBEARER/XOAUTH2 when ``[oauth]`` has issuers."""
     if not cfg.oauth.enabled:
         return None
+    from mtaserver.oauth import BearerAuthenticator, TokenVerifier  # PyJWT: [oauth] only
+
     return BearerAuthenticator(TokenVerifier(cfg.oauth, parts.clock), parts.users)
 
 
@@ -343,6 +347,8 @@ def inbound_service(
     inbound = cfg.inbound
     if inbound.listen is None or not inbound.bounce_domain or verp is None:
         return SimpleService("suppression", on_run=purge)
+    from mtaserver.inbound import BounceProcessor, InboundHandler, InboundServer  # port 25 only
+
     processor = BounceProcessor(
         spool, suppressions, verp, inbound.bounce_domain, clock, inbound.parse_timeout
     )
