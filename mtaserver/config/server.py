@@ -21,6 +21,8 @@ class ServerConfig:
     drain_timeout: float  # how long SIGTERM waits for SMTP transactions in progress
     # Submission worker processes (mtaserver.workers): 1 = everything in one process.
     workers: int = 1
+    # How long a (re)started worker may take to report ready before it is killed (-9).
+    worker_start_timeout: float = 60.0
 
 
 def parse(r: Reader) -> ServerConfig:
@@ -35,6 +37,7 @@ def parse(r: Reader) -> ServerConfig:
         secret_file=r.path("secret_file", None) or data_dir / "secret.key",
         drain_timeout=r.duration("drain_timeout", 30.0),
         workers=_workers(r),
+        worker_start_timeout=r.duration("worker_start_timeout", 60.0),
     )
     r.finish()
     return cfg

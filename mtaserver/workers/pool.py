@@ -44,7 +44,7 @@ from mtaserver.workers.frames import Frame, FrameError
 
 log = get_logger("workers")
 
-READY_TIMEOUT = 60.0  # a fresh interpreter imports, opens the database, loads keys, binds
+READY_TIMEOUT = 60.0  # how long a SIGHUP'd worker may take to answer
 RATE_LIMITED = "451 4.7.1 Message rate limit exceeded, try again later"
 
 
@@ -192,20 +192,30 @@ class WorkerPool:
         log.info(kv(event="worker_started", worker=slot.index, pid=slot.proc.pid))
 
     async def _wait_ready(self, slot: _Slot) -> None:
+        """Until the worker reports READY; one that exits or hangs first is an MtaError,
+        and one that hangs (a certificate on a stuck mount, a lock) is killed with -9."""
         assert slot.proc is not None
+        timeout = self.cfg.server.worker_start_timeout
         ready = asyncio.create_task(slot.ready.wait())
         exited = asyncio.create_task(slot.proc.wait())
-        await asyncio.wait({ready, exited}, timeout=READY_TIMEOUT,
+        await asyncio.wait({ready, exited}, timeout=timeout,
                            return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
         ready.cancel()
         exited.cancel()
-        if not slot.ready.is_set():
-            code = slot.proc.returncode
-            raise MtaError(
-                f"submission worker {slot.index} "
-                + (f"exited with {code}" if code is not None else "did not become ready")
-                + " during start (see its log lines above)"
-            )
+        if slot.ready.is_set():
+            return
+        code = slot.proc.returncode
+        if code is None:
+            log.error(kv(event="worker_start_timeout", worker=slot.index, pid=slot.proc.pid,
+                         seconds=timeout))  # fmt: skip
+            with contextlib.suppress(ProcessLookupError):
+                slot.proc.kill()
+        raise MtaError(
+            f"submission worker {slot.index} "
+            + (f"exited with {code}" if code is not None else
+               f"did not report ready within {timeout:g}s (server.worker_start_timeout)")
+            + " during start (see its log lines above)"
+        )  # fmt: skip
 
     async def _keep(self, slot: _Slot) -> None:
         """Restart the worker whenever it dies, with a doubling back-off."""
@@ -234,7 +244,7 @@ class WorkerPool:
             await self._spawn(slot)
             try:
                 await self._wait_ready(slot)
-            except MtaError as exc:
+            except MtaError as exc:  # it exited, or hung and was killed: back to the wait
                 log.error(kv(event="worker_restart_failed", worker=slot.index, error=str(exc)))
                 continue
             log.info(kv(event="worker_restarted", worker=slot.index, pid=slot.proc.pid,

