@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sqlite3
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -86,11 +85,7 @@ async def test_daemon_oauth_submission(tmp_path: Path, issuer: Issuer) -> None:
     assert "event=auth_ok mech=XOAUTH2 user=app" in log
     assert "event=auth_failed mech=XOAUTH2" in log and "reason=" in log
     assert token not in log and token.split(".")[2] not in log
-    conn = sqlite3.connect(cfg.database)
-    try:
-        users = {r[0] for r in conn.execute("SELECT user FROM messages WHERE id=?", (queue_id,))}
-    finally:
-        conn.close()
+    users = {r[0] for r in cfg.query('SELECT "user" FROM messages WHERE id=?', queue_id)}
     assert users == {"app"}
 
 
