@@ -9,13 +9,9 @@ import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from mtaserver.admin.deps import AdminDeps
-from mtaserver.admin.routes import AdminApi
-from mtaserver.admin.server import AdminServer, build_web_app
 from mtaserver.app.service import Service, SimpleService
-from mtaserver.auth import hash_password
 from mtaserver.clock import Clock
 from mtaserver.config import Config
 from mtaserver.crypto import codec_for
@@ -25,25 +21,19 @@ from mtaserver.dkim import DkimSigner
 from mtaserver.errors import ConfigError
 from mtaserver.log import get_logger, kv
 from mtaserver.metrics import Metrics
-from mtaserver.oauth import CurrentVerifier
 from mtaserver.storage.sqlite.db import Database
-from mtaserver.storage.sqlite.events import EventLog
-from mtaserver.storage.sqlite.outreach_stats import OutreachStats
-from mtaserver.storage.sqlite.privacy import SqlitePrivacy
 from mtaserver.storage.sqlite.queue import Spool
-from mtaserver.storage.sqlite.reports import Reports
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
-from mtaserver.storage.sqlite.templates import TemplateStore
-from mtaserver.storage.sqlite.tokens import TokenInfo, TokenStore
 from mtaserver.storage.sqlite.users import UserStore
-from mtaserver.tracking.bots import BotDetector, load_rules
-from mtaserver.tracking.mailto import MailUnsubscribe
-from mtaserver.tracking.preferences import ConsentPages
-from mtaserver.tracking.privacy import IpPrivacy
-from mtaserver.tracking.recorder import Recorder, TrackingStore
-from mtaserver.tracking.tokens import TokenCodec, load_secrets
-from mtaserver.tracking.tracker import Tracker
-from mtaserver.tracking.web import TrackingWeb
+
+if TYPE_CHECKING:  # tracking and the admin API load in their builders, when configured
+    from mtaserver.admin.deps import AdminDeps
+    from mtaserver.storage.sqlite.tokens import TokenInfo
+    from mtaserver.tracking.mailto import MailUnsubscribe
+    from mtaserver.tracking.preferences import ConsentPages
+    from mtaserver.tracking.recorder import Recorder, TrackingStore
+    from mtaserver.tracking.tokens import TokenCodec
+    from mtaserver.tracking.tracker import Tracker
 
 log = get_logger("app")
 METRICS_TAIL_EVERY = 10.0  # seconds between event-log tails for metrics
@@ -119,6 +109,14 @@ def build_tracking(
     t = cfg.tracking
     if t.base_url is None or t.secret_file is None:
         return None
+    # Link signing, bot rules and the recorder: loaded only with [tracking] base_url.
+    from mtaserver.tracking.bots import BotDetector, load_rules
+    from mtaserver.tracking.mailto import MailUnsubscribe
+    from mtaserver.tracking.privacy import IpPrivacy
+    from mtaserver.tracking.recorder import Recorder
+    from mtaserver.tracking.tokens import TokenCodec, load_secrets
+    from mtaserver.tracking.tracker import Tracker
+
     if not t.secret_file.exists():
         write_private(t.secret_file, secrets.token_bytes(32).hex().encode() + b"\n")
     try:
@@ -150,6 +148,12 @@ def tracking_service(
     recorder = parts.recorder
     if t.listen is None or recorder is None or t.secret_file is None:
         return None
+    # The endpoint's aiohttp app: loaded only with [tracking] listen.
+    from mtaserver.tracking.bots import BotDetector, load_rules
+    from mtaserver.tracking.privacy import IpPrivacy
+    from mtaserver.tracking.tokens import load_secrets
+    from mtaserver.tracking.web import TrackingWeb
+
     secret_file = t.secret_file  # restart-only, like base_url
     codec = parts.codec
     web = TrackingWeb(
@@ -204,6 +208,16 @@ def admin_service(cfg: Config, parts: AdminParts, current: Callable[[], Config])
     a = cfg.admin
     if a.listen is None:
         return None
+    # The admin API's stores: loaded only with [admin] listen.
+    from mtaserver.admin.deps import AdminDeps
+    from mtaserver.auth import hash_password
+    from mtaserver.storage.sqlite.events import EventLog
+    from mtaserver.storage.sqlite.outreach_stats import OutreachStats
+    from mtaserver.storage.sqlite.privacy import SqlitePrivacy
+    from mtaserver.storage.sqlite.reports import Reports
+    from mtaserver.storage.sqlite.templates import TemplateStore
+    from mtaserver.storage.sqlite.tokens import TokenStore
+
     db, metrics = parts.db, parts.metrics
     deps = AdminDeps(
         privacy=SqlitePrivacy(db),
@@ -230,6 +244,11 @@ def serve_admin(
     """The admin API and /metrics over ``deps`` on ``[admin] listen`` (either backend)."""
     a = cfg.admin
     assert a.listen is not None
+    # aiohttp, PyJWT and the admin routes: loaded only by a daemon that serves them.
+    from mtaserver.admin.routes import AdminApi
+    from mtaserver.admin.server import AdminServer, build_web_app
+    from mtaserver.oauth import CurrentVerifier
+
     metrics, clock = deps.metrics, deps.clock
     open_paths = frozenset({"/metrics"}) if a.metrics_auth == "none" else frozenset()
     oauth = CurrentVerifier(cfg.oauth, clock)  # JWT bearers with admin.* scopes
