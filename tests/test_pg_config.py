@@ -118,14 +118,8 @@ async def test_password_file_logs_in_and_a_wrong_one_is_a_storage_error(
         await PgDatabase(bad).open()
 
 
-@pytest.mark.parametrize(
-    ("extra", "key"),
-    [
-        ("[server]\nworkers = 2\n", "server.workers"),
-    ],
-)
-def test_what_is_not_ported_is_refused_naming_the_key(tmp_path: Path, extra: str, key: str) -> None:
-    text = f'[storage]\nbackend = "postgresql"\ndsn = "postgresql://u@h/db"\n{extra}'
-    msg = error_of(text, tmp_path)
-    assert f'{key}: not yet supported with storage.backend = "postgresql"' in msg
-    assert "supported so far: SMTP submission" in msg
+def test_worker_processes_are_accepted_on_postgresql(tmp_path: Path) -> None:
+    """server.workers > 1 was refused on PostgreSQL until workers read it (workers.pgchild);
+    tests/test_pg_workers.py runs such a node."""
+    text = '[storage]\nbackend = "postgresql"\ndsn = "postgresql://u@h/db"\n[server]\nworkers = 2\n'
+    assert parse_config(text, tmp_path / "a.toml").server.workers == 2

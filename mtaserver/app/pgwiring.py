@@ -3,7 +3,7 @@
 SMTP submission → pipeline → the shared queue → scheduler → delivery → events and
 suppressions, every store over the cluster's database; several nodes run this against one
 database, the HTTP send API, the admin API, webhooks and tracking (``app.pgops``). What
-is not ported yet (worker processes, contacts and their consent pages, privacy requests)
+is not ported yet (contacts and their consent pages, privacy requests)
 is refused at config check
 (``config.storage.check_postgres``), so nothing here falls back to SQLite.
 
@@ -41,7 +41,7 @@ from mtaserver.app.pgops import (
     pg_webhooks_service,
 )
 from mtaserver.app.service import Service
-from mtaserver.app.wiring import Wiring
+from mtaserver.app.wiring import Wiring, workers_service
 from mtaserver.clock import Clock
 from mtaserver.config import Config
 from mtaserver.config.cluster import default_node_id
@@ -131,8 +131,9 @@ def wire_postgres(
     # trigger steps: every node's runner claims the due steps it fires (each sent once)
     journeys = PgJourneyStore(db, clock, node=node_id(cfg))
     services.append(pg_journeys_service(cfg, mail, journeys))
-    if sub.listen or sub.listen_tls or sub.listen_plain:
-        services.append(submission_service(cfg, mail))
+    if sub.listen or sub.listen_tls or sub.listen_plain:  # workers commit through this process
+        one = cfg.server.workers == 1
+        services.append(submission_service(cfg, mail) if one else workers_service(cfg, mail))
     # The HTTP send API: keys, idempotent answers, batches and templates in the cluster's
     # database, so a key made on one node sends through any; no contacts routes yet.
     api = api_service(

@@ -149,7 +149,7 @@ def wire(cfg: Config, base: Base, current: Callable[[], Config]) -> Wiring:
     services.append(campaigns_service(cfg, mail))  # campaign runs, fed into the queue
     if sub.listen or sub.listen_tls or sub.listen_plain:
         services.append(
-            submission_service(cfg, mail) if cfg.server.workers == 1 else _workers(cfg, mail)
+            submission_service(cfg, mail) if cfg.server.workers == 1 else workers_service(cfg, mail)
         )
     optin = optin_service(cfg, mail, tracking.codec) if consent and tracking else None
     if optin is not None:
@@ -161,7 +161,7 @@ def wire(cfg: Config, base: Base, current: Callable[[], Config]) -> Wiring:
     return Wiring(tuple(s for s in services if s is not None), metrics)
 
 
-def _workers(cfg: Config, mail: MailParts) -> Service:
+def workers_service(cfg: Config, mail: MailParts) -> Service:
     """``[server] workers`` > 1: the listeners run in worker processes (mtaserver.workers);
     this process commits what they prepared, with the per-user rate checked here."""
     rates = mail.user_rates

@@ -123,9 +123,7 @@ def parse_config(text: str, path: Path) -> Config:
 def _cross_check(cfg: Config, root: Reader) -> None:
     """Rules that span sections."""
     if cfg.storage.backend == "postgresql":
-        storage.check_postgres(root.file, {
-            "server.workers": cfg.server.workers > 1,
-        })  # fmt: skip
+        storage.check_postgres(root.file, {})  # every component is ported so far
     sub = cfg.submission
     if (sub.listen or sub.listen_tls) and not cfg.tls.enabled:
         key = "listen_tls" if sub.listen_tls else "listen"

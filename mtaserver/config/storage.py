@@ -104,7 +104,7 @@ def _postgres(r: Reader) -> PostgresConfig:
 
 
 SUPPORTED_ON_POSTGRESQL = (
-    "SMTP submission (one process), the queue, delivery, the bounce listener, events, "
+    "SMTP submission (server.workers too), the queue, delivery, the bounce listener, events, "
     "suppressions, users, retention, the HTTP send API (api.listen: keys, idempotency, "
     "send batches, templates; no /v1 contacts routes), the admin API (admin.listen: admin "
     "tokens, queue, events, stats, users, suppressions, templates; no privacy requests), "

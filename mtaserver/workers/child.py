@@ -9,7 +9,8 @@ commit and acks, and only then does the session answer 250. No ack (owner gone, 
 refused) → the handler's 451/452, never 250.
 
 The worker reads users and suppressions from the database (WAL: it sees every committed
-write) and never writes it. It exits when the owner's end of the link closes. Limits on
+write; on PostgreSQL through its own small pool, :mod:`mtaserver.workers.pgchild`) and
+never writes it. It exits when the owner's end of the link closes. Limits on
 clients are the daemon's, not the worker's: AUTH failures are counted by the owner (over
 the link), open connections per IP in the shared table of :mod:`mtaserver.workers.conncap`.
 """
@@ -40,15 +41,14 @@ from mtaserver.log import get_logger, kv, set_level, setup_logging
 from mtaserver.model import PreparedMessage
 from mtaserver.pipeline import Pipeline, TrackingOptions
 from mtaserver.prepare import PrepareError
-from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.queue import new_queue_id
-from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.storage.sqlite.users import UserStore
 from mtaserver.submission import SubmissionHandler, SubmissionServer
 from mtaserver.tracking.tokens import TokenCodec, load_secrets
 from mtaserver.tracking.tracker import Tracker
 from mtaserver.workers import conncap, frames
 from mtaserver.workers.frames import Frame, FrameError
+from mtaserver.workers.pgchild import WorkerStores, open_stores
 
 if TYPE_CHECKING:
     from mtaserver.oauth import BearerAuthenticator
@@ -251,16 +251,18 @@ def _bearer(cfg: Config, users: UserStore, clock: Clock) -> BearerAuthenticator 
 class Worker:
     """The submission service of one worker process (see the module docstring)."""
 
-    def __init__(self, cfg: Config, index: int, link: OwnerLink, db: Database, clock: Clock):
+    def __init__(
+        self, cfg: Config, index: int, link: OwnerLink, stores: WorkerStores, clock: Clock
+    ):
         self.cfg = cfg
         self.index = index
         self.link = link
         self.clock = clock
-        self.users = UserStore(db, clock)
-        self.suppressions = SuppressionStore(db, clock, cfg.inbound.suppression)
+        self.users = stores.users  # SQLite read-only, or PostgreSQL (workers.pgchild)
+        self.suppressions = stores.suppressions
         self.signer = DkimSigner(load_keyset(cfg.dkim), clock, inline=True)
         self.tracker = _tracker(cfg)
-        self.space = FreeSpace(cfg.storage.database.parent, cfg.storage.min_free, clock.monotonic)
+        self.space = FreeSpace(stores.data_dir, cfg.storage.min_free, clock.monotonic)
         self.authenticator = Authenticator(self.users, clock=clock)
         self.throttle = OwnerThrottle(link, AuthThrottle(cfg.submission.auth, clock))
         self.connections = _connection_cap(cfg, index)
@@ -353,15 +355,14 @@ async def _main(cfg: Config, index: int, fd: int) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     link = OwnerLink(reader, writer)
     reading = asyncio.create_task(link.run(), name="owner-link")
-    db = Database(cfg.storage.database, owner=False)
-    await db.open()
+    stores = await open_stores(cfg, clock)
     stop = asyncio.Event()
     reloads: asyncio.Queue[None] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reloads.put_nowait, None)
-    worker = Worker(cfg, index, link, db, clock)
+    worker = Worker(cfg, index, link, stores, clock)
     try:
         await worker.start()
         log.info(kv(event="worker_ready", worker=index, pid=os.getpid()))
@@ -387,7 +388,7 @@ async def _main(cfg: Config, index: int, fd: int) -> None:
         reading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reading
-        await db.close()
+        await stores.db.close()
         log.info(kv(event="worker_stopped", worker=index))
 
 
