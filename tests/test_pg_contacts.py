@@ -9,12 +9,14 @@ contacts import`` writes into the cluster's database.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from mtaserver.config.storage import PostgresConfig
@@ -35,8 +37,10 @@ from mtaserver.storage.sqlite.events import EventLog
 from mtaserver.storage.sqlite.queue import Spool, new_queue_id
 from mtaserver.storage.sqlite.segments import SegmentStore
 from mtaserver.storage.sqlite.users import UserStore
-from tests.pg import pg_dsn, pg_server  # noqa: F401
+from tests.pg import PgServer, pg_dsn, pg_server  # noqa: F401
 from tests.support.clock import FakeClock
+from tests.support.daemon import Daemon, TestConfig
+from tests.support.ports import free_port
 
 T0 = 1_800_000_000.0  # 2027-01-15
 DAY = 86400.0
@@ -388,3 +392,86 @@ async def test_migrate_copies_contacts_lists_and_segments(tmp_path: Path, pg_dsn
         assert made.id == 2
     finally:
         await pg.close()
+
+
+async def test_a_postgresql_node_serves_contacts_lists_and_segments(
+    tmp_path: Path,
+    pg_server: PgServer,  # noqa: F811
+    pg_dsn: str,  # noqa: F811
+) -> None:
+    """The /v1 routes over HTTP on a node whose storage is PostgreSQL, and the CLI's
+    contacts import and segments count against the same cluster database."""
+    db = PgDatabase(PostgresConfig(dsn=pg_dsn, tls="disable", pool_size=2))
+    await db.open()
+    await PgUserStore(db).add("app", "scrypt$unused", ["sender.test"])
+    (tmp_path / "pgpass").write_text(pg_server.password + "\n")
+    cfg = TestConfig(tmp_path, tls=False)
+    cfg.set("storage", backend="postgresql", dsn=pg_dsn.replace(f":{pg_server.password}@", "@"),
+            password_file=str(tmp_path / "pgpass"), tls="disable", pool_size=4)  # fmt: skip
+    cfg.set("api", listen=f"127.0.0.1:{free_port()}")
+    daemon = Daemon(cfg)
+    await asyncio.to_thread(daemon.start)
+    try:
+        (tmp_path / "in.csv").write_bytes(CSV)
+        out = await asyncio.to_thread(daemon.cli, "contacts", "import", "--user", "app",
+                                      "--list", "news", str(tmp_path / "in.csv"))  # fmt: skip
+        assert out.returncode == 1 and "5 rows: 2 created, 1 updated, 2 refused" in out.stdout
+        assert "line 4:" in out.stderr
+        key = (await asyncio.to_thread(daemon.cli, "apikey", "create", "--user", "app",
+                                       "--scopes", "contacts.read,contacts.write")).stdout.strip()  # fmt: skip
+        host, port = cfg.address("api", "listen")
+        base = f"http://{host}:{port}"
+        h = {"Authorization": f"Bearer {key}"}
+        async with aiohttp.ClientSession(headers=h) as http:
+
+            async def call(method: str, path: str, body: Any = None) -> tuple[int, Any]:
+                async with http.request(method, base + path, json=body) as r:
+                    return r.status, (None if r.status == 204 else await r.json())
+
+            st, c = await call("PUT", "/v1/contacts", {"email": "Eve@X.test",
+                                                       "attributes": {"plan": "pro", "age": 41}})  # fmt: skip
+            assert st == 201 and c["email"] == "eve@x.test" and c["attributes"]["age"] == 41
+            st, c = await call("PUT", "/v1/contacts", {"contacts": [
+                {"email": "eve@x.test", "attributes": {"age": None}}, {"email": "fay@x.test"}]})  # fmt: skip
+            assert (st, c) == (200, {"created": 1, "updated": 1})
+            st, c = await call("GET", "/v1/contacts/eve@x.test")
+            assert st == 200 and c["attributes"] == {"plan": "pro"}
+            st, found = await call("GET", "/v1/contacts?attr.plan=pro")
+            assert st == 200 and [x["email"] for x in found["contacts"]] == [
+                "a@x.test",
+                "eve@x.test",
+            ]
+            st, lst = await call("POST", "/v1/lists", {"name": "vip", "double_opt_in": False})
+            assert st == 201 and lst["name"] == "vip"
+            assert (await call("POST", "/v1/lists", {"name": "vip"}))[0] == 409
+            st, added = await call("POST", "/v1/lists/vip/members", {"emails": ["eve@x.test",
+                                                                             "new@x.test"]})  # fmt: skip
+            assert (st, added) == (200, {"added": 2})
+            st, lists = await call("GET", "/v1/lists")
+            assert [(x["name"], x["members"]) for x in lists["lists"]] == [("news", 2), ("vip", 2)]
+            st, members = await call("GET", "/v1/lists/vip/members")
+            assert [m["email"] for m in members["members"]] == ["eve@x.test", "new@x.test"]
+            flt = {"and": [{"in_list": "vip"}, {"attr": "plan", "eq": "pro"}]}
+            st, seg = await call("POST", "/v1/segments", {"name": "vip-pros", "filter": flt})
+            assert st == 201 and seg["filter"] == flt
+            st, bad = await call("POST", "/v1/segments/count", {"filter": {"in_list": "nope"}})
+            assert st == 400 and "no list 'nope'" in json.dumps(bad)
+            assert await call("POST", "/v1/segments/count", {"segment": "vip-pros"}) == (
+                200, {"count": 1})  # fmt: skip
+            st, page = await call("GET", "/v1/segments/vip-pros/contacts")
+            assert st == 200 and [x["email"] for x in page["contacts"]] == ["eve@x.test"]
+            st, names = await call("GET", "/v1/segments")
+            assert [x["name"] for x in names["segments"]] == ["vip-pros"]
+            st, act = await call("GET", "/v1/contacts/eve@x.test/activity")
+            assert (st, act["activity"]) == (200, [])
+            assert (await call("DELETE", "/v1/contacts/fay@x.test"))[0] == 204
+            assert (await call("GET", "/v1/contacts/fay@x.test"))[0] == 404
+        out = await asyncio.to_thread(daemon.cli, "segments", "count", "--user", "app",
+                                      "--filter", '{"in_list": "news"}')  # fmt: skip
+        assert out.returncode == 0 and out.stdout.strip() == "2", out.stderr
+        out = await asyncio.to_thread(daemon.cli, "contacts", "show", "--user", "app", "a@x.test")
+        assert out.returncode == 0 and json.loads(out.stdout)["attributes"]["name"] == "Ann2"
+    finally:
+        code = await asyncio.to_thread(daemon.stop)
+        await db.close()
+    assert code == 0, daemon.log()[-3000:]

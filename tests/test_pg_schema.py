@@ -23,6 +23,7 @@ PORTED = {
     "suppressions", "soft_bounces", "users", "user_domains", "api_keys", "idempotency",
     "templates", "template_versions", "admin_tokens", "webhook_endpoints", "webhook_outbox",
 }  # fmt: skip
+PORTED |= {"contacts", "lists", "list_members", "segments"}
 PORTED |= {"campaigns", "campaign_runs", "campaign_recipients"}
 # a due trigger step claimed by a node's runner, and until when
 PG_ONLY |= {("journey_steps", "lease_node"), ("journey_steps", "lease_until")}

@@ -157,7 +157,16 @@ async def delete_contact(r: web.Request, key: KeyInfo, store: ContactStore) -> A
     return Answer(204)
 
 
-async def get_activity(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+def _activity_route(timelines: ActivityStore) -> Fn:
+    async def get_activity(r: web.Request, key: KeyInfo, store: ContactStore) -> Answer:
+        return await _activity(r, key, store, timelines)
+
+    return get_activity
+
+
+async def _activity(
+    r: web.Request, key: KeyInfo, store: ContactStore, timelines: ActivityStore
+) -> Answer:
     """The contact's timeline: the key's user's messages to it and their events, oldest
     first; ``next`` is the cursor of the following page (``after``)."""
     addr = _path_address(r)
@@ -169,7 +178,7 @@ async def get_activity(r: web.Request, key: KeyInfo, store: ContactStore) -> Ans
     limit = _limit(r)
     if await store.get(key.user, addr) is None:
         return _not_found(f"contact {addr}")
-    found = await ActivityStore(store.db).timeline(key.user, addr, after=after, limit=limit)
+    found = await timelines.timeline(key.user, addr, after=after, limit=limit)
     nxt = found[-1].cursor() if len(found) == limit else None
     return ok({"email": addr, "activity": [a.as_json() for a in found], "next": nxt})
 
@@ -364,7 +373,8 @@ def add_contact_routes(app: web.Application, deps: ApiDeps) -> None:
     add.add_get("/v1/contacts", h(READ, search_contacts))
     add.add_post("/v1/contacts/import", h(WRITE, _nudging(deps, import_contacts)))
     add.add_get("/v1/contacts/{address}", h(READ, get_contact))
-    add.add_get("/v1/contacts/{address}/activity", h(READ, get_activity))
+    timelines = deps.activity or ActivityStore(store.db)  # the backend's, else on its db
+    add.add_get("/v1/contacts/{address}/activity", h(READ, _activity_route(timelines)))
     add.add_delete("/v1/contacts/{address}", h(WRITE, delete_contact))
     add.add_get("/v1/lists", h(READ, get_lists))
     add.add_post("/v1/lists", h(WRITE, post_list))

@@ -15,6 +15,7 @@ from mtaserver.clock import Clock
 from mtaserver.model import Event, PreparedMessage, Submission
 from mtaserver.ratelimit import RateLimiter
 from mtaserver.sendapi import Limits, StoredTemplate
+from mtaserver.storage.sqlite.activity import ActivityStore
 from mtaserver.storage.sqlite.campaigns import CampaignStore
 from mtaserver.storage.sqlite.contacts import ContactStore
 from mtaserver.storage.sqlite.idempotency import IdemAnswer
@@ -142,3 +143,5 @@ class ApiDeps:
     optin_nudge: Callable[[], None] = lambda: None
     optin: OptInStore | None = None  # a list's confirmation mail settings
     campaigns: CampaignStores | None = None  # /v1/campaigns (default: on the contacts' db)
+    segments: SegmentStore | None = None  # /v1/segments (default: on the contacts' db)
+    activity: ActivityStore | None = None  # /v1/contacts/{address}/activity (likewise)

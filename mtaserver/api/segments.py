@@ -105,7 +105,7 @@ def add_segment_routes(app: web.Application, deps: ApiDeps) -> None:
     database), when the daemon wired a contact store."""
     if deps.contacts is None:
         return
-    store = SegmentStore(deps.contacts.db, deps.clock)
+    store = deps.segments or SegmentStore(deps.contacts.db, deps.clock)
 
     def h(scope: str, fn: Fn) -> Handler:
         async def call(r: web.Request, key: KeyInfo) -> Answer:

@@ -15,6 +15,7 @@ PostgreSQL owners offer the same methods those stages call, so they are passed t
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from mtaserver.app.api import ApiStores, api_service
 from mtaserver.app.cluster import build_cluster
@@ -51,7 +52,10 @@ from mtaserver.dkim import DkimSigner
 from mtaserver.dkim.keys import load_keyset
 from mtaserver.metrics import Metrics, TimedAgent
 from mtaserver.retention import Retention
+from mtaserver.storage.postgres.activity import PgActivityStore
 from mtaserver.storage.postgres.apikeys import PgApiKeyStore
+from mtaserver.storage.postgres.campaigns import PgCampaignStore
+from mtaserver.storage.postgres.contacts import PgContactStore
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.events import PgEventLog
 from mtaserver.storage.postgres.idempotency import PgApiIntake
@@ -59,16 +63,30 @@ from mtaserver.storage.postgres.journeys import PgJourneyStore
 from mtaserver.storage.postgres.optin import PgOptInStore
 from mtaserver.storage.postgres.outbox import PgWebhookOutbox
 from mtaserver.storage.postgres.queue import PgQueue
+from mtaserver.storage.postgres.segments import PgSegmentStore
 from mtaserver.storage.postgres.suppressions import PgSuppressionStore
 from mtaserver.storage.postgres.templates import PgTemplateStore
 from mtaserver.storage.postgres.tracking import PgTrackingStore
 from mtaserver.storage.postgres.users import PgUserStore
 from mtaserver.verp import Verp
 
+if TYPE_CHECKING:
+    from mtaserver.api.deps import CampaignStores
+
 
 def node_id(cfg: Config) -> str:
     """``[cluster] node_id``, else the host name's first label (the same default)."""
     return cfg.cluster.node_id if cfg.cluster is not None else default_node_id(cfg.server.hostname)
+
+
+def _campaign_stores(cfg: Config, db: PgDatabase, clock: Clock) -> CampaignStores | None:
+    """/v1/campaigns on the cluster's owners (the API's modules load only for [api] listen)."""
+    if cfg.api.listen is None:
+        return None
+    from mtaserver.api.deps import CampaignStores
+
+    campaigns = PgCampaignStore(db, clock, node_id=node_id(cfg))
+    return CampaignStores(_as(campaigns), _as(PgSegmentStore(db, clock)))
 
 
 def wire_postgres(
@@ -135,7 +153,8 @@ def wire_postgres(
         one = cfg.server.workers == 1
         services.append(submission_service(cfg, mail) if one else workers_service(cfg, mail))
     # The HTTP send API: keys, idempotent answers, batches and templates in the cluster's
-    # database, so a key made on one node sends through any; no contacts routes yet.
+    # database, so a key made on one node sends through any; contacts, lists, segments
+    # and campaigns (/v1) there too.
     api = api_service(
         cfg,
         mail,
@@ -144,8 +163,12 @@ def wire_postgres(
             PgApiKeyStore(db, clock),
             PgApiIntake(db, queue),
             queue,
+            contacts=_as(PgContactStore(db, clock)),
             journeys=_as(journeys),
             optin=_as(PgOptInStore(db)),
+            segments=_as(PgSegmentStore(db, clock)),
+            activity=_as(PgActivityStore(db)),
+            campaigns=_campaign_stores(cfg, db, clock),
         ),
     )
     if api is not None:

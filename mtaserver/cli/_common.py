@@ -45,7 +45,7 @@ def with_db(config: Config, fn: Callable[[Database], Awaitable[T]]) -> T:
         raise MtaError(
             f"{config.source}: storage.backend: this command is not yet supported with "
             'backend = "postgresql" (so far: serve, check-config, user, queue, apikey, admin '
-            "token, template, webhooks, storage migrate)"
+            "token, template, webhooks, contacts, segments, storage migrate)"
         )
 
     async def runner() -> T:
@@ -94,6 +94,27 @@ def with_store(
     if config.storage.postgres is None:
         return with_db(config, lambda db: fn(lite(db)))
     return with_pg(config, lambda db: fn(cast(S, pg(db))))
+
+
+def with_owner(
+    config: Config,
+    lite: Callable[[Database], S],
+    pg: Callable[[PgDatabase], Any],
+    user: str,
+    fn: Callable[[S, str], Awaitable[T]],
+) -> T:
+    """``with_store`` for a marketing command: ``fn(store, owner)`` with ``--user`` checked
+    against the same backend's users (refused when unknown)."""
+    owner = normalize_name(user)
+
+    async def run(store: S, users: UserStore | PgUserStore) -> T:
+        if await users.lookup(owner) is None:
+            raise ArgError(f"--user: no user {owner!r} (see `mtaserver user list`)")
+        return await fn(store, owner)
+
+    if config.storage.postgres is None:
+        return with_db(config, lambda db: run(lite(db), UserStore(db)))
+    return with_pg(config, lambda db: run(cast(S, pg(db)), PgUserStore(db)))
 
 
 class ArgError(MtaError, ValueError):

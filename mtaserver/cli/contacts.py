@@ -4,7 +4,8 @@
 lines) in chunks, as the API's ``POST /v1/contacts/import`` does, and exits 1 when some
 lines were refused (each is named on stderr). ``export`` writes every contact of the
 user, by address, a page at a time; its CSV and JSON lines import back unchanged. Safe
-while the daemon runs (WAL, the same group-committed writes).
+while the daemon runs (WAL, the same group-committed writes). With ``[storage] backend =
+"postgresql"`` every action works on the cluster's database.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from pathlib import Path
 from typing import IO
 
 from mtaserver.auth import normalize_name
-from mtaserver.cli._common import add_config_arg, config_from, known_user, with_db
+from mtaserver.cli._common import add_config_arg, config_from, with_owner
 from mtaserver.contacts import FORMATS, ContactError, Format, ImportParser, normalize_address
+from mtaserver.storage.postgres.contacts import PgContactStore
 from mtaserver.storage.sqlite.contacts import Contact, ContactStore, ImportResult
-from mtaserver.storage.sqlite.db import Database
 
 READ_SIZE = 64 * 1024
 SHOWN_ERRORS = 20  # line errors printed; the rest are counted
@@ -78,15 +79,13 @@ def _import(args: argparse.Namespace) -> int:
             if path is not None:
                 f.close()
 
-    async def run(db: Database) -> ImportResult:
-        store = ContactStore(db)
-        owner = await known_user(db, args.user)
+    async def run(store: ContactStore, owner: str) -> ImportResult:
         if args.list is not None and await store.get_list(owner, args.list) is None:
             await store.create_list(owner, args.list)
         return await store.import_stream(owner, chunks(), parser, source="cli", list_name=args.list)
 
     try:
-        result = with_db(cfg, run)
+        result = with_owner(cfg, ContactStore, PgContactStore, args.user, run)
     except OSError as exc:
         raise ContactError(f"{args.file}: {exc.strerror or exc}") from None
     for e in result.errors[:SHOWN_ERRORS]:
@@ -106,9 +105,7 @@ def _export(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     out: IO[str] = sys.stdout
 
-    async def run(db: Database) -> int:
-        store = ContactStore(db)
-        owner = await known_user(db, args.user)
+    async def run(store: ContactStore, owner: str) -> int:
         n = 0
         if args.format == "jsonl":
             async for c in store.export(owner):
@@ -129,7 +126,7 @@ def _export(args: argparse.Namespace) -> int:
             n += 1
         return n
 
-    n = with_db(cfg, run)
+    n = with_owner(cfg, ContactStore, PgContactStore, args.user, run)
     print(f"exported {n} contacts", file=sys.stderr)
     return 0
 
@@ -147,10 +144,10 @@ def _show(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     addr = normalize_address(args.address, "ADDRESS")
 
-    async def run(db: Database) -> Contact | None:
-        return await ContactStore(db).get(await known_user(db, args.user), addr)
+    async def run(store: ContactStore, owner: str) -> Contact | None:
+        return await store.get(owner, addr)
 
-    c = with_db(cfg, run)
+    c = with_owner(cfg, ContactStore, PgContactStore, args.user, run)
     if c is None:
         raise ContactError(f"no contact {addr} for user {normalize_name(args.user)}")
     print(json.dumps(c.as_json(), indent=2, ensure_ascii=False))
@@ -161,10 +158,10 @@ def _delete(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     addr = normalize_address(args.address, "ADDRESS")
 
-    async def run(db: Database) -> bool:
-        return await ContactStore(db).delete(await known_user(db, args.user), addr)
+    async def run(store: ContactStore, owner: str) -> bool:
+        return await store.delete(owner, addr)
 
-    if not with_db(cfg, run):
+    if not with_owner(cfg, ContactStore, PgContactStore, args.user, run):
         raise ContactError(f"no contact {addr} for user {normalize_name(args.user)}")
     print(f"deleted contact {addr}")
     return 0

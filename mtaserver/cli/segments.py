@@ -4,7 +4,8 @@ A filter is given as JSON text (``--filter '{"attr": "plan", "eq": "pro"}'``) or
 file (``--filter @file.json``, ``--filter @-`` for stdin); errors name the JSON path of the
 bad node, as the API's do. ``count`` takes a saved segment's name or a ``--filter``.
 ``show`` prints the segment and how many contacts it matches now. Safe while the daemon
-runs (WAL, the same group-committed writes).
+runs (WAL, the same group-committed writes). With ``[storage] backend = "postgresql"``
+every action works on the cluster's database.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import json
 import sys
 
 from mtaserver.auth import normalize_name
-from mtaserver.cli._common import add_config_arg, config_from, known_user, text_arg, with_db
+from mtaserver.cli._common import add_config_arg, config_from, text_arg, with_owner
 from mtaserver.segments import MAX_JSON, SegmentError, parse_text
-from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.postgres.segments import PgSegmentStore
 from mtaserver.storage.sqlite.segments import SegmentStore, check_segment_name
 
 
@@ -61,13 +62,13 @@ def _document(raw: str) -> object:
 def _list(args: argparse.Namespace) -> int:
     cfg = config_from(args)
 
-    async def run(db: Database) -> int:
-        found = await SegmentStore(db).list_all(await known_user(db, args.user))
+    async def run(store: SegmentStore, owner: str) -> int:
+        found = await store.list_all(owner)
         for s in found:
             print(f"{s.name}\t{s.as_json()['updated_at']}\t{s.filter}")
         return len(found)
 
-    n = with_db(cfg, run)
+    n = with_owner(cfg, SegmentStore, PgSegmentStore, args.user, run)
     print(f"{n} segments", file=sys.stderr)
     return 0
 
@@ -76,9 +77,7 @@ def _show(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     name = check_segment_name(args.name, "NAME")
 
-    async def run(db: Database) -> dict[str, object]:
-        store = SegmentStore(db)
-        owner = await known_user(db, args.user)
+    async def run(store: SegmentStore, owner: str) -> dict[str, object]:
         seg = await store.get(owner, name)
         if seg is None:
             raise SegmentError(f"no segment {name!r} for user {owner}")
@@ -86,7 +85,8 @@ def _show(args: argparse.Namespace) -> int:
         view["count"] = await store.count(owner, seg.parsed())
         return view
 
-    print(json.dumps(with_db(cfg, run), indent=2, ensure_ascii=False))
+    view = with_owner(cfg, SegmentStore, PgSegmentStore, args.user, run)
+    print(json.dumps(view, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -97,14 +97,12 @@ def _count(args: argparse.Namespace) -> int:
     text = None if args.filter is None else text_arg(args.filter, "--filter", MAX_JSON)
     name = None if args.name is None else check_segment_name(args.name, "NAME")
 
-    async def run(db: Database) -> int:
-        store = SegmentStore(db)
-        owner = await known_user(db, args.user)
+    async def run(store: SegmentStore, owner: str) -> int:
         flt = parse_text(text) if text is not None else await store.resolve(owner, str(name))
         await store.check(owner, flt)
         return await store.count(owner, flt)
 
-    print(with_db(cfg, run))
+    print(with_owner(cfg, SegmentStore, PgSegmentStore, args.user, run))
     return 0
 
 
@@ -113,11 +111,12 @@ def _save(args: argparse.Namespace) -> int:
     name = check_segment_name(args.name, "NAME")
     doc = _document(args.filter)
 
-    async def run(db: Database) -> bool:
-        _, created = await SegmentStore(db).save(await known_user(db, args.user), name, doc)
+    async def run(store: SegmentStore, owner: str) -> bool:
+        _, created = await store.save(owner, name, doc)
         return created
 
-    print(f"{'created' if with_db(cfg, run) else 'replaced'} segment {name}")
+    created = with_owner(cfg, SegmentStore, PgSegmentStore, args.user, run)
+    print(f"{'created' if created else 'replaced'} segment {name}")
     return 0
 
 
@@ -125,10 +124,10 @@ def _delete(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     name = check_segment_name(args.name, "NAME")
 
-    async def run(db: Database) -> bool:
-        return await SegmentStore(db).delete(await known_user(db, args.user), name)
+    async def run(store: SegmentStore, owner: str) -> bool:
+        return await store.delete(owner, name)
 
-    if not with_db(cfg, run):
+    if not with_owner(cfg, SegmentStore, PgSegmentStore, args.user, run):
         raise SegmentError(f"no segment {name!r} for user {normalize_name(args.user)}")
     print(f"deleted segment {name}")
     return 0

@@ -106,8 +106,9 @@ def _postgres(r: Reader) -> PostgresConfig:
 SUPPORTED_ON_POSTGRESQL = (
     "SMTP submission (server.workers too), the queue, delivery, the bounce listener, events, "
     "suppressions, users, retention, the HTTP send API (api.listen: keys, idempotency, "
-    "send batches, templates; no /v1 contacts routes), the admin API (admin.listen: admin "
-    "tokens, queue, events, stats, users, suppressions, templates; no privacy requests), "
+    "send batches, templates, /v1 contacts, lists, segments and contact timelines), the "
+    "admin API (admin.listen: admin tokens, queue, events, stats, users, suppressions, "
+    "templates; no privacy requests), "
     "webhooks (the same [[webhooks]] on every node), tracking (tracking.listen: opens, "
     "clicks, one-click and mailto: unsubscribes; the same tracking secret_file on every node), "
     "campaigns (every node's feeder claims its own rows of a run: each recipient queued "
