@@ -9,6 +9,8 @@ HTTP send API.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mtaserver.app.api import _pipeline
 from mtaserver.app.mail import MailParts
 from mtaserver.app.service import Service, SimpleService
@@ -19,8 +21,9 @@ from mtaserver.outreach.runner import StepRunner
 from mtaserver.storage.sqlite.journeys import JourneyStore
 from mtaserver.storage.sqlite.queue import new_queue_id
 from mtaserver.storage.sqlite.templates import TemplateStore
-from mtaserver.tracking.preferences import preferences_url
-from mtaserver.tracking.tracker import Tracker
+
+if TYPE_CHECKING:
+    from mtaserver.tracking.tracker import Tracker
 
 log = get_logger("journeys")
 
@@ -34,6 +37,8 @@ def link_builder(tracker: Tracker | None) -> LinkBuilder:
     """
     if tracker is None:
         return no_links
+    from mtaserver.tracking.preferences import preferences_url  # aiohttp: with tracking only
+
     t = tracker
 
     def build(queue_id: str, owner: str, address: str, sender_domain: str) -> Links:

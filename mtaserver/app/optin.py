@@ -11,6 +11,7 @@ marked unsubscribed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mtaserver.app.api import _pipeline
 from mtaserver.app.mail import MailParts
@@ -22,10 +23,11 @@ from mtaserver.storage.sqlite.optin import OptInStore
 from mtaserver.storage.sqlite.queue import new_queue_id
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.storage.sqlite.users import UserStore
-from mtaserver.tracking.consent_tokens import ConsentTokens
-from mtaserver.tracking.optin import OptInMailer
-from mtaserver.tracking.preferences import ConsentPages, ListChoice, Preferences
-from mtaserver.tracking.tokens import TokenCodec
+
+if TYPE_CHECKING:  # the pages and the mailer (aiohttp) load in their builders, with tracking
+    from mtaserver.tracking.optin import OptInMailer
+    from mtaserver.tracking.preferences import ConsentPages, Preferences
+    from mtaserver.tracking.tokens import TokenCodec
 
 
 class ContactConsent:
@@ -40,6 +42,8 @@ class ContactConsent:
         return await self.contacts.confirm_member(owner, list_name, address, ip or None)
 
     async def preferences(self, owner: str, address: str) -> Preferences | None:
+        from mtaserver.tracking.preferences import ListChoice, Preferences  # loaded by the pages
+
         c = await self.contacts.get(owner, address)
         if c is None:
             return None
@@ -63,12 +67,17 @@ def consent_pages(
     codec: TokenCodec, contacts: ContactStore, suppressions: SuppressionStore, users: UserStore,
     clock: Clock,
 ) -> ConsentPages:  # fmt: skip
+    from mtaserver.tracking.preferences import ConsentPages  # aiohttp: [tracking] listen only
+
     return ConsentPages(codec, ContactConsent(contacts, suppressions, users), clock)
 
 
 def optin_service(cfg: Config, parts: MailParts, codec: TokenCodec) -> tuple[Service, OptInMailer]:
     """The mailer (and its ``nudge`` for the API) when tracking links can be signed."""
     assert cfg.tracking.base_url is not None
+    from mtaserver.tracking.consent_tokens import ConsentTokens  # with tracking only
+    from mtaserver.tracking.optin import OptInMailer
+
     current = [_pipeline(cfg, parts)]
     mailer = OptInMailer(
         OptInStore(parts.spool.db), ConsentTokens(codec), cfg.tracking.base_url, parts.users,
