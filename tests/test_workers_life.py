@@ -2,12 +2,12 @@
 
 One daemon (TLS, two workers) goes through:
 
-1. a restarted worker that never reports ready — its config names a certificate that
-   became a FIFO, so reading it blocks, as on a stuck mount — is killed (-9) after
-   ``server.worker_start_timeout`` and started again with back-off until it comes up;
-2. a reload every worker refuses (a SHA-1-signed certificate: the config check parses
+1. a reload every worker refuses (a SHA-1-signed certificate: the config check parses
    it, OpenSSL refuses it), reported to the owner by each worker, which keeps its whole
    previous config; then a good reload taken by each — one READY=1 per reload;
+2. a restarted worker that never reports ready — its config names a certificate that
+   became a FIFO, so reading it blocks, as on a stuck mount — is killed (-9) after
+   ``server.worker_start_timeout`` and started again with back-off until it comes up;
 3. SIGTERM: every worker's listeners are closed before STOPPING=1 (a connection made the
    moment it arrives is refused), then the drain, exit 0.
 """
@@ -74,7 +74,7 @@ def _states(daemon: Daemon) -> list[str]:
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 async def test_start_timeout_reload_failures_and_stop_order(tmp_path: Path) -> None:
     cfg = TestConfig(tmp_path)
-    cfg.set("server", workers=2, worker_start_timeout="2s")
+    cfg.set("server", workers=2)
     cfg.set("submission", max_recipients=3)
     port = cfg.address("submission", "listen_plain")[1]
     cert = Path(cfg.data["tls"]["cert"])
@@ -85,7 +85,30 @@ async def test_start_timeout_reload_failures_and_stop_order(tmp_path: Path) -> N
         pids = set(_worker_pids(daemon).values())
         assert set((await asyncio.to_thread(_each, port, pids)).values()) == {250}
 
-        # 1. A restarted worker hangs before READY: killed after 2 s, restarted, comes up.
+        # 1. A reload each worker refuses (with a new limit in it): reported, all kept.
+        tls = dict(cfg.data["tls"])
+        weak_cert, weak_key = _weak_cert(tmp_path)
+        cfg.data["tls"] = {"cert": str(weak_cert), "key": str(weak_key)}
+        cfg.set("submission", max_recipients=2)
+        cfg.write()
+        await asyncio.to_thread(daemon.reload)
+        log = daemon.log()
+        for i in (0, 1):
+            assert f"event=worker_reload_failed worker={i} error=" in log, log
+        assert "CA_MD_TOO_WEAK" in log and "event=worker_reloaded" not in log
+        assert set((await asyncio.to_thread(_each, port, pids)).values()) == {250}
+        # ... and the next good one is taken by each, before the one READY=1.
+        cfg.data["tls"] = tls
+        cfg.set("server", worker_start_timeout="3s")  # for step 2 (a start under load: 60 s)
+        cfg.write()
+        await asyncio.to_thread(daemon.reload)
+        log = daemon.log()
+        assert log.count("event=worker_reloaded") == 2, log
+        assert log.rindex("event=worker_reloaded") < log.rindex("event=reloaded")
+        assert set((await asyncio.to_thread(_each, port, pids)).values()) == {452}
+        assert _states(daemon) == ["READY=1", "RELOADING=1", "READY=1", "RELOADING=1", "READY=1"]
+
+        # 2. A restarted worker hangs before READY: killed after 3 s, restarted, comes up.
         fifo = tmp_path / "cert.fifo"
         os.mkfifo(fifo)
         os.replace(fifo, cert)
@@ -101,7 +124,7 @@ async def test_start_timeout_reload_failures_and_stop_order(tmp_path: Path) -> N
         await wait_for(lambda: "event=worker_restarted worker=0" in daemon.log(), 30)
         pids = set(_worker_pids(daemon).values())
         assert hung not in pids and victim not in pids
-        assert set((await asyncio.to_thread(_each, port, pids)).values()) == {250}
+        assert set((await asyncio.to_thread(_each, port, pids)).values()) == {452}
     finally:
         code = await asyncio.to_thread(daemon.stop)
     assert code == 0, daemon.log()

@@ -317,26 +317,28 @@ class Worker:
                     listeners=",".join(x.spec.name for x in self.server.listeners)))  # fmt: skip
 
     async def reload(self) -> None:
-        """SIGHUP: re-read the file; a bad one keeps the running config (the owner logs it)."""
-        try:
-            new = await asyncio.to_thread(load_checked, self.cfg.source)
-        except ConfigError as exc:
-            log.error(kv(event="reload_rejected", worker=self.index, error=str(exc)))
-            return
+        """SIGHUP: re-read the file and take all of it, or raise and keep all of the old.
+
+        Everything that can fail (the file, the certificate in OpenSSL, the DKIM keys, the
+        OAuth verifier) is built before anything is swapped in.
+        """
+        new = await asyncio.to_thread(load_checked, self.cfg.source)
         new, _ = keep_restart_keys(self.cfg, new)
+        if self.tls_context is not None and new.tls.enabled:
+            new.tls.server_context()  # OpenSSL's own checks, on a context nobody uses
+        keyset = await asyncio.to_thread(load_keyset, new.dkim)
+        bearer = _bearer(new, self.users, self.clock) if new.oauth != self.cfg.oauth else None
+        # From here on nothing is expected to fail.
         set_level(new.server.log_level)
-        try:
-            if self.tls_context is not None and new.tls.cert and new.tls.key:
-                self.tls_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
-            self.signer.reload(await asyncio.to_thread(load_keyset, new.dkim))
-            if new.oauth != self.cfg.oauth:
-                old, self.bearer = self.bearer, _bearer(new, self.users, self.clock)
-                if old is not None:
-                    await old.aclose()
-        except (MtaError, OSError, ValueError) as exc:
-            log.error(kv(event="reload_failed", worker=self.index, error=str(exc)))
+        if self.tls_context is not None and new.tls.cert and new.tls.key:
+            self.tls_context.load_cert_chain(str(new.tls.cert), str(new.tls.key))
+        self.signer.reload(keyset)
+        if new.oauth != self.cfg.oauth:
+            old, self.bearer = self.bearer, bearer
+            if old is not None:
+                await old.aclose()
         self.throttle.local.settings = new.submission.auth
-        self.server.reconfigure(new.submission, self.handler_for(new))
+        self.server.reconfigure(new.submission, self.handler_for(new))  # with the new bearer
         self.cfg = new
         log.info(kv(event="worker_reloaded", worker=self.index))
 
@@ -369,10 +371,19 @@ async def _main(cfg: Config, index: int, fd: int) -> None:
         link.send(Frame(frames.READY, 0))  # after the line: READY=1 follows every worker's
 
         async def reloader() -> None:
+            """Each SIGHUP is answered, applied or not: a reload that raised must not end
+            this loop (the next SIGHUP would go unread and the owner wait for it)."""
             while True:
                 await reloads.get()
-                await worker.reload()
-                link.send(Frame(frames.READY, 0))
+                answer: dict[str, object] = {"ok": True, "error": ""}
+                try:
+                    await worker.reload()
+                except Exception as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                    log.error(kv(event="reload_failed", worker=index, error=error))
+                    answer = {"ok": False, "error": error}
+                with contextlib.suppress(StorageError):  # the owner is gone: we stop anyway
+                    link.send(Frame(frames.RELOADED, 0, frames.encode_json(answer)))
 
         reloading = asyncio.create_task(reloader(), name="reloader")
         gone = asyncio.create_task(link.closed.wait())

@@ -18,11 +18,14 @@ from mtaserver.model import PreparedMessage, PreparedRecipient
 
 # Worker → owner
 ENQUEUE = 1  # body: an encoded PreparedMessage; answered OK or ERR with the same id
-READY = 2  # the worker's listeners are bound (after start and after each SIGHUP)
+READY = 2  # the worker's listeners are bound (once, after start)
 OBSERVE = 3  # body: JSON [method, argument] for the owner's metrics; not answered
 # body: JSON ["locked" | "failed" | "succeeded", ip, user]: the daemon's one AUTH failure
 # count; answered OK with the JSON result (request id 0: not answered)
 THROTTLE = 4
+# body: JSON {"ok": bool, "error": str}: the answer to a SIGHUP, applied or not (a failed
+# reload keeps the worker's previous config whole)
+RELOADED = 5
 # Owner → worker
 OK = 10
 ERR = 11  # body: JSON {"kind": "prepare" | "full" | "storage", "reply": "451 ..."}

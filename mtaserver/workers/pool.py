@@ -15,7 +15,8 @@ interpreter each: no fork of a running loop), each with one end of a socketpair,
 * THROTTLE frames ask the daemon's one AUTH failure count (``AuthThrottle``), and the
   per-IP connection counts live in a shared table (:mod:`mtaserver.workers.conncap`) the
   owner creates and clears for a worker that died — so both limits hold for the daemon;
-* ``reload`` forwards SIGHUP and waits until each worker has re-read the config;
+* ``reload`` forwards SIGHUP and waits until each worker has answered: applied, or failed
+  and kept its previous config whole (reported, and the next SIGHUP is tried again);
 * ``drain`` sends SIGTERM and waits for the workers to finish their transactions (the
   database stays open until every drain is done).
 """
@@ -73,6 +74,7 @@ class _Slot:
         self.ready = asyncio.Event()
         self.served: asyncio.Task[None] | None = None
         self.started = 0.0
+        self.reloaded: asyncio.Future[dict[str, object]] | None = None  # its SIGHUP's answer
 
 
 class WorkerPool:
@@ -150,6 +152,8 @@ class WorkerPool:
             self._conncap_fd = -1
 
     async def reload(self, config: Config) -> None:
+        """SIGHUP to every worker that is up; returns once each has answered (applied, or
+        failed and kept its previous config) or died; raises naming those that failed."""
         if config.server.workers != self.count:
             log.warning(kv(event="reload_needs_restart", key="server.workers"))
         self.cfg = config
@@ -161,16 +165,40 @@ class WorkerPool:
             for s in self._slots
             if s.proc is not None and s.proc.returncode is None and s.ready.is_set()
         ]
+        loop = asyncio.get_running_loop()
         for slot in live:
-            slot.ready.clear()
+            slot.reloaded = loop.create_future()
             assert slot.proc is not None
             with contextlib.suppress(ProcessLookupError):
                 slot.proc.send_signal(signal.SIGHUP)
-        for slot in live:
-            try:
-                await asyncio.wait_for(slot.ready.wait(), READY_TIMEOUT)
-            except TimeoutError:
-                log.error(kv(event="worker_reload_timeout", worker=slot.index))
+        answers = await asyncio.gather(*(self._reload_answer(slot) for slot in live))
+        failed = [(slot.index, error) for slot, error in zip(live, answers, strict=True) if error]
+        for index, error in failed:
+            log.error(kv(event="worker_reload_failed", worker=index, error=error))
+        if failed:
+            raise MtaError(
+                f"submission worker(s) {', '.join(str(i) for i, _ in failed)} kept their "
+                f"previous config: {failed[0][1]}"
+            )
+
+    async def _reload_answer(self, slot: _Slot) -> str:
+        """'' when the worker applied the reload; else why not (its error, death, silence)."""
+        assert slot.proc is not None and slot.reloaded is not None
+        answer = slot.reloaded
+        exited = asyncio.ensure_future(slot.proc.wait())
+        waits: set[asyncio.Future[object]] = {answer, exited}  # type: ignore[arg-type]
+        try:
+            await asyncio.wait(waits, timeout=READY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            slot.reloaded = None
+        if answer.done():
+            result = answer.result()
+            return "" if result.get("ok") is True else str(result.get("error") or "failed")
+        answer.cancel()
+        if slot.proc.returncode is not None:
+            return f"exited with {slot.proc.returncode} during the reload"
+        return f"no answer within {READY_TIMEOUT:g}s"
 
     # -- processes -----------------------------------------------------------------------
     async def _spawn(self, slot: _Slot) -> None:
@@ -264,6 +292,8 @@ class WorkerPool:
                     task.add_done_callback(tasks.discard)
                 elif frame.kind == frames.READY:
                     slot.ready.set()
+                elif frame.kind == frames.RELOADED:
+                    self._reloaded(slot, frame.body)
                 elif frame.kind == frames.OBSERVE:
                     self._observe(frame.body)
                 elif frame.kind == frames.THROTTLE:
@@ -316,6 +346,16 @@ class WorkerPool:
         if not frame.request:
             return None
         return Frame(frames.OK, frame.request, frames.encode_json(result))
+
+    def _reloaded(self, slot: _Slot, body: bytes) -> None:
+        try:
+            answer = frames.decode_json(body)
+        except FrameError:
+            answer = {"ok": False, "error": "unreadable answer"}
+        if not isinstance(answer, dict):
+            answer = {"ok": False, "error": "unreadable answer"}
+        if slot.reloaded is not None and not slot.reloaded.done():
+            slot.reloaded.set_result(answer)
 
     def _observe(self, body: bytes) -> None:
         if self._observer is None:
