@@ -18,15 +18,11 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mtaserver import __version__
 from mtaserver.app.service import SimpleService
 from mtaserver.clock import Clock
-from mtaserver.cluster.client import RedisDown, ShapingScripts, connect
-from mtaserver.cluster.metrics import ClusterCollector
-from mtaserver.cluster.registry import NodeRegistry, fingerprints
-from mtaserver.cluster.shared import SharedShaping
 from mtaserver.config import Config
 from mtaserver.devsetup import read_secret
 from mtaserver.errors import MtaError
@@ -35,6 +31,9 @@ from mtaserver.metrics import Metrics
 from mtaserver.model import QueueGauges
 from mtaserver.shaper import Shaper
 from mtaserver.tracking.tokens import load_secrets
+
+if TYPE_CHECKING:  # the cluster modules (the redis client) load in build_cluster
+    from mtaserver.cluster.shared import SharedShaping
 
 log = get_logger("cluster")
 
@@ -58,6 +57,8 @@ def shared_secrets(cfg: Config) -> str:
     """The fingerprints of the secrets every node must share: ``[server] secret_file``
     (VERP), and ``[tracking] secret_file`` where this node signs links. Read at the first
     heartbeat, once the stages that create a missing file have run."""
+    from mtaserver.cluster.registry import fingerprints  # [cluster] only, like its caller
+
     secrets = {"server.secret_file": read_secret(cfg.server.secret_file)}
     t = cfg.tracking
     if t.base_url is not None and t.secret_file is not None and t.secret_file.exists():
@@ -72,6 +73,12 @@ def build_cluster(
     c = cfg.cluster
     if c is None or (c.redis is None and c.nodes == 1):
         return None  # this node's own shaper: nothing to share, nothing to split
+    # The redis client and the shared shaping: loaded only by a node in a cluster.
+    from mtaserver.cluster.client import RedisDown, ShapingScripts, connect
+    from mtaserver.cluster.metrics import ClusterCollector
+    from mtaserver.cluster.registry import NodeRegistry
+    from mtaserver.cluster.shared import SharedShaping
+
     scripts = ShapingScripts(connect(c), c.prefix) if c.redis is not None else None
     shared = SharedShaping(c, shaper, clock, scripts)
     metrics.registry.register(ClusterCollector(shared))
