@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import smtplib
+import socket
 import subprocess
 from pathlib import Path
 
@@ -125,6 +126,17 @@ async def test_start_timeout_reload_failures_and_stop_order(tmp_path: Path) -> N
         pids = set(_worker_pids(daemon).values())
         assert hung not in pids and victim not in pids
         assert set((await asyncio.to_thread(_each, port, pids)).values()) == {452}
+
+        # 3. SIGTERM: by STOPPING=1 no listener of any worker takes a connection.
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(daemon.wait_for, "STOPPING=1")
+        for key in ("listen_plain", "listen", "listen_tls"):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(cfg.address("submission", key), timeout=5).close()
+        assert await asyncio.to_thread(daemon.proc.wait, 30) == 0
+        after = daemon.log().split("event=stopping", 1)[1]
+        assert after.count("event=worker_stopped") == 2 and "worker_died" not in after
     finally:
         code = await asyncio.to_thread(daemon.stop)
     assert code == 0, daemon.log()

@@ -35,6 +35,7 @@ from mtaserver.notify import Notifier
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.queue import Spool
 from mtaserver.supervisor import first_fatal, supervise
+from mtaserver.workers.pool import Listening
 
 log = get_logger("app")
 
@@ -141,6 +142,12 @@ class App:
                 self.notifier.ready()
                 log.info(kv(event="ready", services=",".join(s.name for s in started)))
                 await self._supervise(wiring.services)
+                # Listeners closed first (in every worker process too), so that once systemd
+                # sees STOPPING=1 no new connection is taken; then the drain.
+                await asyncio.gather(
+                    *(_bounded(s.stop_accepting(), 5.0, s.name)
+                      for s in started if isinstance(s, Listening))
+                )  # fmt: skip
                 self.notifier.stopping()
                 log.info(kv(event="stopping"))
                 timeout = self.config.server.drain_timeout

@@ -342,6 +342,11 @@ class Worker:
         self.cfg = new
         log.info(kv(event="worker_reloaded", worker=self.index))
 
+    def stop_accepting(self) -> None:
+        """Close the listening sockets now (``close`` then drains the sessions)."""
+        for item in self.server.listeners:
+            item.server.close()
+
     async def close(self) -> None:
         await self.server.close(self.cfg.server.drain_timeout)
         if self.connections is not None:
@@ -393,6 +398,10 @@ async def _main(cfg: Config, index: int, fd: int) -> None:
             log.error(kv(event="owner_gone", worker=index))
         for t in (reloading, gone, stopping):
             t.cancel()
+        worker.stop_accepting()
+        if not link.closed.is_set():
+            with contextlib.suppress(StorageError):  # the owner says STOPPING=1 after this
+                link.send(Frame(frames.CLOSED, 0))
         await worker.close()
     finally:
         await link.aclose()

@@ -26,6 +26,7 @@ THROTTLE = 4
 # body: JSON {"ok": bool, "error": str}: the answer to a SIGHUP, applied or not (a failed
 # reload keeps the worker's previous config whole)
 RELOADED = 5
+CLOSED = 6  # the worker's listeners are closed (it is stopping): no new connection
 # Owner → worker
 OK = 10
 ERR = 11  # body: JSON {"kind": "prepare" | "full" | "storage", "reply": "451 ..."}

@@ -17,8 +17,9 @@ interpreter each: no fork of a running loop), each with one end of a socketpair,
   owner creates and clears for a worker that died — so both limits hold for the daemon;
 * ``reload`` forwards SIGHUP and waits until each worker has answered: applied, or failed
   and kept its previous config whole (reported, and the next SIGHUP is tried again);
-* ``drain`` sends SIGTERM and waits for the workers to finish their transactions (the
-  database stays open until every drain is done).
+* ``stop_accepting`` sends SIGTERM and returns once every worker has closed its listeners
+  (the daemon says STOPPING=1 after it); ``drain`` waits for the workers to finish their
+  transactions (the database stays open until every drain is done).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from mtaserver.auth import AuthThrottle
 from mtaserver.clock import Clock
@@ -65,6 +66,13 @@ class Observer(Protocol):
     def recipient_refused(self, reason: str) -> None: ...
 
 
+@runtime_checkable
+class Listening(Protocol):
+    """A service whose listeners close before STOPPING=1 (then it drains)."""
+
+    async def stop_accepting(self) -> None: ...
+
+
 class _Slot:
     """One worker position: its current process, link and readiness."""
 
@@ -75,6 +83,7 @@ class _Slot:
         self.served: asyncio.Task[None] | None = None
         self.started = 0.0
         self.reloaded: asyncio.Future[dict[str, object]] | None = None  # its SIGHUP's answer
+        self.closed = asyncio.Event()  # its listeners are closed (stopping)
 
 
 class WorkerPool:
@@ -124,10 +133,31 @@ class WorkerPool:
             for slot in self._slots:
                 tg.create_task(self._keep(slot), name=f"worker-{slot.index}")
 
+    async def stop_accepting(self) -> None:
+        """SIGTERM to every worker; returns once each has closed its listeners (or exited)."""
+        self._stopping = True
+        live = [s for s in self._slots if s.proc is not None and s.proc.returncode is None]
+        for slot in live:
+            assert slot.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                slot.proc.send_signal(signal.SIGTERM)
+        await asyncio.gather(*(self._closed(slot) for slot in live))
+
+    async def _closed(self, slot: _Slot) -> None:
+        assert slot.proc is not None
+        closed = asyncio.ensure_future(slot.closed.wait())
+        exited = asyncio.ensure_future(slot.proc.wait())
+        waits: set[asyncio.Future[object]] = {closed, exited}  # type: ignore[arg-type]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            exited.cancel()
+
     async def drain(self, timeout: float) -> None:
         self._stopping = True
         procs = [s.proc for s in self._slots if s.proc is not None and s.proc.returncode is None]
-        for proc in procs:
+        for proc in procs:  # again: a worker started since stop_accepting's
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
         # Each worker bounds its own drain by drain_timeout; one still running when the
@@ -214,6 +244,7 @@ class WorkerPool:
         finally:
             theirs.close()
         slot.ready.clear()
+        slot.closed.clear()
         slot.started = self._clock.monotonic()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         slot.served = asyncio.create_task(self._serve(slot, reader, writer))
@@ -294,6 +325,8 @@ class WorkerPool:
                     slot.ready.set()
                 elif frame.kind == frames.RELOADED:
                     self._reloaded(slot, frame.body)
+                elif frame.kind == frames.CLOSED:
+                    slot.closed.set()
                 elif frame.kind == frames.OBSERVE:
                     self._observe(frame.body)
                 elif frame.kind == frames.THROTTLE:
