@@ -19,7 +19,8 @@ from tests.support.daemon import Daemon, TestConfig
 STATES = {"READY=1", "RELOADING=1", "STOPPING=1"}
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.sqlite_only("reads the SQLite file's clean-shutdown flag")
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.pg_pending("workers"))])
 def test_ready_reload_and_clean_stop(tmp_path: Path, workers: int) -> None:
     cfg = TestConfig(tmp_path)
     cfg.set("server", workers=workers)
@@ -52,7 +53,10 @@ def test_ready_reload_and_clean_stop(tmp_path: Path, workers: int) -> None:
     assert conn.execute("SELECT value FROM meta WHERE key='clean_shutdown'").fetchone() == ("1",)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.sqlite_only(
+    "SQLite's unclean-stop check (PostgreSQL lease takeover: test_pg_queue, test_pg_cluster)"
+)
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.pg_pending("workers"))])
 def test_crash_is_detected_and_leases_come_back(tmp_path: Path, workers: int) -> None:
     import asyncio
 
@@ -102,6 +106,7 @@ async def test_migrations_from_an_empty_file(tmp_path: Path) -> None:
     assert {"messages", "recipients", "events", "meta", "schema_migrations"} <= tables
 
 
+@pytest.mark.sqlite_only("the SQLite lock file and clean-shutdown flag")
 def test_tools_beside_the_daemon_and_a_second_daemon(tmp_path: Path) -> None:
     cfg = TestConfig(tmp_path, tls=False)
     with Daemon(cfg) as d:
@@ -124,7 +129,7 @@ def test_tools_beside_the_daemon_and_a_second_daemon(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "mtaserver.db").stat().st_mode & 0o077 == 0
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.pg_pending("workers"))])
 def test_sigterm_lets_a_transaction_in_progress_finish(tmp_path: Path, workers: int) -> None:
     import signal
     import socket
@@ -172,6 +177,5 @@ def test_sigterm_lets_a_transaction_in_progress_finish(tmp_path: Path, workers: 
     finally:
         sock.close()
     assert d.stop() == 0, d.log()
-    conn = sqlite3.connect(cfg.database)
-    row = conn.execute("SELECT body FROM messages WHERE id=?", (queue_id,)).fetchone()
-    assert row is not None and b"second half" in row[0]
+    rows = cfg.query("SELECT body FROM messages WHERE id=?", queue_id)
+    assert rows and b"second half" in rows[0][0]

@@ -7,16 +7,13 @@ import time
 from pathlib import Path
 
 from mtaserver.model import PreparedMessage, PreparedRecipient
-from mtaserver.storage.sqlite.db import Database
-from mtaserver.storage.sqlite.queue import Spool, new_queue_id
-from tests.support.daemon import Daemon, TestConfig, free_port
+from mtaserver.storage.sqlite.queue import new_queue_id
+from tests.support.daemon import Daemon, TestConfig, free_port, open_stores
 
 
-async def _fill(db_path: Path, now: float) -> list[str]:
-    db = Database(db_path)
-    await db.open()
-    try:
-        spool = Spool(db)
+async def _fill(cfg: TestConfig, now: float) -> list[str]:
+    async with open_stores(cfg) as stores:
+        spool = stores.spool
         qids = []
         for i, (age, rcpts) in enumerate(
             [
@@ -39,20 +36,18 @@ async def _fill(db_path: Path, now: float) -> list[str]:
                     message_id=f"m{i}@sender.test",
                 )
             )
-        # keep them off the delivery path while the CLI looks at them: due in an hour
-        await db.write(lambda c: c.execute("UPDATE recipients SET next_attempt=?", (now + 3600,)))
-        return qids
-    finally:
-        await db.close()
+    # keep them off the delivery path while the CLI looks at them: due in an hour
+    await asyncio.to_thread(cfg.query, "UPDATE recipients SET next_attempt=?", now + 3600)
+    return qids
 
 
 def test_queue_commands_while_the_daemon_runs(tmp_path: Path) -> None:
     cfg = TestConfig(tmp_path, tls=False)
     # nothing reachable: anything the daemon tries to deliver is deferred, never sent
     cfg.set("delivery", relay_host=f"127.0.0.1:{free_port()}", nameservers=["127.0.0.1:9"])
-    cfg.database.parent.mkdir(parents=True, exist_ok=True)
+    Path(cfg.data["server"]["data_dir"]).mkdir(parents=True, exist_ok=True)
     # filled before the daemon starts, so it never sees these recipients due
-    q1, q2, q3 = asyncio.run(_fill(cfg.database, time.time()))
+    q1, q2, q3 = asyncio.run(_fill(cfg, time.time()))
     with Daemon(cfg) as d:
         out = d.cli("queue", "summary")
         assert out.returncode == 0, out.stderr

@@ -34,15 +34,18 @@ USER_PASSWORD = "future release pw 1"
 MSG = b"From: App <app@example.com>\r\nTo: x@dest.test\r\nSubject: later\r\n\r\nhello\r\n"
 
 
-def _next_attempt(db: Path, queue_id: str) -> float:
-    conn = sqlite3.connect(db)
+def _next_attempt(where: TestConfig | Path, queue_id: str) -> float:
+    """From a daemon's database (either backend) or an in-process server's SQLite file."""
+    sql = (
+        "SELECT r.next_attempt - m.received_at FROM recipients r JOIN messages m "
+        "ON m.id = r.queue_id WHERE r.queue_id=?"
+    )
+    if isinstance(where, TestConfig):
+        [(delay,)] = where.query(sql, queue_id)
+        return float(delay)
+    conn = sqlite3.connect(where)
     try:
-        row = conn.execute(
-            "SELECT r.next_attempt - m.received_at FROM recipients r JOIN messages m "
-            "ON m.id = r.queue_id WHERE r.queue_id=?",
-            (queue_id,),
-        ).fetchone()
-        return float(row[0])
+        return float(conn.execute(sql, (queue_id,)).fetchone()[0])
     finally:
         conn.close()
 
@@ -106,8 +109,8 @@ async def test_daemon_holds_until_release_time_and_refuses_bad_holds(tmp_path: P
                 until = time.time() + 1800
                 offset = time.strftime("%Y-%m-%dT%H:%M:%S+02:00", time.gmtime(until + 7200))
                 _, until_id = await send(f"holduntil={offset}")
-                assert abs(_next_attempt(cfg.database, hour_id) - 3600) < 0.01
-                assert abs(_next_attempt(cfg.database, until_id) - 1800) < 5
+                assert abs(_next_attempt(cfg, hour_id) - 3600) < 0.01
+                assert abs(_next_attempt(cfg, until_id) - 1800) < 5
 
                 # refusals, each leaving the session usable
                 refusals = {
@@ -181,12 +184,8 @@ def test_smtplib_mail_options_as_documented(tmp_path: Path) -> None:
                 s.sendmail("app@example.com", ["x@dest.test"], MSG,
                            mail_options=[f"HOLDFOR={72 * 3600 + 1}"])  # fmt: skip
             assert info.value.smtp_code == 554
-        conn = sqlite3.connect(cfg.database)
-        try:
-            (qid,) = conn.execute("SELECT id FROM messages").fetchone()
-        finally:
-            conn.close()
-        assert abs(_next_attempt(cfg.database, qid) - 3600) < 0.01
+        [(qid,)] = cfg.query("SELECT id FROM messages")
+        assert abs(_next_attempt(cfg, qid) - 3600) < 0.01
 
 
 async def test_off_when_zero_and_only_after_ehlo(tmp_path: Path) -> None:

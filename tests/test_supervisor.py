@@ -134,6 +134,7 @@ def test_reserve_is_made_only_with_room_and_released_once(tmp_path: Path) -> Non
     assert not reserve.ensure(huge) and not (tmp_path / "reserve.bin").exists()
 
 
+@pytest.mark.sqlite_only("removes the SQLite file under the daemon")
 def test_database_removed_under_the_daemon_is_fatal_in_one_line(tmp_path: Path) -> None:
     cfg = TestConfig(tmp_path, tls=False)
     daemon = Daemon(cfg).start()

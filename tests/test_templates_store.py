@@ -12,9 +12,7 @@ import sys
 from pathlib import Path
 
 from mtaserver.sendapi import StoredTemplate
-from mtaserver.storage.sqlite.db import Database
-from mtaserver.storage.sqlite.templates import TemplateStore
-from tests.support.daemon import ROOT, TestConfig
+from tests.support.daemon import ROOT, TestConfig, open_stores
 
 
 def cli(cfg: TestConfig, *args: str) -> subprocess.CompletedProcess[str]:
@@ -25,18 +23,14 @@ def cli(cfg: TestConfig, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def active(cfg: TestConfig, ref: str) -> StoredTemplate | None:
-    db = Database(cfg.database)
-    await db.open()
-    try:
-        return await TemplateStore(db).get(ref)
-    finally:
-        await db.close()
+    async with open_stores(cfg) as stores:
+        return await stores.templates.get(ref)
 
 
 def test_template_cli_versions_and_get(tmp_path: Path) -> None:
     cfg = TestConfig(tmp_path, tls=False)
     cfg.write()
-    cfg.database.parent.mkdir(parents=True, exist_ok=True)
+    Path(cfg.data["server"]["data_dir"]).mkdir(parents=True, exist_ok=True)
     (tmp_path / "v1.html").write_text("<p>Hi {{name}}</p>\n")
     (tmp_path / "v1.txt").write_text("Hi {{name}}\n")
     (tmp_path / "v2.html").write_text("<p>Hello {{name}}{{#if vip}}!{{/if}}</p>\n")

@@ -189,6 +189,7 @@ class Stores:
     spool: Any  # Spool | PgQueue
     events: Any  # EventLog | PgEventLog
     tokens: Any  # TokenStore | PgTokenStore
+    templates: Any  # TemplateStore | PgTemplateStore
 
 
 @contextlib.asynccontextmanager
@@ -199,6 +200,7 @@ async def open_stores(config: TestConfig) -> AsyncIterator[Stores]:
         from mtaserver.storage.postgres.db import PgDatabase
         from mtaserver.storage.postgres.events import PgEventLog
         from mtaserver.storage.postgres.queue import PgQueue
+        from mtaserver.storage.postgres.templates import PgTemplateStore
         from mtaserver.storage.postgres.tokens import PgTokenStore
 
         pg = PgDatabase(
@@ -209,19 +211,20 @@ async def open_stores(config: TestConfig) -> AsyncIterator[Stores]:
         )  # fmt: skip
         await pg.open()
         try:
-            yield Stores(PgQueue(pg, "test"), PgEventLog(pg), PgTokenStore(pg))
+            yield Stores(PgQueue(pg, "test"), PgEventLog(pg), PgTokenStore(pg), PgTemplateStore(pg))
         finally:
             await pg.close()
         return
     from mtaserver.storage.sqlite.db import Database
     from mtaserver.storage.sqlite.events import EventLog
     from mtaserver.storage.sqlite.queue import Spool
+    from mtaserver.storage.sqlite.templates import TemplateStore
     from mtaserver.storage.sqlite.tokens import TokenStore
 
     db = Database(config.database)
     await db.open()
     try:
-        yield Stores(Spool(db), EventLog(db), TokenStore(db))
+        yield Stores(Spool(db), EventLog(db), TokenStore(db), TemplateStore(db))
     finally:
         await db.close()
 
