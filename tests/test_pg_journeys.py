@@ -7,6 +7,7 @@ cluster has: two nodes' runners on one database fire every due step once between
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -25,9 +27,10 @@ from mtaserver.model import PreparedMessage, PreparedRecipient
 from mtaserver.outreach import OutreachSender
 from mtaserver.outreach.runner import StepRunner
 from mtaserver.pipeline import Pipeline
+from mtaserver.storage.postgres.contacts import PgContactStore
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.journeys import PgJourneyStore
-from mtaserver.storage.postgres.optin import PgOptInStore
+from mtaserver.storage.postgres.optin import AlreadySent, PgOptInStore
 from mtaserver.storage.postgres.queue import PgQueue
 from mtaserver.storage.postgres.suppressions import PgSuppressionStore
 from mtaserver.storage.postgres.templates import PgTemplateStore
@@ -43,10 +46,12 @@ from mtaserver.storage.sqlite.users import UserStore
 from tests.pg import PgServer, pg_dsn, pg_server  # noqa: F401
 from tests.support.apiserver import ApiDaemon
 from tests.support.clock import FakeClock
+from tests.support.ports import free_port
 from tests.test_journeys_e2e import acall
 
 HASH = hash_password("correct horse battery", n=2**10)
 T0 = 1_800_000_000.0
+ADDR = "gail.dpr@x.test"
 SEQUENCE = {
     "event": "signup",
     "steps": [
@@ -75,7 +80,7 @@ class Env:
     templates: Any
     users: Any
     suppressions: Any
-    contacts: Any  # ContactStore (SQLite) or the raw connection helper below (PostgreSQL)
+    contacts: Any
     dsn: str = ""
     path: Path | None = None
 
@@ -90,7 +95,7 @@ class Env:
         return StepRunner(journeys or self.journeys, sender, self.clock)
 
     async def sql(self, query: str, *args: object) -> list[tuple[Any, ...]]:
-        """Test-side reads and fixture rows (contacts, until their PostgreSQL owner lands)."""
+        """Test-side reads and fixture rows (lists, memberships, many contacts at once)."""
         if self.backend == "sqlite":
             assert self.path is not None
             conn = sqlite3.connect(self.path)
@@ -114,19 +119,7 @@ class Env:
         return sorted(str(message_from_bytes(bytes(r[0]))["Subject"]) for r in rows)
 
     async def contact(self, address: str, attrs: str = "{}", status: str = "subscribed") -> None:
-        if self.backend == "sqlite":
-            await self.contacts.upsert("alice", ContactInput(address, attrs, status))
-            return
-        await self.sql(
-            "UPDATE contacts SET consent_status=$2 WHERE owner='alice' AND address=$1",
-            address, status,
-        )  # fmt: skip
-        await self.sql(
-            "INSERT INTO contacts (owner, address, attributes, consent_status, created_at, "
-            "updated_at) SELECT 'alice', $1, $2::jsonb, $3, $4, $4 WHERE NOT EXISTS "
-            "(SELECT 1 FROM contacts WHERE owner='alice' AND address=$1)",
-            address, attrs, status, T0,
-        )  # fmt: skip
+        await self.contacts.upsert("alice", ContactInput(address, attrs, status))
 
     async def event(self, address: str, name: str, props: str = "{}") -> None:
         got = await self.journeys.record_events(
@@ -168,7 +161,8 @@ async def env(request: Any, tmp_path: Path) -> AsyncIterator[Env]:
         yield await _prepare(Env(
             "postgresql", clock, PgQueue(pg, "node-a", clock=clock),
             PgJourneyStore(pg, clock, node="node-a"), PgOptInStore(pg),
-            PgTemplateStore(pg, clock), PgUserStore(pg), PgSuppressionStore(pg, clock), None,
+            PgTemplateStore(pg, clock), PgUserStore(pg), PgSuppressionStore(pg, clock),
+            PgContactStore(pg, clock),
             dsn=dsn,
         ))  # fmt: skip
     finally:
@@ -286,6 +280,13 @@ async def test_optin_settings_pending_and_one_mark_per_membership(env: Env) -> N
     mark = env.optin.mark_sent_op([(pending[0].list_id, pending[0].contact_id, m.queue_id)], T0)
     await env.queue.enqueue_many([m], also=mark)
     assert [p.address for p in await env.optin.pending()] == ["bo@example.org"]
+    if env.backend == "postgresql":  # a second node queuing the same confirmation: kept once
+        again = dataclasses.replace(m, queue_id=new_queue_id(T0 + 1))
+        key = (pending[0].list_id, pending[0].contact_id, again.queue_id)
+        with pytest.raises(AlreadySent):
+            await env.queue.enqueue_many([again], also=env.optin.mark_sent_op([key], T0))
+        assert await env.queue.show(again.queue_id) is None  # rolled back with the mark
+    assert len(await env.sql("SELECT * FROM messages")) == 1
 
 
 async def test_two_nodes_fire_each_due_step_once(pg_dsn: str) -> None:  # noqa: F811
@@ -300,7 +301,7 @@ async def test_two_nodes_fire_each_due_step_once(pg_dsn: str) -> None:  # noqa: 
         env = await _prepare(Env(
             "postgresql", clock, PgQueue(a, "node-a", clock=clock),
             PgJourneyStore(a, clock, node="node-a"), PgOptInStore(a), PgTemplateStore(a, clock),
-            PgUserStore(a), PgSuppressionStore(a, clock), None, dsn=pg_dsn,
+            PgUserStore(a), PgSuppressionStore(a, clock), PgContactStore(a, clock), dsn=pg_dsn,
         ))  # fmt: skip
         await env.sql(
             "INSERT INTO contacts (owner, address, created_at, updated_at) "
@@ -382,3 +383,53 @@ async def test_a_postgresql_node_sends_triggered_mail_to_the_mx(
         assert status == 200 and body["step_counts"]["0"]["fired"] == 1, body
         rows = await asyncio.to_thread(api.query, "SELECT state, lease_node FROM journey_steps")
         assert rows == [("fired", None)]
+
+
+async def test_optin_confirm_and_privacy_requests_over_http_on_a_postgresql_node(
+    pg_server: PgServer,  # noqa: F811
+    pg_dsn: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A PostgreSQL node: a double opt-in member gets one confirmation mail, its link's POST
+    confirms; the admin API exports the contact and erases it, keeping hashed proofs."""
+    from tests.test_contacts_api import Client
+    from tests.test_optin import LINK, OptInDaemon, body_of, mail_to
+
+    (tmp_path / "pgpass").write_text(pg_server.password + "\n")
+    api = OptInDaemon(tmp_path)
+    api.cfg.set("storage", backend="postgresql", tls="disable", pool_size=4,
+                dsn=pg_dsn.replace(f":{pg_server.password}@", "@"),
+                password_file=str(tmp_path / "pgpass"))  # fmt: skip
+    api.cfg.set("admin", listen=f"127.0.0.1:{free_port()}")
+    async with api, aiohttp.ClientSession() as session:
+        c = Client(api, session, api.key)
+        st, _ = await c.call("POST", "/v1/lists", {"name": "news", "double_opt_in": True})
+        assert st == 201
+        assert (await c.call("POST", "/v1/lists/news/members", {"emails": [ADDR]}))[0] == 200
+        [raw] = await mail_to(api, ADDR)
+        link = LINK.search(body_of(raw))
+        assert link and api.dkim_ok(raw)
+        async with session.post(link.group(1), data={"confirm": "yes"}) as r:
+            assert r.status == 200
+        st, body = await c.call("GET", f"/v1/contacts/{ADDR}")
+        assert body["consent"]["source"] == "confirm" and body["lists"][0]["confirmed_at"]
+        token = (await asyncio.to_thread(
+            api.daemon.cli, "admin", "token", "create", "--name", "ops")).stdout.strip()  # type: ignore[union-attr]  # fmt: skip
+        host, port = api.cfg.address("admin", "listen")
+        admin = f"http://{host}:{port}/api/v1/privacy"
+        h = {"Authorization": f"Bearer {token}"}
+        async with session.get(f"{admin}/export", params={"address": ADDR}, headers=h) as r:
+            assert r.status == 200, await r.text()
+            export = await r.json()
+        assert [x["address"] for x in export["received"]] == [ADDR]  # the confirmation
+        assert export["contacts"][0]["lists"][0]["status"] == "subscribed"
+        async with session.post(f"{admin}/erase", json={"address": ADDR}, headers=h) as r:
+            assert r.status == 200, await r.text()
+            erased = await r.json()
+        assert (erased["contacts"], erased["consent_proofs"], erased["recipients"]) == (1, 2, 1)
+        async with session.get(f"{admin}/export", params={"address": ADDR}, headers=h) as r:
+            again = await r.json()
+        assert again["contacts"] == [] and again["received"] == []
+        assert [(p["list_name"], p["source"]) for p in again["consent_proofs"]] == [
+            (None, "confirm"), ("news", "confirm")]  # fmt: skip
+    assert (await mail_to(api, ADDR)) == [raw]  # one confirmation, ever

@@ -2,9 +2,9 @@
 
 SMTP submission → pipeline → the shared queue → scheduler → delivery → events and
 suppressions, every store over the cluster's database; several nodes run this against one
-database, the HTTP send API, the admin API, webhooks and tracking (``app.pgops``). What
-is not ported yet (contacts and their consent pages, privacy requests)
-is refused at config check
+database, the HTTP send API, the admin API (privacy requests included), webhooks,
+tracking with the consent pages, campaigns, triggers and the opt-in mailer (``app.pgops``,
+``app.pgcampaigns``, ``app.pgjourneys``). What is not ported is refused at config check
 (``config.storage.check_postgres``), so nothing here falls back to SQLite.
 
 The stage builders of :mod:`mtaserver.app.mail` are typed on the SQLite owners; the
@@ -33,7 +33,7 @@ from mtaserver.app.mail import (
 )
 from mtaserver.app.ops import build_tracking, tracking_service
 from mtaserver.app.pgcampaigns import pg_campaigns_service
-from mtaserver.app.pgjourneys import pg_journeys_service
+from mtaserver.app.pgjourneys import pg_consent_pages, pg_journeys_service, pg_optin_service
 from mtaserver.app.pgops import (
     as_sqlite_owner as _as,
 )
@@ -133,7 +133,10 @@ def wire_postgres(
         inbound_service(cfg, q, s, verp, unsubscribe_mail, space, clock),
         Retention(queue, events, outbox, cfg.retention, clock),
     ]
-    track = tracking_service(cfg, tracking, clock) if tracking is not None else None
+    # double opt-in confirm and preferences pages, served with the tracking endpoint
+    consent = pg_consent_pages(cfg, tracking, PgContactStore(db, clock), suppressions, users,
+                               clock)  # fmt: skip
+    track = tracking_service(cfg, tracking, clock, consent) if tracking is not None else None
     if track is not None:
         services.append(track)
     hooks = pg_webhooks_service(cfg, outbox, clock)
@@ -149,6 +152,13 @@ def wire_postgres(
     # trigger steps: every node's runner claims the due steps it fires (each sent once)
     journeys = PgJourneyStore(db, clock, node=node_id(cfg))
     services.append(pg_journeys_service(cfg, mail, journeys))
+    optin = (
+        pg_optin_service(cfg, mail, PgOptInStore(db), tracking.codec)
+        if consent is not None and tracking is not None
+        else None
+    )  # the confirmation mailer: every node's, each membership's mail kept once
+    if optin is not None:
+        services.append(optin[0])
     if sub.listen or sub.listen_tls or sub.listen_plain:  # workers commit through this process
         one = cfg.server.workers == 1
         services.append(submission_service(cfg, mail) if one else workers_service(cfg, mail))
@@ -159,6 +169,7 @@ def wire_postgres(
         cfg,
         mail,
         PgTemplateStore(db, clock),
+        optin_nudge=optin[1].nudge if optin is not None else None,
         stores=ApiStores(
             PgApiKeyStore(db, clock),
             PgApiIntake(db, queue),
