@@ -15,18 +15,21 @@ from pathlib import Path
 
 from tests.support.daemon import ROOT, TestConfig
 
-# Start the daemon in-process until READY, stop it, print what it had imported.
+# `mtaserver serve -c CONFIG` in-process (the CLI's parser and config loading, then the
+# daemon) until READY, stopped there; prints what it had imported.
 _PROBE = """
 import sys, uvloop
 from mtaserver.app import App
-from mtaserver.keyfiles import load_checked
+from mtaserver.cli import build_parser
+from mtaserver.cli._common import config_from
 from mtaserver.notify import Notifier
 
 class StopWhenReady(Notifier):
     def ready(self):
         app.request_stop()
 
-app = App(load_checked(sys.argv[1]), notifier=StopWhenReady(""))
+args = build_parser("serve").parse_args(["serve", "-c", sys.argv[1]])
+app = App(config_from(args), notifier=StopWhenReady(""))
 uvloop.run(app.run())
 print(" ".join(sorted(sys.modules)))
 """

@@ -8,16 +8,18 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mtaserver.auth import normalize_name
 from mtaserver.config import Config
 from mtaserver.errors import MtaError
 from mtaserver.keyfiles import load_checked
-from mtaserver.storage.postgres.db import PgDatabase
-from mtaserver.storage.postgres.users import PgUserStore
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.users import UserStore
+
+if TYPE_CHECKING:  # asyncpg loads in with_pg, for a PostgreSQL config only
+    from mtaserver.storage.postgres.db import PgDatabase
+    from mtaserver.storage.postgres.users import PgUserStore
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -64,6 +66,7 @@ def with_pg(config: Config, fn: Callable[[PgDatabase], Awaitable[T]]) -> T:
     pg = config.storage.postgres
     if pg is None:
         raise MtaError(f'{config.source}: storage.backend: not "postgresql"')
+    from mtaserver.storage.postgres.db import PgDatabase  # asyncpg: PostgreSQL configs only
 
     async def runner() -> T:
         db = PgDatabase(pg)
@@ -80,6 +83,8 @@ def with_users(config: Config, fn: Callable[[UserStore | PgUserStore], Awaitable
     """Run ``fn`` on the user store of the configured backend (PostgreSQL: the cluster's)."""
     if config.storage.postgres is None:
         return with_db(config, lambda db: fn(UserStore(db)))
+    from mtaserver.storage.postgres.users import PgUserStore  # with_pg's backend
+
     return with_pg(config, lambda db: fn(PgUserStore(db)))
 
 
@@ -114,6 +119,8 @@ def with_owner(
 
     if config.storage.postgres is None:
         return with_db(config, lambda db: run(lite(db), UserStore(db)))
+    from mtaserver.storage.postgres.users import PgUserStore  # with_pg's backend
+
     return with_pg(config, lambda db: run(cast(S, pg(db)), PgUserStore(db)))
 
 
