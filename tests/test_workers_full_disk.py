@@ -25,7 +25,7 @@ from tests.test_full_disk import _fill_rest, _mount, _queue_id, _submit, _transa
 from tests.test_workers import _worker_pids
 from tests.test_workers_reliability import connect_to_each
 
-pytestmark = pytest.mark.pg_pending("workers")
+pytestmark = pytest.mark.sqlite_only("fills the disk under the SQLite file")
 
 
 @pytest.fixture

@@ -4,6 +4,9 @@
 (a spam verdict, a policy block, the soft-bounce threshold of older versions): judged by
 their recorded reason, or, for entries made before the reason taxonomy, by reclassifying
 the reply or bounce diagnostic with today's table; ``--lift`` removes them.
+
+Every action works on the SQLite file, or with ``[storage] backend = "postgresql"`` on the
+cluster's list (one list for every node: an address added here is refused by all of them).
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ import sys
 import time
 
 from mtaserver.classify import REASONS
-from mtaserver.cli._common import add_config_arg, config_from, with_db
+from mtaserver.cli._common import add_config_arg, config_from, with_store
 from mtaserver.clock import SystemClock
 from mtaserver.config.units import parse_duration
 from mtaserver.errors import ConfigError
-from mtaserver.storage.sqlite.db import Database
+from mtaserver.storage.postgres.events import PgEventLog
+from mtaserver.storage.postgres.suppressions import PgSuppressionStore
 from mtaserver.storage.sqlite.events import EventLog
 from mtaserver.storage.sqlite.suppressions import SuppressionStore
 from mtaserver.suppression import Review, Suppression, review, valid_address
@@ -84,12 +88,10 @@ def _line(s: Suppression) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     cfg = config_from(args)
-    rows = with_db(
-        cfg,
-        lambda db: SuppressionStore(db).list(
-            args.address, limit=args.limit, include_expired=args.all
-        ),
-    )
+    rows = with_store(
+        cfg, SuppressionStore, PgSuppressionStore,
+        lambda store: store.list(args.address, limit=args.limit, include_expired=args.all),
+    )  # fmt: skip
     for s in rows:
         print(_line(s))
     return 0
@@ -106,12 +108,12 @@ def run_add(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--for: expected a duration like '30d', got {args.duration!r}"
             ) from None
-    s = with_db(
-        cfg,
-        lambda db: SuppressionStore(db).add(
+    s = with_store(
+        cfg, SuppressionStore, PgSuppressionStore,
+        lambda store: store.add(
             address, args.reason, scope=args.scope, source="manual", expires_at=expires
         ),
-    )
+    )  # fmt: skip
     print(_line(s))
     return 0
 
@@ -119,12 +121,10 @@ def run_add(args: argparse.Namespace) -> int:
 def run_remove(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     address = valid_address(args.address)
-    n = with_db(
-        cfg,
-        lambda db: SuppressionStore(db).remove(
-            address, args.scope or None, all_scopes=args.scope is None
-        ),
-    )
+    n = with_store(
+        cfg, SuppressionStore, PgSuppressionStore,
+        lambda store: store.remove(address, args.scope or None, all_scopes=args.scope is None),
+    )  # fmt: skip
     print(f"removed {n} entr{'y' if n == 1 else 'ies'} for {address.lower()}")
     return 0
 
@@ -134,11 +134,14 @@ def run_check(args: argparse.Namespace) -> int:
     address = valid_address(args.address)
     window = cfg.inbound.suppression.soft_bounce_window
 
-    async def look(db: Database) -> tuple[Suppression | None, list[tuple[float, str]]]:
-        store = SuppressionStore(db, policy=cfg.inbound.suppression)
+    async def look(store: SuppressionStore) -> tuple[Suppression | None, list[tuple[float, str]]]:
         return await store.check(address, args.sender_domain), await store.soft_bounces(address)
 
-    s, counted = with_db(cfg, look)
+    policy = cfg.inbound.suppression
+    s, counted = with_store(
+        cfg, lambda db: SuppressionStore(db, policy=policy),
+        lambda db: PgSuppressionStore(db, policy=policy), look,
+    )  # fmt: skip
     if s is None:
         note = ""
         if counted:
@@ -178,8 +181,11 @@ async def _bounce_text(events: EventLog, s: Suppression) -> str | None:
     return _event_text(mine[-1].data) or None
 
 
-async def _review(db: Database, reason: str | None, lift: bool) -> tuple[list[Review], int]:
-    store, events = SuppressionStore(db), EventLog(db)
+Stores = tuple[SuppressionStore, EventLog]
+
+
+async def _review(stores: Stores, reason: str | None, lift: bool) -> tuple[list[Review], int]:
+    store, events = stores
     entries = await store.made_by_policy()
     found: list[Review] = []
     for s in entries:
@@ -211,7 +217,11 @@ def run_review(args: argparse.Namespace) -> int:
         )
     cfg = config_from(args)
     lift = args.lift and not args.dry_run
-    found, total = with_db(cfg, lambda db: _review(db, args.reason, lift))
+    found, total = with_store(
+        cfg, lambda db: (SuppressionStore(db), EventLog(db)),
+        lambda db: (PgSuppressionStore(db), PgEventLog(db)),
+        lambda stores: _review(stores, args.reason, lift),
+    )  # fmt: skip
     verb = "lifted" if lift else "would-lift" if args.lift else "review"
     for r in found:
         print(_review_line(verb, r))

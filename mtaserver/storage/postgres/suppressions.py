@@ -20,6 +20,7 @@ from mtaserver.storage.sqlite.suppressions import _consent_source
 from mtaserver.suppression import (
     COUNT,
     GLOBAL,
+    NOT_POLICY_SOURCES,
     Suppression,
     SuppressionDecision,
     _scope_key,
@@ -241,3 +242,29 @@ class PgSuppressionStore:
                 self.clock.now(),
             )
         return int(status.split()[-1])
+
+    async def made_by_policy(self) -> builtins.list[Suppression]:
+        """Every entry a bounce or complaint made, expired ones too (for ``suppression
+        review``), oldest first."""
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_COLUMNS} FROM suppressions WHERE NOT (source = ANY($1::text[])) "
+                "ORDER BY created_at, address",
+                list(NOT_POLICY_SOURCES),
+            )
+        return [_row(r) for r in rows]
+
+    async def lift(self, entries: builtins.list[Suppression]) -> builtins.list[Suppression]:
+        """Remove these entries, each only if unchanged since it was read (another node's
+        newer bounce may have replaced it); the ones removed."""
+        gone: builtins.list[Suppression] = []
+        async with self.db.transaction() as conn:
+            for e in entries:
+                status = await conn.execute(
+                    "DELETE FROM suppressions WHERE address=$1 AND scope=$2 AND created_at=$3 "
+                    "AND reason=$4",
+                    e.address, _scope_key(e.scope), e.created_at, e.reason,
+                )  # fmt: skip
+                if int(status.split()[-1]):
+                    gone.append(e)
+        return gone
