@@ -222,7 +222,7 @@ class Mta:
                                        "WHERE address=? ORDER BY at", address)]  # fmt: skip
 
 
-@pytest.mark.pg_pending("suppression-cli")
+@pytest.mark.pg_pending("sqlite-reads")
 async def test_policy_end_to_end(tmp_path: Path) -> None:
     async with SinkGroup(["127.0.0.2"]) as sinks:
         sink = sinks["127.0.0.2"]

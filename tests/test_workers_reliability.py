@@ -50,7 +50,7 @@ from tests.test_workers import (
     _worker_pids,
 )
 
-pytestmark = pytest.mark.pg_pending("workers-sqlite-reads")
+pytestmark = pytest.mark.pg_pending("sqlite-reads")
 
 _T = TypeVar("_T")
 _SELECTOR = re.compile(rb"(?i)DKIM-Signature:[^:]*?\bs=([a-z0-9]+)")

@@ -24,7 +24,7 @@ from tests.support.mxsink import SinkGroup, wait_for
 from tests.tracking.conftest import BROWSER
 from tests.tracking.test_e2e import _message
 
-pytestmark = pytest.mark.pg_pending("workers-sqlite-reads")
+pytestmark = pytest.mark.pg_pending("sqlite-reads")
 
 
 async def test_tokens_minted_in_a_worker_open_in_the_owner(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ BACKENDS = ("sqlite", "postgresql")
 # lands; MTASERVER_TEST_PG_PENDING=run runs the pending tests anyway (to try a port).
 PG_PENDING = frozenset({
     "contacts", "segments", "journeys", "campaigns", "optin", "privacy",
-    "workers-sqlite-reads",  # workers tests that read TestConfig.database (the SQLite file)
+    "sqlite-reads",  # daemon tests that check through TestConfig.database (the SQLite file)
     "db-commit-metric",  # mtaserver_db_commit_seconds: the SQLite writer's group commits
 })  # fmt: skip
 
