@@ -33,6 +33,10 @@ from tests.support.daemon import ROOT, Daemon, TestConfig, free_port
 from tests.support.dbstates import STATES, WEBHOOK, Facts, build
 from tests.support.dnsserver import DnsServer
 
+pytestmark = pytest.mark.sqlite_only(
+    "builds each database state in the SQLite file (tests/support/dbstates.py)"
+)
+
 MISSING_QID = "0000000000000000"  # well formed, never issued
 BOUNCE = ROOT / "tests" / "data" / "bounces" / "flufl" / "bounce_01.txt"
 PASSWORD = "correct horse battery\n"

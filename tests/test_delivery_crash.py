@@ -17,21 +17,18 @@ from pathlib import Path
 import pytest
 
 from mtaserver.model import PreparedMessage, PreparedRecipient
-from mtaserver.storage.sqlite.db import Database
-from mtaserver.storage.sqlite.queue import Spool, new_queue_id
-from tests.support.daemon import Daemon, TestConfig
+from mtaserver.storage.sqlite.queue import new_queue_id
+from tests.support.daemon import Daemon, TestConfig, open_stores
 from tests.support.mxsink import SinkGroup, eventually, wait_for
 
 N = 600
 WORKERS = 5
 
 
-async def _fill(db_path: Path, now: float) -> None:
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    db = Database(db_path)
-    await db.open()
-    try:
-        spool = Spool(db)
+async def _fill(cfg: TestConfig, now: float) -> None:
+    Path(cfg.data["server"]["data_dir"]).mkdir(parents=True, exist_ok=True)
+    async with open_stores(cfg) as stores:
+        spool = stores.spool
         await asyncio.gather(
             *(
                 spool.enqueue(
@@ -48,20 +45,13 @@ async def _fill(db_path: Path, now: float) -> None:
                 for i in range(N)
             )
         )
-    finally:
-        await db.close()
 
 
-async def _states(db_path: Path) -> collections.Counter[str]:
-    db = Database(db_path)
-    await db.open()
-    try:
-        rows = await db.read(
-            lambda c: c.execute("SELECT state, count(*) FROM recipients GROUP BY state").fetchall()
-        )
-        return collections.Counter({s: n for s, n in rows})
-    finally:
-        await db.close()
+async def _states(cfg: TestConfig) -> collections.Counter[str]:
+    rows = await asyncio.to_thread(
+        cfg.query, "SELECT state, count(*) FROM recipients GROUP BY state"
+    )
+    return collections.Counter({s: n for s, n in rows})
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -79,7 +69,7 @@ async def test_kill_9_during_delivery_loses_no_recipient(tmp_path: Path, workers
         )
         cfg.set("shaping", poll_interval="20ms")
         cfg.set("shaping.default", max_connections=WORKERS, max_rate="150/s")
-        await _fill(cfg.database, time.time())
+        await _fill(cfg, time.time())
 
         first = Daemon(cfg)
         await asyncio.to_thread(first.start)
@@ -102,7 +92,7 @@ async def test_kill_9_during_delivery_loses_no_recipient(tmp_path: Path, workers
             )
             # the queue agrees: every recipient delivered, none left behind
             states = await eventually(
-                lambda: _states(cfg.database), lambda s: s["delivered"] == N, timeout=10
+                lambda: _states(cfg), lambda s: s["delivered"] == N, timeout=10
             )
             assert states == collections.Counter({"delivered": N})
         finally:

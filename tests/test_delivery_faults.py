@@ -203,21 +203,13 @@ async def test_reply_that_is_not_smtp_defers_with_a_clear_reason(
 
 
 # -- end to end: the daemon, its scheduler and retry policy -------------------------------
-def _events(db: Path) -> list[tuple[str, str, str]]:
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute("SELECT type, recipient, data FROM events ORDER BY id").fetchall()
-    finally:
-        conn.close()
+def _events(cfg: TestConfig) -> list[tuple[str, str, str]]:
+    rows = cfg.query("SELECT type, recipient, data FROM events ORDER BY id")
     return [(t, r, json.loads(d or "{}").get("reply", "")) for t, r, d in rows]
 
 
-def _states(db: Path) -> dict[str, str]:
-    conn = sqlite3.connect(db)
-    try:
-        return dict(conn.execute("SELECT address, state FROM recipients").fetchall())
-    finally:
-        conn.close()
+def _states(cfg: TestConfig) -> dict[str, str]:
+    return dict(cfg.query("SELECT address, state FROM recipients"))
 
 
 async def test_daemon_defers_each_fault_and_delivers_once_when_the_mx_recovers(
@@ -250,9 +242,7 @@ async def test_daemon_defers_each_fault_and_delivers_once_when_the_mx_recovers(
         try:
             await asyncio.to_thread(submit)
             await wait_for(lambda: len(mx.accepted) == 1, timeout=30)
-            await wait_for(
-                lambda: _states(cfg.database) == dict.fromkeys(ADDRESSES, "delivered"), 10
-            )
+            await wait_for(lambda: _states(cfg) == dict.fromkeys(ADDRESSES, "delivered"), 10)
         finally:
             await asyncio.to_thread(daemon.stop)
 
@@ -260,7 +250,7 @@ async def test_daemon_defers_each_fault_and_delivers_once_when_the_mx_recovers(
     assert b"once only" in mx.accepted[0].data
     assert len(mx.unanswered) == 1  # the hang after the final dot
     assert mx.connections == 4  # a failed connection is never reused
-    events = _events(cfg.database)
+    events = _events(cfg)
     for rcpt in ADDRESSES:
         mine = [(t, reply) for t, r, reply in events if r == rcpt]
         assert [t for t, _ in mine] == ["deferred", "deferred", "deferred", "delivered"]

@@ -32,6 +32,10 @@ from mtaserver.tracking.tokens import TokenCodec, load_secrets
 from tests.support.daemon import Daemon, TestConfig, free_port
 from tests.support.mxsink import SinkGroup, eventually, wait_for
 
+pytestmark = pytest.mark.sqlite_only(
+    "fills the filesystem of the SQLite file; on PostgreSQL the queue is on the server's disk"
+)
+
 SIZE_MB = 8
 BODY = b"".join(b"%06d " % i + b"x" * 70 + b"\r\n" for i in range(1200))  # ~92 KiB
 
