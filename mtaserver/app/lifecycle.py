@@ -36,15 +36,22 @@ from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.queue import Spool
 from mtaserver.supervisor import first_fatal, supervise
 from mtaserver.workers.pool import Listening
+from mtaserver.workers.template import Template
 
 log = get_logger("app")
 
 
 class App:
     def __init__(
-        self, config: Config, *, clock: Clock | None = None, notifier: Notifier | None = None
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        notifier: Notifier | None = None,
+        template: Template | None = None,
     ):
         self.config = config
+        self.template = template  # forks the workers (see serve)
         self.clock = clock or SystemClock()
         self.notifier = notifier or Notifier()
         self._stop = asyncio.Event()
@@ -110,7 +117,7 @@ class App:
             space = FreeSpace(
                 cfg.storage.database.parent, cfg.storage.min_free, self.clock.monotonic
             )
-            base = Base(db, spool, self.clock, space, reserve)
+            base = Base(db, spool, self.clock, space, reserve, self.template)
             await self._run_services(wire(cfg, base, lambda: self.config), spool)
         finally:
             await db.close()
@@ -247,7 +254,10 @@ async def _bounded(aw: Awaitable[None], timeout: float, name: str) -> None:
 def serve(config: Config) -> int:
     """Run the daemon until SIGTERM; returns the exit code."""
     setup_logging(config.server.log_level)
-    app = App(config)
+    # Workers fork from a copy of this process made now, before the loop, threads and the
+    # database exist: they share its imported modules' pages (mtaserver.workers.template).
+    template = Template.fork() if config.server.workers > 1 else None
+    app = App(config, template=template)
     try:
         uvloop.run(app.run())
     except MtaError as exc:

@@ -57,6 +57,7 @@ from mtaserver.storage.sqlite.users import UserStore
 from mtaserver.verp import Verp
 from mtaserver.webhooks import WebhookDispatcher
 from mtaserver.workers import WorkerPool
+from mtaserver.workers.template import Template
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Base:
     clock: Clock
     space: FreeSpace  # free space on the database's filesystem (452 at MAIL when low)
     reserve: Reserve  # space held back so a restart on a full disk can open the database
+    template: Template | None = None  # forks the workers ([server] workers > 1), if forked
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,9 @@ def wire(cfg: Config, base: Base, current: Callable[[], Config]) -> Wiring:
     services.append(campaigns_service(cfg, mail))  # campaign runs, fed into the queue
     if sub.listen or sub.listen_tls or sub.listen_plain:
         services.append(
-            submission_service(cfg, mail) if cfg.server.workers == 1 else workers_service(cfg, mail)
+            submission_service(cfg, mail)
+            if cfg.server.workers == 1
+            else workers_service(cfg, mail, base.template)
         )
     optin = optin_service(cfg, mail, tracking.codec) if consent and tracking else None
     if optin is not None:
@@ -161,7 +165,7 @@ def wire(cfg: Config, base: Base, current: Callable[[], Config]) -> Wiring:
     return Wiring(tuple(s for s in services if s is not None), metrics)
 
 
-def workers_service(cfg: Config, mail: MailParts) -> Service:
+def workers_service(cfg: Config, mail: MailParts, template: Template | None = None) -> Service:
     """``[server] workers`` > 1: the listeners run in worker processes (mtaserver.workers);
     this process commits what they prepared, with the per-user rate checked here."""
     rates = mail.user_rates
@@ -172,4 +176,5 @@ def workers_service(cfg: Config, mail: MailParts) -> Service:
         observer=mail.metrics,
         clock=mail.clock,
         on_restart=mail.metrics.task_restarted,
+        template=template,
     )

@@ -43,6 +43,7 @@ from mtaserver.prepare import PrepareError
 from mtaserver.supervisor import Backoff
 from mtaserver.workers import conncap, frames
 from mtaserver.workers.frames import Frame, FrameError
+from mtaserver.workers.template import ForkedWorker, Template
 
 log = get_logger("workers")
 
@@ -78,7 +79,7 @@ class _Slot:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: asyncio.subprocess.Process | ForkedWorker | None = None
         self.ready = asyncio.Event()
         self.served: asyncio.Task[None] | None = None
         self.started = 0.0
@@ -99,6 +100,7 @@ class WorkerPool:
         clock: Clock,
         on_restart: Callable[[str], None] = lambda name: None,
         backoff: Backoff | None = None,
+        template: Template | None = None,
     ) -> None:
         self.cfg = cfg
         self.count = cfg.server.workers
@@ -112,6 +114,7 @@ class WorkerPool:
         self._stopping = False
         self._throttle = AuthThrottle(cfg.submission.auth, clock)  # AUTH failures, all workers
         self._conncap_fd = -1  # the shared per-IP connection table (created at start)
+        self._template = template  # forks workers sharing the owner's pages; else exec
 
     # -- Service -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -177,6 +180,8 @@ class WorkerPool:
             if slot.served is not None:
                 slot.served.cancel()
         log.info(kv(event="workers_stopped", workers=len(procs)))
+        if self._template is not None:
+            await self._template.close()
         if self._conncap_fd >= 0:
             os.close(self._conncap_fd)
             self._conncap_fd = -1
@@ -236,11 +241,20 @@ class WorkerPool:
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # one READY=1
         env[conncap.FD_ENV] = str(self._conncap_fd)
         try:
-            slot.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "mtaserver", "serve", "-c", str(self.cfg.source),
-                "--worker", str(slot.index), "--link-fd", str(theirs.fileno()),
-                pass_fds=(theirs.fileno(), self._conncap_fd), env=env,
-            )  # fmt: skip
+            slot.proc = None
+            if self._template is not None and self._template.alive:
+                try:
+                    slot.proc = await self._template.spawn(
+                        slot.index, str(self.cfg.source), theirs.fileno(), self._conncap_fd
+                    )
+                except MtaError as exc:
+                    log.error(kv(event="worker_fork_failed", worker=slot.index, error=str(exc)))
+            if slot.proc is None:  # a fresh interpreter: no template, or it is gone
+                slot.proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "mtaserver", "serve", "-c", str(self.cfg.source),
+                    "--worker", str(slot.index), "--link-fd", str(theirs.fileno()),
+                    pass_fds=(theirs.fileno(), self._conncap_fd), env=env,
+                )  # fmt: skip
         finally:
             theirs.close()
         slot.ready.clear()
