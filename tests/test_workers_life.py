@@ -1,6 +1,7 @@
 """The owner's hold on its workers at ``[server] workers = 2``: start-up, reload, stop.
 
-One daemon (TLS, two workers) goes through:
+One daemon (TLS, two workers, both forked by the template the owner split off before its
+loop, as is every restart) goes through:
 
 1. a reload every worker refuses (a SHA-1-signed certificate: the config check parses
    it, OpenSSL refuses it), reported to the owner by each worker, which keeps its whole
@@ -68,6 +69,10 @@ def _each(port: int, pids: set[int]) -> dict[int, int]:
             c.quit()
 
 
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def _states(daemon: Daemon) -> list[str]:
     return [x for n in daemon.notifications for x in n.split("\n") if x in STATES]
 
@@ -85,6 +90,10 @@ async def test_start_timeout_reload_failures_and_stop_order(tmp_path: Path) -> N
     try:
         pids = set(_worker_pids(daemon).values())
         assert set((await asyncio.to_thread(_each, port, pids)).values()) == {250}
+        # forked by the template, itself forked from the owner before its loop
+        assert daemon.proc is not None
+        template = {_ppid(pid) for pid in pids}
+        assert len(template) == 1 and _ppid(template.pop()) == daemon.proc.pid
 
         # 1. A reload each worker refuses (with a new limit in it): reported, all kept.
         tls = dict(cfg.data["tls"])
@@ -125,6 +134,7 @@ async def test_start_timeout_reload_failures_and_stop_order(tmp_path: Path) -> N
         await wait_for(lambda: "event=worker_restarted worker=0" in daemon.log(), 30)
         pids = set(_worker_pids(daemon).values())
         assert hung not in pids and victim not in pids
+        assert len({_ppid(pid) for pid in pids}) == 1  # the restart forked from it too
         assert set((await asyncio.to_thread(_each, port, pids)).values()) == {452}
 
         # 3. SIGTERM: by STOPPING=1 no listener of any worker takes a connection.
