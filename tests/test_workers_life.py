@@ -9,6 +9,8 @@ loop, as is every restart) goes through:
 2. a restarted worker that never reports ready — its config names a certificate that
    became a FIFO, so reading it blocks, as on a stuck mount — is killed (-9) after
    ``server.worker_start_timeout`` and started again with back-off until it comes up;
+   after kill -9 of the template, a worker's death is still seen and it restarts as a
+   fresh interpreter;
 3. SIGTERM: every worker's listeners are closed before STOPPING=1 (a connection made the
    moment it arrives is refused), then the drain, exit 0.
 """
@@ -135,17 +137,30 @@ async def test_start_timeout_reload_failures_and_stop_order(tmp_path: Path) -> N
         pids = set(_worker_pids(daemon).values())
         assert hung not in pids and victim not in pids
         assert len({_ppid(pid) for pid in pids}) == 1  # the restart forked from it too
+
+        # kill -9 of the template: its workers go on; a worker that dies is still seen
+        # (pidfd) and comes back as a fresh interpreter.
+        os.kill(_ppid(min(pids)), signal.SIGKILL)
+        await wait_for(lambda: "event=worker_template_gone" in daemon.log(), 10)
+        victim = _worker_pids(daemon)[1]
+        os.kill(victim, signal.SIGKILL)
+        await wait_for(lambda: "event=worker_restarted worker=1" in daemon.log(), 30)
+        fresh = _worker_pids(daemon)[1]
+        assert _ppid(fresh) == daemon.proc.pid
+        pids = set(_worker_pids(daemon).values())
+        assert set((await asyncio.to_thread(_each, port, pids)).values()) == {452}
         assert set((await asyncio.to_thread(_each, port, pids)).values()) == {452}
 
         # 3. SIGTERM: by STOPPING=1 no listener of any worker takes a connection.
         assert daemon.proc is not None
+        logged = len(daemon.log())
         daemon.proc.send_signal(signal.SIGTERM)
         await asyncio.to_thread(daemon.wait_for, "STOPPING=1")
         for key in ("listen_plain", "listen", "listen_tls"):
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection(cfg.address("submission", key), timeout=5).close()
         assert await asyncio.to_thread(daemon.proc.wait, 30) == 0
-        after = daemon.log().split("event=stopping", 1)[1]
+        after = daemon.log()[logged:]
         assert after.count("event=worker_stopped") == 2 and "worker_died" not in after
     finally:
         code = await asyncio.to_thread(daemon.stop)
