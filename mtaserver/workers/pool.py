@@ -2,9 +2,10 @@
 
 With ``[server] workers = N`` (N > 1) the owner — the daemon with the database writer,
 scheduler, delivery, inbound, tracking, admin and API — does not bind the submission
-listeners. It starts N worker processes (:mod:`mtaserver.workers.child`, a fresh
-interpreter each: no fork of a running loop), each with one end of a socketpair, and as a
-:class:`Service`:
+listeners. It starts N worker processes (:mod:`mtaserver.workers.child`), each with one
+end of a socketpair — forked by the template (:mod:`mtaserver.workers.template`, split off
+the owner before its loop, so they share its imported pages), or, without one, a fresh
+interpreter each — and as a :class:`Service`:
 
 * ``start`` spawns them and returns once every one reported READY (so the daemon's one
   READY=1 comes after all are listening); a worker that dies before that fails the start;
