@@ -369,8 +369,9 @@ async def test_a_postgresql_node_delivers_a_campaign_with_exact_stats(
     pg_dsn: str,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    """A daemon on PostgreSQL feeds a segment campaign to the test MX; the admin API and
-    ``mtaserver stats`` report what became of each message, from the cluster's database."""
+    """A daemon on PostgreSQL feeds a segment campaign (made and started with ``mtaserver
+    campaigns``) to the test MX; the admin API and ``mtaserver stats`` report what became of
+    each message, from the cluster's database."""
     clock = FakeClock(SystemClock().now())  # the daemon runs on real time: start from it
     pg = PgDatabase(PostgresConfig(dsn=pg_dsn, tls="disable", pool_size=2))
     await pg.open()
@@ -392,8 +393,10 @@ async def test_a_postgresql_node_delivers_a_campaign_with_exact_stats(
             daemon = Daemon(cfg)
             await asyncio.to_thread(daemon.start)
             try:
-                c = await setup.create("launch", list_name=None, segment="all")
-                c = await setup.store.act(c, "start")  # the daemon's feeder picks it up
+                for cmd in (("create", "launch", "--template", "digest", "--from",
+                             "news@example.com", "--segment", "all"), ("start", "launch")):  # fmt: skip
+                    out = await asyncio.to_thread(daemon.cli, "campaigns", *cmd, "--user", "alice")
+                    assert out.returncode == 0, out.stderr  # the daemon's feeder picks it up
                 sink = sinks["127.0.0.2"]
                 await wait_for(lambda: len(sink.messages) >= 18, 30)
 
@@ -429,6 +432,11 @@ async def test_a_postgresql_node_delivers_a_campaign_with_exact_stats(
         )
         assert (total["delivered"], total["bounced"]["hard"], total["pending"]) == (18, 1, 0)
         assert (await setup.store.get("alice", "launch")).status == "done"
+        show = json.loads(
+            (await asyncio.to_thread(daemon.cli, "campaigns", "show", "launch", "--user", "alice")).stdout
+        )  # fmt: skip
+        assert (show["status"], [(r["audience"], r["queued"]) for r in show["runs"]]) == (
+            "done", [(20, 19)])  # fmt: skip
     finally:
         await pg.close()
 

@@ -6,7 +6,8 @@ time (``--local-time 09:00 --date 2026-12-08``, or ``--cron … --local``; conta
 valid ``timezone`` attribute use ``--tz``). The running daemon's feeder
 does the sending; these commands only change the stored status (safe while it runs: WAL,
 the same group-committed writes). The rules of which action applies when live in
-:mod:`mtaserver.campaigns`, shared with ``/v1/campaigns``.
+:mod:`mtaserver.campaigns`, shared with ``/v1/campaigns``. With ``[storage] backend =
+"postgresql"`` every action works on the cluster's campaigns (any node's feeder sends).
 """
 
 from __future__ import annotations
@@ -14,16 +15,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
+from mtaserver.auth import normalize_name
 from mtaserver.campaigns import definition
-from mtaserver.cli._common import add_config_arg, config_from, known_user, with_db
+from mtaserver.cli._common import ArgError, add_config_arg, config_from, with_store
 from mtaserver.clock import SystemClock
 from mtaserver.contacts import ContactError
 from mtaserver.segments import parse
+from mtaserver.storage.postgres.campaigns import PgCampaignStore
+from mtaserver.storage.postgres.db import PgDatabase
+from mtaserver.storage.postgres.segments import PgSegmentStore
+from mtaserver.storage.postgres.templates import PgTemplateStore
+from mtaserver.storage.postgres.users import PgUserStore
 from mtaserver.storage.sqlite.campaigns import Campaign, CampaignStore
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.segments import SegmentStore
 from mtaserver.storage.sqlite.templates import TemplateStore
+from mtaserver.storage.sqlite.users import UserStore
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -87,6 +98,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         add_config_arg(parser)
 
 
+T = TypeVar("T")
+
+
 def _when(t: float | None) -> str:
     return "-" if t is None else str(round(t))
 
@@ -101,47 +115,77 @@ def _view(c: Campaign) -> dict[str, object]:
     }  # fmt: skip
 
 
-async def _campaign(db: Database, user: str, name: str) -> tuple[str, Campaign]:
-    owner = await known_user(db, user)
-    c = await CampaignStore(db).get(owner, name)
+@dataclass(frozen=True)
+class _Stores:
+    """The owners a command uses, on the configured backend (PostgreSQL's have the SQLite
+    owners' methods)."""
+
+    campaigns: CampaignStore
+    segments: SegmentStore
+    templates: TemplateStore
+    users: UserStore
+
+
+def _sqlite(db: Database) -> _Stores:
+    clock = SystemClock()
+    return _Stores(CampaignStore(db, clock), SegmentStore(db, clock), TemplateStore(db, clock),
+                   UserStore(db))  # fmt: skip
+
+
+def _pg(db: PgDatabase) -> _Stores:
+    clock = SystemClock()
+    return _Stores(cast(Any, PgCampaignStore(db, clock)), cast(Any, PgSegmentStore(db, clock)),
+                   cast(Any, PgTemplateStore(db, clock)), cast(Any, PgUserStore(db)))  # fmt: skip
+
+
+def _with(args: argparse.Namespace, fn: Callable[[_Stores], Awaitable[T]]) -> T:
+    return with_store(config_from(args), _sqlite, _pg, fn)
+
+
+async def known_user(s: _Stores, name: str) -> str:
+    """The ``--user`` acted for, normalized; refused when unknown."""
+    user = normalize_name(name)
+    if await s.users.lookup(user) is None:
+        raise ArgError(f"--user: no user {user!r} (see `mtaserver user list`)")
+    return user
+
+
+async def _campaign(s: _Stores, user: str, name: str) -> tuple[str, Campaign]:
+    owner = await known_user(s, user)
+    c = await s.campaigns.get(owner, name)
     if c is None:
         raise ContactError(f"no campaign {name!r} for user {owner} (see `campaigns list`)")
     return owner, c
 
 
 def _list(args: argparse.Namespace) -> int:
-    cfg = config_from(args)
-
-    async def run(db: Database) -> int:
-        found = await CampaignStore(db).list_all(await known_user(db, args.user))
+    async def run(s: _Stores) -> int:
+        found = await s.campaigns.list_all(await known_user(s, args.user))
         for c in found:
             print(f"{c.name}\t{c.status}\t{c.audience_kind}:{c.audience}\t{_when(c.next_run_at)}")
         return len(found)
 
-    n = with_db(cfg, run)
+    n = _with(args, run)
     print(f"{n} campaigns", file=sys.stderr)
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
-    cfg = config_from(args)
-
-    async def run(db: Database) -> dict[str, object]:
-        _, c = await _campaign(db, args.user, args.name)
+    async def run(s: _Stores) -> dict[str, object]:
+        _, c = await _campaign(s, args.user, args.name)
         view = _view(c)
         view["runs"] = [
             {"fire_at": r.fire_at, "status": r.status, "audience": r.audience,
              "queued": r.queued, "skipped": r.skipped}
-            for r in await CampaignStore(db).runs(c.id)
+            for r in await s.campaigns.runs(c.id)
         ]  # fmt: skip
         return view
 
-    print(json.dumps(with_db(cfg, run), indent=2, ensure_ascii=False))
+    print(json.dumps(_with(args, run), indent=2, ensure_ascii=False))
     return 0
 
 
 def _create(args: argparse.Namespace) -> int:
-    cfg = config_from(args)
     d = definition(
         args.name, args.template, args.from_email, list_name=args.list_name,
         segment=args.segment, send_at=args.at, cron=args.cron, tz=args.tz,
@@ -149,34 +193,32 @@ def _create(args: argparse.Namespace) -> int:
         local=args.local,
     )  # fmt: skip
 
-    async def run(db: Database) -> None:
-        owner = await known_user(db, args.user)
-        if await TemplateStore(db).get(d.template) is None:
+    async def run(s: _Stores) -> None:
+        owner = await known_user(s, args.user)
+        if await s.templates.get(d.template) is None:
             raise ContactError(f"--template: no template {d.template!r} (see `template list`)")
-        segments = SegmentStore(db)
+        segments = s.segments
         if d.audience_kind == "list":
             await segments.check(owner, parse({"in_list": d.audience}))
         else:
             await segments.check(owner, await segments.resolve(owner, d.audience))
-        await CampaignStore(db).create(
+        await s.campaigns.create(
             owner, d.name, d.template, d.from_email, audience_kind=d.audience_kind,
             audience=d.audience, schedule=d.schedule, send_at=d.send_at, cron=d.cron,
             tz=d.tz, from_name=d.from_name, local_at=d.local_at,
         )  # fmt: skip
 
-    with_db(cfg, run)
+    _with(args, run)
     print(f"created campaign {d.name} (draft; `mtaserver campaigns start {d.name}` sends it)")
     return 0
 
 
 def _action(args: argparse.Namespace) -> int:
-    cfg = config_from(args)
-
-    async def run(db: Database) -> tuple[str, float | None]:
-        _, c = await _campaign(db, args.user, args.name)
-        done = await CampaignStore(db, SystemClock()).act(c, args.action)
+    async def run(s: _Stores) -> tuple[str, float | None]:
+        _, c = await _campaign(s, args.user, args.name)
+        done = await s.campaigns.act(c, args.action)
         return done.status, done.next_run_at
 
-    status, nxt = with_db(cfg, run)
+    status, nxt = _with(args, run)
     print(f"campaign {args.name}: {status} (next run {_when(nxt)})")
     return 0
