@@ -7,6 +7,7 @@ name the field (``steps[0].wait: ...``); a step naming a template that is not st
 refused, as by the API. ``events send`` stores one event through
 :meth:`JourneyStore.record_events` like ``POST /v1/events``: the sequences it starts and
 the pending steps it cancels are committed with it. Safe while the daemon runs (WAL).
+With ``backend = "postgresql"`` they act on the cluster's database.
 """
 
 from __future__ import annotations
@@ -14,17 +15,37 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Final
+from dataclasses import dataclass
+from typing import Any, Final
 
 from mtaserver.auth import normalize_name
-from mtaserver.cli._common import add_config_arg, config_from, known_user, text_arg, with_db
+from mtaserver.cli._common import add_config_arg, config_from, text_arg, with_owner
 from mtaserver.clock import SystemClock
 from mtaserver.journeys import TriggerError, check_name, events_input, trigger_from_json
+from mtaserver.storage.postgres.db import PgDatabase
+from mtaserver.storage.postgres.journeys import PgJourneyStore
+from mtaserver.storage.postgres.templates import PgTemplateStore
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.journeys import JourneyStore
 from mtaserver.storage.sqlite.templates import TemplateStore
 
 MAX_JSON: Final = 256 << 10  # as the API's trigger body
+
+
+@dataclass(frozen=True)
+class _Stores:
+    """The journeys and templates of the configured backend (same methods on both)."""
+
+    journeys: JourneyStore
+    templates: TemplateStore
+
+
+def _lite(db: Database) -> _Stores:
+    return _Stores(JourneyStore(db), TemplateStore(db))
+
+
+def _pg(db: PgDatabase) -> Any:
+    return _Stores(PgJourneyStore(db), PgTemplateStore(db))  # type: ignore[arg-type]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,8 +97,8 @@ def _json_arg(raw: str, option: str) -> object:
 def _list(args: argparse.Namespace) -> int:
     cfg = config_from(args)
 
-    async def run(db: Database) -> int:
-        found = await JourneyStore(db).triggers(await known_user(db, args.user))
+    async def run(st: _Stores, owner: str) -> int:
+        found = await st.journeys.triggers(owner)
         for info in found:
             t = info.trigger
             state = "enabled" if t.enabled else "disabled"
@@ -85,7 +106,7 @@ def _list(args: argparse.Namespace) -> int:
             print(f"{t.name}\t{t.event}\t{state}\t{len(t.steps)} steps\t{updated}")
         return len(found)
 
-    n = with_db(cfg, run)
+    n = with_owner(cfg, _lite, _pg, args.user, run)
     print(f"{n} triggers", file=sys.stderr)
     return 0
 
@@ -94,16 +115,15 @@ def _show(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     name = check_name(args.name, "NAME")
 
-    async def run(db: Database) -> dict[str, object]:
-        store = JourneyStore(db)
-        owner = await known_user(db, args.user)
+    async def run(st: _Stores, owner: str) -> dict[str, object]:
+        store = st.journeys
         info = await store.get_trigger(owner, name)
         if info is None:
             raise TriggerError(f"no trigger {name!r} for user {owner}", "NAME")
         counts = await store.step_counts(owner, name)
         return info.as_json() | {"step_counts": {str(i): c for i, c in sorted(counts.items())}}
 
-    print(json.dumps(with_db(cfg, run), indent=2, ensure_ascii=False))
+    print(json.dumps(with_owner(cfg, _lite, _pg, args.user, run), indent=2, ensure_ascii=False))
     return 0
 
 
@@ -111,20 +131,19 @@ def _put(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     t = trigger_from_json(_json_arg(args.definition, "JSON"), check_name(args.name, "NAME"))
 
-    async def run(db: Database) -> bool:
-        owner = await known_user(db, args.user)
-        templates = TemplateStore(db)
+    async def run(st: _Stores, owner: str) -> bool:
         for i, s in enumerate(t.steps):
-            if await templates.get(s.template) is None:
+            if await st.templates.get(s.template) is None:
                 raise TriggerError(
                     f"steps[{i}].template: no stored template {s.template!r} (create it with "
                     "`mtaserver template put` first)",
                     f"steps[{i}].template",
                 )
-        _, created = await JourneyStore(db).put_trigger(owner, t)
+        _, created = await st.journeys.put_trigger(owner, t)
         return created
 
-    print(f"{'created' if with_db(cfg, run) else 'replaced'} trigger {t.name}")
+    created = with_owner(cfg, _lite, _pg, args.user, run)
+    print(f"{'created' if created else 'replaced'} trigger {t.name}")
     return 0
 
 
@@ -132,10 +151,10 @@ def _delete(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     name = check_name(args.name, "NAME")
 
-    async def run(db: Database) -> bool:
-        return await JourneyStore(db).delete_trigger(await known_user(db, args.user), name)
+    async def run(st: _Stores, owner: str) -> bool:
+        return await st.journeys.delete_trigger(owner, name)
 
-    if not with_db(cfg, run):
+    if not with_owner(cfg, _lite, _pg, args.user, run):
         raise TriggerError(f"no trigger {name!r} for user {normalize_name(args.user)}", "NAME")
     print(f"deleted trigger {name}")
     return 0
@@ -146,9 +165,8 @@ def _send(args: argparse.Namespace) -> int:
     props = None if args.properties is None else _json_arg(args.properties, "--properties")
     body = {"contact": args.contact, "event": args.event, "properties": props}
 
-    async def run(db: Database) -> dict[str, object]:
-        owner = await known_user(db, args.user)
-        store = JourneyStore(db)
+    async def run(st: _Stores, owner: str) -> dict[str, object]:
+        store = st.journeys
         try:
             events = events_input(body, SystemClock().now())
         except TriggerError as exc:  # "contact: ..." is the --contact option here
@@ -162,5 +180,5 @@ def _send(args: argparse.Namespace) -> int:
             )
         return got.as_json()
 
-    print(json.dumps(with_db(cfg, run), ensure_ascii=False))
+    print(json.dumps(with_owner(cfg, _lite, _pg, args.user, run), ensure_ascii=False))
     return 0
