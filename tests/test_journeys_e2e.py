@@ -20,12 +20,8 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support.apiserver import ApiDaemon
 from tests.support.mxsink import wait_for
-
-pytestmark = pytest.mark.pg_pending("journeys")
 
 HTML = (
     '<p>Hello {{insert contact.first_name "default=there"}}, welcome to '
