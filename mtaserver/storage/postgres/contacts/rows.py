@@ -92,6 +92,9 @@ async def upsert_rows(
     conn: Connection, owner: str, rows: Sequence[ContactInput], source: str, now: float
 ) -> Upserted:
     """Upsert ``rows`` (one chunk) inside the caller's transaction; created and updated."""
+    # A generic plan of the UPDATE (asyncpg prepares, PostgreSQL goes generic after five
+    # runs) was once a nested loop over the whole table: 9 s for one 1,000-row chunk.
+    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
     created = 0
     for part in _rounds(rows):
         part.sort(key=lambda c: c.address)  # one lock order: fewer deadlocks between nodes
