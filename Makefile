@@ -23,15 +23,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The tests start ~1,000 daemon and CLI subprocesses; with PYTHONDONTWRITEBYTECODE set in
+# the environment each one compiles our ~230 modules again (~0.17 s of CPU a start), so the
+# test targets let Python keep its bytecode cache (__pycache__, ignored by git).
+TESTENV := env -u PYTHONDONTWRITEBYTECODE
+
 unit: $(STAMP)
-	$(BIN)/python -m pytest -n auto -p no:cacheprovider
+	$(TESTENV) $(BIN)/python -m pytest -n auto -p no:cacheprovider
 
 test: lint typecheck unit
 
 # The same suite with every test daemon on a private PostgreSQL (tests/support/pgsuite.py);
 # tests marked sqlite_only / pg_pending are skipped there with their reason (-rs lists them).
 test-pg: $(STAMP)
-	MTASERVER_TEST_BACKEND=postgresql $(BIN)/python -m pytest -n auto -p no:cacheprovider -rs
+	$(TESTENV) MTASERVER_TEST_BACKEND=postgresql $(BIN)/python -m pytest -n auto -p no:cacheprovider -rs
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

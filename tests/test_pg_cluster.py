@@ -195,7 +195,7 @@ async def test_a_user_added_by_the_cli_logs_in_on_every_node(
     pg_dsn: str,  # noqa: F811
 ) -> None:
     """``mtaserver user add`` writes the cluster's users table; any node then accepts AUTH,
-    and a command not ported yet refuses instead of reading the node's SQLite file."""
+    and a command that only knows the SQLite file (backup) refuses instead of copying it."""
     await migrated(pg_dsn)
     async with SinkGroup(["127.0.0.2"]) as sinks:
         cfgs = [node_config(tmp_path, i, pg_server, pg_dsn, sinks.port, tls=True) for i in range(2)]
@@ -209,10 +209,9 @@ async def test_a_user_added_by_the_cli_logs_in_on_every_node(
             assert added.returncode == 0, added.stderr
             listed = nodes[1].cli("user", "list")
             assert listed.returncode == 0 and "app" in listed.stdout
-            other = nodes[1].cli("suppression", "list")
-            assert other.returncode != 0 and 'not yet supported with backend = "postgresql"' in (
-                other.stderr + other.stdout
-            )
+            other = nodes[1].cli("backup", str(tmp_path / "copy.db"))
+            assert other.returncode != 0 and "pg_dump" in other.stderr + other.stdout
+            assert not (tmp_path / "copy.db").exists()
             assert nodes[1].cli("queue", "summary").returncode == 0  # the cluster's queue
 
             def login(i: int, password: str) -> int:

@@ -46,8 +46,8 @@ def with_db(config: Config, fn: Callable[[Database], Awaitable[T]]) -> T:
     if config.storage.backend == "postgresql":
         raise MtaError(
             f"{config.source}: storage.backend: this command is not yet supported with "
-            'backend = "postgresql" (so far: serve, check-config, user, queue, apikey, admin '
-            "token, template, webhooks, contacts, segments, storage migrate)"
+            'backend = "postgresql" (every command is but dev-setup, which makes a local '
+            "SQLite database, and backup: use pg_dump)"
         )
 
     async def runner() -> T:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from mtaserver.cli._common import add_config_arg, config_from
+from mtaserver.errors import MtaError
 from mtaserver.storage.sqlite.backup import backup_sync
 
 
@@ -21,6 +22,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from(args)
+    if cfg.storage.backend == "postgresql":  # the SQLite file is not this node's data
+        raise MtaError(
+            f"{cfg.source}: storage.backend: mtaserver backup copies the SQLite file; back up "
+            "the cluster's PostgreSQL database with pg_dump or pg_basebackup instead"
+        )
     r = backup_sync(cfg.storage.database, args.path)
     print(f"{r.path}: {r.size} bytes, {r.pages} pages, integrity ok, {r.seconds:.2f}s")
     if cfg.storage.encryption_key_file is not None:
