@@ -341,7 +341,6 @@ def test_dkim_keys_and_dns_records_match_the_cli(running: tuple[Daemon, AdminCli
 
 
 # -- suppressions ----------------------------------------------------------------------------------
-@pytest.mark.pg_pending("suppression-cli")
 def test_suppressions_add_check_list_remove(running: tuple[Daemon, AdminClient]) -> None:
     d, api = running
     g = api.ok("POST", "/api/v1/suppressions", 201,

@@ -228,7 +228,6 @@ async def test_python_sdk_bad_input_is_refused_naming_the_field(tmp_path: Path) 
         assert api.queued() == 1
 
 
-@pytest.mark.pg_pending("suppression-cli")
 async def test_idempotency_suppressions_groups_sandbox_and_pause(tmp_path: Path) -> None:
     async with ApiDaemon(tmp_path) as api:
         sg = SendGridAPIClient(api.key, host=api.base_url)

@@ -20,8 +20,6 @@ from tests.support.apiserver import ApiDaemon
 from tests.support.mxsink import eventually
 from tests.test_contacts_api import Client, other_key
 
-pytestmark = pytest.mark.pg_pending("campaigns")
-
 LATER = "2031-01-01T09:00:00+00:00"
 
 

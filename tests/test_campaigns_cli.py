@@ -24,7 +24,7 @@ from mtaserver.storage.sqlite.users import UserStore
 from tests.support.cli import fails, ok, run_as
 from tests.support.daemon import TestConfig
 
-pytestmark = pytest.mark.pg_pending("campaigns")
+pytestmark = pytest.mark.pg_pending("sqlite-reads")
 
 USER = "alice@example.com"
 HASH = hash_password("correct horse battery", n=2**10)

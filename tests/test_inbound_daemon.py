@@ -5,13 +5,9 @@ from __future__ import annotations
 import smtplib
 from pathlib import Path
 
-import pytest
-
 from mtaserver.devsetup import read_secret
 from mtaserver.verp import Verp
 from tests.support.daemon import Daemon, TestConfig, free_port
-
-pytestmark = pytest.mark.pg_pending("suppression-cli")
 
 
 def test_daemon_inbound_listener_and_suppression_cli(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ STATES = {"READY=1", "RELOADING=1", "STOPPING=1"}
 
 
 @pytest.mark.sqlite_only("reads the SQLite file's clean-shutdown flag")
-@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.pg_pending("workers"))])
+@pytest.mark.parametrize("workers", [1, 2])
 def test_ready_reload_and_clean_stop(tmp_path: Path, workers: int) -> None:
     cfg = TestConfig(tmp_path)
     cfg.set("server", workers=workers)

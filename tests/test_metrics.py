@@ -288,7 +288,6 @@ def test_metrics_without_token_when_configured(tmp_path: Path) -> None:
         assert api.get("/api/v1/queue", token=create_token(d, "t")).status == 200
 
 
-@pytest.mark.pg_pending("suppression-cli")
 def test_suppressed_recipients_count_rejected_and_dropped_apart(tmp_path: Path) -> None:
     """A suppressed RCPT refused with 550 counts as action="rejected"; after a SIGHUP to
     accept-and-drop, the same address accepted and dropped counts as action="dropped"."""

@@ -19,8 +19,6 @@ import pytest
 
 from tests.support.daemon import Daemon, TestConfig, free_port
 
-pytestmark = pytest.mark.pg_pending("workers")
-
 CAP = 4
 LOCKOUT = 4
 PASSWORD = "limits password 123"

@@ -16,8 +16,6 @@ import pytest
 from tests.support.apiserver import ApiDaemon
 from tests.test_api_rate import api_send, smtp_send
 
-pytestmark = pytest.mark.pg_pending("workers")
-
 
 async def test_user_rate_is_one_bucket_across_workers_and_the_api(tmp_path: Path) -> None:
     api = ApiDaemon(tmp_path, api={"tls": True}, tls=True)

@@ -35,7 +35,6 @@ BACKENDS = ("sqlite", "postgresql")
 # skipped on PostgreSQL while its feature is listed here. Remove a feature when its port
 # lands; MTASERVER_TEST_PG_PENDING=run runs the pending tests anyway (to try a port).
 PG_PENDING = frozenset({
-    "campaigns",
     "sqlite-reads",  # daemon tests that check through TestConfig.database (the SQLite file)
     "db-commit-metric",  # mtaserver_db_commit_seconds: the SQLite writer's group commits
 })  # fmt: skip
