@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final, Protocol
 
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.contacts import (
@@ -473,65 +473,8 @@ class ContactStore:
         source: str = "import",
         list_name: str | None = None,
     ) -> ImportResult:
-        """Parse and store an import as its bytes arrive. One chunk is committing while the
-        next is parsed; at most two chunks of rows are held, whatever the stream's size.
-        A bad header raises ContactError before anything is stored."""
-        rows = created = updated = failed = 0
-        errors: list[LineError] = []
-        batch: list[ContactInput] = []
-        pending: asyncio.Future[Upserted] | None = None
-
-        async def settle() -> None:
-            nonlocal pending, created, updated
-            if pending is not None:
-                got = await pending
-                pending = None
-                created += got.created
-                updated += got.updated
-
-        async def flush() -> None:
-            nonlocal pending, batch
-            await settle()
-            pending = asyncio.ensure_future(
-                self.import_many(owner, batch, source=source, list_name=list_name)
-            )
-            batch = []
-
-        def take(items: list[ContactInput | LineError]) -> None:
-            nonlocal rows, failed
-            for item in items:
-                rows += 1
-                if isinstance(item, LineError):
-                    failed += 1
-                    if len(errors) < MAX_ERRORS:
-                        errors.append(item)
-                else:
-                    batch.append(item)
-
-        if list_name is not None and await self.get_list(owner, list_name) is None:
-            raise ContactError(f"list: no list {list_name!r}", "list")
-        stream = aiter(chunks)
-        try:
-            while True:
-                try:
-                    data = await anext(stream)
-                except StopAsyncIteration:
-                    break
-                except Exception as exc:  # the source failed (a client gone, a read error)
-                    await settle()
-                    done = ImportResult(rows, created, updated, failed, tuple(errors))
-                    raise ImportAborted(done, exc) from exc
-                take(parser.feed(data))
-                if len(batch) >= CHUNK:
-                    await flush()
-            take(parser.close())
-            if batch:
-                await flush()
-            await settle()
-        finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
-        return ImportResult(rows, created, updated, failed, tuple(errors))
+        """Parse and store an import as its bytes arrive (see :func:`stream_import`)."""
+        return await stream_import(self, owner, chunks, parser, source, list_name)
 
     # -- lists -------------------------------------------------------------------------------
     async def create_list(self, owner: str, name: str, double_opt_in: bool = False) -> ListInfo:
@@ -821,3 +764,82 @@ def _typed(value: str) -> object:
     if isinstance(v, int | float):
         return v
     return value
+
+
+class _Importer(Protocol):
+    """What :func:`stream_import` needs of a contact store (either backend's)."""
+
+    async def import_many(
+        self, owner: str, rows: Sequence[ContactInput], *, source: str, list_name: str | None
+    ) -> Upserted: ...
+
+    async def get_list(self, owner: str, name: str) -> Any: ...
+
+
+async def stream_import(
+    store: _Importer,
+    owner: str,
+    chunks: AsyncIterable[bytes],
+    parser: ImportParser,
+    source: str,
+    list_name: str | None,
+) -> ImportResult:
+    """Parse and store an import as its bytes arrive. One chunk is committing while the
+    next is parsed; at most two chunks of rows are held, whatever the stream's size.
+    A bad header raises ContactError before anything is stored."""
+    rows = created = updated = failed = 0
+    errors: list[LineError] = []
+    batch: list[ContactInput] = []
+    pending: asyncio.Future[Upserted] | None = None
+
+    async def settle() -> None:
+        nonlocal pending, created, updated
+        if pending is not None:
+            got = await pending
+            pending = None
+            created += got.created
+            updated += got.updated
+
+    async def flush() -> None:
+        nonlocal pending, batch
+        await settle()
+        pending = asyncio.ensure_future(
+            store.import_many(owner, batch, source=source, list_name=list_name)
+        )
+        batch = []
+
+    def take(items: list[ContactInput | LineError]) -> None:
+        nonlocal rows, failed
+        for item in items:
+            rows += 1
+            if isinstance(item, LineError):
+                failed += 1
+                if len(errors) < MAX_ERRORS:
+                    errors.append(item)
+            else:
+                batch.append(item)
+
+    if list_name is not None and await store.get_list(owner, list_name) is None:
+        raise ContactError(f"list: no list {list_name!r}", "list")
+    stream = aiter(chunks)
+    try:
+        while True:
+            try:
+                data = await anext(stream)
+            except StopAsyncIteration:
+                break
+            except Exception as exc:  # the source failed (a client gone, a read error)
+                await settle()
+                done = ImportResult(rows, created, updated, failed, tuple(errors))
+                raise ImportAborted(done, exc) from exc
+            take(parser.feed(data))
+            if len(batch) >= CHUNK:
+                await flush()
+        take(parser.close())
+        if batch:
+            await flush()
+        await settle()
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+    return ImportResult(rows, created, updated, failed, tuple(errors))

@@ -13,7 +13,6 @@ Attributes are jsonb: their key order in answers is PostgreSQL's, not the order 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
@@ -22,7 +21,6 @@ from mtaserver.contacts import (
     ContactError,
     ContactInput,
     ImportParser,
-    LineError,
     attr_path,
     check_list_name,
     check_status,
@@ -38,14 +36,13 @@ from mtaserver.storage.postgres.contacts.rows import (
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.sqlite.contacts import (
     CHUNK,
-    MAX_ERRORS,
     MAX_FILTERS,
     PAGE,
     Contact,
-    ImportAborted,
     ImportResult,
     Upserted,
     _typed,
+    stream_import,
 )
 
 __all__ = ["PgContactStore", "contacts_of", "erase_contacts_in", "unsubscribe_in"]
@@ -209,61 +206,5 @@ class PgContactStore(PgLists):
         source: str = "import",
         list_name: str | None = None,
     ) -> ImportResult:
-        """Parse and store an import as its bytes arrive; one chunk commits while the next
-        is parsed (at most two chunks held). A bad header raises ContactError first."""
-        rows = created = updated = failed = 0
-        errors: list[LineError] = []
-        batch: list[ContactInput] = []
-        pending: asyncio.Future[Upserted] | None = None
-
-        async def settle() -> None:
-            nonlocal pending, created, updated
-            if pending is not None:
-                got = await pending
-                pending = None
-                created += got.created
-                updated += got.updated
-
-        async def flush() -> None:
-            nonlocal pending, batch
-            await settle()
-            pending = asyncio.ensure_future(
-                self.import_many(owner, batch, source=source, list_name=list_name)
-            )
-            batch = []
-
-        def take(items: list[ContactInput | LineError]) -> None:
-            nonlocal rows, failed
-            for item in items:
-                rows += 1
-                if isinstance(item, LineError):
-                    failed += 1
-                    if len(errors) < MAX_ERRORS:
-                        errors.append(item)
-                else:
-                    batch.append(item)
-
-        if list_name is not None and await self.get_list(owner, list_name) is None:
-            raise ContactError(f"list: no list {list_name!r}", "list")
-        stream = aiter(chunks)
-        try:
-            while True:
-                try:
-                    data = await anext(stream)
-                except StopAsyncIteration:
-                    break
-                except Exception as exc:  # the source failed (a client gone, a read error)
-                    await settle()
-                    done = ImportResult(rows, created, updated, failed, tuple(errors))
-                    raise ImportAborted(done, exc) from exc
-                take(parser.feed(data))
-                if len(batch) >= CHUNK:
-                    await flush()
-            take(parser.close())
-            if batch:
-                await flush()
-            await settle()
-        finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
-        return ImportResult(rows, created, updated, failed, tuple(errors))
+        """Parse and store an import as its bytes arrive (the SQLite owner's loop)."""
+        return await stream_import(self, owner, chunks, parser, source, list_name)
