@@ -3,7 +3,8 @@
 A background write that fails — the disk is full, the database is busy, a bug in one stage —
 must not end the daemon: the other services go on answering (submission says 452 while the
 disk is full), and the failed one comes back after a back-off that doubles up to a ceiling
-and starts over once it has run for a while. Only a failure the daemon cannot outlive
+and starts over once it has run for a while (a full disk is retried every few seconds, so
+delivery resumes soon after space comes back). Only a failure the daemon cannot outlive
 (``StorageError.fatal``: the database file corrupt, gone or replaced) passes through and
 ends the process, which is what systemd's ``Restart=on-failure`` is for.
 """
@@ -25,6 +26,9 @@ class Backoff:
     initial: float = 1.0  # seconds before the first restart
     maximum: float = 60.0  # ceiling of the doubling
     reset_after: float = 60.0  # a body that ran this long before failing starts over at initial
+    # A full disk is retried at least this often: one failed write is cheap, and delivery
+    # should resume within seconds of space coming back, not after a minute of back-off.
+    full_maximum: float = 5.0
 
 
 def is_fatal(exc: BaseException) -> bool:
@@ -53,6 +57,8 @@ async def supervise(
                 raise
             if monotonic() - started >= backoff.reset_after:
                 delay = backoff.initial
+            if isinstance(exc, StorageError) and exc.full:
+                delay = min(delay, backoff.full_maximum)
             restarts += 1
             on_restart(name)
             log.error(kv(event="service_failed", service=name,

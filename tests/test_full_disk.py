@@ -221,9 +221,9 @@ async def test_full_disk_answers_452_keeps_running_and_resumes(
 
             try:
                 # A scheduler whose writes failed on the full disk is restarted by the
-                # supervisor with a back-off that doubles up to 60 s, so the first delivery
-                # may wait that long once space is back.
-                await wait_for(lambda: set(acked) <= delivered(), timeout=150)
+                # supervisor at least every 5 s (Backoff.full_maximum), then the retry
+                # schedule (1 s) sends everything.
+                await wait_for(lambda: set(acked) <= delivered(), timeout=60)
             except AssertionError:
                 missing = set(acked) - delivered()
                 raise AssertionError(f"not delivered: {missing}\n{daemon.log()[-6000:]}") from None

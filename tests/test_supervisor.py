@@ -48,6 +48,23 @@ async def test_failed_body_is_restarted_with_doubling_backoff() -> None:
     assert restarts == ["scheduler"] * 5
 
 
+async def test_full_disk_is_retried_every_few_seconds_other_failures_back_off() -> None:
+    clock = Clock()
+    sleeps: list[float] = []
+    errors = [StorageError("database or disk is full", full=True)] * 4 + [RuntimeError("bug")] * 2
+
+    async def body() -> None:
+        if errors:
+            raise errors.pop(0)
+
+    async def sleep(s: float) -> None:
+        sleeps.append(s)
+
+    await supervise("scheduler", body, monotonic=clock.monotonic, sleep=sleep,
+                    backoff=Backoff(initial=1, maximum=60, reset_after=600, full_maximum=3))  # fmt: skip
+    assert sleeps == [1, 2, 3, 3, 6, 12]
+
+
 async def test_fatal_error_passes_through() -> None:
     async def body() -> None:
         raise StorageError("the database file is gone", fatal=True)

@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mtaserver.app.service import Service, SimpleService
+from mtaserver.app.service import ListeningService, Service, SimpleService
 from mtaserver.auth import Authenticator, AuthThrottle
 from mtaserver.classify import classify
 from mtaserver.clock import Clock
@@ -162,7 +162,10 @@ def submission_service(cfg: Config, parts: MailParts) -> Service:
                     max_recipients=sub.max_recipients,
                     at_rcpt=new.inbound.suppression.at_rcpt))  # fmt: skip
 
-    return SimpleService("submission", start, run, drain, reload)
+    async def stop_accepting() -> None:
+        server.stop_accepting()
+
+    return ListeningService("submission", start, run, drain, reload, stop_accepting)
 
 
 def _bearer(cfg: Config, parts: MailParts) -> BearerAuthenticator | None:
@@ -366,4 +369,8 @@ def inbound_service(
     async def start() -> None:
         await server.start()
 
-    return SimpleService("inbound", on_start=start, on_run=purge, on_drain=drain)
+    async def stop_accepting() -> None:
+        server.stop_accepting()
+
+    return ListeningService("inbound", on_start=start, on_run=purge, on_drain=drain,
+                            on_stop_accepting=stop_accepting)  # fmt: skip

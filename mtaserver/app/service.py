@@ -2,7 +2,8 @@
 
 ``start`` binds sockets (before READY=1), ``run`` is the long-lived body (supervised,
 restarted on a crash), ``drain`` stops accepting and lets work in progress finish,
-``reload`` takes a new config on SIGHUP.
+``reload`` takes a new config on SIGHUP. A :class:`ListeningService` also closes its
+listening sockets first (``stop_accepting``), before the daemon says STOPPING=1.
 """
 
 from __future__ import annotations
@@ -52,3 +53,15 @@ class SimpleService:
     async def reload(self, config: Config) -> None:
         if self.on_reload:
             await self.on_reload(config)
+
+
+@dataclass(frozen=True)
+class ListeningService(SimpleService):
+    """A stage with listening sockets: closed before STOPPING=1, so that a client connecting
+    after systemd saw it is refused rather than left in the backlog until the drain."""
+
+    on_stop_accepting: Callable[[], Awaitable[None]] | None = None
+
+    async def stop_accepting(self) -> None:
+        if self.on_stop_accepting:
+            await self.on_stop_accepting()

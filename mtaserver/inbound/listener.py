@@ -217,6 +217,11 @@ class InboundServer:
                     tls=self.tls_context is not None))  # fmt: skip
         return str(sock[0]), int(sock[1])
 
+    def stop_accepting(self) -> None:
+        """Close the listening socket; :meth:`stop` waits for it."""
+        if self._server is not None:
+            self._server.close()
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()

@@ -150,14 +150,18 @@ class SubmissionServer:
                 return item
         raise KeyError(name)
 
+    def stop_accepting(self) -> None:
+        """Close the listening sockets (sessions go on); :meth:`close` drains them."""
+        for item in self.listeners:
+            item.server.close()
+
     async def close(self, timeout: float = 5.0) -> None:
         """Stop accepting, end idle sessions with 421, let transactions in progress reply.
 
         Sessions still open after ``timeout`` are cut; a message whose commit had not
         returned was not acknowledged, so the client retries it (never lost).
         """
-        for item in self.listeners:
-            item.server.close()
+        self.stop_accepting()
         for session in list(self.sessions):
             session.shutdown()
         with contextlib.suppress(TimeoutError):
