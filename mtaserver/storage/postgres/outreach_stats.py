@@ -11,19 +11,17 @@ JSON text here, read with ``::jsonb``; a ``machine`` flag counts as SQLite's
 
 from __future__ import annotations
 
-import json
-from typing import Any, Final
+from typing import Final
 
-from mtaserver.storage.postgres.db import Connection, PgDatabase
-from mtaserver.storage.sqlite.outreach_stats import (
+from mtaserver.storage.common.outreach_stats import (
     CampaignReport,
-    Engagement,
-    RunStats,
     SendStats,
-    StepStats,
     TriggerReport,
-    _merge,
+    run_stats,
+    send_stats,
+    step_stats,
 )
+from mtaserver.storage.postgres.db import Connection, PgDatabase
 
 __all__ = ["PgOutreachStats", "campaign_report", "trigger_report"]
 
@@ -114,24 +112,9 @@ GROUP BY 1, 2, 3
 async def _send_stats(
     conn: Connection, counts: str, bounces: str, group: int, since: float
 ) -> dict[int, SendStats]:
-    kinds: dict[int, list[tuple[str, int]]] = {}
-    cats: dict[int, list[tuple[str, int]]] = {}
-    reasons: dict[int, list[tuple[str, int]]] = {}
-    for grp, kind, category, reason, n in await conn.fetch(bounces, group, since):
-        kinds.setdefault(int(grp), []).append((str(kind), int(n)))
-        cats.setdefault(int(grp), []).append((str(category), int(n)))
-        reasons.setdefault(int(grp), []).append((str(reason), int(n)))
-    out: dict[int, SendStats] = {}
-    for row in await conn.fetch(counts, group, since):
-        grp = int(row[0])
-        queued, suppressed, delivered, deferred = (int(v) for v in row[1:5])
-        ho, mo, uho, umo, hc, mc, uhc, umc, unsub, complaints = (int(v) for v in row[5:])
-        out[grp] = SendStats(
-            queued, suppressed, delivered, deferred,
-            _merge(kinds.get(grp, ())), _merge(cats.get(grp, ())), _merge(reasons.get(grp, ())),
-            Engagement(uho, umo, ho, mo), Engagement(uhc, umc, hc, mc), unsub, complaints,
-        )  # fmt: skip
-    return out
+    return send_stats(
+        await conn.fetch(bounces, group, since), await conn.fetch(counts, group, since)
+    )
 
 
 async def campaign_report(
@@ -146,24 +129,8 @@ async def campaign_report(
         return None
     cid = int(found[0])
     sends = await _send_stats(conn, CAMPAIGN_COUNTS, CAMPAIGN_BOUNCES, cid, since)
-    runs: dict[int, tuple[float, str, int]] = {}
-    by_state: dict[tuple[int, str], int] = {}
-    skipped: dict[int, list[tuple[str, int]]] = {}
-    for run, fire_at, status, audience, state, reason, n in await conn.fetch(
-        CAMPAIGN_ROWS, cid, since
-    ):
-        run, n = int(run), int(n)
-        runs[run] = (float(fire_at), str(status), int(audience))
-        by_state[(run, state)] = by_state.get((run, state), 0) + n
-        if state == "skipped":
-            skipped.setdefault(run, []).append((reason or "", n))
-    out = tuple(
-        RunStats(run, f, st, aud, by_state.get((run, "pending"), 0),
-                 by_state.get((run, "cancelled"), 0), _merge(skipped.get(run, ())),
-                 sends.get(run, SendStats()))
-        for run, (f, st, aud) in runs.items()
-    )  # fmt: skip
-    return CampaignReport(owner, name, str(found[1]), out)
+    runs = run_stats(await conn.fetch(CAMPAIGN_ROWS, cid, since), sends)
+    return CampaignReport(owner, name, str(found[1]), runs)
 
 
 async def trigger_report(
@@ -177,28 +144,10 @@ async def trigger_report(
     )
     if found is None:
         return None
-    try:
-        steps_def: Any = json.loads(found[2]).get("steps") or []
-    except (ValueError, AttributeError):
-        steps_def = []
-    templates = [s.get("template") if isinstance(s, dict) else None for s in steps_def]
     tid = int(found[0])
     sends = await _send_stats(conn, TRIGGER_COUNTS, TRIGGER_BOUNCES, tid, since)
-    states: dict[int, dict[str, int]] = {}
-    skipped: dict[int, list[tuple[str, int]]] = {}
-    for step, state, reason, n in await conn.fetch(TRIGGER_ROWS, tid, since):
-        by = states.setdefault(int(step), {})
-        by[state] = by.get(state, 0) + int(n)
-        if state == "skipped":
-            skipped.setdefault(int(step), []).append((reason or "", int(n)))
-    numbers = sorted(set(range(len(templates))) | set(states) | set(sends))
-    out = tuple(
-        StepStats(i, templates[i] if i < len(templates) else None,
-                  states.get(i, {}).get("pending", 0), states.get(i, {}).get("cancelled", 0),
-                  _merge(skipped.get(i, ())), sends.get(i, SendStats()))
-        for i in numbers
-    )  # fmt: skip
-    return TriggerReport(owner, name, str(found[1]), bool(found[3]), out)
+    steps = step_stats(found[2], await conn.fetch(TRIGGER_ROWS, tid, since), sends)
+    return TriggerReport(owner, name, str(found[1]), bool(found[3]), steps)
 
 
 class PgOutreachStats:
