@@ -15,76 +15,51 @@ A local-time run's rows get their own ``due_at`` in the snapshot statement (a Py
 function computes it per distinct zone); a run is done only when no row is pending.
 Cancelling or failing a campaign moves its pending rows to ``cancelled`` in bounded batches
 (:meth:`CampaignStore.cancel_rows`); the feeder sweeps what an interrupted cancel left.
+The values and an operator's action, shared with the PostgreSQL owner, are
+:mod:`mtaserver.storage.common.campaigns`.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Final
 
-from mtaserver.campaigns import PRIOR, TZ_ATTRIBUTE, CampaignStateError, transition
+from mtaserver.campaigns import PRIOR, TZ_ATTRIBUTE
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.contacts import ContactConflict, ContactError
+from mtaserver.storage.common.campaigns import (
+    BATCH,
+    CANCEL_BATCH,
+    Campaign,
+    Run,
+    RunStopped,
+    act,
+    as_campaign,
+    as_run,
+    as_run_and_campaign,
+    columns,
+    run_columns,
+)
 from mtaserver.storage.sqlite.contacts import Contact
 from mtaserver.storage.sqlite.db import Database
 
-BATCH: Final = 500
-CANCEL_BATCH: Final = 10_000  # pending rows cancelled per transaction (the writer is shared)
-STATUSES: Final = ("draft", "scheduled", "running", "paused", "done", "cancelled", "failed")
-_COLS = (
-    "id, owner, name, template, from_email, from_name, audience_kind, audience, "
-    "schedule, send_at, local_at, cron, tz, status, next_run_at, created_at, updated_at, "
-    "failure"
-)
+__all__ = [
+    "BATCH",
+    "CANCEL_BATCH",
+    "Campaign",
+    "CampaignStore",
+    "Run",
+    "RunStopped",
+    "list_audience_sql",
+]
+
 # "Is anything pending?" by the partial index: without statistics the planner would walk the
 # primary key through every fed row of a million-row run, on every poll.
 _PENDING = "campaign_recipients INDEXED BY campaign_recipients_pending"
 _ACTIVE_RUNS = (
     "SELECT id FROM campaign_runs WHERE campaign_id = ? AND status IN ('running', 'paused')"
 )
-
-
-class RunStopped(ContactError):
-    """The run was paused or cancelled while a batch was being prepared (nothing stored)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Campaign:
-    id: int
-    owner: str
-    name: str
-    template: str
-    from_email: str
-    from_name: str | None
-    audience_kind: str  # list | segment
-    audience: str
-    schedule: str  # once | cron | local
-    send_at: float | None
-    local_at: str | None
-    cron: str | None
-    tz: str | None
-    status: str
-    next_run_at: float | None
-    created_at: float
-    updated_at: float
-    failure: str | None = None  # failed: why
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    id: int
-    campaign_id: int
-    fire_at: float
-    status: str
-    audience: int
-    queued: int
-    skipped: int
-
-
-def _campaign(row: Sequence[object]) -> Campaign:
-    return Campaign(*row)  # type: ignore[arg-type]
+_COLS = columns()
 
 
 def list_audience_sql(owner: str, list_name: str) -> tuple[str, tuple[object, ...]]:
@@ -125,7 +100,7 @@ class CampaignStore:
                 if "UNIQUE" in str(exc):
                     raise ContactConflict(f"campaign {name!r} exists already", "name") from None
                 raise ContactError(f"campaign: {exc}") from None
-            return _campaign(row)
+            return as_campaign(row)
 
         return await self.db.write(op)
 
@@ -134,7 +109,7 @@ class CampaignStore:
             row = conn.execute(
                 f"SELECT {_COLS} FROM campaigns WHERE owner = ? AND name = ?", (owner, name)
             ).fetchone()
-            return None if row is None else _campaign(row)
+            return None if row is None else as_campaign(row)
 
         return await self.db.read(fn)
 
@@ -143,7 +118,7 @@ class CampaignStore:
             rows = conn.execute(
                 f"SELECT {_COLS} FROM campaigns WHERE owner = ? ORDER BY name", (owner,)
             )
-            return [_campaign(r) for r in rows]
+            return [as_campaign(r) for r in rows]
 
         return await self.db.read(fn)
 
@@ -177,28 +152,9 @@ class CampaignStore:
         return bool(await self.db.write(op))
 
     async def act(self, campaign: Campaign, action: str) -> Campaign:
-        """An operator's ``action`` (start, pause, resume, cancel) as the CLI and the API do
-        it: the rules of :func:`mtaserver.campaigns.transition` on the status read, written
-        only if the status is still that one (else CampaignStateError naming the new one);
-        a cancel then moves the pending rows to ``cancelled``."""
-        c = campaign
-        paused = any(x.status == "paused" for x in await self.runs(c.id))
-        status, nxt = transition(
-            action, c.name, c.status, schedule=c.schedule, send_at=c.send_at, cron=c.cron,
-            tz=c.tz, next_run_at=c.next_run_at, paused_run=paused, now=self._clock.now(),
-            local_at=c.local_at,
-        )  # fmt: skip
-        if not await self.set_status(c.id, status, nxt, expect=(c.status,)):
-            now = await self.get(c.owner, c.name)
-            raise CampaignStateError(
-                f"campaign {c.name!r} changed from {c.status} to "
-                f"{now.status if now else 'deleted'} meanwhile; {action} it again if it applies",
-                "status",
-            )
-        if status == "cancelled":
-            await self.cancel_rows(c.id)
-        found = await self.get(c.owner, c.name)
-        return found or c
+        """An operator's ``action`` (start, pause, resume, cancel):
+        :func:`mtaserver.storage.common.campaigns.act` over this store."""
+        return await act(self, self._clock, campaign, action)
 
     async def fail(self, campaign_id: int, reason: str) -> bool:
         """The feeder cannot start a run (its segment is gone, ...): failed with ``reason``,
@@ -350,7 +306,7 @@ class CampaignStore:
                 "AND schedule = 'local') ORDER BY next_run_at LIMIT 100",
                 (now, now),
             )
-            return [_campaign(r) for r in rows]
+            return [as_campaign(r) for r in rows]
 
         return await self.db.read(fn)
 
@@ -358,13 +314,11 @@ class CampaignStore:
         """Every run being fed, with its campaign."""
 
         def fn(conn: sqlite3.Connection) -> list[tuple[Run, Campaign]]:
-            cols = ", ".join(f"c.{x.strip()}" for x in _COLS.split(","))
             rows = conn.execute(
-                "SELECT r.id, r.campaign_id, r.fire_at, r.status, r.audience, r.queued, "
-                f"r.skipped, {cols} FROM campaign_runs r JOIN campaigns c ON c.id = r.campaign_id "
-                "WHERE r.status = 'running' ORDER BY r.id"
+                f"SELECT {run_columns('r')}, {columns('c')} FROM campaign_runs r "
+                "JOIN campaigns c ON c.id = r.campaign_id WHERE r.status = 'running' ORDER BY r.id"
             )
-            return [(Run(*r[:7]), _campaign(r[7:])) for r in rows]
+            return [as_run_and_campaign(r) for r in rows]
 
         return await self.db.read(fn)
 
@@ -401,11 +355,10 @@ class CampaignStore:
     async def runs(self, campaign_id: int) -> list[Run]:
         def fn(conn: sqlite3.Connection) -> list[Run]:
             rows = conn.execute(
-                "SELECT id, campaign_id, fire_at, status, audience, queued, skipped "
-                "FROM campaign_runs WHERE campaign_id = ? ORDER BY fire_at",
+                f"SELECT {run_columns()} FROM campaign_runs WHERE campaign_id = ? ORDER BY fire_at",
                 (campaign_id,),
             )
-            return [Run(*r) for r in rows]
+            return [as_run(r) for r in rows]
 
         return await self.db.read(fn)
 

@@ -27,9 +27,22 @@ from typing import Final
 
 import asyncpg
 
-from mtaserver.campaigns import PRIOR, CampaignStateError, transition
+from mtaserver.campaigns import PRIOR
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.contacts import ContactConflict, ContactError
+from mtaserver.storage.common.campaigns import (
+    BATCH,
+    CANCEL_BATCH,
+    Campaign,
+    Run,
+    RunStopped,
+    act,
+    as_campaign,
+    as_run,
+    as_run_and_campaign,
+    columns,
+    run_columns,
+)
 from mtaserver.storage.postgres.campaigns.rows import (
     Audience,
     cancel_batch,
@@ -38,17 +51,12 @@ from mtaserver.storage.postgres.campaigns.rows import (
     snapshot,
 )
 from mtaserver.storage.postgres.db import Connection, PgDatabase
-from mtaserver.storage.sqlite.campaigns import BATCH, CANCEL_BATCH, Campaign, Run, RunStopped
 from mtaserver.storage.sqlite.contacts import Contact
 
 __all__ = ["BATCH", "Campaign", "PgCampaignStore", "Run", "RunStopped", "list_audience_sql"]
 
 LEASE: Final = 60.0  # seconds a node holds the rows it claimed before another may take them
-_COLS = (
-    "id, owner, name, template, from_email, from_name, audience_kind, audience, "
-    "schedule, send_at, local_at, cron, tz, status, next_run_at, created_at, updated_at, "
-    "failure"
-)
+_COLS = columns()
 _ACTIVE_RUNS = (
     "SELECT id FROM campaign_runs WHERE campaign_id = $4 AND status IN ('running', 'paused')"
 )
@@ -69,10 +77,6 @@ SELECT c.id, c.owner, c.address, c.attributes::text, c.consent_status, c.consent
        c.consent_at, c.consent_ip, c.created_at, c.updated_at
 FROM leased l JOIN contacts c ON c.id = l.contact_id ORDER BY l.due_at, l.contact_id
 """
-
-
-def _campaign(row: Sequence[object]) -> Campaign:
-    return Campaign(*row)  # type: ignore[arg-type]
 
 
 class PgCampaignStore:
@@ -108,21 +112,21 @@ class PgCampaignStore:
                 raise ContactConflict(f"campaign {name!r} exists already", "name") from None
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise ContactError(f"campaign: {exc}") from None
-        return _campaign(row)
+        return as_campaign(row)
 
     async def get(self, owner: str, name: str) -> Campaign | None:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
                 f"SELECT {_COLS} FROM campaigns WHERE owner = $1 AND name = $2", owner, name
             )
-        return None if row is None else _campaign(row)
+        return None if row is None else as_campaign(row)
 
     async def list_all(self, owner: str) -> list[Campaign]:
         async with self.db.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {_COLS} FROM campaigns WHERE owner = $1 ORDER BY name", owner
             )
-        return [_campaign(r) for r in rows]
+        return [as_campaign(r) for r in rows]
 
     async def set_status(
         self, campaign_id: int, status: str, next_run_at: float | None = None, *,
@@ -150,25 +154,8 @@ class PgCampaignStore:
 
     async def act(self, campaign: Campaign, action: str) -> Campaign:
         """An operator's ``action`` as the CLI and the API do it (the SQLite store's rules:
-        :func:`mtaserver.campaigns.transition`, written only if the status is unchanged)."""
-        c = campaign
-        paused = any(x.status == "paused" for x in await self.runs(c.id))
-        status, nxt = transition(
-            action, c.name, c.status, schedule=c.schedule, send_at=c.send_at, cron=c.cron,
-            tz=c.tz, next_run_at=c.next_run_at, paused_run=paused, now=self._clock.now(),
-            local_at=c.local_at,
-        )  # fmt: skip
-        if not await self.set_status(c.id, status, nxt, expect=(c.status,)):
-            now = await self.get(c.owner, c.name)
-            raise CampaignStateError(
-                f"campaign {c.name!r} changed from {c.status} to "
-                f"{now.status if now else 'deleted'} meanwhile; {action} it again if it applies",
-                "status",
-            )
-        if status == "cancelled":
-            await self.cancel_rows(c.id)
-        found = await self.get(c.owner, c.name)
-        return found or c
+        :func:`mtaserver.storage.common.campaigns.act` over this store)."""
+        return await act(self, self._clock, campaign, action)
 
     async def fail(self, campaign_id: int, reason: str) -> bool:
         """The feeder cannot start a run: failed with ``reason``, its active runs cancelled;
@@ -286,18 +273,16 @@ class PgCampaignStore:
                 "AND schedule = 'local') ORDER BY next_run_at LIMIT 100",
                 now,
             )
-        return [_campaign(r) for r in rows]
+        return [as_campaign(r) for r in rows]
 
     async def running(self) -> list[tuple[Run, Campaign]]:
         """Every run being fed, with its campaign."""
-        cols = ", ".join(f"c.{x.strip()}" for x in _COLS.split(","))
         async with self.db.connection() as conn:
             rows = await conn.fetch(
-                "SELECT r.id, r.campaign_id, r.fire_at, r.status, r.audience, r.queued, "
-                f"r.skipped, {cols} FROM campaign_runs r JOIN campaigns c ON c.id = r.campaign_id "
-                "WHERE r.status = 'running' ORDER BY r.id"
+                f"SELECT {run_columns('r')}, {columns('c')} FROM campaign_runs r "
+                "JOIN campaigns c ON c.id = r.campaign_id WHERE r.status = 'running' ORDER BY r.id"
             )
-        return [(Run(*r[:7]), _campaign(r[7:])) for r in rows]
+        return [as_run_and_campaign(r) for r in rows]
 
     async def finish_run(self, run_id: int) -> bool:
         """Done if the run has no pending row left; its campaign then waits for its next
@@ -333,11 +318,11 @@ class PgCampaignStore:
     async def runs(self, campaign_id: int) -> list[Run]:
         async with self.db.connection() as conn:
             rows = await conn.fetch(
-                "SELECT id, campaign_id, fire_at, status, audience, queued, skipped "
-                "FROM campaign_runs WHERE campaign_id = $1 ORDER BY fire_at",
+                f"SELECT {run_columns()} FROM campaign_runs WHERE campaign_id = $1 "
+                "ORDER BY fire_at",
                 campaign_id,
             )
-        return [Run(*r) for r in rows]
+        return [as_run(r) for r in rows]
 
     async def due_backlog(self, now: float, cap: int) -> int:
         """Recipients waiting for delivery now (due or leased) in the cluster's queue,
