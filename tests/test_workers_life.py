@@ -3,9 +3,9 @@
 One daemon (TLS, two workers, both forked by the template the owner split off before its
 loop, as is every restart) goes through:
 
-1. a reload every worker refuses (a SHA-1-signed certificate: the config check parses
-   it, OpenSSL refuses it), reported to the owner by each worker, which keeps its whole
-   previous config; then a good reload taken by each — one READY=1 per reload;
+1. a reload every worker refuses (a chain whose CA has a 1024-bit key: the config check
+   passes it, OpenSSL refuses it), reported to the owner by each worker, which keeps its
+   whole previous config; then a good reload taken by each — one READY=1 per reload;
 2. a restarted worker that never reports ready — its config names a certificate that
    became a FIFO, so reading it blocks, as on a stuck mount — is killed (-9) after
    ``server.worker_start_timeout`` and started again with back-off until it comes up;
@@ -37,17 +37,20 @@ from tests.test_workers_reliability import connect_to_each
 
 
 def _weak_cert(dir: Path) -> tuple[Path, Path]:
-    """A leaf signed with SHA-1 by a CA: parses, but OpenSSL's security level refuses it."""
+    """A leaf (SHA-256, RSA-2048) and its CA (RSA-1024) in the chain file: the config check
+    passes it (it checks the leaf's key and every digest; a SHA-1 signature it refuses
+    itself), but OpenSSL's security level refuses the CA's key at load."""
 
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=dir, check=True, capture_output=True)
 
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+    run("req", "-x509", "-newkey", "rsa:1024", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
         "-subj", "/CN=weak ca", "-days", "2")  # fmt: skip
     run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "weak.key", "-out", "weak.csr",
         "-subj", "/CN=mta.test")  # fmt: skip
     run("x509", "-req", "-in", "weak.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "weak.pem", "-days", "2", "-sha1")  # fmt: skip
+        "-CAcreateserial", "-out", "leaf.pem", "-days", "2", "-sha256")  # fmt: skip
+    (dir / "weak.pem").write_bytes((dir / "leaf.pem").read_bytes() + (dir / "ca.pem").read_bytes())
     os.chmod(dir / "weak.key", 0o600)
     return dir / "weak.pem", dir / "weak.key"
 
@@ -107,7 +110,7 @@ async def test_start_timeout_reload_failures_and_stop_order(tmp_path: Path) -> N
         log = daemon.log()
         for i in (0, 1):
             assert f"event=worker_reload_failed worker={i} error=" in log, log
-        assert "CA_MD_TOO_WEAK" in log and "event=worker_reloaded" not in log
+        assert "CA_KEY_TOO_SMALL" in log and "event=worker_reloaded" not in log
         assert set((await asyncio.to_thread(_each, port, pids)).values()) == {250}
         # ... and the next good one is taken by each, before the one READY=1.
         cfg.data["tls"] = tls
