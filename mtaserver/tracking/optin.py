@@ -9,6 +9,12 @@ and queues a batch in one transaction together with the marks that it was queued
 (``optin_sent``): a crash before the commit leaves neither, so nobody gets two and nobody
 none. The API wakes it (``nudge``) after a write; otherwise it looks every ``poll``.
 
+On PostgreSQL every node runs this loop over the cluster's memberships. When two queue the
+same confirmation at once, the mark's unique key keeps the first; the other's transaction,
+its copy of the mail included, rolls back. That is the design working, not a failure: the
+loser logs ``optin_already_queued`` (info) and reads what is still pending at once; only an
+enqueue that failed with every membership still pending is ``optin_pass_failed`` (error).
+
 The mail comes from the list's ``from`` setting when the owner owns that domain, else from
 ``no-reply@`` the owner's first sending domain (alphabetically); an owner with no domain
 cannot send, and its memberships wait (logged once per pass).
@@ -101,23 +107,50 @@ class OptInMailer:
             batch = await self.store.pending(BATCH, after)
             if not batch:
                 return done
-            after = (batch[-1].list_id, batch[-1].contact_id)
             built = await self._build(batch)
             if built:
-                now = self.clock.now()
-                marks = [(b.pending.list_id, b.pending.contact_id, b.message.queue_id)
-                         for b in built]  # fmt: skip
-                await self.spool.enqueue_many(
-                    [b.message for b in built],
-                    also=self.store.mark_sent_op(marks, now),
-                )
+                if not await self._queue(built, after):
+                    continue  # another node queued some of these first: read again from here
                 done += len(built)
-                self.sent += len(built)
-                for b in built:
-                    log.info(kv(event="optin_queued", queue_id=b.message.queue_id,
-                                owner=b.pending.owner, list=b.pending.list_name))  # fmt: skip
+            after = (batch[-1].list_id, batch[-1].contact_id)
             if len(batch) < BATCH:
                 return done
+
+    async def _queue(self, built: Sequence[Built], after: tuple[int, int]) -> bool:
+        """Queue the mails with their marks in one transaction; False if another node's
+        marks for some of them won (ours rolled back with our mails: nothing went wrong)."""
+        marks = [(b.pending.list_id, b.pending.contact_id, b.message.queue_id) for b in built]
+        try:
+            await self.spool.enqueue_many(
+                [b.message for b in built], also=self.store.mark_sent_op(marks, self.clock.now())
+            )
+        except Exception:
+            if not await self._taken_elsewhere(built, after):
+                raise  # a full disk, a lost database: optin_pass_failed
+            log.info(kv(event="optin_already_queued", memberships=len(built),
+                        by="another node", retry="now"))  # fmt: skip
+            return False
+        self.sent += len(built)
+        for b in built:
+            log.info(kv(event="optin_queued", queue_id=b.message.queue_id,
+                        owner=b.pending.owner, list=b.pending.list_name))  # fmt: skip
+        return True
+
+    async def _taken_elsewhere(self, built: Sequence[Built], after: tuple[int, int]) -> bool:
+        """Has one of ``built`` left the pending set since it was read? Then the enqueue
+        failed on its mark (another node — or a second mailer on this database — queued it
+        first; PostgreSQL's unique mark rolls the loser back): a lost race, not a failure."""
+        try:
+            now = await self.store.pending(BATCH, after)
+        except Exception:
+            return False  # the database itself fails: report the enqueue's error
+        left = {(p.list_id, p.contact_id) for p in now}
+        # A full batch may end before some of ours (new memberships sort in between).
+        last = (now[-1].list_id, now[-1].contact_id) if len(now) == BATCH else None
+        return any(
+            key not in left and (last is None or key <= last)
+            for key in ((b.pending.list_id, b.pending.contact_id) for b in built)
+        )
 
     async def _build(self, batch: Sequence[PendingConfirm]) -> list[Built]:
         preparer = self.preparer()
