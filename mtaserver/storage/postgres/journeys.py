@@ -19,29 +19,30 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Final
 
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.journeys import EventInput, Trigger, plan
-from mtaserver.storage.postgres.db import Connection, PgDatabase
-from mtaserver.storage.sqlite.contacts import Contact, iso
-from mtaserver.storage.sqlite.journeys import (
-    STATES,
+from mtaserver.storage.common.journeys import (
+    CONTACT_COLUMNS,
     DueStep,
     Recorded,
     Settle,
     StepGone,
     TriggerInfo,
-    _trigger_info,
+    check_settles,
+    due_step,
+    export_doc,
+    sort_events,
+    started_within,
+    step_counts,
+    trigger_info,
 )
+from mtaserver.storage.postgres.db import Connection, PgDatabase
 
 LEASE: Final = 60.0  # seconds a claimed step stays this node's before another may take it
 _EVENTS_LOCK: Final = 0x6D74_0140  # advisory lock class (int4): record_events, per owner
 _TRIGGER = "id, owner, definition, created_at, updated_at"
-_CONTACT = (
-    "c.id, c.owner, c.address, c.attributes, c.consent_status, c.consent_source, "
-    "c.consent_at, c.consent_ip, c.created_at, c.updated_at"
-)
 _INSERT_EVENTS = (
     "INSERT INTO contact_events (contact_id, name, properties, occurred_at, received_at) "
     "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::float8[])"
@@ -55,7 +56,7 @@ WITH claimed AS (
         ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED)
     RETURNING id, step, due_at, trigger_id, contact_id, event_id)
 SELECT s.id, s.step, s.due_at, t.id, t.owner, t.definition, t.created_at, t.updated_at,
-       e.name, e.properties, e.occurred_at, {_CONTACT}
+       e.name, e.properties, e.occurred_at, {CONTACT_COLUMNS}
 FROM claimed s JOIN triggers t ON t.id = s.trigger_id JOIN contacts c ON c.id = s.contact_id
 LEFT JOIN contact_events e ON e.id = s.event_id ORDER BY s.due_at, s.id
 """
@@ -98,8 +99,7 @@ class _Evaluator:
         for s in p.starts:
             info = self.triggers[s.index]
             last = await self._last_start(info.id, contact_id)
-            window = info.trigger.once_per
-            if last is not None and (window is None or abs(e.occurred_at - last) < window):
+            if started_within(last, info.trigger.once_per, e.occurred_at):
                 continue  # at most once per contact per window
             n = len(s.due)
             rows = await self.conn.fetch(
@@ -119,9 +119,7 @@ def settle_op(settles: Sequence[Settle], now: float) -> Callable[[Connection], A
     """The write that ends ``settles``' steps, for the queue's ``also``; raises
     :class:`StepGone` (rolling back the whole transaction, messages included) if one of them
     is no longer pending."""
-    for s in settles:
-        if s.state not in STATES[1:]:
-            raise ValueError(f"settle state {s.state!r}")
+    check_settles(settles)
 
     async def op(conn: Connection) -> None:
         for s in settles:
@@ -150,12 +148,7 @@ async def export_for(conn: Connection, owner: str, address: str) -> dict[str, ob
         "WHERE c.owner=$1 AND c.address=$2 ORDER BY s.due_at, s.id",
         owner, address,
     )  # fmt: skip
-    return {
-        "events": [{"event": n, "properties": json.loads(p), "occurred_at": iso(o),
-                    "received_at": iso(r)} for n, p, o, r in events],
-        "trigger_steps": [{"trigger": t, "step": n, "state": st, "due_at": iso(d),
-                           "queue_id": q, "reason": why} for t, n, st, d, q, why in steps],
-    }  # fmt: skip
+    return export_doc(events, steps)
 
 
 async def export_address(conn: Connection, address: str) -> dict[str, object]:
@@ -200,21 +193,21 @@ class PgJourneyStore:
                 f"RETURNING {_TRIGGER}, (xmax = 0) AS inserted",
                 owner, t.name, t.event, doc, int(t.enabled), now,
             )  # fmt: skip
-        return _trigger_info(tuple(row)[:5]), bool(row["inserted"])
+        return trigger_info(tuple(row)[:5]), bool(row["inserted"])
 
     async def get_trigger(self, owner: str, name: str) -> TriggerInfo | None:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
                 f"SELECT {_TRIGGER} FROM triggers WHERE owner=$1 AND name=$2", owner, name
             )
-        return None if row is None else _trigger_info(tuple(row))
+        return None if row is None else trigger_info(tuple(row))
 
     async def triggers(self, owner: str) -> list[TriggerInfo]:
         async with self.db.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {_TRIGGER} FROM triggers WHERE owner=$1 ORDER BY name", owner
             )
-        return [_trigger_info(tuple(r)) for r in rows]
+        return [trigger_info(tuple(r)) for r in rows]
 
     async def delete_trigger(self, owner: str, name: str) -> bool:
         """Delete the trigger and its steps (pending ones never fire)."""
@@ -233,10 +226,7 @@ class PgJourneyStore:
                 "GROUP BY s.step, s.state",
                 owner, name,
             )  # fmt: skip
-        out: dict[int, dict[str, int]] = {}
-        for step, state, n in rows:
-            out.setdefault(int(step), dict.fromkeys(STATES, 0))[str(state)] = int(n)
-        return out
+        return step_counts(rows)
 
     # -- events ------------------------------------------------------------------------------
     async def record_events(self, owner: str, events: Sequence[EventInput]) -> Recorded:
@@ -257,29 +247,19 @@ class PgJourneyStore:
                 f"SELECT {_TRIGGER} FROM triggers WHERE owner=$1 AND enabled=1 ORDER BY id",
                 owner,
             )
-            ev = _Evaluator(conn, [_trigger_info(tuple(r)) for r in rows], now)
-            wanted = {t.event for t in ev.defs} | {c for t in ev.defs for c in t.cancel}
-            stored = 0
-            unknown: dict[str, None] = {}
-            plain: list[tuple[Any, ...]] = []
-            for e in events:
-                cid = ids.get(e.address)
-                if cid is None:
-                    unknown[e.address] = None
-                    continue
-                stored += 1
-                if e.name not in wanted:  # no trigger cares: stored in one INSERT
-                    plain.append((cid, e.name, e.properties, e.occurred_at, now))
-                    continue
+            ev = _Evaluator(conn, [trigger_info(tuple(r)) for r in rows], now)
+            got = sort_events(events, ids, ev.defs, now)
+            for cid, e in got.watched:
                 event_id = await conn.fetchval(
                     "INSERT INTO contact_events (contact_id, name, properties, occurred_at, "
                     "received_at) VALUES ($1,$2,$3,$4,$5) RETURNING id",
                     cid, e.name, e.properties, e.occurred_at, now,
                 )  # fmt: skip
                 await ev.apply(cid, int(event_id), e)
-            if plain:
-                await conn.execute(_INSERT_EVENTS, *(list(c) for c in zip(*plain, strict=True)))
-        return Recorded(stored, ev.started, ev.cancelled, tuple(unknown))
+            if got.plain:  # no trigger cares: stored in one INSERT
+                columns = zip(*got.plain, strict=True)
+                await conn.execute(_INSERT_EVENTS, *(list(c) for c in columns))
+        return Recorded(got.stored, ev.started, ev.cancelled, got.unknown)
 
     # -- the runner --------------------------------------------------------------------------
     async def due(self, now: float, limit: int) -> list[DueStep]:
@@ -287,17 +267,7 @@ class PgJourneyStore:
         node for :attr:`lease` seconds (steps another node holds are passed over)."""
         async with self.db.transaction() as conn:
             rows = await conn.fetch(_DUE, now, limit, self.node, self.lease)
-        out = []
-        for r in rows:
-            info = _trigger_info((r[3], r[4], r[5], r[6], r[7]))
-            props = json.loads(r[9]) if r[9] is not None else {}
-            out.append(DueStep(
-                id=int(r[0]), step=int(r[1]), due_at=float(r[2]), trigger_id=info.id,
-                trigger=info.trigger, contact=Contact(*tuple(r)[11:]),
-                event_name=r[8], event_properties=props if isinstance(props, dict) else {},
-                event_at=r[10],
-            ))  # fmt: skip
-        return out
+        return [due_step(r) for r in rows]
 
     def settle_op(
         self, settles: Sequence[Settle], now: float

@@ -14,7 +14,9 @@ their queue id), skipped or cancelled, for ``OutreachSender.commit`` to run in t
 transaction that queues the messages: a step is marked exactly when its mail is queued.
 
 :func:`export_for` and :func:`erase_for` are for the privacy owner (GDPR export/erase);
-they take the caller's connection so they run inside its transaction.
+they take the caller's connection so they run inside its transaction. The values and
+the row-to-answer steps, shared with the PostgreSQL owner, are
+:mod:`mtaserver.storage.common.journeys`.
 """
 
 from __future__ import annotations
@@ -22,88 +24,40 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Final
 
 from mtaserver.clock import Clock, SystemClock
-from mtaserver.errors import MtaError
-from mtaserver.journeys import EventInput, Trigger, plan, trigger_from_json
-from mtaserver.storage.sqlite.contacts import Contact, iso
+from mtaserver.journeys import EventInput, Trigger, plan
+from mtaserver.storage.common.journeys import (
+    CONTACT_COLUMNS,
+    STATES,
+    DueStep,
+    Recorded,
+    Settle,
+    StepGone,
+    TriggerInfo,
+    check_settles,
+    due_step,
+    export_doc,
+    sort_events,
+    started_within,
+    step_counts,
+    trigger_info,
+)
 from mtaserver.storage.sqlite.db import Database
 
-STATES: Final = ("pending", "fired", "cancelled", "skipped")
-_CONTACT = (
-    "c.id, c.owner, c.address, c.attributes, c.consent_status, c.consent_source, "
-    "c.consent_at, c.consent_ip, c.created_at, c.updated_at"
-)
-
-
-class StepGone(MtaError):
-    """A step to settle is no longer pending (cancelled meanwhile): nothing is stored."""
-
-
-@dataclass(frozen=True, slots=True)
-class TriggerInfo:
-    id: int
-    owner: str
-    trigger: Trigger
-    created_at: float
-    updated_at: float
-
-    def as_json(self) -> dict[str, object]:
-        return self.trigger.as_json() | {
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Recorded:
-    """What one batch of events did."""
-
-    stored: int
-    started: int  # sequences started
-    cancelled: int  # pending steps cancelled
-    unknown: tuple[str, ...]  # addresses with no contact of the owner (those not stored)
-
-    def as_json(self) -> dict[str, object]:
-        return {"stored": self.stored, "started": self.started, "cancelled": self.cancelled,
-                "unknown_contacts": list(self.unknown)}  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class DueStep:
-    """A pending step whose time has come, with everything its message needs."""
-
-    id: int
-    step: int
-    due_at: float
-    trigger_id: int
-    trigger: Trigger
-    contact: Contact
-    event_name: str | None
-    event_properties: dict[str, object]
-    event_at: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Settle:
-    """How a due step ends: ``fired`` (with its queue id), ``skipped`` or ``cancelled``."""
-
-    step_id: int
-    state: str
-    queue_id: str | None = None
-    reason: str | None = None
-
-
-def _trigger_info(row: Sequence[object]) -> TriggerInfo:
-    rid, owner, definition, created, updated = row
-    t = trigger_from_json(json.loads(str(definition)))
-    return TriggerInfo(int(str(rid)), str(owner), t, float(str(created)), float(str(updated)))
-
-
-def _contact(row: Sequence[object]) -> Contact:
-    return Contact(*row)  # type: ignore[arg-type]
+__all__ = [
+    "STATES",
+    "DueStep",
+    "JourneyStore",
+    "Recorded",
+    "Settle",
+    "StepGone",
+    "TriggerInfo",
+    "erase_for",
+    "export_address",
+    "export_for",
+    "settle_op",
+]
 
 
 def _contact_ids(conn: sqlite3.Connection, owner: str, addresses: set[str]) -> dict[str, int]:
@@ -156,8 +110,7 @@ class _Evaluator:
         for s in p.starts:
             info = self.triggers[s.index]
             last = self._last_start(info.id, contact_id)
-            window = info.trigger.once_per
-            if last is not None and (window is None or abs(e.occurred_at - last) < window):
+            if started_within(last, info.trigger.once_per, e.occurred_at):
                 continue  # at most once per contact per window
             rows = [
                 (info.id, contact_id, n, e.occurred_at, event_id, due, self.now)
@@ -177,9 +130,7 @@ class _Evaluator:
 def settle_op(settles: Sequence[Settle], now: float) -> Callable[[sqlite3.Connection], None]:
     """The write that ends ``settles``' steps; raises :class:`StepGone` (rolling back the
     whole transaction, messages included) if one of them is no longer pending."""
-    for s in settles:
-        if s.state not in STATES[1:]:
-            raise ValueError(f"settle state {s.state!r}")
+    check_settles(settles)
 
     def op(conn: sqlite3.Connection) -> None:
         for s in settles:
@@ -208,12 +159,7 @@ def export_for(conn: sqlite3.Connection, owner: str, address: str) -> dict[str, 
         "WHERE c.owner=? AND c.address=? ORDER BY s.due_at, s.id",
         (owner, address),
     ).fetchall()
-    return {
-        "events": [{"event": n, "properties": json.loads(p), "occurred_at": iso(o),
-                    "received_at": iso(r)} for n, p, o, r in events],
-        "trigger_steps": [{"trigger": t, "step": n, "state": st, "due_at": iso(d),
-                           "queue_id": q, "reason": why} for t, n, st, d, q, why in steps],
-    }  # fmt: skip
+    return export_doc(events, steps)
 
 
 def export_address(conn: sqlite3.Connection, address: str) -> dict[str, object]:
@@ -265,7 +211,7 @@ class JourneyStore:
                 "WHERE owner=? AND name=?",
                 (owner, t.name),
             ).fetchone()
-            return _trigger_info(row), had is None
+            return trigger_info(row), had is None
 
         return await self.db.write(op)
 
@@ -276,7 +222,7 @@ class JourneyStore:
                 "WHERE owner=? AND name=?",
                 (owner, name),
             ).fetchone()
-            return None if row is None else _trigger_info(row)
+            return None if row is None else trigger_info(row)
 
         return await self.db.read(fn)
 
@@ -287,7 +233,7 @@ class JourneyStore:
                 "WHERE owner=? ORDER BY name",
                 (owner,),
             ).fetchall()
-            return [_trigger_info(r) for r in rows]
+            return [trigger_info(r) for r in rows]
 
         return await self.db.read(fn)
 
@@ -312,10 +258,7 @@ class JourneyStore:
                 "GROUP BY s.step, s.state",
                 (owner, name),
             ).fetchall()
-            out: dict[int, dict[str, int]] = {}
-            for step, state, n in rows:
-                out.setdefault(int(step), dict.fromkeys(STATES, 0))[str(state)] = int(n)
-            return out
+            return step_counts(rows)
 
         return await self.db.read(fn)
 
@@ -333,33 +276,22 @@ class JourneyStore:
                 "WHERE owner=? AND enabled=1 ORDER BY id",
                 (owner,),
             ).fetchall()
-            ev = _Evaluator(conn, [_trigger_info(r) for r in rows], now)
-            wanted = {t.event for t in ev.defs} | {c for t in ev.defs for c in t.cancel}
-            stored = 0
-            unknown: dict[str, None] = {}
-            plain = []
-            for e in events:
-                cid = ids.get(e.address)
-                if cid is None:
-                    unknown[e.address] = None
-                    continue
-                stored += 1
-                if e.name not in wanted:  # no trigger cares: stored in one executemany
-                    plain.append((cid, e.name, e.properties, e.occurred_at, now))
-                    continue
+            ev = _Evaluator(conn, [trigger_info(r) for r in rows], now)
+            got = sort_events(events, ids, ev.defs, now)
+            for cid, e in got.watched:
                 cur = conn.execute(
                     "INSERT INTO contact_events (contact_id, name, properties, occurred_at, "
                     "received_at) VALUES (?,?,?,?,?)",
                     (cid, e.name, e.properties, e.occurred_at, now),
                 )
                 ev.apply(cid, int(cur.lastrowid or 0), e)
-            if plain:
+            if got.plain:  # no trigger cares: stored in one executemany
                 conn.executemany(
                     "INSERT INTO contact_events (contact_id, name, properties, occurred_at, "
                     "received_at) VALUES (?,?,?,?,?)",
-                    plain,
+                    got.plain,
                 )
-            return Recorded(stored, ev.started, ev.cancelled, tuple(unknown))
+            return Recorded(got.stored, ev.started, ev.cancelled, got.unknown)
 
         return await self.db.write(op)
 
@@ -370,24 +302,14 @@ class JourneyStore:
         def fn(conn: sqlite3.Connection) -> list[DueStep]:
             rows = conn.execute(
                 f"SELECT s.id, s.step, s.due_at, t.id, t.owner, t.definition, t.created_at, "
-                f"t.updated_at, e.name, e.properties, e.occurred_at, {_CONTACT} "
+                f"t.updated_at, e.name, e.properties, e.occurred_at, {CONTACT_COLUMNS} "
                 "FROM journey_steps s JOIN triggers t ON t.id = s.trigger_id "
                 "JOIN contacts c ON c.id = s.contact_id "
                 "LEFT JOIN contact_events e ON e.id = s.event_id "
                 "WHERE s.state='pending' AND s.due_at <= ? ORDER BY s.due_at LIMIT ?",
                 (now, limit),
             ).fetchall()
-            out = []
-            for r in rows:
-                info = _trigger_info((r[3], r[4], r[5], r[6], r[7]))
-                props = json.loads(r[9]) if r[9] is not None else {}
-                out.append(DueStep(
-                    id=int(r[0]), step=int(r[1]), due_at=float(r[2]), trigger_id=info.id,
-                    trigger=info.trigger, contact=_contact(r[11:]),
-                    event_name=r[8], event_properties=props if isinstance(props, dict) else {},
-                    event_at=None if r[10] is None else float(r[10]),
-                ))  # fmt: skip
-            return out
+            return [due_step(r) for r in rows]
 
         return await self.db.read(fn)
 
