@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
 
 from mtaserver.model import Event, HitRow, Redaction, StoredEvent
+from mtaserver.storage.common.events import erased_event, event_data
 from mtaserver.storage.postgres.db import Connection, PgDatabase
 
 
@@ -69,32 +69,11 @@ async def erase_event(
     row = await conn.fetchrow("SELECT recipient, data FROM events WHERE id=$1", event_id)
     if row is None:
         return 0
-    recipient, data = row
-    own = (recipient or "").lower() == red.address
-    try:
-        payload = json.loads(data) if data else {}
-    except ValueError:
-        payload = None
-    if isinstance(payload, dict):
-        if own:
-            for key in personal:
-                payload.pop(key, None)
-        new_data = json.dumps(red.scrub(payload))
-    else:
-        new_data = red.sub(data) or "{}"
+    new_recipient, new_data = erased_event(row[0], row[1], red, personal)
     await conn.execute(
-        "UPDATE events SET recipient=$1, data=$2 WHERE id=$3",
-        red.token if own else red.sub(recipient), new_data, event_id,
-    )  # fmt: skip
+        "UPDATE events SET recipient=$1, data=$2 WHERE id=$3", new_recipient, new_data, event_id
+    )
     return 1
-
-
-def _data(raw: str | None) -> dict[str, Any]:
-    try:
-        value = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 class PgEventLog:
@@ -127,7 +106,7 @@ class PgEventLog:
                 "AND ($3::text IS NULL OR queue_id = $3) ORDER BY id LIMIT $4",
                 after, list(types), queue_id or None, limit,
             )  # fmt: skip
-        return [StoredEvent(int(r[0]), r[1], r[2], r[3], r[4], _data(r[5])) for r in rows]
+        return [StoredEvent(int(r[0]), r[1], r[2], r[3], r[4], event_data(r[5])) for r in rows]
 
     async def insert_hits(self, rows: Sequence[HitRow]) -> None:
         """One batch of opens and clicks: one statement, one commit."""

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mtaserver.model import Event, HitRow, Redaction, StoredEvent
+from mtaserver.storage.common.events import erased_event, event_data
 from mtaserver.storage.sqlite.db import Database
 
 
@@ -56,14 +57,6 @@ ORDER BY h.key
 """
 
 
-def _data(raw: str | None) -> dict[str, Any]:
-    try:
-        value = json.loads(raw or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _drop_events(conn: sqlite3.Connection, cutoff: float, limit: int) -> int:
     """Old events, except those a webhook has yet to deliver (at least once wins).
 
@@ -95,22 +88,9 @@ def erase_event(
     row = conn.execute("SELECT recipient, data FROM events WHERE id=?", (event_id,)).fetchone()
     if row is None:
         return 0
-    recipient, data = row
-    own = (recipient or "").lower() == red.address
-    try:
-        payload = json.loads(data) if data else {}
-    except ValueError:
-        payload = None
-    if isinstance(payload, dict):
-        if own:
-            for key in personal:
-                payload.pop(key, None)
-        new_data = json.dumps(red.scrub(payload))
-    else:
-        new_data = red.sub(data) or "{}"
+    new_recipient, new_data = erased_event(row[0], row[1], red, personal)
     conn.execute(
-        "UPDATE events SET recipient=?, data=? WHERE id=?",
-        (red.token if own else red.sub(recipient), new_data, event_id),
+        "UPDATE events SET recipient=?, data=? WHERE id=?", (new_recipient, new_data, event_id)
     )
     return 1
 
@@ -154,7 +134,7 @@ class EventLog:
 
         def fn(conn: sqlite3.Connection) -> list[StoredEvent]:
             rows = conn.execute(sql, (*params, limit)).fetchall()
-            return [StoredEvent(r[0], r[1], r[2], r[3], r[4], _data(r[5])) for r in rows]
+            return [StoredEvent(r[0], r[1], r[2], r[3], r[4], event_data(r[5])) for r in rows]
 
         return await self.db.read(fn)
 
