@@ -13,16 +13,26 @@ backups are the operator's, see the README).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import hmac
-import json
 import re
 from collections.abc import Sequence
 from typing import Any, Final
 
 from mtaserver.errors import StorageError
 from mtaserver.model import ErasePlan, Event, Redaction
+from mtaserver.storage.common.privacy import (
+    PERSONAL_KEYS,
+    SKIP_TABLES,
+    ContactDataOwner,
+    JourneyData,
+    body_reader,
+    export_doc,
+    json_ready,
+    keyed_hash,
+    mentioning_events,
+    mentions,
+    proof_rows,
+    with_bodies,
+)
 from mtaserver.storage.postgres.contacts.rows import contacts_of, erase_contacts_in
 from mtaserver.storage.postgres.db import Connection, PgDatabase
 from mtaserver.storage.postgres.events import erase_event, insert_events
@@ -30,50 +40,34 @@ from mtaserver.storage.postgres.journeys import PgJourneyStore
 from mtaserver.storage.postgres.queue import erase as q
 from mtaserver.storage.postgres.suppressions import add_hashed, forget_soft_bounces, hash_entries
 from mtaserver.storage.sqlite.contacts import Contact
-from mtaserver.storage.sqlite.privacy import _PERSONAL_KEYS, _SKIP_TABLES, ContactDataOwner
 from mtaserver.storage.sqlite.queue.values import BodyCodec
 from mtaserver.suppression import address_hash
 
 # SQLite skips its join tables of ids (WITHOUT ROWID there): the same tables here.
-_SKIP: Final = _SKIP_TABLES | {"list_members", "optin_sent", "template_versions"}
+_SKIP: Final = SKIP_TABLES | {"list_members", "optin_sent", "template_versions"}
 _TEXT_TYPES: Final = ("text", "character varying", "jsonb")
 _VACUUM: Final = "VACUUM messages, recipients, events, suppressions, soft_bounces, contacts"
 
 
-class _JourneyData:
-    def __init__(self, store: PgJourneyStore) -> None:
-        self._store = store
-
-    async def export_for(self, address: str) -> Any:
-        return await self._store.export_address(address.strip().lower())
-
-    async def erase_for(self, address: str) -> int:
-        return await self._store.erase_for(address.strip().lower())
-
-
 def contact_data_owners(db: PgDatabase) -> dict[str, ContactDataOwner]:
     """The owners of per-contact data (as ``storage.sqlite.privacy.contact_data_owners``)."""
-    return {"journeys": _JourneyData(PgJourneyStore(db))}
+    return {"journeys": JourneyData(PgJourneyStore(db))}
+
+
+async def _proof_key(conn: Connection) -> bytes:
+    return bytes(await conn.fetchval("SELECT key FROM privacy_keys WHERE name='consent_proof'"))
 
 
 async def proof_hash(conn: Connection, value: str) -> str:
     """HMAC-SHA256 of an address (or IP) under this database's random proof key."""
-    key = await conn.fetchval("SELECT key FROM privacy_keys WHERE name='consent_proof'")
-    return hmac.new(bytes(key), value.strip().lower().encode(), hashlib.sha256).hexdigest()
+    return keyed_hash(await _proof_key(conn), value)
 
 
 async def _keep_proofs(conn: Connection, contacts: Sequence[Contact], now: float) -> int:
-    """What an erase keeps of each contact (see the SQLite owner's ``_keep_proofs``)."""
-    rows: list[tuple[object, ...]] = []
-    for c in contacts:
-        addr = await proof_hash(conn, c.address)
-        ip = await proof_hash(conn, "ip:" + c.consent_ip) if c.consent_ip else None
-        rows.append((addr, c.owner, None, c.consent_status, c.consent_source, c.consent_at,
-                     ip, now))  # fmt: skip
-        for m in c.lists:
-            source = "confirm" if m.confirmed_at is not None else "added"
-            rows.append((addr, c.owner, m.list_name, m.status, source,
-                         m.confirmed_at or m.added_at, None, now))  # fmt: skip
+    """What an erase keeps of each contact (as the SQLite owner's ``_keep_proofs``)."""
+    if not contacts:
+        return 0
+    rows = proof_rows(await _proof_key(conn), contacts, now)
     await conn.executemany(
         "INSERT INTO consent_proofs (address_hash, owner, list_name, status, source, at, "
         "ip_hash, erased_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
@@ -110,7 +104,7 @@ async def _find(conn: Connection, red: Redaction, codec: BodyCodec) -> ErasePlan
             "OR strpos(lower(data), $1) > 0",
             addr,
         )
-        if (r[1] or "").lower() == addr or pat.search(r[2] or "")
+        if mentions(r[1], r[2], addr, pat)
     ]
     other: dict[str, tuple[Any, ...]] = {}
     for table, cols in (await _text_columns(conn)).items():
@@ -190,7 +184,7 @@ class PgPrivacy:
 
     async def erase_events(self, ids: Sequence[int], red: Redaction) -> int:
         async with self.db.transaction() as conn:
-            return sum([await erase_event(conn, i, red, _PERSONAL_KEYS) for i in ids])
+            return sum([await erase_event(conn, i, red, PERSONAL_KEYS) for i in ids])
 
     async def scrub_other(self, table: str, rowids: Sequence[Any], red: Redaction) -> int:
         async with self.db.transaction() as conn:
@@ -235,13 +229,7 @@ async def _export(
     async def rows(sql: str, *args: Any) -> list[dict[str, Any]]:
         return [dict(r) for r in await conn.fetch(sql, *args)]
 
-    def text(blob: bytes | None) -> str | None:
-        if blob is None or not bodies:
-            return None
-        with contextlib.suppress(StorageError):
-            return codec.decode(bytes(blob)).decode("utf-8", "replace")
-        return "(encrypted with a key that is not configured)"
-
+    text = body_reader(codec, bodies)
     received = await rows(
         "SELECT r.queue_id, r.idx, r.address, r.state, r.attempts, r.last_reply, r.updated_at, "
         "m.sender, m.received_at, m.message_id, m.campaign, m.size, "
@@ -249,26 +237,17 @@ async def _export(
         "ON m.id = r.queue_id WHERE lower(r.address)=$1 ORDER BY m.received_at",
         addr,
     )
-    for rec in received:
-        rec["body"] = text(rec["body"])
     sent = await rows(
         'SELECT id AS queue_id, sender, "user", client_ip, received_at, size, message_id, '
         "campaign, (SELECT count(*) FROM recipients r WHERE r.queue_id = m.id) AS recipients, "
         'body FROM messages m WHERE lower(sender)=$1 OR lower("user")=$1 ORDER BY received_at',
         addr,
     )
-    for msg in sent:
-        msg["body"] = text(msg["body"])
-    events = []
-    for e in await rows(
+    events = await rows(
         "SELECT id, at, type, queue_id, recipient, data FROM events "
         "WHERE lower(recipient)=$1 OR strpos(lower(data), $1) > 0 ORDER BY id",
         addr,
-    ):
-        if (e["recipient"] or "").lower() == addr or pat.search(e["data"] or ""):
-            with contextlib.suppress(ValueError):
-                e["data"] = json.loads(e["data"])
-            events.append(e)
+    )
     supp = await rows(
         "SELECT scope, reason, source, created_at, expires_at, queue_id, reply FROM suppressions "
         "WHERE address IN ($1, $2)",
@@ -289,24 +268,14 @@ async def _export(
     for table, cols in (await _text_columns(conn)).items():
         found = await rows(f'SELECT * FROM "{table}" WHERE {_mentions(cols)}', addr)
         if found:
-            other[table] = [
-                {k: (v.hex() if isinstance(v, bytes) else v) for k, v in r.items()} for r in found
-            ]
+            other[table] = json_ready(found)
     proofs = await rows(
         "SELECT owner, list_name, status, source, at, erased_at FROM consent_proofs "
         "WHERE address_hash=$1 ORDER BY id",
         await proof_hash(conn, addr),
     )
-    return {
-        "address": addr,
-        "generated_at": generated_at,
-        "contacts": [{"owner": c.owner, **c.as_json()} for c in await contacts_of(conn, addr)],
-        "consent_proofs": proofs,
-        "received": received,
-        "sent": sent,
-        "events": events,
-        "suppressions": supp,
-        "soft_bounces": soft,
-        "user_account": user[0] if user else None,
-        "other": other,
-    }
+    return export_doc(
+        addr, generated_at, await contacts_of(conn, addr), proofs,
+        with_bodies(received, text), with_bodies(sent, text),
+        mentioning_events(events, addr, pat), supp, soft, user, other,
+    )  # fmt: skip

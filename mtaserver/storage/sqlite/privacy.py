@@ -4,23 +4,34 @@ The rules (what an erase removes, what it keeps) are :mod:`mtaserver.privacy`'s;
 module finds the rows on the read connection and applies each batch in one write op
 through the owners' erase functions (queue, events, suppressions). Tables no owner claims
 (added later, e.g. by an extension) are scrubbed generically: every text column that
-mentions the address.
+mentions the address. What the PostgreSQL owner does alike (the consent proofs an erase
+keeps, the export's shape) is :mod:`mtaserver.storage.common.privacy`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import hmac
-import json
 import re
 import sqlite3
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from mtaserver.errors import StorageError
 from mtaserver.model import ErasePlan, Event, Redaction
+from mtaserver.storage.common.privacy import (
+    PERSONAL_KEYS,
+    SKIP_TABLES,
+    ContactDataOwner,
+    JourneyData,
+    body_reader,
+    export_doc,
+    json_ready,
+    keyed_hash,
+    mentioning_events,
+    mentions,
+    proof_rows,
+    with_bodies,
+)
 from mtaserver.storage.sqlite.contacts import Contact, contacts_of, erase_contacts_in
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.events import erase_event, insert_events
@@ -34,44 +45,12 @@ from mtaserver.storage.sqlite.queue.values import BodyCodec
 from mtaserver.storage.sqlite.suppressions import add_hashed, forget_soft_bounces, hash_entries
 from mtaserver.suppression import address_hash
 
-_PERSONAL_KEYS = ("user_agent", "client_ip", "proxy", "ip")  # of the erased person's own hits
-# Tables handled explicitly, or that never hold addresses of mail recipients.
-_SKIP_TABLES = {
-    "messages", "recipients", "events", "suppressions", "soft_bounces", "users",
-    "user_domains", "meta", "schema_migrations", "webhook_outbox", "webhook_endpoints",
-    "sqlite_sequence", "contacts", "consent_proofs", "privacy_keys",
-}  # fmt: skip
-
-
-class ContactDataOwner(Protocol):
-    """A table owner holding data about a contact (its events, journeys, ...): the privacy
-    requests export and erase through it. ``export_for`` returns JSON-ready data (every
-    owner's rows for the address); ``erase_for`` deletes them, returning how many rows."""
-
-    async def export_for(self, address: str) -> Any: ...
-
-    async def erase_for(self, address: str) -> int: ...
-
 
 def contact_data_owners(db: Database) -> dict[str, ContactDataOwner]:
     """THE one place where owners of per-contact data join the privacy requests: add
     ``"name": TheStore(db)`` here and export/erase cover its tables (exported under
     ``contact_data.name``, erased after the contacts' consent proofs are written)."""
-    return {"journeys": _JourneyData(JourneyStore(db))}
-
-
-class _JourneyData:
-    """A contact's events and trigger steps, every owner's (their rows also go with the
-    contact's own delete: the foreign keys cascade)."""
-
-    def __init__(self, store: JourneyStore) -> None:
-        self._store = store
-
-    async def export_for(self, address: str) -> Any:
-        return await self._store.export_address(address.strip().lower())
-
-    async def erase_for(self, address: str) -> int:
-        return await self._store.erase_for(address.strip().lower())
+    return {"journeys": JourneyData(JourneyStore(db))}
 
 
 def _proof_key(conn: sqlite3.Connection) -> bytes:
@@ -81,24 +60,15 @@ def _proof_key(conn: sqlite3.Connection) -> bytes:
 
 def proof_hash(conn: sqlite3.Connection, value: str) -> str:
     """HMAC-SHA256 of an address (or IP) under this database's random proof key."""
-    return hmac.new(_proof_key(conn), value.strip().lower().encode(), hashlib.sha256).hexdigest()
+    return keyed_hash(_proof_key(conn), value)
 
 
 def _keep_proofs(conn: sqlite3.Connection, contacts: Sequence[Contact], now: float) -> int:
-    """What an erase keeps of each contact: its consent and each list's membership, with
-    the address and the IP as keyed hashes (GDPR art. 17(3)(b),(e) and art. 7(1): the
-    controller must be able to show that consent was given; the person is not
-    identifiable from the row without being presented again)."""
-    rows: list[tuple[object, ...]] = []
-    for c in contacts:
-        addr = proof_hash(conn, c.address)
-        ip = proof_hash(conn, "ip:" + c.consent_ip) if c.consent_ip else None
-        rows.append((addr, c.owner, None, c.consent_status, c.consent_source, c.consent_at,
-                     ip, now))  # fmt: skip
-        for m in c.lists:
-            source = "confirm" if m.confirmed_at is not None else "added"
-            rows.append((addr, c.owner, m.list_name, m.status, source,
-                         m.confirmed_at or m.added_at, None, now))  # fmt: skip
+    """What an erase keeps of each contact: its consent and memberships, the address and
+    the IP as keyed hashes (``proof_rows`` of :mod:`mtaserver.storage.common.privacy`)."""
+    if not contacts:
+        return 0
+    rows = proof_rows(_proof_key(conn), contacts, now)
     conn.executemany(
         "INSERT INTO consent_proofs (address_hash, owner, list_name, status, source, at, "
         "ip_hash, erased_at) VALUES (?,?,?,?,?,?,?,?)",
@@ -114,7 +84,7 @@ def _text_columns(conn: sqlite3.Connection) -> dict[str, list[str]]:
     ).fetchall():
         # rows are found and rewritten by rowid; a WITHOUT ROWID table (a join table of
         # ids, like list_members) has none, and no text about a person either
-        if table in _SKIP_TABLES or "WITHOUT ROWID" in (sql or "").upper():
+        if table in SKIP_TABLES or "WITHOUT ROWID" in (sql or "").upper():
             continue
         cols = [
             r[1]
@@ -172,7 +142,7 @@ def _find(conn: sqlite3.Connection, addr: str, pat: re.Pattern[str], codec: Body
             "OR instr(lower(data), ?)",
             (addr, addr),
         )
-        if (r[1] or "").lower() == addr or pat.search(r[2] or "")
+        if mentions(r[1], r[2], addr, pat)
     ]
     other: dict[str, tuple[int, ...]] = {}
     for table, cols in _text_columns(conn).items():
@@ -274,7 +244,7 @@ class SqlitePrivacy:
 
     async def erase_events(self, ids: Sequence[int], red: Redaction) -> int:
         return await self.db.write(
-            lambda c: sum(erase_event(c, i, red, _PERSONAL_KEYS) for i in ids)
+            lambda c: sum(erase_event(c, i, red, PERSONAL_KEYS) for i in ids)
         )
 
     async def scrub_other(self, table: str, rowids: Sequence[int], red: Redaction) -> int:
@@ -313,13 +283,7 @@ class SqlitePrivacy:
                 names = [d[0] for d in cur.description]
                 return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
-            def text(blob: bytes | None) -> str | None:
-                if blob is None or not bodies:
-                    return None
-                with contextlib.suppress(StorageError):
-                    return codec.decode(blob).decode("utf-8", "replace")
-                return "(encrypted with a key that is not configured)"
-
+            text = body_reader(codec, bodies)
             received = rows(
                 "SELECT r.queue_id, r.idx, r.address, r.state, r.attempts, r.last_reply, "
                 "r.updated_at, m.sender, m.received_at, m.message_id, m.campaign, m.size, "
@@ -327,8 +291,6 @@ class SqlitePrivacy:
                 "ON m.id = r.queue_id WHERE lower(r.address)=? ORDER BY m.received_at",
                 (addr,),
             )
-            for rec in received:
-                rec["body"] = text(rec["body"])
             sent = rows(
                 "SELECT id AS queue_id, sender, user, client_ip, received_at, size, message_id, "
                 "campaign, (SELECT count(*) FROM recipients r WHERE r.queue_id = m.id) "
@@ -336,18 +298,11 @@ class SqlitePrivacy:
                 "ORDER BY received_at",
                 (addr, addr),
             )
-            for msg in sent:
-                msg["body"] = text(msg["body"])
-            events = []
-            for e in rows(
+            events = rows(
                 "SELECT id, at, type, queue_id, recipient, data FROM events "
                 "WHERE lower(recipient)=? OR instr(lower(data), ?) ORDER BY id",
                 (addr, addr),
-            ):
-                if (e["recipient"] or "").lower() == addr or pat.search(e["data"] or ""):
-                    with contextlib.suppress(ValueError):
-                        e["data"] = json.loads(e["data"])
-                    events.append(e)
+            )
             hashed = address_hash(addr)
             supp = rows(
                 "SELECT scope, reason, source, created_at, expires_at, queue_id, reply "
@@ -374,28 +329,17 @@ class SqlitePrivacy:
                 where = " OR ".join(f'instr(lower("{c}"), ?)' for c in cols)
                 found = rows(f'SELECT * FROM "{table}" WHERE {where}', (addr,) * len(cols))
                 if found:
-                    other[table] = [
-                        {k: (v.hex() if isinstance(v, bytes) else v) for k, v in r.items()}
-                        for r in found
-                    ]
+                    other[table] = json_ready(found)
             proofs = rows(
                 "SELECT owner, list_name, status, source, at, erased_at FROM consent_proofs "
                 "WHERE address_hash=? ORDER BY id",
                 (proof_hash(conn, addr),),
             )
-            return {
-                "address": addr,
-                "generated_at": generated_at,
-                "contacts": [{"owner": c.owner, **c.as_json()} for c in contacts_of(conn, addr)],
-                "consent_proofs": proofs,
-                "received": received,
-                "sent": sent,
-                "events": events,
-                "suppressions": supp,
-                "soft_bounces": soft,
-                "user_account": user[0] if user else None,
-                "other": other,
-            }
+            return export_doc(
+                addr, generated_at, contacts_of(conn, addr), proofs,
+                with_bodies(received, text), with_bodies(sent, text),
+                mentioning_events(events, addr, pat), supp, soft, user, other,
+            )  # fmt: skip
 
         out = await self.db.read(fn)
         out["contact_data"] = {n: await o.export_for(addr) for n, o in self.owners.items()}
