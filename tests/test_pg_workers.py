@@ -1,10 +1,13 @@
 """``[server] workers = 2`` on a PostgreSQL node: both workers accept, nothing is lost.
 
-A real daemon (owner + two ``serve --worker`` processes, each with its own small pool to
-PostgreSQL for users and suppressions, ``mtaserver.workers.pgchild``) on a private
-PostgreSQL server, smtplib clients on the plaintext listener, delivery to an aiosmtpd sink.
+A real daemon (owner + two workers, each with its own small pool to PostgreSQL for users
+and suppressions, ``mtaserver.workers.pgchild``) on a private PostgreSQL server, smtplib
+clients on the plaintext listener, delivery to an aiosmtpd sink. The workers are forked by
+the template (one parent, itself the owner's child), as on SQLite; each holds connections
+to PostgreSQL and the template none (a pool is opened after the fork, never inherited).
 Both workers are seen holding sessions (their sockets, read from /proc); a worker killed
-with -9 mid-run is restarted; every queue id a client got a 250 for reaches the sink once.
+with -9 mid-run is restarted, forked by the template again; every queue id a client got a
+250 for reaches the sink once.
 """
 
 from __future__ import annotations
@@ -24,8 +27,13 @@ from tests.test_workers import _QUEUED, Sender, _join, _message, _sink_ids, _wor
 HELD = 16  # sessions open at once: all on one of two workers by chance is 2 ** -15
 
 
-def _established(pid: int, port: int) -> int:
-    """TCP connections to local ``port`` that process ``pid`` holds open (from /proc)."""
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _established(pid: int, port: int, *, remote: bool = False) -> int:
+    """TCP connections to local ``port`` (``remote``: to a server's ``port``) that process
+    ``pid`` holds open (from /proc)."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -38,7 +46,7 @@ def _established(pid: int, port: int) -> int:
     with open("/proc/net/tcp") as f:
         for line in f.readlines()[1:]:
             cols = line.split()
-            local_port = int(cols[1].split(":")[1], 16)
+            local_port = int(cols[2 if remote else 1].split(":")[1], 16)
             if local_port == port and cols[3] == "01" and cols[9] in inodes:  # ESTABLISHED
                 n += 1
     return n
@@ -98,6 +106,16 @@ async def test_two_workers_on_postgresql_accept_and_lose_nothing_on_kill_9(
             pids = _worker_pids(daemon)
             assert sorted(pids) == [0, 1]
             assert "event=worker_ready" in daemon.log()
+            # forked by the template, itself forked from the owner before its loop
+            assert daemon.proc is not None
+            parents = {_ppid(pid) for pid in pids.values()}
+            assert len(parents) == 1, parents
+            template = parents.pop()
+            assert template != daemon.proc.pid and _ppid(template) == daemon.proc.pid
+            # each worker's own pool, opened after its fork: the template had none to pass on
+            pg = pg_server.port
+            assert all(_established(pid, pg, remote=True) > 0 for pid in pids.values())
+            assert _established(template, pg, remote=True) == 0
             counts, queued = await asyncio.to_thread(_held_sessions, port, [pids[0], pids[1]])
             assert sum(counts) == HELD and all(n > 0 for n in counts), counts
             # kill -9 of worker 0 while sessions keep coming (5 messages each)
@@ -109,6 +127,7 @@ async def test_two_workers_on_postgresql_accept_and_lose_nothing_on_kill_9(
             await _join(threads)
             await wait_for(lambda: "event=worker_restarted worker=0" in daemon.log(), 30)
             assert _worker_pids(daemon)[0] != victim
+            assert _ppid(_worker_pids(daemon)[0]) == template  # the restart: forked too
             acked = collections.Counter(queued + sender.queued)
             assert len(acked) == HELD + 200 and all(n == 1 for n in acked.values())
             await wait_for(lambda: set(acked) <= set(_sink_ids(sink)), 60)

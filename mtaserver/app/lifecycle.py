@@ -91,7 +91,9 @@ class App:
             )  # fmt: skip
             spool = cast(Spool, queue)  # releases only this node's leases (same method)
             await _release_leases(spool, self.clock, "leases_released_at_start")
-            wiring = wire_postgres(cfg, db, queue, self.clock, lambda: self.config)
+            wiring = wire_postgres(
+                cfg, db, queue, self.clock, lambda: self.config, template=self.template
+            )
             await self._run_services(wiring, spool)
         finally:
             await db.close()
@@ -256,7 +258,9 @@ def serve(config: Config) -> int:
     setup_logging(config.server.log_level)
     # Workers fork from a copy of this process made now, before the loop, threads and the
     # database exist: they share its imported modules' pages (mtaserver.workers.template).
-    template = Template.fork() if config.server.workers > 1 else None
+    # On PostgreSQL too: asyncpg is imported before, each worker's pool opened after its fork.
+    pg = config.storage.backend == "postgresql"
+    template = Template.fork(postgres=pg) if config.server.workers > 1 else None
     app = App(config, template=template)
     try:
         uvloop.run(app.run())

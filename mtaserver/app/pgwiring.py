@@ -72,6 +72,7 @@ from mtaserver.verp import Verp
 
 if TYPE_CHECKING:
     from mtaserver.api.deps import CampaignStores
+    from mtaserver.workers.template import Template
 
 
 def node_id(cfg: Config) -> str:
@@ -90,9 +91,11 @@ def _campaign_stores(cfg: Config, db: PgDatabase, clock: Clock) -> CampaignStore
 
 
 def wire_postgres(
-    cfg: Config, db: PgDatabase, queue: PgQueue, clock: Clock, current: Callable[[], Config]
-) -> Wiring:
-    """Every ported component over ``db``; ``queue`` leases as this node."""
+    cfg: Config, db: PgDatabase, queue: PgQueue, clock: Clock, current: Callable[[], Config],
+    template: Template | None = None,
+) -> Wiring:  # fmt: skip
+    """Every ported component over ``db``; ``queue`` leases as this node; ``template``
+    forks the submission workers ([server] workers > 1), as on SQLite."""
     inbound = cfg.inbound
     users = PgUserStore(db, clock)
     suppressions = PgSuppressionStore(db, clock, inbound.suppression)
@@ -161,7 +164,9 @@ def wire_postgres(
         services.append(optin[0])
     if sub.listen or sub.listen_tls or sub.listen_plain:  # workers commit through this process
         one = cfg.server.workers == 1
-        services.append(submission_service(cfg, mail) if one else workers_service(cfg, mail))
+        services.append(
+            submission_service(cfg, mail) if one else workers_service(cfg, mail, template)
+        )
     # The HTTP send API: keys, idempotent answers, batches and templates in the cluster's
     # database, so a key made on one node sends through any; contacts, lists, segments
     # and campaigns (/v1) there too.

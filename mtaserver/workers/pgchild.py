@@ -7,6 +7,10 @@ PostgreSQL owners. Writes still go one way only: the prepared message rides the 
 the owner, which commits it into the shared queue and acks, so the owner's per-user rate,
 AUTH failure count and the daemon's per-IP table stay one for the whole daemon whichever
 backend holds the queue.
+
+Workers forked by the template (:mod:`mtaserver.workers.template`) inherit the modules
+:func:`preload_postgres` imported before that fork, never a pool: the pool is opened here,
+in the worker, after it was forked.
 """
 
 from __future__ import annotations
@@ -37,6 +41,15 @@ class WorkerStores:
     users: UserStore
     suppressions: SuppressionStore
     data_dir: Path  # where the free-space check looks (the spool's temporary files, logs)
+
+
+def preload_postgres() -> None:
+    """Import what :func:`open_stores` needs on PostgreSQL (asyncpg, the two owners) — in
+    the owner before the template is forked, so its workers share these pages too. Opens
+    nothing: no loop, pool or connection exists to be copied by the fork."""
+    import mtaserver.storage.postgres.db
+    import mtaserver.storage.postgres.suppressions
+    import mtaserver.storage.postgres.users  # noqa: F401
 
 
 async def open_stores(cfg: Config, clock: Clock) -> WorkerStores:

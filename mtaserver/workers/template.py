@@ -12,6 +12,12 @@ owner (a worker index, the config path and the worker's two inherited descriptor
 :func:`mtaserver.workers.child.serve_worker` exactly as ``serve --worker`` would, and it
 reports each worker's pid and, when it is reaped, its exit code.
 
+The same on either backend. On PostgreSQL the template is forked with asyncpg and the
+worker's PostgreSQL owners imported (shared pages, like the rest) but with no pool, no
+connection and no loop: each worker opens its own small pool after its fork
+(:func:`mtaserver.workers.pgchild.open_stores`), so no socket or protocol state is ever
+shared between processes.
+
 The owner signals workers directly (kill -9 and SIGTERM by pid). The template ignores
 SIGTERM, SIGINT and SIGHUP (systemd's stop signals the whole control group: the owner
 decides when it ends) and exits when the owner's end of the socket closes. If the template
@@ -77,11 +83,18 @@ class Template:
         self.alive = True
 
     @classmethod
-    def fork(cls) -> Template | None:
-        """Split the template off this process; None if that is not safe (threads run)."""
-        if threading.active_count() > 1:
+    def fork(cls, *, postgres: bool = False) -> Template | None:
+        """Split the template off this process; None if that is not safe (a thread or an
+        event loop runs: a copy of either — or of a connection pool on that loop — would be
+        shared by every worker). ``postgres``: workers read through asyncpg; load it now."""
+        if threading.active_count() > 1 or _loop_running():
             return None
         import mtaserver.workers.child  # noqa: F401 - in the shared image, not per worker
+
+        if postgres:
+            from mtaserver.workers.pgchild import preload_postgres
+
+            preload_postgres()
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         gc.collect()
@@ -165,6 +178,14 @@ class Template:
         self._sock.close()
         with contextlib.suppress(ChildProcessError):
             await asyncio.to_thread(os.waitpid, self.pid, 0)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _watch_pidfd(loop: asyncio.AbstractEventLoop, worker: ForkedWorker) -> None:
