@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from mtaserver.contacts import check_list_name
 from mtaserver.errors import MtaError
+from mtaserver.storage.common.optin import OptInSettings, PendingConfirm, pending_confirm
 from mtaserver.storage.postgres.db import Connection, PgDatabase
-from mtaserver.storage.sqlite.optin import OptInSettings, PendingConfirm
 
 _PENDING = (
     "SELECT m.list_id, m.contact_id, l.owner, l.name, c.address, s.from_address, s.subject, "
@@ -71,11 +71,7 @@ class PgOptInStore:
         (list, contact) order after ``after``."""
         async with self.db.connection() as conn:
             rows = await conn.fetch(_PENDING, after[0], after[1], limit)
-        return [
-            PendingConfirm(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]),
-                           OptInSettings(r[5], r[6], r[7]))
-            for r in rows
-        ]  # fmt: skip
+        return [pending_confirm(r) for r in rows]
 
     async def settings(self, owner: str, list_name: str) -> OptInSettings | None:
         """The list's settings (defaults when none are stored); None: no such list."""

@@ -10,45 +10,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from mtaserver.contacts import ContactError, check_list_name, normalize_address
+from mtaserver.contacts import check_list_name
+from mtaserver.storage.common.optin import OptInSettings, PendingConfirm, pending_confirm
 from mtaserver.storage.sqlite.db import Database
 
-
-@dataclass(frozen=True, slots=True)
-class OptInSettings:
-    """A list's confirmation mail: None fields take the built-in defaults."""
-
-    from_address: str | None = None
-    subject: str | None = None
-    body: str | None = None
-
-    def as_json(self) -> dict[str, object]:
-        return {"from": self.from_address, "subject": self.subject, "body": self.body}
-
-    def check(self) -> None:
-        """ContactError naming the field (``confirm.from``, ...) when one is unusable."""
-        if self.from_address is not None:
-            normalize_address(self.from_address, "confirm.from")
-        for name, value, cap in (("subject", self.subject, 200), ("body", self.body, 20_000)):
-            if value is not None and (not isinstance(value, str) or len(value) > cap):
-                raise ContactError(f"confirm.{name}: text of at most {cap} characters",
-                                   f"confirm.{name}")  # fmt: skip
-        if self.subject is not None and ("\r" in self.subject or "\n" in self.subject):
-            raise ContactError("confirm.subject: one line", "confirm.subject")
-        if self.body is not None and "{{confirm_url}}" not in self.body:
-            raise ContactError("confirm.body: must contain {{confirm_url}}", "confirm.body")
-
-
-@dataclass(frozen=True, slots=True)
-class PendingConfirm:
-    list_id: int
-    contact_id: int
-    owner: str
-    list_name: str
-    address: str
-    settings: OptInSettings
+__all__ = ["OptInSettings", "OptInStore", "PendingConfirm", "mark_sent_in"]
 
 
 _PENDING = (
@@ -91,11 +58,7 @@ class OptInStore:
         (list, contact) order after ``after`` (keyset: one pass moves past what it skips)."""
 
         def fn(conn: sqlite3.Connection) -> list[PendingConfirm]:
-            return [
-                PendingConfirm(int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]),
-                               OptInSettings(r[5], r[6], r[7]))
-                for r in conn.execute(_PENDING, (*after, limit))
-            ]  # fmt: skip
+            return [pending_confirm(r) for r in conn.execute(_PENDING, (*after, limit))]
 
         return await self.db.read(fn)
 
