@@ -5,6 +5,7 @@ the cluster's queue and event log, the same numbers as :mod:`mtaserver.storage.s
 from __future__ import annotations
 
 from mtaserver.model import Stats
+from mtaserver.storage.common.reports import cohort_from_row, until_bound
 from mtaserver.storage.postgres.db import PgDatabase
 
 COHORT_SQL = """
@@ -50,9 +51,6 @@ class PgReports:
         self, since: float, campaign: str | None, user: str | None, until: float
     ) -> Stats:
         """The numbers for messages accepted in ``[since, until)``."""
-        end = until if until != float("inf") else 1e18
         async with self.db.connection() as conn:
-            row = await conn.fetchrow(COHORT_SQL, since, end, campaign, user)
-        n = [int(v or 0) for v in row]
-        messages, accepted, delivered, deferred, bounced, hard = n[:6]
-        return Stats(messages, accepted, delivered, deferred, hard, bounced - hard, *n[6:])
+            row = await conn.fetchrow(COHORT_SQL, since, until_bound(until), campaign, user)
+        return cohort_from_row(row)

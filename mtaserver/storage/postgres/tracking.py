@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mtaserver.model import Key, TrackedRecipient
+from mtaserver.storage.common.tracking import tracked
 from mtaserver.storage.postgres.db import PgDatabase
 from mtaserver.storage.postgres.events import PgEventLog
 
@@ -38,10 +39,4 @@ class PgTrackingStore:
             rows = await conn.fetch(
                 LOOKUP_TRACKED, [k[0] for k in wanted], [int(k[1]) for k in wanted]
             )
-        out: dict[Key, TrackedRecipient] = {}
-        for qid, idx, address, sender, campaign, user, state, updated_at, delivered in rows:
-            if delivered is None and state == "delivered":
-                delivered = updated_at
-            out[(qid, int(idx))] = TrackedRecipient(address, sender, campaign, user, state,
-                                                    delivered)  # fmt: skip
-        return out
+        return tracked(rows)

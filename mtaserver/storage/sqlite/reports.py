@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 
 from mtaserver.model import Stats
+from mtaserver.storage.common.reports import cohort_from_row, until_bound
 from mtaserver.storage.sqlite.db import Database
 
 COHORT_SQL = """
@@ -58,14 +59,12 @@ def cohort_stats(
         COHORT_SQL,
         {
             "since": since,
-            "until": until if until != float("inf") else 1e18,
+            "until": until_bound(until),
             "campaign": campaign,
             "user": user,
         },
     ).fetchone()
-    n = [int(v or 0) for v in row]
-    messages, accepted, delivered, deferred, bounced, hard = n[:6]
-    return Stats(messages, accepted, delivered, deferred, hard, bounced - hard, *n[6:])
+    return cohort_from_row(row)
 
 
 class Reports:

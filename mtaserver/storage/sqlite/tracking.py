@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from mtaserver.model import Key, TrackedRecipient
+from mtaserver.storage.common.tracking import tracked
 from mtaserver.storage.sqlite.db import Database
 from mtaserver.storage.sqlite.events import EventLog
 
@@ -42,14 +43,6 @@ class SqlTrackingStore:
         wanted = json.dumps(list(dict.fromkeys(keys)), separators=(",", ":"))
 
         def op(conn: sqlite3.Connection) -> dict[Key, TrackedRecipient]:
-            out: dict[Key, TrackedRecipient] = {}
-            for row in conn.execute(LOOKUP_TRACKED, (wanted,)):
-                qid, idx, address, sender, campaign, user, state, updated_at, delivered = row
-                if delivered is None and state == "delivered":
-                    delivered = updated_at
-                out[(qid, idx)] = TrackedRecipient(
-                    address, sender, campaign, user, state, delivered
-                )
-            return out
+            return tracked(conn.execute(LOOKUP_TRACKED, (wanted,)))
 
         return await self.db.read(op)
