@@ -1,8 +1,10 @@
 """Segments as values: a small JSON filter language over contacts, parsed into frozen nodes.
 
-Pure: no I/O. The storage owner (:mod:`mtaserver.storage.sqlite.segments`) compiles a
-:data:`Filter` to SQL with bound parameters only; this module makes sure nothing but known
-shapes reaches it. Attribute names go through :func:`mtaserver.contacts.attr_path` (the one
+Pure: no I/O. The storage owners (:mod:`mtaserver.storage.sqlite.segments` and its
+PostgreSQL twin) compile a :data:`Filter` to SQL with bound parameters only; this module
+makes sure nothing but known shapes reaches them, and holds what both owners share (the
+saved :class:`Segment`, its name rule, :func:`resolve_with`, the Julian day of a date
+operand). Attribute names go through :func:`mtaserver.contacts.attr_path` (the one
 pattern that may become a JSON path), operators are a closed set, and every value is a
 checked JSON scalar. Each error names the JSON path of the bad node (``filter.and[2].attr``),
 so an API caller or an operator sees exactly what to fix.
@@ -26,11 +28,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
-from mtaserver.contacts import ContactError, attr_path, check_list_name, check_status
+from mtaserver.contacts import LIST_NAME, ContactError, attr_path, check_list_name, check_status
 
 MAX_JSON: Final = 64 * 1024  # bytes of one filter document
 MAX_DEPTH: Final = 12  # nesting of and/or/not
@@ -39,6 +42,9 @@ MAX_IN: Final = 1000  # values of one `in`
 MAX_STRING: Final = 1000  # characters of one compared string
 MAX_ENGAGEMENT: Final = 10  # opened/clicked/bounced nodes (each reads the event log once)
 MAX_DAYS: Final = 36_500
+PAGE: Final = 1000  # matches a store's page returns by default (at most 10x that)
+MAX_SEGMENTS: Final = 1000  # saved segments per owner
+JD_EPOCH: Final = 2440587.5  # julianday('1970-01-01'): date rules compare SQLite's days
 _INT64: Final = 2**63 - 1
 
 COMPARE: Final = ("eq", "ne", "lt", "lte", "gt", "gte")
@@ -416,3 +422,63 @@ def _iso(raw: object, where: str) -> At:
 def resolve_time(value: DaysAgo | At, now: float) -> float:
     """The epoch seconds a date operand stands for when the filter runs at ``now``."""
     return value.at if isinstance(value, At) else now - value.days * 86400.0
+
+
+def julian_day(value: DaysAgo | At, now: float) -> float:
+    """The operand as SQLite's ``julianday()`` number, what both backends compare a date
+    attribute against (the same float on both, so a boundary falls the same way)."""
+    return resolve_time(value, now) / 86400.0 + JD_EPOCH
+
+
+def check_segment_name(name: object, field: str = "name") -> str:
+    if not isinstance(name, str) or not LIST_NAME.match(name):
+        raise SegmentError(
+            f"{field}: a segment name is letters, digits, '_', '.' and '-', up to 64 characters",
+            field,
+        )
+    return name
+
+
+def _utc_text(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A saved segment, as either backend's owner stores it."""
+
+    id: int
+    owner: str
+    name: str
+    filter: str  # the JSON document as given (canonical text)
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: Sequence[object]) -> Segment:
+        """From ``id, owner, name, filter, created_at, updated_at`` (either driver's row)."""
+        sid, owner, name, text, created, updated = row
+        return cls(int(sid), str(owner), str(name), str(text), float(created), float(updated))  # type: ignore[call-overload, arg-type]
+
+    def parsed(self) -> Filter:
+        return parse_text(self.filter)
+
+    def as_json(self) -> dict[str, object]:
+        return {"name": self.name, "filter": json.loads(self.filter),
+                "created_at": _utc_text(self.created_at),
+                "updated_at": _utc_text(self.updated_at)}  # fmt: skip
+
+
+async def resolve_with(
+    name_or_filter_json: str, get: Callable[[str], Awaitable[Segment | None]]
+) -> Filter:
+    """A filter from its JSON text (it starts with ``{``), else the saved segment of that
+    name found by ``get``; SegmentNotFound / SegmentError name the ``segment`` field."""
+    text = name_or_filter_json.strip()
+    if text.startswith("{"):
+        return parse_text(text)
+    name = check_segment_name(text, "segment")
+    seg = await get(name)
+    if seg is None:
+        raise SegmentNotFound(f"segment: no segment {name!r}", "segment")
+    return seg.parsed()

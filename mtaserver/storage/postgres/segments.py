@@ -5,9 +5,16 @@ The same language, limits and answers as :mod:`mtaserver.storage.sqlite.segments
 bound parameters only. Attribute names reach SQL as ``text[]`` paths bound to ``#>``
 (from the checked dotted name), values as parameters, operators and columns from closed
 tables here. SQLite's typing rules are kept: a string attribute that reads as a JSON
-number (a CSV import stores ``"30"``) compares as that number, dates are SQLite's
-``julianday`` (``mta_julianday``, migration 0130), strings compare byte-wise (``COLLATE
-"C"``) and keyset pages walk the (owner, address COLLATE "C") index.
+number (a CSV import stores ``"30"``) compares as that number, strings compare byte-wise
+(``COLLATE "C"``) and keyset pages walk the (owner, address COLLATE "C") index.
+
+Date rules are SQLite's ``julianday()`` in plain SQL (:data:`_DAY`): one ``regexp_match``
+per row splits the ISO 8601 text SQLite reads, and integer arithmetic (SQLite's
+``computeJD``) makes the same millisecond count, so the same text is the same float on
+both backends — day 31 of February rolls into March and ``24:30`` is accepted, as SQLite
+does, where a ``timestamptz`` cast would fail the whole query. Text SQLite reads as a
+Julian day number (``"2460000.5"``) or as ``now`` is read so here too; anything else is
+NULL, never an error.
 
 The interface the campaigns owner uses (the SQLite module's, plus where numbering starts):
 
@@ -28,6 +35,9 @@ from typing import Final
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.contacts import ContactConflict, attr_path
 from mtaserver.segments import (
+    JD_EPOCH,
+    MAX_SEGMENTS,
+    PAGE,
     And,
     At,
     AttrCmp,
@@ -40,23 +50,17 @@ from mtaserver.segments import (
     InList,
     Not,
     Or,
+    Segment,
     SegmentError,
-    SegmentNotFound,
     canonical,
+    check_segment_name,
+    julian_day,
     list_names,
     parse,
-    parse_text,
     resolve_time,
+    resolve_with,
 )
 from mtaserver.storage.postgres.db import Connection, PgDatabase
-from mtaserver.storage.sqlite.segments import (
-    _JD_EPOCH,
-    MAX_SEGMENTS,
-    PAGE,
-    Segment,
-    _segment,
-    check_segment_name,
-)
 
 __all__ = ["PgSegmentStore", "Segment", "check_segment_name", "select_sql", "where_sql"]
 
@@ -70,6 +74,86 @@ _EVENTS = ('c.address IN (SELECT lower(e.recipient) FROM events e JOIN messages 
            "AND e.recipient IS NOT NULL")  # fmt: skip
 _MACHINE = ("(e.data::jsonb -> 'machine' = 'true'::jsonb OR (jsonb_typeof(e.data::jsonb -> "
             "'machine') = 'number' AND (e.data::jsonb ->> 'machine')::numeric <> 0))")  # fmt: skip
+
+# -- SQLite's julianday() of a text, in SQL ---------------------------------------------------
+_WS = r"[ \t\n\v\f\r]"  # SQLite's isspace (not the locale's: no Unicode spaces)
+_SPACES = r"E' \t\n\013\f\r'"
+# parseYyyyMmDd + parseHhMmSs + parseTimezone: -YYYY-MM-DD [T ws]* hh:mm[:ss[.f]] [Z|±hh:mm]
+_ISO = (rf"^-?[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}[T \t\n\v\f\r]*(?:[0-9]{{2}}:[0-9]{{2}}"
+        rf"(?::[0-9]{{2}}(?:\.[0-9]+)?)?{_WS}*(?:[Zz]|[+-][0-9]{{2}}:[0-9]{{2}})?"
+        rf"{_WS}*)?$")  # fmt: skip
+# sqlite3AtoF: a number (a raw Julian day); exponents of 1-3 digits are exact in numeric
+_MANTISSA = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)"
+_NUM = rf"^{_WS}*{_MANTISSA}([eE][+-]?0*[0-9]{{1,3}})?{_WS}*$"
+_HUGE = rf"^{_WS}*{_MANTISSA}[eE][+-]?0*[1-9][0-9]{{3,}}{_WS}*$"  # ±inf or 0 as a double
+# The common shapes without the regex: YYYY-MM-DD, and YYYY-MM-DD[T ]hh:mm:ss[Z] (LIKE and a
+# digit test by ltrim cost a tenth of the regex); the others go through _ISO.
+_DIGITS = "'0123456789'"
+_FAST = (f"CASE WHEN s LIKE '____-__-__' THEN ltrim(left(s, 4) || substr(s, 6, 2) "
+         f"|| right(s, 2), {_DIGITS}) = '' WHEN s LIKE '____-__-_____:__:__%' AND length(s) "
+         "<= 20 THEN substr(s, 11, 1) IN ('T', ' ') AND right(s, length(s) - 19) IN "
+         "('', 'Z', 'z') AND ltrim(left(s, 4) || substr(s, 6, 2) || substr(s, 9, 2) "
+         f"|| substr(s, 12, 2) || substr(s, 15, 2) || substr(s, 18, 2), {_DIGITS}) = '' "
+         "ELSE FALSE END")  # fmt: skip
+_MAX_MS: Final = 464269060799999  # validJulianDay: 9999-12-31 23:59:59.999
+# On the split text (y, mo, d as numbers; r: what follows the date, trimmed; n: its length):
+_SEC = "substr(r, 6, 1) = ':'"
+# the length of the zone at the end of r
+_ZONE = ("CASE WHEN substr(r, n - 5, 1) IN ('+', '-') THEN 6 WHEN right(r, 1) IN ('Z', 'z') "
+         "THEN 1 ELSE 0 END")  # fmt: skip
+_TZ = "substr(r, n - 5, 1) IN ('+', '-')"
+# (CASE, not AND/OR: the order of evaluation is kept, so no cast sees a part that is absent)
+_OK = ("mo BETWEEN 1 AND 12 AND d BETWEEN 1 AND 31 AND y >= -4713 AND CASE WHEN r = '' "
+       "THEN TRUE WHEN substr(r, 1, 2)::int > 24 OR substr(r, 4, 2)::int > 59 THEN FALSE "
+       f"WHEN CASE WHEN {_SEC} THEN substr(r, 7, 2)::int > 59 ELSE FALSE END THEN FALSE "
+       f"WHEN {_TZ} THEN substr(r, n - 4, 2)::int <= 14 AND substr(r, n - 1, 2)::int <= 59 "
+       "ELSE TRUE END")  # fmt: skip
+_YY = "(y - (mo <= 2)::int)"  # computeJD: January and February are months 13 and 14 ...
+_MM = "(mo + 12 * (mo <= 2)::int)"  # ... of the year before
+_A = f"({_YY} / 100)"
+_FRACTION = (f"CASE WHEN {_SEC} AND substr(r, 9, 1) = '.' THEN "
+             f"('0.' || left(rtrim(substr(r, 10, n - 9 - ({_ZONE})), {_SPACES}), 20))::float8 "
+             "ELSE 0 END")  # fmt: skip
+# (X1 + X2 + D + B - 1524.5) * 86400000 + h:m:s.f - zone, exact (C's integer division)
+_ISO_MS = (f"((36525 * ({_YY} + 4716) / 100 + 306001 * ({_MM} + 1) / 10000 + d "
+           f"+ 2 - {_A} + {_A} / 4)::int8 * 86400000 - 131716800000 "
+           "+ CASE WHEN r = '' THEN 0 ELSE substr(r, 1, 2)::int8 * 3600000 "
+           "+ substr(r, 4, 2)::int8 * 60000 + trunc((CASE WHEN "
+           f"{_SEC} THEN substr(r, 7, 2)::int ELSE 0 END + {_FRACTION}) * 1000 + 0.5)::int8 "
+           f"- CASE WHEN {_TZ} THEN CASE substr(r, n - 5, 1) WHEN '-' THEN -60000 "
+           "ELSE 60000 END * (substr(r, n - 4, 2)::int8 * 60 + substr(r, n - 1, 2)::int8) "
+           "ELSE 0 END END)")  # fmt: skip
+_NUM_MS = ("CASE WHEN s::numeric < -2.4703282292062328e-324 OR s::numeric >= 5373484.5 "
+           "THEN NULL WHEN s::numeric < 1e-300 THEN 0 "
+           "ELSE trunc(s::numeric::float8 * 86400000 + 0.5)::int8 END")  # fmt: skip
+_HUGE_MS = f"CASE WHEN s ~ '[eE]-' OR s ~ '^{_WS}*[+-]?[0.]*[eE]' THEN 0.0::float8 END"
+
+
+def julianday_sql(text: str, now: str) -> str:
+    """SQLite's ``julianday(text)`` (float8 or NULL) for one row; ``now``: the mark of now
+    in milliseconds of Julian days. Each ``OFFSET 0`` level is computed once per row (the
+    planner would otherwise copy an expression into each use): the text, then its shape
+    (LIKE for the common ones, else the regex), then the split by position, then integer
+    arithmetic on the parts."""
+    o = "(left(s, 1) = '-')::int"
+    split = (f"CASE WHEN iso THEN (1 - 2 * {o}) * substr(s, 1 + {o}, 4)::int END AS y, "
+             f"CASE WHEN iso THEN substr(s, 6 + {o}, 2)::int END AS mo, "
+             f"CASE WHEN iso THEN substr(s, 9 + {o}, 2)::int END AS d, "
+             f"CASE WHEN iso THEN rtrim(ltrim(substr(s, 11 + {o}), E'T \\t\\n\\013\\f\\r'), "
+             f"{_SPACES}) END AS r")  # fmt: skip
+    # one evaluation of the arithmetic for the years no limit is near; the range test
+    # (validJulianDay) for the others, and for raw day numbers (rounding near the top)
+    iso = (f"CASE WHEN {_OK} THEN CASE WHEN y BETWEEN -4712 AND 9998 THEN {_ISO_MS}::float8 "
+           f"/ 86400000 WHEN {_ISO_MS} BETWEEN 0 AND {_MAX_MS} THEN {_ISO_MS}::float8 "
+           "/ 86400000 END END")  # fmt: skip
+    num = (f"CASE WHEN ({_NUM_MS}) BETWEEN 0 AND {_MAX_MS} THEN ({_NUM_MS})::float8 "
+           "/ 86400000 END")  # fmt: skip
+    return (f"(SELECT CASE WHEN iso THEN {iso} WHEN s ~ '{_NUM}' THEN {num} "
+            f"WHEN s ~ '{_HUGE}' THEN {_HUGE_MS} "
+            f"WHEN length(s) = 3 AND lower(s) = 'now' THEN {now}::float8 / 86400000 END "
+            f"FROM (SELECT s, iso, y, mo, d, r, length(r) AS n FROM (SELECT s, iso, {split} "
+            f"FROM (SELECT s, {_FAST} OR s ~ '{_ISO}' AS iso FROM (SELECT {text} AS s "
+            "OFFSET 0) a OFFSET 0) b OFFSET 0) c) e)")  # fmt: skip
 
 
 class _Compiler:
@@ -153,9 +237,10 @@ class _Compiler:
         if n.op in ("starts_with", "ends_with"):
             return self._affix(text, n.op, v)
         if isinstance(v, DaysAgo | At):
-            day = self.bind(resolve_time(v, self.now) / 86400.0 + _JD_EPOCH, "float8")
-            date = f"mta_julianday(CASE WHEN jsonb_typeof({x}) = 'string' THEN {x} #>> '{{}}' END)"
-            return f"({date} {_SQL_OP[n.op]} {day})"
+            day = self.bind(julian_day(v, self.now), "float8")
+            now = self.bind(round(self.now * 1000) + round(JD_EPOCH * 86400000), "int8")
+            text = f"(CASE WHEN jsonb_typeof({x}) = 'string' THEN {x} #>> '{{}}' END)"
+            return f"({julianday_sql(text, now)} {_SQL_OP[n.op]} {day})"
         if isinstance(v, bool):
             want = v if n.op == "eq" else not v
             return f"({x} = '{'true' if want else 'false'}'::jsonb)"
@@ -266,14 +351,14 @@ class PgSegmentStore:
             row = await conn.fetchrow(
                 f"SELECT {_COLS} FROM segments WHERE owner = $1 AND name = $2", owner, name
             )
-        return None if row is None else _segment(tuple(row))
+        return None if row is None else Segment.from_row(tuple(row))
 
     async def list_all(self, owner: str) -> list[Segment]:
         async with self.db.connection() as conn:
             rows = await conn.fetch(
                 f'SELECT {_COLS} FROM segments WHERE owner = $1 ORDER BY name COLLATE "C"', owner
             )
-        return [_segment(tuple(r)) for r in rows]
+        return [Segment.from_row(tuple(r)) for r in rows]
 
     async def delete(self, owner: str, name: str) -> bool:
         async with self.db.transaction() as conn:
@@ -284,14 +369,7 @@ class PgSegmentStore:
 
     async def resolve(self, owner: str, name_or_filter_json: str) -> Filter:
         """A saved segment by name, or a filter from its JSON text."""
-        text = name_or_filter_json.strip()
-        if text.startswith("{"):
-            return parse_text(text)
-        name = check_segment_name(text, "segment")
-        seg = await self.get(owner, name)
-        if seg is None:
-            raise SegmentNotFound(f"segment: no segment {name!r}", "segment")
-        return seg.parsed()
+        return await resolve_with(name_or_filter_json, lambda name: self.get(owner, name))
 
     async def check(self, owner: str, flt: Filter) -> None:
         """SegmentError naming the node of the first list ``owner`` does not have."""

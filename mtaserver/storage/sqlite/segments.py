@@ -30,15 +30,14 @@ The interface the campaigns owner uses:
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final
 
 from mtaserver.clock import Clock, SystemClock
-from mtaserver.contacts import LIST_NAME, ContactConflict, attr_path
+from mtaserver.contacts import ContactConflict, attr_path
 from mtaserver.segments import (
+    MAX_SEGMENTS,
+    PAGE,
     And,
     At,
     AttrCmp,
@@ -51,20 +50,20 @@ from mtaserver.segments import (
     InList,
     Not,
     Or,
+    Segment,
     SegmentError,
-    SegmentNotFound,
     canonical,
+    check_segment_name,
+    julian_day,
     list_names,
     parse,
-    parse_text,
     resolve_time,
+    resolve_with,
 )
-from mtaserver.storage.sqlite.contacts import iso
 from mtaserver.storage.sqlite.db import Database
 
-PAGE: Final = 1000
-MAX_SEGMENTS: Final = 1000  # saved segments per owner
-_JD_EPOCH: Final = 2440587.5  # julianday('1970-01-01')
+__all__ = ["PAGE", "Segment", "SegmentStore", "check_segment_name", "select_sql", "where_sql"]
+
 _SQL_OP: Final = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 _COLUMN: Final = {"email": "c.address", "created_at": "c.created_at",
                   "updated_at": "c.updated_at", "consent_at": "c.consent_at"}  # fmt: skip
@@ -165,7 +164,7 @@ class _Compiler:
             p += [path] * _N_TEXT
             return self._affix(_TEXT, n.op, v)
         if isinstance(v, DaysAgo | At):
-            p += [path] * _N_DATE + [resolve_time(v, self.now) / 86400.0 + _JD_EPOCH]
+            p += [path] * _N_DATE + [julian_day(v, self.now)]
             return f"{_DATE} {_SQL_OP[n.op]} ?"
         if isinstance(v, bool):
             p.append(path)
@@ -221,37 +220,6 @@ def select_sql(
     where, params = where_sql(owner, flt, at)
     sql = f"SELECT c.id AS contact_id, c.address FROM contacts c WHERE {where} ORDER BY c.address"
     return sql, tuple(params)
-
-
-def check_segment_name(name: object, field: str = "name") -> str:
-    if not isinstance(name, str) or not LIST_NAME.match(name):
-        raise SegmentError(
-            f"{field}: a segment name is letters, digits, '_', '.' and '-', up to 64 characters",
-            field,
-        )
-    return name
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    id: int
-    owner: str
-    name: str
-    filter: str  # the JSON document as given (canonical text)
-    created_at: float
-    updated_at: float
-
-    def parsed(self) -> Filter:
-        return parse_text(self.filter)
-
-    def as_json(self) -> dict[str, object]:
-        return {"name": self.name, "filter": json.loads(self.filter),
-                "created_at": iso(self.created_at), "updated_at": iso(self.updated_at)}  # fmt: skip
-
-
-def _segment(row: Sequence[object]) -> Segment:
-    sid, owner, name, text, created, updated = row
-    return Segment(int(sid), str(owner), str(name), str(text), float(created), float(updated))  # type: ignore[call-overload, arg-type]
 
 
 _COLS = "id, owner, name, filter, created_at, updated_at"
@@ -315,14 +283,14 @@ class SegmentStore:
             row = conn.execute(
                 f"SELECT {_COLS} FROM segments WHERE owner = ? AND name = ?", (owner, name)
             ).fetchone()
-            return None if row is None else _segment(row)
+            return None if row is None else Segment.from_row(row)
 
         return await self.db.read(fn)
 
     async def list_all(self, owner: str) -> list[Segment]:
         def fn(conn: sqlite3.Connection) -> list[Segment]:
             return [
-                _segment(r)
+                Segment.from_row(r)
                 for r in conn.execute(
                     f"SELECT {_COLS} FROM segments WHERE owner = ? ORDER BY name", (owner,)
                 )
@@ -342,14 +310,7 @@ class SegmentStore:
 
     async def resolve(self, owner: str, name_or_filter_json: str) -> Filter:
         """A saved segment by name, or a filter from its JSON text."""
-        text = name_or_filter_json.strip()
-        if text.startswith("{"):
-            return parse_text(text)
-        name = check_segment_name(text, "segment")
-        seg = await self.get(owner, name)
-        if seg is None:
-            raise SegmentNotFound(f"segment: no segment {name!r}", "segment")
-        return seg.parsed()
+        return await resolve_with(name_or_filter_json, lambda name: self.get(owner, name))
 
     # -- audiences ---------------------------------------------------------------------------
     async def check(self, owner: str, flt: Filter) -> None:
