@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from mtaserver.errors import MtaError
-from mtaserver.journeys import EventInput, Trigger, trigger_from_json
+from mtaserver.journeys import EventInput, Plan, Trigger, plan, trigger_from_json
 from mtaserver.storage.sqlite.contacts import Contact, iso
 
 STATES: Final = ("pending", "fired", "cancelled", "skipped")
@@ -105,6 +105,24 @@ def due_step(r: Row) -> DueStep:
         event_name=r[8], event_properties=props if isinstance(props, dict) else {},
         event_at=None if r[10] is None else float(r[10]),
     )  # fmt: skip
+
+
+class Evaluation:
+    """One batch's trigger evaluation as both owners' evaluators keep it inside their
+    write: the owner's enabled triggers, the sequences started and the steps cancelled so
+    far, and each (trigger, contact)'s last start as read or made in this batch."""
+
+    def __init__(self, triggers: list[TriggerInfo], now: float) -> None:
+        self.triggers = triggers
+        self.defs = [t.trigger for t in triggers]
+        self.now = now
+        self.started = 0
+        self.cancelled = 0
+        self._last: dict[tuple[int, int], float | None] = {}
+
+    def plan(self, e: EventInput) -> Plan:
+        """What event ``e`` starts and cancels among the triggers."""
+        return plan(self.defs, e.name, json.loads(e.properties), e.occurred_at)
 
 
 def started_within(last: float | None, once_per: float | None, at: float) -> bool:

@@ -22,22 +22,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from mtaserver.clock import Clock, SystemClock
-from mtaserver.journeys import EventInput, Trigger, plan
-from mtaserver.storage.common.journeys import (
-    CONTACT_COLUMNS,
-    DueStep,
-    Recorded,
-    Settle,
-    StepGone,
-    TriggerInfo,
-    check_settles,
-    due_step,
-    export_doc,
-    sort_events,
-    started_within,
-    step_counts,
-    trigger_info,
-)
+from mtaserver.journeys import EventInput, Trigger
+from mtaserver.storage.common import journeys as shared
+from mtaserver.storage.common.journeys import DueStep, Recorded, Settle, StepGone, TriggerInfo
 from mtaserver.storage.postgres.db import Connection, PgDatabase
 
 LEASE: Final = 60.0  # seconds a claimed step stays this node's before another may take it
@@ -56,7 +43,7 @@ WITH claimed AS (
         ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED)
     RETURNING id, step, due_at, trigger_id, contact_id, event_id)
 SELECT s.id, s.step, s.due_at, t.id, t.owner, t.definition, t.created_at, t.updated_at,
-       e.name, e.properties, e.occurred_at, {CONTACT_COLUMNS}
+       e.name, e.properties, e.occurred_at, {shared.CONTACT_COLUMNS}
 FROM claimed s JOIN triggers t ON t.id = s.trigger_id JOIN contacts c ON c.id = s.contact_id
 LEFT JOIN contact_events e ON e.id = s.event_id ORDER BY s.due_at, s.id
 """
@@ -66,17 +53,12 @@ def _count(status: str) -> int:
     return int(status.split()[-1])
 
 
-class _Evaluator:
+class _Evaluator(shared.Evaluation):
     """Applies one batch's trigger plans inside the write (see the SQLite owner)."""
 
     def __init__(self, conn: Connection, triggers: list[TriggerInfo], now: float) -> None:
+        super().__init__(triggers, now)
         self.conn = conn
-        self.triggers = triggers
-        self.defs = [t.trigger for t in triggers]
-        self.now = now
-        self.started = 0
-        self.cancelled = 0
-        self._last: dict[tuple[int, int], float | None] = {}
 
     async def _last_start(self, trigger_id: int, contact_id: int) -> float | None:
         key = (trigger_id, contact_id)
@@ -89,7 +71,7 @@ class _Evaluator:
         return self._last[key]
 
     async def apply(self, contact_id: int, event_id: int, e: EventInput) -> None:
-        p = plan(self.defs, e.name, json.loads(e.properties), e.occurred_at)
+        p = self.plan(e)
         for i in p.cancels:
             self.cancelled += _count(await self.conn.execute(
                 "UPDATE journey_steps SET state='cancelled', reason=$1, updated_at=$2 "
@@ -99,7 +81,7 @@ class _Evaluator:
         for s in p.starts:
             info = self.triggers[s.index]
             last = await self._last_start(info.id, contact_id)
-            if started_within(last, info.trigger.once_per, e.occurred_at):
+            if shared.started_within(last, info.trigger.once_per, e.occurred_at):
                 continue  # at most once per contact per window
             n = len(s.due)
             rows = await self.conn.fetch(
@@ -119,7 +101,7 @@ def settle_op(settles: Sequence[Settle], now: float) -> Callable[[Connection], A
     """The write that ends ``settles``' steps, for the queue's ``also``; raises
     :class:`StepGone` (rolling back the whole transaction, messages included) if one of them
     is no longer pending."""
-    check_settles(settles)
+    shared.check_settles(settles)
 
     async def op(conn: Connection) -> None:
         for s in settles:
@@ -148,7 +130,7 @@ async def export_for(conn: Connection, owner: str, address: str) -> dict[str, ob
         "WHERE c.owner=$1 AND c.address=$2 ORDER BY s.due_at, s.id",
         owner, address,
     )  # fmt: skip
-    return export_doc(events, steps)
+    return shared.export_doc(events, steps)
 
 
 async def export_address(conn: Connection, address: str) -> dict[str, object]:
@@ -193,21 +175,21 @@ class PgJourneyStore:
                 f"RETURNING {_TRIGGER}, (xmax = 0) AS inserted",
                 owner, t.name, t.event, doc, int(t.enabled), now,
             )  # fmt: skip
-        return trigger_info(tuple(row)[:5]), bool(row["inserted"])
+        return shared.trigger_info(tuple(row)[:5]), bool(row["inserted"])
 
     async def get_trigger(self, owner: str, name: str) -> TriggerInfo | None:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
                 f"SELECT {_TRIGGER} FROM triggers WHERE owner=$1 AND name=$2", owner, name
             )
-        return None if row is None else trigger_info(tuple(row))
+        return None if row is None else shared.trigger_info(tuple(row))
 
     async def triggers(self, owner: str) -> list[TriggerInfo]:
         async with self.db.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {_TRIGGER} FROM triggers WHERE owner=$1 ORDER BY name", owner
             )
-        return [trigger_info(tuple(r)) for r in rows]
+        return [shared.trigger_info(tuple(r)) for r in rows]
 
     async def delete_trigger(self, owner: str, name: str) -> bool:
         """Delete the trigger and its steps (pending ones never fire)."""
@@ -226,7 +208,7 @@ class PgJourneyStore:
                 "GROUP BY s.step, s.state",
                 owner, name,
             )  # fmt: skip
-        return step_counts(rows)
+        return shared.step_counts(rows)
 
     # -- events ------------------------------------------------------------------------------
     async def record_events(self, owner: str, events: Sequence[EventInput]) -> Recorded:
@@ -247,8 +229,8 @@ class PgJourneyStore:
                 f"SELECT {_TRIGGER} FROM triggers WHERE owner=$1 AND enabled=1 ORDER BY id",
                 owner,
             )
-            ev = _Evaluator(conn, [trigger_info(tuple(r)) for r in rows], now)
-            got = sort_events(events, ids, ev.defs, now)
+            ev = _Evaluator(conn, [shared.trigger_info(tuple(r)) for r in rows], now)
+            got = shared.sort_events(events, ids, ev.defs, now)
             for cid, e in got.watched:
                 event_id = await conn.fetchval(
                     "INSERT INTO contact_events (contact_id, name, properties, occurred_at, "
@@ -267,7 +249,7 @@ class PgJourneyStore:
         node for :attr:`lease` seconds (steps another node holds are passed over)."""
         async with self.db.transaction() as conn:
             rows = await conn.fetch(_DUE, now, limit, self.node, self.lease)
-        return [due_step(r) for r in rows]
+        return [shared.due_step(r) for r in rows]
 
     def settle_op(
         self, settles: Sequence[Settle], now: float

@@ -26,11 +26,12 @@ import sqlite3
 from collections.abc import Callable, Sequence
 
 from mtaserver.clock import Clock, SystemClock
-from mtaserver.journeys import EventInput, Trigger, plan
+from mtaserver.journeys import EventInput, Trigger
 from mtaserver.storage.common.journeys import (
     CONTACT_COLUMNS,
     STATES,
     DueStep,
+    Evaluation,
     Recorded,
     Settle,
     StepGone,
@@ -74,17 +75,12 @@ def _contact_ids(conn: sqlite3.Connection, owner: str, addresses: set[str]) -> d
     return out
 
 
-class _Evaluator:
+class _Evaluator(Evaluation):
     """Applies one batch's trigger plans inside the write (see the module doc)."""
 
     def __init__(self, conn: sqlite3.Connection, triggers: list[TriggerInfo], now: float):
+        super().__init__(triggers, now)
         self.conn = conn
-        self.triggers = triggers
-        self.defs = [t.trigger for t in triggers]
-        self.now = now
-        self.started = 0
-        self.cancelled = 0
-        self._last: dict[tuple[int, int], float | None] = {}
 
     def _last_start(self, trigger_id: int, contact_id: int) -> float | None:
         key = (trigger_id, contact_id)
@@ -98,8 +94,7 @@ class _Evaluator:
         return self._last[key]
 
     def apply(self, contact_id: int, event_id: int, e: EventInput) -> None:
-        props = json.loads(e.properties)
-        p = plan(self.defs, e.name, props, e.occurred_at)
+        p = self.plan(e)
         for i in p.cancels:
             tid = self.triggers[i].id
             self.cancelled += self.conn.execute(
