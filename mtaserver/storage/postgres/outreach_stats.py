@@ -13,14 +13,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from mtaserver.storage.common.outreach_stats import (
-    CampaignReport,
-    SendStats,
-    TriggerReport,
-    run_stats,
-    send_stats,
-    step_stats,
-)
+from mtaserver.storage.common import outreach_stats as shared
+from mtaserver.storage.common.outreach_stats import CampaignReport, SendStats, TriggerReport
 from mtaserver.storage.postgres.db import Connection, PgDatabase
 
 __all__ = ["PgOutreachStats", "campaign_report", "trigger_report"]
@@ -112,7 +106,7 @@ GROUP BY 1, 2, 3
 async def _send_stats(
     conn: Connection, counts: str, bounces: str, group: int, since: float
 ) -> dict[int, SendStats]:
-    return send_stats(
+    return shared.send_stats(
         await conn.fetch(bounces, group, since), await conn.fetch(counts, group, since)
     )
 
@@ -129,7 +123,7 @@ async def campaign_report(
         return None
     cid = int(found[0])
     sends = await _send_stats(conn, CAMPAIGN_COUNTS, CAMPAIGN_BOUNCES, cid, since)
-    runs = run_stats(await conn.fetch(CAMPAIGN_ROWS, cid, since), sends)
+    runs = shared.run_stats(await conn.fetch(CAMPAIGN_ROWS, cid, since), sends)
     return CampaignReport(owner, name, str(found[1]), runs)
 
 
@@ -146,7 +140,7 @@ async def trigger_report(
         return None
     tid = int(found[0])
     sends = await _send_stats(conn, TRIGGER_COUNTS, TRIGGER_BOUNCES, tid, since)
-    steps = step_stats(found[2], await conn.fetch(TRIGGER_ROWS, tid, since), sends)
+    steps = shared.step_stats(found[2], await conn.fetch(TRIGGER_ROWS, tid, since), sends)
     return TriggerReport(owner, name, str(found[1]), bool(found[3]), steps)
 
 

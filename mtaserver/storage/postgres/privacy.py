@@ -19,19 +19,12 @@ from typing import Any, Final
 
 from mtaserver.errors import StorageError
 from mtaserver.model import ErasePlan, Event, Redaction
+from mtaserver.storage.common import privacy as shared
 from mtaserver.storage.common.privacy import (
     PERSONAL_KEYS,
     SKIP_TABLES,
     ContactDataOwner,
     JourneyData,
-    body_reader,
-    export_doc,
-    json_ready,
-    keyed_hash,
-    mentioning_events,
-    mentions,
-    proof_rows,
-    with_bodies,
 )
 from mtaserver.storage.postgres.contacts.rows import contacts_of, erase_contacts_in
 from mtaserver.storage.postgres.db import Connection, PgDatabase
@@ -60,14 +53,14 @@ async def _proof_key(conn: Connection) -> bytes:
 
 async def proof_hash(conn: Connection, value: str) -> str:
     """HMAC-SHA256 of an address (or IP) under this database's random proof key."""
-    return keyed_hash(await _proof_key(conn), value)
+    return shared.keyed_hash(await _proof_key(conn), value)
 
 
 async def _keep_proofs(conn: Connection, contacts: Sequence[Contact], now: float) -> int:
     """What an erase keeps of each contact (as the SQLite owner's ``_keep_proofs``)."""
     if not contacts:
         return 0
-    rows = proof_rows(await _proof_key(conn), contacts, now)
+    rows = shared.proof_rows(await _proof_key(conn), contacts, now)
     await conn.executemany(
         "INSERT INTO consent_proofs (address_hash, owner, list_name, status, source, at, "
         "ip_hash, erased_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
@@ -104,7 +97,7 @@ async def _find(conn: Connection, red: Redaction, codec: BodyCodec) -> ErasePlan
             "OR strpos(lower(data), $1) > 0",
             addr,
         )
-        if mentions(r[1], r[2], addr, pat)
+        if shared.mentions(r[1], r[2], addr, pat)
     ]
     other: dict[str, tuple[Any, ...]] = {}
     for table, cols in (await _text_columns(conn)).items():
@@ -229,7 +222,7 @@ async def _export(
     async def rows(sql: str, *args: Any) -> list[dict[str, Any]]:
         return [dict(r) for r in await conn.fetch(sql, *args)]
 
-    text = body_reader(codec, bodies)
+    text = shared.body_reader(codec, bodies)
     received = await rows(
         "SELECT r.queue_id, r.idx, r.address, r.state, r.attempts, r.last_reply, r.updated_at, "
         "m.sender, m.received_at, m.message_id, m.campaign, m.size, "
@@ -268,14 +261,14 @@ async def _export(
     for table, cols in (await _text_columns(conn)).items():
         found = await rows(f'SELECT * FROM "{table}" WHERE {_mentions(cols)}', addr)
         if found:
-            other[table] = json_ready(found)
+            other[table] = shared.json_ready(found)
     proofs = await rows(
         "SELECT owner, list_name, status, source, at, erased_at FROM consent_proofs "
         "WHERE address_hash=$1 ORDER BY id",
         await proof_hash(conn, addr),
     )
-    return export_doc(
+    return shared.export_doc(
         addr, generated_at, await contacts_of(conn, addr), proofs,
-        with_bodies(received, text), with_bodies(sent, text),
-        mentioning_events(events, addr, pat), supp, soft, user, other,
+        shared.with_bodies(received, text), shared.with_bodies(sent, text),
+        shared.mentioning_events(events, addr, pat), supp, soft, user, other,
     )  # fmt: skip

@@ -30,19 +30,8 @@ import asyncpg
 from mtaserver.campaigns import PRIOR
 from mtaserver.clock import Clock, SystemClock
 from mtaserver.contacts import ContactConflict, ContactError
-from mtaserver.storage.common.campaigns import (
-    BATCH,
-    CANCEL_BATCH,
-    Campaign,
-    Run,
-    RunStopped,
-    act,
-    as_campaign,
-    as_run,
-    as_run_and_campaign,
-    columns,
-    run_columns,
-)
+from mtaserver.storage.common import campaigns as shared
+from mtaserver.storage.common.campaigns import BATCH, CANCEL_BATCH, Campaign, Run, RunStopped
 from mtaserver.storage.postgres.campaigns.rows import (
     Audience,
     cancel_batch,
@@ -56,7 +45,7 @@ from mtaserver.storage.sqlite.contacts import Contact
 __all__ = ["BATCH", "Campaign", "PgCampaignStore", "Run", "RunStopped", "list_audience_sql"]
 
 LEASE: Final = 60.0  # seconds a node holds the rows it claimed before another may take them
-_COLS = columns()
+_COLS = shared.columns()
 _ACTIVE_RUNS = (
     "SELECT id FROM campaign_runs WHERE campaign_id = $4 AND status IN ('running', 'paused')"
 )
@@ -112,21 +101,21 @@ class PgCampaignStore:
                 raise ContactConflict(f"campaign {name!r} exists already", "name") from None
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise ContactError(f"campaign: {exc}") from None
-        return as_campaign(row)
+        return shared.as_campaign(row)
 
     async def get(self, owner: str, name: str) -> Campaign | None:
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
                 f"SELECT {_COLS} FROM campaigns WHERE owner = $1 AND name = $2", owner, name
             )
-        return None if row is None else as_campaign(row)
+        return None if row is None else shared.as_campaign(row)
 
     async def list_all(self, owner: str) -> list[Campaign]:
         async with self.db.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {_COLS} FROM campaigns WHERE owner = $1 ORDER BY name", owner
             )
-        return [as_campaign(r) for r in rows]
+        return [shared.as_campaign(r) for r in rows]
 
     async def set_status(
         self, campaign_id: int, status: str, next_run_at: float | None = None, *,
@@ -155,7 +144,7 @@ class PgCampaignStore:
     async def act(self, campaign: Campaign, action: str) -> Campaign:
         """An operator's ``action`` as the CLI and the API do it (the SQLite store's rules:
         :func:`mtaserver.storage.common.campaigns.act` over this store)."""
-        return await act(self, self._clock, campaign, action)
+        return await shared.act(self, self._clock, campaign, action)
 
     async def fail(self, campaign_id: int, reason: str) -> bool:
         """The feeder cannot start a run: failed with ``reason``, its active runs cancelled;
@@ -273,16 +262,16 @@ class PgCampaignStore:
                 "AND schedule = 'local') ORDER BY next_run_at LIMIT 100",
                 now,
             )
-        return [as_campaign(r) for r in rows]
+        return [shared.as_campaign(r) for r in rows]
 
     async def running(self) -> list[tuple[Run, Campaign]]:
         """Every run being fed, with its campaign."""
         async with self.db.connection() as conn:
             rows = await conn.fetch(
-                f"SELECT {run_columns('r')}, {columns('c')} FROM campaign_runs r "
+                f"SELECT {shared.run_columns('r')}, {shared.columns('c')} FROM campaign_runs r "
                 "JOIN campaigns c ON c.id = r.campaign_id WHERE r.status = 'running' ORDER BY r.id"
             )
-        return [as_run_and_campaign(r) for r in rows]
+        return [shared.as_run_and_campaign(r) for r in rows]
 
     async def finish_run(self, run_id: int) -> bool:
         """Done if the run has no pending row left; its campaign then waits for its next
@@ -318,11 +307,11 @@ class PgCampaignStore:
     async def runs(self, campaign_id: int) -> list[Run]:
         async with self.db.connection() as conn:
             rows = await conn.fetch(
-                f"SELECT {run_columns()} FROM campaign_runs WHERE campaign_id = $1 "
+                f"SELECT {shared.run_columns()} FROM campaign_runs WHERE campaign_id = $1 "
                 "ORDER BY fire_at",
                 campaign_id,
             )
-        return [as_run(r) for r in rows]
+        return [shared.as_run(r) for r in rows]
 
     async def due_backlog(self, now: float, cap: int) -> int:
         """Recipients waiting for delivery now (due or leased) in the cluster's queue,
