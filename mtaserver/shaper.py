@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,6 +39,7 @@ HALVE_COOLDOWN = 60.0  # one halving per minute at most, however many replies co
 MIN_FACTOR = 1.0 / 64.0
 RATE_WINDOW = 60  # seconds of history used to estimate the rate of an unlimited destination
 BLOCKED = math.inf  # "wait until a connection is released"
+ASSIGNED_LIMIT = 100_000  # domains whose MX-based destination is remembered
 
 
 def default_burst(rate: float) -> float:
@@ -110,6 +111,7 @@ class Shaper:
         """`max_connections` is the global cap ([delivery] max_connections)."""
         self._clock = clock
         self._states: dict[str, _State] = {}
+        self._assigned: OrderedDict[str, str] = OrderedDict()  # domain → by its MX hosts
         self._active_total = 0
         self.reconfigure(
             config,
@@ -181,12 +183,29 @@ class Shaper:
         static = self._by_domain.get(domain)
         if static is not None:
             return static
+        name = domain
         hosts = [_norm(h) for h in mx_hosts]
         if hosts:
-            for suffix, name in self._suffixes:
+            for suffix, dest in self._suffixes:
                 if all(_suffix_match(h, suffix) for h in hosts):
-                    return name
-        return domain
+                    name = dest
+                    break
+        if self._suffixes:  # remembered: the answer depended on the MX hosts given
+            self._assigned[domain] = name
+            self._assigned.move_to_end(domain)
+            while len(self._assigned) > ASSIGNED_LIMIT:
+                self._assigned.popitem(last=False)
+        return name
+
+    def assigned(self, domain: str) -> str:
+        """The destination ``domain`` was last mapped to, as the scheduler filed its work:
+        a later stage (the delivery agent's connection leases) sees the same one without
+        the MX hosts the scheduler looked up."""
+        domain = _norm(domain)
+        static = self._by_domain.get(domain)
+        if static is not None:
+            return static
+        return self._assigned.get(domain, domain)
 
     def limits(self, destination: str) -> DestinationLimits:
         dest = self._destinations.get(destination)

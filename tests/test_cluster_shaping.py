@@ -32,7 +32,6 @@ from mtaserver.cli.cluster import render
 from mtaserver.clock import SystemClock
 from mtaserver.cluster.client import ShapingScripts
 from mtaserver.cluster.registry import NodeRegistry, fingerprint, fingerprints, status
-from mtaserver.config import parse_config
 from mtaserver.config.cluster import ClusterConfig, RedisTarget
 from mtaserver.errors import ConfigError
 from tests.pg import PgServer, migrated, pg_dsn, pg_server  # noqa: F401
@@ -345,17 +344,3 @@ def test_the_permit_benchmark_runs() -> None:
     rows = [line.rsplit(None, 4) for line in out.stdout.splitlines()[1:]]
     assert [r[0] for r in rows] == ["local shaper", "shared (Redis)"] * 2
     assert all(float(r[2]) > 0 for r in rows)
-
-
-def test_shared_limits_turn_the_idle_pool_off_and_refuse_it_named(tmp_path: Path) -> None:
-    """An idle pooled connection holds no shared lease: with cluster.redis the pool is off
-    by default, an explicit idle_timeout > 0 is an error naming the key; without Redis the
-    pool stays."""
-    base = '[cluster]\nnode_id = "n1"\n'
-    shared = base + 'redis = "redis://127.0.0.1:6379/0"\n'
-    assert parse_config(shared, tmp_path / "a.toml").delivery.idle_timeout == 0
-    assert parse_config(base, tmp_path / "a.toml").delivery.idle_timeout == 10.0
-    ok = parse_config(shared + '[delivery]\nidle_timeout = "0s"\n', tmp_path / "a.toml")
-    assert ok.delivery.idle_timeout == 0
-    with pytest.raises(ConfigError, match=r"a\.toml: delivery\.idle_timeout: must be 0 with"):
-        parse_config(shared + '[delivery]\nidle_timeout = "10s"\n', tmp_path / "a.toml")

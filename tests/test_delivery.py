@@ -424,7 +424,7 @@ async def test_stale_pooled_connection_is_replaced(dns_server, make_agent) -> No
         agent = make_agent()
         await agent.deliver(job(), policy(sinks.port))
         # the server drops the idle connection behind our back
-        for lst in agent._idle.values():
+        for lst in agent._pool._idle.values():
             for s in lst:
                 s.smtp.transport.close()  # type: ignore[union-attr]
         report = await agent.deliver(job(queue_id="q2"), policy(sinks.port))

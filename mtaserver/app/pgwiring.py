@@ -122,6 +122,8 @@ def wire_postgres(
     # [cluster] redis: limits shared with the other nodes (else this node's own shaper).
     cluster = build_cluster(cfg, shaper, queue, clock, metrics)
     shared = cluster.shared if cluster else None
+    if cluster is not None:  # each connection holds a slot of the cluster's while open
+        agent.use_leases(cluster.shared.connections)
     timed = TimedAgent(agent, metrics.attempt_finished)
     # The queue is not on this disk, but the spool's temporary files and logs are.
     space = FreeSpace(cfg.server.data_dir, cfg.storage.min_free, clock.monotonic)

@@ -120,6 +120,8 @@ def wire(cfg: Config, base: Base, current: Callable[[], Config]) -> Wiring:
     db.on_commit.append(metrics.db_committed)
     cluster = build_cluster(cfg, shaper, spool, clock, metrics)  # None without [cluster]
     shared = cluster.shared if cluster else None
+    if cluster is not None:  # each connection holds a slot of the cluster's while open
+        agent.use_leases(cluster.shared.connections)
     timed_agent = TimedAgent(agent, metrics.attempt_finished)
     # One service per stage, in start order: signing and delivery before anything that
     # submits; listeners last, once everything they hand mail to runs.

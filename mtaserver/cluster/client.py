@@ -115,6 +115,7 @@ class ShapingScripts:
         self.keys = scripts.Keys(prefix)
         self._acquire = client.register_script(scripts.ACQUIRE)
         self._renew = client.register_script(scripts.RENEW)
+        self._keep = client.register_script(scripts.KEEP)
         self._suspend = client.register_script(scripts.SUSPEND)
         self._heartbeat = client.register_script(scripts.HEARTBEAT)
         self._sync = client.register_script(scripts.SYNC)
@@ -131,9 +132,15 @@ class ShapingScripts:
         lease: float,
         rate: float | None,
         burst: float,
+        reuse: bool = False,
         now_ms: int = 0,
     ) -> Verdict:
-        args: list[Arg] = [now_ms, lease_id, max_connections, int(lease * 1000), rate or 0, burst]
+        """A new lease ``lease_id`` and a token; with ``reuse`` (the delivery goes over a
+        pooled connection whose lease this node holds) the token only."""
+        args: list[Arg] = [
+            now_ms, lease_id, max_connections, int(lease * 1000), rate or 0, burst,
+            1 if reuse else 0,
+        ]  # fmt: skip
         out = await guarded(self._acquire(keys=self.keys.shaping(destination), args=args))
         status, wait = int(out[0]), int(out[1]) / 1000.0
         return Verdict(status, wait, str(out[2]) if len(out) > 2 else "")
@@ -147,6 +154,20 @@ class ShapingScripts:
     ) -> int:
         args: list[Arg] = [now_ms, int(lease * 1000), *lease_ids]
         return int(await guarded(self._renew(keys=[self.keys.leases(destination)], args=args)))
+
+    async def keep(
+        self,
+        destination: str,
+        lease_ids: Sequence[str],
+        lease: float,
+        max_connections: int,
+        now_ms: int = 0,
+    ) -> list[str]:
+        """Renew held leases; an expired one is taken again only under the limit. Returns
+        the ids that could not be kept (their connections must close)."""
+        args: list[Arg] = [now_ms, int(lease * 1000), max_connections, *lease_ids]
+        out = await guarded(self._keep(keys=[self.keys.leases(destination)], args=args))
+        return [str(x) for x in out[1:]]
 
     async def suspend(self, destination: str, seconds: float, by: str, now_ms: int = 0) -> float:
         """Suspend for everyone; returns the seconds left of the suspension in force."""

@@ -39,11 +39,25 @@ class ClusterCollector:
         yield CounterMetricFamily(
             "mtaserver_cluster_redis_errors", "Redis calls that failed", value=s.errors
         )
+        yield CounterMetricFamily(
+            "mtaserver_cluster_leases_lost",
+            "Connection leases found expired at a renewal and taken by another node "
+            "(their connections closed)",
+            value=s.lost_total,
+        )
         leases = GaugeMetricFamily(
             "mtaserver_cluster_connections_held",
-            "Connection leases this node holds, by destination",
+            "Connection leases this node holds (deliveries and idle pooled connections), "
+            "by destination",
+            labels=["destination"],
+        )
+        idle = GaugeMetricFamily(
+            "mtaserver_cluster_connections_idle",
+            "Idle pooled connections holding a lease, by destination",
             labels=["destination"],
         )
         for dest in s.destinations():
             leases.add_metric([dest], s.held(dest))
+            idle.add_metric([dest], s.idle(dest))
         yield leases
+        yield idle

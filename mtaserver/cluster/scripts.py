@@ -28,7 +28,9 @@ end
 """
 
 # KEYS: leases (zset id→expiry), bucket (hash tokens, ts), suspension (hash until, by)
-# ARGV: now_ms, lease_id, max_connections, lease_ms, rate_per_s (0 = unlimited), burst
+# ARGV: now_ms, lease_id, max_connections, lease_ms, rate_per_s (0 = unlimited), burst,
+#       reuse ('1': the delivery goes over a pooled connection that holds a lease already:
+#       suspension and token only, no new lease)
 # → {0, 0} granted | {1, ms_left, by} suspended | {2, ms_to_first_expiry} no slot |
 #   {3, ms_to_token} rate
 ACQUIRE = (
@@ -37,10 +39,13 @@ ACQUIRE = (
 local susp = redis.call('HMGET', KEYS[3], 'until', 'by')
 local till = tonumber(susp[1]) or 0
 if till > now then return {1, till - now, susp[2] or ''} end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {2, math.max(1, tonumber(first[2]) - now)}
+local reuse = ARGV[7] == '1'
+if not reuse then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return {2, math.max(1, tonumber(first[2]) - now)}
+  end
 end
 local rate = tonumber(ARGV[5])
 if rate > 0 then
@@ -57,6 +62,7 @@ if rate > 0 then
   redis.call('HSET', KEYS[2], 'tokens', string.format('%.6f', tokens - 1), 'ts', ts)
   redis.call('PEXPIRE', KEYS[2], math.ceil(burst * 1000 / rate) + 60000)
 end
+if reuse then return {0, 0} end
 local lease = tonumber(ARGV[4])
 redis.call('ZADD', KEYS[1], now + lease, ARGV[2])
 redis.call('PEXPIRE', KEYS[1], lease * 2)
@@ -65,7 +71,8 @@ return {0, 0}
 )
 
 # KEYS: leases; ARGV: now_ms, lease_ms, id... → number of leases now held
-# A lease that expired while Redis was unreachable is added again: the connection is open.
+# Registration after an outage: a lease that expired while Redis was unreachable is added
+# again whatever the count (the connection is open, and opened within limit / nodes).
 RENEW = (
     _NOW
     + """
@@ -74,6 +81,38 @@ for i = 3, #ARGV do redis.call('ZADD', KEYS[1], now + lease, ARGV[i]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('PEXPIRE', KEYS[1], lease * 2)
 return redis.call('ZCARD', KEYS[1])
+"""
+)
+
+# KEYS: leases; ARGV: now_ms, lease_ms, max_connections, id... → {leases held, lost id...}
+# The periodic renewal of the leases a node holds (connections open, idle ones included).
+# A lease found expired (the node could not renew in time) is taken again only if a slot
+# is free: meanwhile another node may have taken it, and the limit wins. The ids that
+# could not be kept come back: their connections must close.
+KEEP = (
+    _NOW
+    + """
+local lease = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local gone = {}
+for i = 4, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], now + lease, ARGV[i])
+  else
+    gone[#gone + 1] = ARGV[i]
+  end
+end
+local out = {0}
+for _, id in ipairs(gone) do
+  if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+    redis.call('ZADD', KEYS[1], now + lease, id)
+  else
+    out[#out + 1] = id
+  end
+end
+redis.call('PEXPIRE', KEYS[1], lease * 2)
+out[1] = redis.call('ZCARD', KEYS[1])
+return out
 """
 )
 

@@ -8,7 +8,6 @@ at ``check-config`` rather than at the first STARTTLS.
 
 from __future__ import annotations
 
-import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,11 +111,6 @@ def parse_config(text: str, path: Path) -> Config:
     )
     root.finish()
     _cross_check(cfg, root)
-    if cfg.cluster is not None and cfg.cluster.redis is not None:  # shared leases: no idle pool
-        d = cfg.delivery
-        explicit = "idle_timeout" in data.get("delivery", {})
-        idle = cluster.without_idle_pool(d.idle_timeout, explicit, name)
-        cfg = dataclasses.replace(cfg, delivery=dataclasses.replace(d, idle_timeout=idle))
     return cfg
 
 

@@ -1,6 +1,7 @@
 """``[cluster]``: this node's identity and the Redis that shares shaping across nodes.
 
-Present means "one of several nodes". ``redis`` holds the cluster-wide connection leases,
+Present means "one of several nodes". ``redis`` holds the cluster-wide connection leases
+(one per open SMTP connection, idle pooled ones included, renewed every ``lease / 3``),
 rate buckets, suspensions and the node registry; without it (or while it is unreachable)
 each node shapes locally at ``limit / nodes``. The password is never in the URL: it comes
 from ``password_file`` or the environment variable ``password_env`` and is read when the
@@ -16,7 +17,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mtaserver.config.reader import Reader
-from mtaserver.errors import ConfigError
 
 _NODE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9._:-]{0,64}$")
@@ -121,17 +121,3 @@ def parse(r: Reader, hostname: str) -> ClusterConfig:
         raise r.error("lease", f"expected at least 3 times timeout ({3 * cfg.timeout:g}s)")
     r.finish()
     return cfg
-
-
-def without_idle_pool(idle_timeout: float, explicit: bool, file: str) -> float:
-    """``[delivery] idle_timeout`` on a node with ``[cluster] redis``: 0 (no idle pool).
-
-    A shared connection lease is held while a delivery runs; a pooled idle connection holds
-    none, so other nodes would open theirs while it stays open and the provider would see
-    more than ``max_connections``. An explicit value > 0 is refused rather than ignored."""
-    if explicit and idle_timeout > 0:
-        raise ConfigError(
-            f"{file}: delivery.idle_timeout: must be 0 with cluster.redis (an idle pooled "
-            f"connection holds no shared lease), got {idle_timeout:g}s"
-        )
-    return 0.0

@@ -1,9 +1,10 @@
 """The delivery agent: one job → routing → MX hosts in turn → per-recipient results.
 
 Mechanism only (Postfix ``smtp(8)``): it never touches the queue; the scheduler applies
-policy to the ``DeliveryReport`` it returns. Connections are pooled per MX host address
-(and TLS mode) and reused up to ``policy.max_messages_per_connection`` transactions, with
-RSET before each reuse; idle ones are closed after ``policy.idle_timeout``.
+policy to the ``DeliveryReport`` it returns. Connections are pooled (:mod:`.pool`: per MX
+host address and TLS mode, or per destination in a cluster, where each holds a connection
+lease while open) and reused up to ``policy.max_messages_per_connection`` transactions,
+with RSET before each reuse; idle ones are closed after ``policy.idle_timeout``.
 
 ``policy.deadline`` ends an attempt in time (before the job's lease runs out): no new
 transaction starts in its last moments, one still in flight is abandoned when it passes,
@@ -15,14 +16,14 @@ recipients in flight or not yet tried are deferred with ``CUT_SHORT``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Protocol
 
 from mtaserver.clock import Clock
+from mtaserver.delivery.pool import NO_CLAIM, Claim, ConnectionLeases, Pool
 from mtaserver.delivery.replies import disposition_of, local, retry_hint
-from mtaserver.delivery.session import Session, open_session
+from mtaserver.delivery.session import Session
 from mtaserver.delivery.tls import TlsContexts
 from mtaserver.log import get_logger, kv
 from mtaserver.model import (
@@ -41,6 +42,7 @@ log = get_logger("delivery")
 
 CUT_SHORT = local("4.4.2", "delivery attempt cut short: it outlasted its lease")
 MIN_TX_TIME = 1.0  # no new transaction with less time left (or a quarter of the attempt's)
+NO_SLOT = local("4.4.5", "no connection slot of the cluster for this destination")
 
 
 class Resolver(Protocol):
@@ -65,9 +67,6 @@ class ReturnPath(Protocol):
 class _Tx:
     sender: str
     recipients: tuple[JobRecipient, ...]
-
-
-_PoolKey = tuple[str, str, int, str]
 
 
 def _split_relay(relay: str, default_port: int) -> tuple[str, int]:
@@ -103,13 +102,13 @@ class DeliveryAgent:
         self._return_path = return_path
         self._contexts = TlsContexts(ca_file)
         self._max_addresses = max_addresses
-        self._max_idle = max_idle_sessions
-        self._reap_interval = reap_interval
-        self._idle: dict[_PoolKey, list[Session]] = {}
-        self._reaper: asyncio.Task[None] | None = None
-        self._closed = False
+        self._pool = Pool(clock, max_idle=max_idle_sessions, reap_interval=reap_interval)
 
     # -- public ----------------------------------------------------------------------
+    def use_leases(self, leases: ConnectionLeases) -> None:
+        """In a cluster: every connection holds a slot of its destination while open."""
+        self._pool.use_leases(leases)
+
     def reconfigure(self, *, hostname: str, ca_file: str | None, max_addresses: int) -> None:
         """Settings from a reloaded config, for connections opened from now on (pooled
         connections keep the EHLO name and TLS they were opened with)."""
@@ -149,20 +148,11 @@ class DeliveryAgent:
 
     async def aclose(self) -> None:
         """Close every idle connection (QUIT) and stop the idle reaper."""
-        self._closed = True
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
-        sessions = [s for lst in self._idle.values() for s in lst]
-        self._idle.clear()
-        if sessions:
-            await asyncio.gather(*(s.close(timeout=5.0) for s in sessions))
+        await self._pool.drain()
 
     @property
     def idle_sessions(self) -> int:
-        return sum(len(v) for v in self._idle.values())
+        return self._pool.size
 
     # -- one job ---------------------------------------------------------------------
     async def _deliver(
@@ -211,7 +201,34 @@ class DeliveryAgent:
         stop_at: float | None,
     ) -> None:
         """Each transaction in turn over the MX addresses; ``results`` gets each answer as it
-        comes (the caller keeps them when the deadline cuts the walk short)."""
+        comes (the caller keeps them when the deadline cuts the walk short). In a cluster
+        the delivery holds its permit's connection slot throughout."""
+        claim = NO_CLAIM
+        leases = self._pool.leases
+        if leases is not None:
+            got = await leases.begin(leases.destination(job.domain))
+            if got is None:
+                for r in job.recipients:
+                    results[r.idx] = self._result(
+                        r, NO_SLOT, None, disposition=Disposition.DEFERRED
+                    )
+                return
+            claim = got
+        try:
+            await self._walk_on(claim, job, policy, route, port, results, stop_at)
+        finally:
+            claim.end()
+
+    async def _walk_on(
+        self,
+        claim: Claim,
+        job: DeliveryJob,
+        policy: RoutePolicy,
+        route: Route,
+        port: int,
+        results: dict[int, RecipientResult],
+        stop_at: float | None,
+    ) -> None:
         targets = [(h.name, ip) for h in route.hosts for ip in h.addresses]
         targets = targets[: self._max_addresses]
         pending = self._transactions(job)
@@ -235,7 +252,10 @@ class DeliveryAgent:
                         break
                     budget -= 1
                     mx, ip = targets[ti]
-                    got = await self._checkout(mx, ip, port, policy)
+                    got = await self._pool.checkout(
+                        claim, mx, ip, port, policy, hostname=self._hostname,
+                        contexts=self._contexts,
+                    )  # fmt: skip
                     if isinstance(got, SmtpReply):
                         log.info(
                             kv(
@@ -266,7 +286,7 @@ class DeliveryAgent:
                             reply=str(last),
                         )
                     )
-                    session.abort()
+                    self._pool.drop(session, claim)
                     session = None
                     ti += 1
                     continue
@@ -274,21 +294,21 @@ class DeliveryAgent:
                 for r, reply in zip(tx.recipients, out.replies, strict=True):
                     results[r.idx] = self._result(r, reply, session)
                 if not out.usable:
-                    session.abort()
+                    self._pool.drop(session, claim)
                     session = None
                 elif session.transactions >= policy.max_messages_per_connection:
-                    await session.close(policy.command_timeout)
+                    await self._pool.close(session, claim, policy.command_timeout)
                     session = None
         except BaseException:  # cancelled (deadline, drain) or a bug: never leak the socket
             if session is not None:
-                session.abort()
+                self._pool.drop(session, claim)
                 if inflight is not None:  # RCPT refusals already given still count
                     for r, answer in zip(inflight.recipients, session.answers, strict=False):
                         if answer is not None:
                             results[r.idx] = self._result(r, answer, session)
             raise
         if session is not None:
-            await self._checkin(session, policy)
+            await self._pool.checkin(session, claim, policy)
         if cut:
             last = CUT_SHORT
         # Every host tried and none took the transaction: defer with the last reply
@@ -322,54 +342,3 @@ class DeliveryAgent:
             cipher=session.cipher if session else None,
             retry_after=retry_hint(reply.text) if not 200 <= reply.code < 300 else None,
         )
-
-    # -- pool ------------------------------------------------------------------------
-    async def _checkout(
-        self, mx: str, ip: str, port: int, policy: RoutePolicy
-    ) -> Session | SmtpReply:
-        key: _PoolKey = (mx, ip, port, policy.tls)
-        idle = self._idle.get(key)
-        now = self._clock.monotonic()
-        while idle:
-            session = idle.pop()
-            if not idle:
-                self._idle.pop(key, None)
-            if session.idle_deadline < now or not session.connected:
-                await session.close(min(policy.command_timeout, 5.0))
-            elif await session.reset(policy.command_timeout):
-                return session
-            idle = self._idle.get(key)
-        return await open_session(
-            mx, ip, port, policy, hostname=self._hostname, contexts=self._contexts
-        )
-
-    async def _checkin(self, session: Session, policy: RoutePolicy) -> None:
-        if (
-            self._closed
-            or not session.connected
-            or session.transactions >= policy.max_messages_per_connection
-            or policy.idle_timeout <= 0
-            or self.idle_sessions >= self._max_idle
-        ):
-            await session.close(min(policy.command_timeout, 5.0))
-            return
-        session.idle_deadline = self._clock.monotonic() + policy.idle_timeout
-        self._idle.setdefault(session.key, []).append(session)
-        if self._reaper is None:
-            self._reaper = asyncio.get_running_loop().create_task(self._reap())
-
-    async def _reap(self) -> None:
-        """Close idle sessions past their deadline (owned task, cancelled by aclose)."""
-        while True:
-            await self._clock.sleep(self._reap_interval)
-            now = self._clock.monotonic()
-            expired: list[Session] = []
-            for key in list(self._idle):
-                keep = [s for s in self._idle[key] if s.idle_deadline >= now and s.connected]
-                expired.extend(s for s in self._idle[key] if s not in keep)
-                if keep:
-                    self._idle[key] = keep
-                else:
-                    del self._idle[key]
-            if expired:
-                await asyncio.gather(*(s.close(timeout=5.0) for s in expired))

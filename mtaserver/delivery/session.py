@@ -62,6 +62,7 @@ class Session:
         # the caller that abandons the transaction half-way (its deadline).
         self.answers: list[SmtpReply | None] = []
         self.idle_deadline = 0.0  # monotonic time after which an idle session is dropped
+        self.dest = ""  # the destination whose connection slot it holds (in a cluster)
 
     @property
     def key(self) -> tuple[str, str, int, str]:
