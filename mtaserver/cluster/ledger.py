@@ -51,6 +51,11 @@ class Books:
         """Connection slots this node holds (open, idle or about to open)."""
         return len(self.slots) + self.debt
 
+    @property
+    def reusable(self) -> bool:
+        """An idle connection can carry a new permit (see :meth:`Ledger.reserve`)."""
+        return self.idle > self.reserved and not self.debt
+
 
 class Ledger:
     def __init__(self) -> None:
@@ -69,7 +74,7 @@ class Ledger:
     def reserve(self, dest: str) -> bool:
         """Reserve an idle pooled connection for a new permit (no new slot), if one waits."""
         b = self._books[dest]
-        if b.idle - b.reserved <= 0 or b.debt:
+        if not b.reusable:
             return False
         b.reserved += 1
         b.unbound += 1

@@ -2,27 +2,20 @@
 
 With Redis up, a permit for destination D is one atomic script call: D not suspended by any
 node, fewer than ``max_connections`` unexpired connection leases on D across the cluster,
-and a token from D's shared bucket at D's rate. A lease lives as long as its SMTP
-connection: taken with the permit, it goes with the connection into the delivery agent's
-idle pool when the delivery ends, is renewed every third of ``[cluster] lease`` while the
-connection is open (idle included), and is given back when it closes. A permit granted
-while one of this node's connections to D waits idle takes that connection's lease (and a
-token) instead of a new one, so the pool is reused at the limit. A node that dies stops
-renewing, so its connections are freed after ``[cluster] lease``; a lease found expired at
-a renewal is taken again only under the limit, else its connection closes
-(:mod:`mtaserver.cluster.ledger` keeps the books). A suspension one node saw (a 421
-matching a rule) is written to Redis and mirrored into every other node's shaper at its
-next ask.
+and a token from D's shared bucket. A lease lives as long as its SMTP connection, idle in
+the delivery agent's pool included (:mod:`.pooled`, books in :mod:`.ledger`): renewed
+every third of ``[cluster] lease``, given back when the connection closes, expired after
+``lease`` when the node dies; a permit asked while one of this node's connections to D
+waits idle takes that connection's lease and a token only. A lease found expired at a
+renewal is taken again only under the limit, else its connection closes. A suspension
+one node saw (a 421 matching a rule) is mirrored into every node's shaper via Redis.
 
-When Redis cannot be reached the node does not stop and is never unlimited: it shapes
-alone at ``limit / nodes`` (connections — idle pooled ones included, the excess closed at
-once — and rate), logs the change once, counts it, and tries Redis again every
-``reconnect``; once it answers, the connections opened meanwhile are registered as
-leases, and the shared limits apply again once the other nodes have registered theirs too
-(:mod:`mtaserver.cluster.recovery`).
-
-The limits themselves (and the rate the reactive rules halved) come from the local
-:class:`~mtaserver.shaper.Shaper`, so every node enforces what its own config says.
+When Redis cannot be reached the node is never unlimited: it shapes alone at ``limit /
+nodes`` (connections, idle pooled ones included — the excess closed at once — and rate),
+logs and counts the change, and tries Redis again every ``reconnect``; once it answers,
+the connections opened meanwhile are registered as leases, and the shared limits apply
+again once the other nodes have registered theirs (:mod:`mtaserver.cluster.recovery`).
+The limits themselves come from the local :class:`~mtaserver.shaper.Shaper`.
 """
 
 from __future__ import annotations
@@ -274,8 +267,7 @@ class SharedShaping:
         self, destination: str, max_connections: int, rate: float | None, burst: float
     ) -> float | None:
         assert self._scripts is not None
-        books = self.ledger.books(destination)
-        reuse = books.idle > books.reserved and not books.debt  # an idle one can carry it
+        reuse = self.ledger.books(destination).reusable  # an idle connection carries it
         lease_id = self._lease_id()
         self.calls += 1
         verdict = await self._scripts.acquire(
@@ -350,7 +342,7 @@ class SharedShaping:
         """Degraded: this node's share of the limits, ``limit / nodes``."""
         nodes = self._cfg.nodes
         books = self.ledger.books(destination)
-        reuse = books.idle > books.reserved and not books.debt
+        reuse = books.reusable
         if not reuse and books.count >= max(1, max_connections // nodes):
             return BLOCKED
         if rate is not None:

@@ -231,6 +231,7 @@ class DeliveryAgent:
     ) -> None:
         targets = [(h.name, ip) for h in route.hosts for ip in h.addresses]
         targets = targets[: self._max_addresses]
+        addresses = {ip for _, ip in targets}
         pending = self._transactions(job)
         last = local("4.4.1", f"no MX host of {route.domain} could be reached")
         ti = 0
@@ -254,7 +255,7 @@ class DeliveryAgent:
                     mx, ip = targets[ti]
                     got = await self._pool.checkout(
                         claim, mx, ip, port, policy, hostname=self._hostname,
-                        contexts=self._contexts,
+                        contexts=self._contexts, addresses=addresses,
                     )  # fmt: skip
                     if isinstance(got, SmtpReply):
                         log.info(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Hashable
+from collections.abc import Container, Hashable
 from typing import Protocol
 
 from mtaserver.clock import Clock
@@ -131,9 +131,11 @@ class Pool:
         *,
         hostname: str,
         contexts: TlsContexts,
+        addresses: Container[str] = (),
     ) -> Session | SmtpReply:
         """An idle connection (RSET) or a new one; with leases any idle connection to the
-        claim's destination serves (its MX hosts are the destination's)."""
+        claim's destination serves if it goes to one of the route's ``addresses`` (a
+        reload may have changed them)."""
         group: Hashable = (mx, ip, port, policy.tls)
         if self.leases is not None:
             group = claim.destination
@@ -148,6 +150,7 @@ class Pool:
                     session.idle_deadline < self._clock.monotonic()
                     or not session.connected
                     or (session.port, session.tls_mode) != (port, policy.tls)
+                    or (session.ip != ip and session.ip not in addresses)
                 ):
                     await session.close(min(policy.command_timeout, 5.0))
                     claim.disconnected()
