@@ -283,6 +283,37 @@ async def test_a_connection_whose_lease_could_not_be_kept_is_closed(
         await a.close()
 
 
+async def test_a_delivery_without_its_destinations_permit_takes_a_slot_or_defers(
+    redis: RedisServer, sink: NodeSink, probe: ShapingScripts
+) -> None:
+    """A domain's destination changed since its permit (its MX moved): the delivery finds no
+    permit under the new one, takes a slot of its own under the limit, else defers with
+    4.4.5 without connecting."""
+    a = await Node("a", redis, sink).start()
+    key = probe.keys.leases(DEST)
+    try:
+        job = DeliveryJob(
+            queue_id="x", sender="app@sender.test", domain=DEST,
+            recipients=(JobRecipient(0, f"x@{DEST}", 0),), data=b"Subject: x\r\n\r\nx\r\n",
+            received_at=0.0, lease_until=0.0,
+        )  # fmt: skip
+        now = await probe.client.time()
+        await probe.client.zadd(
+            key, {f"other:{i}": (int(now[0]) + 60) * 1000 for i in range(LIMIT)}
+        )
+        r = (await a.agent.deliver(job, a.policy)).results[0]
+        assert (r.disposition, r.reply.enhanced) == (Disposition.DEFERRED, "4.4.5"), r
+        assert sink.sessions[DEST] == 0
+        await probe.client.zrem(key, "other:0")
+        r = (await a.agent.deliver(job, a.policy)).results[0]
+        assert r.disposition is Disposition.DELIVERED, r
+        assert a.agent.idle_sessions == 1 == a.shared.held(DEST)  # parked with its own slot
+        assert await probe.active(DEST) == LIMIT
+    finally:
+        await a.close()
+    assert await probe.active(DEST) == LIMIT - 1  # given back at the stop
+
+
 # -- two real daemons -------------------------------------------------------------------------
 def daemon_config(tmp_path: Path, i: int, redis: RedisServer, sink: NodeSink) -> TestConfig:
     secret = tmp_path / "secret.key"  # one for the cluster (VERP, links)
