@@ -29,6 +29,8 @@ The interface the campaigns owner uses (the SQLite module's, plus where numberin
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from typing import Final
 
@@ -69,6 +71,8 @@ _COLUMN: Final = {"email": 'c.address COLLATE "C"', "created_at": "c.created_at"
                   "updated_at": "c.updated_at", "consent_at": "c.consent_at"}  # fmt: skip
 # A string that is a JSON number (what SQLite's json_valid + json_type accept).
 _JSON_NUMBER = r"^[ \t\n\r]*-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?[ \t\n\r]*$"
+# What a jsonb number's text can be (numeric_out: no exponent, no '+').
+_NUMBER_TEXT: Final = re.compile(r"-?[0-9]+(\.[0-9]+)?\Z")
 _EVENTS = ('c.address IN (SELECT lower(e.recipient) FROM events e JOIN messages m '
            'ON m.id = e.queue_id WHERE m."user" = {} AND e.type = {} '
            "AND e.recipient IS NOT NULL")  # fmt: skip
@@ -89,12 +93,12 @@ _HUGE = rf"^{_WS}*{_MANTISSA}[eE][+-]?0*[1-9][0-9]{{3,}}{_WS}*$"  # ±inf or 0 a
 # The common shapes without the regex: YYYY-MM-DD, and YYYY-MM-DD[T ]hh:mm:ss[Z] (LIKE and a
 # digit test by ltrim cost a tenth of the regex); the others go through _ISO.
 _DIGITS = "'0123456789'"
-_FAST = (f"CASE WHEN s LIKE '____-__-__' THEN ltrim(left(s, 4) || substr(s, 6, 2) "
-         f"|| right(s, 2), {_DIGITS}) = '' WHEN s LIKE '____-__-_____:__:__%' AND length(s) "
-         "<= 20 THEN substr(s, 11, 1) IN ('T', ' ') AND right(s, length(s) - 19) IN "
-         "('', 'Z', 'z') AND ltrim(left(s, 4) || substr(s, 6, 2) || substr(s, 9, 2) "
-         f"|| substr(s, 12, 2) || substr(s, 15, 2) || substr(s, 18, 2), {_DIGITS}) = '' "
-         "ELSE FALSE END")  # fmt: skip
+_DATE_ONLY = (f"s LIKE '____-__-__' AND ltrim(left(s, 4) || substr(s, 6, 2) || right(s, 2), "
+              f"{_DIGITS}) = ''")  # fmt: skip
+_WITH_TIME = ("CASE WHEN s LIKE '____-__-_____:__:__%' AND length(s) <= 20 THEN substr(s, 11, 1) "
+              "IN ('T', ' ') AND right(s, length(s) - 19) IN ('', 'Z', 'z') AND ltrim(left(s, 4) "
+              "|| substr(s, 6, 2) || substr(s, 9, 2) || substr(s, 12, 2) || substr(s, 15, 2) "
+              f"|| substr(s, 18, 2), {_DIGITS}) = '' ELSE FALSE END")  # fmt: skip
 _MAX_MS: Final = 464269060799999  # validJulianDay: 9999-12-31 23:59:59.999
 # On the split text (y, mo, d as numbers; r: what follows the date, trimmed; n: its length):
 _SEC = "substr(r, 6, 1) = ':'"
@@ -108,15 +112,21 @@ _OK = ("mo BETWEEN 1 AND 12 AND d BETWEEN 1 AND 31 AND y >= -4713 AND CASE WHEN 
        f"WHEN CASE WHEN {_SEC} THEN substr(r, 7, 2)::int > 59 ELSE FALSE END THEN FALSE "
        f"WHEN {_TZ} THEN substr(r, n - 4, 2)::int <= 14 AND substr(r, n - 1, 2)::int <= 59 "
        "ELSE TRUE END")  # fmt: skip
-_YY = "(y - (mo <= 2)::int)"  # computeJD: January and February are months 13 and 14 ...
-_MM = "(mo + 12 * (mo <= 2)::int)"  # ... of the year before
-_A = f"({_YY} / 100)"
+
+
+def _days(y: str, mo: str, d: str) -> str:
+    """computeJD's X1 + X2 + D + B (days, exact: C's integer division) of year ``y``, month
+    ``mo``, day ``d``; January and February count as months 13 and 14 of the year before."""
+    yy, mm = f"({y} - ({mo} <= 2)::int)", f"({mo} + 12 * ({mo} <= 2)::int)"
+    return (f"(36525 * ({yy} + 4716) / 100 + 306001 * ({mm} + 1) / 10000 + {d} + 2 "
+            f"- {yy} / 100 + {yy} / 100 / 4)")  # fmt: skip
+
+
 _FRACTION = (f"CASE WHEN {_SEC} AND substr(r, 9, 1) = '.' THEN "
              f"('0.' || left(rtrim(substr(r, 10, n - 9 - ({_ZONE})), {_SPACES}), 20))::float8 "
              "ELSE 0 END")  # fmt: skip
 # (X1 + X2 + D + B - 1524.5) * 86400000 + h:m:s.f - zone, exact (C's integer division)
-_ISO_MS = (f"((36525 * ({_YY} + 4716) / 100 + 306001 * ({_MM} + 1) / 10000 + d "
-           f"+ 2 - {_A} + {_A} / 4)::int8 * 86400000 - 131716800000 "
+_ISO_MS = (f"({_days('y', 'mo', 'd')}::int8 * 86400000 - 131716800000 "
            "+ CASE WHEN r = '' THEN 0 ELSE substr(r, 1, 2)::int8 * 3600000 "
            "+ substr(r, 4, 2)::int8 * 60000 + trunc((CASE WHEN "
            f"{_SEC} THEN substr(r, 7, 2)::int ELSE 0 END + {_FRACTION}) * 1000 + 0.5)::int8 "
@@ -132,9 +142,14 @@ _HUGE_MS = f"CASE WHEN s ~ '[eE]-' OR s ~ '^{_WS}*[+-]?[0.]*[eE]' THEN 0.0::floa
 def julianday_sql(text: str, now: str) -> str:
     """SQLite's ``julianday(text)`` (float8 or NULL) for one row; ``now``: the mark of now
     in milliseconds of Julian days. Each ``OFFSET 0`` level is computed once per row (the
-    planner would otherwise copy an expression into each use): the text, then its shape
-    (LIKE for the common ones, else the regex), then the split by position, then integer
-    arithmetic on the parts."""
+    planner would otherwise copy an expression into each use): the text; a plain
+    YYYY-MM-DD is then done at once (LIKE and position), any other text goes down a nested
+    subquery: its shape (LIKE for a plain time, else the regex), the split by position,
+    integer arithmetic on the parts."""
+    y, mo, d = "left(s, 4)::int", "substr(s, 6, 2)::int", "right(s, 2)::int"
+    date_only = (f"CASE WHEN {mo} BETWEEN 1 AND 12 AND {d} BETWEEN 1 AND 31 THEN "
+                 f"({_days(y, mo, d)}::int8 * 86400000 - 131716800000)::float8 / 86400000 "
+                 "END")  # fmt: skip
     o = "(left(s, 1) = '-')::int"
     split = (f"CASE WHEN iso THEN (1 - 2 * {o}) * substr(s, 1 + {o}, 4)::int END AS y, "
              f"CASE WHEN iso THEN substr(s, 6 + {o}, 2)::int END AS mo, "
@@ -148,12 +163,14 @@ def julianday_sql(text: str, now: str) -> str:
            "/ 86400000 END END")  # fmt: skip
     num = (f"CASE WHEN ({_NUM_MS}) BETWEEN 0 AND {_MAX_MS} THEN ({_NUM_MS})::float8 "
            "/ 86400000 END")  # fmt: skip
-    return (f"(SELECT CASE WHEN iso THEN {iso} WHEN s ~ '{_NUM}' THEN {num} "
-            f"WHEN s ~ '{_HUGE}' THEN {_HUGE_MS} "
-            f"WHEN length(s) = 3 AND lower(s) = 'now' THEN {now}::float8 / 86400000 END "
-            f"FROM (SELECT s, iso, y, mo, d, r, length(r) AS n FROM (SELECT s, iso, {split} "
-            f"FROM (SELECT s, {_FAST} OR s ~ '{_ISO}' AS iso FROM (SELECT {text} AS s "
-            "OFFSET 0) a OFFSET 0) b OFFSET 0) c) e)")  # fmt: skip
+    other = (f"(SELECT CASE WHEN iso THEN {iso} WHEN s ~ '{_NUM}' THEN {num} "
+             f"WHEN s ~ '{_HUGE}' THEN {_HUGE_MS} "
+             f"WHEN length(s) = 3 AND lower(s) = 'now' THEN {now}::float8 / 86400000 END "
+             f"FROM (SELECT s, iso, y, mo, d, r, length(r) AS n FROM (SELECT s, iso, {split} "
+             f"FROM (SELECT s, {_WITH_TIME} OR s ~ '{_ISO}' AS iso OFFSET 0) b "
+             "OFFSET 0) c) e)")  # fmt: skip
+    return (f"(SELECT CASE WHEN s IS NULL THEN NULL WHEN {_DATE_ONLY} THEN {date_only} "
+            f"ELSE {other} END FROM (SELECT {text} AS s OFFSET 0) a)")  # fmt: skip
 
 
 class _Compiler:
@@ -245,6 +262,8 @@ class _Compiler:
             want = v if n.op == "eq" else not v
             return f"({x} = '{'true' if want else 'false'}'::jsonb)"
         if isinstance(v, str):
+            if n.op == "eq" and not _NUMBER_TEXT.match(v):  # only a string can equal it:
+                return f"({x} = {self.bind(json.dumps(v), 'jsonb')})"  # one jsonb compare
             return f'({text} COLLATE "C" {_SQL_OP[n.op]} {self.bind(v, "text")})'
         return f"({num} {_SQL_OP[n.op]} {self.bind(str(v), 'numeric')})"
 
