@@ -1,4 +1,5 @@
-"""``mtaserver campaigns`` as the operator runs it (a subprocess on a real database): a
+"""``mtaserver campaigns`` as the operator runs it (a subprocess on a real database, either
+backend: seeded and read back through the owners, ``tests.support.daemon.open_stores``): a
 campaign to a list is created as a draft, listed, started (scheduled at ``--at``), paused,
 resumed and cancelled, each status read back through the CLI and through CampaignStore; an
 action that does not apply, an unknown list, segment or template, a bad cron field or local
@@ -16,15 +17,9 @@ import pytest
 
 from mtaserver.auth import hash_password
 from mtaserver.contacts import ContactInput
-from mtaserver.storage.sqlite.campaigns import Campaign, CampaignStore
-from mtaserver.storage.sqlite.contacts import ContactStore
-from mtaserver.storage.sqlite.db import Database
-from mtaserver.storage.sqlite.templates import TemplateStore
-from mtaserver.storage.sqlite.users import UserStore
+from mtaserver.storage.sqlite.campaigns import Campaign
 from tests.support.cli import fails, ok, run_as
-from tests.support.daemon import TestConfig
-
-pytestmark = pytest.mark.pg_pending("sqlite-reads")
+from tests.support.daemon import TestConfig, open_stores
 
 USER = "alice@example.com"
 HASH = hash_password("correct horse battery", n=2**10)
@@ -36,44 +31,35 @@ def run(config: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     return run_as(USER, config, "campaigns", *argv)
 
 
-async def _seed(path: Path) -> None:
-    db = Database(path)
-    await db.open()
-    try:
-        await UserStore(db).add(USER, HASH, ["example.com"])
-        contacts = ContactStore(db)
-        await contacts.upsert(USER, ContactInput("ann@example.org", "{}"))
-        await contacts.create_list(USER, "news")
-        await contacts.add_members(USER, "news", ["ann@example.org"])
+async def _seed(cfg: TestConfig) -> None:
+    async with open_stores(cfg) as s:
+        await s.users.add(USER, HASH, ["example.com"])
+        await s.contacts.upsert(USER, ContactInput("ann@example.org", "{}"))
+        await s.contacts.create_list(USER, "news")
+        await s.contacts.add_members(USER, "news", ["ann@example.org"])
         for name in ("promo", "digest"):
-            await TemplateStore(db).put(name, "Hello", None, "Hello there")
-    finally:
-        await db.close()
+            await s.templates.put(name, "Hello", None, "Hello there")
 
 
-def _stored(path: Path, name: str) -> Campaign | None:
+def _stored(cfg: TestConfig, name: str) -> Campaign | None:
     async def read() -> Campaign | None:
-        db = Database(path)
-        await db.open()
-        try:
-            return await CampaignStore(db).get(USER, name)
-        finally:
-            await db.close()
+        async with open_stores(cfg) as s:
+            found: Campaign | None = await s.campaigns.get(USER, name)
+            return found
 
     return asyncio.run(read())
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> tuple[Path, Path]:
+def config(tmp_path: Path) -> tuple[Path, TestConfig]:
     cfg = TestConfig(tmp_path, tls=False)
     cfg.write()
-    cfg.database.parent.mkdir(parents=True, exist_ok=True)
-    asyncio.run(_seed(cfg.database))
-    return cfg.path, cfg.database
+    asyncio.run(_seed(cfg))
+    return cfg.path, cfg
 
 
-def test_create_list_start_pause_resume_cancel(config: tuple[Path, Path]) -> None:
-    path, db = config
+def test_create_list_start_pause_resume_cancel(config: tuple[Path, TestConfig]) -> None:
+    path, cfg = config
     out = run(path, "create", "jan", "--template", "promo", "--from", "News@Example.com",
               "--list", "news", "--at", AT)  # fmt: skip
     assert ok(out).startswith("created campaign jan (draft")
@@ -87,14 +73,14 @@ def test_create_list_start_pause_resume_cancel(config: tuple[Path, Path]) -> Non
 
     fails(run(path, "pause", "jan"), "draft", "pause")
     assert ok(run(path, "start", "jan")).startswith("campaign jan: scheduled")
-    c = _stored(db, "jan")
+    c = _stored(cfg, "jan")
     assert c is not None and (c.status, c.next_run_at) == ("scheduled", AT_UNIX)
     fails(run(path, "start", "jan"), "scheduled")
 
     assert ok(run(path, "pause", "jan")).startswith("campaign jan: paused")
     assert ok(run(path, "list")).splitlines() == [f"jan\tpaused\tlist:news\t{round(AT_UNIX)}"]
     assert ok(run(path, "resume", "jan")).startswith("campaign jan: scheduled")
-    c = _stored(db, "jan")
+    c = _stored(cfg, "jan")
     assert c is not None and (c.status, c.next_run_at) == ("scheduled", AT_UNIX)
 
     assert ok(run(path, "cancel", "jan")).startswith("campaign jan: cancelled")
@@ -103,12 +89,12 @@ def test_create_list_start_pause_resume_cancel(config: tuple[Path, Path]) -> Non
     fails(run(path, "show", "nope"), "nope")
 
 
-def test_cron_and_bad_input(config: tuple[Path, Path]) -> None:
-    path, db = config
+def test_cron_and_bad_input(config: tuple[Path, TestConfig]) -> None:
+    path, cfg = config
     ok(run(path, "create", "weekly", "--template", "digest", "--from", "news@example.com",
            "--list", "news", "--cron", "0 9 * * MON", "--tz", "Europe/Berlin"))  # fmt: skip
     ok(run(path, "start", "weekly"))
-    c = _stored(db, "weekly")
+    c = _stored(cfg, "weekly")
     assert c is not None and c.status == "scheduled" and c.next_run_at is not None
     assert c.next_run_at % 3600 == 0  # 09:00 Berlin is a whole UTC hour
 
@@ -125,11 +111,11 @@ def test_cron_and_bad_input(config: tuple[Path, Path]) -> None:
     fails(run(path, "create", "x", *base, "--list", "news", "--local-time", "9am", "--date",
               "2030-01-07"), "local_time")  # fmt: skip
     fails(run(path, "create", "x", *base, "--list", "news", "--local"), "local", "cron")
-    assert _stored(db, "x") is None
+    assert _stored(cfg, "x") is None
 
     ok(run(path, "create", "nine", *base, "--list", "news", "--local-time", "09:00", "--date",
            "2030-01-07", "--tz", "Europe/Berlin"))  # fmt: skip
-    asyncio.run(_fail(db, "weekly", "segment: no segment 'fans'"))
+    asyncio.run(_fail(cfg, "weekly", "segment: no segment 'fans'"))
     shown = json.loads(ok(run(path, "show", "nine")))
     assert (shown["schedule"], shown["local_at"], shown["tz"], shown["failure"]) == (
         "local", "2030-01-07T09:00", "Europe/Berlin", None)  # fmt: skip
@@ -137,13 +123,8 @@ def test_cron_and_bad_input(config: tuple[Path, Path]) -> None:
     assert (shown["status"], shown["failure"]) == ("failed", "segment: no segment 'fans'")
 
 
-async def _fail(path: Path, name: str, reason: str) -> None:
+async def _fail(cfg: TestConfig, name: str, reason: str) -> None:
     """What the daemon's feeder does when a run cannot start."""
-    db = Database(path)
-    await db.open()
-    try:
-        store = CampaignStore(db)
-        c = await store.get(USER, name)
-        assert c is not None and await store.fail(c.id, reason)
-    finally:
-        await db.close()
+    async with open_stores(cfg) as s:
+        c = await s.campaigns.get(USER, name)
+        assert c is not None and await s.campaigns.fail(c.id, reason)

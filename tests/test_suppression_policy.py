@@ -14,7 +14,6 @@ import asyncio
 import smtplib
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,7 +24,7 @@ from mtaserver.storage.sqlite.suppressions import SuppressionStore, hash_entries
 from mtaserver.suppression import COUNT, GLOBAL, SENDER, Suppression, decide, review
 from tests.support.bounce_corpus import CORPUS
 from tests.support.clock import FakeClock
-from tests.support.daemon import Daemon, TestConfig, free_port
+from tests.support.daemon import Daemon, TestConfig, free_port, open_stores
 from tests.support.mxsink import SinkGroup, SinkState, wait_for
 
 BOUNCES = "bounces.test"
@@ -139,18 +138,10 @@ async def test_policy_table_can_narrow(tmp_path: Path, db: Database) -> None:
     assert await store.soft_bounces("s@x.example") == []  # ignored: not even counted
 
 
-# -- the daemon, end to end --------------------------------------------------------------------
-def _db_rows(cfg: TestConfig, sql: str, *args: object) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(f"file:{cfg.database}?mode=ro", uri=True, timeout=10)
-    try:
-        return list(conn.execute(sql, args).fetchall())
-    finally:
-        conn.close()
-
-
+# -- the daemon, end to end (either backend: read through TestConfig.query) -------------------
 def _state(cfg: TestConfig, address: str) -> str | None:
-    got = _db_rows(cfg, "SELECT state FROM recipients WHERE address=? ORDER BY rowid DESC",
-                   address)  # fmt: skip
+    got = cfg.query("SELECT state FROM recipients WHERE address=? ORDER BY updated_at DESC",
+                    address)  # fmt: skip
     return str(got[0][0]) if got else None
 
 
@@ -218,11 +209,10 @@ class Mta:
         return r.returncode, r.stdout
 
     def counted(self, address: str) -> list[str]:
-        return [r[0] for r in _db_rows(self.cfg, "SELECT category FROM soft_bounces "
-                                       "WHERE address=? ORDER BY at", address)]  # fmt: skip
+        return [r[0] for r in self.cfg.query("SELECT category FROM soft_bounces "
+                                             "WHERE address=? ORDER BY at", address)]  # fmt: skip
 
 
-@pytest.mark.pg_pending("sqlite-reads")
 async def test_policy_end_to_end(tmp_path: Path) -> None:
     async with SinkGroup(["127.0.0.2"]) as sinks:
         sink = sinks["127.0.0.2"]
@@ -259,7 +249,7 @@ async def _sync_replies(mta: Mta) -> None:
     await mta.bounced("gone@dest.test")
     code, out = mta.check("gone@dest.test", "brand.example")
     assert code == 1 and "scope=global" in out and "reason=userunknown" in out, out
-    (reply,) = _db_rows(mta.cfg, "SELECT reply FROM suppressions WHERE address='gone@dest.test'")
+    (reply,) = mta.cfg.query("SELECT reply FROM suppressions WHERE address='gone@dest.test'")
     assert "5.1.1" in reply[0] and "user unknown" in reply[0]
     assert await mta.refused_at_rcpt("other@brand.example", "gone@dest.test")
 
@@ -289,7 +279,7 @@ async def _complaint_is_per_sending_domain(mta: Mta) -> None:
     arf = (CORPUS / "sisimai/arf-03.eml").read_bytes()
     arf = arf.replace(b"Return-Path: <fake.sender@example.net>", f"Return-Path: <{verp}>".encode())
     await mta.inbound_message(arf, COMPLAINTS)
-    await wait_for(lambda: bool(_db_rows(mta.cfg, "SELECT 1 FROM events WHERE type='complaint'")),
+    await wait_for(lambda: bool(mta.cfg.query("SELECT 1 FROM events WHERE type='complaint'")),
                    30)  # fmt: skip
     code, out = mta.check("reader@dest.test", "shop.example")
     assert code == 1 and "scope=shop.example" in out and "reason=feedback" in out, out
@@ -307,18 +297,14 @@ async def _review_lifts_what_older_versions_made(mta: Mta) -> None:
     # As versions before the reason taxonomy left them: the spam rejection suppressed as an
     # unknown recipient (its reply is only in the bounce event), and the soft-bounce
     # threshold's entry for a full mailbox.
-    (qid,) = _db_rows(mta.cfg, "SELECT queue_id FROM recipients WHERE address='spam@dest.test'")
-    db = Database(mta.cfg.database)
-    await db.open()
-    try:
-        store = SuppressionStore(db)
+    (qid,) = mta.cfg.query("SELECT queue_id FROM recipients WHERE address='spam@dest.test'")
+    async with open_stores(mta.cfg) as stores:
+        store = stores.suppressions
         await store.add("spam@dest.test", "unknown-recipient", source="delivery",
                         queue_id=qid[0])  # fmt: skip
         await store.add("full@dest.test", "soft-bounces:mailbox-full", source="async",
                         expires_at=4102444800.0)  # fmt: skip
         await store.add("typed@dest.test", "spamdetected")  # an operator's own: not reviewed
-    finally:
-        await db.close()
     assert mta.check("spam@dest.test", "shop.example")[0] == 1
 
     r = mta.daemon.cli("suppression", "review")

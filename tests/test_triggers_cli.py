@@ -1,5 +1,6 @@
 """``mtaserver triggers`` and ``mtaserver events send`` as the operator runs them (a
-subprocess on a real database): a trigger put through the CLI is listed and shown, an event
+subprocess on a real database, either backend: seeded and read back through the owners,
+``tests.support.daemon.open_stores``): a trigger put through the CLI is listed and shown, an event
 sent through the CLI starts its sequence (the pending steps read back through
 JourneyStore), a cancel event stops it, delete removes it; bad input is exit 2 with one
 line naming the field."""
@@ -15,15 +16,8 @@ import pytest
 
 from mtaserver.auth import hash_password
 from mtaserver.contacts import ContactInput
-from mtaserver.storage.sqlite.contacts import ContactStore
-from mtaserver.storage.sqlite.db import Database
-from mtaserver.storage.sqlite.journeys import JourneyStore
-from mtaserver.storage.sqlite.templates import TemplateStore
-from mtaserver.storage.sqlite.users import UserStore
 from tests.support.cli import fails, ok, run_as
-from tests.support.daemon import TestConfig
-
-pytestmark = pytest.mark.pg_pending("sqlite-reads")  # seeds and reads the SQLite file
+from tests.support.daemon import TestConfig, open_stores
 
 USER = "alice@example.com"
 HASH = hash_password("correct horse battery", n=2**10)
@@ -39,40 +33,32 @@ def run(config: Path, *argv: str, stdin: str | None = None) -> subprocess.Comple
     return run_as(USER, config, *argv, stdin=stdin)
 
 
-async def _seed(path: Path) -> None:
-    db = Database(path)
-    await db.open()
-    try:
-        await UserStore(db).add(USER, HASH, ["example.com"])
-        await ContactStore(db).upsert(USER, ContactInput("ann@example.org", '{"name":"Ann"}'))
-        await TemplateStore(db).put("reminder", "Your cart", None, "Still there?")
-    finally:
-        await db.close()
+async def _seed(cfg: TestConfig) -> None:
+    async with open_stores(cfg) as s:
+        await s.users.add(USER, HASH, ["example.com"])
+        await s.contacts.upsert(USER, ContactInput("ann@example.org", '{"name":"Ann"}'))
+        await s.templates.put("reminder", "Your cart", None, "Still there?")
 
 
-def _steps(path: Path) -> dict[int, dict[str, int]]:
+def _steps(cfg: TestConfig) -> dict[int, dict[str, int]]:
     async def read() -> dict[int, dict[str, int]]:
-        db = Database(path)
-        await db.open()
-        try:
-            return await JourneyStore(db).step_counts(USER, "cart")
-        finally:
-            await db.close()
+        async with open_stores(cfg) as s:
+            counts: dict[int, dict[str, int]] = await s.journeys.step_counts(USER, "cart")
+            return counts
 
     return asyncio.run(read())
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> tuple[Path, Path]:
+def config(tmp_path: Path) -> tuple[Path, TestConfig]:
     cfg = TestConfig(tmp_path, tls=False)
     cfg.write()
-    cfg.database.parent.mkdir(parents=True, exist_ok=True)
-    asyncio.run(_seed(cfg.database))
-    return cfg.path, cfg.database
+    asyncio.run(_seed(cfg))
+    return cfg.path, cfg
 
 
-def test_put_list_show_send_delete(config: tuple[Path, Path], tmp_path: Path) -> None:
-    path, db = config
+def test_put_list_show_send_delete(config: tuple[Path, TestConfig], tmp_path: Path) -> None:
+    path, cfg = config
     doc = tmp_path / "cart.json"
     doc.write_text(json.dumps(TRIGGER))
     assert ok(run(path, "triggers", "put", "cart", f"@{doc}")).strip() == "created trigger cart"
@@ -90,21 +76,21 @@ def test_put_list_show_send_delete(config: tuple[Path, Path], tmp_path: Path) ->
     assert json.loads(ok(sent)) == {"stored": 1, "started": 1, "cancelled": 0,
                                     "unknown_contacts": []}  # fmt: skip
     pending = {"pending": 1, "fired": 0, "cancelled": 0, "skipped": 0}
-    assert _steps(db) == {0: pending, 1: pending}
+    assert _steps(cfg) == {0: pending, 1: pending}
     shown = json.loads(ok(run(path, "triggers", "show", "cart")))
     assert shown["step_counts"] == {"0": pending, "1": pending}
 
     # a resent event starts nothing twice (no once_per: once per contact, ever)
     ok(run(path, "events", "send", "--contact", "ann@example.org", "--event", "cart"))
-    assert _steps(db) == {0: pending, 1: pending}
+    assert _steps(cfg) == {0: pending, 1: pending}
 
     bought = run(path, "events", "send", "--contact", "ann@example.org", "--event", "purchase")
     assert json.loads(ok(bought))["cancelled"] == 2
     gone = {"pending": 0, "fired": 0, "cancelled": 1, "skipped": 0}
-    assert _steps(db) == {0: gone, 1: gone}
+    assert _steps(cfg) == {0: gone, 1: gone}
 
     assert ok(run(path, "triggers", "delete", "cart")).strip() == "deleted trigger cart"
-    assert _steps(db) == {}
+    assert _steps(cfg) == {}
     assert ok(run(path, "triggers", "list")) == ""
     fails(run(path, "triggers", "show", "cart"), "no trigger 'cart'")
     fails(run(path, "triggers", "delete", "cart"), "no trigger 'cart'")
@@ -124,7 +110,7 @@ def test_put_list_show_send_delete(config: tuple[Path, Path], tmp_path: Path) ->
     ],
 )
 def test_bad_trigger_names_the_field(
-    config: tuple[Path, Path], definition: object, field: str
+    config: tuple[Path, TestConfig], definition: object, field: str
 ) -> None:
     path, _ = config
     text = definition if isinstance(definition, str) else json.dumps(definition)
@@ -132,8 +118,8 @@ def test_bad_trigger_names_the_field(
     assert ok(run(path, "triggers", "list")) == ""
 
 
-def test_bad_input_is_one_line(config: tuple[Path, Path], tmp_path: Path) -> None:
-    path, db = config
+def test_bad_input_is_one_line(config: tuple[Path, TestConfig], tmp_path: Path) -> None:
+    path, cfg = config
     fails(run(path, "triggers", "put", "bad name!", json.dumps(TRIGGER)), "NAME:")
     fails(run(path, "triggers", "put", "cart", f"@{tmp_path}/missing.json"), "missing.json")
     ok(run(path, "triggers", "put", "cart", json.dumps(TRIGGER)))
@@ -145,5 +131,5 @@ def test_bad_input_is_one_line(config: tuple[Path, Path], tmp_path: Path) -> Non
           "--properties: a JSON object")  # fmt: skip
     fails(run(path, "events", "send", "--contact", "ann@example.org", "--event", "no good"),
           "--event:")  # fmt: skip
-    assert _steps(db) == {}
+    assert _steps(cfg) == {}
     fails(run_as("nobody", path, "triggers", "list"), "--user: no user 'nobody'")

@@ -24,12 +24,9 @@ import re
 import signal
 import smtplib
 import socket
-import sqlite3
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
-
-import pytest
 
 from mtaserver.dkim import keys as K
 from tests.support.daemon import Daemon, free_port
@@ -49,8 +46,6 @@ from tests.test_workers import (
     _sink_ids,
     _worker_pids,
 )
-
-pytestmark = pytest.mark.pg_pending("sqlite-reads")
 
 _T = TypeVar("_T")
 _SELECTOR = re.compile(rb"(?i)DKIM-Signature:[^:]*?\bs=([a-z0-9]+)")
@@ -232,13 +227,9 @@ async def test_a_daemon_life_at_workers_2(tmp_path: Path) -> None:
         assert code == 0, log
         assert all(not _alive(pid) for pid in pids)
         assert log.count("event=worker_stopped") == 2 and "worker_died" not in log
-        conn = sqlite3.connect(cfg.database)
-        try:
-            for queue_id in drained:
-                row = conn.execute("SELECT body FROM messages WHERE id=?", (queue_id,)).fetchone()
-                assert row is not None and b"second half" in row[0]
-        finally:
-            conn.close()
+        for queue_id in drained:
+            (row,) = cfg.query("SELECT body FROM messages WHERE id=?", queue_id)
+            assert b"second half" in row[0]
 
 
 def _half_sent(client: smtplib.SMTP) -> None:

@@ -12,19 +12,15 @@ import email
 import email.policy
 import re
 import smtplib
-import sqlite3
 from email.message import EmailMessage
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from tests.support.daemon import Daemon, TestConfig, free_port
 from tests.support.mxsink import SinkGroup, wait_for
 from tests.tracking.conftest import BROWSER
 from tests.tracking.test_e2e import _message
-
-pytestmark = pytest.mark.pg_pending("sqlite-reads")
 
 
 async def test_tokens_minted_in_a_worker_open_in_the_owner(tmp_path: Path) -> None:
@@ -66,8 +62,7 @@ async def test_tokens_minted_in_a_worker_open_in_the_owner(tmp_path: Path) -> No
                     assert r.status == 200
 
             def suppressed() -> list[tuple[str, str]]:
-                with sqlite3.connect(cfg.database) as conn:
-                    return conn.execute("SELECT address, reason FROM suppressions").fetchall()
+                return [(r[0], r[1]) for r in cfg.query("SELECT address, reason FROM suppressions")]
 
             await wait_for(lambda: suppressed() == [("reader@dest.test", "unsubscribe")], 10)
             # the workers read the suppression list: the next message is refused at RCPT

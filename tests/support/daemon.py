@@ -190,6 +190,11 @@ class Stores:
     events: Any  # EventLog | PgEventLog
     tokens: Any  # TokenStore | PgTokenStore
     templates: Any  # TemplateStore | PgTemplateStore
+    users: Any  # UserStore | PgUserStore
+    contacts: Any  # ContactStore | PgContactStore
+    campaigns: Any  # CampaignStore | PgCampaignStore
+    journeys: Any  # JourneyStore | PgJourneyStore
+    suppressions: Any  # SuppressionStore | PgSuppressionStore
 
 
 @contextlib.asynccontextmanager
@@ -197,11 +202,16 @@ async def open_stores(config: TestConfig) -> AsyncIterator[Stores]:
     storage = config.data.get("storage", {})
     if storage.get("backend") == "postgresql":
         from mtaserver.config.storage import PostgresConfig
+        from mtaserver.storage.postgres.campaigns import PgCampaignStore
+        from mtaserver.storage.postgres.contacts import PgContactStore
         from mtaserver.storage.postgres.db import PgDatabase
         from mtaserver.storage.postgres.events import PgEventLog
+        from mtaserver.storage.postgres.journeys import PgJourneyStore
         from mtaserver.storage.postgres.queue import PgQueue
+        from mtaserver.storage.postgres.suppressions import PgSuppressionStore
         from mtaserver.storage.postgres.templates import PgTemplateStore
         from mtaserver.storage.postgres.tokens import PgTokenStore
+        from mtaserver.storage.postgres.users import PgUserStore
 
         pg = PgDatabase(
             PostgresConfig(
@@ -211,20 +221,33 @@ async def open_stores(config: TestConfig) -> AsyncIterator[Stores]:
         )  # fmt: skip
         await pg.open()
         try:
-            yield Stores(PgQueue(pg, "test"), PgEventLog(pg), PgTokenStore(pg), PgTemplateStore(pg))
+            yield Stores(
+                PgQueue(pg, "test"), PgEventLog(pg), PgTokenStore(pg), PgTemplateStore(pg),
+                users=PgUserStore(pg), contacts=PgContactStore(pg), campaigns=PgCampaignStore(pg),
+                journeys=PgJourneyStore(pg), suppressions=PgSuppressionStore(pg),
+            )  # fmt: skip
         finally:
             await pg.close()
         return
+    from mtaserver.storage.sqlite.campaigns import CampaignStore
+    from mtaserver.storage.sqlite.contacts import ContactStore
     from mtaserver.storage.sqlite.db import Database
     from mtaserver.storage.sqlite.events import EventLog
+    from mtaserver.storage.sqlite.journeys import JourneyStore
     from mtaserver.storage.sqlite.queue import Spool
+    from mtaserver.storage.sqlite.suppressions import SuppressionStore
     from mtaserver.storage.sqlite.templates import TemplateStore
     from mtaserver.storage.sqlite.tokens import TokenStore
+    from mtaserver.storage.sqlite.users import UserStore
 
     db = Database(config.database)
     await db.open()
     try:
-        yield Stores(Spool(db), EventLog(db), TokenStore(db), TemplateStore(db))
+        yield Stores(
+            Spool(db), EventLog(db), TokenStore(db), TemplateStore(db),
+            users=UserStore(db), contacts=ContactStore(db), campaigns=CampaignStore(db),
+            journeys=JourneyStore(db), suppressions=SuppressionStore(db),
+        )  # fmt: skip
     finally:
         await db.close()
 
