@@ -119,6 +119,7 @@ def wire_postgres(
         shaper=shaper, webhooks=outbox,
         tracking_dropped=(lambda: recorder.dropped) if recorder is not None else None,
     )  # fmt: skip
+    db.on_commit.append(metrics.db_committed)  # this node's transactions' commit latency
     # [cluster] redis: limits shared with the other nodes (else this node's own shaper).
     cluster = build_cluster(cfg, shaper, queue, clock, metrics)
     shared = cluster.shared if cluster else None

@@ -5,20 +5,23 @@ lock: the first node to start applies them, the others wait and find them applie
 migration is one transaction, recorded in ``schema_migrations`` like SQLite's runner.
 Durability is PostgreSQL's own (``synchronous_commit`` on, the server default): a COMMIT
 that returned is on the server's disk, so 250 after ``transaction()`` exits is safe;
-concurrent sessions' commits share the WAL flush (PostgreSQL's own group commit).
+concurrent sessions' commits share the WAL flush (PostgreSQL's own group commit). Each
+commit's latency (BEGIN to COMMIT returned) goes to the ``on_commit`` observers, as SQLite's
+group commits do: ``mtaserver_db_commit_seconds`` on either backend.
 """
 
 from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
 import asyncpg
 
+from mtaserver.clock import Clock, SystemClock
 from mtaserver.config.storage import PostgresConfig
 from mtaserver.errors import ConfigError, StorageError
 
@@ -92,10 +95,14 @@ def ssl_for(cfg: PostgresConfig) -> ssl.SSLContext | str | bool:
 class PgDatabase:
     """One pool per process; ``transaction()`` for writes, ``connection()`` for reads."""
 
-    def __init__(self, cfg: PostgresConfig, *, password: str | None = None) -> None:
+    def __init__(
+        self, cfg: PostgresConfig, *, password: str | None = None, clock: Clock | None = None
+    ) -> None:
         self.cfg = cfg
         self._password = password
         self._pool: Any = None
+        self.clock: Clock = clock or SystemClock()
+        self.on_commit: list[Callable[[float, int], None]] = []  # (seconds, 1) per commit
 
     async def open(self, *, migrate: bool = True) -> list[str]:
         """Connect; apply pending migrations (under the cluster-wide lock). Their names."""
@@ -155,10 +162,15 @@ class PgDatabase:
         if self._pool is None:
             raise StorageError("postgresql: the pool is not open")
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                yield conn
+            async with self._pool.acquire() as conn:
+                started = self.clock.monotonic()
+                async with conn.transaction():
+                    yield conn
+                elapsed = self.clock.monotonic() - started
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise translate(exc) from None
+        for observer in self.on_commit:
+            observer(elapsed, 1)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
