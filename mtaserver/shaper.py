@@ -182,6 +182,7 @@ class Shaper:
         domain = _norm(domain)
         static = self._by_domain.get(domain)
         if static is not None:
+            self._assigned.pop(domain, None)
             return static
         name = domain
         hosts = [_norm(h) for h in mx_hosts]
@@ -190,7 +191,9 @@ class Shaper:
                 if all(_suffix_match(h, suffix) for h in hosts):
                     name = dest
                     break
-        if self._suffixes:  # remembered: the answer depended on the MX hosts given
+        if not self._suffixes:
+            self._assigned.pop(domain, None)
+        else:  # remembered: the answer depended on the MX hosts given
             self._assigned[domain] = name
             self._assigned.move_to_end(domain)
             while len(self._assigned) > ASSIGNED_LIMIT:
@@ -200,12 +203,11 @@ class Shaper:
     def assigned(self, domain: str) -> str:
         """The destination ``domain`` was last mapped to, as the scheduler filed its work:
         a later stage (the delivery agent's connection leases) sees the same one without
-        the MX hosts the scheduler looked up."""
+        the MX hosts the scheduler looked up (the scheduler caches that answer across a
+        reload, so this one does too)."""
         domain = _norm(domain)
-        static = self._by_domain.get(domain)
-        if static is not None:
-            return static
-        return self._assigned.get(domain, domain)
+        got = self._assigned.get(domain)
+        return got if got is not None else self._by_domain.get(domain, domain)
 
     def limits(self, destination: str) -> DestinationLimits:
         dest = self._destinations.get(destination)

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from mtaserver.clock import SystemClock
 from mtaserver.cluster.ledger import Ledger
+from mtaserver.config.shaping import DestinationConfig, ShapingConfig
+from mtaserver.shaper import Shaper
 
 D = "d.test"
 LIMIT = 4
@@ -151,3 +154,22 @@ def test_a_permit_at_the_limit_is_carried_by_an_idle_connection() -> None:
     led.park(D)
     assert led.release(D) == [] and b.count == LIMIT
     assert led.idle_closed(D) == [f"n:{LIMIT - 1}"]
+
+
+def test_the_agent_sees_the_destination_the_scheduler_filed_a_domain_under() -> None:
+    """The agent has no MX hosts in relay mode: the shaper remembers its MX-based answer,
+    as the scheduler caches it across a reload, and forgets it once the domain is static."""
+    google = DestinationConfig("gmail.com", mx_suffixes=("google.com",))
+    shaper = Shaper(ShapingConfig(destinations=(google,), builtin=False), SystemClock())
+    assert shaper.destination("acme.test", ["aspmx.l.google.com"]) == "gmail.com"
+    assert shaper.assigned("acme.test") == "gmail.com"
+    assert shaper.assigned("Other.Test") == "other.test"
+    assert shaper.destination("acme.test", []) == "acme.test"  # the MX lookup failed
+    assert shaper.assigned("acme.test") == "acme.test"
+    shaper.destination("acme.test", ["aspmx.l.google.com"])
+    own = DestinationConfig("acme", domains=("acme.test",))
+    shaper.reconfigure(ShapingConfig(destinations=(google, own), builtin=False),
+                       max_connections=200)  # fmt: skip
+    assert shaper.assigned("acme.test") == "gmail.com"  # the scheduler's cached answer
+    assert shaper.destination("acme.test") == "acme"
+    assert shaper.assigned("acme.test") == "acme"
