@@ -16,6 +16,7 @@ import csv
 import json
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final, Literal
 
 from mtaserver.errors import MtaError
@@ -48,6 +49,13 @@ class ContactError(MtaError, ValueError):
 
 class ContactConflict(ContactError):
     """The thing to create exists already (a list name)."""
+
+
+def iso(t: float | None) -> str | None:
+    """A stored time as the API shows it: ISO 8601 UTC to the second, with ``Z``."""
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)

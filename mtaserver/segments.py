@@ -33,7 +33,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
-from mtaserver.contacts import LIST_NAME, ContactError, attr_path, check_list_name, check_status
+from mtaserver.contacts import (
+    LIST_NAME,
+    ContactError,
+    attr_path,
+    check_list_name,
+    check_status,
+    iso,
+)
 
 MAX_JSON: Final = 64 * 1024  # bytes of one filter document
 MAX_DEPTH: Final = 12  # nesting of and/or/not
@@ -439,10 +446,6 @@ def check_segment_name(name: object, field: str = "name") -> str:
     return name
 
 
-def _utc_text(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 @dataclass(frozen=True, slots=True)
 class Segment:
     """A saved segment, as either backend's owner stores it."""
@@ -465,8 +468,8 @@ class Segment:
 
     def as_json(self) -> dict[str, object]:
         return {"name": self.name, "filter": json.loads(self.filter),
-                "created_at": _utc_text(self.created_at),
-                "updated_at": _utc_text(self.updated_at)}  # fmt: skip
+                "created_at": iso(self.created_at),
+                "updated_at": iso(self.updated_at)}  # fmt: skip
 
 
 async def resolve_with(

@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Protocol
 
+from mtaserver.contacts import iso
 from mtaserver.storage.sqlite.contacts import Contact
 
 _RESERVED = frozenset({"email", "address", "attributes", "consent"})
@@ -69,12 +69,6 @@ class MergeInput:
     extra: Mapping[str, object] = field(default_factory=dict)
 
 
-def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def _json(value: object) -> object:
     """A JSON-only copy (the template sandbox reads dicts, lists and scalars only)."""
     try:
@@ -92,7 +86,7 @@ def contact_view(c: Contact) -> dict[str, object]:
         "address": c.address,
         "attributes": attrs,
         "consent": {"status": c.consent_status, "source": c.consent_source,
-                    "at": _iso(c.consent_at)},
+                    "at": iso(c.consent_at)},
     }  # fmt: skip
     return view
 
@@ -104,7 +98,7 @@ def merge_data(c: Contact, given: MergeInput, links: Links) -> dict[str, object]
     if e is not None:
         props = _json(dict(e.properties))
         event = {"name": e.name, "properties": props if isinstance(props, dict) else {},
-                 "occurred_at": _iso(e.occurred_at)}  # fmt: skip
+                 "occurred_at": iso(e.occurred_at)}  # fmt: skip
     campaign = _json(dict(given.campaign))
     extra = _json(dict(given.extra))
     data: dict[str, object] = dict(extra) if isinstance(extra, dict) else {}

@@ -14,9 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from mtaserver.contacts import iso
 from mtaserver.errors import MtaError
 from mtaserver.journeys import EventInput, Plan, Trigger, plan, trigger_from_json
-from mtaserver.storage.sqlite.contacts import Contact, iso
+from mtaserver.storage.sqlite.contacts import Contact
 
 STATES: Final = ("pending", "fired", "cancelled", "skipped")
 # The contact's columns a due step's row ends with (alias ``c``), in Contact's order.

@@ -17,7 +17,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Final
 
-from mtaserver.storage.sqlite.contacts import iso
+from mtaserver.contacts import iso
 from mtaserver.storage.sqlite.db import Database
 
 PAGE: Final = 1000

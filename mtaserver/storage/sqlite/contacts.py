@@ -19,7 +19,6 @@ import json
 import sqlite3
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 from mtaserver.clock import Clock, SystemClock
@@ -32,6 +31,7 @@ from mtaserver.contacts import (
     attr_path,
     check_list_name,
     check_status,
+    iso,
     normalize_address,
 )
 from mtaserver.errors import MtaError
@@ -64,12 +64,6 @@ _UPSERT = (
     f"consent_ip = CASE WHEN {_CHANGE} THEN ?7 ELSE contacts.consent_ip END, "
     "updated_at = ?6"
 )
-
-
-def iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
